@@ -1,0 +1,109 @@
+//! Composition root: load the config, build the runtime and the state, bind listeners, run until a
+//! signal, then drain.
+
+use crate::config::{self, Config, ConfigError};
+use crate::http::{self, ConnContext};
+use crate::listener;
+use crate::state::{RuntimeState, Shared};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {listener} listener on {addr}: {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Validates a config file without starting anything.
+pub fn check(path: &Path) -> Result<Config, ConfigError> {
+    config::load(path)
+}
+
+/// Runs the proxy on `path`'s config until SIGTERM or SIGINT.
+pub fn run(path: &Path) -> Result<(), AppError> {
+    let config = config::load(path)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = runtime.enable_all().build().map_err(AppError::Runtime)?;
+    runtime.block_on(serve(config))
+}
+
+pub async fn serve(config: Config) -> Result<(), AppError> {
+    let grace = config.server.shutdown_grace;
+    let http_addr = config.listen.http;
+    let shared = Shared::new(RuntimeState::build(config).await);
+    let tracker = TaskTracker::new();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let cx = Arc::new(ConnContext {
+        shared,
+        builder: http::builder(),
+        tracker: tracker.clone(),
+    });
+    let mut accept_loops = Vec::new();
+    if let Some(addr) = http_addr {
+        let listener = bind("http", addr).await?;
+        accept_loops.push(tokio::spawn(listener::accept_loop(
+            listener,
+            "http",
+            cx.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    wait_for_signal().await;
+    tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
+    let _ = shutdown_tx.send(true);
+    for handle in accept_loops {
+        let _ = handle.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "grace period over; closing remaining connections"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            listener: name,
+            addr,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(listener = name, addr = %local, "listening");
+    Ok(listener)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,107 @@
+//! Configuration: the raw TOML shape (`file`), the validated model (`model`), the conversion between
+//! them with located errors (`validate`), and unit parsing (`units`).
+
+pub mod file;
+pub mod model;
+pub mod units;
+mod validate;
+
+pub use model::*;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem in a config file, located to the byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+    source_line: String,
+}
+
+impl Located {
+    fn new(path: &Path, text: &str, span: Range<usize>, key: String, message: String) -> Self {
+        let start = span.start.min(text.len());
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        Located {
+            path: path.to_path_buf(),
+            line: text[..start].matches('\n').count() + 1,
+            column: text[line_start..start].chars().count() + 1,
+            key,
+            message,
+            source_line: text[line_start..line_end].trim_end().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (path, line, col) = (self.path.display(), self.line, self.column);
+        if self.key.is_empty() {
+            writeln!(f, "{path}:{line}:{col}: {}", self.message)?;
+        } else {
+            writeln!(f, "{path}:{line}:{col}: `{}`: {}", self.key, self.message)?;
+        }
+        let gutter = " ".repeat(line.to_string().len());
+        writeln!(f, "{gutter} |")?;
+        writeln!(f, "{line} | {}", self.source_line)?;
+        write!(f, "{gutter} | {}^", " ".repeat(col.saturating_sub(1)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", join(.0))]
+    Invalid(Vec<Located>),
+}
+
+fn join(errors: &[Located]) -> String {
+    let mut out = String::new();
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            out.push_str("\n\n");
+        }
+        out.push_str(&e.to_string());
+    }
+    let n = errors.len();
+    out.push_str(&format!(
+        "\n\n{n} error{} in config",
+        if n == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// Reads, parses and validates a config file. Nothing is started here.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` is only used in error messages and as the config's source.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: file::FileConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let key = validate::key_at(text, &span);
+        ConfigError::Invalid(vec![Located::new(
+            path,
+            text,
+            span,
+            key,
+            e.message().trim_end().to_string(),
+        )])
+    })?;
+    validate::validate(path, text, raw).map_err(ConfigError::Invalid)
+}

@@ -1,0 +1,162 @@
+//! Validated, immutable configuration. Everything here has already been checked; the request path
+//! and the state builder can trust it. All types are `Clone + Debug + PartialEq` so reloads can diff.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub server: Server,
+    pub sites: Vec<Site>,
+    pub upstreams: BTreeMap<String, Upstream>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listen {
+    pub http: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Server {
+    pub trusted_proxies: Vec<IpNet>,
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: usize,
+    pub shutdown_grace: Duration,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_response: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    pub hosts: Vec<HostPattern>,
+    pub routes: Vec<Route>,
+}
+
+/// A `hosts` entry, normalised to lower case without a trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`: matches any depth of subdomain.
+    Wildcard(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub matcher: PathMatch,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+impl PathMatch {
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Proxy {
+        upstream: String,
+        strip_prefix: bool,
+    },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+        content_type: HeaderValue,
+    },
+    Redirect {
+        to: RedirectTemplate,
+        status: StatusCode,
+    },
+}
+
+/// A redirect target with `{path}`, `{query}`, `{uri}` and `{host}` placeholders, pre-split so the
+/// request path only concatenates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedirectTemplate {
+    pub parts: Vec<TemplatePart>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TemplatePart {
+    Literal(String),
+    Path,
+    Query,
+    Uri,
+    Host,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upstream {
+    pub servers: Vec<ServerAddr>,
+    pub balance: Balance,
+    pub resolve_every: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    IpHash,
+}
+
+/// An upstream server as written: an IP literal or a DNS name, and a port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}

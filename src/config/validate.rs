@@ -1,0 +1,638 @@
+//! Turns the raw `FileConfig` into a validated `Config`, collecting every problem with its location.
+
+use super::file::*;
+use super::model::*;
+use super::units::{parse_duration, DURATION_HINT};
+use super::Located;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<Located>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let located = Located::new(self.path, self.text, span, key.into(), message.into());
+        self.errors.push(located);
+    }
+
+    /// Expands `${VAR}` and `${VAR:-default}`; an unset variable without a default is an error.
+    fn expand(&mut self, value: &Str, key: &str) -> Option<String> {
+        match expand_env(value.get_ref(), |name| std::env::var(name).ok()) {
+            Ok(s) => Some(s),
+            Err(message) => {
+                self.error(value.span(), key, message);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Option<Str>, key: &str, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        let Some(text) = self.expand(value, key) else {
+            return default;
+        };
+        match parse_duration(&text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                let msg = format!(
+                    "`{text}` is not a valid duration; expected {DURATION_HINT}, greater than zero"
+                );
+                self.error(value.span(), key, msg);
+                default
+            }
+        }
+    }
+}
+
+pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<Located>> {
+    let mut cx = Ctx {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let listen = listen(&mut cx, raw.listen.as_ref());
+    let server = server(&mut cx, &raw.server);
+    let upstreams: BTreeMap<String, Upstream> = raw
+        .upstreams
+        .iter()
+        .filter_map(|(name, up)| Some((name.clone(), upstream(&mut cx, name, up)?)))
+        .collect();
+    let mut sites = Vec::with_capacity(raw.sites.len());
+    let mut seen_hosts: HashMap<HostPattern, usize> = HashMap::new();
+    for (i, raw_site) in raw.sites.iter().enumerate() {
+        let known: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
+        if let Some(site) = site(&mut cx, raw_site, &known, &mut seen_hosts, i) {
+            sites.push(site);
+        }
+    }
+    cx.errors.sort_by_key(|e| (e.line, e.column));
+    if cx.errors.is_empty() {
+        Ok(Config {
+            source: path.to_path_buf(),
+            listen,
+            server,
+            sites,
+            upstreams,
+        })
+    } else {
+        Err(cx.errors)
+    }
+}
+
+fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
+    let Some(raw) = raw else {
+        cx.error(
+            0..0,
+            "listen",
+            "no `[listen]` section; add e.g. `[listen]` with `http = \"127.0.0.1:8080\"`",
+        );
+        return Listen { http: None };
+    };
+    let Some(http) = raw.get_ref().http.as_ref() else {
+        cx.error(
+            raw.span(),
+            "listen.http",
+            "no listener configured; set e.g. `http = \"0.0.0.0:80\"`",
+        );
+        return Listen { http: None };
+    };
+    Listen {
+        http: socket_addr(cx, http, "listen.http"),
+    }
+}
+
+fn socket_addr(cx: &mut Ctx, value: &Str, key: &str) -> Option<SocketAddr> {
+    let text = cx.expand(value, key)?;
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            let msg = format!("`{text}` is not a listen address; expected IP:PORT like \"127.0.0.1:8080\", \"0.0.0.0:80\" or \"[::]:443\"");
+            cx.error(value.span(), key, msg);
+            None
+        }
+    }
+}
+
+fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .filter_map(|v| cidr(cx, v, "server.trusted_proxies"))
+        .collect();
+    let workers = match &raw.workers {
+        None => 0,
+        Some(w) => match usize::try_from(*w.get_ref()) {
+            Ok(n) if n <= 1024 => n,
+            _ => {
+                let msg = "expected a number of worker threads from 0 (one per core) to 1024";
+                cx.error(w.span(), "server.workers", msg);
+                0
+            }
+        },
+    };
+    let t = &raw.timeouts;
+    let d = Timeouts::default();
+    Server {
+        trusted_proxies,
+        workers,
+        shutdown_grace: cx.duration(
+            &raw.shutdown_grace,
+            "server.shutdown_grace",
+            Duration::from_secs(30),
+        ),
+        timeouts: Timeouts {
+            header_read: cx.duration(&t.header_read, "server.timeouts.header_read", d.header_read),
+            idle: cx.duration(&t.idle, "server.timeouts.idle", d.idle),
+            upstream_connect: cx.duration(
+                &t.upstream_connect,
+                "server.timeouts.upstream_connect",
+                d.upstream_connect,
+            ),
+            upstream_response: cx.duration(
+                &t.upstream_response,
+                "server.timeouts.upstream_response",
+                d.upstream_response,
+            ),
+        },
+    }
+}
+
+fn cidr(cx: &mut Ctx, value: &Str, key: &str) -> Option<IpNet> {
+    let text = cx.expand(value, key)?;
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    let msg = format!("`{text}` is not an address or CIDR; expected e.g. \"10.0.0.0/8\", \"172.16.0.0/12\" or \"127.0.0.1\"");
+    cx.error(value.span(), key, msg);
+    None
+}
+
+fn upstream(cx: &mut Ctx, name: &str, raw: &Spanned<FileUpstream>) -> Option<Upstream> {
+    let up = raw.get_ref();
+    let key = format!("upstream.{name}");
+    if up.servers.get_ref().is_empty() {
+        let msg = "an upstream needs at least one server, e.g. servers = [\"127.0.0.1:8000\"]";
+        cx.error(up.servers.span(), &format!("{key}.servers"), msg);
+    }
+    let servers: Vec<ServerAddr> = up
+        .servers
+        .get_ref()
+        .iter()
+        .filter_map(|s| server_addr(cx, s, &format!("{key}.servers")))
+        .collect();
+    let balance = match &up.balance {
+        None => Some(Balance::RoundRobin),
+        Some(b) => balance(cx, b, &format!("{key}.balance")),
+    };
+    let resolve_every = cx.duration(
+        &up.resolve_every,
+        &format!("{key}.resolve_every"),
+        Duration::from_secs(5),
+    );
+    Some(Upstream {
+        servers,
+        balance: balance?,
+        resolve_every,
+    })
+}
+
+fn balance(cx: &mut Ctx, value: &Str, key: &str) -> Option<Balance> {
+    match value.get_ref().as_str() {
+        "round_robin" => Some(Balance::RoundRobin),
+        "least_conn" => Some(Balance::LeastConn),
+        "ip_hash" => Some(Balance::IpHash),
+        other => {
+            let msg = format!(
+                "unknown balance `{other}`; expected one of `round_robin`, `least_conn`, `ip_hash`"
+            );
+            cx.error(value.span(), key, msg);
+            None
+        }
+    }
+}
+
+fn server_addr(cx: &mut Ctx, value: &Str, key: &str) -> Option<ServerAddr> {
+    let text = cx.expand(value, key)?;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(ServerAddr {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let parsed = text
+        .rsplit_once(':')
+        .filter(|(host, _)| is_hostname(host))
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok().filter(|p| *p != 0)?)));
+    match parsed {
+        Some((host, port)) => Some(ServerAddr {
+            host: host.to_ascii_lowercase(),
+            port,
+        }),
+        None => {
+            let msg = format!("`{text}` is not a server address; expected HOST:PORT like \"127.0.0.1:8000\", \"[::1]:8000\" or \"api:8000\"");
+            cx.error(value.span(), key, msg);
+            None
+        }
+    }
+}
+
+fn is_hostname(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn site(
+    cx: &mut Ctx,
+    raw: &Spanned<FileSite>,
+    upstreams: &[&str],
+    seen: &mut HashMap<HostPattern, usize>,
+    index: usize,
+) -> Option<Site> {
+    let hosts = match &raw.get_ref().hosts {
+        None => vec![HostPattern::Any],
+        Some(list) if list.is_empty() => {
+            cx.error(
+                raw.span(),
+                "site.hosts",
+                "`hosts` is empty; omit it or use [\"*\"] to match any host",
+            );
+            vec![]
+        }
+        Some(list) => list.iter().filter_map(|h| host_pattern(cx, h)).collect(),
+    };
+    let spans: Vec<Range<usize>> = match &raw.get_ref().hosts {
+        Some(list) => list.iter().map(|h| h.span()).collect(),
+        None => vec![raw.span()],
+    };
+    for (host, span) in hosts.iter().zip(spans) {
+        if let Some(first) = seen.insert(host.clone(), index) {
+            let msg = format!(
+                "host `{host}` is already served by site #{} (hosts must be unique across sites)",
+                first + 1
+            );
+            cx.error(span, "site.hosts", msg);
+        }
+    }
+    let routes = routes(cx, raw, upstreams);
+    Some(Site { hosts, routes })
+}
+
+fn routes(cx: &mut Ctx, raw: &Spanned<FileSite>, upstreams: &[&str]) -> Vec<Route> {
+    if raw.get_ref().routes.is_empty() {
+        let msg =
+            "a site needs at least one [[site.route]], e.g. path = \"/\" with upstream = \"app\"";
+        cx.error(raw.span(), "site.route", msg);
+    }
+    let mut seen = HashMap::new();
+    let mut out = Vec::new();
+    for r in &raw.get_ref().routes {
+        let Some(route) = route(cx, r, upstreams) else {
+            continue;
+        };
+        if seen.insert(route.matcher.clone(), ()).is_some() {
+            let msg = format!(
+                "path `{}` appears twice in this site",
+                route.matcher.as_str()
+            );
+            cx.error(r.span(), "site.route.path", msg);
+        }
+        out.push(route);
+    }
+    out
+}
+
+fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
+    let text = cx.expand(value, "site.hosts")?.to_ascii_lowercase();
+    let text = text.trim_end_matches('.');
+    if text == "*" {
+        return Some(HostPattern::Any);
+    }
+    if let Some(suffix) = text.strip_prefix("*.") {
+        if is_hostname(suffix) {
+            return Some(HostPattern::Wildcard(format!(".{suffix}")));
+        }
+    } else if is_hostname(text) || text.parse::<IpAddr>().is_ok() {
+        return Some(HostPattern::Exact(text.to_string()));
+    }
+    let msg = format!(
+        "`{text}` is not a host pattern; expected \"app.example.com\", \"*.example.com\" or \"*\""
+    );
+    cx.error(value.span(), "site.hosts", msg);
+    None
+}
+
+fn route(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<Route> {
+    let r = raw.get_ref();
+    let matcher = match (&r.path, &r.exact) {
+        (Some(p), None) => PathMatch::Prefix(route_path(cx, p, "site.route.path")?),
+        (None, Some(e)) => PathMatch::Exact(route_path(cx, e, "site.route.exact")?),
+        _ => {
+            let msg = "a route needs exactly one of `path` (prefix match) or `exact` (exact match)";
+            cx.error(raw.span(), "site.route", msg);
+            return None;
+        }
+    };
+    let action = action(cx, raw, upstreams)?;
+    if let Some(strip) = &r.strip_prefix {
+        let proxies_prefix =
+            matches!(action, Action::Proxy { .. }) && matches!(matcher, PathMatch::Prefix(_));
+        if *strip.get_ref() && !proxies_prefix {
+            let msg = "`strip_prefix` only applies to a `path` route with an `upstream`";
+            cx.error(strip.span(), "site.route.strip_prefix", msg);
+        }
+    }
+    Some(Route { matcher, action })
+}
+
+fn route_path(cx: &mut Ctx, value: &Str, key: &str) -> Option<String> {
+    let text = cx.expand(value, key)?;
+    if text.starts_with('/')
+        && !text
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'?')
+    {
+        return Some(text);
+    }
+    cx.error(
+        value.span(),
+        key,
+        format!("`{text}` is not a path; expected it to start with '/', e.g. \"/api/\""),
+    );
+    None
+}
+
+fn action(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<Action> {
+    let r = raw.get_ref();
+    match (&r.upstream, &r.respond, &r.redirect) {
+        (Some(up), None, None) => proxy_action(cx, r, up, upstreams),
+        (None, Some(resp), None) => respond_action(cx, resp),
+        (None, None, Some(redir)) => redirect_action(cx, redir),
+        _ => {
+            let msg = "a route needs exactly one of `upstream`, `respond` or `redirect`";
+            cx.error(raw.span(), "site.route", msg);
+            None
+        }
+    }
+}
+
+fn proxy_action(cx: &mut Ctx, r: &FileRoute, up: &Str, upstreams: &[&str]) -> Option<Action> {
+    let name = cx.expand(up, "site.route.upstream")?;
+    if !upstreams.contains(&name.as_str()) {
+        let defined = if upstreams.is_empty() {
+            "none is defined; add an [upstream.NAME] section".to_string()
+        } else {
+            format!("defined upstreams: {}", upstreams.join(", "))
+        };
+        cx.error(
+            up.span(),
+            "site.route.upstream",
+            format!("upstream `{name}` is not defined; {defined}"),
+        );
+        return None;
+    }
+    Some(Action::Proxy {
+        upstream: name,
+        strip_prefix: r.strip_prefix.as_ref().is_some_and(|s| *s.get_ref()),
+    })
+}
+
+fn respond_action(cx: &mut Ctx, raw: &Spanned<FileRespond>) -> Option<Action> {
+    let r = raw.get_ref();
+    let status = match &r.status {
+        None => StatusCode::OK,
+        Some(s) => status(
+            cx,
+            s,
+            "site.route.respond.status",
+            |c| (100..=599).contains(&c),
+            "a status from 100 to 599",
+        )?,
+    };
+    let body = match &r.body {
+        None => Bytes::new(),
+        Some(b) => Bytes::from(cx.expand(b, "site.route.respond.body")?),
+    };
+    let content_type = match &r.content_type {
+        None => HeaderValue::from_static("text/plain; charset=utf-8"),
+        Some(ct) => {
+            let text = cx.expand(ct, "site.route.respond.content_type")?;
+            let Ok(value) = HeaderValue::from_str(&text) else {
+                cx.error(
+                    ct.span(),
+                    "site.route.respond.content_type",
+                    "not a valid header value, expected e.g. \"application/json\"",
+                );
+                return None;
+            };
+            value
+        }
+    };
+    Some(Action::Respond {
+        status,
+        body,
+        content_type,
+    })
+}
+
+fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> {
+    let r = raw.get_ref();
+    let status = match &r.status {
+        None => StatusCode::PERMANENT_REDIRECT,
+        Some(s) => status(
+            cx,
+            s,
+            "site.route.redirect.status",
+            |c| matches!(c, 301 | 302 | 303 | 307 | 308),
+            "one of 301, 302, 303, 307, 308",
+        )?,
+    };
+    let to = cx.expand(&r.to, "site.route.redirect.to")?;
+    match parse_template(&to) {
+        Ok(to) => Some(Action::Redirect { to, status }),
+        Err(message) => {
+            cx.error(r.to.span(), "site.route.redirect.to", message);
+            None
+        }
+    }
+}
+
+fn status(
+    cx: &mut Ctx,
+    value: &Spanned<i64>,
+    key: &str,
+    ok: impl Fn(u16) -> bool,
+    valid: &str,
+) -> Option<StatusCode> {
+    let code = u16::try_from(*value.get_ref()).ok().filter(|c| ok(*c));
+    match code.and_then(|c| StatusCode::from_u16(c).ok()) {
+        Some(s) => Some(s),
+        None => {
+            cx.error(
+                value.span(),
+                key,
+                format!("{} is not allowed here; expected {valid}", value.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+fn parse_template(text: &str) -> Result<RedirectTemplate, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(TemplatePart::Literal(rest[..open].to_string()));
+        }
+        let close = rest[open..]
+            .find('}')
+            .ok_or("unclosed `{` in redirect target")?
+            + open;
+        parts.push(match &rest[open + 1..close] {
+            "path" => TemplatePart::Path,
+            "query" => TemplatePart::Query,
+            "uri" => TemplatePart::Uri,
+            "host" => TemplatePart::Host,
+            other => return Err(format!("unknown placeholder `{{{other}}}`; expected {{path}}, {{query}}, {{uri}} or {{host}}")),
+        });
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest.to_string()));
+    }
+    Ok(RedirectTemplate { parts })
+}
+
+/// `${NAME}` and `${NAME:-default}` expansion; `$$` is a literal `$`.
+pub(super) fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    if !text.contains('$') {
+        return Ok(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let close = after
+                .find('}')
+                .ok_or("unclosed `${` (write `$$` for a literal `$`)")?;
+            let (name, default) = match after[..close].split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (&after[..close], None),
+            };
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(format!("`${{{name}}}` is not a valid environment variable reference; expected ${{NAME}} or ${{NAME:-default}}"));
+            }
+            match (lookup(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!("environment variable `{name}` is not set (use ${{{name}:-default}} for a fallback)"))
+                }
+            }
+            rest = &after[close + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The key a TOML parse error is about: the span itself for an unknown field, else the key left of
+/// the `=` nearest before the span on its line.
+pub(super) fn key_at(text: &str, span: &Range<usize>) -> String {
+    let start = span.start.min(text.len());
+    let end = span.end.min(text.len()).max(start);
+    let spanned = text[start..end].trim_matches('"');
+    let is_key = text[end..]
+        .trim_start_matches([' ', '\t', '"'])
+        .starts_with('=');
+    if is_key && !spanned.is_empty() {
+        return spanned.to_string();
+    }
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..start];
+    let Some(eq) = before.rfind('=') else {
+        return String::new();
+    };
+    let lhs = before[..eq].trim_end();
+    let key_start = lhs
+        .rfind(|c: char| {
+            !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || c == '"')
+        })
+        .map_or(0, |i| i + 1);
+    lhs[key_start..].trim_matches('"').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion() {
+        let env = |n: &str| (n == "HOST").then(|| "api".to_string());
+        assert_eq!(expand_env("${HOST}:8000", env).as_deref(), Ok("api:8000"));
+        assert_eq!(expand_env("${PORT:-80}", env).as_deref(), Ok("80"));
+        assert_eq!(expand_env("cost $$5 $x", env).as_deref(), Ok("cost $5 $x"));
+        assert!(expand_env("${MISSING}", env)
+            .unwrap_err()
+            .contains("MISSING"));
+        assert!(expand_env("${OPEN", env).is_err());
+    }
+
+    #[test]
+    fn templates() {
+        let t = parse_template("https://{host}{uri}").unwrap();
+        assert_eq!(
+            t.parts,
+            vec![
+                TemplatePart::Literal("https://".into()),
+                TemplatePart::Host,
+                TemplatePart::Uri
+            ]
+        );
+        assert!(parse_template("{nope}").is_err());
+        assert!(parse_template("x{path").is_err());
+    }
+
+    #[test]
+    fn key_of_error() {
+        let text = "[server]\ntimeouts = { idle = \"x\" }\n";
+        let at = text.find("\"x\"").unwrap();
+        assert_eq!(key_at(text, &(at..at + 3)), "idle");
+        let text = "[server]\nbogus = 1\n";
+        assert_eq!(key_at(text, &(9..14)), "bogus");
+    }
+}

@@ -1,0 +1,96 @@
+//! hyper serving glue: one client connection, HTTP/1.1 or HTTP/2 (prior knowledge), with its
+//! deadlines and its part in graceful shutdown.
+
+mod body;
+mod conn;
+mod response;
+mod service;
+
+pub use body::CountedBody;
+pub use response::ProxyError;
+
+use crate::state::Shared;
+use conn::{ConnState, Expiry, WatchedIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use service::ProxyService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+pub fn builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // our own deadlines in `conn` replace this; see there why
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// Everything a connection needs from its listener.
+pub struct ConnContext {
+    pub shared: Arc<Shared>,
+    pub builder: auto::Builder<TokioExecutor>,
+    pub tracker: TaskTracker,
+}
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    cx: Arc<ConnContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let server = cx.shared.load().config.server.clone();
+    let state = ConnState::new(server.timeouts.header_read, server.timeouts.idle);
+    let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
+    let svc = ProxyService {
+        shared: cx.shared.clone(),
+        peer,
+        conn: state.clone(),
+        tracker: cx.tracker.clone(),
+    };
+    let svc = hyper::service::service_fn(move |req| svc.clone().call(req));
+    let conn = cx.builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut drain_deadline = None;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                }
+                break;
+            }
+            expiry = state.expired(), if drain_deadline.is_none() => {
+                if expiry == Expiry::HeaderRead {
+                    tracing::debug!(%peer, "closing connection: request head not received in time");
+                    break;
+                }
+                conn.as_mut().graceful_shutdown();
+                drain_deadline = Some(tokio::time::Instant::now() + server.shutdown_grace);
+            }
+            _ = shutdown.changed(), if drain_deadline.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                drain_deadline = Some(tokio::time::Instant::now() + server.shutdown_grace);
+            }
+            _ = sleep_until(drain_deadline) => break,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,313 @@
+//! The root service: one request from arrival to response head. Order: snapshot, request id,
+//! client address, route, then the route's action (respond, redirect or proxy).
+
+use super::body::{Completion, CountedBody, ProxyBody, RequestLog};
+use super::conn::ConnState;
+use super::response::ProxyError;
+use crate::config::{RedirectTemplate, TemplatePart};
+use crate::state::{RouteAction, RuntimeState, Shared};
+use crate::upstream::{forward, ActiveGuard, UpstreamPool};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio_util::task::TaskTracker;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone)]
+pub struct ProxyService {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    pub conn: Arc<ConnState>,
+    pub tracker: TaskTracker,
+}
+
+/// What a route's action produced, before it is wrapped for the client.
+enum Answer {
+    Upstream(Response<Incoming>, ActiveGuard),
+    Local(Response<Bytes>),
+}
+
+impl ProxyService {
+    pub async fn call(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let in_flight = self.conn.begin();
+        let state = self.shared.load();
+        let peer = self.peer.ip().to_canonical();
+        let trusted = &state.config.server.trusted_proxies;
+        let client = forward::client_ip(req.headers(), peer, trusted);
+        let request_id = request_id(req.headers());
+        let host = host_of(&req);
+        let log = Arc::new(RequestLog::new(
+            client,
+            req.method().clone(),
+            req.uri().clone(),
+            host,
+            request_id.clone(),
+        ));
+        let answer = self.dispatch(&state, req, peer, client, &log).await;
+        let mut response = match answer {
+            Ok(Answer::Upstream(resp, active)) => {
+                let (parts, body) = resp.into_parts();
+                let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
+                Response::from_parts(parts, ProxyBody::upstream(body, done))
+            }
+            Ok(Answer::Local(resp)) => {
+                let (parts, body) = resp.into_parts();
+                let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
+                Response::from_parts(parts, ProxyBody::full(body, done))
+            }
+            Err(err) => error_response(&err, log, in_flight),
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+        Ok(response)
+    }
+
+    async fn dispatch(
+        &self,
+        state: &RuntimeState,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        client: IpAddr,
+        log: &Arc<RequestLog>,
+    ) -> Result<Answer, ProxyError> {
+        let host = log
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let matched = state
+            .router
+            .route(host, req.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        match &state.routes[matched.route] {
+            RouteAction::Respond {
+                status,
+                body,
+                content_type,
+            } => Ok(Answer::Local(respond(*status, body, content_type))),
+            RouteAction::Redirect { to, status } => {
+                Ok(Answer::Local(redirect(to, *status, req.uri(), host)))
+            }
+            RouteAction::Proxy { pool, strip_prefix } => {
+                let strip = strip_prefix.then_some(matched.matched_len);
+                let hop = Hop {
+                    state,
+                    pool,
+                    peer,
+                    client,
+                    strip,
+                    log,
+                };
+                self.proxy(hop, req).await
+            }
+        }
+    }
+
+    async fn proxy(&self, hop: Hop<'_>, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
+        let active = hop
+            .pool
+            .pick(hop.client)
+            .ok_or_else(|| ProxyError::NoBackend(hop.pool.name.clone()))?;
+        let upgrade =
+            forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        parts.uri = upstream_uri(&parts.uri, &active, hop.strip)?;
+        prepare_request_headers(&mut parts.headers, &hop, upgrade.clone());
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, CountedBody::new(body, hop.log.clone()));
+        let timeout = hop.state.config.server.timeouts.upstream_response;
+        let sent = tokio::time::timeout(timeout, hop.state.client.request(upstream_req)).await;
+        let mut resp = sent
+            .map_err(|_| ProxyError::ResponseTimeout)?
+            .map_err(ProxyError::from_client)?;
+        forward::strip_hop_by_hop(resp.headers_mut());
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(proto), Some(client_upgrade)) =
+            (resp.status(), upgrade, client_upgrade)
+        {
+            forward::restore_upgrade(resp.headers_mut(), proto);
+            self.tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
+        }
+        Ok(Answer::Upstream(resp, active))
+    }
+
+    /// After a 101, copies bytes both ways between the two upgraded connections until either closes.
+    fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        self.tracker.spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+            };
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "tunnel closed with error");
+            }
+        });
+    }
+}
+
+struct Hop<'a> {
+    state: &'a RuntimeState,
+    pool: &'a UpstreamPool,
+    peer: IpAddr,
+    client: IpAddr,
+    strip: Option<usize>,
+    log: &'a Arc<RequestLog>,
+}
+
+fn prepare_request_headers(
+    headers: &mut http::HeaderMap,
+    hop: &Hop<'_>,
+    upgrade: Option<HeaderValue>,
+) {
+    forward::strip_hop_by_hop(headers);
+    if let Some(proto) = upgrade {
+        forward::restore_upgrade(headers, proto);
+    }
+    if let Some(host) = &hop.log.host {
+        // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs it as Host
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
+    }
+    let trusted = forward::is_trusted(&hop.state.config.server.trusted_proxies, hop.peer);
+    forward::set_forwarded(headers, hop.peer, trusted, hop.log.host.as_ref());
+    headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
+}
+
+fn upstream_uri(uri: &Uri, active: &ActiveGuard, strip: Option<usize>) -> Result<Uri, ProxyError> {
+    let path_and_query = match (strip, uri.path_and_query()) {
+        (Some(len), Some(pq)) => strip_prefix(pq, len)?,
+        (_, Some(pq)) => pq.clone(),
+        (_, None) => PathAndQuery::from_static("/"),
+    };
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(active.backend().authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::BadTarget)
+}
+
+/// "/api/users?x=1" minus "/api/" is "/users?x=1"; the result always starts with '/'.
+fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyError> {
+    let rest = pq.as_str().get(len..).unwrap_or("");
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let mut out = String::with_capacity(rest.len() + 1);
+    out.push('/');
+    out.push_str(rest);
+    PathAndQuery::try_from(out).map_err(|_| ProxyError::BadTarget)
+}
+
+fn respond(status: StatusCode, body: &Bytes, content_type: &HeaderValue) -> Response<Bytes> {
+    let mut resp = Response::new(body.clone());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, content_type.clone());
+    resp
+}
+
+fn redirect(to: &RedirectTemplate, status: StatusCode, uri: &Uri, host: &str) -> Response<Bytes> {
+    let mut location = String::with_capacity(64);
+    let host = crate::routing::normalize_host(host);
+    for part in &to.parts {
+        match part {
+            TemplatePart::Literal(s) => location.push_str(s),
+            TemplatePart::Path => location.push_str(uri.path()),
+            TemplatePart::Query => location.push_str(uri.query().unwrap_or("")),
+            TemplatePart::Uri => {
+                location.push_str(uri.path_and_query().map_or("/", |pq| pq.as_str()))
+            }
+            TemplatePart::Host => location.push_str(&host),
+        }
+    }
+    let mut resp = Response::new(Bytes::new());
+    *resp.status_mut() = status;
+    match HeaderValue::try_from(location) {
+        Ok(value) => {
+            resp.headers_mut().insert(header::LOCATION, value);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+fn error_response(
+    err: &ProxyError,
+    log: Arc<RequestLog>,
+    in_flight: super::conn::InFlight,
+) -> Response<ProxyBody> {
+    let request_id = log.request_id.to_str().unwrap_or("-");
+    if err.is_upstream() {
+        tracing::warn!(error = %err, cause = ?std::error::Error::source(err), request_id, "upstream error");
+    }
+    let body = err.body(request_id);
+    let status = err.status();
+    let done = Completion::new(log, status.as_u16(), None, in_flight);
+    let mut resp = Response::new(ProxyBody::full(body, done));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(host) = req.headers().get(header::HOST) {
+        return Some(host.clone());
+    }
+    let authority = req.uri().authority()?;
+    HeaderValue::from_str(authority.as_str()).ok()
+}
+
+/// Keeps a sane client-supplied id (visible ASCII, at most 128 bytes), else makes a 128-bit one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        let ok =
+            !id.is_empty() && id.len() <= 128 && id.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return id.clone();
+        }
+    }
+    let mut buf = [0u8; 32];
+    let n = fastrand::u128(..);
+    for (i, out) in buf.iter_mut().enumerate() {
+        *out = b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_keeps_leading_slash_and_query() {
+        let pq = PathAndQuery::from_static("/api/users?x=1");
+        assert_eq!(strip_prefix(&pq, 5).unwrap().as_str(), "/users?x=1");
+        assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/users?x=1");
+        let pq = PathAndQuery::from_static("/api");
+        assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated() {
+        let mut h = http::HeaderMap::new();
+        let a = request_id(&h);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, request_id(&h));
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+    }
+}

@@ -1,0 +1,15 @@
+//! Gatehouse: a reverse proxy and edge gateway.
+//!
+//! Data flows one way: a validated `config::Config` is compiled into a `state::RuntimeState`
+//! snapshot, and the request path (`listener` -> `http` -> `routing` -> `upstream`) reads it.
+//! `docs/lifecycle.md` tells the life of a request.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod listener;
+pub mod routing;
+pub mod state;
+pub mod upstream;
+
+pub use app::{check, run, AppError};

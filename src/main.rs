@@ -1,0 +1,92 @@
+//! The `gatehouse` binary: parse the command line, set up logging, hand over to the library.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for an invalid config (EX_USAGE... EX_DATAERR is 65; 64 is what operators script against).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A reverse proxy and edge gateway"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit (0 = valid).
+    Check {
+        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Version => {
+            println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match gatehouse::check(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Run { config } => match gatehouse::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(gatehouse::AppError::Config(e)) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "gatehouse stopped");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}

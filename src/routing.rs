@@ -1,0 +1,197 @@
+//! Pure request routing: `(host, path) -> route id`. No IO, no tokio; built once per config snapshot.
+//!
+//! Host precedence: exact name, then the longest matching `*.suffix`, then the catch-all site.
+//! Path precedence within a site: exact path, then the longest matching prefix.
+
+use crate::config::{HostPattern, PathMatch, Site};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// Index of a route in the flattened route table, in config order (site by site).
+pub type RouteId = usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub site: usize,
+    pub route: RouteId,
+    /// Length of the matched prefix (or the whole exact path), for `strip_prefix`.
+    pub matched_len: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    exact_hosts: HashMap<String, usize>,
+    /// `(".example.com", site)`, longest suffix first.
+    wildcard_hosts: Vec<(String, usize)>,
+    any_host: Option<usize>,
+    sites: Vec<SiteTable>,
+}
+
+#[derive(Debug, Default)]
+struct SiteTable {
+    exact: HashMap<String, RouteId>,
+    /// Longest prefix first.
+    prefixes: Vec<(String, RouteId)>,
+}
+
+impl Router {
+    pub fn new(sites: &[Site]) -> Router {
+        let mut router = Router::default();
+        let mut next_id = 0;
+        for (index, site) in sites.iter().enumerate() {
+            for host in &site.hosts {
+                match host {
+                    HostPattern::Any => router.any_host = Some(index),
+                    HostPattern::Exact(h) => {
+                        router.exact_hosts.insert(h.clone(), index);
+                    }
+                    HostPattern::Wildcard(s) => router.wildcard_hosts.push((s.clone(), index)),
+                }
+            }
+            let mut table = SiteTable::default();
+            for route in &site.routes {
+                match &route.matcher {
+                    PathMatch::Exact(p) => {
+                        table.exact.insert(p.clone(), next_id);
+                    }
+                    PathMatch::Prefix(p) => table.prefixes.push((p.clone(), next_id)),
+                }
+                next_id += 1;
+            }
+            table
+                .prefixes
+                .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            router.sites.push(table);
+        }
+        router
+            .wildcard_hosts
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        router
+    }
+
+    pub fn route(&self, host: &str, path: &str) -> Option<RouteMatch> {
+        let site = self.site_for(host)?;
+        let table = &self.sites[site];
+        if let Some(&route) = table.exact.get(path) {
+            return Some(RouteMatch {
+                site,
+                route,
+                matched_len: path.len(),
+            });
+        }
+        table
+            .prefixes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(prefix, route)| RouteMatch {
+                site,
+                route: *route,
+                matched_len: prefix.len(),
+            })
+    }
+
+    fn site_for(&self, host: &str) -> Option<usize> {
+        let host = normalize_host(host);
+        if let Some(&site) = self.exact_hosts.get(host.as_ref()) {
+            return Some(site);
+        }
+        self.wildcard_hosts
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, site)| *site)
+            .or(self.any_host)
+    }
+}
+
+/// Lower-cases and drops the port and a trailing dot; borrows when nothing changes.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
+    let without_port = match host.rfind(':') {
+        // "[::1]:8080" or "[::1]": keep the bracketed IPv6 literal
+        _ if host.starts_with('[') => host.find(']').map_or(host, |end| &host[..=end]),
+        Some(colon) => &host[..colon],
+        None => host,
+    };
+    let trimmed = without_port.trim_end_matches('.');
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Action, Route};
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
+
+    fn route(m: PathMatch) -> Route {
+        let action = Action::Respond {
+            status: StatusCode::OK,
+            body: Bytes::new(),
+            content_type: HeaderValue::from_static("text/plain"),
+        };
+        Route { matcher: m, action }
+    }
+
+    fn sites() -> Vec<Site> {
+        let p = |s: &str| route(PathMatch::Prefix(s.into()));
+        vec![
+            Site {
+                hosts: vec![HostPattern::Exact("app.example.com".into())],
+                routes: vec![
+                    p("/"),
+                    p("/api/"),
+                    p("/api/v2/"),
+                    route(PathMatch::Exact("/healthz".into())),
+                ],
+            },
+            Site {
+                hosts: vec![HostPattern::Wildcard(".example.com".into())],
+                routes: vec![p("/")],
+            },
+            Site {
+                hosts: vec![HostPattern::Wildcard(".deep.example.com".into())],
+                routes: vec![p("/")],
+            },
+            Site {
+                hosts: vec![HostPattern::Any],
+                routes: vec![p("/only/")],
+            },
+        ]
+    }
+
+    #[test]
+    fn hosts_by_precedence() {
+        let r = Router::new(&sites());
+        assert_eq!(r.route("app.example.com", "/").unwrap().site, 0);
+        assert_eq!(r.route("APP.Example.com:8080", "/").unwrap().site, 0);
+        assert_eq!(r.route("x.example.com", "/").unwrap().site, 1);
+        assert_eq!(r.route("a.b.example.com", "/").unwrap().site, 1);
+        assert_eq!(r.route("x.deep.example.com", "/").unwrap().site, 2);
+        assert_eq!(r.route("example.com", "/only/x").unwrap().site, 3);
+        assert_eq!(r.route("other.org", "/").map(|m| m.site), None);
+    }
+
+    #[test]
+    fn paths_by_precedence() {
+        let r = Router::new(&sites());
+        let at = |p: &str| {
+            r.route("app.example.com", p)
+                .map(|m| (m.route, m.matched_len))
+        };
+        assert_eq!(at("/"), Some((0, 1)));
+        assert_eq!(at("/api/users"), Some((1, 5)));
+        assert_eq!(at("/api/v2/x"), Some((2, 8)));
+        assert_eq!(at("/healthz"), Some((3, 8)));
+        assert_eq!(at("/healthz/x"), Some((0, 1)));
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("Example.COM.:80"), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert!(matches!(normalize_host("plain"), Cow::Borrowed("plain")));
+    }
+}

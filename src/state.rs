@@ -1,0 +1,120 @@
+//! The runtime snapshot compiled from a validated `Config`, published through one `ArcSwap` so a
+//! request sees one whole config from start to end.
+
+use crate::config::{Action, Config, RedirectTemplate};
+use crate::http::CountedBody;
+use crate::routing::Router;
+use crate::upstream::{self, UpstreamPool};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub type UpstreamClient = Client<HttpConnector, CountedBody>;
+
+pub struct RuntimeState {
+    pub config: Arc<Config>,
+    pub router: Router,
+    /// Indexed by `RouteId`.
+    pub routes: Vec<RouteAction>,
+    pub upstreams: HashMap<String, Arc<UpstreamPool>>,
+    pub client: UpstreamClient,
+}
+
+pub enum RouteAction {
+    Proxy {
+        pool: Arc<UpstreamPool>,
+        strip_prefix: bool,
+    },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+        content_type: HeaderValue,
+    },
+    Redirect {
+        to: RedirectTemplate,
+        status: StatusCode,
+    },
+}
+
+impl RuntimeState {
+    /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers).
+    pub async fn build(config: Config) -> RuntimeState {
+        let mut upstreams = HashMap::new();
+        for (name, spec) in &config.upstreams {
+            let pool = UpstreamPool::new(name, spec);
+            pool.resolve().await;
+            pool.spawn_resolver();
+            upstreams.insert(name.clone(), pool);
+        }
+        let routes = config
+            .sites
+            .iter()
+            .flat_map(|site| site.routes.iter())
+            .map(|route| compile(&route.action, &upstreams))
+            .collect();
+        RuntimeState {
+            router: Router::new(&config.sites),
+            routes,
+            upstreams,
+            client: upstream::client(&config.server.timeouts),
+            config: Arc::new(config),
+        }
+    }
+}
+
+fn compile(action: &Action, upstreams: &HashMap<String, Arc<UpstreamPool>>) -> RouteAction {
+    match action {
+        Action::Proxy {
+            upstream,
+            strip_prefix,
+        } => match upstreams.get(upstream) {
+            Some(pool) => RouteAction::Proxy {
+                pool: pool.clone(),
+                strip_prefix: *strip_prefix,
+            },
+            // unreachable after validation; kept total so route ids stay aligned
+            None => RouteAction::Respond {
+                status: StatusCode::BAD_GATEWAY,
+                body: Bytes::from_static(b"upstream not configured\n"),
+                content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
+            },
+        },
+        Action::Respond {
+            status,
+            body,
+            content_type,
+        } => RouteAction::Respond {
+            status: *status,
+            body: body.clone(),
+            content_type: content_type.clone(),
+        },
+        Action::Redirect { to, status } => RouteAction::Redirect {
+            to: to.clone(),
+            status: *status,
+        },
+    }
+}
+
+/// The one place the current snapshot lives.
+pub struct Shared {
+    state: ArcSwap<RuntimeState>,
+}
+
+impl Shared {
+    pub fn new(state: RuntimeState) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: ArcSwap::from_pointee(state),
+        })
+    }
+
+    pub fn load(&self) -> Arc<RuntimeState> {
+        self.state.load_full()
+    }
+
+    pub fn store(&self, state: RuntimeState) {
+        self.state.store(Arc::new(state));
+    }
+}

@@ -1,0 +1,190 @@
+//! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 7.6.1), the
+//! `X-Forwarded-*` family, and the client address as seen through trusted proxies.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one hop, never forwarded, plus whatever `Connection` names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The `Upgrade` protocol when the request asks for one (`Connection: upgrade` + `Upgrade: x`).
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client as best known: the peer, or, if the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` address that is not itself a trusted proxy.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !is_trusted(trusted, client) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`. A peer outside `trusted_proxies` cannot vouch for
+/// anything: its values are replaced, not extended.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    host: Option<&HeaderValue>,
+) {
+    let mut xff = String::with_capacity(48);
+    if peer_trusted {
+        for v in headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            xff.push_str(v.trim());
+            xff.push_str(", ");
+        }
+    }
+    use std::fmt::Write;
+    let _ = write!(xff, "{peer}");
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_listed_and_fixed_hop_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn upgrade_detected_only_with_connection_token() {
+        assert!(
+            requested_upgrade(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")]))
+                .is_some()
+        );
+        assert!(requested_upgrade(&map(&[("upgrade", "websocket")])).is_none());
+    }
+
+    #[test]
+    fn client_ip_walks_trusted_hops() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = map(&[
+            ("x-forwarded-for", "203.0.113.7, 198.51.100.2"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(&h, peer, &trusted),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
+        let outsider: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_ip(&h, outsider, &trusted), outsider);
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_from_untrusted_peer() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "evil")]);
+        let host = HeaderValue::from_static("app.example.com");
+        set_forwarded(&mut h, peer, false, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        set_forwarded(&mut h, peer, true, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}
