@@ -1,0 +1,481 @@
+#!/usr/bin/env bash
+# Gatehouse vs nginx as an HTTP/1.1 keep-alive reverse proxy in front of the
+# same backend. See benches/README.md for what is measured and how.
+#
+# Usage: bash benches/proxy-vs-nginx.sh
+# Env knobs (defaults in brackets):
+#   DURATION [10s]  wrk duration of each measured run
+#   REPEATS  [3]    rounds; targets are interleaved: direct nginx gatehouse, direct nginx gatehouse, ...
+#   CONNS    [64]   wrk connections (-c)
+#   PROXY_CPU [0]   CPU the proxy under test is pinned to
+#   LOAD_CPU  [1]   CPU wrk and the backend are pinned to
+#   TARGETS  ["direct nginx gatehouse"]  subset/order of targets to run
+#   WARMUP   [2s]   wrk warm-up before every measured run
+#   SKIP_BUILD [0]  1 = don't run `cargo build --release` (binary must exist)
+#   GATEHOUSE_BIN [target/release/gatehouse]
+#   OUT      [bench-results/proxy-vs-nginx.md]
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+
+DURATION=${DURATION:-10s}
+REPEATS=${REPEATS:-3}
+CONNS=${CONNS:-64}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+TARGETS=${TARGETS:-direct nginx gatehouse}
+WARMUP=${WARMUP:-2s}
+SKIP_BUILD=${SKIP_BUILD:-0}
+GATEHOUSE_BIN=${GATEHOUSE_BIN:-$ROOT/target/release/gatehouse}
+OUT=${OUT:-$ROOT/bench-results/proxy-vs-nginx.md}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- validation
+[[ $REPEATS =~ ^[1-9][0-9]*$ ]] || die "REPEATS must be a positive integer (got '$REPEATS')"
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
+[[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10s / 1m (got '$DURATION')"
+[[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s, or 0 to disable (got '$WARMUP')"
+NCPU=$(getconf _NPROCESSORS_ONLN)
+for v in PROXY_CPU LOAD_CPU; do
+    if ! [[ ${!v} =~ ^[0-9]+$ ]] || ((${!v} >= NCPU)); then die "$v must be a CPU index in 0..$((NCPU - 1)) (got '${!v}')"; fi
+done
+((PROXY_CPU != LOAD_CPU)) || log "WARNING: PROXY_CPU == LOAD_CPU ($PROXY_CPU): proxy competes with wrk and the backend"
+read -ra TARGET_LIST <<<"$TARGETS"
+((${#TARGET_LIST[@]} > 0)) || die "TARGETS is empty"
+for t in "${TARGET_LIST[@]}"; do
+    case $t in direct | nginx | gatehouse) ;; *) die "unknown target '$t' (expected direct, nginx, gatehouse)" ;; esac
+done
+want() { [[ " ${TARGET_LIST[*]} " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- tools
+need_install=()
+command -v nginx >/dev/null 2>&1 || need_install+=(nginx)
+command -v wrk >/dev/null 2>&1 || need_install+=(wrk)
+command -v curl >/dev/null 2>&1 || need_install+=(curl)
+if ((${#need_install[@]} > 0)); then
+    command -v apt-get >/dev/null 2>&1 || die "missing ${need_install[*]} and no apt-get to install them"
+    ((EUID == 0)) || die "missing ${need_install[*]}; run as root (or install them) so apt-get can install them"
+    log "installing ${need_install[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y "${need_install[@]}" >&2; then
+        log "apt-get install failed; running apt-get update and retrying"
+        apt-get update >&2 || die "apt-get update failed"
+        apt-get install -y "${need_install[@]}" >&2 || die "apt-get install -y ${need_install[*]} failed"
+    fi
+fi
+for c in nginx wrk curl taskset getconf awk sort; do
+    command -v "$c" >/dev/null 2>&1 || die "required command '$c' not found"
+done
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- cleanup
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
+chmod 755 "$TMP" # nginx workers may run as 'nobody'
+STARTED_PIDS=()
+cleanup() {
+    local rc=$? pid i alive
+    trap - EXIT INT TERM
+    if [[ -n ${WRK_PID:-} ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; fi
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for ((i = 0; i < 50; i++)); do
+        alive=0
+        for pid in "${STARTED_PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            log "process $pid did not exit after SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if ((rc != 0)) && [[ ${KEEP_TMP:-0} != 1 ]]; then
+        log "failed (exit $rc); removing $TMP (set KEEP_TMP=1 to keep its logs)"
+    fi
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then
+        log "keeping $TMP"
+    else
+        rm -rf -- "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- helpers
+USED_PORTS=" "
+free_port() {
+    local p i
+    for ((i = 0; i < 20; i++)); do
+        if command -v python3 >/dev/null 2>&1; then
+            p=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()')
+        else
+            # Fallback: random high port that nothing is listening on.
+            p=$((20000 + RANDOM % 30000))
+            if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
+        fi
+        if [[ $USED_PORTS != *" $p "* ]]; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "could not find a free TCP port"
+}
+
+# show_logs DIR: tail every log file of a started process (for startup failures).
+show_logs() {
+    local f
+    for f in "$1"/*.log; do
+        [[ -s $f ]] || continue
+        log "--- last lines of ${f#"$TMP"/}:"
+        tail -n 30 "$f" >&2 || true
+    done
+}
+
+# wait_ready NAME PID PORT LOGDIR: poll with curl until the port answers 200 "ok" (10 s deadline).
+wait_ready() {
+    local name=$1 pid=$2 port=$3 logdir=$4 deadline code last="no answer"
+    deadline=$((SECONDS + 10))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name (pid $pid) exited during startup"
+            show_logs "$logdir"
+            die "$name failed to start"
+        fi
+        code=$(curl -sS -o "$TMP/ready-body" -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null) || code=000
+        if [[ $code == 200 ]]; then
+            [[ $(<"$TMP/ready-body") == ok ]] ||
+                die "$name on port $port answered 200 with an unexpected body: '$(head -c 200 "$TMP/ready-body")'"
+            log "$name ready on 127.0.0.1:$port (pid $pid)"
+            return 0
+        fi
+        [[ $code == 000 ]] || last="HTTP $code"
+        sleep 0.1
+    done
+    log "$name did not answer 200 on port $port within 10 s (last: $last)"
+    show_logs "$logdir"
+    die "$name not ready"
+}
+
+# start_nginx NAME CPU: runs nginx with prefix $TMP/NAME (conf already written) in the
+# foreground of a background job, pinned to CPU. Sets NGINX_PID.
+start_nginx() {
+    local name=$1 cpu=$2 dir=$TMP/$1
+    nginx -t -q -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 ||
+        { cat "$dir/stdout.log" >&2; die "nginx config for $name is invalid"; }
+    taskset -c "$cpu" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
+        >>"$dir/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    STARTED_PIDS+=("$NGINX_PID")
+}
+
+# nginx_main DIR / nginx_http_common DIR: shared config bits keeping every path inside DIR.
+nginx_main() {
+    local dir=$1
+    cat <<EOF
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+nginx_http_common() {
+    local dir=$1
+    cat <<EOF
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+EOF
+}
+
+# proc_ticks PID...: sum of utime+stime (fields 14, 15 of /proc/PID/stat) in clock ticks.
+proc_ticks() {
+    local total=0 pid stat rest
+    local -a f
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat") || die "cannot read /proc/$pid/stat (process gone?)"
+        rest=${stat##*) } # drop "pid (comm) " — comm may contain spaces
+        read -ra f <<<"$rest"
+        # rest starts at field 3 (state): field 14 -> f[11], field 15 -> f[12]
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# proxy_pids TARGET: pids whose CPU time is charged to the proxy.
+proxy_pids() {
+    case $1 in
+    nginx)
+        echo "$NGINX_PROXY_PID"
+        pgrep -P "$NGINX_PROXY_PID" || true
+        ;;
+    gatehouse) echo "$GATEHOUSE_PID" ;;
+    direct) ;;
+    esac
+}
+
+# to_us VALUE: wrk latency ("512.00us", "1.23ms", "2.00s") -> microseconds.
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        if (match(v, /^[0-9.]+/)) { n = substr(v, 1, RLENGTH); u = substr(v, RLENGTH + 1) } else { print "nan"; exit }
+        m = (u == "us") ? 1 : (u == "ms") ? 1000 : (u == "s") ? 1e6 : (u == "m") ? 6e7 : (u == "h") ? 3.6e9 : -1
+        if (m < 0) { print "nan"; exit }
+        printf "%.1f", n * m }'
+}
+
+# ---------------------------------------------------------------- build
+if want gatehouse; then
+    if [[ $SKIP_BUILD != 1 ]]; then
+        command -v cargo >/dev/null 2>&1 || die "cargo not found (needed to build gatehouse)"
+        log "cargo build --release"
+        (cd "$ROOT" && cargo build --release >&2) || die "cargo build --release failed"
+    fi
+    [[ -x $GATEHOUSE_BIN ]] || die "gatehouse binary not found at $GATEHOUSE_BIN"
+fi
+
+# ---------------------------------------------------------------- backend
+BACKEND_PORT=$(free_port)
+bdir=$TMP/backend
+mkdir -p "$bdir"
+{
+    nginx_main "$bdir"
+    echo "http {"
+    nginx_http_common "$bdir"
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+        location / {
+            default_type text/plain;
+            return 200 "ok\n";
+        }
+    }
+}
+EOF
+} >"$bdir/nginx.conf"
+start_nginx backend "$LOAD_CPU"
+BACKEND_PID=$NGINX_PID
+wait_ready "backend nginx" "$BACKEND_PID" "$BACKEND_PORT" "$bdir"
+
+declare -A PORT
+PORT[direct]=$BACKEND_PORT
+nginx_workers=()
+
+# ---------------------------------------------------------------- nginx proxy
+if want nginx; then
+    PORT[nginx]=$(free_port)
+    ndir=$TMP/nginx-proxy
+    mkdir -p "$ndir"
+    upstream_keepalive=$((CONNS > 64 ? CONNS : 64))
+    {
+        nginx_main "$ndir"
+        echo "http {"
+        nginx_http_common "$ndir"
+        cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive $upstream_keepalive;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:${PORT[nginx]} backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+EOF
+    } >"$ndir/nginx.conf"
+    start_nginx nginx-proxy "$PROXY_CPU"
+    NGINX_PROXY_PID=$NGINX_PID
+    wait_ready "nginx proxy" "$NGINX_PROXY_PID" "${PORT[nginx]}" "$ndir"
+    # Also track workers so cleanup can reach them even if the master is killed hard.
+    mapfile -t nginx_workers < <(pgrep -P "$NGINX_PROXY_PID" || true)
+    ((${#nginx_workers[@]} > 0)) || die "nginx proxy has no worker processes"
+fi
+
+# ---------------------------------------------------------------- gatehouse
+if want gatehouse; then
+    PORT[gatehouse]=$(free_port)
+    gdir=$TMP/gatehouse
+    mkdir -p "$gdir"
+    cat >"$gdir/gatehouse.toml" <<EOF
+[listen]
+http = "127.0.0.1:${PORT[gatehouse]}"
+
+[server]
+workers = 1
+
+[[site]]
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[upstream.backend]
+servers = ["127.0.0.1:$BACKEND_PORT"]
+EOF
+    # RUST_LOG=warn: keep per-request INFO access-log lines out of the measurement.
+    RUST_LOG=warn taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" run --config "$gdir/gatehouse.toml" --log-format json \
+        >"$gdir/stdout.log" 2>"$gdir/gatehouse.log" &
+    GATEHOUSE_PID=$!
+    STARTED_PIDS+=("$GATEHOUSE_PID")
+    wait_ready "gatehouse" "$GATEHOUSE_PID" "${PORT[gatehouse]}" "$gdir"
+fi
+
+# nginx workers are children of masters we started; add them last so cleanup TERMs the
+# masters first (graceful) and only then the workers (no-op if already gone).
+mapfile -t -O "${#nginx_workers[@]}" nginx_workers < <(pgrep -P "$BACKEND_PID" || true)
+for pid in "${nginx_workers[@]}"; do
+    if [[ -n $pid ]]; then STARTED_PIDS+=("$pid"); fi
+done
+
+# ---------------------------------------------------------------- runs
+RESULTS=() # "target|run|rps|requests|p50_us|p99_us|errors|cpu_us_per_req"
+
+# run_wrk OUTFILE WRK_ARGS...: wrk pinned to LOAD_CPU. Runs as a background job + wait so
+# a TERM/INT to this script is handled at once (cleanup then kills wrk too).
+WRK_PID=
+run_wrk() {
+    local outf=$1 rc=0
+    shift
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" "$@" >"$outf" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=
+    return "$rc"
+}
+
+run_one() {
+    local target=$1 run=$2 url out before after requests rps p50 p99 sock non2xx errors cpu
+    local -a pids
+    url="http://127.0.0.1:${PORT[$target]}/"
+    if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
+        run_wrk "$TMP/warmup.txt" -d"$WARMUP" "$url" ||
+            { cat "$TMP/warmup.txt" >&2; die "wrk warm-up against $target ($url) failed"; }
+    fi
+    mapfile -t pids < <(proxy_pids "$target")
+    before=0 after=0
+    if ((${#pids[@]} > 0)); then before=$(proc_ticks "${pids[@]}"); fi
+    run_wrk "$TMP/wrk-$target-$run.txt" -d"$DURATION" --latency "$url" ||
+        { cat "$TMP/wrk-$target-$run.txt" >&2; die "wrk against $target ($url) failed"; }
+    if ((${#pids[@]} > 0)); then after=$(proc_ticks "${pids[@]}"); fi
+    out=$(<"$TMP/wrk-$target-$run.txt")
+
+    requests=$(awk '/ requests in /{print $1; exit}' <<<"$out")
+    rps=$(awk '/^Requests\/sec:/{print $2; exit}' <<<"$out")
+    p50=$(to_us "$(awk '$1=="50%"{print $2; exit}' <<<"$out")")
+    p99=$(to_us "$(awk '$1=="99%"{print $2; exit}' <<<"$out")")
+    sock=$(awk '/Socket errors:/{gsub(/,/,""); print $4+$6+$8+$10; exit}' <<<"$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF; exit}' <<<"$out")
+    [[ $requests =~ ^[0-9]+$ && -n $rps ]] || { printf '%s\n' "$out" >&2; die "could not parse wrk output for $target"; }
+    errors=$((${sock:-0} + ${non2xx:-0}))
+    if [[ $target == direct ]]; then
+        cpu=-
+    elif ((requests > 0)); then
+        cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')
+    else
+        cpu=nan
+    fi
+    RESULTS+=("$target|$run|$rps|$requests|$p50|$p99|$errors|$cpu")
+    log "$(printf '%-9s run %d: %10s req/s  p50 %8s us  p99 %8s us  errors %s  cpu %s us/req' \
+        "$target" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu")"
+}
+
+log "targets: ${TARGET_LIST[*]}; DURATION=$DURATION REPEATS=$REPEATS CONNS=$CONNS PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU WARMUP=$WARMUP"
+for ((r = 1; r <= REPEATS; r++)); do
+    for t in "${TARGET_LIST[@]}"; do
+        run_one "$t" "$r"
+    done
+done
+
+# ---------------------------------------------------------------- report
+median() { # numbers on stdin -> median (mean of the two middle values for even counts)
+    sort -g | awk '{a[NR]=$1} END { if (NR == 0) { print "nan"; exit }
+        if (NR % 2) printf "%.2f", a[(NR+1)/2]; else printf "%.2f", (a[NR/2] + a[NR/2+1]) / 2 }'
+}
+ms() { awk -v u="$1" 'BEGIN{ if (u == "nan") print "nan"; else printf "%.3f", u / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 == 0 || a == "nan" || b == "nan") print "n/a"; else printf "%.3g", a / b }'; }
+col() { # col TARGET FIELDNO -> values of that field for the target, one per line
+    local row
+    for row in "${RESULTS[@]}"; do
+        IFS='|' read -ra f <<<"$row"
+        [[ ${f[0]} == "$1" ]] && echo "${f[$2]}"
+    done
+    return 0
+}
+
+declare -A MED_RPS MED_CPU MED_P50 MED_P99
+for t in "${TARGET_LIST[@]}"; do
+    MED_RPS[$t]=$(col "$t" 2 | median)
+    MED_P50[$t]=$(col "$t" 4 | median)
+    MED_P99[$t]=$(col "$t" 5 | median)
+    if [[ $t == direct ]]; then MED_CPU[$t]=-; else MED_CPU[$t]=$(col "$t" 7 | median); fi
+done
+
+gh_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null || true) ]]; then gh_rev+="+dirty"; fi
+nginx_ver=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+wrk_ver=$(wrk --version 2>&1 | awk 'NR==1{print $2; exit}' || true)
+cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+
+mkdir -p "$(dirname -- "$OUT")"
+{
+    echo "# Gatehouse vs nginx reverse proxy"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), host: $(uname -srm), ${NCPU} CPUs (${cpu_model:-unknown CPU})"
+    echo "- gatehouse: ${gh_rev} (release build, \`workers = 1\`, \`RUST_LOG=warn\`); nginx: ${nginx_ver} (\`worker_processes 1\`, upstream keepalive); wrk ${wrk_ver:-?}"
+    echo "- load: \`wrk -t1 -c${CONNS} -d${DURATION} --latency\`, HTTP/1.1 keep-alive, GET / -> backend \`200 ok\\n\`; ${WARMUP} warm-up before each run; ${REPEATS} interleaved rounds"
+    echo "- pinning: proxy on CPU ${PROXY_CPU}; wrk + backend nginx on CPU ${LOAD_CPU}"
+    echo "- CPU µs/req = proxy utime+stime (/proc/PID/stat, nginx master+worker) during the run / requests completed"
+    echo
+    echo "| target | run | req/s | p50 | p99 | errors | CPU µs/req |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for row in "${RESULTS[@]}"; do
+        IFS='|' read -r t r rps _req p50 p99 err cpu <<<"$row"
+        printf '| %s | %s | %s | %s ms | %s ms | %s | %s |\n' "$t" "$r" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$err" "$cpu"
+    done
+    echo
+    echo "## Summary (medians over ${REPEATS} runs)"
+    echo
+    echo "| target | req/s | p50 | p99 | CPU µs/req |"
+    echo "|---|---:|---:|---:|---:|"
+    for t in "${TARGET_LIST[@]}"; do
+        printf '| %s | %s | %s ms | %s ms | %s |\n' "$t" "${MED_RPS[$t]}" "$(ms "${MED_P50[$t]}")" "$(ms "${MED_P99[$t]}")" "${MED_CPU[$t]}"
+    done
+    echo
+    if want gatehouse && want nginx; then
+        echo "- gatehouse/nginx req/s: **$(ratio "${MED_RPS[gatehouse]}" "${MED_RPS[nginx]}")** (higher is better)"
+        echo "- gatehouse/nginx CPU µs/req: **$(ratio "${MED_CPU[gatehouse]}" "${MED_CPU[nginx]}")** (lower is better)"
+        echo "- gatehouse/nginx p99: $(ratio "${MED_P99[gatehouse]}" "${MED_P99[nginx]}") (lower is better)"
+    fi
+    if want gatehouse && want direct; then
+        echo "- gatehouse/direct req/s: **$(ratio "${MED_RPS[gatehouse]}" "${MED_RPS[direct]}")**"
+    fi
+    if want nginx && want direct; then
+        echo "- nginx/direct req/s: $(ratio "${MED_RPS[nginx]}" "${MED_RPS[direct]}")"
+    fi
+} >"$OUT.tmp"
+mv -f -- "$OUT.tmp" "$OUT"
+cat -- "$OUT"
+log "written to ${OUT#"$ROOT"/}"
