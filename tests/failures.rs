@@ -1,0 +1,329 @@
+//! Acceptance items 12-13: 502 / 504 / 404 with request-id bodies, and graceful shutdown on SIGTERM.
+
+// Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::{
+    client, closed_port_addr, gated_backend, sleepy_backend, with_timeout, Gate, TestProxy,
+};
+use tokio::sync::mpsc;
+
+fn upstream_config(upstream: SocketAddr, extra_server: &str) -> String {
+    format!(
+        r#"
+[listen]
+http = "127.0.0.1:0"
+
+[server]
+workers = 2
+{extra_server}
+
+[[site]]
+  [[site.route]]
+  path = "/api/"
+  upstream = "backend"
+
+[upstream.backend]
+servers = ["{upstream}"]
+"#
+    )
+}
+
+/// Asserts an error response: status, a short plain-text body containing the x-request-id.
+async fn assert_error_response(resp: reqwest::Response, want_status: u16) {
+    let status = resp.status().as_u16();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.text().await.expect("body");
+    assert_eq!(status, want_status, "body: {body}");
+    let request_id = request_id.expect("x-request-id header on error response");
+    assert!(!request_id.is_empty());
+    assert!(
+        body.contains(&request_id),
+        "{want_status} body {body:?} does not contain the request id {request_id:?}"
+    );
+    assert!(body.len() < 1024, "error body is not short: {body:?}");
+    assert!(
+        content_type
+            .as_deref()
+            .is_some_and(|ct| ct.starts_with("text/plain")),
+        "{want_status} content-type {content_type:?} is not text/plain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_is_502_with_request_id() {
+    with_timeout(30, async {
+        let dead = closed_port_addr().await;
+        let proxy = TestProxy::start(&upstream_config(dead, "")).await;
+        let started = Instant::now();
+        let resp = client()
+            .get(proxy.url("/api/x"))
+            .send()
+            .await
+            .expect("request");
+        assert_error_response(resp, 502).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "a refused connection should fail fast, took {:?}",
+            started.elapsed()
+        );
+
+        // A client-chosen id is the one reported.
+        let resp = client()
+            .get(proxy.url("/api/x"))
+            .header("x-request-id", "trace-502")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 502);
+        assert!(resp.text().await.expect("body").contains("trace-502"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_504_after_upstream_response_timeout() {
+    with_timeout(30, async {
+        let backend = sleepy_backend(Duration::from_secs(3)).await;
+        let proxy = TestProxy::start(&upstream_config(
+            backend.addr,
+            r#"timeouts = { upstream_response = "300ms" }"#,
+        ))
+        .await;
+        let started = Instant::now();
+        let resp = client()
+            .get(proxy.url("/api/slow"))
+            .send()
+            .await
+            .expect("request");
+        let elapsed = started.elapsed();
+        assert_error_response(resp, 504).await;
+        assert!(
+            elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(2500),
+            "504 should come after ~300ms, came after {elapsed:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_path_is_404_with_request_id() {
+    with_timeout(30, async {
+        let dead = closed_port_addr().await;
+        let proxy = TestProxy::start(&upstream_config(dead, "")).await;
+        let resp = client()
+            .get(proxy.url("/nope"))
+            .send()
+            .await
+            .expect("request");
+        assert_error_response(resp, 404).await;
+    })
+    .await;
+}
+
+/// Starts a proxy in front of a gated backend and a held `/api/slow` request; returns once the
+/// request has reached the backend.
+struct HeldRequest {
+    proxy: TestProxy,
+    gate: Gate,
+    response: tokio::task::JoinHandle<Result<(u16, Bytes), reqwest::Error>>,
+    _backend: support::Backend,
+}
+
+fn slow_body() -> Bytes {
+    Bytes::from(
+        (0..200_000u32)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+async fn hold_a_request(shutdown_grace: &str) -> HeldRequest {
+    let gate = Gate::new();
+    let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel();
+    let backend = gated_backend("slow", gate.clone(), arrived_tx, slow_body()).await;
+    let proxy = TestProxy::start(&upstream_config(
+        backend.addr,
+        &format!("shutdown_grace = \"{shutdown_grace}\""),
+    ))
+    .await;
+    let url = proxy.url("/api/slow");
+    let response = tokio::spawn(async move {
+        let resp = client().get(url).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().await?))
+    });
+    tokio::time::timeout(Duration::from_secs(10), arrived_rx.recv())
+        .await
+        .expect("slow request never reached the backend")
+        .expect("channel");
+    HeldRequest {
+        proxy,
+        gate,
+        response,
+        _backend: backend,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_request_finish_then_exits_zero() {
+    with_timeout(60, async {
+        let HeldRequest {
+            mut proxy,
+            gate,
+            response,
+            _backend,
+        } = hold_a_request("30s").await;
+
+        proxy.send_signal("TERM");
+        // The backend takes ~1.5 s to answer the in-flight request.
+        let opener = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            gate.open();
+        });
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("in-flight request did not complete after SIGTERM")
+            .expect("request task")
+            .expect("in-flight request failed after SIGTERM");
+        assert_eq!(status, 200);
+        assert_eq!(body, slow_body(), "in-flight response body was cut short");
+        opener.await.expect("opener");
+
+        let exit = proxy
+            .wait_exit(Duration::from_secs(5))
+            .await
+            .expect("proxy did not exit within 5s of its last request finishing");
+        assert!(exit.success(), "proxy exited with {exit:?} after SIGTERM");
+
+        let connect = tokio::net::TcpStream::connect(proxy.addr).await;
+        assert!(
+            connect.is_err(),
+            "a new connection was accepted after the proxy exited"
+        );
+    })
+    .await;
+}
+
+/// Polls until a TCP connect to `addr` is refused; false if it still succeeds after `max`.
+async fn refused_within(addr: SocketAddr, max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_while_draining() {
+    with_timeout(60, async {
+        let HeldRequest {
+            mut proxy,
+            gate,
+            response,
+            _backend,
+        } = hold_a_request("30s").await;
+
+        proxy.send_signal("TERM");
+        // While the held request is still in flight, the listener must go away.
+        assert!(
+            refused_within(proxy.addr, Duration::from_secs(3)).await,
+            "new connections are still accepted 3s after SIGTERM while draining"
+        );
+        assert!(
+            proxy.wait_exit(Duration::from_millis(1)).await.is_none(),
+            "proxy exited while a request was still in flight"
+        );
+
+        gate.open();
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("in-flight request did not complete")
+            .expect("request task")
+            .expect("in-flight request failed");
+        assert_eq!((status, body.len()), (200, slow_body().len()));
+        let exit = proxy
+            .wait_exit(Duration::from_secs(5))
+            .await
+            .expect("proxy did not exit after draining");
+        assert!(exit.success(), "proxy exited with {exit:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_bounds_the_wait_for_stuck_requests() {
+    with_timeout(60, async {
+        let HeldRequest {
+            mut proxy,
+            gate: _gate,
+            response,
+            _backend,
+        } = hold_a_request("1s").await;
+
+        let started = Instant::now();
+        proxy.send_signal("TERM");
+        let exit = proxy
+            .wait_exit(Duration::from_secs(8))
+            .await
+            .expect("proxy ignored shutdown_grace = 1s with a stuck request");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(900),
+            "proxy exited after {elapsed:?}, before the 1s grace period was over"
+        );
+        assert!(exit.success(), "proxy exited with {exit:?}");
+        response.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_also_drains_and_exits_zero() {
+    with_timeout(60, async {
+        let HeldRequest {
+            mut proxy,
+            gate,
+            response,
+            _backend,
+        } = hold_a_request("30s").await;
+
+        proxy.send_signal("INT");
+        assert!(
+            refused_within(proxy.addr, Duration::from_secs(3)).await,
+            "SIGINT did not close the listener"
+        );
+        gate.open();
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("in-flight request did not complete after SIGINT")
+            .expect("request task")
+            .expect("in-flight request failed after SIGINT");
+        assert_eq!((status, body.len()), (200, slow_body().len()));
+        let exit = proxy
+            .wait_exit(Duration::from_secs(5))
+            .await
+            .expect("proxy did not exit after SIGINT");
+        assert!(exit.success(), "proxy exited with {exit:?} after SIGINT");
+    })
+    .await;
+}

@@ -1,0 +1,704 @@
+//! Shared helpers for the end-to-end tests: the real `gatehouse` binary, real hyper backends,
+//! raw HTTP/1.1 over TCP, and process introspection. Nothing here is a mock.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// Runs `fut`, panicking if it does not finish within `secs` seconds, so no test can hang.
+pub async fn with_timeout<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("test did not finish within {secs}s"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy process
+// ---------------------------------------------------------------------------------------------
+
+/// A running `gatehouse run` process. Killed on drop.
+pub struct TestProxy {
+    child: Child,
+    /// The bound HTTP listener address, as reported by the "listening" log line.
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+enum LogEvent {
+    Line(String),
+    Eof,
+}
+
+/// Spawns `gatehouse run` on `config` and returns the child, its stderr lines (kept up to date by a
+/// background thread that drains the pipe until EOF) and a channel announcing every new line.
+fn spawn_run(
+    config_path: &Path,
+    envs: &[(&str, &str)],
+) -> (
+    Child,
+    Arc<Mutex<Vec<String>>>,
+    mpsc::UnboundedReceiver<LogEvent>,
+) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config_path)
+        .arg("--log-format")
+        .arg("json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn().expect("spawn gatehouse run");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(stderr);
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line.clone());
+            // The receiver goes away once startup is over; keep draining regardless.
+            let _ = tx.send(LogEvent::Line(line));
+        }
+        let _ = tx.send(LogEvent::Eof);
+    });
+    (child, logs, rx)
+}
+
+impl TestProxy {
+    /// Writes `config` to a temp file, starts the proxy and waits (10 s max) for its
+    /// `"message":"listening"` / `"listener":"http"` log line.
+    pub async fn start(config: &str) -> TestProxy {
+        Self::start_with_env(config, &[]).await
+    }
+
+    pub async fn start_with_env(config: &str, envs: &[(&str, &str)]) -> TestProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gatehouse.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let (mut child, logs, mut rx) = spawn_run(&config_path, envs);
+        let pid = child.id();
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(LogEvent::Line(line))) => {
+                    if let Some(addr) = parse_listening_line(&line, "http") {
+                        break addr;
+                    }
+                }
+                Ok(Some(LogEvent::Eof)) | Ok(None) => {
+                    let status = child.wait().ok();
+                    panic!(
+                        "gatehouse exited before listening (status {status:?}); config:\n{config}\nstderr:\n{}",
+                        logs.lock().unwrap().join("\n")
+                    );
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "gatehouse did not log a listening line within 10s; stderr:\n{}",
+                        logs.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        };
+        TestProxy {
+            child,
+            addr,
+            pid,
+            config_path,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// All stderr lines seen so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn send_signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid);
+    }
+
+    /// Polls for the process to exit; `None` if it is still running after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Extracts `addr` from a JSON log line like
+/// `{"message":"listening","listener":"http","addr":"127.0.0.1:4321",...}`.
+pub fn parse_listening_line(line: &str, listener: &str) -> Option<SocketAddr> {
+    if json_str_field(line, "message")? != "listening" {
+        return None;
+    }
+    if json_str_field(line, "listener")? != listener {
+        return None;
+    }
+    json_str_field(line, "addr")?.parse().ok()
+}
+
+/// A minimal reader for a top-level string field of a flat JSON object (no escapes needed for the
+/// fields we read). Good enough for log lines; avoids a serde_json dependency.
+pub fn json_str_field(line: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\"");
+    let mut rest = line;
+    while let Some(pos) = rest.find(&needle) {
+        let after = rest[pos + needle.len()..].trim_start();
+        if let Some(after) = after.strip_prefix(':') {
+            let after = after.trim_start();
+            if let Some(value) = after.strip_prefix('"') {
+                let end = value.find('"')?;
+                return Some(value[..end].to_string());
+            }
+        }
+        rest = &rest[pos + needle.len()..];
+    }
+    None
+}
+
+/// Result of a finished `gatehouse` command.
+pub struct CmdOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `gatehouse ARGS...` to completion (15 s max), with optional extra / removed env vars.
+pub fn run_gatehouse(args: &[&str], envs: &[(&str, &str)], env_remove: &[&str]) -> CmdOutput {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    for key in env_remove {
+        cmd.env_remove(key);
+    }
+    let mut child = cmd.spawn().expect("spawn gatehouse");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gatehouse {args:?} did not exit within 15s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    CmdOutput {
+        status,
+        stdout: out_thread.join().expect("stdout thread"),
+        stderr: err_thread.join().expect("stderr thread"),
+    }
+}
+
+/// `VmRSS`, `VmHWM`, ... of a process, in kB.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let prefix = format!("{field}:");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"));
+    line[prefix.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .expect("kB value")
+}
+
+/// A port that was bound and then released: connecting to it is refused.
+pub async fn closed_port_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    drop(listener);
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+/// An in-process HTTP/1.1 (or WebSocket) server on 127.0.0.1:0. Stops accepting on drop.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// Serves HTTP/1.1 with `handler` for every request.
+pub async fn serve<F, Fut>(name: &str, handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("local_addr");
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let fut = (*handler)(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Backend {
+        addr,
+        name: name.to_string(),
+        task,
+    }
+}
+
+pub fn text_response(status: u16, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(body.into()))
+        .expect("response")
+}
+
+/// Renders what the backend received:
+/// ```text
+/// GET /path?query HTTP/1.1
+/// name: value          (one line per header value, in arrival order)
+///
+/// <request body>
+/// ```
+pub async fn render_echo(req: Request<Incoming>) -> String {
+    let (parts, body) = req.into_parts();
+    let mut out = format!(
+        "{} {} {:?}\n",
+        parts.method,
+        parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/"),
+        parts.version
+    );
+    for (name, value) in &parts.headers {
+        out.push_str(&format!(
+            "{}: {}\n",
+            name,
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    out.push('\n');
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    out.push_str(&String::from_utf8_lossy(&body));
+    out
+}
+
+/// Echo backend: replies 200 with [`render_echo`] and an `x-backend: NAME` header.
+pub async fn echo_backend(name: &str) -> Backend {
+    let backend_name = name.to_string();
+    serve(name, move |req| {
+        let backend_name = backend_name.clone();
+        async move {
+            let body = render_echo(req).await;
+            Response::builder()
+                .header("x-backend", backend_name)
+                .header("content-type", "text/plain")
+                .body(Full::new(Bytes::from(body)))
+                .expect("response")
+        }
+    })
+    .await
+}
+
+/// What an echo backend saw, parsed back from its response body.
+#[derive(Debug)]
+pub struct Echo {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Echo {
+    pub fn parse(text: &str) -> Echo {
+        let mut lines = text.split('\n');
+        let first = lines.next().expect("echo first line");
+        let mut parts = first.split(' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let uri = parts.next().unwrap_or_default().to_string();
+        let version = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        let mut consumed = first.len() + 1;
+        for line in lines.by_ref() {
+            consumed += line.len() + 1;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(": ").unwrap_or((line, ""));
+            headers.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+        let body = text.get(consumed..).unwrap_or_default().to_string();
+        Echo {
+            method,
+            uri,
+            version,
+            headers,
+            body,
+        }
+    }
+
+    /// All values of `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// All values of `name` joined with ", " (the combined field value), or `None` if absent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values = self.all(name);
+        if values.is_empty() {
+            None
+        } else {
+            Some(values.join(", "))
+        }
+    }
+}
+
+/// A latch that backends wait on until the test opens it (or a backend-side timeout passes).
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(Arc::new(watch::channel(false).0))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Waits for the gate to open; returns false if `max` passed first.
+    pub async fn wait(&self, max: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        let opened = matches!(
+            tokio::time::timeout(max, rx.wait_for(|open| *open)).await,
+            Ok(Ok(_))
+        );
+        opened
+    }
+}
+
+/// Backend for "held" requests: a path containing `/slow` announces its arrival on `arrived` (sending the
+/// backend's name), waits for `gate` (at most 10 s), then replies 200 with `slow_body`;
+/// every other path is echoed immediately. All responses carry `x-backend: NAME`.
+pub async fn gated_backend(
+    name: &str,
+    gate: Gate,
+    arrived: mpsc::UnboundedSender<String>,
+    slow_body: Bytes,
+) -> Backend {
+    let backend_name = name.to_string();
+    serve(name, move |req| {
+        let backend_name = backend_name.clone();
+        let gate = gate.clone();
+        let arrived = arrived.clone();
+        let slow_body = slow_body.clone();
+        async move {
+            let body = if req.uri().path().contains("/slow") {
+                let _ = arrived.send(backend_name.clone());
+                if !gate.wait(Duration::from_secs(10)).await {
+                    return text_response(500, "gate never opened");
+                }
+                slow_body
+            } else {
+                Bytes::from(render_echo(req).await)
+            };
+            Response::builder()
+                .header("x-backend", backend_name)
+                .header("content-type", "text/plain")
+                .body(Full::new(body))
+                .expect("response")
+        }
+    })
+    .await
+}
+
+/// Backend that sleeps `delay` before answering 200 "late".
+pub async fn sleepy_backend(delay: Duration) -> Backend {
+    serve("sleepy", move |_req| async move {
+        tokio::time::sleep(delay).await;
+        text_response(200, "late")
+    })
+    .await
+}
+
+/// Backend that streams the request body, counting and discarding it, and replies with the count.
+pub async fn counting_backend() -> Backend {
+    serve("counter", |req: Request<Incoming>| async move {
+        let mut body = req.into_body();
+        let mut count: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        count += data.len() as u64;
+                    }
+                }
+                Err(err) => return text_response(500, format!("body error after {count}: {err}")),
+            }
+        }
+        text_response(200, count.to_string())
+    })
+    .await
+}
+
+/// WebSocket backend that echoes text and binary messages back.
+pub async fn ws_echo_backend() -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+    let addr = listener.local_addr().expect("local_addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    let echo = msg.is_text() || msg.is_binary();
+                    if echo && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Backend {
+        addr,
+        name: "ws".to_string(),
+        task,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+/// A reqwest client that never follows redirects and never uses a system proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// A response read off a raw TCP connection, headers exactly as sent by the proxy.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.all(name).first().copied()
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` verbatim (use "\r\n" line endings) over a new TCP connection and reads one
+/// response (Content-Length, chunked, or until EOF).
+pub async fn raw_request(addr: SocketAddr, request: &str) -> RawResponse {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut stream = tokio::io::BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+
+    let mut status_line = String::new();
+    stream
+        .read_line(&mut status_line)
+        .await
+        .expect("status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.expect("header line");
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if find("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            stream.read_line(&mut size_line).await.expect("chunk size");
+            let size_hex = size_line.trim().split(';').next().unwrap_or("0");
+            let size = usize::from_str_radix(size_hex, 16).expect("chunk size hex");
+            if size == 0 {
+                // Trailers until the blank line.
+                loop {
+                    let mut line = String::new();
+                    let n = stream.read_line(&mut line).await.expect("trailer");
+                    if n == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            stream.read_exact(&mut chunk).await.expect("chunk");
+            chunk.truncate(size);
+            body.extend_from_slice(&chunk);
+        }
+    } else if let Some(len) = find("content-length") {
+        let len: usize = len.parse().expect("content-length");
+        body.resize(len, 0);
+        stream.read_exact(&mut body).await.expect("body");
+    } else if status != 204 && status != 304 && !request.starts_with("HEAD ") {
+        stream.read_to_end(&mut body).await.expect("body to eof");
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
