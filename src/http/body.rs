@@ -6,12 +6,15 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 use super::conn::InFlight;
 
@@ -25,6 +28,8 @@ pub struct RequestLog {
     pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
     bytes_in: AtomicU64,
+    /// Signalled once the request body has been sent upstream completely.
+    body_sent: Notify,
 }
 
 impl RequestLog {
@@ -43,7 +48,13 @@ impl RequestLog {
             host,
             request_id,
             bytes_in: AtomicU64::new(0),
+            body_sent: Notify::new(),
         }
+    }
+
+    /// Resolves once the request body is fully sent (at once for an empty body).
+    pub async fn body_sent(&self) {
+        self.body_sent.notified().await
     }
 }
 
@@ -56,6 +67,9 @@ pub struct CountedBody {
 
 impl CountedBody {
     pub fn new(inner: Incoming, log: Arc<RequestLog>) -> Self {
+        if inner.is_end_stream() {
+            log.body_sent.notify_one();
+        }
         CountedBody { inner, log }
     }
 }
@@ -69,12 +83,18 @@ impl Body for CountedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.log
-                    .bytes_in
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    self.log.bytes_in.fetch_add(len, Ordering::Relaxed);
+                }
+                if self.inner.is_end_stream() {
+                    self.log.body_sent.notify_one();
+                }
             }
+            Poll::Ready(_) => self.log.body_sent.notify_one(),
+            Poll::Pending => {}
         }
         polled
     }
@@ -90,8 +110,45 @@ impl Body for CountedBody {
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
+}
+
+/// An upstream response body with a limit on the wait between two frames (nginx's
+/// `proxy_read_timeout`); the timer exists only while a read is pending.
+#[derive(Debug)]
+struct UpstreamBody {
+    body: Incoming,
+    read_timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+
+impl UpstreamBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            self.stalled = None;
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream)));
+        }
+        let timeout = self.read_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::ReadTimeout(timeout)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Why a response body stopped early; the client connection is then cut (the head is out).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream body: {0}")]
+    Upstream(hyper::Error),
+    #[error("upstream sent nothing for {0:?} in the middle of a response body")]
+    ReadTimeout(Duration),
 }
 
 /// The response body sent to the client.
@@ -151,7 +208,12 @@ impl Drop for Completion {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, done: Completion) -> Self {
+    pub fn upstream(body: Incoming, read_timeout: Duration, done: Completion) -> Self {
+        let body = UpstreamBody {
+            body,
+            read_timeout,
+            stalled: None,
+        };
         ProxyBody {
             inner: Inner::Upstream(body),
             done,
@@ -168,15 +230,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Upstream(body) => body.poll_frame(cx),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -189,14 +248,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream(up) => up.body.is_end_stream(),
             Inner::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream(up) => up.body.size_hint(),
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -55,7 +55,10 @@ impl ProxyService {
             Ok(Answer::Upstream(resp, active)) => {
                 let (parts, body) = resp.into_parts();
                 let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
-                Response::from_parts(parts, ProxyBody::upstream(body, done))
+                Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(body, state.config.server.timeouts.upstream_response, done),
+                )
             }
             Ok(Answer::Local(resp)) => {
                 let (parts, body) = resp.into_parts();
@@ -125,10 +128,16 @@ impl ProxyService {
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, CountedBody::new(body, hop.log.clone()));
         let timeout = hop.state.config.server.timeouts.upstream_response;
-        let sent = tokio::time::timeout(timeout, hop.state.client.request(upstream_req)).await;
-        let mut resp = sent
-            .map_err(|_| ProxyError::ResponseTimeout)?
-            .map_err(ProxyError::from_client)?;
+        let log = hop.log.clone();
+        // the clock starts once the whole body is sent: a slow upload is not a slow upstream
+        let too_late = async move {
+            log.body_sent().await;
+            tokio::time::sleep(timeout).await;
+        };
+        let mut resp = tokio::select! {
+            sent = hop.state.client.request(upstream_req) => sent.map_err(ProxyError::from_client)?,
+            () = too_late => return Err(ProxyError::ResponseTimeout),
+        };
         forward::strip_hop_by_hop(resp.headers_mut());
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(proto), Some(client_upgrade)) =
             (resp.status(), upgrade, client_upgrade)
