@@ -34,10 +34,16 @@ pub fn check(path: &Path) -> Result<Config, ConfigError> {
 /// Runs the proxy on `path`'s config until SIGTERM or SIGINT.
 pub fn run(path: &Path) -> Result<(), AppError> {
     let config = config::load(path)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
-        runtime.worker_threads(config.server.workers);
-    }
+    // one worker: a current-thread runtime skips the cross-thread scheduler entirely
+    let mut runtime = match config.server.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.worker_threads(n);
+            rt
+        }
+    };
     let runtime = runtime.enable_all().build().map_err(AppError::Runtime)?;
     runtime.block_on(serve(config))
 }
