@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const IDLE: u8 = 0;
@@ -42,6 +43,8 @@ pub struct ConnState {
     is_h2: AtomicBool,
     header_read_ms: u64,
     idle_ms: u64,
+    /// Wakes the watchdog when a deadline is set, so it never sleeps past one.
+    deadline_set: Notify,
 }
 
 impl ConnState {
@@ -55,6 +58,7 @@ impl ConnState {
             is_h2: AtomicBool::new(false),
             header_read_ms,
             idle_ms: idle.as_millis() as u64,
+            deadline_set: Notify::new(),
         })
     }
 
@@ -74,6 +78,7 @@ impl ConnState {
         self.phase.store(phase, Ordering::Relaxed);
         self.deadline_ms
             .store(now_ms() + timeout_ms, Ordering::Relaxed);
+        self.deadline_set.notify_one();
     }
 
     /// Marks a request in flight until the returned guard drops (when its response body ends).
@@ -84,15 +89,18 @@ impl ConnState {
         InFlight(self.clone())
     }
 
-    /// Resolves when the connection has outlived its current deadline.
+    /// Resolves when the connection has outlived its current deadline. While a request is in
+    /// flight there is no deadline and no timer: it waits for the next `enter`.
     pub async fn expired(&self) -> Expiry {
         loop {
+            let changed = self.deadline_set.notified();
             let deadline = self.deadline_ms.load(Ordering::Relaxed);
             let now = now_ms();
             if deadline == NO_DEADLINE || self.in_flight.load(Ordering::Relaxed) > 0 {
-                tokio::time::sleep(Duration::from_millis(self.idle_ms)).await;
+                changed.await;
             } else if now < deadline {
-                tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+                let wait = Duration::from_millis(deadline - now);
+                let _ = tokio::time::timeout(wait, changed).await;
             } else if self.phase.load(Ordering::Relaxed) == READING_HEAD {
                 return Expiry::HeaderRead;
             } else {
