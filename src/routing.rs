@@ -122,16 +122,16 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Action, Route};
+    use crate::config::{Action, Respond, Route};
     use bytes::Bytes;
     use http::{HeaderValue, StatusCode};
 
     fn route(m: PathMatch) -> Route {
-        let action = Action::Respond {
+        let action = Action::Respond(Respond {
             status: StatusCode::OK,
             body: Bytes::new(),
             content_type: HeaderValue::from_static("text/plain"),
-        };
+        });
         Route { matcher: m, action }
     }
 

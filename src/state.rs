@@ -1,7 +1,7 @@
 //! The runtime snapshot compiled from a validated `Config`, published through one `ArcSwap` so a
 //! request sees one whole config from start to end.
 
-use crate::config::{Action, Config, RedirectTemplate};
+use crate::config::{Action, Config, Redirect, Respond};
 use crate::http::CountedBody;
 use crate::routing::Router;
 use crate::upstream::{self, UpstreamPool};
@@ -28,15 +28,8 @@ pub enum RouteAction {
         pool: Arc<UpstreamPool>,
         strip_prefix: bool,
     },
-    Respond {
-        status: StatusCode,
-        body: Bytes,
-        content_type: HeaderValue,
-    },
-    Redirect {
-        to: RedirectTemplate,
-        status: StatusCode,
-    },
+    Respond(Respond),
+    Redirect(Redirect),
 }
 
 impl RuntimeState {
@@ -76,25 +69,14 @@ fn compile(action: &Action, upstreams: &HashMap<String, Arc<UpstreamPool>>) -> R
                 strip_prefix: *strip_prefix,
             },
             // unreachable after validation; kept total so route ids stay aligned
-            None => RouteAction::Respond {
+            None => RouteAction::Respond(Respond {
                 status: StatusCode::BAD_GATEWAY,
                 body: Bytes::from_static(b"upstream not configured\n"),
                 content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
-            },
+            }),
         },
-        Action::Respond {
-            status,
-            body,
-            content_type,
-        } => RouteAction::Respond {
-            status: *status,
-            body: body.clone(),
-            content_type: content_type.clone(),
-        },
-        Action::Redirect { to, status } => RouteAction::Redirect {
-            to: to.clone(),
-            status: *status,
-        },
+        Action::Respond(respond) => RouteAction::Respond(respond.clone()),
+        Action::Redirect(redirect) => RouteAction::Redirect(redirect.clone()),
     }
 }
 

@@ -103,15 +103,22 @@ pub enum Action {
         upstream: String,
         strip_prefix: bool,
     },
-    Respond {
-        status: StatusCode,
-        body: Bytes,
-        content_type: HeaderValue,
-    },
-    Redirect {
-        to: RedirectTemplate,
-        status: StatusCode,
-    },
+    Respond(Respond),
+    Redirect(Redirect),
+}
+
+/// A built-in answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Respond {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Redirect {
+    pub to: RedirectTemplate,
+    pub status: StatusCode,
 }
 
 /// A redirect target with `{path}`, `{query}`, `{uri}` and `{host}` placeholders, pre-split so the

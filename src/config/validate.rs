@@ -448,11 +448,11 @@ fn respond_action(cx: &mut Ctx, raw: &Spanned<FileRespond>) -> Option<Action> {
             value
         }
     };
-    Some(Action::Respond {
+    Some(Action::Respond(Respond {
         status,
         body,
         content_type,
-    })
+    }))
 }
 
 fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> {
@@ -469,7 +469,7 @@ fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> 
     };
     let to = cx.expand(&r.to, "site.route.redirect.to")?;
     match parse_template(&to) {
-        Ok(to) => Some(Action::Redirect { to, status }),
+        Ok(to) => Some(Action::Redirect(Redirect { to, status })),
         Err(message) => {
             cx.error(r.to.span(), "site.route.redirect.to", message);
             None

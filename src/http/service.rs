@@ -4,7 +4,7 @@
 use super::body::{Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
 use super::response::ProxyError;
-use crate::config::{RedirectTemplate, TemplatePart};
+use crate::config::{Redirect, Respond, TemplatePart};
 use crate::state::{RouteAction, RuntimeState, Shared};
 use crate::upstream::{forward, ActiveGuard, UpstreamPool};
 use bytes::Bytes;
@@ -91,14 +91,8 @@ impl ProxyService {
             .route(host, req.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         match &state.routes[matched.route] {
-            RouteAction::Respond {
-                status,
-                body,
-                content_type,
-            } => Ok(Answer::Local(respond(*status, body, content_type))),
-            RouteAction::Redirect { to, status } => {
-                Ok(Answer::Local(redirect(to, *status, req.uri(), host)))
-            }
+            RouteAction::Respond(r) => Ok(Answer::Local(respond(r))),
+            RouteAction::Redirect(r) => Ok(Answer::Local(redirect(r, req.uri(), host))),
             RouteAction::Proxy { pool, strip_prefix } => {
                 let strip = strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
@@ -216,18 +210,18 @@ fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyErro
     PathAndQuery::try_from(out).map_err(|_| ProxyError::BadTarget)
 }
 
-fn respond(status: StatusCode, body: &Bytes, content_type: &HeaderValue) -> Response<Bytes> {
-    let mut resp = Response::new(body.clone());
-    *resp.status_mut() = status;
+fn respond(r: &Respond) -> Response<Bytes> {
+    let mut resp = Response::new(r.body.clone());
+    *resp.status_mut() = r.status;
     resp.headers_mut()
-        .insert(header::CONTENT_TYPE, content_type.clone());
+        .insert(header::CONTENT_TYPE, r.content_type.clone());
     resp
 }
 
-fn redirect(to: &RedirectTemplate, status: StatusCode, uri: &Uri, host: &str) -> Response<Bytes> {
+fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
     let mut location = String::with_capacity(64);
     let host = crate::routing::normalize_host(host);
-    for part in &to.parts {
+    for part in &r.to.parts {
         match part {
             TemplatePart::Literal(s) => location.push_str(s),
             TemplatePart::Path => location.push_str(uri.path()),
@@ -239,7 +233,7 @@ fn redirect(to: &RedirectTemplate, status: StatusCode, uri: &Uri, host: &str) ->
         }
     }
     let mut resp = Response::new(Bytes::new());
-    *resp.status_mut() = status;
+    *resp.status_mut() = r.status;
     match HeaderValue::try_from(location) {
         Ok(value) => {
             resp.headers_mut().insert(header::LOCATION, value);
