@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit code for an invalid config (EX_USAGE... EX_DATAERR is 65; 64 is what operators script against).
+/// Exit code for an invalid config: EX_USAGE from sysexits.h, distinct from runtime failures (1).
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
