@@ -10,31 +10,50 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one hop, never forwarded, plus whatever `Connection` names.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    if let Some(listed) = connection_tokens(headers) {
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Extra header names listed in `Connection` (beyond the fixed hop-by-hop set); `None` when there
+/// are none, which is the common case and allocates nothing.
+fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut extra: Option<Vec<HeaderName>> = None;
+    let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+        .flat_map(|v| v.split(','));
+    for token in tokens {
+        let token = token.trim();
+        let fixed = HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(token));
+        if fixed || token.eq_ignore_ascii_case("close") || token.is_empty() {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            extra.get_or_insert_with(Vec::new).push(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    extra
 }
 
 /// The `Upgrade` protocol when the request asks for one (`Connection: upgrade` + `Upgrade: x`).
