@@ -10,7 +10,7 @@ pub use body::CountedBody;
 pub use response::ProxyError;
 
 use crate::state::Shared;
-use conn::{ConnState, Expiry, WatchedIo};
+use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use service::ProxyService;
@@ -62,16 +62,19 @@ pub async fn serve_connection(
     let svc = hyper::service::service_fn(move |req| svc.clone().call(req));
     let conn = cx.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
+    let mut watchdog = Watchdog::new(state);
     let mut drain_deadline = None;
     loop {
         tokio::select! {
+            // the connection first: the watchdog must see the deadlines this very poll set
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
                 break;
             }
-            expiry = state.expired(), if drain_deadline.is_none() => {
+            expiry = &mut watchdog, if drain_deadline.is_none() => {
                 if expiry == Expiry::HeaderRead {
                     tracing::debug!(%peer, "closing connection: request head not received in time");
                     break;

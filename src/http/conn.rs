@@ -2,9 +2,16 @@
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
 //! request, which would make `idle` meaningless, so the deadlines live here: the IO wrapper notices
-//! the first byte of a new request head, the service marks requests in flight, and one watchdog
-//! future per connection sleeps until the current deadline.
+//! the first byte of a new request head, the service marks requests in flight, and one
+//! `Watchdog` future per connection sleeps until the current deadline.
+//!
+//! The watchdog is polled in the connection's own task right after the connection itself, so it
+//! sees every deadline an HTTP/1.1 request sets without any wake-up of its own (a wake per request
+//! cost ~1.9 us of CPU, 10% of a proxied request). HTTP/2 streams run in tasks of their own: for
+//! them a deadline change wakes the watchdog explicitly.
 
+use atomic_waker::AtomicWaker;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -12,8 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 const IDLE: u8 = 0;
 const READING_HEAD: u8 = 1;
@@ -43,8 +49,8 @@ pub struct ConnState {
     is_h2: AtomicBool,
     header_read_ms: u64,
     idle_ms: u64,
-    /// Wakes the watchdog when a deadline is set, so it never sleeps past one.
-    deadline_set: Notify,
+    /// The watchdog's task, woken on deadline changes made by HTTP/2 stream tasks.
+    watchdog: AtomicWaker,
 }
 
 impl ConnState {
@@ -58,7 +64,7 @@ impl ConnState {
             is_h2: AtomicBool::new(false),
             header_read_ms,
             idle_ms: idle.as_millis() as u64,
-            deadline_set: Notify::new(),
+            watchdog: AtomicWaker::new(),
         })
     }
 
@@ -78,7 +84,9 @@ impl ConnState {
         self.phase.store(phase, Ordering::Relaxed);
         self.deadline_ms
             .store(now_ms() + timeout_ms, Ordering::Relaxed);
-        self.deadline_set.notify_one();
+        if self.is_h2.load(Ordering::Relaxed) {
+            self.watchdog.wake();
+        }
     }
 
     /// Marks a request in flight until the returned guard drops (when its response body ends).
@@ -89,23 +97,74 @@ impl ConnState {
         InFlight(self.clone())
     }
 
-    /// Resolves when the connection has outlived its current deadline. While a request is in
-    /// flight there is no deadline and no timer: it waits for the next `enter`.
-    pub async fn expired(&self) -> Expiry {
+    fn expiry(&self, now: u64) -> Option<Expiry> {
+        let deadline = self.deadline_ms.load(Ordering::Relaxed);
+        if deadline == NO_DEADLINE || now < deadline || self.in_flight.load(Ordering::Relaxed) > 0 {
+            None
+        } else if self.phase.load(Ordering::Relaxed) == READING_HEAD {
+            Some(Expiry::HeaderRead)
+        } else {
+            Some(Expiry::Idle)
+        }
+    }
+}
+
+/// Resolves when the connection has outlived its current deadline. Re-reads the deadline on every
+/// poll; its timer only moves earlier, a later deadline is picked up when the timer fires, so a
+/// keep-alive connection re-arms it about once per `idle` period rather than once per request.
+pub struct Watchdog {
+    state: Arc<ConnState>,
+    timer: Pin<Box<Sleep>>,
+    armed_ms: u64,
+}
+
+impl Watchdog {
+    pub fn new(state: Arc<ConnState>) -> Watchdog {
+        let armed_ms = now_ms() + state.header_read_ms;
+        let timer = Box::pin(tokio::time::sleep(Duration::from_millis(
+            state.header_read_ms,
+        )));
+        Watchdog {
+            state,
+            timer,
+            armed_ms,
+        }
+    }
+
+    fn arm(&mut self, at_ms: u64, now: u64) {
+        let wait = Duration::from_millis(at_ms.saturating_sub(now));
+        self.timer.as_mut().reset(Instant::now() + wait);
+        self.armed_ms = at_ms;
+    }
+}
+
+impl Future for Watchdog {
+    type Output = Expiry;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expiry> {
+        if self.state.is_h2.load(Ordering::Relaxed) {
+            self.state.watchdog.register(cx.waker());
+        }
         loop {
-            let changed = self.deadline_set.notified();
-            let deadline = self.deadline_ms.load(Ordering::Relaxed);
             let now = now_ms();
-            if deadline == NO_DEADLINE || self.in_flight.load(Ordering::Relaxed) > 0 {
-                changed.await;
-            } else if now < deadline {
-                let wait = Duration::from_millis(deadline - now);
-                let _ = tokio::time::timeout(wait, changed).await;
-            } else if self.phase.load(Ordering::Relaxed) == READING_HEAD {
-                return Expiry::HeaderRead;
-            } else {
-                return Expiry::Idle;
+            if let Some(expiry) = self.state.expiry(now) {
+                return Poll::Ready(expiry);
             }
+            let deadline = self.state.deadline_ms.load(Ordering::Relaxed);
+            if deadline < self.armed_ms || self.armed_ms <= now {
+                // nothing pending (a request in flight): look again after a full idle period
+                let at = if deadline == NO_DEADLINE || deadline <= now {
+                    now + self.state.idle_ms
+                } else {
+                    deadline
+                };
+                self.arm(at, now);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // fired: a spent timer must be re-armed before it is polled again
+            self.armed_ms = 0;
         }
     }
 }
@@ -189,14 +248,33 @@ mod tests {
         let state = ConnState::new(Duration::from_secs(10), Duration::from_secs(60));
         let guard = state.begin();
         drop(guard);
-        assert_eq!(state.expired().await, Expiry::Idle);
+        assert_eq!(Watchdog::new(state).await, Expiry::Idle);
     }
 
     #[tokio::test(start_paused = true)]
     async fn slow_head_expires_as_header_read() {
         let state = ConnState::new(Duration::from_secs(10), Duration::from_secs(60));
         state.on_read(b"GET / HT");
-        assert_eq!(state.expired().await, Expiry::HeaderRead);
+        assert_eq!(Watchdog::new(state).await, Expiry::HeaderRead);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_stream_end_in_another_task_wakes_the_watchdog() {
+        let state = ConnState::new(Duration::from_secs(10), Duration::from_secs(1));
+        state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let guard = state.begin();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(guard);
+        });
+        assert_eq!(Watchdog::new(state).await, Expiry::Idle);
+        // idle (1s) after the stream ended, not the 10s timer armed when the connection opened
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
