@@ -11,7 +11,7 @@ use http::uri::Authority;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -46,6 +46,7 @@ pub struct UpstreamPool {
     spec: Upstream,
     backends: ArcSwap<Vec<Arc<Backend>>>,
     cursor: AtomicUsize,
+    resolve_failing: AtomicBool,
 }
 
 impl UpstreamPool {
@@ -63,6 +64,7 @@ impl UpstreamPool {
             spec: spec.clone(),
             backends: ArcSwap::from_pointee(literal),
             cursor: AtomicUsize::new(0),
+            resolve_failing: AtomicBool::new(false),
         })
     }
 
@@ -85,19 +87,31 @@ impl UpstreamPool {
     }
 
     /// Resolves every server name; keeps the backends (and their counters) whose address stays.
+    /// A failed lookup removes nothing: the last known addresses keep serving (a DNS hiccup must not
+    /// empty a pool). Failures are logged when they start and when they end, not on every round.
     pub async fn resolve(&self) {
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut failed = false;
         for server in &self.spec.servers {
             match lookup(server).await {
                 Ok(found) => addrs.extend(found),
                 Err(e) => {
-                    tracing::warn!(upstream = %self.name, server = %server, error = %e, "cannot resolve upstream server")
+                    failed = true;
+                    if !self.resolve_failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(upstream = %self.name, server = %server, error = %e, "cannot resolve upstream server; keeping its last known addresses, retrying every {:?}", self.spec.resolve_every);
+                    }
                 }
             }
         }
+        if !failed && self.resolve_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(upstream = %self.name, "upstream servers resolve again");
+        }
+        let current = self.backends.load();
+        if failed {
+            addrs.extend(current.iter().map(|b| b.addr));
+        }
         addrs.sort();
         addrs.dedup();
-        let current = self.backends.load();
         let same =
             current.len() == addrs.len() && current.iter().zip(&addrs).all(|(b, a)| b.addr == *a);
         if same {
@@ -114,7 +128,8 @@ impl UpstreamPool {
         self.backends.store(Arc::new(next));
     }
 
-    /// Re-resolves names every `resolve_every` for as long as the pool is alive.
+    /// Re-resolves names every `resolve_every` (the first time was at build) for as long as the
+    /// pool is alive.
     pub fn spawn_resolver(self: &Arc<Self>) {
         if !self.needs_dns() {
             return;
@@ -123,10 +138,9 @@ impl UpstreamPool {
         let every = self.spec.resolve_every;
         tokio::spawn(async move {
             loop {
+                tokio::time::sleep(every).await;
                 let Some(pool) = weak.upgrade() else { break };
                 pool.resolve().await;
-                drop(pool);
-                tokio::time::sleep(every).await;
             }
         });
     }

@@ -96,6 +96,45 @@ async fn refused_upstream_is_502_with_request_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresolvable_upstream_name_starts_and_answers_503() {
+    with_timeout(30, async {
+        // `.invalid` never resolves (RFC 6761): the proxy must still start, say so, and answer 503
+        let config = r#"
+[listen]
+http = "127.0.0.1:0"
+
+[server]
+workers = 2
+
+[[site]]
+  [[site.route]]
+  path = "/api/"
+  upstream = "backend"
+
+[upstream.backend]
+servers = ["replica.invalid:8000"]
+resolve_every = "200ms"
+"#;
+        let proxy = TestProxy::start(config).await;
+        let resp = client()
+            .get(proxy.url("/api/x"))
+            .send()
+            .await
+            .expect("request");
+        assert_error_response(resp, 503).await;
+        // several resolve rounds later: one warning, not one per round
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let warnings = proxy
+            .logs()
+            .iter()
+            .filter(|l| l.contains("cannot resolve upstream server"))
+            .count();
+        assert_eq!(warnings, 1, "logs: {:#?}", proxy.logs());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_is_504_after_upstream_response_timeout() {
     with_timeout(30, async {
         let backend = sleepy_backend(Duration::from_secs(3)).await;
