@@ -272,41 +272,51 @@ async fn refused_within(addr: SocketAddr, max: Duration) -> bool {
     }
 }
 
+/// With a request in flight, `signal` closes the listener at once, lets the request finish,
+/// then the process exits 0.
+async fn drains_on(signal: &str) {
+    let HeldRequest {
+        mut proxy,
+        gate,
+        response,
+        _backend,
+    } = hold_a_request("30s").await;
+
+    proxy.send_signal(signal);
+    assert!(
+        refused_within(proxy.addr, Duration::from_secs(3)).await,
+        "new connections are still accepted 3s after SIG{signal} while draining"
+    );
+    assert!(
+        proxy.wait_exit(Duration::from_millis(1)).await.is_none(),
+        "proxy exited on SIG{signal} while a request was still in flight"
+    );
+
+    gate.open();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("in-flight request did not complete")
+        .expect("request task")
+        .expect("in-flight request failed");
+    assert_eq!((status, body.len()), (200, slow_body().len()));
+    let exit = proxy
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("proxy did not exit after draining");
+    assert!(
+        exit.success(),
+        "proxy exited with {exit:?} after SIG{signal}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_while_draining() {
-    with_timeout(60, async {
-        let HeldRequest {
-            mut proxy,
-            gate,
-            response,
-            _backend,
-        } = hold_a_request("30s").await;
+    with_timeout(60, drains_on("TERM")).await;
+}
 
-        proxy.send_signal("TERM");
-        // While the held request is still in flight, the listener must go away.
-        assert!(
-            refused_within(proxy.addr, Duration::from_secs(3)).await,
-            "new connections are still accepted 3s after SIGTERM while draining"
-        );
-        assert!(
-            proxy.wait_exit(Duration::from_millis(1)).await.is_none(),
-            "proxy exited while a request was still in flight"
-        );
-
-        gate.open();
-        let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
-            .await
-            .expect("in-flight request did not complete")
-            .expect("request task")
-            .expect("in-flight request failed");
-        assert_eq!((status, body.len()), (200, slow_body().len()));
-        let exit = proxy
-            .wait_exit(Duration::from_secs(5))
-            .await
-            .expect("proxy did not exit after draining");
-        assert!(exit.success(), "proxy exited with {exit:?}");
-    })
-    .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_also_drains_and_exits_zero() {
+    with_timeout(60, drains_on("INT")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,37 +342,6 @@ async fn shutdown_grace_bounds_the_wait_for_stuck_requests() {
         );
         assert!(exit.success(), "proxy exited with {exit:?}");
         response.abort();
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_also_drains_and_exits_zero() {
-    with_timeout(60, async {
-        let HeldRequest {
-            mut proxy,
-            gate,
-            response,
-            _backend,
-        } = hold_a_request("30s").await;
-
-        proxy.send_signal("INT");
-        assert!(
-            refused_within(proxy.addr, Duration::from_secs(3)).await,
-            "SIGINT did not close the listener"
-        );
-        gate.open();
-        let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
-            .await
-            .expect("in-flight request did not complete after SIGINT")
-            .expect("request task")
-            .expect("in-flight request failed after SIGINT");
-        assert_eq!((status, body.len()), (200, slow_body().len()));
-        let exit = proxy
-            .wait_exit(Duration::from_secs(5))
-            .await
-            .expect("proxy did not exit after SIGINT");
-        assert!(exit.success(), "proxy exited with {exit:?} after SIGINT");
     })
     .await;
 }
