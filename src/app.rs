@@ -2,7 +2,7 @@
 //! signal, then drain.
 
 use crate::config::{self, Config, ConfigError};
-use crate::http::{self, ConnContext};
+use crate::http::{self, ConnContext, Transport};
 use crate::listener;
 use crate::state::{RuntimeState, Shared};
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -50,25 +52,36 @@ pub fn run(path: &Path) -> Result<(), AppError> {
 
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let grace = config.server.shutdown_grace;
-    let http_addr = config.listen.http;
-    let shared = Shared::new(RuntimeState::build(config).await);
+    let listen = config.listen.clone();
+    let shared = Shared::new(RuntimeState::build(config).await?);
     let tracker = TaskTracker::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut listeners = Vec::new();
+    if let Some(addr) = listen.http {
+        listeners.push(("http", Transport::Plain, bind("http", addr).await?));
+    }
+    if let Some(addr) = listen.https {
+        listeners.push(("https", Transport::Tls, bind("https", addr).await?));
+    }
+    let https_port = listeners
+        .iter()
+        .find(|(_, t, _)| *t == Transport::Tls)
+        .and_then(|(_, _, l)| l.local_addr().ok())
+        .map(|a| a.port());
     let cx = Arc::new(ConnContext {
         shared,
         builder: http::builder(),
         tracker: tracker.clone(),
+        https_port,
     });
-    let mut accept_loops = Vec::new();
-    if let Some(addr) = http_addr {
-        let listener = bind("http", addr).await?;
-        accept_loops.push(tokio::spawn(listener::accept_loop(
-            listener,
-            "http",
-            cx.clone(),
-            shutdown_rx.clone(),
-        )));
-    }
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .map(|(name, transport, listener)| {
+            let accept =
+                listener::accept_loop(listener, name, transport, cx.clone(), shutdown_rx.clone());
+            tokio::spawn(accept)
+        })
+        .collect();
     wait_for_signal().await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);

@@ -17,7 +17,7 @@ use service::ProxyService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -42,14 +42,26 @@ pub struct ConnContext {
     pub shared: Arc<Shared>,
     pub builder: auto::Builder<TokioExecutor>,
     pub tracker: TaskTracker,
+    /// The bound HTTPS port, for redirects from plain HTTP.
+    pub https_port: Option<u16>,
 }
 
-pub async fn serve_connection(
-    stream: TcpStream,
+/// Which listener a connection came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+pub async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
+    transport: Transport,
     cx: Arc<ConnContext>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let server = cx.shared.load().config.server.clone();
     let state = ConnState::new(server.timeouts.header_read, server.timeouts.idle);
     let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
@@ -58,6 +70,8 @@ pub async fn serve_connection(
         peer,
         conn: state.clone(),
         tracker: cx.tracker.clone(),
+        transport,
+        https_port: cx.https_port,
     };
     let svc = hyper::service::service_fn(move |req| svc.clone().call(req));
     let conn = cx.builder.serve_connection_with_upgrades(io, svc);

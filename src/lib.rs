@@ -10,6 +10,7 @@ pub mod http;
 pub mod listener;
 pub mod routing;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{check, run, AppError};

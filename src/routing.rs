@@ -70,8 +70,12 @@ impl Router {
     }
 
     pub fn route(&self, host: &str, path: &str) -> Option<RouteMatch> {
-        let site = self.site_for(host)?;
-        let table = &self.sites[site];
+        self.route_in(self.site_for(host)?, path)
+    }
+
+    /// The route for `path` within a site found by `site_for`.
+    pub fn route_in(&self, site: usize, path: &str) -> Option<RouteMatch> {
+        let table = self.sites.get(site)?;
         if let Some(&route) = table.exact.get(path) {
             return Some(RouteMatch {
                 site,
@@ -90,7 +94,7 @@ impl Router {
             })
     }
 
-    fn site_for(&self, host: &str) -> Option<usize> {
+    pub fn site_for(&self, host: &str) -> Option<usize> {
         let host = normalize_host(host);
         if let Some(&site) = self.exact_hosts.get(host.as_ref()) {
             return Some(site);
@@ -137,28 +141,32 @@ mod tests {
 
     fn sites() -> Vec<Site> {
         let p = |s: &str| route(PathMatch::Prefix(s.into()));
+        let site = |hosts: Vec<HostPattern>, routes: Vec<Route>| Site {
+            hosts,
+            tls: None,
+            redirect_https: false,
+            hsts: None,
+            routes,
+        };
         vec![
-            Site {
-                hosts: vec![HostPattern::Exact("app.example.com".into())],
-                routes: vec![
+            site(
+                vec![HostPattern::Exact("app.example.com".into())],
+                vec![
                     p("/"),
                     p("/api/"),
                     p("/api/v2/"),
                     route(PathMatch::Exact("/healthz".into())),
                 ],
-            },
-            Site {
-                hosts: vec![HostPattern::Wildcard(".example.com".into())],
-                routes: vec![p("/")],
-            },
-            Site {
-                hosts: vec![HostPattern::Wildcard(".deep.example.com".into())],
-                routes: vec![p("/")],
-            },
-            Site {
-                hosts: vec![HostPattern::Any],
-                routes: vec![p("/only/")],
-            },
+            ),
+            site(
+                vec![HostPattern::Wildcard(".example.com".into())],
+                vec![p("/")],
+            ),
+            site(
+                vec![HostPattern::Wildcard(".deep.example.com".into())],
+                vec![p("/")],
+            ),
+            site(vec![HostPattern::Any], vec![p("/only/")]),
         ]
     }
 

@@ -4,6 +4,7 @@
 use crate::config::{Action, Config, Redirect, Respond};
 use crate::http::CountedBody;
 use crate::routing::Router;
+use crate::tls::{self, TlsError};
 use crate::upstream::{self, UpstreamPool};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,6 +22,16 @@ pub struct RuntimeState {
     pub routes: Vec<RouteAction>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
     pub client: UpstreamClient,
+    /// Per site, in config order (the router's site index).
+    pub sites: Vec<SiteState>,
+    /// For the HTTPS listener; `None` when no site has TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub struct SiteState {
+    /// Plain-HTTP requests are redirected to HTTPS.
+    pub redirect_https: bool,
+    pub hsts: Option<HeaderValue>,
 }
 
 pub enum RouteAction {
@@ -34,7 +45,8 @@ pub enum RouteAction {
 
 impl RuntimeState {
     /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers).
-    pub async fn build(config: Config) -> RuntimeState {
+    pub async fn build(config: Config) -> Result<RuntimeState, TlsError> {
+        let tls = tls::server_config(&config.sites)?;
         let mut upstreams = HashMap::new();
         for (name, spec) in &config.upstreams {
             let pool = UpstreamPool::new(name, spec);
@@ -48,13 +60,23 @@ impl RuntimeState {
             .flat_map(|site| site.routes.iter())
             .map(|route| compile(&route.action, &upstreams))
             .collect();
-        RuntimeState {
+        let sites = config
+            .sites
+            .iter()
+            .map(|s| SiteState {
+                redirect_https: s.tls.is_some() && s.redirect_https,
+                hsts: s.hsts.clone().filter(|_| s.tls.is_some()),
+            })
+            .collect();
+        Ok(RuntimeState {
             router: Router::new(&config.sites),
+            sites,
+            tls,
             routes,
             upstreams,
             client: upstream::client(&config.server.timeouts),
             config: Arc::new(config),
-        }
+        })
     }
 }
 

@@ -25,6 +25,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileListen {
     pub http: Option<Str>,
+    pub https: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +52,10 @@ pub struct FileTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct FileSite {
     pub hosts: Option<Vec<Str>>,
+    /// `"off"`, or `{ cert = "...", key = "..." }`; read as a raw value for a precise error.
+    pub tls: Option<Spanned<toml::Value>>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub hsts: Option<Str>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }

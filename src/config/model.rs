@@ -22,6 +22,7 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listen {
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -55,7 +56,19 @@ impl Default for Timeouts {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Site {
     pub hosts: Vec<HostPattern>,
+    pub tls: Option<TlsFiles>,
+    /// Plain-HTTP requests get a 308 to HTTPS (not for ACME HTTP-01 challenges).
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` value for HTTPS responses.
+    pub hsts: Option<HeaderValue>,
     pub routes: Vec<Route>,
+}
+
+/// A certificate chain and its key in PEM files, paths resolved against the config's folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A `hosts` entry, normalised to lower case without a trailing dot.

@@ -76,6 +76,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
             sites.push(site);
         }
     }
+    https_cross_check(&mut cx, &listen, &sites, &raw);
     cx.errors.sort_by_key(|e| (e.line, e.column));
     if cx.errors.is_empty() {
         Ok(Config {
@@ -91,24 +92,30 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
 }
 
 fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
+    let none = Listen {
+        http: None,
+        https: None,
+    };
     let Some(raw) = raw else {
-        cx.error(
-            0..0,
-            "listen",
-            "no `[listen]` section; add e.g. `[listen]` with `http = \"127.0.0.1:8080\"`",
-        );
-        return Listen { http: None };
+        let msg = "no `[listen]` section; add e.g. `[listen]` with `http = \"127.0.0.1:8080\"`";
+        cx.error(0..0, "listen", msg);
+        return none;
     };
-    let Some(http) = raw.get_ref().http.as_ref() else {
-        cx.error(
-            raw.span(),
-            "listen.http",
-            "no listener configured; set e.g. `http = \"0.0.0.0:80\"`",
-        );
-        return Listen { http: None };
-    };
+    let l = raw.get_ref();
+    if l.http.is_none() && l.https.is_none() {
+        let msg = "no listener configured; set e.g. `http = \"0.0.0.0:80\"` and/or `https = \"0.0.0.0:443\"`";
+        cx.error(raw.span(), "listen.http", msg);
+        return none;
+    }
     Listen {
-        http: socket_addr(cx, http, "listen.http"),
+        http: l
+            .http
+            .as_ref()
+            .and_then(|a| socket_addr(cx, a, "listen.http")),
+        https: l
+            .https
+            .as_ref()
+            .and_then(|a| socket_addr(cx, a, "listen.https")),
     }
 }
 
@@ -295,7 +302,29 @@ fn site(
         }
     }
     let routes = routes(cx, raw, upstreams);
-    Some(Site { hosts, routes })
+    let site = raw.get_ref();
+    let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
+    let redirect_https = site
+        .redirect_https
+        .as_ref()
+        .map_or(tls.is_some(), |r| *r.get_ref());
+    let hsts = site.hsts.as_ref().and_then(|h| {
+        let text = cx.expand(h, "site.hsts")?;
+        match HeaderValue::from_str(&text) {
+            Ok(v) if text.starts_with("max-age=") => Some(v),
+            _ => {
+                cx.error(h.span(), "site.hsts", format!("`{text}` is not a Strict-Transport-Security value; expected e.g. \"max-age=31536000\" or \"max-age=31536000; includeSubDomains\""));
+                None
+            }
+        }
+    });
+    Some(Site {
+        hosts,
+        tls,
+        redirect_https,
+        hsts,
+        routes,
+    })
 }
 
 fn routes(cx: &mut Ctx, raw: &Spanned<FileSite>, upstreams: &[&str]) -> Vec<Route> {
@@ -320,6 +349,85 @@ fn routes(cx: &mut Ctx, raw: &Spanned<FileSite>, upstreams: &[&str]) -> Vec<Rout
         out.push(route);
     }
     out
+}
+
+const TLS_HINT: &str =
+    "expected `tls = \"off\"` or `tls = { cert = \"certs/site.pem\", key = \"certs/site.key\" }`";
+
+/// Reads `tls` and loads its files now, so a bad certificate is a config error, not a failed
+/// handshake later.
+fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<TlsFiles> {
+    let table = match value.get_ref() {
+        toml::Value::String(mode) if mode == "off" => return None,
+        toml::Value::String(mode) if mode == "acme" => {
+            let msg = "automatic certificates (`tls = \"acme\"`) are not available yet; use certificate files";
+            cx.error(value.span(), "site.tls", msg);
+            return None;
+        }
+        toml::Value::Table(table) => table,
+        other => {
+            cx.error(
+                value.span(),
+                "site.tls",
+                format!("`{other}` is not a TLS setting; {TLS_HINT}"),
+            );
+            return None;
+        }
+    };
+    let unknown: Vec<&str> = table
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !matches!(*k, "cert" | "key"))
+        .collect();
+    let path_of = |name: &str| match table.get(name) {
+        Some(toml::Value::String(p)) => Some(p.clone()),
+        _ => None,
+    };
+    let (Some(cert), Some(key), true) = (path_of("cert"), path_of("key"), unknown.is_empty())
+    else {
+        cx.error(
+            value.span(),
+            "site.tls",
+            format!("{TLS_HINT} (both keys, nothing else)"),
+        );
+        return None;
+    };
+    let base = cx.path.parent().unwrap_or(Path::new("."));
+    let expand = |cx: &mut Ctx, text: String| {
+        let spanned = Spanned::new(value.span(), text);
+        cx.expand(&spanned, "site.tls")
+    };
+    let files = TlsFiles {
+        cert: base.join(expand(cx, cert)?),
+        key: base.join(expand(cx, key)?),
+    };
+    if let Err(e) = crate::tls::load_certified_key(&files) {
+        cx.error(value.span(), "site.tls", e.to_string());
+        return None;
+    }
+    Some(files)
+}
+
+/// A site with `tls` needs the HTTPS listener and the HTTPS listener needs a TLS site. Checked
+/// only on an otherwise valid config: a site whose `tls` failed to load already has its error.
+fn https_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], raw: &FileConfig) {
+    if !cx.errors.is_empty() {
+        return;
+    }
+    let listen_raw = raw.listen.as_ref();
+    let https_span = listen_raw
+        .and_then(|l| l.get_ref().https.as_ref().map(|h| h.span()))
+        .or_else(|| listen_raw.map(|l| l.span()))
+        .unwrap_or(0..0);
+    let any_tls = sites.iter().any(|s| s.tls.is_some());
+    if any_tls && listen.https.is_none() {
+        let msg = "a site has `tls` but there is no HTTPS listener; add `https = \"0.0.0.0:443\"` to [listen]";
+        cx.error(https_span, "listen.https", msg);
+    } else if !any_tls && listen.https.is_some() {
+        let msg =
+            "an HTTPS listener needs at least one site with `tls = { cert = ..., key = ... }`";
+        cx.error(https_span, "listen.https", msg);
+    }
 }
 
 fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {

@@ -4,6 +4,7 @@
 use super::body::{Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
 use super::response::ProxyError;
+use super::Transport;
 use crate::config::{Redirect, Respond, TemplatePart};
 use crate::state::{RouteAction, RuntimeState, Shared};
 use crate::upstream::{forward, ActiveGuard, UpstreamPool};
@@ -26,6 +27,8 @@ pub struct ProxyService {
     pub peer: SocketAddr,
     pub conn: Arc<ConnState>,
     pub tracker: TaskTracker,
+    pub transport: Transport,
+    pub https_port: Option<u16>,
 }
 
 /// What a route's action produced, before it is wrapped for the client.
@@ -50,7 +53,20 @@ impl ProxyService {
             host,
             request_id.clone(),
         ));
-        let answer = self.dispatch(&state, req, peer, client, &log).await;
+        let host = log
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let site = state.router.site_for(host);
+        let hsts = match (self.transport, site) {
+            (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
+            _ => None,
+        };
+        let answer = match site {
+            Some(site) => self.dispatch(&state, site, req, peer, client, &log).await,
+            None => Err(ProxyError::NoRoute),
+        };
         let mut response = match answer {
             Ok(Answer::Upstream(resp, active)) => {
                 let (parts, body) = resp.into_parts();
@@ -70,12 +86,18 @@ impl ProxyService {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(hsts) = hsts {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
         Ok(response)
     }
 
     async fn dispatch(
         &self,
         state: &RuntimeState,
+        site: usize,
         req: Request<Incoming>,
         peer: IpAddr,
         client: IpAddr,
@@ -86,9 +108,18 @@ impl ProxyService {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
+        let path = req.uri().path();
+        let challenge = path.starts_with("/.well-known/acme-challenge/");
+        if self.transport == Transport::Plain && state.sites[site].redirect_https && !challenge {
+            return Ok(Answer::Local(https_redirect(
+                req.uri(),
+                host,
+                self.https_port,
+            )));
+        }
         let matched = state
             .router
-            .route(host, req.uri().path())
+            .route_in(site, path)
             .ok_or(ProxyError::NoRoute)?;
         match &state.routes[matched.route] {
             RouteAction::Respond(r) => Ok(Answer::Local(respond(r))),
@@ -96,6 +127,10 @@ impl ProxyService {
             RouteAction::Proxy { pool, strip_prefix } => {
                 let strip = strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
+                    proto: match self.transport {
+                        Transport::Plain => "http",
+                        Transport::Tls => "https",
+                    },
                     state,
                     pool,
                     peer,
@@ -158,6 +193,7 @@ impl ProxyService {
 }
 
 struct Hop<'a> {
+    proto: &'static str,
     state: &'a RuntimeState,
     pool: &'a UpstreamPool,
     peer: IpAddr,
@@ -182,7 +218,7 @@ fn prepare_request_headers(
         }
     }
     let trusted = forward::is_trusted(&hop.state.config.server.trusted_proxies, hop.peer);
-    forward::set_forwarded(headers, hop.peer, trusted, hop.log.host.as_ref());
+    forward::set_forwarded(headers, hop.peer, trusted, hop.log.host.as_ref(), hop.proto);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
@@ -236,6 +272,25 @@ fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
     *resp.status_mut() = r.status;
     match HeaderValue::try_from(location) {
         Ok(value) => {
+            resp.headers_mut().insert(header::LOCATION, value);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+/// 308 to the same host and URI over HTTPS (with the HTTPS port unless it is 443).
+fn https_redirect(uri: &Uri, host: &str, https_port: Option<u16>) -> Response<Bytes> {
+    let host = crate::routing::normalize_host(host);
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match https_port {
+        Some(443) | None => format!("https://{host}{pq}"),
+        Some(port) => format!("https://{host}:{port}{pq}"),
+    };
+    let mut resp = Response::new(Bytes::new());
+    match HeaderValue::try_from(location) {
+        Ok(value) => {
+            *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
             resp.headers_mut().insert(header::LOCATION, value);
         }
         Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,

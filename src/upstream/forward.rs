@@ -111,6 +111,7 @@ pub fn set_forwarded(
     peer: IpAddr,
     peer_trusted: bool,
     host: Option<&HeaderValue>,
+    proto: &'static str,
 ) {
     let mut xff = String::with_capacity(48);
     if peer_trusted {
@@ -129,7 +130,7 @@ pub fn set_forwarded(
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match host {
@@ -198,11 +199,11 @@ mod tests {
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "evil")]);
         let host = HeaderValue::from_static("app.example.com");
-        set_forwarded(&mut h, peer, false, Some(&host));
+        set_forwarded(&mut h, peer, false, Some(&host), "http");
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
         let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        set_forwarded(&mut h, peer, true, Some(&host));
+        set_forwarded(&mut h, peer, true, Some(&host), "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }
