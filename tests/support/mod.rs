@@ -44,6 +44,9 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     pub pid: u32,
     pub config_path: PathBuf,
+    /// The bound HTTPS listener address; `Some` only for proxies started with [`TestProxy::start_tls`]
+    /// or [`TestProxy::start_tls_with_files`].
+    pub https_addr: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
@@ -102,17 +105,47 @@ impl TestProxy {
 
     pub async fn start_with_env(config: &str, envs: &[(&str, &str)]) -> TestProxy {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(config, envs, dir, false).await
+    }
+
+    /// Like [`TestProxy::start`], but also waits for the `"listener":"https"` listening line and
+    /// records its address in `https_addr`.
+    pub async fn start_tls(config: &str) -> TestProxy {
+        Self::start_tls_with_files(config, &[]).await
+    }
+
+    /// Like [`TestProxy::start_tls`], but first writes `files` (name, contents) next to the config
+    /// file, so the config can refer to them by relative path.
+    pub async fn start_tls_with_files(config: &str, files: &[(&str, &str)]) -> TestProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("write file");
+        }
+        Self::start_in(config, &[], dir, true).await
+    }
+
+    async fn start_in(
+        config: &str,
+        envs: &[(&str, &str)],
+        dir: tempfile::TempDir,
+        want_https: bool,
+    ) -> TestProxy {
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");
         let (mut child, logs, mut rx) = spawn_run(&config_path, envs);
         let pid = child.id();
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let addr = loop {
+        let mut addr = None;
+        let mut https_addr = None;
+        while addr.is_none() || (want_https && https_addr.is_none()) {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(LogEvent::Line(line))) => {
-                    if let Some(addr) = parse_listening_line(&line, "http") {
-                        break addr;
+                    if let Some(found) = parse_listening_line(&line, "http") {
+                        addr = Some(found);
+                    }
+                    if let Some(found) = parse_listening_line(&line, "https") {
+                        https_addr = Some(found);
                     }
                 }
                 Ok(Some(LogEvent::Eof)) | Ok(None) => {
@@ -125,21 +158,33 @@ impl TestProxy {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    let what = if want_https {
+                        "http and https listening lines"
+                    } else {
+                        "a listening line"
+                    };
                     panic!(
-                        "gatehouse did not log a listening line within 10s; stderr:\n{}",
+                        "gatehouse did not log {what} within 10s; stderr:\n{}",
                         logs.lock().unwrap().join("\n")
                     );
                 }
             }
-        };
+        }
         TestProxy {
             child,
-            addr,
+            addr: addr.expect("http address"),
             pid,
             config_path,
+            https_addr,
             logs,
             _dir: dir,
         }
+    }
+
+    /// The HTTPS listener address (panics for a proxy started without `start_tls*`).
+    pub fn https(&self) -> SocketAddr {
+        self.https_addr
+            .expect("proxy was not started with start_tls, no https address")
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
