@@ -29,6 +29,8 @@ pub struct RuntimeState {
 }
 
 pub struct SiteState {
+    /// Served over HTTPS; a request for a plain site on the HTTPS listener is misdirected.
+    pub tls: bool,
     /// Plain-HTTP requests are redirected to HTTPS.
     pub redirect_https: bool,
     pub hsts: Option<HeaderValue>,
@@ -64,6 +66,7 @@ impl RuntimeState {
             .sites
             .iter()
             .map(|s| SiteState {
+                tls: s.tls.is_some(),
                 redirect_https: s.tls.is_some() && s.redirect_https,
                 hsts: s.hsts.clone().filter(|_| s.tls.is_some()),
             })

@@ -20,6 +20,8 @@ pub enum ProxyError {
     UpstreamFailed(#[source] hyper_util::client::legacy::Error),
     #[error("bad request target")]
     BadTarget,
+    #[error("this host is not served over HTTPS")]
+    Misdirected,
 }
 
 impl ProxyError {
@@ -47,6 +49,7 @@ impl ProxyError {
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -62,6 +65,9 @@ impl ProxyError {
 
     /// Whether the error says something about the upstream worth a warning in the log.
     pub fn is_upstream(&self) -> bool {
-        !matches!(self, ProxyError::NoRoute | ProxyError::BadTarget)
+        !matches!(
+            self,
+            ProxyError::NoRoute | ProxyError::BadTarget | ProxyError::Misdirected
+        )
     }
 }

@@ -64,6 +64,10 @@ impl ProxyService {
             _ => None,
         };
         let answer = match site {
+            // a plain site asked for through another site's TLS connection (SNI != Host)
+            Some(site) if self.transport == Transport::Tls && !state.sites[site].tls => {
+                Err(ProxyError::Misdirected)
+            }
             Some(site) => self.dispatch(&state, site, req, peer, client, &log).await,
             None => Err(ProxyError::NoRoute),
         };
