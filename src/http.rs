@@ -53,6 +53,16 @@ pub enum Transport {
     Tls,
 }
 
+impl Transport {
+    /// The scheme as `X-Forwarded-Proto` reports it.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::Plain => "http",
+            Transport::Tls => "https",
+        }
+    }
+}
+
 pub async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,

@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
@@ -42,12 +42,11 @@ impl ProxyService {
         let in_flight = self.conn.begin();
         let state = self.shared.load();
         let peer = self.peer.ip().to_canonical();
-        let trusted = &state.config.server.trusted_proxies;
-        let client = forward::client_ip(req.headers(), peer, trusted);
+        let addrs = forward::Addrs::new(req.headers(), peer, &state.config.server.trusted_proxies);
         let request_id = request_id(req.headers());
         let host = host_of(&req);
         let log = Arc::new(RequestLog::new(
-            client,
+            addrs.client,
             req.method().clone(),
             req.uri().clone(),
             host,
@@ -68,7 +67,7 @@ impl ProxyService {
             Some(site) if self.transport == Transport::Tls && !state.sites[site].tls => {
                 Err(ProxyError::Misdirected)
             }
-            Some(site) => self.dispatch(&state, site, req, peer, client, &log).await,
+            Some(site) => self.dispatch(&state, site, host, req, addrs, &log).await,
             None => Err(ProxyError::NoRoute),
         };
         let mut response = match answer {
@@ -102,16 +101,11 @@ impl ProxyService {
         &self,
         state: &RuntimeState,
         site: usize,
+        host: &str,
         req: Request<Incoming>,
-        peer: IpAddr,
-        client: IpAddr,
+        addrs: forward::Addrs,
         log: &Arc<RequestLog>,
     ) -> Result<Answer, ProxyError> {
-        let host = log
-            .host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
         let path = req.uri().path();
         let challenge = path.starts_with("/.well-known/acme-challenge/");
         if self.transport == Transport::Plain && state.sites[site].redirect_https && !challenge {
@@ -131,14 +125,10 @@ impl ProxyService {
             RouteAction::Proxy { pool, strip_prefix } => {
                 let strip = strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
-                    proto: match self.transport {
-                        Transport::Plain => "http",
-                        Transport::Tls => "https",
-                    },
+                    proto: self.transport.scheme(),
                     state,
                     pool,
-                    peer,
-                    client,
+                    addrs,
                     strip,
                     log,
                 };
@@ -150,7 +140,7 @@ impl ProxyService {
     async fn proxy(&self, hop: Hop<'_>, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
         let active = hop
             .pool
-            .pick(hop.client)
+            .pick(hop.addrs.client)
             .ok_or_else(|| ProxyError::NoBackend(hop.pool.name.clone()))?;
         let upgrade =
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
@@ -200,8 +190,7 @@ struct Hop<'a> {
     proto: &'static str,
     state: &'a RuntimeState,
     pool: &'a UpstreamPool,
-    peer: IpAddr,
-    client: IpAddr,
+    addrs: forward::Addrs,
     strip: Option<usize>,
     log: &'a Arc<RequestLog>,
 }
@@ -221,8 +210,14 @@ fn prepare_request_headers(
             headers.insert(header::HOST, host.clone());
         }
     }
-    let trusted = forward::is_trusted(&hop.state.config.server.trusted_proxies, hop.peer);
-    forward::set_forwarded(headers, hop.peer, trusted, hop.log.host.as_ref(), hop.proto);
+    let Hop { addrs, log, .. } = hop;
+    forward::set_forwarded(
+        headers,
+        addrs.peer,
+        addrs.peer_trusted,
+        log.host.as_ref(),
+        hop.proto,
+    );
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
@@ -272,15 +267,7 @@ fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
             TemplatePart::Host => location.push_str(&host),
         }
     }
-    let mut resp = Response::new(Bytes::new());
-    *resp.status_mut() = r.status;
-    match HeaderValue::try_from(location) {
-        Ok(value) => {
-            resp.headers_mut().insert(header::LOCATION, value);
-        }
-        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
-    }
-    resp
+    location_response(r.status, location)
 }
 
 /// 308 to the same host and URI over HTTPS (with the HTTPS port unless it is 443).
@@ -291,10 +278,15 @@ fn https_redirect(uri: &Uri, host: &str, https_port: Option<u16>) -> Response<By
         Some(443) | None => format!("https://{host}{pq}"),
         Some(port) => format!("https://{host}:{port}{pq}"),
     };
+    location_response(StatusCode::PERMANENT_REDIRECT, location)
+}
+
+/// A redirect; a target that is no valid header value (from a hostile Host) is a 400 instead.
+fn location_response(status: StatusCode, location: String) -> Response<Bytes> {
     let mut resp = Response::new(Bytes::new());
     match HeaderValue::try_from(location) {
         Ok(value) => {
-            *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            *resp.status_mut() = status;
             resp.headers_mut().insert(header::LOCATION, value);
         }
         Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,

@@ -78,12 +78,33 @@ pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-/// The client as best known: the peer, or, if the peer is a trusted proxy, the rightmost
-/// `X-Forwarded-For` address that is not itself a trusted proxy.
-pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    if !is_trusted(trusted, peer) {
-        return peer;
+/// Where a request came from: the socket peer, whether it is a trusted proxy (worked out once per
+/// request), and the client as best known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub client: IpAddr,
+}
+
+impl Addrs {
+    pub fn new(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> Addrs {
+        let peer_trusted = is_trusted(trusted, peer);
+        let client = if peer_trusted {
+            client_behind_proxies(headers, peer, trusted)
+        } else {
+            peer
+        };
+        Addrs {
+            peer,
+            peer_trusted,
+            client,
+        }
     }
+}
+
+/// For a trusted peer: the rightmost `X-Forwarded-For` address that is not itself a trusted proxy.
+fn client_behind_proxies(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     let mut client = peer;
     let values: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -187,11 +208,15 @@ mod tests {
         ]);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(
-            client_ip(&h, peer, &trusted),
+            Addrs::new(&h, peer, &trusted).client,
             "198.51.100.2".parse::<IpAddr>().unwrap()
         );
         let outsider: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(client_ip(&h, outsider, &trusted), outsider);
+        let from_outsider = Addrs::new(&h, outsider, &trusted);
+        assert_eq!(
+            (from_outsider.client, from_outsider.peer_trusted),
+            (outsider, false)
+        );
     }
 
     #[test]
