@@ -9,11 +9,16 @@ use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::{
-    client, closed_port_addr, gated_backend, sleepy_backend, with_timeout, Gate, TestProxy,
+    client, closed_port_addr, gated_backend, header, sleepy_backend, with_timeout, Gate, TestProxy,
 };
 use tokio::sync::mpsc;
 
 fn upstream_config(upstream: SocketAddr, extra_server: &str) -> String {
+    upstream_config_with(&upstream.to_string(), extra_server, "")
+}
+
+/// One `/api/` route to upstream `backend` with the one server `server` (an address or a name).
+fn upstream_config_with(server: &str, extra_server: &str, extra_upstream: &str) -> String {
     format!(
         r#"
 [listen]
@@ -29,7 +34,8 @@ workers = 2
   upstream = "backend"
 
 [upstream.backend]
-servers = ["{upstream}"]
+servers = ["{server}"]
+{extra_upstream}
 "#
     )
 }
@@ -37,16 +43,8 @@ servers = ["{upstream}"]
 /// Asserts an error response: status, a short plain-text body containing the x-request-id.
 async fn assert_error_response(resp: reqwest::Response, want_status: u16) {
     let status = resp.status().as_u16();
-    let request_id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let request_id = header(&resp, "x-request-id");
+    let content_type = header(&resp, "content-type");
     let body = resp.text().await.expect("body");
     assert_eq!(status, want_status, "body: {body}");
     let request_id = request_id.expect("x-request-id header on error response");
@@ -99,23 +97,8 @@ async fn refused_upstream_is_502_with_request_id() {
 async fn unresolvable_upstream_name_starts_and_answers_503() {
     with_timeout(30, async {
         // `.invalid` never resolves (RFC 6761): the proxy must still start, say so, and answer 503
-        let config = r#"
-[listen]
-http = "127.0.0.1:0"
-
-[server]
-workers = 2
-
-[[site]]
-  [[site.route]]
-  path = "/api/"
-  upstream = "backend"
-
-[upstream.backend]
-servers = ["replica.invalid:8000"]
-resolve_every = "200ms"
-"#;
-        let proxy = TestProxy::start(config).await;
+        let config = upstream_config_with("replica.invalid:8000", "", r#"resolve_every = "200ms""#);
+        let proxy = TestProxy::start(&config).await;
         let resp = client()
             .get(proxy.url("/api/x"))
             .send()

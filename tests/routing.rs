@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{client, echo_backend, with_timeout, Echo, TestProxy};
+use support::{client, echo_backend, header, with_timeout, Echo, TestProxy};
 
 /// GETs `path` with an explicit Host header and returns (status, body).
 async fn get_with_host(proxy: &TestProxy, host: &str, path: &str) -> (u16, String) {
@@ -187,10 +187,7 @@ servers = ["{}"]
         for (path, backend, want_uri) in cases {
             let resp = http.get(proxy.url(path)).send().await.expect("request");
             assert_eq!(resp.status(), 200, "GET {path}");
-            let got_backend = resp
-                .headers()
-                .get("x-backend")
-                .map(|v| v.to_str().unwrap_or_default().to_string());
+            let got_backend = header(&resp, "x-backend");
             let echo = Echo::parse(&resp.text().await.expect("body"));
             assert_eq!(
                 got_backend.as_deref(),
@@ -250,9 +247,7 @@ http = "127.0.0.1:0"
         let resp = http.get(proxy.url("/anything")).send().await.expect("req");
         assert_eq!(resp.status(), 200);
         assert_eq!(
-            resp.headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap_or_default()),
+            header(&resp, "content-type").as_deref(),
             Some("text/plain; charset=utf-8")
         );
         assert_eq!(resp.text().await.expect("body"), "hello from gatehouse\n");
@@ -264,9 +259,7 @@ http = "127.0.0.1:0"
             .expect("req");
         assert_eq!(resp.status(), 503);
         assert_eq!(
-            resp.headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap_or_default()),
+            header(&resp, "content-type").as_deref(),
             Some("application/json")
         );
         assert_eq!(resp.text().await.expect("body"), "{\"down\":true}");
@@ -345,9 +338,7 @@ http = "127.0.0.1:0"
                 .expect("request");
             assert_eq!(resp.status().as_u16(), status, "GET {path} (Host: {host})");
             assert_eq!(
-                resp.headers()
-                    .get("location")
-                    .map(|v| v.to_str().unwrap_or_default()),
+                header(&resp, "location").as_deref(),
                 Some(location),
                 "Location for GET {path} (Host: {host})"
             );

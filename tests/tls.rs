@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{echo_backend, run_gatehouse, with_timeout, Backend, Echo, TestProxy};
+use support::{echo_backend, header, run_gatehouse, with_timeout, Backend, Echo, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -33,7 +33,8 @@ const HSTS: &str = "max-age=31536000";
 
 /// A CA and two leaves signed by it, written as PEM files into a temp dir.
 struct Pki {
-    dir: tempfile::TempDir,
+    /// Keeps the PEM files alive for the test's length.
+    _dir: tempfile::TempDir,
     ca_pem: String,
     /// `app.test` + `*.app.test`: chain (leaf, CA) and key.
     app: Leaf,
@@ -91,7 +92,7 @@ impl Pki {
         let app = leaf("app", &["app.test", "*.app.test"]);
         let other = leaf("other", &["other.test"]);
         Pki {
-            dir,
+            _dir: dir,
             ca_pem,
             app,
             other,
@@ -218,12 +219,6 @@ fn https_url(proxy: &TestProxy, host: &str, path: &str) -> String {
 
 fn http_url(proxy: &TestProxy, host: &str, path: &str) -> String {
     format!("http://{host}:{}{path}", proxy.addr.port())
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// Accepts any server certificate (but still checks handshake signatures), so a test can see
@@ -1087,88 +1082,55 @@ fn check_accepts_a_valid_tls_config_with_relative_paths() {
     );
 }
 
+/// Asserts `gatehouse check` failed as a config error (exit 64) with every needle in its message.
+fn assert_check_error(out: &support::CmdOutput, needles: &[&str]) {
+    assert_eq!(
+        out.status.code(),
+        Some(CONFIG_ERROR),
+        "check should fail; stderr:\n{}",
+        out.stderr
+    );
+    for needle in needles {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr should contain {needle:?}; got:\n{}",
+            out.stderr
+        );
+    }
+}
+
+/// `{ cert = "...", key = "..." }` for two files of the test PKI.
+fn tls_files(cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        r#"{{ cert = "{}", key = "{}" }}"#,
+        path_str(cert),
+        path_str(key)
+    )
+}
+
 #[test]
 fn check_reports_a_missing_certificate_file() {
     let pki = Pki::new();
     let config = tls_site_config(true, r#"{ cert = "missing.pem", key = "k.pem" }"#);
     let (path, out) = check(&config, &[("k.pem", &pki.app.key_pem)]);
-    assert_eq!(
-        out.status.code(),
-        Some(CONFIG_ERROR),
-        "missing cert file should fail check; stderr:\n{}",
-        out.stderr
-    );
+    // located at the `tls` line, naming the file
     let location = format!("{path}:{}:", line_of(&config, "missing.pem"));
-    assert!(
-        out.stderr.contains(&location),
-        "stderr should point at {location}COLUMN (the tls line); got:\n{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("missing.pem"),
-        "stderr should name missing.pem; got:\n{}",
-        out.stderr
-    );
+    assert_check_error(&out, &[&location, "missing.pem"]);
 }
 
 #[test]
 fn check_requires_an_https_listener_for_tls_sites() {
     let pki = Pki::new();
-    let config = tls_site_config(
-        false,
-        &format!(
-            r#"{{ cert = "{}", key = "{}" }}"#,
-            path_str(&pki.app.chain_path),
-            path_str(&pki.app.key_path)
-        ),
-    );
-    let (path, out) = check(&config, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(CONFIG_ERROR),
-        "a tls site without [listen] https should fail check; stderr:\n{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(&path),
-        "stderr should name the config file {path}; got:\n{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("https"),
-        "stderr should name `https`; got:\n{}",
-        out.stderr
-    );
+    let files = tls_files(&pki.app.chain_path, &pki.app.key_path);
+    let (path, out) = check(&tls_site_config(false, &files), &[]);
+    assert_check_error(&out, &[&path, "listen.https", "no HTTPS listener"]);
 }
 
 #[test]
 fn check_rejects_a_key_that_does_not_match_the_certificate() {
     let pki = Pki::new();
-    let config = tls_site_config(
-        true,
-        &format!(
-            r#"{{ cert = "{}", key = "{}" }}"#,
-            path_str(&pki.app.chain_path),
-            path_str(&pki.other.key_path)
-        ),
-    );
-    let (path, out) = check(&config, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(CONFIG_ERROR),
-        "a key not matching the certificate should fail check; stderr:\n{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(&path),
-        "stderr should name the config file {path}; got:\n{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("other.key.pem") || out.stderr.contains("app.chain.pem"),
-        "stderr should name the key or certificate file; got:\n{}",
-        out.stderr
-    );
-    // The PKI dir must outlive the check.
-    assert!(pki.dir.path().exists());
+    let files = tls_files(&pki.app.chain_path, &pki.other.key_path);
+    let (path, out) = check(&tls_site_config(true, &files), &[]);
+    let (cert, key) = (path_str(&pki.app.chain_path), path_str(&pki.other.key_path));
+    assert_check_error(&out, &[&path, "does not match", cert, key]);
 }

@@ -747,3 +747,10 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> RawResponse {
         body,
     }
 }
+
+/// A response header as text (lossy), if present.
+pub fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
