@@ -252,43 +252,43 @@ async fn streaming_backend(plan: Vec<(Duration, &'static str)>) -> StreamingBack
 // header_read
 // ---------------------------------------------------------------------------------------------
 
+/// With header_read = 500ms, a new connection that sends `first` (maybe nothing) and then stays
+/// silent is closed 0.4-3 s after it connected.
+async fn cut_after_header_read(first: &str, what: &str) {
+    let proxy = TestProxy::start(&config(r#"header_read = "500ms""#, None)).await;
+    let started = Instant::now();
+    let mut conn = connect(&proxy).await;
+    if !first.is_empty() {
+        send(&mut conn, first).await;
+    }
+    let closed = wait_closed(&mut conn, started, Duration::from_secs(8)).await;
+    let after = closed.after.unwrap_or_else(|| {
+        panic!("{what} was still open 8s after connecting (header_read = 500ms)")
+    });
+    assert!(
+        after >= Duration::from_millis(400) && after < Duration::from_secs(3),
+        "header_read = 500ms: {what} cut {after:?} after connecting; proxy sent {:?}",
+        String::from_utf8_lossy(&closed.bytes)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_request_head_is_cut_after_header_read() {
-    with_timeout(30, async {
-        let proxy = TestProxy::start(&config(r#"header_read = "500ms""#, None)).await;
-        let started = Instant::now();
-        let mut conn = connect(&proxy).await;
-        // A slowloris client: a head without its final blank line, then nothing.
-        send(&mut conn, "GET / HTTP/1.1\r\nHost: x\r\n").await;
-        let closed = wait_closed(&mut conn, started, Duration::from_secs(8)).await;
-        let after = closed.after.unwrap_or_else(|| {
-            panic!("an incomplete request head was still open 8s after connecting (header_read = 500ms)")
-        });
-        assert!(
-            after >= Duration::from_millis(400) && after < Duration::from_secs(3),
-            "header_read = 500ms: incomplete head cut {after:?} after connecting; proxy sent {:?}",
-            String::from_utf8_lossy(&closed.bytes)
-        );
-    })
+    // a slowloris client: a head without its final blank line, then nothing
+    let partial = "GET / HTTP/1.1\r\nHost: x\r\n";
+    with_timeout(
+        30,
+        cut_after_header_read(partial, "an incomplete request head"),
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connection_is_cut_after_header_read() {
-    with_timeout(30, async {
-        let proxy = TestProxy::start(&config(r#"header_read = "500ms""#, None)).await;
-        let started = Instant::now();
-        let mut conn = connect(&proxy).await;
-        let closed = wait_closed(&mut conn, started, Duration::from_secs(8)).await;
-        let after = closed.after.unwrap_or_else(|| {
-            panic!("a connection that sent nothing was still open 8s later (header_read = 500ms)")
-        });
-        assert!(
-            after >= Duration::from_millis(400) && after < Duration::from_secs(3),
-            "header_read = 500ms: silent connection cut {after:?} after connecting; proxy sent {:?}",
-            String::from_utf8_lossy(&closed.bytes)
-        );
-    })
+    with_timeout(
+        30,
+        cut_after_header_read("", "a connection that sent nothing"),
+    )
     .await;
 }
 
