@@ -1,6 +1,7 @@
 //! Composition root: load the config, build the runtime and the state, bind listeners, run until a
 //! signal, then drain.
 
+use crate::acme;
 use crate::config::{self, Config, ConfigError};
 use crate::http::{self, ConnContext, Transport};
 use crate::listener;
@@ -53,7 +54,8 @@ pub fn run(path: &Path) -> Result<(), AppError> {
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let grace = config.server.shutdown_grace;
     let listen = config.listen.clone();
-    let shared = Shared::new(RuntimeState::build(config).await?);
+    let acme = acme::Manager::default();
+    let shared = Shared::new(RuntimeState::build(config, &acme).await?);
     let tracker = TaskTracker::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut listeners = Vec::new();
@@ -73,6 +75,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         builder: http::builder(),
         tracker: tracker.clone(),
         https_port,
+        challenges: acme.challenges(),
     });
     let accept_loops: Vec<_> = listeners
         .into_iter()

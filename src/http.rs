@@ -9,6 +9,7 @@ mod service;
 pub use body::CountedBody;
 pub use response::ProxyError;
 
+use crate::acme::Challenges;
 use crate::state::Shared;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -44,6 +45,8 @@ pub struct ConnContext {
     pub tracker: TaskTracker,
     /// The bound HTTPS port, for redirects from plain HTTP.
     pub https_port: Option<u16>,
+    /// ACME challenge answers (HTTP-01 here, TLS-ALPN-01 in the listener).
+    pub challenges: Arc<Challenges>,
 }
 
 /// Which listener a connection came through.
@@ -76,12 +79,10 @@ pub async fn serve_connection<S>(
     let state = ConnState::new(server.timeouts.header_read, server.timeouts.idle);
     let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
     let svc = ProxyService {
-        shared: cx.shared.clone(),
+        cx: cx.clone(),
         peer,
         conn: state.clone(),
-        tracker: cx.tracker.clone(),
         transport,
-        https_port: cx.https_port,
     };
     let svc = hyper::service::service_fn(move |req| svc.clone().call(req));
     let conn = cx.builder.serve_connection_with_upgrades(io, svc);

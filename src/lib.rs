@@ -4,6 +4,7 @@
 //! snapshot, and the request path (`listener` -> `http` -> `routing` -> `upstream`) reads it.
 //! `docs/lifecycle.md` tells the life of a request.
 
+pub mod acme;
 pub mod app;
 pub mod config;
 pub mod http;

@@ -1,14 +1,18 @@
 //! Accept loops: take connections until shutdown, hand each (after the TLS handshake, on the
 //! HTTPS listener) to the HTTP layer as a tracked task.
 
+use crate::acme::ACME_TLS_ALPN;
 use crate::http::{serve_connection, ConnContext, Transport};
+use rustls::server::Acceptor;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::LazyConfigAcceptor;
 
 pub async fn accept_loop(
     listener: TcpListener,
@@ -50,6 +54,8 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 /// The TLS handshake, bounded by `header_read`, then HTTP on the decrypted stream. The server
 /// config comes from the current snapshot, so a new certificate applies to the next handshake.
+/// A ClientHello offering `acme-tls/1` is a CA validating TLS-ALPN-01: it gets the challenge
+/// certificate and the connection ends after the handshake.
 async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
@@ -62,9 +68,23 @@ async fn serve_tls(
     };
     let timeout = state.config.server.timeouts.header_read;
     drop(state);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_connection(tls, peer, Transport::Tls, cx, shutdown).await,
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        let offers_acme = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if offers_acme {
+            let config = cx.challenges.tls_alpn_config().map_err(io::Error::other)?;
+            let mut tls = start.into_stream(config).await?;
+            let _ = tls.shutdown().await;
+            return Ok(None);
+        }
+        start.into_stream(config).await.map(Some)
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(Some(tls))) => serve_connection(tls, peer, Transport::Tls, cx, shutdown).await,
+        Ok(Ok(None)) => tracing::debug!(%peer, "answered a TLS-ALPN-01 challenge"),
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }

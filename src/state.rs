@@ -1,7 +1,8 @@
 //! The runtime snapshot compiled from a validated `Config`, published through one `ArcSwap` so a
 //! request sees one whole config from start to end.
 
-use crate::config::{Action, Config, Redirect, Respond};
+use crate::acme;
+use crate::config::{Action, Config, Redirect, Respond, SiteTls};
 use crate::http::CountedBody;
 use crate::routing::Router;
 use crate::tls::{self, TlsError};
@@ -46,9 +47,23 @@ pub enum RouteAction {
 }
 
 impl RuntimeState {
-    /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers).
-    pub async fn build(config: Config) -> Result<RuntimeState, TlsError> {
-        let tls = tls::server_config(&config.sites)?;
+    /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers,
+    /// certificate files get watchers, new ACME names get their task).
+    pub async fn build(config: Config, acme: &acme::Manager) -> Result<RuntimeState, TlsError> {
+        let slots = config
+            .sites
+            .iter()
+            .map(|site| match &site.tls {
+                None => Ok(None),
+                Some(SiteTls::Files(files)) => tls::watched_slot(files).map(Some),
+                Some(SiteTls::Acme) => Ok(Some(acme.slot(
+                    &config.acme,
+                    &config.server.state_dir,
+                    site.names(),
+                ))),
+            })
+            .collect::<Result<Vec<_>, TlsError>>()?;
+        let tls = tls::server_config(&config.sites, &slots)?;
         let mut upstreams = HashMap::new();
         for (name, spec) in &config.upstreams {
             let pool = UpstreamPool::new(name, spec);

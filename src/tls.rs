@@ -4,8 +4,13 @@
 //! A name no TLS site serves gets no certificate: the handshake fails with an alert rather than
 //! showing another site's certificate. A catch-all TLS site (`hosts = ["*"]` or none) is the
 //! exception: its certificate answers any name, including clients that send no SNI.
+//!
+//! Every certificate sits in a `CertSlot` that outlives nothing but its snapshot: certificate files
+//! are polled and a changed pair is swapped in; ACME slots are filled and renewed by `acme`. A slot
+//! that is still empty (an ACME certificate not issued yet) fails the handshake cleanly.
 
 use crate::config::{HostPattern, Site, TlsFiles};
+use arc_swap::ArcSwapOption;
 use rustls::crypto::ring;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -15,7 +20,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+/// The current certificate for some names; `None` until one exists.
+pub type CertSlot = Arc<ArcSwapOption<CertifiedKey>>;
+
+/// How often certificate files are checked for changes. Polling `stat` survives what file
+/// watches miss: editors' rename-on-save and Kubernetes secret symlink swaps.
+const FILE_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -57,30 +70,102 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsErro
         path: files.key.clone(),
         source,
     })?;
-    let provider = ring::default_provider();
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|source| TlsError::BadKey {
+    certified_key(chain, key).map_err(|e| match e {
+        KeyError::Unusable(source) => TlsError::BadKey {
             path: files.key.clone(),
             source,
-        })?;
+        },
+        KeyError::Mismatch => TlsError::Mismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        },
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("private key is not usable: {0}")]
+    Unusable(rustls::Error),
+    #[error("private key does not match the certificate")]
+    Mismatch,
+}
+
+/// Pairs a chain (leaf first) with its key, checking that they belong together.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, KeyError> {
+    let signing_key = ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(KeyError::Unusable)?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) => Ok(Arc::new(certified)),
-        Err(_) => Err(TlsError::Mismatch {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-        }),
+        Err(_) => Err(KeyError::Mismatch),
+    }
+}
+
+/// Loads certificate files into a slot and keeps it current: a changed pair that loads is swapped
+/// in for new handshakes; one that does not (say, the cert written before the key) is retried
+/// on the next poll while the old certificate keeps serving. The watcher ends with the slot.
+pub fn watched_slot(files: &TlsFiles) -> Result<CertSlot, TlsError> {
+    let stamp = FileStamp::of(files);
+    let slot: CertSlot = Arc::new(ArcSwapOption::new(Some(load_certified_key(files)?)));
+    tokio::spawn(watch_files(files.clone(), stamp, Arc::downgrade(&slot)));
+    Ok(slot)
+}
+
+async fn watch_files(
+    files: TlsFiles,
+    mut seen: FileStamp,
+    slot: Weak<ArcSwapOption<CertifiedKey>>,
+) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(FILE_POLL).await;
+        let Some(slot) = slot.upgrade() else { return };
+        let stamp = FileStamp::of(&files);
+        if stamp == seen {
+            continue;
+        }
+        match load_certified_key(&files) {
+            Ok(key) => {
+                slot.store(Some(key));
+                seen = stamp;
+                failing = false;
+                tracing::info!(cert = %files.cert.display(), "certificate files changed; new handshakes use the new certificate");
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "certificate files changed but do not load; the previous certificate keeps serving");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// What `stat` says about both files (following symlinks); any change means "read again".
+#[derive(PartialEq, Eq)]
+struct FileStamp([Option<(SystemTime, u64, u64)>; 2]);
+
+impl FileStamp {
+    fn of(files: &TlsFiles) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        let one = |p: &PathBuf| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        };
+        FileStamp([one(&files.cert), one(&files.key)])
     }
 }
 
 /// Picks the certificate for an SNI name: exact, longest wildcard, then a catch-all site's.
 #[derive(Default)]
 pub struct CertResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
-    any: Option<Arc<CertifiedKey>>,
+    exact: HashMap<String, CertSlot>,
+    wildcard: Vec<(String, CertSlot)>,
+    any: Option<CertSlot>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -97,11 +182,11 @@ impl fmt::Debug for CertResolver {
 }
 
 impl CertResolver {
-    pub fn new(sites: &[Site]) -> Result<CertResolver, TlsError> {
+    /// `slots` holds one entry per site (config order), `None` for plain sites.
+    pub fn new(sites: &[Site], slots: &[Option<CertSlot>]) -> CertResolver {
         let mut resolver = CertResolver::default();
-        for site in sites {
-            let Some(files) = &site.tls else { continue };
-            let key = load_certified_key(files)?;
+        for (site, slot) in sites.iter().zip(slots) {
+            let Some(key) = slot else { continue };
             for host in &site.hosts {
                 match host {
                     HostPattern::Any => resolver.any = Some(key.clone()),
@@ -115,22 +200,26 @@ impl CertResolver {
         resolver
             .wildcard
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        Ok(resolver)
+        resolver
     }
 
     fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.slot(name)?.load_full()
+    }
+
+    fn slot(&self, name: Option<&str>) -> Option<&CertSlot> {
         let Some(name) = name else {
-            return self.any.clone();
+            return self.any.as_ref();
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(key) = self.exact.get(&name) {
-            return Some(key.clone());
+        if let Some(slot) = self.exact.get(&name) {
+            return Some(slot);
         }
         self.wildcard
             .iter()
             .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map(|(_, key)| key.clone())
-            .or_else(|| self.any.clone())
+            .map(|(_, slot)| slot)
+            .or(self.any.as_ref())
     }
 }
 
@@ -141,16 +230,28 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// The server config for one snapshot; `None` when no site has TLS.
-pub fn server_config(sites: &[Site]) -> Result<Option<Arc<ServerConfig>>, TlsError> {
-    if sites.iter().all(|s| s.tls.is_none()) {
+pub fn server_config(
+    sites: &[Site],
+    slots: &[Option<CertSlot>],
+) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    if slots.iter().all(Option::is_none) {
         return Ok(None);
     }
-    let resolver = CertResolver::new(sites)?;
+    let resolver = Arc::new(CertResolver::new(sites, slots));
+    let protocols = [b"h2".to_vec(), b"http/1.1".to_vec()];
+    config_with(resolver, protocols.into()).map(Some)
+}
+
+/// TLS 1.2 and 1.3 with rustls's default (safe) suites, no client auth.
+pub fn config_with(
+    resolver: Arc<dyn ResolvesServerCert>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Setup)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn;
+    Ok(Arc::new(config))
 }

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub sites: Vec<Spanned<FileSite>>,
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, Spanned<FileUpstream>>,
+    pub acme: Option<Spanned<FileAcme>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +36,7 @@ pub struct FileServer {
     pub trusted_proxies: Vec<Str>,
     pub workers: Option<Spanned<i64>>,
     pub shutdown_grace: Option<Str>,
+    pub state_dir: Option<Str>,
     #[serde(default)]
     pub timeouts: FileTimeouts,
 }
@@ -52,7 +54,7 @@ pub struct FileTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct FileSite {
     pub hosts: Option<Vec<Str>>,
-    /// `"off"`, or `{ cert = "...", key = "..." }`; read as a raw value for a precise error.
+    /// `"off"`, `"acme"`, or `{ cert = "...", key = "..." }`; read as a raw value for a precise error.
     pub tls: Option<Spanned<toml::Value>>,
     pub redirect_https: Option<Spanned<bool>>,
     pub hsts: Option<Str>,
@@ -92,4 +94,17 @@ pub struct FileUpstream {
     pub servers: Spanned<Vec<Str>>,
     pub balance: Option<Str>,
     pub resolve_every: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcme {
+    pub email: Option<Str>,
+    pub directory: Option<Str>,
+    pub ca_root: Option<Str>,
+    pub challenge: Option<Str>,
+    pub eab_kid: Option<Str>,
+    pub eab_hmac_key: Option<Str>,
+    pub retry_initial: Option<Str>,
+    pub retry_max: Option<Str>,
 }

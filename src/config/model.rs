@@ -17,6 +17,7 @@ pub struct Config {
     pub server: Server,
     pub sites: Vec<Site>,
     pub upstreams: BTreeMap<String, Upstream>,
+    pub acme: Acme,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,8 @@ pub struct Server {
     /// Tokio worker threads; 0 means one per core.
     pub workers: usize,
     pub shutdown_grace: Duration,
+    /// Where ACME accounts and certificates are kept.
+    pub state_dir: PathBuf,
     pub timeouts: Timeouts,
 }
 
@@ -56,12 +59,32 @@ impl Default for Timeouts {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Site {
     pub hosts: Vec<HostPattern>,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<SiteTls>,
     /// Plain-HTTP requests get a 308 to HTTPS (not for ACME HTTP-01 challenges).
     pub redirect_https: bool,
     /// `Strict-Transport-Security` value for HTTPS responses.
     pub hsts: Option<HeaderValue>,
     pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SiteTls {
+    Files(TlsFiles),
+    /// Obtained and renewed automatically; validation guarantees every host is an exact name.
+    Acme,
+}
+
+impl Site {
+    /// The names an ACME certificate for this site covers, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter_map(|h| match h {
+                HostPattern::Exact(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// A certificate chain and its key in PEM files, paths resolved against the config's folder.
@@ -178,5 +201,57 @@ impl fmt::Display for ServerAddr {
         } else {
             write!(f, "{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// The `[acme]` section; defaults apply when it is absent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Acme {
+    pub email: Option<String>,
+    pub directory: String,
+    /// An extra root trusted for the ACME API (private CAs such as Pebble or step-ca).
+    pub ca_root: Option<PathBuf>,
+    pub challenge: Challenge,
+    pub eab: Option<Eab>,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            email: None,
+            directory: LETS_ENCRYPT.to_string(),
+            ca_root: None,
+            challenge: Challenge::Http01,
+            eab: None,
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Http01,
+    TlsAlpn01,
+}
+
+/// External account binding; the key is kept decoded and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl fmt::Debug for Eab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
     }
 }

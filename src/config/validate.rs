@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -21,6 +21,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A path from the config, relative to the config file's folder.
+    fn relative(&self, path: &str) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(path)
+    }
+
     fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let located = Located::new(self.path, self.text, span, key.into(), message.into());
         self.errors.push(located);
@@ -76,7 +81,9 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
             sites.push(site);
         }
     }
+    let acme = acme(&mut cx, raw.acme.as_ref());
     https_cross_check(&mut cx, &listen, &sites, &raw);
+    acme_cross_check(&mut cx, &listen, &sites, &acme, &raw);
     cx.errors.sort_by_key(|e| (e.line, e.column));
     if cx.errors.is_empty() {
         Ok(Config {
@@ -85,6 +92,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
             server,
             sites,
             upstreams,
+            acme,
         })
     } else {
         Err(cx.errors)
@@ -150,7 +158,14 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
     };
     let t = &raw.timeouts;
     let d = Timeouts::default();
+    let state_dir = match &raw.state_dir {
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+        Some(dir) => cx
+            .expand(dir, "server.state_dir")
+            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |d| cx.relative(&d)),
+    };
     Server {
+        state_dir,
         trusted_proxies,
         workers,
         shutdown_grace: cx.duration(
@@ -304,6 +319,9 @@ fn site(
     let routes = routes(cx, raw, upstreams);
     let site = raw.get_ref();
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
+    if tls == Some(SiteTls::Acme) {
+        acme_hosts(cx, raw, &hosts);
+    }
     let redirect_https = site
         .redirect_https
         .as_ref()
@@ -352,18 +370,15 @@ fn routes(cx: &mut Ctx, raw: &Spanned<FileSite>, upstreams: &[&str]) -> Vec<Rout
 }
 
 const TLS_HINT: &str =
-    "expected `tls = \"off\"` or `tls = { cert = \"certs/site.pem\", key = \"certs/site.key\" }`";
+    "expected `tls = \"off\"`, `tls = \"acme\"` or `tls = { cert = \"certs/site.pem\", key = \"certs/site.key\" }`";
+const DEFAULT_STATE_DIR: &str = "/var/lib/gatehouse";
 
 /// Reads `tls` and loads its files now, so a bad certificate is a config error, not a failed
 /// handshake later.
-fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<TlsFiles> {
+fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<SiteTls> {
     let table = match value.get_ref() {
         toml::Value::String(mode) if mode == "off" => return None,
-        toml::Value::String(mode) if mode == "acme" => {
-            let msg = "automatic certificates (`tls = \"acme\"`) are not available yet; use certificate files";
-            cx.error(value.span(), "site.tls", msg);
-            return None;
-        }
+        toml::Value::String(mode) if mode == "acme" => return Some(SiteTls::Acme),
         toml::Value::Table(table) => table,
         other => {
             cx.error(
@@ -392,20 +407,138 @@ fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<TlsFiles> {
         );
         return None;
     };
-    let base = cx.path.parent().unwrap_or(Path::new("."));
     let expand = |cx: &mut Ctx, text: String| {
         let spanned = Spanned::new(value.span(), text);
-        cx.expand(&spanned, "site.tls")
+        cx.expand(&spanned, "site.tls").map(|p| cx.relative(&p))
     };
     let files = TlsFiles {
-        cert: base.join(expand(cx, cert)?),
-        key: base.join(expand(cx, key)?),
+        cert: expand(cx, cert)?,
+        key: expand(cx, key)?,
     };
     if let Err(e) = crate::tls::load_certified_key(&files) {
         cx.error(value.span(), "site.tls", e.to_string());
         return None;
     }
-    Some(files)
+    Some(SiteTls::Files(files))
+}
+
+/// An ACME certificate needs names a CA can validate with HTTP-01 or TLS-ALPN-01.
+fn acme_hosts(cx: &mut Ctx, raw: &Spanned<FileSite>, hosts: &[HostPattern]) {
+    let span = raw.get_ref().tls.as_ref().map_or(raw.span(), |t| t.span());
+    for host in hosts {
+        let bad = match host {
+            HostPattern::Any => "`tls = \"acme\"` needs the site's host names; list them in `hosts` (a catch-all `*` site cannot get a certificate)".to_string(),
+            HostPattern::Wildcard(_) => format!("`{host}`: wildcard certificates need the DNS-01 challenge, which Gatehouse does not do; use certificate files (`tls = {{ cert = ..., key = ... }}`) for wildcards"),
+            HostPattern::Exact(h) if h.parse::<IpAddr>().is_ok() => format!("`{h}`: ACME certificates are for DNS names, not IP addresses; use certificate files"),
+            HostPattern::Exact(h) if !h.contains('.') => format!("`{h}`: a public CA only issues for fully qualified names like \"app.example.com\""),
+            HostPattern::Exact(_) => continue,
+        };
+        cx.error(span.clone(), "site.tls", bad);
+    }
+}
+
+fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
+    let d = Acme::default();
+    let Some(raw) = raw else { return d };
+    let a = raw.get_ref();
+    let text =
+        |cx: &mut Ctx, v: &Option<Str>, key: &str| v.as_ref().and_then(|v| cx.expand(v, key));
+    let directory = match (&a.directory, text(cx, &a.directory, "acme.directory")) {
+        (_, None) => d.directory.clone(),
+        (_, Some(t)) if t == "production" => LETS_ENCRYPT.to_string(),
+        (_, Some(t)) if t == "staging" => LETS_ENCRYPT_STAGING.to_string(),
+        (_, Some(t)) if t.starts_with("https://") && t.len() > "https://".len() => t,
+        (Some(v), Some(t)) => {
+            let msg = format!("`{t}` is not an ACME directory; expected \"production\" (Let's Encrypt), \"staging\" (Let's Encrypt staging) or an https:// directory URL");
+            cx.error(v.span(), "acme.directory", msg);
+            d.directory.clone()
+        }
+        (None, Some(_)) => d.directory.clone(),
+    };
+    let ca_root = a.ca_root.as_ref().and_then(|v| {
+        let text = cx.expand(v, "acme.ca_root")?;
+        let path = cx.relative(&text);
+        if let Err(e) = crate::acme::read_roots(&path) {
+            cx.error(v.span(), "acme.ca_root", e.to_string());
+        }
+        Some(path)
+    });
+    let challenge = match (&a.challenge, text(cx, &a.challenge, "acme.challenge")) {
+        (Some(v), Some(t)) => match t.as_str() {
+            "http-01" => Challenge::Http01,
+            "tls-alpn-01" => Challenge::TlsAlpn01,
+            _ => {
+                let msg = format!("`{t}` is not a challenge type; expected \"http-01\" (answered on the HTTP listener, port 80) or \"tls-alpn-01\" (answered on the HTTPS listener, port 443)");
+                cx.error(v.span(), "acme.challenge", msg);
+                d.challenge
+            }
+        },
+        _ => d.challenge,
+    };
+    let email = a.email.as_ref().and_then(|v| {
+        let t = cx.expand(v, "acme.email")?;
+        if t.contains('@') && !t.contains(char::is_whitespace) {
+            Some(t)
+        } else {
+            let msg = format!("`{t}` is not an email address; expected e.g. \"ops@example.com\"");
+            cx.error(v.span(), "acme.email", msg);
+            None
+        }
+    });
+    let eab = eab(cx, raw);
+    let retry_initial = cx.duration(&a.retry_initial, "acme.retry_initial", d.retry_initial);
+    let retry_max = cx.duration(&a.retry_max, "acme.retry_max", d.retry_max);
+    if retry_max < retry_initial {
+        let span = a.retry_max.as_ref().map_or(raw.span(), |v| v.span());
+        let msg = "`retry_max` must be at least `retry_initial`";
+        cx.error(span, "acme.retry_max", msg);
+    }
+    Acme {
+        email,
+        directory,
+        ca_root,
+        challenge,
+        eab,
+        retry_initial,
+        retry_max,
+    }
+}
+
+fn eab(cx: &mut Ctx, raw: &Spanned<FileAcme>) -> Option<Eab> {
+    use base64::Engine;
+    let a = raw.get_ref();
+    match (&a.eab_kid, &a.eab_hmac_key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            let kid = cx.expand(kid, "acme.eab_kid")?;
+            let text = cx.expand(key, "acme.eab_hmac_key")?;
+            let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            match engine.decode(text.trim_end_matches('=')) {
+                Ok(hmac_key) if !hmac_key.is_empty() => Some(Eab { kid, hmac_key }),
+                _ => {
+                    let msg = "not a base64url key; paste the HMAC key exactly as the CA gave it";
+                    cx.error(key.span(), "acme.eab_hmac_key", msg);
+                    None
+                }
+            }
+        }
+        (Some(v), None) | (None, Some(v)) => {
+            let msg = "external account binding needs both `eab_kid` and `eab_hmac_key`";
+            cx.error(v.span(), "acme", msg);
+            None
+        }
+    }
+}
+
+/// HTTP-01 is answered on the HTTP listener, TLS-ALPN-01 on the HTTPS one (always present for a
+/// TLS site, see `https_cross_check`).
+fn acme_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], acme: &Acme, raw: &FileConfig) {
+    let any_acme = sites.iter().any(|s| s.tls == Some(SiteTls::Acme));
+    if any_acme && acme.challenge == Challenge::Http01 && listen.http.is_none() {
+        let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
+        let msg = "`tls = \"acme\"` with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
+        cx.error(span, "listen.http", msg);
+    }
 }
 
 /// A site with `tls` needs the HTTPS listener and the HTTPS listener needs a TLS site. Checked
@@ -425,7 +558,7 @@ fn https_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], raw: &FileCo
         cx.error(https_span, "listen.https", msg);
     } else if !any_tls && listen.https.is_some() {
         let msg =
-            "an HTTPS listener needs at least one site with `tls = { cert = ..., key = ... }`";
+            "an HTTPS listener needs at least one site with `tls = \"acme\"` or `tls = { cert = ..., key = ... }`";
         cx.error(https_span, "listen.https", msg);
     }
 }

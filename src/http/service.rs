@@ -4,9 +4,10 @@
 use super::body::{Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
 use super::response::ProxyError;
-use super::Transport;
+use super::{ConnContext, Transport};
+use crate::acme;
 use crate::config::{Redirect, Respond, TemplatePart};
-use crate::state::{RouteAction, RuntimeState, Shared};
+use crate::state::{RouteAction, RuntimeState};
 use crate::upstream::{forward, ActiveGuard, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -17,18 +18,15 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio_util::task::TaskTracker;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Clone)]
 pub struct ProxyService {
-    pub shared: Arc<Shared>,
+    pub cx: Arc<ConnContext>,
     pub peer: SocketAddr,
     pub conn: Arc<ConnState>,
-    pub tracker: TaskTracker,
     pub transport: Transport,
-    pub https_port: Option<u16>,
 }
 
 /// What a route's action produced, before it is wrapped for the client.
@@ -40,7 +38,7 @@ enum Answer {
 impl ProxyService {
     pub async fn call(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = self.conn.begin();
-        let state = self.shared.load();
+        let state = self.cx.shared.load();
         let peer = self.peer.ip().to_canonical();
         let addrs = forward::Addrs::new(req.headers(), peer, &state.config.server.trusted_proxies);
         let request_id = request_id(req.headers());
@@ -107,12 +105,20 @@ impl ProxyService {
         log: &Arc<RequestLog>,
     ) -> Result<Answer, ProxyError> {
         let path = req.uri().path();
-        let challenge = path.starts_with("/.well-known/acme-challenge/");
-        if self.transport == Transport::Plain && state.sites[site].redirect_https && !challenge {
+        let challenge = path.strip_prefix(acme::HTTP01_PREFIX);
+        if let Some(token) = challenge.filter(|_| self.transport == Transport::Plain) {
+            if let Some(key_auth) = self.cx.challenges.http01(token) {
+                return Ok(Answer::Local(acme_answer(key_auth)));
+            }
+        }
+        if self.transport == Transport::Plain
+            && state.sites[site].redirect_https
+            && challenge.is_none()
+        {
             return Ok(Answer::Local(https_redirect(
                 req.uri(),
                 host,
-                self.https_port,
+                self.cx.https_port,
             )));
         }
         let matched = state
@@ -173,7 +179,7 @@ impl ProxyService {
 
     /// After a 101, copies bytes both ways between the two upgraded connections until either closes.
     fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-        self.tracker.spawn(async move {
+        self.cx.tracker.spawn(async move {
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
                 Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
@@ -250,6 +256,16 @@ fn respond(r: &Respond) -> Response<Bytes> {
     *resp.status_mut() = r.status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, r.content_type.clone());
+    resp
+}
+
+/// The key authorization for a pending HTTP-01 challenge (RFC 8555 §8.3).
+fn acme_answer(key_auth: String) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(key_auth));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     resp
 }
 

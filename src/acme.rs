@@ -1,0 +1,392 @@
+//! Automatic certificates: for every `tls = "acme"` site a background task loads the stored
+//! certificate or orders one, publishes it in the site's `CertSlot`, and renews it when a third of
+//! its lifetime is left. Failures are retried with capped exponential backoff and jitter; the site
+//! keeps its last good certificate meanwhile, and other sites never wait on it.
+//!
+//! The `Manager` outlives config snapshots: building a snapshot asks it for slots, and a name set
+//! it already manages gets the same slot and task back.
+
+mod order;
+pub mod store;
+
+use crate::config;
+use crate::tls::{self, CertSlot};
+use arc_swap::ArcSwapOption;
+use order::Issuer;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+use store::{CertInfo, Store};
+
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+/// A whole order (account, validation, finalize, download) gets this long.
+const ORDER_DEADLINE: Duration = Duration::from_secs(180);
+/// Renewal checks wake at least this often, so a changed clock is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("{0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("authorization is {0}, not pending")]
+    Authorization(String),
+    #[error("the CA offers no matching challenge for {0}; try the other `challenge` type")]
+    NoChallenge(String),
+    #[error("the CA rejected the order: {0}")]
+    Rejected(String),
+    #[error("key or CSR: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Stored(String),
+    #[error("cannot read CA root {}: {message}", path.display())]
+    Root { path: PathBuf, message: String },
+    #[error("no trusted root certificates: install ca-certificates or set `acme.ca_root`")]
+    NoRoots,
+    #[error("the order took longer than {0:?}")]
+    Deadline(Duration),
+}
+
+/// Reads every certificate in a PEM file (for `acme.ca_root`).
+pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, AcmeError> {
+    let root_err = |message: String| AcmeError::Root {
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| root_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(root_err("no PEM `BEGIN CERTIFICATE` block".into()));
+    }
+    Ok(certs)
+}
+
+/// Challenge answers in flight, shared by the order tasks (writers) and the listeners (readers).
+#[derive(Default)]
+pub struct Challenges {
+    http01: RwLock<HashMap<String, String>>,
+    tls_alpn: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl Challenges {
+    /// The key authorization for an HTTP-01 token.
+    pub fn http01(&self, token: &str) -> Option<String> {
+        let map = self.http01.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(token).cloned()
+    }
+
+    /// The config for a handshake that offered `acme-tls/1`: only challenge certificates, only
+    /// that protocol.
+    pub fn tls_alpn_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, tls::TlsError> {
+        tls::config_with(
+            Arc::new(AlpnResolver(self.clone())),
+            vec![ACME_TLS_ALPN.to_vec()],
+        )
+    }
+
+    fn answer_http01(self: &Arc<Self>, token: String, key_auth: String) -> Answer {
+        let mut map = self.http01.write().unwrap_or_else(PoisonError::into_inner);
+        map.insert(token.clone(), key_auth);
+        Answer {
+            challenges: self.clone(),
+            key: AnswerKey::Http01(token),
+        }
+    }
+
+    fn answer_tls_alpn(self: &Arc<Self>, name: String, cert: Arc<CertifiedKey>) -> Answer {
+        let mut map = self
+            .tls_alpn
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(name.clone(), cert);
+        Answer {
+            challenges: self.clone(),
+            key: AnswerKey::TlsAlpn(name),
+        }
+    }
+}
+
+/// Withdraws its challenge answer when dropped.
+struct Answer {
+    challenges: Arc<Challenges>,
+    key: AnswerKey,
+}
+
+enum AnswerKey {
+    Http01(String),
+    TlsAlpn(String),
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        match &self.key {
+            AnswerKey::Http01(token) => {
+                let mut map = self.challenges.http01.write();
+                map.as_mut().map(|m| m.remove(token)).ok();
+            }
+            AnswerKey::TlsAlpn(name) => {
+                let mut map = self.challenges.tls_alpn.write();
+                map.as_mut().map(|m| m.remove(name)).ok();
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AlpnResolver(Arc<Challenges>);
+
+impl ResolvesServerCert for AlpnResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?.to_ascii_lowercase();
+        let map = self
+            .0
+            .tls_alpn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(&name).cloned()
+    }
+}
+
+impl std::fmt::Debug for Challenges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Challenges")
+    }
+}
+
+/// Owns the certificate tasks and the accounts; lives as long as the process.
+#[derive(Default)]
+pub struct Manager {
+    challenges: Arc<Challenges>,
+    inner: Mutex<Managed>,
+}
+
+#[derive(Default)]
+struct Managed {
+    /// One per directory + state dir + settings; a changed `[acme]` section gets a new one.
+    issuers: Vec<Arc<Issuer>>,
+    slots: HashMap<(String, Vec<String>), CertSlot>,
+}
+
+impl Manager {
+    pub fn challenges(&self) -> Arc<Challenges> {
+        self.challenges.clone()
+    }
+
+    /// The slot for these names; the first request starts the task that fills and renews it.
+    pub fn slot(&self, settings: &config::Acme, state_dir: &Path, names: Vec<String>) -> CertSlot {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (settings.directory.clone(), names);
+        if let Some(slot) = inner.slots.get(&key) {
+            return slot.clone();
+        }
+        let store = Store::new(state_dir);
+        let issuer = match inner
+            .issuers
+            .iter()
+            .find(|i| i.settings == *settings && i.store == store)
+        {
+            Some(issuer) => issuer.clone(),
+            None => {
+                let issuer = Arc::new(Issuer::new(
+                    settings.clone(),
+                    store,
+                    self.challenges.clone(),
+                ));
+                inner.issuers.push(issuer.clone());
+                issuer
+            }
+        };
+        let slot: CertSlot = Arc::new(ArcSwapOption::empty());
+        tokio::spawn(maintain(issuer, key.1.clone(), slot.clone()));
+        inner.slots.insert(key, slot.clone());
+        slot
+    }
+}
+
+/// The life of one certificate: stored copy first, then order, renew, retry, forever.
+async fn maintain(issuer: Arc<Issuer>, names: Vec<String>, slot: CertSlot) {
+    let list = names.join(",");
+    let dir = issuer.store.cert_dir(&issuer.settings.directory, &names);
+    let mut current = load_stored(&dir, &names, &slot, &list);
+    let mut backoff = Backoff::new(issuer.settings.retry_initial, issuer.settings.retry_max);
+    loop {
+        if let Some(info) = &current {
+            let wait = info
+                .renew_at()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait.min(MAX_SLEEP)).await;
+                continue;
+            }
+            tracing::info!(names = %list, not_after = %rfc3339(info.not_after), "renewing certificate");
+        }
+        let issued = tokio::time::timeout(ORDER_DEADLINE, issuer.issue(&names)).await;
+        let result = issued
+            .unwrap_or(Err(AcmeError::Deadline(ORDER_DEADLINE)))
+            .and_then(|cert| publish(&dir, cert, &slot));
+        match result {
+            Ok(info) => {
+                tracing::info!(names = %list, issuer = %info.issuer, not_after = %rfc3339(info.not_after), "certificate issued");
+                current = Some(info);
+                backoff.reset();
+            }
+            Err(e) => {
+                let delay = if is_rate_limited(&e) {
+                    backoff.max()
+                } else {
+                    backoff.next()
+                };
+                let serving = if current.is_some() {
+                    "the current certificate keeps serving"
+                } else {
+                    "handshakes for these names fail until then"
+                };
+                tracing::warn!(names = %list, error = %e, retry_in = ?delay, "certificate order failed; {serving}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn load_stored(dir: &Path, names: &[String], slot: &CertSlot, list: &str) -> Option<CertInfo> {
+    match store::load_cert(dir) {
+        Ok(Some(stored))
+            if stored.info.covers(names) && stored.info.not_after > SystemTime::now() =>
+        {
+            tracing::info!(names = %list, not_after = %rfc3339(stored.info.not_after), "certificate loaded");
+            slot.store(Some(stored.key));
+            Some(stored.info)
+        }
+        Ok(Some(stored)) => {
+            tracing::info!(names = %list, stored = %stored.info.names.join(","), "stored certificate is expired or lacks a name; ordering a new one");
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(names = %list, error = %e, "cannot use the stored certificate; ordering a new one");
+            None
+        }
+    }
+}
+
+/// Checks the new pair, stores it, then swaps it in. A failed write still serves the new
+/// certificate (and says so); the next start simply orders again.
+fn publish(dir: &Path, cert: order::Issued, slot: &CertSlot) -> Result<CertInfo, AcmeError> {
+    let (key, info) = store::parse_pair(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes())
+        .map_err(AcmeError::Stored)?;
+    if let Err(e) = store::save_cert(dir, cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()) {
+        tracing::error!(error = %e, "cannot store the new certificate; serving it from memory");
+    }
+    slot.store(Some(key));
+    Ok(info)
+}
+
+fn is_rate_limited(e: &AcmeError) -> bool {
+    matches!(e, AcmeError::Acme(instant_acme::Error::Api(p))
+        if p.r#type.as_deref().is_some_and(|t| t.ends_with(":rateLimited")))
+}
+
+/// Doubling delays from `initial` to `max`, each scaled by a random 0.5–1.0 so that many
+/// instances restarted together do not hit the CA in step.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (base * 2).min(self.max);
+        base.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+
+    fn max(&mut self) -> Duration {
+        self.next = self.max;
+        self.max
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// `2026-11-23T10:00:00Z`, without pulling in a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_secs(10), Duration::from_secs(60));
+        let delays: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        let bases = [10, 20, 40, 60, 60, 60];
+        for (d, base) in delays.iter().zip(bases) {
+            let base = Duration::from_secs(base);
+            assert!(
+                *d >= base / 2 && *d <= base,
+                "{d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_392_000);
+        assert_eq!(rfc3339(t), "2026-11-23T00:00:00Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn http01_answers_are_withdrawn_on_drop() {
+        let challenges = Arc::new(Challenges::default());
+        let answer = challenges.answer_http01("tok".into(), "tok.thumb".into());
+        assert_eq!(challenges.http01("tok").as_deref(), Some("tok.thumb"));
+        drop(answer);
+        assert_eq!(challenges.http01("tok"), None);
+    }
+}

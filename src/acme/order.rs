@@ -1,0 +1,229 @@
+//! One certificate order with instant-acme: account (stored or new), authorizations answered by
+//! the shared `Challenges`, CSR with a fresh key, download of the chain.
+
+use super::store::{self, Store};
+use super::{AcmeError, Challenges};
+use crate::config::{self, Challenge};
+use bytes::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType,
+    ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::crypto::ring;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Pebble and Let's Encrypt answer in seconds; a CA still busy after this is treated as a failure.
+const POLL: RetryPolicy = RetryPolicy::new()
+    .initial_delay(Duration::from_millis(250))
+    .timeout(Duration::from_secs(90));
+
+/// A freshly issued certificate, as PEM.
+pub struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// One CA account, shared by every certificate ordered from that directory.
+pub struct Issuer {
+    pub settings: config::Acme,
+    pub store: Store,
+    challenges: Arc<Challenges>,
+    account: Mutex<Option<Account>>,
+}
+
+impl Issuer {
+    pub fn new(settings: config::Acme, store: Store, challenges: Arc<Challenges>) -> Issuer {
+        Issuer {
+            settings,
+            store,
+            challenges,
+            account: Mutex::new(None),
+        }
+    }
+
+    pub async fn issue(&self, names: &[String]) -> Result<Issued, AcmeError> {
+        match self.try_issue(names).await {
+            // the CA forgot us (a test CA restarted, an account deactivated): register again
+            Err(AcmeError::Acme(instant_acme::Error::Api(p)))
+                if p.r#type
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+            {
+                tracing::warn!(directory = %self.settings.directory, "the CA does not know the stored account; registering a new one");
+                *self.account.lock().await = None;
+                let path = self.store.account_path(&self.settings.directory);
+                let _ = std::fs::remove_file(path);
+                self.try_issue(names).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_issue(&self, names: &[String]) -> Result<Issued, AcmeError> {
+        let account = self.account().await?;
+        let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+        // held until the order is done: the CA validates from several places, more than once
+        let mut answers = Vec::new();
+        let kind = match self.settings.challenge {
+            Challenge::Http01 => ChallengeType::Http01,
+            Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(AcmeError::Authorization(format!("{other:?}"))),
+            }
+            let name = authz.identifier().to_string();
+            let mut challenge = authz
+                .challenge(kind.clone())
+                .ok_or_else(|| AcmeError::NoChallenge(name.clone()))?;
+            let key_auth = challenge.key_authorization();
+            answers.push(match kind {
+                ChallengeType::TlsAlpn01 => {
+                    let cert = alpn_certificate(&name, key_auth.digest().as_ref())?;
+                    self.challenges.answer_tls_alpn(name, cert)
+                }
+                _ => self
+                    .challenges
+                    .answer_http01(challenge.token.clone(), key_auth.as_str().to_string()),
+            });
+            challenge.set_ready().await?;
+        }
+        let status = order.poll_ready(&POLL).await?;
+        if status != OrderStatus::Ready {
+            return Err(AcmeError::Rejected(rejection(&mut order).await));
+        }
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key)?;
+        order.finalize_csr(csr.der()).await?;
+        let chain_pem = order.poll_certificate(&POLL).await?;
+        drop(answers);
+        Ok(Issued {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The stored account, or a new one registered and stored (0600).
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let mut cached = self.account.lock().await;
+        if let Some(account) = cached.as_ref() {
+            return Ok(account.clone());
+        }
+        let s = &self.settings;
+        let path = self.store.account_path(&s.directory);
+        let account = match std::fs::read(&path) {
+            Ok(json) => {
+                let creds: AccountCredentials = serde_json::from_slice(&json)
+                    .map_err(|e| AcmeError::Stored(format!("{}: {e}", path.display())))?;
+                let builder = Account::builder_with_http(http_client(s)?);
+                builder.from_credentials(creds).await?
+            }
+            Err(_) => {
+                let contact: Vec<String> = s.email.iter().map(|e| format!("mailto:{e}")).collect();
+                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let new = NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                };
+                let eab = s
+                    .eab
+                    .as_ref()
+                    .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+                let builder = Account::builder_with_http(http_client(s)?);
+                let (account, creds) = builder
+                    .create(&new, s.directory.clone(), eab.as_ref())
+                    .await?;
+                let json =
+                    serde_json::to_vec(&creds).map_err(|e| AcmeError::Stored(e.to_string()))?;
+                store::write_atomic(&path, &json, 0o600)?;
+                tracing::info!(directory = %s.directory, account = %account.id(), "ACME account registered");
+                account
+            }
+        };
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+}
+
+/// Why the CA turned the order down, in its own words where it gave them.
+async fn rejection(order: &mut instant_acme::Order) -> String {
+    let mut reasons = Vec::new();
+    if let Some(problem) = &order.state().error {
+        reasons.push(problem.to_string());
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        let name = authz.identifier().to_string();
+        for challenge in &authz.challenges {
+            if let Some(problem) = &challenge.error {
+                reasons.push(format!("{name}: {problem}"));
+            }
+        }
+    }
+    if reasons.is_empty() {
+        "order invalid, no reason given".to_string()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+/// RFC 8737: self-signed, the name as its only SAN, the digest in the critical acmeIdentifier.
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, AcmeError> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing_key = ring::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| AcmeError::Stored(e.to_string()))?;
+    // no `keys_match()`: webpki refuses to parse a certificate with the critical acmeIdentifier
+    let chain = vec![CertificateDer::from(cert.der().to_vec())];
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
+}
+
+/// The CA's API over HTTPS, trusting the system roots plus `ca_root`.
+fn http_client(settings: &config::Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &settings.ca_root {
+        roots.add_parsable_certificates(super::read_roots(path)?);
+    }
+    if roots.is_empty() {
+        return Err(AcmeError::NoRoots);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AcmeError::Stored(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client: Client<_, BodyWrapper<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    Ok(Box::new(client))
+}
