@@ -1,8 +1,11 @@
 //! Composition root: load the config, build the runtime and the state, bind listeners, run until a
 //! signal, then drain.
 
-use crate::acme;
-use crate::config::{self, Config, ConfigError};
+use crate::acme::{
+    self,
+    store::{self, CertInfo, Store},
+};
+use crate::config::{self, Config, ConfigError, SiteTls};
 use crate::http::{self, ConnContext, Transport};
 use crate::listener;
 use crate::state::{RuntimeState, Shared};
@@ -100,6 +103,90 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One line of `gatehouse certs`.
+pub struct CertRow {
+    pub names: String,
+    /// `acme` or `file`.
+    pub source: &'static str,
+    /// The stored or configured certificate, or why there is none.
+    pub status: Result<CertInfo, String>,
+}
+
+/// The certificate of every TLS site, read from `state_dir` (ACME) or the configured files.
+pub fn certificates(path: &Path) -> Result<Vec<CertRow>, ConfigError> {
+    let config = config::load(path)?;
+    let store = Store::new(&config.server.state_dir);
+    let rows = config
+        .sites
+        .iter()
+        .filter_map(|site| {
+            let names = site
+                .hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>();
+            let (source, status) = match site.tls.as_ref()? {
+                SiteTls::Acme => {
+                    let dir = store.cert_dir(&config.acme.directory, &site.names());
+                    let status = match store::load_cert(&dir) {
+                        Ok(Some(stored)) => Ok(stored.info),
+                        Ok(None) => Err(format!("not issued yet ({})", dir.display())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    ("acme", status)
+                }
+                SiteTls::Files(files) => ("file", file_info(files)),
+            };
+            Some(CertRow {
+                names: names.join(","),
+                source,
+                status,
+            })
+        })
+        .collect();
+    Ok(rows)
+}
+
+fn file_info(files: &crate::config::TlsFiles) -> Result<CertInfo, String> {
+    use rustls_pki_types::pem::PemObject;
+    let leaf = rustls_pki_types::CertificateDer::from_pem_file(&files.cert)
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    CertInfo::parse(&leaf)
+}
+
+/// `gatehouse certs` output: one aligned row per site.
+pub fn certificate_table(rows: &[CertRow]) -> String {
+    let mut out = String::new();
+    let width = rows.iter().map(|r| r.names.len()).max().unwrap_or(0).max(5);
+    out.push_str(&format!(
+        "{:width$}  {:6}  {:21}  {:>6}  ISSUER\n",
+        "NAMES", "SOURCE", "EXPIRES", "DAYS"
+    ));
+    let now = std::time::SystemTime::now();
+    for row in rows {
+        let line = match &row.status {
+            Ok(info) => {
+                let left = info
+                    .not_after
+                    .duration_since(now)
+                    .map_or(0, |d| d.as_secs() / 86400);
+                format!(
+                    "{:width$}  {:6}  {:21}  {:>6}  {}",
+                    row.names,
+                    row.source,
+                    acme::rfc3339(info.not_after),
+                    left,
+                    info.issuer
+                )
+            }
+            Err(why) => format!("{:width$}  {:6}  {why}", row.names, row.source),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {

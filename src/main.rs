@@ -33,6 +33,11 @@ enum Command {
         #[arg(long, short, default_value = "config/gatehouse.toml")]
         config: PathBuf,
     },
+    /// List the certificates of the config's TLS sites: names, issuer, expiry.
+    Certs {
+        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -54,6 +59,16 @@ fn main() -> ExitCode {
         Command::Check { config } => match gatehouse::check(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Certs { config } => match gatehouse::app::certificates(&config) {
+            Ok(rows) => {
+                print!("{}", gatehouse::app::certificate_table(&rows));
                 ExitCode::SUCCESS
             }
             Err(e) => {

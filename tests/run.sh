@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for cmd in curl:curl ps:procps openssl:openssl; do
+# pebble: the ACME test CA (tests/acme.rs, started per test by tests/acme-testbed/start-pebble.sh)
+for cmd in curl:curl ps:procps openssl:openssl pebble:pebble; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
