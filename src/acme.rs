@@ -128,14 +128,15 @@ enum AnswerKey {
 
 impl Drop for Answer {
     fn drop(&mut self) {
+        let c = &self.challenges;
         match &self.key {
             AnswerKey::Http01(token) => {
-                let mut map = self.challenges.http01.write();
-                map.as_mut().map(|m| m.remove(token)).ok();
+                let mut map = c.http01.write().unwrap_or_else(PoisonError::into_inner);
+                map.remove(token);
             }
             AnswerKey::TlsAlpn(name) => {
-                let mut map = self.challenges.tls_alpn.write();
-                map.as_mut().map(|m| m.remove(name)).ok();
+                let mut map = c.tls_alpn.write().unwrap_or_else(PoisonError::into_inner);
+                map.remove(name);
             }
         }
     }

@@ -40,6 +40,32 @@ struct Pki {
     app: Leaf,
     /// `other.test`: chain (leaf, CA) and key.
     other: Leaf,
+    /// The CA and its key, kept to issue more leaves (certificate reload tests).
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+/// A leaf issued by the test CA, in memory only.
+struct Issued {
+    /// Leaf then CA, PEM.
+    chain_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+}
+
+/// Issues a leaf for `sans` (the first is also the CN) with a fresh key, signed by `ca`.
+fn issue(ca: &rcgen::Certificate, ca_key: &KeyPair, sans: &[&str]) -> Issued {
+    let key = KeyPair::generate().expect("leaf key");
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("leaf params");
+    params.distinguished_name.push(DnType::CommonName, sans[0]);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, ca, ca_key).expect("sign leaf");
+    Issued {
+        chain_pem: format!("{}{}", cert.pem(), ca.pem()),
+        key_pem: key.serialize_pem(),
+        der: cert.der().to_vec(),
+    }
 }
 
 struct Leaf {
@@ -68,15 +94,11 @@ impl Pki {
         let ca_pem = ca.pem();
 
         let leaf = |name: &str, sans: &[&str]| -> Leaf {
-            let key = KeyPair::generate().expect("leaf key");
-            let mut params =
-                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                    .expect("leaf params");
-            params.distinguished_name.push(DnType::CommonName, sans[0]);
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            let cert = params.signed_by(&key, &ca, &ca_key).expect("sign leaf");
-            let chain_pem = format!("{}{}", cert.pem(), ca_pem);
-            let key_pem = key.serialize_pem();
+            let Issued {
+                chain_pem,
+                key_pem,
+                der,
+            } = issue(&ca, &ca_key, sans);
             let chain_path = dir.path().join(format!("{name}.chain.pem"));
             let key_path = dir.path().join(format!("{name}.key.pem"));
             std::fs::write(&chain_path, &chain_pem).expect("write chain");
@@ -86,7 +108,7 @@ impl Pki {
                 key_pem,
                 chain_path,
                 key_path,
-                der: cert.der().to_vec(),
+                der,
             }
         };
         let app = leaf("app", &["app.test", "*.app.test"]);
@@ -96,7 +118,14 @@ impl Pki {
             ca_pem,
             app,
             other,
+            ca,
+            ca_key,
         }
+    }
+
+    /// Another leaf for `sans` from the same CA, with its own key.
+    fn issue(&self, sans: &[&str]) -> Issued {
+        issue(&self.ca, &self.ca_key, sans)
     }
 }
 
@@ -280,9 +309,13 @@ struct Handshake {
     version: Option<rustls::ProtocolVersion>,
 }
 
-/// A TLS handshake with `sni`, offering `alpn`, accepting any certificate. `Err` describes the
-/// handshake failure.
-async fn raw_handshake(addr: SocketAddr, sni: &str, alpn: &[&str]) -> Result<Handshake, String> {
+/// A TLS connection to `addr` with `sni`, offering `alpn`, accepting any certificate. `Err`
+/// describes the handshake failure.
+async fn connect_any_cert(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&str],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -296,10 +329,16 @@ async fn raw_handshake(addr: SocketAddr, sni: &str, alpn: &[&str]) -> Result<Han
         .await
         .expect("connect to https port");
     let name = ServerName::try_from(sni.to_string()).expect("server name");
-    let mut tls = connector
+    connector
         .connect(name, tcp)
         .await
-        .map_err(|err| format!("handshake failed: {err}"))?;
+        .map_err(|err| format!("handshake failed: {err}"))
+}
+
+/// A TLS handshake with `sni`, offering `alpn`, accepting any certificate. `Err` describes the
+/// handshake failure.
+async fn raw_handshake(addr: SocketAddr, sni: &str, alpn: &[&str]) -> Result<Handshake, String> {
+    let mut tls = connect_any_cert(addr, sni, alpn).await?;
     let (_, conn) = tls.get_ref();
     let leaf = conn
         .peer_certificates()
