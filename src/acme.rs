@@ -247,12 +247,12 @@ async fn maintain(issuer: Arc<Issuer>, names: Vec<String>, slot: CertSlot) {
                 } else {
                     backoff.next()
                 };
-                let serving = if current.is_some() {
+                let meanwhile = if current.is_some() {
                     "the current certificate keeps serving"
                 } else {
-                    "handshakes for these names fail until then"
+                    "handshakes for these names fail"
                 };
-                tracing::warn!(names = %list, error = %e, retry_in = ?delay, "certificate order failed; {serving}");
+                tracing::warn!(names = %list, error = %Causes(&e), retry_in = ?delay, meanwhile, "certificate order failed");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -290,6 +290,25 @@ fn publish(dir: &Path, cert: order::Issued, slot: &CertSlot) -> Result<CertInfo,
     }
     slot.store(Some(key));
     Ok(info)
+}
+
+/// An error with its causes: hyper's "client error (Connect)" alone does not say the CA refused.
+struct Causes<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let more = cause.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            source = cause.source();
+        }
+        f.write_str(&text)
+    }
 }
 
 fn is_rate_limited(e: &AcmeError) -> bool {

@@ -53,33 +53,33 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Version => {
-            println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
+            out(&format!("gatehouse {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Command::Check { config } => match gatehouse::check(&config) {
             Ok(_) => {
-                println!("{}: ok", config.display());
+                out(&format!("{}: ok\n", config.display()));
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                err(&e);
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
         Command::Certs { config } => match gatehouse::app::certificates(&config) {
             Ok(rows) => {
-                print!("{}", gatehouse::app::certificate_table(&rows));
+                out(&gatehouse::app::certificate_table(&rows));
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                err(&e);
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
         Command::Run { config } => match gatehouse::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(gatehouse::AppError::Config(e)) => {
-                eprintln!("{e}");
+                err(&e);
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
             Err(e) => {
@@ -88,6 +88,18 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// stdout/stderr writes that tolerate a closed pipe (`gatehouse check | head -1`): `print!`
+/// would panic there.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn err(e: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{e}");
 }
 
 fn init_logging(format: LogFormat) {

@@ -22,7 +22,20 @@ fn line_of(text: &str, marker: &str) -> usize {
 }
 
 fn check(config: &str, envs: &[(&str, &str)], env_remove: &[&str]) -> (String, CmdOutput) {
+    check_with_files(config, &[], envs, env_remove)
+}
+
+/// Like [`check`], but first writes `files` (name, contents) next to the config file.
+fn check_with_files(
+    config: &str,
+    files: &[(&str, &str)],
+    envs: &[(&str, &str)],
+    env_remove: &[&str],
+) -> (String, CmdOutput) {
     let dir = tempfile::tempdir().expect("tempdir");
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents).expect("write file");
+    }
     let path = dir.path().join("broken.toml");
     std::fs::write(&path, config).expect("write config");
     let path = path.to_str().expect("utf-8 path").to_string();
@@ -34,6 +47,18 @@ fn check(config: &str, envs: &[(&str, &str)], env_remove: &[&str]) -> (String, C
 /// the message mentions every string in `mentions`.
 fn assert_rejected(config: &str, marker: &str, mentions: &[&str], env_remove: &[&str]) {
     let (path, out) = check(config, &[], env_remove);
+    assert_located_error(config, &path, &out, marker, mentions);
+}
+
+/// Asserts `out` is a config error (exit 64) at `path`:LINE:COLUMN, LINE being the first line of
+/// `config` containing `marker`, that mentions every string in `mentions`.
+fn assert_located_error(
+    config: &str,
+    path: &str,
+    out: &CmdOutput,
+    marker: &str,
+    mentions: &[&str],
+) {
     let line = line_of(config, marker);
     assert_eq!(
         out.status.code(),
@@ -242,4 +267,272 @@ async fn env_vars_are_expanded_at_run_time() {
         assert_eq!(resp.text().await.expect("body"), "greeting: hi there");
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// [acme] and `tls = "acme"`
+// ---------------------------------------------------------------------------------------------
+
+const ACME_LISTEN: &str = "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n";
+const ACME_HOSTS: &str = "hosts = [\"app.example.com\", \"www.example.com\"]";
+
+/// A site with `tls = "acme"` and the given `hosts` line ("" for none), after `listen`, followed
+/// by `acme` (the `[acme]` section's body; "" for no section).
+fn acme_config(listen: &str, hosts: &str, acme: &str) -> String {
+    let acme = if acme.is_empty() {
+        String::new()
+    } else {
+        format!("\n[acme]\n{acme}\n")
+    };
+    format!(
+        r#"{listen}
+[server]
+state_dir = "state"
+
+[[site]]
+{hosts}
+tls = "acme"
+
+  [[site.route]]
+  path = "/"
+  respond = {{ status = 200, body = "ok" }}
+{acme}"#
+    )
+}
+
+#[test]
+fn acme_config_errors_are_reported_with_key_and_hint() {
+    let key_only_pem = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    let tls_alpn = "challenge = \"tls-alpn-01\"";
+    struct Case<'a> {
+        what: &'a str,
+        config: String,
+        files: Vec<(&'a str, &'a str)>,
+        /// Text on the line the error must point at.
+        marker: &'a str,
+        /// The key as printed (`` `site.tls` ``) and words of the hint.
+        mentions: &'a [&'a str],
+    }
+    let case = |what, config, marker, mentions| Case {
+        what,
+        config,
+        files: vec![],
+        marker,
+        mentions,
+    };
+    let cases = [
+        case(
+            "wildcard host",
+            acme_config(ACME_LISTEN, "hosts = [\"app.test\", \"*.app.test\"]", ""),
+            "tls = \"acme\"",
+            &["`site.tls`", "*.app.test", "wildcard", "DNS-01", "cert = "],
+        ),
+        case(
+            "catch-all host",
+            acme_config(ACME_LISTEN, "hosts = [\"*\"]", ""),
+            "tls = \"acme\"",
+            &["`site.tls`", "hosts", "catch-all"],
+        ),
+        case(
+            "no hosts at all",
+            acme_config(ACME_LISTEN, "", ""),
+            "tls = \"acme\"",
+            &["`site.tls`", "hosts"],
+        ),
+        case(
+            "IPv4 literal host",
+            acme_config(ACME_LISTEN, "hosts = [\"192.0.2.10\"]", ""),
+            "tls = \"acme\"",
+            &["`site.tls`", "192.0.2.10", "IP address"],
+        ),
+        case(
+            "IPv6 literal host",
+            acme_config(ACME_LISTEN, "hosts = [\"app.example.com\", \"::1\"]", ""),
+            "tls = \"acme\"",
+            &["`site.tls`", "::1", "IP address"],
+        ),
+        case(
+            "single-label host",
+            acme_config(ACME_LISTEN, "hosts = [\"localhost\"]", ""),
+            "tls = \"acme\"",
+            &["`site.tls`", "localhost", "fully qualified"],
+        ),
+        case(
+            "http-01 (the default) without an HTTP listener",
+            acme_config("[listen]\nhttps = \"127.0.0.1:0\"\n", ACME_HOSTS, ""),
+            "[listen]",
+            &["`listen.http`", "http-01", "tls-alpn-01"],
+        ),
+        case(
+            "explicit http-01 without an HTTP listener",
+            acme_config(
+                "[listen]\nhttps = \"127.0.0.1:0\"\n",
+                ACME_HOSTS,
+                "challenge = \"http-01\"",
+            ),
+            "[listen]",
+            &["`listen.http`", "http-01", "tls-alpn-01"],
+        ),
+        case(
+            "directory that is neither a name nor https",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "directory = \"letsencrypt\""),
+            "letsencrypt",
+            &["`acme.directory`", "production", "staging", "https://"],
+        ),
+        case(
+            "plain-http directory URL",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                "directory = \"http://ca.example.com/directory\"",
+            ),
+            "http://ca.example.com",
+            &["`acme.directory`", "https://"],
+        ),
+        case(
+            "unknown challenge",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "challenge = \"dns-01\""),
+            "dns-01",
+            &["`acme.challenge`", "dns-01", "http-01", "tls-alpn-01"],
+        ),
+        case(
+            "eab_kid without eab_hmac_key",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &format!("{tls_alpn}\neab_kid = \"kid-1\""),
+            ),
+            "eab_kid",
+            &["`acme`", "eab_kid", "eab_hmac_key"],
+        ),
+        case(
+            "eab_hmac_key without eab_kid",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &format!("{tls_alpn}\neab_hmac_key = \"c2VjcmV0LWhtYWMta2V5\""),
+            ),
+            "eab_hmac_key",
+            &["`acme`", "eab_kid", "eab_hmac_key"],
+        ),
+        case(
+            "eab_hmac_key that is not base64url",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &format!("{tls_alpn}\neab_kid = \"kid-1\"\neab_hmac_key = \"not base64!\""),
+            ),
+            "eab_hmac_key",
+            &["`acme.eab_hmac_key`", "base64url"],
+        ),
+        case(
+            "missing ca_root file",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "ca_root = \"no-such-root.pem\""),
+            "ca_root",
+            &["`acme.ca_root`", "no-such-root.pem"],
+        ),
+        Case {
+            files: vec![("root.pem", key_only_pem.as_str())],
+            ..case(
+                "ca_root without certificates (a key only)",
+                acme_config(ACME_LISTEN, ACME_HOSTS, "ca_root = \"root.pem\""),
+                "ca_root",
+                &["`acme.ca_root`", "root.pem", "BEGIN CERTIFICATE"],
+            )
+        },
+        Case {
+            files: vec![("root.pem", "not a certificate\n")],
+            ..case(
+                "ca_root that is not PEM at all",
+                acme_config(ACME_LISTEN, ACME_HOSTS, "ca_root = \"root.pem\""),
+                "ca_root",
+                &["`acme.ca_root`", "root.pem", "BEGIN CERTIFICATE"],
+            )
+        },
+        case(
+            "email without @",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "email = \"ops.example.com\""),
+            "ops.example.com",
+            &["`acme.email`", "email address", "ops@example.com"],
+        ),
+        case(
+            "retry_max below retry_initial",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                "retry_initial = \"10m\"\nretry_max = \"30s\"",
+            ),
+            "retry_max",
+            &["`acme.retry_max`", "retry_initial"],
+        ),
+        case(
+            "unknown key in [acme]",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                "email = \"ops@example.com\"\nrenew_days = 30",
+            ),
+            "renew_days",
+            &["renew_days", "email", "directory", "challenge", "retry_max"],
+        ),
+    ];
+    for c in &cases {
+        let (path, out) = check_with_files(&c.config, &c.files, &[], &[]);
+        eprintln!("case: {}", c.what);
+        assert_located_error(&c.config, &path, &out, c.marker, c.mentions);
+        assert!(
+            out.stderr.contains("\n1 error in config"),
+            "case {:?}: exactly one error expected; got:\n{}",
+            c.what,
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn valid_acme_config_passes_check_without_side_effects() {
+    let config = acme_config(
+        ACME_LISTEN,
+        ACME_HOSTS,
+        "email = \"ops@example.com\"\ndirectory = \"staging\"\nchallenge = \"tls-alpn-01\"",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("acme.toml");
+    std::fs::write(&path, &config).expect("write config");
+    let started = std::time::Instant::now();
+    // A proxy that refuses connections: nothing may be fetched (there is nothing to fetch anyway).
+    let out = run_gatehouse(
+        &["check", "--config", path.to_str().expect("utf-8 path")],
+        &[
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+            ("https_proxy", "http://127.0.0.1:9"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a valid ACME config should pass check; stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "check took {:?}; it must not talk to the CA",
+        started.elapsed()
+    );
+    assert!(
+        !dir.path().join("state").exists(),
+        "check must not create state_dir ({})",
+        dir.path().join("state").display()
+    );
+
+    // The same site with the default http-01 challenge and an HTTP listener passes too.
+    let config = acme_config(ACME_LISTEN, ACME_HOSTS, "email = \"ops@example.com\"");
+    let (_, out) = check(&config, &[], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "http-01 with an HTTP listener should pass check; stderr:\n{}",
+        out.stderr
+    );
 }

@@ -1173,3 +1173,248 @@ fn check_rejects_a_key_that_does_not_match_the_certificate() {
     let (cert, key) = (path_str(&pki.app.chain_path), path_str(&pki.other.key_path));
     assert_check_error(&out, &[&path, "does not match", cert, key]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Certificate files replaced while running
+// ---------------------------------------------------------------------------------------------
+
+const RELOAD_FAILED: &str =
+    "certificate files changed but do not load; the previous certificate keeps serving";
+
+/// One site, app.test, with its certificate in `site.pem` / `site.key` next to the config.
+async fn start_reloadable(pki: &Pki) -> TestProxy {
+    let config = r#"
+[listen]
+http = "127.0.0.1:0"
+https = "127.0.0.1:0"
+
+[[site]]
+hosts = ["app.test"]
+tls = { cert = "site.pem", key = "site.key" }
+
+  [[site.route]]
+  path = "/"
+  respond = { status = 200, body = "ok\n" }
+"#;
+    TestProxy::start_tls_with_files(
+        config,
+        &[
+            ("site.pem", &pki.app.chain_pem),
+            ("site.key", &pki.app.key_pem),
+        ],
+    )
+    .await
+}
+
+/// `name` in the folder of the proxy's config (where `start_tls_with_files` put the files).
+fn site_file(proxy: &TestProxy, name: &str) -> PathBuf {
+    proxy
+        .config_path
+        .parent()
+        .expect("config folder")
+        .join(name)
+}
+
+/// Replaces `path` the way certbot, editors and `kubectl cp` do: write a temp file in the same
+/// folder, then rename it over the old one (a new inode; readers never see half a file).
+fn replace_file(path: &Path, contents: &str) {
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename over the old file");
+}
+
+/// The leaf DER a new handshake with SNI app.test is served.
+async fn served_leaf(proxy: &TestProxy) -> Vec<u8> {
+    raw_handshake(proxy.https(), "app.test", &[])
+        .await
+        .unwrap_or_else(|err| panic!("new handshake with SNI app.test failed: {err}"))
+        .leaf
+}
+
+/// Makes new handshakes every 200 ms until one is served `want` (returning how long that took),
+/// panicking after `max`. Every handshake before must be served `old`.
+async fn wait_for_leaf(proxy: &TestProxy, old: &[u8], want: &[u8], max: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let leaf = served_leaf(proxy).await;
+        if leaf == want {
+            return start.elapsed();
+        }
+        assert!(
+            leaf == old,
+            "after {:?} a new handshake was served neither the old nor the new certificate",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() < max,
+            "new handshakes still get the old certificate {max:?} after the files were replaced; logs:\n{}",
+            proxy.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Log lines whose message is `message`.
+fn log_lines(proxy: &TestProxy, message: &str) -> Vec<String> {
+    proxy
+        .logs()
+        .into_iter()
+        .filter(|line| support::json_str_field(line, "message").as_deref() == Some(message))
+        .collect()
+}
+
+/// An HTTP/1.1 connection over TLS (SNI app.test, any certificate accepted), kept open by the
+/// caller: the sender, and the leaf DER its handshake was served.
+async fn open_http1_over_tls(
+    proxy: &TestProxy,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    Vec<u8>,
+) {
+    let tls = connect_any_cert(proxy.https(), "app.test", &["http/1.1"])
+        .await
+        .expect("TLS handshake");
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| c.as_ref().to_vec())
+        .expect("peer certificate");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    (sender, leaf)
+}
+
+/// GET `path` with `Host: app.test` on `sender`'s connection: status and body.
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    sender
+        .ready()
+        .await
+        .expect("the held connection is still usable");
+    let req = hyper::Request::get(path)
+        .header("host", "app.test")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let resp = sender
+        .send_request(req)
+        .await
+        .expect("request on the held connection");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_certificate_files_switches_new_handshakes() {
+    with_timeout(40, async {
+        let pki = Pki::new();
+        let proxy = start_reloadable(&pki).await;
+        assert!(
+            served_leaf(&proxy).await == pki.app.der,
+            "before the change the site should serve the certificate it started with"
+        );
+
+        // A connection made before the change, kept open across it.
+        let (mut held, held_leaf) = open_http1_over_tls(&proxy).await;
+        assert!(held_leaf == pki.app.der);
+        assert_eq!(get_on(&mut held, "/before").await, (200, "ok\n".into()));
+
+        // New leaf, same names, same CA, new key: key first, then the chain, each renamed into place.
+        let new = pki.issue(&["app.test"]);
+        assert!(new.der != pki.app.der);
+        replace_file(&site_file(&proxy, "site.key"), &new.key_pem);
+        replace_file(&site_file(&proxy, "site.pem"), &new.chain_pem);
+
+        let took = wait_for_leaf(&proxy, &pki.app.der, &new.der, Duration::from_secs(10)).await;
+        eprintln!("new handshakes got the new certificate {took:?} after the files were replaced");
+
+        // The new chain verifies against the CA for a normal client, end to end.
+        let resp = https_client(&pki, &proxy)
+            .get(https_url(&proxy, "app.test", "/after"))
+            .send()
+            .await
+            .expect("verified HTTPS request after the swap");
+        assert_eq!(resp.status(), 200);
+
+        // The connection from before still works, on its old session.
+        assert_eq!(
+            get_on(&mut held, "/held").await,
+            (200, "ok\n".into()),
+            "a connection made before the swap must keep working"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_certificate_files_keep_the_old_certificate() {
+    with_timeout(40, async {
+        let pki = Pki::new();
+        let proxy = start_reloadable(&pki).await;
+        assert!(served_leaf(&proxy).await == pki.app.der);
+
+        // Only the chain is replaced; the key on disk is still the old one and does not match it.
+        let new = pki.issue(&["app.test"]);
+        replace_file(&site_file(&proxy, "site.pem"), &new.chain_pem);
+
+        // Over 5 s (at least two polls) every new handshake still gets the old certificate.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            let leaf = served_leaf(&proxy).await;
+            assert!(
+                leaf == pki.app.der,
+                "{:?} after a mismatched chain was written, a new handshake was served {}",
+                start.elapsed(),
+                if leaf == new.der {
+                    "the new (keyless) certificate"
+                } else {
+                    "an unknown certificate"
+                }
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let warnings = log_lines(&proxy, RELOAD_FAILED);
+        assert_eq!(
+            warnings.len(),
+            1,
+            "the failed reload should be logged exactly once over repeated polls; logs:\n{}",
+            proxy.logs().join("\n")
+        );
+        assert_eq!(
+            support::json_str_field(&warnings[0], "level").as_deref(),
+            Some("WARN"),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[0].contains("does not match"),
+            "the warning should say why the files do not load: {}",
+            warnings[0]
+        );
+
+        // Once the matching key lands, new handshakes switch over.
+        replace_file(&site_file(&proxy, "site.key"), &new.key_pem);
+        let took = wait_for_leaf(&proxy, &pki.app.der, &new.der, Duration::from_secs(10)).await;
+        eprintln!("new handshakes got the new certificate {took:?} after the key was fixed");
+        let resp = https_client(&pki, &proxy)
+            .get(https_url(&proxy, "app.test", "/after"))
+            .send()
+            .await
+            .expect("verified HTTPS request after the fix");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            log_lines(&proxy, RELOAD_FAILED).len(),
+            1,
+            "no further warnings once the files load"
+        );
+    })
+    .await;
+}
