@@ -40,6 +40,7 @@ const BASE_TLS_ALPN01: u16 = 24110;
 const BASE_RESTART: u16 = 24120;
 const BASE_RENEWAL: u16 = 24130;
 const BASE_CA_DOWN: u16 = 24140;
+const BASE_ONE_FAILS: u16 = 24150;
 
 /// Limit for a certificate to be issued once gatehouse listens (pebble issues in ~1 s).
 const ISSUANCE: Duration = Duration::from_secs(30);
@@ -898,6 +899,62 @@ tls = {{ cert = "{cert}", key = "{key}" }}
         handshake_leaf(proxy.https(), "static.test", Trust::Anything)
             .await
             .unwrap_or_else(|err| panic!("static site after issuance: {err}"));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. One site's failing validation does not hold up another's certificate
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_site_does_not_block_another() {
+    with_timeout(60, async {
+        let pebble = Pebble::start(BASE_ONE_FAILS, &[]);
+        // pebble's DNS sends `broken.test` to 127.0.0.2, where nothing answers HTTP-01
+        let cts = pebble.var("CHALLTESTSRV_URL").to_string();
+        let added = reqwest::Client::new()
+            .post(format!("{cts}/add-a"))
+            .body(r#"{"host":"broken.test","addresses":["127.0.0.2"]}"#)
+            .send()
+            .await
+            .expect("challtestsrv add-a");
+        assert!(added.status().is_success(), "add-a: {}", added.status());
+        let state = tempfile::tempdir().expect("state dir");
+        let backend = echo_backend("echo").await;
+        let broken = r#"
+[[site]]
+hosts = ["broken.test"]
+tls = "acme"
+  [[site.route]]
+  path = "/"
+  respond = { body = "broken\n" }
+"#;
+        let proxy = TestProxy::start_tls(&config(
+            &pebble,
+            state.path(),
+            Challenge::Http01,
+            &backend,
+            broken,
+        ))
+        .await;
+        let root = pebble.issuing_root_pem();
+
+        wait_for_cert(&proxy, &pebble, APP, &root, ISSUANCE).await;
+        let failures = wait_for_log(&proxy, &pebble, "certificate order failed", 1, ISSUANCE).await;
+        let failure = &failures[0];
+        assert!(
+            failure.contains("broken.test") && failure.contains("127.0.0.2"),
+            "the failure names the site and carries the CA's reason: {failure}"
+        );
+        assert!(
+            handshake_leaf(proxy.https(), "broken.test", Trust::Anything)
+                .await
+                .is_err(),
+            "broken.test has no certificate, so its handshake must fail"
+        );
+        let h1 = client(&root, proxy.https(), true);
+        assert_proxied(&h1, &proxy, APP, "/still-fine", reqwest::Version::HTTP_11).await;
     })
     .await;
 }
