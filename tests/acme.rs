@@ -12,11 +12,9 @@ mod support;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::RootCertStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{echo_backend, header, json_str_field, with_timeout, Backend, Echo, TestProxy};
+use support::{
+    echo_backend, header, json_str_field, with_timeout, AcceptAnyCert, Backend, Echo, TestProxy,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -197,6 +197,34 @@ enum Challenge {
     TlsAlpn01,
 }
 
+/// A pebble, a state dir, an echo backend and the proxy with the ACME site in front of it.
+/// Destructure it with every field bound: a field left to `..` would be dropped at once.
+struct Acme {
+    pebble: Pebble,
+    proxy: TestProxy,
+    /// Pebble's issuing root, as PEM.
+    root: Vec<u8>,
+    _state: tempfile::TempDir,
+    _backend: Backend,
+}
+
+impl Acme {
+    async fn start(base: u16, pebble_env: &[(&str, &str)], challenge: Challenge) -> Acme {
+        let pebble = Pebble::start(base, pebble_env);
+        let state = tempfile::tempdir().expect("state dir");
+        let backend = echo_backend("echo").await;
+        let config = config(&pebble, state.path(), challenge, &backend, "");
+        let proxy = TestProxy::start_tls(&config).await;
+        Acme {
+            root: pebble.issuing_root_pem(),
+            pebble,
+            proxy,
+            _state: state,
+            _backend: backend,
+        }
+    }
+}
+
 /// The ACME site (`app.test` + `www.app.test`, proxied to `upstream`) validated by `challenge`
 /// against `pebble`; the listener pebble connects to is on pebble's port for that challenge, the
 /// other on port 0. `extra_sites` (TOML `[[site]]` tables) is appended after the ACME site.
@@ -308,55 +336,6 @@ enum Trust<'a> {
     Root(&'a [u8]),
     /// Any certificate (handshake signatures still checked): shows whether one is served at all.
     Anything,
-}
-
-/// Accepts any server certificate, so a failed handshake means none was served.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// A TLS connection to `addr` with SNI `sni`, offering `alpn`. `Err` describes the failure.
@@ -535,18 +514,13 @@ fn assert_secrets_are_private(state_dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_issues_a_certificate_served_over_h1_and_h2() {
     with_timeout(60, async {
-        let pebble = Pebble::start(BASE_HTTP01, &[]);
-        let state = tempfile::tempdir().expect("state dir");
-        let backend = echo_backend("echo").await;
-        let proxy = TestProxy::start_tls(&config(
-            &pebble,
-            state.path(),
-            Challenge::Http01,
-            &backend,
-            "",
-        ))
-        .await;
-        let root = pebble.issuing_root_pem();
+        let Acme {
+            pebble,
+            proxy,
+            root,
+            _state: state,
+            _backend,
+        } = Acme::start(BASE_HTTP01, &[], Challenge::Http01).await;
 
         let leaf = wait_for_cert(&proxy, &pebble, APP, &root, ISSUANCE).await;
         let www_leaf = handshake_leaf(proxy.https(), WWW, Trust::Root(&root))
@@ -608,18 +582,13 @@ async fn http01_issues_a_certificate_served_over_h1_and_h2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_issues_a_certificate() {
     with_timeout(60, async {
-        let pebble = Pebble::start(BASE_TLS_ALPN01, &[]);
-        let state = tempfile::tempdir().expect("state dir");
-        let backend = echo_backend("echo").await;
-        let proxy = TestProxy::start_tls(&config(
-            &pebble,
-            state.path(),
-            Challenge::TlsAlpn01,
-            &backend,
-            "",
-        ))
-        .await;
-        let root = pebble.issuing_root_pem();
+        let Acme {
+            pebble,
+            proxy,
+            root,
+            _state,
+            _backend,
+        } = Acme::start(BASE_TLS_ALPN01, &[], Challenge::TlsAlpn01).await;
 
         wait_for_cert(&proxy, &pebble, APP, &root, ISSUANCE).await;
         handshake_leaf(proxy.https(), WWW, Trust::Root(&root))
@@ -699,18 +668,18 @@ async fn restart_reuses_the_stored_certificate() {
 async fn renewal_swaps_the_certificate_while_a_connection_stays_open() {
     with_timeout(90, async {
         // 15 s certificates: renewal is due when a third of that (5 s) remains.
-        let pebble = Pebble::start(BASE_RENEWAL, &[("ACME_TESTBED_CERT_VALIDITY", "15")]);
-        let state = tempfile::tempdir().expect("state dir");
-        let backend = echo_backend("echo").await;
-        let proxy = TestProxy::start_tls(&config(
-            &pebble,
-            state.path(),
+        let Acme {
+            pebble,
+            proxy,
+            root,
+            _state,
+            _backend,
+        } = Acme::start(
+            BASE_RENEWAL,
+            &[("ACME_TESTBED_CERT_VALIDITY", "15")],
             Challenge::Http01,
-            &backend,
-            "",
-        ))
+        )
         .await;
-        let root = pebble.issuing_root_pem();
         let first = wait_for_cert(&proxy, &pebble, APP, &root, ISSUANCE).await;
 
         // One TLS connection, one HTTP/1.1 client on it: if it broke, requests would fail.
