@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Gatehouse vs nginx as an HTTP/1.1 keep-alive reverse proxy in front of the
-# same backend. See benches/README.md for what is measured and how.
+# Gatehouse vs nginx as a reverse proxy in front of the same backend: plain HTTP/1.1
+# keep-alive, HTTPS keep-alive and HTTPS with a new TLS connection per request (both
+# proxies serve the same certificate). See benches/README.md for what is measured and how.
 #
 # Usage: bash benches/proxy-vs-nginx.sh
 # Env knobs (defaults in brackets):
 #   DURATION [10s]  wrk duration of each measured run
-#   REPEATS  [3]    rounds; targets are interleaved: direct nginx gatehouse, direct nginx gatehouse, ...
+#   REPEATS  [3]    rounds per scenario; targets are interleaved: direct nginx gatehouse, direct nginx gatehouse, ...
 #   CONNS    [64]   wrk connections (-c)
 #   PROXY_CPU [0]   CPU the proxy under test is pinned to
 #   LOAD_CPU  [1]   CPU wrk and the backend are pinned to
 #   TARGETS  ["direct nginx gatehouse"]  subset/order of targets to run
+#   SCENARIOS ["http https https-newconn"]  subset/order of scenarios (`direct` runs in `http` only):
+#            http = HTTP/1.1 keep-alive; https = the same over TLS;
+#            https-newconn = TLS with `Connection: close` (one connection + handshake per request)
 #   WARMUP   [2s]   wrk warm-up before every measured run
 #   SKIP_BUILD [0]  1 = don't run `cargo build --release` (binary must exist)
 #   GATEHOUSE_BIN [target/release/gatehouse]
@@ -25,6 +29,7 @@ CONNS=${CONNS:-64}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 TARGETS=${TARGETS:-direct nginx gatehouse}
+SCENARIOS=${SCENARIOS:-http https https-newconn}
 WARMUP=${WARMUP:-2s}
 SKIP_BUILD=${SKIP_BUILD:-0}
 GATEHOUSE_BIN=${GATEHOUSE_BIN:-$ROOT/target/release/gatehouse}
@@ -49,12 +54,30 @@ for t in "${TARGET_LIST[@]}"; do
     case $t in direct | nginx | gatehouse) ;; *) die "unknown target '$t' (expected direct, nginx, gatehouse)" ;; esac
 done
 want() { [[ " ${TARGET_LIST[*]} " == *" $1 "* ]]; }
+read -ra SCENARIO_LIST <<<"$SCENARIOS"
+((${#SCENARIO_LIST[@]} > 0)) || die "SCENARIOS is empty"
+for s in "${SCENARIO_LIST[@]}"; do
+    case $s in http | https | https-newconn) ;; *) die "unknown scenario '$s' (expected http, https, https-newconn)" ;; esac
+done
+want_scenario() { [[ " ${SCENARIO_LIST[*]} " == *" $1 "* ]]; }
+# applies SCENARIO TARGET: does this pair produce runs? (`direct` is the plain-HTTP backend.)
+applies() { [[ $1 == http || $2 != direct ]]; }
+TLS=0 # 1 = some scenario needs the proxies' TLS listeners
+nruns=0
+for s in "${SCENARIO_LIST[@]}"; do
+    [[ $s == http ]] || TLS=1
+    for t in "${TARGET_LIST[@]}"; do
+        if applies "$s" "$t"; then nruns=$((nruns + 1)); fi
+    done
+done
+((nruns > 0)) || die "nothing to run: target 'direct' only runs in scenario 'http' (SCENARIOS='$SCENARIOS', TARGETS='$TARGETS')"
 
 # ---------------------------------------------------------------- tools
 need_install=()
 command -v nginx >/dev/null 2>&1 || need_install+=(nginx)
 command -v wrk >/dev/null 2>&1 || need_install+=(wrk)
 command -v curl >/dev/null 2>&1 || need_install+=(curl)
+if ((TLS)); then command -v openssl >/dev/null 2>&1 || need_install+=(openssl); fi
 if ((${#need_install[@]} > 0)); then
     command -v apt-get >/dev/null 2>&1 || die "missing ${need_install[*]} and no apt-get to install them"
     ((EUID == 0)) || die "missing ${need_install[*]}; run as root (or install them) so apt-get can install them"
@@ -69,6 +92,7 @@ fi
 for c in nginx wrk curl taskset getconf awk sort; do
     command -v "$c" >/dev/null 2>&1 || die "required command '$c' not found"
 done
+if ((TLS)); then command -v openssl >/dev/null 2>&1 || die "required command 'openssl' not found"; fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- cleanup
@@ -144,9 +168,11 @@ show_logs() {
     done
 }
 
-# wait_ready NAME PID PORT LOGDIR: poll with curl until the port answers 200 "ok" (10 s deadline).
+# wait_ready NAME PID URL LOGDIR: poll with curl until URL answers 200 "ok" (10 s deadline).
+# https URLs: certificate not verified (-k), HTTP/1.1 like wrk, and no SNI (curl sends none
+# for an IP literal), so this also checks that a client without SNI gets the certificate.
 wait_ready() {
-    local name=$1 pid=$2 port=$3 logdir=$4 deadline code last="no answer"
+    local name=$1 pid=$2 url=$3 logdir=$4 deadline code last="no answer"
     deadline=$((SECONDS + 10))
     while ((SECONDS < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -154,17 +180,21 @@ wait_ready() {
             show_logs "$logdir"
             die "$name failed to start"
         fi
-        code=$(curl -sS -o "$TMP/ready-body" -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null) || code=000
+        code=$(curl -sS -k --http1.1 -o "$TMP/ready-body" -w '%{http_code}' --max-time 1 "$url" 2>"$TMP/ready-err") || code=000
         if [[ $code == 200 ]]; then
             [[ $(<"$TMP/ready-body") == ok ]] ||
-                die "$name on port $port answered 200 with an unexpected body: '$(head -c 200 "$TMP/ready-body")'"
-            log "$name ready on 127.0.0.1:$port (pid $pid)"
+                die "$name at $url answered 200 with an unexpected body: '$(head -c 200 "$TMP/ready-body")'"
+            log "$name ready at $url (pid $pid)"
             return 0
         fi
-        [[ $code == 000 ]] || last="HTTP $code"
+        if [[ $code != 000 ]]; then
+            last="HTTP $code"
+        elif [[ -s $TMP/ready-err ]]; then
+            last=$(head -n 1 "$TMP/ready-err")
+        fi
         sleep 0.1
     done
-    log "$name did not answer 200 on port $port within 10 s (last: $last)"
+    log "$name did not answer 200 at $url within 10 s (last: $last)"
     show_logs "$logdir"
     die "$name not ready"
 }
@@ -203,6 +233,19 @@ nginx_http_common() {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
+EOF
+}
+
+# nginx_proxy_location: the proxy's `location /`, the same for its HTTP and HTTPS servers.
+nginx_proxy_location() {
+    cat <<'EOF'
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }
 EOF
 }
 
@@ -251,6 +294,21 @@ if want gatehouse; then
     [[ -x $GATEHOUSE_BIN ]] || die "gatehouse binary not found at $GATEHOUSE_BIN"
 fi
 
+# ---------------------------------------------------------------- certificate
+# One self-signed ECDSA P-256 certificate for both proxies, made fresh for every run:
+# SAN bench.test and 127.0.0.1, key as PKCS#8 PEM ("BEGIN PRIVATE KEY").
+CERT=$TMP/tls/cert.pem
+KEY=$TMP/tls/key.pem
+if ((TLS)); then
+    mkdir -p "$TMP/tls"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEY" 2>"$TMP/tls/openssl.log" ||
+        { cat "$TMP/tls/openssl.log" >&2; die "openssl genpkey failed"; }
+    openssl req -new -x509 -key "$KEY" -out "$CERT" -days 2 -sha256 -subj "/CN=bench.test" \
+        -addext "subjectAltName=DNS:bench.test,IP:127.0.0.1" 2>>"$TMP/tls/openssl.log" ||
+        { cat "$TMP/tls/openssl.log" >&2; die "openssl req -x509 failed"; }
+    [[ $(head -n 1 "$KEY") == "-----BEGIN PRIVATE KEY-----" ]] || die "$KEY is not a PKCS#8 PEM key"
+fi
+
 # ---------------------------------------------------------------- backend
 BACKEND_PORT=$(free_port)
 bdir=$TMP/backend
@@ -272,15 +330,16 @@ EOF
 } >"$bdir/nginx.conf"
 start_nginx backend "$LOAD_CPU"
 BACKEND_PID=$NGINX_PID
-wait_ready "backend nginx" "$BACKEND_PID" "$BACKEND_PORT" "$bdir"
+wait_ready "backend nginx" "$BACKEND_PID" "http://127.0.0.1:$BACKEND_PORT/" "$bdir"
 
-declare -A PORT
+declare -A PORT TLS_PORT
 PORT[direct]=$BACKEND_PORT
 nginx_workers=()
 
 # ---------------------------------------------------------------- nginx proxy
 if want nginx; then
     PORT[nginx]=$(free_port)
+    if ((TLS)); then TLS_PORT[nginx]=$(free_port); fi
     ndir=$TMP/nginx-proxy
     mkdir -p "$ndir"
     upstream_keepalive=$((CONNS > 64 ? CONNS : 64))
@@ -296,20 +355,30 @@ if want nginx; then
     }
     server {
         listen 127.0.0.1:${PORT[nginx]} backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        }
-    }
-}
 EOF
+        nginx_proxy_location
+        echo "    }"
+        if ((TLS)); then
+            # Session cache and tickets stay at nginx's defaults (ssl_session_cache none,
+            # ssl_session_tickets on): see benches/README.md.
+            cat <<EOF
+    server {
+        listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2 backlog=4096;
+        ssl_certificate $CERT;
+        ssl_certificate_key $KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+EOF
+            nginx_proxy_location
+            echo "    }"
+        fi
+        echo "}"
     } >"$ndir/nginx.conf"
     start_nginx nginx-proxy "$PROXY_CPU"
     NGINX_PROXY_PID=$NGINX_PID
-    wait_ready "nginx proxy" "$NGINX_PROXY_PID" "${PORT[nginx]}" "$ndir"
+    wait_ready "nginx proxy" "$NGINX_PROXY_PID" "http://127.0.0.1:${PORT[nginx]}/" "$ndir"
+    if ((TLS)); then
+        wait_ready "nginx proxy (TLS)" "$NGINX_PROXY_PID" "https://127.0.0.1:${TLS_PORT[nginx]}/" "$ndir"
+    fi
     # Also track workers so cleanup can reach them even if the master is killed hard.
     mapfile -t nginx_workers < <(pgrep -P "$NGINX_PROXY_PID" || true)
     ((${#nginx_workers[@]} > 0)) || die "nginx proxy has no worker processes"
@@ -320,14 +389,25 @@ if want gatehouse; then
     PORT[gatehouse]=$(free_port)
     gdir=$TMP/gatehouse
     mkdir -p "$gdir"
+    listen_https='' site_tls=
+    if ((TLS)); then
+        TLS_PORT[gatehouse]=$(free_port)
+        listen_https="https = \"127.0.0.1:${TLS_PORT[gatehouse]}\""
+        # Catch-all site (no `hosts`): the only way a client without SNI gets a certificate.
+        # redirect_https = false keeps the plain-HTTP scenario a proxied 200, not a 308.
+        site_tls="tls = { cert = \"$CERT\", key = \"$KEY\" }
+redirect_https = false"
+    fi
     cat >"$gdir/gatehouse.toml" <<EOF
 [listen]
 http = "127.0.0.1:${PORT[gatehouse]}"
+$listen_https
 
 [server]
 workers = 1
 
 [[site]]
+$site_tls
   [[site.route]]
   path = "/"
   upstream = "backend"
@@ -340,7 +420,10 @@ EOF
         >"$gdir/stdout.log" 2>"$gdir/gatehouse.log" &
     GATEHOUSE_PID=$!
     STARTED_PIDS+=("$GATEHOUSE_PID")
-    wait_ready "gatehouse" "$GATEHOUSE_PID" "${PORT[gatehouse]}" "$gdir"
+    wait_ready "gatehouse" "$GATEHOUSE_PID" "http://127.0.0.1:${PORT[gatehouse]}/" "$gdir"
+    if ((TLS)); then
+        wait_ready "gatehouse (TLS)" "$GATEHOUSE_PID" "https://127.0.0.1:${TLS_PORT[gatehouse]}/" "$gdir"
+    fi
 fi
 
 # nginx workers are children of masters we started; add them last so cleanup TERMs the
@@ -351,7 +434,7 @@ for pid in "${nginx_workers[@]}"; do
 done
 
 # ---------------------------------------------------------------- runs
-RESULTS=() # "target|run|rps|requests|p50_us|p99_us|errors|cpu_us_per_req"
+RESULTS=() # "scenario|target|run|rps|requests|p50_us|p99_us|errors|cpu_us_per_req"
 
 # run_wrk OUTFILE WRK_ARGS...: wrk pinned to LOAD_CPU. Runs as a background job + wait so
 # a TERM/INT to this script is handled at once (cleanup then kills wrk too).
@@ -366,21 +449,43 @@ run_wrk() {
     return "$rc"
 }
 
+# passive_opens: TCP connections accepted so far in this network namespace (/proc/net/snmp
+# Tcp PassiveOpens), or nothing if unreadable. Only for the "new conns/req" progress line.
+passive_opens() {
+    awk '$1 == "Tcp:" { if (!c) { for (i = 2; i <= NF; i++) if ($i == "PassiveOpens") c = i; if (!c) exit }
+        else { print $c; exit } }' /proc/net/snmp 2>/dev/null || true
+}
+
+# scenario_url SCENARIO TARGET
+scenario_url() {
+    case $1 in
+    http) echo "http://127.0.0.1:${PORT[$2]}/" ;;
+    https | https-newconn) echo "https://127.0.0.1:${TLS_PORT[$2]}/" ;;
+    esac
+}
+
 run_one() {
-    local target=$1 run=$2 url out before after requests rps p50 p99 sock non2xx errors cpu
-    local -a pids
-    url="http://127.0.0.1:${PORT[$target]}/"
+    local sc=$1 target=$2 run=$3 url out before after requests rps p50 p99 sock non2xx errors cpu
+    local opens_before opens_after newconns='?' raw
+    local -a pids args=()
+    url=$(scenario_url "$sc" "$target")
+    # https-newconn: the server answers with "Connection: close" and wrk opens a new
+    # connection (new TCP connect + TLS handshake) for the next request.
+    if [[ $sc == https-newconn ]]; then args=(-H "Connection: close"); fi
     if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
-        run_wrk "$TMP/warmup.txt" -d"$WARMUP" "$url" ||
-            { cat "$TMP/warmup.txt" >&2; die "wrk warm-up against $target ($url) failed"; }
+        run_wrk "$TMP/warmup.txt" -d"$WARMUP" "${args[@]}" "$url" ||
+            { cat "$TMP/warmup.txt" >&2; die "wrk warm-up against $target ($sc, $url) failed"; }
     fi
     mapfile -t pids < <(proxy_pids "$target")
     before=0 after=0
+    raw=$TMP/wrk-$sc-$target-$run.txt
+    opens_before=$(passive_opens)
     if ((${#pids[@]} > 0)); then before=$(proc_ticks "${pids[@]}"); fi
-    run_wrk "$TMP/wrk-$target-$run.txt" -d"$DURATION" --latency "$url" ||
-        { cat "$TMP/wrk-$target-$run.txt" >&2; die "wrk against $target ($url) failed"; }
+    run_wrk "$raw" -d"$DURATION" --latency "${args[@]}" "$url" ||
+        { cat "$raw" >&2; die "wrk against $target ($sc, $url) failed"; }
     if ((${#pids[@]} > 0)); then after=$(proc_ticks "${pids[@]}"); fi
-    out=$(<"$TMP/wrk-$target-$run.txt")
+    opens_after=$(passive_opens)
+    out=$(<"$raw")
 
     requests=$(awk '/ requests in /{print $1; exit}' <<<"$out")
     rps=$(awk '/^Requests\/sec:/{print $2; exit}' <<<"$out")
@@ -388,8 +493,9 @@ run_one() {
     p99=$(to_us "$(awk '$1=="99%"{print $2; exit}' <<<"$out")")
     sock=$(awk '/Socket errors:/{gsub(/,/,""); print $4+$6+$8+$10; exit}' <<<"$out")
     non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF; exit}' <<<"$out")
-    [[ $requests =~ ^[0-9]+$ && -n $rps ]] || { printf '%s\n' "$out" >&2; die "could not parse wrk output for $target"; }
+    [[ $requests =~ ^[0-9]+$ && -n $rps ]] || { printf '%s\n' "$out" >&2; die "could not parse wrk output for $target ($sc)"; }
     errors=$((${sock:-0} + ${non2xx:-0}))
+    if ((errors > 0)); then log "$sc $target run $run: $(grep -E 'Socket errors|Non-2xx' <<<"$out" | tr -s ' ' | paste -sd ';' -)"; fi
     if [[ $target == direct ]]; then
         cpu=-
     elif ((requests > 0)); then
@@ -397,15 +503,20 @@ run_one() {
     else
         cpu=nan
     fi
-    RESULTS+=("$target|$run|$rps|$requests|$p50|$p99|$errors|$cpu")
-    log "$(printf '%-9s run %d: %10s req/s  p50 %8s us  p99 %8s us  errors %s  cpu %s us/req' \
-        "$target" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu")"
+    if [[ $opens_before =~ ^[0-9]+$ && $opens_after =~ ^[0-9]+$ ]] && ((requests > 0)); then
+        newconns=$(awk -v d=$((opens_after - opens_before)) -v n="$requests" 'BEGIN{printf "%.2f", d / n}')
+    fi
+    RESULTS+=("$sc|$target|$run|$rps|$requests|$p50|$p99|$errors|$cpu")
+    log "$(printf '%-13s %-9s run %d: %10s req/s  p50 %8s us  p99 %8s us  errors %s  cpu %s us/req  new conns/req %s' \
+        "$sc" "$target" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$newconns")"
 }
 
-log "targets: ${TARGET_LIST[*]}; DURATION=$DURATION REPEATS=$REPEATS CONNS=$CONNS PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU WARMUP=$WARMUP"
-for ((r = 1; r <= REPEATS; r++)); do
-    for t in "${TARGET_LIST[@]}"; do
-        run_one "$t" "$r"
+log "scenarios: ${SCENARIO_LIST[*]}; targets: ${TARGET_LIST[*]}; DURATION=$DURATION REPEATS=$REPEATS CONNS=$CONNS PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU WARMUP=$WARMUP"
+for sc in "${SCENARIO_LIST[@]}"; do
+    for ((r = 1; r <= REPEATS; r++)); do
+        for t in "${TARGET_LIST[@]}"; do
+            if applies "$sc" "$t"; then run_one "$sc" "$t" "$r"; fi
+        done
     done
 done
 
@@ -416,22 +527,47 @@ median() { # numbers on stdin -> median (mean of the two middle values for even 
 }
 ms() { awk -v u="$1" 'BEGIN{ if (u == "nan") print "nan"; else printf "%.3f", u / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 == 0 || a == "nan" || b == "nan") print "n/a"; else printf "%.3g", a / b }'; }
-col() { # col TARGET FIELDNO -> values of that field for the target, one per line
+col() { # col SCENARIO TARGET FIELDNO -> values of that field for the pair, one per line
     local row
+    local -a f
     for row in "${RESULTS[@]}"; do
         IFS='|' read -ra f <<<"$row"
-        [[ ${f[0]} == "$1" ]] && echo "${f[$2]}"
+        [[ ${f[0]} == "$1" && ${f[1]} == "$2" ]] && echo "${f[$3]}"
     done
     return 0
 }
+scenario_title() {
+    case $1 in
+    http) echo "plain HTTP/1.1, keep-alive" ;;
+    https) echo "HTTPS (HTTP/1.1 over TLS), keep-alive: one handshake per wrk connection" ;;
+    https-newconn) echo "HTTPS, \`Connection: close\`: a new TCP connection and TLS handshake for every request" ;;
+    esac
+}
 
 declare -A MED_RPS MED_CPU MED_P50 MED_P99
-for t in "${TARGET_LIST[@]}"; do
-    MED_RPS[$t]=$(col "$t" 2 | median)
-    MED_P50[$t]=$(col "$t" 4 | median)
-    MED_P99[$t]=$(col "$t" 5 | median)
-    if [[ $t == direct ]]; then MED_CPU[$t]=-; else MED_CPU[$t]=$(col "$t" 7 | median); fi
+for sc in "${SCENARIO_LIST[@]}"; do
+    for t in "${TARGET_LIST[@]}"; do
+        applies "$sc" "$t" || continue
+        MED_RPS[$sc/$t]=$(col "$sc" "$t" 3 | median)
+        MED_P50[$sc/$t]=$(col "$sc" "$t" 5 | median)
+        MED_P99[$sc/$t]=$(col "$sc" "$t" 6 | median)
+        if [[ $t == direct ]]; then MED_CPU[$sc/$t]=-; else MED_CPU[$sc/$t]=$(col "$sc" "$t" 8 | median); fi
+    done
 done
+
+# tls_params PORT: what an OpenSSL client with library defaults (as wrk's) negotiates.
+tls_params() {
+    local o
+    o=$(openssl s_client -connect "127.0.0.1:$1" -servername 127.0.0.1 </dev/null 2>/dev/null) || true
+    awk '/^New, /{gsub(/,/, ""); p = $2 " " $5} /^Server Temp Key:/{sub(/^Server Temp Key: /, ""); sub(/,.*/, ""); k = $0}
+        END { if (p == "") print "?"; else print p (k == "" ? "" : " " k) }' <<<"$o"
+}
+tls_line=
+if ((TLS)); then
+    for t in nginx gatehouse; do
+        if want "$t"; then tls_line+="${tls_line:+; }$t: $(tls_params "${TLS_PORT[$t]}")"; fi
+    done
+fi
 
 gh_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null || true) ]]; then gh_rev+="+dirty"; fi
@@ -445,36 +581,51 @@ mkdir -p "$(dirname -- "$OUT")"
     echo
     echo "- date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), host: $(uname -srm), ${NCPU} CPUs (${cpu_model:-unknown CPU})"
     echo "- gatehouse: ${gh_rev} (release build, \`workers = 1\`, \`RUST_LOG=warn\`); nginx: ${nginx_ver} (\`worker_processes 1\`, upstream keepalive); wrk ${wrk_ver:-?}"
-    echo "- load: \`wrk -t1 -c${CONNS} -d${DURATION} --latency\`, HTTP/1.1 keep-alive, GET / -> backend \`200 ok\\n\`; ${WARMUP} warm-up before each run; ${REPEATS} interleaved rounds"
+    echo "- load: \`wrk -t1 -c${CONNS} -d${DURATION} --latency\`, GET / -> backend \`200 ok\\n\` (plain HTTP/1.1 keep-alive); ${WARMUP} warm-up before each run; ${REPEATS} interleaved rounds per scenario"
+    echo "- scenarios:"
+    for sc in "${SCENARIO_LIST[@]}"; do
+        echo "  - \`$sc\`: $(scenario_title "$sc")"
+    done
+    if ((TLS)); then
+        echo "- TLS: one self-signed ECDSA P-256 certificate for both proxies, made for this run; TLS 1.2 + 1.3; session cache/tickets at each proxy's defaults; negotiated with wrk's OpenSSL defaults: ${tls_line:-?}"
+    fi
     echo "- pinning: proxy on CPU ${PROXY_CPU}; wrk + backend nginx on CPU ${LOAD_CPU}"
     echo "- CPU µs/req = proxy utime+stime (/proc/PID/stat, nginx master+worker) during the run / requests completed"
     echo
-    echo "| target | run | req/s | p50 | p99 | errors | CPU µs/req |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| scenario | target | run | req/s | p50 | p99 | errors | CPU µs/req |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
     for row in "${RESULTS[@]}"; do
-        IFS='|' read -r t r rps _req p50 p99 err cpu <<<"$row"
-        printf '| %s | %s | %s | %s ms | %s ms | %s | %s |\n' "$t" "$r" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$err" "$cpu"
+        IFS='|' read -r sc t r rps _req p50 p99 err cpu <<<"$row"
+        printf '| %s | %s | %s | %s | %s ms | %s ms | %s | %s |\n' "$sc" "$t" "$r" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$err" "$cpu"
     done
     echo
     echo "## Summary (medians over ${REPEATS} runs)"
-    echo
-    echo "| target | req/s | p50 | p99 | CPU µs/req |"
-    echo "|---|---:|---:|---:|---:|"
-    for t in "${TARGET_LIST[@]}"; do
-        printf '| %s | %s | %s ms | %s ms | %s |\n' "$t" "${MED_RPS[$t]}" "$(ms "${MED_P50[$t]}")" "$(ms "${MED_P99[$t]}")" "${MED_CPU[$t]}"
+    for sc in "${SCENARIO_LIST[@]}"; do
+        echo
+        echo "### \`$sc\`: $(scenario_title "$sc")"
+        echo
+        echo "| target | req/s | p50 | p99 | CPU µs/req |"
+        echo "|---|---:|---:|---:|---:|"
+        for t in "${TARGET_LIST[@]}"; do
+            applies "$sc" "$t" || continue
+            k=$sc/$t
+            printf '| %s | %s | %s ms | %s ms | %s |\n' "$t" "${MED_RPS[$k]}" "$(ms "${MED_P50[$k]}")" "$(ms "${MED_P99[$k]}")" "${MED_CPU[$k]}"
+        done
+        echo
+        if want gatehouse && want nginx; then
+            echo "- gatehouse/nginx req/s: **$(ratio "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/nginx]}")** (higher is better)"
+            echo "- gatehouse/nginx CPU µs/req: **$(ratio "${MED_CPU[$sc/gatehouse]}" "${MED_CPU[$sc/nginx]}")** (lower is better)"
+            echo "- gatehouse/nginx p99: $(ratio "${MED_P99[$sc/gatehouse]}" "${MED_P99[$sc/nginx]}") (lower is better)"
+        fi
+        if applies "$sc" direct && want direct; then
+            if want gatehouse; then
+                echo "- gatehouse/direct req/s: **$(ratio "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/direct]}")**"
+            fi
+            if want nginx; then
+                echo "- nginx/direct req/s: $(ratio "${MED_RPS[$sc/nginx]}" "${MED_RPS[$sc/direct]}")"
+            fi
+        fi
     done
-    echo
-    if want gatehouse && want nginx; then
-        echo "- gatehouse/nginx req/s: **$(ratio "${MED_RPS[gatehouse]}" "${MED_RPS[nginx]}")** (higher is better)"
-        echo "- gatehouse/nginx CPU µs/req: **$(ratio "${MED_CPU[gatehouse]}" "${MED_CPU[nginx]}")** (lower is better)"
-        echo "- gatehouse/nginx p99: $(ratio "${MED_P99[gatehouse]}" "${MED_P99[nginx]}") (lower is better)"
-    fi
-    if want gatehouse && want direct; then
-        echo "- gatehouse/direct req/s: **$(ratio "${MED_RPS[gatehouse]}" "${MED_RPS[direct]}")**"
-    fi
-    if want nginx && want direct; then
-        echo "- nginx/direct req/s: $(ratio "${MED_RPS[nginx]}" "${MED_RPS[direct]}")"
-    fi
 } >"$OUT.tmp"
 mv -f -- "$OUT.tmp" "$OUT"
 cat -- "$OUT"

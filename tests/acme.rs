@@ -23,7 +23,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{
-    echo_backend, header, json_str_field, with_timeout, AcceptAnyCert, Backend, Echo, TestProxy,
+    echo_backend, header, json_str_field, run_gatehouse, with_timeout, AcceptAnyCert, Backend,
+    Echo, TestProxy,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -626,6 +627,26 @@ async fn restart_reuses_the_stored_certificate() {
         assert!(
             exit.success(),
             "gatehouse exited with {exit:?} after SIGTERM"
+        );
+        // `gatehouse certs` reads the stored certificate without the proxy running
+        let listed = run_gatehouse(
+            &["certs", "--config", path_str(&first.config_path)],
+            &[],
+            &[],
+        );
+        assert!(
+            listed.status.success(),
+            "gatehouse certs: {}",
+            listed.stderr
+        );
+        let row = listed
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{APP},{WWW} ")))
+            .unwrap_or_else(|| panic!("no row for the ACME site in:\n{}", listed.stdout));
+        assert!(
+            row.contains(" acme ") && row.contains("Pebble Intermediate CA"),
+            "row: {row}"
         );
         drop(first);
 
