@@ -42,6 +42,7 @@ const BASE_RESTART: u16 = 24120;
 const BASE_RENEWAL: u16 = 24130;
 const BASE_CA_DOWN: u16 = 24140;
 const BASE_ONE_FAILS: u16 = 24150;
+const BASE_EAB: u16 = 24160;
 
 /// Limit for a certificate to be issued once gatehouse listens (pebble issues in ~1 s).
 const ISSUANCE: Duration = Duration::from_secs(30);
@@ -945,6 +946,49 @@ tls = "acme"
         );
         let h1 = client(&root, proxy.https(), true);
         assert_proxied(&h1, &proxy, APP, "/still-fine", reqwest::Version::HTTP_11).await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. External account binding: required by the CA, given in [acme]
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    with_timeout(60, async {
+        const KID: &str = "gatehouse-test";
+        // 32 random-looking bytes, base64url as a CA hands them out
+        const KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+        let env = [
+            ("ACME_TESTBED_EAB_KID", KID),
+            ("ACME_TESTBED_EAB_HMAC_KEY", KEY),
+        ];
+        let pebble = Pebble::start(BASE_EAB, &env);
+        let backend = echo_backend("echo").await;
+        let root = pebble.issuing_root_pem();
+        let with_eab = |state: &Path, kid: &str, key: &str| {
+            config(&pebble, state, Challenge::Http01, &backend, "").replace(
+                "[acme]\n",
+                &format!("[acme]\neab_kid = \"{kid}\"\neab_hmac_key = \"{key}\"\n"),
+            )
+        };
+
+        // a wrong key: the CA refuses the account, and the log says why
+        let state = tempfile::tempdir().expect("state dir");
+        let wrong = "AAAAZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+        let proxy = TestProxy::start_tls(&with_eab(state.path(), KID, wrong)).await;
+        let failed = wait_for_log(&proxy, &pebble, "certificate order failed", 1, ISSUANCE).await;
+        assert!(
+            failed[0].contains("unauthorized") || failed[0].to_lowercase().contains("external"),
+            "the CA's reason is logged: {}",
+            failed[0]
+        );
+        drop(proxy);
+
+        let state = tempfile::tempdir().expect("state dir");
+        let proxy = TestProxy::start_tls(&with_eab(state.path(), KID, KEY)).await;
+        wait_for_cert(&proxy, &pebble, APP, &root, ISSUANCE).await;
     })
     .await;
 }
