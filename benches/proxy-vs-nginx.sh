@@ -70,6 +70,9 @@ for s in "${SCENARIO_LIST[@]}"; do
         if applies "$s" "$t"; then nruns=$((nruns + 1)); fi
     done
 done
+if want_scenario https-newconn && want gatehouse && ((CONNS > 120)); then
+    log "WARNING: CONNS=$CONNS: with more than ~128 connections wrk's TLS sessions fall out of Gatehouse's 256-entry session cache, so https-newconn compares Gatehouse's full handshakes with nginx's resumed ones (benches/README.md)"
+fi
 ((nruns > 0)) || die "nothing to run: target 'direct' only runs in scenario 'http' (SCENARIOS='$SCENARIOS', TARGETS='$TARGETS')"
 
 # ---------------------------------------------------------------- tools
@@ -94,6 +97,8 @@ for c in nginx wrk curl taskset getconf awk sort; do
 done
 if ((TLS)); then command -v openssl >/dev/null 2>&1 || die "required command 'openssl' not found"; fi
 CLK_TCK=$(getconf CLK_TCK)
+GATEHOUSE_RUST_LOG=warn
+if ((TLS)); then GATEHOUSE_RUST_LOG=warn,rustls::msgs::handshake=error; fi
 
 # ---------------------------------------------------------------- cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
@@ -416,7 +421,10 @@ $site_tls
 servers = ["127.0.0.1:$BACKEND_PORT"]
 EOF
     # RUST_LOG=warn: keep per-request INFO access-log lines out of the measurement.
-    RUST_LOG=warn taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" run --config "$gdir/gatehouse.toml" --log-format json \
+    # With TLS, also rustls's per-handshake WARN "Illegal SNI extension: ignoring IP address
+    # presented as hostname": wrk sends the URL's host, 127.0.0.1, as SNI (browsers and curl
+    # send none for an IP), so that line would be written once per https-newconn request.
+    RUST_LOG=$GATEHOUSE_RUST_LOG taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" run --config "$gdir/gatehouse.toml" --log-format json \
         >"$gdir/stdout.log" 2>"$gdir/gatehouse.log" &
     GATEHOUSE_PID=$!
     STARTED_PIDS+=("$GATEHOUSE_PID")
@@ -540,7 +548,7 @@ scenario_title() {
     case $1 in
     http) echo "plain HTTP/1.1, keep-alive" ;;
     https) echo "HTTPS (HTTP/1.1 over TLS), keep-alive: one handshake per wrk connection" ;;
-    https-newconn) echo "HTTPS, \`Connection: close\`: a new TCP connection and TLS handshake for every request" ;;
+    https-newconn) echo "HTTPS, \`Connection: close\`: a new TCP connection and TLS handshake for every request (wrk resumes its TLS 1.3 session: PSK + X25519, no certificate; see benches/README.md)" ;;
     esac
 }
 
@@ -580,7 +588,7 @@ mkdir -p "$(dirname -- "$OUT")"
     echo "# Gatehouse vs nginx reverse proxy"
     echo
     echo "- date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), host: $(uname -srm), ${NCPU} CPUs (${cpu_model:-unknown CPU})"
-    echo "- gatehouse: ${gh_rev} (release build, \`workers = 1\`, \`RUST_LOG=warn\`); nginx: ${nginx_ver} (\`worker_processes 1\`, upstream keepalive); wrk ${wrk_ver:-?}"
+    echo "- gatehouse: ${gh_rev} (release build, \`workers = 1\`, \`RUST_LOG=${GATEHOUSE_RUST_LOG}\`); nginx: ${nginx_ver} (\`worker_processes 1\`, upstream keepalive); wrk ${wrk_ver:-?}"
     echo "- load: \`wrk -t1 -c${CONNS} -d${DURATION} --latency\`, GET / -> backend \`200 ok\\n\` (plain HTTP/1.1 keep-alive); ${WARMUP} warm-up before each run; ${REPEATS} interleaved rounds per scenario"
     echo "- scenarios:"
     for sc in "${SCENARIO_LIST[@]}"; do
