@@ -8,7 +8,7 @@ use crate::acme::{
 use crate::config::{self, Config, ConfigError, SiteTls};
 use crate::http::{self, ConnContext, Transport};
 use crate::listener;
-use crate::state::{RuntimeState, Shared};
+use crate::state::{Keep, RuntimeState, Shared};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,8 +57,10 @@ pub fn run(path: &Path) -> Result<(), AppError> {
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let grace = config.server.shutdown_grace;
     let listen = config.listen.clone();
-    let acme = acme::Manager::default();
-    let shared = Shared::new(RuntimeState::build(config, &acme).await?);
+    let keep = Keep::default();
+    keep.limiters.spawn_sweeper();
+    let limits = config.server.limits.clone();
+    let shared = Shared::new(RuntimeState::build(config, &keep).await?);
     let tracker = TaskTracker::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut listeners = Vec::new();
@@ -75,10 +77,12 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         .map(|a| a.port());
     let cx = Arc::new(ConnContext {
         shared,
-        builder: http::builder(),
+        builder: http::builder(&limits),
         tracker: tracker.clone(),
         https_port,
-        challenges: acme.challenges(),
+        challenges: keep.acme.challenges(),
+        conns: Arc::default(),
+        rejections: Arc::default(),
     });
     let accept_loops: Vec<_> = listeners
         .into_iter()

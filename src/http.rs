@@ -10,6 +10,9 @@ pub use body::CountedBody;
 pub use response::ProxyError;
 
 use crate::acme::Challenges;
+use crate::config::ServerLimits;
+use crate::listener::conn_limit::ConnLimiter;
+use crate::middleware::Rejections;
 use crate::state::Shared;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,21 +25,34 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-pub fn builder() -> auto::Builder<TokioExecutor> {
+/// hyper's own limits are the outer fence (a head that cannot fit its buffer gets 431 from
+/// hyper); the exact `max_header_size` and `max_uri` checks are the service's.
+pub fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper refuses a read buffer under 8 KiB
+    let head_buf = (limits.max_header_size + limits.max_uri + 4096).max(8192);
     builder
         .http1()
         .timer(TokioTimer::new())
         // our own deadlines in `conn` replace this; see there why
         .header_read_timeout(None)
+        .max_buf_size(head_buf)
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        // HPACK-decoded size of one header block, CONTINUATION frames included
+        .max_header_list_size(u32::try_from(head_buf).unwrap_or(u32::MAX))
+        // rapid reset (CVE-2023-44487): streams a client opens and resets before we answer
+        .max_pending_accept_reset_streams(Some(MAX_H2_STREAMS as usize / 4))
+        .max_local_error_reset_streams(Some(1024))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
+
+const MAX_H2_STREAMS: u32 = 256;
 
 /// Everything a connection needs from its listener.
 pub struct ConnContext {
@@ -47,6 +63,8 @@ pub struct ConnContext {
     pub https_port: Option<u16>,
     /// ACME challenge answers (HTTP-01 here, TLS-ALPN-01 in the listener).
     pub challenges: Arc<Challenges>,
+    pub conns: Arc<ConnLimiter>,
+    pub rejections: Arc<Rejections>,
 }
 
 /// Which listener a connection came through.
@@ -76,7 +94,8 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let server = cx.shared.load().config.server.clone();
-    let state = ConnState::new(server.timeouts.header_read, server.timeouts.idle);
+    let t = &server.timeouts;
+    let state = ConnState::new(t.header_read, t.idle, t.send);
     let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
     let svc = ProxyService {
         cx: cx.clone(),

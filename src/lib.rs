@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod middleware;
 pub mod routing;
 pub mod state;
 pub mod tls;

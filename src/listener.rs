@@ -1,8 +1,13 @@
 //! Accept loops: take connections until shutdown, hand each (after the TLS handshake, on the
 //! HTTPS listener) to the HTTP layer as a tracked task.
 
+pub mod conn_limit;
+
 use crate::acme::ACME_TLS_ALPN;
 use crate::http::{serve_connection, ConnContext, Transport};
+use crate::middleware::{rate_limit, Reason};
+use crate::upstream::forward;
+use conn_limit::ConnSlot;
 use rustls::server::Acceptor;
 use std::io;
 use std::net::SocketAddr;
@@ -28,13 +33,20 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = admit(&cx, peer) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (cx2, shutdown) = (cx.clone(), shutdown.clone());
                 match transport {
-                    Transport::Plain => cx
-                        .tracker
-                        .spawn(serve_connection(stream, peer, transport, cx2, shutdown)),
-                    Transport::Tls => cx.tracker.spawn(serve_tls(stream, peer, cx2, shutdown)),
+                    Transport::Plain => cx.tracker.spawn(async move {
+                        serve_connection(stream, peer, transport, cx2, shutdown).await;
+                        drop(slot);
+                    }),
+                    Transport::Tls => cx.tracker.spawn(async move {
+                        serve_tls(stream, peer, cx2, shutdown).await;
+                        drop(slot);
+                    }),
                 };
             }
             Err(e) if is_resource_exhaustion(&e) => {
@@ -48,11 +60,33 @@ pub async fn accept_loop(
     tracing::info!(listener = name, "listener closed");
 }
 
+/// A slot under the connection limits, or `None` and the connection is dropped at once (a
+/// trusted proxy carries many clients, so it is only held to the total).
+fn admit(cx: &ConnContext, peer: SocketAddr) -> Option<ConnSlot> {
+    let state = cx.shared.load();
+    let server = &state.config.server;
+    let limits = &server.limits;
+    let ip = peer.ip().to_canonical();
+    let key = (!forward::is_trusted(&server.trusted_proxies, ip))
+        .then(|| rate_limit::client_key(ip, limits.ipv6_prefix));
+    match cx
+        .conns
+        .acquire(key, limits.max_connections, limits.max_connections_per_ip)
+    {
+        Ok(slot) => Some(slot),
+        Err(refused) => {
+            let detail = refused.to_string();
+            cx.rejections.record(Reason::ConnLimit, ip, &detail);
+            None
+        }
+    }
+}
+
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == 24 || code == 23 || code == 12 || code == 105)
 }
 
-/// The TLS handshake, bounded by `header_read`, then HTTP on the decrypted stream. The server
+/// The TLS handshake, bounded by `tls_handshake`, then HTTP on the decrypted stream. The server
 /// config comes from the current snapshot, so a new certificate applies to the next handshake.
 /// A ClientHello offering `acme-tls/1` is a CA validating TLS-ALPN-01: it gets the challenge
 /// certificate and the connection ends after the handshake.
@@ -66,7 +100,7 @@ async fn serve_tls(
     let Some(config) = state.tls.clone() else {
         return;
     };
-    let timeout = state.config.server.timeouts.header_read;
+    let timeout = state.config.server.timeouts.tls_handshake;
     drop(state);
     let handshake = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;

@@ -136,7 +136,11 @@ mod tests {
             body: Bytes::new(),
             content_type: HeaderValue::from_static("text/plain"),
         });
-        Route { matcher: m, action }
+        Route {
+            matcher: m,
+            action,
+            policy: Default::default(),
+        }
     }
 
     fn sites() -> Vec<Site> {

@@ -4,6 +4,8 @@
 use crate::acme;
 use crate::config::{Action, Config, Redirect, Respond, SiteTls};
 use crate::http::CountedBody;
+use crate::middleware::rate_limit::Limiters;
+use crate::middleware::RoutePolicy;
 use crate::routing::Router;
 use crate::tls::{self, TlsError};
 use crate::upstream::{self, UpstreamPool};
@@ -21,6 +23,8 @@ pub struct RuntimeState {
     pub router: Router,
     /// Indexed by `RouteId`.
     pub routes: Vec<RouteAction>,
+    /// Indexed by `RouteId`.
+    pub policies: Vec<RoutePolicy>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
     pub client: UpstreamClient,
     /// Per site, in config order (the router's site index).
@@ -46,10 +50,18 @@ pub enum RouteAction {
     Redirect(Redirect),
 }
 
+/// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition.
+#[derive(Default)]
+pub struct Keep {
+    pub acme: acme::Manager,
+    pub limiters: Arc<Limiters>,
+}
+
 impl RuntimeState {
     /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers,
     /// certificate files get watchers, new ACME names get their task).
-    pub async fn build(config: Config, acme: &acme::Manager) -> Result<RuntimeState, TlsError> {
+    pub async fn build(config: Config, keep: &Keep) -> Result<RuntimeState, TlsError> {
+        let acme = &keep.acme;
         let slots = config
             .sites
             .iter()
@@ -77,6 +89,13 @@ impl RuntimeState {
             .flat_map(|site| site.routes.iter())
             .map(|route| compile(&route.action, &upstreams))
             .collect();
+        let key_cap = config.server.limits.rate_limit_keys;
+        let policies = config
+            .sites
+            .iter()
+            .flat_map(|site| site.routes.iter())
+            .map(|route| RoutePolicy::compile(&route.policy, &keep.limiters, key_cap))
+            .collect();
         let sites = config
             .sites
             .iter()
@@ -91,6 +110,7 @@ impl RuntimeState {
             sites,
             tls,
             routes,
+            policies,
             upstreams,
             client: upstream::client(&config.server.timeouts),
             config: Arc::new(config),

@@ -33,6 +33,8 @@ http = "127.0.0.1:0"
 
 [server]
 workers = 2
+# these tests are about streaming, not about the body limit
+max_body = "off"
 {extra_server}
 
 [[site]]

@@ -39,6 +39,21 @@ pub struct FileServer {
     pub state_dir: Option<Str>,
     #[serde(default)]
     pub timeouts: FileTimeouts,
+    /// Prefix length IPv6 clients are grouped by for rate and connection limits.
+    pub ipv6_prefix: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub max_header_size: Option<Str>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_uri: Option<Str>,
+    /// Client addresses each rate limit tracks at most.
+    pub rate_limit_keys: Option<Spanned<i64>>,
+    /// Request policy, inherited by routes unless they set their own (see `FilePolicy`).
+    pub rate_limit: Option<Spanned<toml::Value>>,
+    pub max_body: Option<Str>,
+    pub body_timeout: Option<Str>,
+    pub allow: Option<Spanned<Vec<Str>>>,
+    pub deny: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +63,8 @@ pub struct FileTimeouts {
     pub idle: Option<Str>,
     pub upstream_connect: Option<Str>,
     pub upstream_response: Option<Str>,
+    pub send: Option<Str>,
+    pub tls_handshake: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +75,12 @@ pub struct FileSite {
     pub tls: Option<Spanned<toml::Value>>,
     pub redirect_https: Option<Spanned<bool>>,
     pub hsts: Option<Str>,
+    /// Request policy, inherited by routes unless they set their own (see `FilePolicy`).
+    pub rate_limit: Option<Spanned<toml::Value>>,
+    pub max_body: Option<Str>,
+    pub body_timeout: Option<Str>,
+    pub allow: Option<Spanned<Vec<Str>>>,
+    pub deny: Option<Spanned<Vec<Str>>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -71,6 +94,12 @@ pub struct FileRoute {
     pub strip_prefix: Option<Spanned<bool>>,
     pub respond: Option<Spanned<FileRespond>>,
     pub redirect: Option<Spanned<FileRedirect>>,
+    /// Request policy, inherited by routes unless they set their own (see `FilePolicy`).
+    pub rate_limit: Option<Spanned<toml::Value>>,
+    pub max_body: Option<Str>,
+    pub body_timeout: Option<Str>,
+    pub allow: Option<Spanned<Vec<Str>>>,
+    pub deny: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,3 +137,30 @@ pub struct FileAcme {
     pub retry_initial: Option<Str>,
     pub retry_max: Option<Str>,
 }
+
+/// The request-policy keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept (serde
+/// cannot flatten into a struct that denies unknown fields, so each has the fields itself).
+pub struct PolicyKeys<'a> {
+    pub rate_limit: Option<&'a Spanned<toml::Value>>,
+    pub max_body: Option<&'a Str>,
+    pub body_timeout: Option<&'a Str>,
+    pub allow: Option<&'a Spanned<Vec<Str>>>,
+    pub deny: Option<&'a Spanned<Vec<Str>>>,
+}
+
+macro_rules! policy_keys {
+    ($($ty:ty),*) => {$(
+        impl $ty {
+            pub fn policy(&self) -> PolicyKeys<'_> {
+                PolicyKeys {
+                    rate_limit: self.rate_limit.as_ref(),
+                    max_body: self.max_body.as_ref(),
+                    body_timeout: self.body_timeout.as_ref(),
+                    allow: self.allow.as_ref(),
+                    deny: self.deny.as_ref(),
+                }
+            }
+        }
+    )*};
+}
+policy_keys!(FileServer, FileSite, FileRoute);

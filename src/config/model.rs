@@ -35,6 +35,39 @@ pub struct Server {
     /// Where ACME accounts and certificates are kept.
     pub state_dir: PathBuf,
     pub timeouts: Timeouts,
+    pub limits: ServerLimits,
+}
+
+/// Limits on connections and request heads, for the whole server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerLimits {
+    /// Concurrent client connections in total; 0 is no limit.
+    pub max_connections: usize,
+    /// Concurrent client connections per client address (IPv6 by `ipv6_prefix`); 0 is no limit.
+    pub max_connections_per_ip: usize,
+    /// The request line and headers together, in bytes (431 over it).
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// The request target, in bytes (414 over it).
+    pub max_uri: usize,
+    /// IPv6 clients are keyed by this prefix (a host usually owns a whole /64).
+    pub ipv6_prefix: u8,
+    /// Client addresses one rate limit tracks at most; beyond, new clients share one budget.
+    pub rate_limit_keys: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            max_header_size: 32 << 10,
+            max_headers: 100,
+            max_uri: 8 << 10,
+            ipv6_prefix: 64,
+            rate_limit_keys: 100_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +76,9 @@ pub struct Timeouts {
     pub idle: Duration,
     pub upstream_connect: Duration,
     pub upstream_response: Duration,
+    /// A client that takes no bytes of the response for this long is cut (nginx `send_timeout`).
+    pub send: Duration,
+    pub tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -52,6 +88,8 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             upstream_connect: Duration::from_secs(5),
             upstream_response: Duration::from_secs(60),
+            send: Duration::from_secs(60),
+            tls_handshake: Duration::from_secs(10),
         }
     }
 }
@@ -117,6 +155,47 @@ impl fmt::Display for HostPattern {
 pub struct Route {
     pub matcher: PathMatch,
     pub action: Action,
+    /// Resolved: the route's own keys, else its site's, else `[server]`'s, else the defaults.
+    pub policy: Policy,
+}
+
+/// What a request must satisfy before its route's action runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub rate_limits: Vec<RateLimit>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    /// Request body bytes; `None` is no limit.
+    pub max_body: Option<u64>,
+    /// The longest wait for the next piece of a request body (nginx `client_body_timeout`).
+    pub body_timeout: Duration,
+}
+
+pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            rate_limits: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_body: Some(DEFAULT_MAX_BODY),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `requests` per `per`, with `burst` requests allowed at once, per client address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    /// Methods this budget counts; empty is every method.
+    pub methods: Vec<http::Method>,
+    /// Where the limit is written ("server", "site app.example.com", "route app.example.com /api/")
+    /// and its place in that list: every route inheriting one definition shares one budget.
+    pub scope: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

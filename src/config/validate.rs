@@ -2,7 +2,7 @@
 
 use super::file::*;
 use super::model::*;
-use super::units::{parse_duration, DURATION_HINT};
+use super::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use super::Located;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -13,6 +13,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
+
+mod policy;
 
 struct Ctx<'a> {
     path: &'a Path,
@@ -60,6 +62,53 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    fn count(
+        &mut self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        valid: std::ops::RangeInclusive<usize>,
+        default: usize,
+    ) -> usize {
+        let Some(value) = value else { return default };
+        match usize::try_from(*value.get_ref()) {
+            Ok(n) if valid.contains(&n) => n,
+            _ => {
+                let (lo, hi) = (valid.start(), valid.end());
+                let msg = format!(
+                    "{} is out of range; expected a whole number from {lo} to {hi}",
+                    value.get_ref()
+                );
+                self.error(value.span(), key, msg);
+                default
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        value: &Option<Str>,
+        key: &str,
+        valid: std::ops::RangeInclusive<u64>,
+        default: usize,
+    ) -> usize {
+        let Some(value) = value else { return default };
+        let Some(text) = self.expand(value, key) else {
+            return default;
+        };
+        match parse_size(&text).filter(|n| valid.contains(n)) {
+            Some(n) => usize::try_from(n).unwrap_or(default),
+            None => {
+                let (lo, hi) = (valid.start(), valid.end());
+                let msg =
+                    format!("`{text}` is not a size from {lo} to {hi} bytes; expected {SIZE_HINT}");
+                self.error(value.span(), key, msg);
+                default
+            }
+        }
+    }
+}
+
 pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<Located>> {
     let mut cx = Ctx {
         path,
@@ -68,6 +117,13 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
     };
     let listen = listen(&mut cx, raw.listen.as_ref());
     let server = server(&mut cx, &raw.server);
+    let server_policy = policy::resolve(
+        &mut cx,
+        raw.server.policy(),
+        &Policy::default(),
+        "server",
+        "server",
+    );
     let upstreams: BTreeMap<String, Upstream> = raw
         .upstreams
         .iter()
@@ -77,7 +133,13 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
     let mut seen_hosts: HashMap<HostPattern, usize> = HashMap::new();
     for (i, raw_site) in raw.sites.iter().enumerate() {
         let known: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
-        if let Some(site) = site(&mut cx, raw_site, &known, &mut seen_hosts, i) {
+        let mut ctx = SiteCtx {
+            upstreams: &known,
+            seen: &mut seen_hosts,
+            index: i,
+            policy: &server_policy,
+        };
+        if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
             sites.push(site);
         }
     }
@@ -186,7 +248,53 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
                 "server.timeouts.upstream_response",
                 d.upstream_response,
             ),
+            send: cx.duration(&t.send, "server.timeouts.send", d.send),
+            tls_handshake: cx.duration(
+                &t.tls_handshake,
+                "server.timeouts.tls_handshake",
+                d.tls_handshake,
+            ),
         },
+        limits: server_limits(cx, raw),
+    }
+}
+
+fn server_limits(cx: &mut Ctx, raw: &FileServer) -> ServerLimits {
+    let d = ServerLimits::default();
+    let max = 1 << 24;
+    ServerLimits {
+        max_connections: cx.count(
+            &raw.max_connections,
+            "server.max_connections",
+            0..=max,
+            d.max_connections,
+        ),
+        max_connections_per_ip: cx.count(
+            &raw.max_connections_per_ip,
+            "server.max_connections_per_ip",
+            0..=max,
+            d.max_connections_per_ip,
+        ),
+        max_header_size: cx.size(
+            &raw.max_header_size,
+            "server.max_header_size",
+            1024..=(1 << 20),
+            d.max_header_size,
+        ),
+        max_headers: cx.count(
+            &raw.max_headers,
+            "server.max_headers",
+            1..=1000,
+            d.max_headers,
+        ),
+        max_uri: cx.size(&raw.max_uri, "server.max_uri", 64..=(1 << 20), d.max_uri),
+        ipv6_prefix: cx.count(&raw.ipv6_prefix, "server.ipv6_prefix", 1..=128, 64) as u8,
+        rate_limit_keys: cx.count(
+            &raw.rate_limit_keys,
+            "server.rate_limit_keys",
+            1..=10_000_000,
+            d.rate_limit_keys,
+        ),
     }
 }
 
@@ -284,13 +392,16 @@ fn is_hostname(host: &str) -> bool {
         })
 }
 
-fn site(
-    cx: &mut Ctx,
-    raw: &Spanned<FileSite>,
-    upstreams: &[&str],
-    seen: &mut HashMap<HostPattern, usize>,
+/// What a site is validated against: the other sites' hosts and the inherited policy.
+struct SiteCtx<'a> {
+    upstreams: &'a [&'a str],
+    seen: &'a mut HashMap<HostPattern, usize>,
     index: usize,
-) -> Option<Site> {
+    policy: &'a Policy,
+}
+
+fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<Site> {
+    let (upstreams, index) = (sc.upstreams, sc.index);
     let hosts = match &raw.get_ref().hosts {
         None => vec![HostPattern::Any],
         Some(list) if list.is_empty() => {
@@ -308,7 +419,7 @@ fn site(
         None => vec![raw.span()],
     };
     for (host, span) in hosts.iter().zip(spans) {
-        if let Some(first) = seen.insert(host.clone(), index) {
+        if let Some(first) = sc.seen.insert(host.clone(), index) {
             let msg = format!(
                 "host `{host}` is already served by site #{} (hosts must be unique across sites)",
                 first + 1
@@ -316,8 +427,11 @@ fn site(
             cx.error(span, "site.hosts", msg);
         }
     }
-    let routes = routes(cx, raw, upstreams);
     let site = raw.get_ref();
+    let name = hosts.first().map_or("*".to_string(), |h| h.to_string());
+    let scope = format!("site {name}");
+    let policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
+    let routes = routes(cx, raw, upstreams, (&name, &policy));
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
         acme_hosts(cx, raw, &hosts);
@@ -345,7 +459,13 @@ fn site(
     })
 }
 
-fn routes(cx: &mut Ctx, raw: &Spanned<FileSite>, upstreams: &[&str]) -> Vec<Route> {
+/// `site` is the site's name (for rate-limit scopes) and its resolved policy.
+fn routes(
+    cx: &mut Ctx,
+    raw: &Spanned<FileSite>,
+    upstreams: &[&str],
+    site: (&str, &Policy),
+) -> Vec<Route> {
     if raw.get_ref().routes.is_empty() {
         let msg =
             "a site needs at least one [[site.route]], e.g. path = \"/\" with upstream = \"app\"";
@@ -354,7 +474,7 @@ fn routes(cx: &mut Ctx, raw: &Spanned<FileSite>, upstreams: &[&str]) -> Vec<Rout
     let mut seen = HashMap::new();
     let mut out = Vec::new();
     for r in &raw.get_ref().routes {
-        let Some(route) = route(cx, r, upstreams) else {
+        let Some(route) = route(cx, r, upstreams, site) else {
             continue;
         };
         if seen.insert(route.matcher.clone(), ()).is_some() {
@@ -583,7 +703,12 @@ fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
     None
 }
 
-fn route(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<Route> {
+fn route(
+    cx: &mut Ctx,
+    raw: &Spanned<FileRoute>,
+    upstreams: &[&str],
+    (site, inherited): (&str, &Policy),
+) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
         (Some(p), None) => PathMatch::Prefix(route_path(cx, p, "site.route.path")?),
@@ -603,7 +728,13 @@ fn route(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<R
             cx.error(strip.span(), "site.route.strip_prefix", msg);
         }
     }
-    Some(Route { matcher, action })
+    let scope = format!("route {site} {}", matcher.as_str());
+    let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
+    Some(Route {
+        matcher,
+        action,
+        policy,
+    })
 }
 
 fn route_path(cx: &mut Ctx, value: &Str, key: &str) -> Option<String> {

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use super::conn::InFlight;
+use crate::middleware::body_limit::{Budget, TooLarge};
 
 /// What the access log needs to know about a request; shared by its request and response bodies.
 #[derive(Debug)]
@@ -30,6 +31,16 @@ pub struct RequestLog {
     bytes_in: AtomicU64,
     /// Signalled once the request body has been sent upstream completely.
     body_sent: Notify,
+    /// Why the request body stopped early, if it did (`BodyFault as u8`, 0 for none).
+    body_fault: AtomicU8,
+}
+
+/// Why a request body was cut short on its way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    TooLarge = 1,
+    Stalled = 2,
+    Malformed = 3,
 }
 
 impl RequestLog {
@@ -49,6 +60,16 @@ impl RequestLog {
             request_id,
             bytes_in: AtomicU64::new(0),
             body_sent: Notify::new(),
+            body_fault: AtomicU8::new(0),
+        }
+    }
+
+    pub fn body_fault(&self) -> Option<BodyFault> {
+        match self.body_fault.load(Ordering::Relaxed) {
+            1 => Some(BodyFault::TooLarge),
+            2 => Some(BodyFault::Stalled),
+            3 => Some(BodyFault::Malformed),
+            _ => None,
         }
     }
 
@@ -58,45 +79,102 @@ impl RequestLog {
     }
 }
 
-/// The client's request body on its way upstream, counted.
+/// The client's request body on its way upstream: counted, held to the route's size limit and
+/// to its body timeout (the longest wait for the next piece; the timer exists only while a read
+/// is pending). A body that breaks one of them ends with an error, which aborts the upstream
+/// request; the fault is noted in the `RequestLog` for the answer to the client.
 #[derive(Debug)]
 pub struct CountedBody {
     inner: Incoming,
     log: Arc<RequestLog>,
+    budget: Option<Budget>,
+    timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("client body: {0}")]
+    Client(hyper::Error),
+    #[error(transparent)]
+    TooLarge(TooLarge),
+    #[error("client sent no body bytes for {0:?}")]
+    Stalled(Duration),
 }
 
 impl CountedBody {
-    pub fn new(inner: Incoming, log: Arc<RequestLog>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        log: Arc<RequestLog>,
+        limit: Option<u64>,
+        timeout: Duration,
+    ) -> Self {
         if inner.is_end_stream() {
             log.body_sent.notify_one();
         }
-        CountedBody { inner, log }
+        CountedBody {
+            inner,
+            log,
+            budget: limit.map(Budget::new),
+            timeout,
+            stalled: None,
+        }
+    }
+
+    fn fail(
+        &self,
+        fault: BodyFault,
+        err: RequestBodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        self.log.body_fault.store(fault as u8, Ordering::Relaxed);
+        self.log.body_sent.notify_one();
+        Poll::Ready(Some(Err(err)))
     }
 }
 
 impl Body for CountedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    self.log.bytes_in.fetch_add(len, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let stalled = this
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return this.fail(BodyFault::Stalled, RequestBodyError::Stalled(timeout));
                 }
-                if self.inner.is_end_stream() {
-                    self.log.body_sent.notify_one();
-                }
+                return Poll::Pending;
             }
-            Poll::Ready(_) => self.log.body_sent.notify_one(),
-            Poll::Pending => {}
+            Poll::Ready(polled) => polled,
+        };
+        this.stalled = None;
+        match polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len();
+                    this.log.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+                    if let Some(Err(e)) = this.budget.as_mut().map(|b| b.take(len)) {
+                        return this.fail(BodyFault::TooLarge, RequestBodyError::TooLarge(e));
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.log.body_sent.notify_one();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => this.fail(BodyFault::Malformed, RequestBodyError::Client(e)),
+            None => {
+                this.log.body_sent.notify_one();
+                Poll::Ready(None)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

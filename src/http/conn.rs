@@ -51,10 +51,13 @@ pub struct ConnState {
     idle_ms: u64,
     /// The watchdog's task, woken on deadline changes made by HTTP/2 stream tasks.
     watchdog: AtomicWaker,
+    /// Read and discard what the client still sends before closing (see `Linger`).
+    linger: AtomicBool,
+    send_timeout: Duration,
 }
 
 impl ConnState {
-    pub fn new(header_read: Duration, idle: Duration) -> Arc<ConnState> {
+    pub fn new(header_read: Duration, idle: Duration, send: Duration) -> Arc<ConnState> {
         let header_read_ms = header_read.as_millis() as u64;
         Arc::new(ConnState {
             in_flight: AtomicUsize::new(0),
@@ -65,7 +68,16 @@ impl ConnState {
             header_read_ms,
             idle_ms: idle.as_millis() as u64,
             watchdog: AtomicWaker::new(),
+            linger: AtomicBool::new(false),
+            send_timeout: send,
         })
+    }
+
+    /// The connection closes after an answer sent while the client may still be sending a
+    /// body: keep reading (and dropping) for a moment, so the client sees the answer and not a
+    /// reset caused by unread data (nginx's lingering close).
+    pub fn linger_on_close(&self) {
+        self.linger.store(true, Ordering::Relaxed);
     }
 
     fn on_read(&self, data: &[u8]) {
@@ -182,15 +194,49 @@ impl Drop for InFlight {
     }
 }
 
-/// The client socket, reporting reads to its `ConnState`.
+/// How long a lingering close keeps discarding the client's bytes at most.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// The client socket: reports reads to its `ConnState`, cuts a client that takes no response
+/// bytes for `send_timeout`, and closes by lingering when asked to.
 pub struct WatchedIo<T> {
     inner: T,
     state: Arc<ConnState>,
+    /// Running while a write is pending.
+    send_stalled: Option<Pin<Box<Sleep>>>,
+    linger: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> WatchedIo<T> {
     pub fn new(inner: T, state: Arc<ConnState>) -> Self {
-        WatchedIo { inner, state }
+        WatchedIo {
+            inner,
+            state,
+            send_stalled: None,
+            linger: None,
+        }
+    }
+
+    fn written<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.send_stalled = None;
+            return polled;
+        }
+        let timeout = self.state.send_timeout;
+        let stalled = self
+            .send_stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client took no response bytes within the send timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -209,13 +255,35 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> WatchedIo<T> {
+    /// After our FIN: discard input until the client closes too, or `LINGER` runs out.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let deadline = self
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.written(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -223,7 +291,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -231,11 +300,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.written(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.linger.is_none() {
+            let shut = Pin::new(&mut self.inner).poll_shutdown(cx);
+            let shut = std::task::ready!(self.written(cx, shut));
+            if shut.is_err() || !self.state.linger.load(Ordering::Relaxed) {
+                return Poll::Ready(shut);
+            }
+        }
+        self.poll_linger(cx)
     }
 }
 
@@ -245,7 +322,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_after_last_response() {
-        let state = ConnState::new(Duration::from_secs(10), Duration::from_secs(60));
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
         let guard = state.begin();
         drop(guard);
         assert_eq!(Watchdog::new(state).await, Expiry::Idle);
@@ -253,14 +334,22 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slow_head_expires_as_header_read() {
-        let state = ConnState::new(Duration::from_secs(10), Duration::from_secs(60));
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
         state.on_read(b"GET / HT");
         assert_eq!(Watchdog::new(state).await, Expiry::HeaderRead);
     }
 
     #[tokio::test(start_paused = true)]
     async fn h2_stream_end_in_another_task_wakes_the_watchdog() {
-        let state = ConnState::new(Duration::from_secs(10), Duration::from_secs(1));
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
         state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         let guard = state.begin();
         let start = Instant::now();
@@ -279,7 +368,11 @@ mod tests {
 
     #[test]
     fn h2_preface_never_reads_head() {
-        let state = ConnState::new(Duration::from_secs(10), Duration::from_secs(60));
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
         state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         state.on_read(b"frames");
         assert_eq!(state.phase.load(Ordering::Relaxed), IDLE);

@@ -1,5 +1,6 @@
 //! The one place proxy failures become HTTP answers: status, a short plain body, the request id.
 
+use crate::middleware::Reason;
 use bytes::Bytes;
 use http::StatusCode;
 use std::error::Error as _;
@@ -22,6 +23,20 @@ pub enum ProxyError {
     BadTarget,
     #[error("this host is not served over HTTPS")]
     Misdirected,
+    #[error("your address may not use this path")]
+    Forbidden,
+    #[error("rate limit reached; retry in {0} s")]
+    TooManyRequests(u64),
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("request body did not arrive in time")]
+    BodyTimeout,
+    #[error("malformed request body")]
+    BadBody,
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
+    #[error("request headers larger than {0} bytes or too many")]
+    HeadersTooLarge(usize),
 }
 
 impl ProxyError {
@@ -50,7 +65,41 @@ impl ProxyError {
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadTarget => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BadBody => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
+    }
+
+    /// The client's side of the connection cannot be trusted to be at a request boundary (a
+    /// body left unread or cut), so the connection ends after this answer.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BodyTooLarge(_)
+                | ProxyError::BodyTimeout
+                | ProxyError::BadBody
+                | ProxyError::UriTooLong(_)
+                | ProxyError::HeadersTooLarge(_)
+        )
+    }
+
+    /// The refusal reason it is counted under, if it is one of the edge's own refusals.
+    pub fn rejection(&self) -> Option<Reason> {
+        Some(match self {
+            ProxyError::Forbidden => Reason::DeniedIp,
+            ProxyError::TooManyRequests(_) => Reason::RateLimit,
+            ProxyError::BodyTooLarge(_) => Reason::BodyTooLarge,
+            ProxyError::BodyTimeout => Reason::BodyTimeout,
+            ProxyError::BadBody => Reason::BadRequest,
+            ProxyError::UriTooLong(_) => Reason::UriTooLong,
+            ProxyError::HeadersTooLarge(_) => Reason::HeaderTooLarge,
+            _ => return None,
+        })
     }
 
     /// e.g. "502 Bad Gateway: upstream refused or failed the connection\nrequest id: 5f0c...\n"
@@ -68,6 +117,6 @@ impl ProxyError {
         !matches!(
             self,
             ProxyError::NoRoute | ProxyError::BadTarget | ProxyError::Misdirected
-        )
+        ) && self.rejection().is_none()
     }
 }

@@ -1,12 +1,13 @@
 //! The root service: one request from arrival to response head. Order: snapshot, request id,
 //! client address, route, then the route's action (respond, redirect or proxy).
 
-use super::body::{Completion, CountedBody, ProxyBody, RequestLog};
+use super::body::{BodyFault, Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
-use crate::config::{Redirect, Respond, TemplatePart};
+use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
+use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
 use crate::upstream::{forward, ActiveGuard, UpstreamPool};
 use bytes::Bytes;
@@ -55,12 +56,15 @@ impl ProxyService {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
+        let h1 = req.version() < Version::HTTP_2;
         let site = state.router.site_for(host);
         let hsts = match (self.transport, site) {
             (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
             _ => None,
         };
+        let oversize = head_too_large(&req, &state.config.server.limits);
         let answer = match site {
+            _ if oversize.is_some() => Err(oversize.unwrap_or(ProxyError::BadTarget)),
             // a plain site asked for through another site's TLS connection (SNI != Host)
             Some(site) if self.transport == Transport::Tls && !state.sites[site].tls => {
                 Err(ProxyError::Misdirected)
@@ -82,7 +86,7 @@ impl ProxyService {
                 let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
                 Response::from_parts(parts, ProxyBody::full(body, done))
             }
-            Err(err) => error_response(&err, log, in_flight),
+            Err(err) => self.refuse(&err, log, in_flight, h1),
         };
         response
             .headers_mut()
@@ -125,6 +129,15 @@ impl ProxyService {
             .router
             .route_in(site, path)
             .ok_or(ProxyError::NoRoute)?;
+        let policy = &state.policies[matched.route];
+        let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
+        policy
+            .check(addrs.client, key, req.method(), req.headers())
+            .map_err(|refusal| match refusal {
+                Refusal::Denied => ProxyError::Forbidden,
+                Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
+                Refusal::TooLarge(e) => ProxyError::BodyTooLarge(e.limit),
+            })?;
         match &state.routes[matched.route] {
             RouteAction::Respond(r) => Ok(Answer::Local(respond(r))),
             RouteAction::Redirect(r) => Ok(Answer::Local(redirect(r, req.uri(), host))),
@@ -133,6 +146,7 @@ impl ProxyService {
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     state,
+                    policy,
                     pool,
                     addrs,
                     strip,
@@ -155,7 +169,13 @@ impl ProxyService {
         parts.uri = upstream_uri(&parts.uri, &active, hop.strip)?;
         prepare_request_headers(&mut parts.headers, &hop, upgrade.clone());
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, CountedBody::new(body, hop.log.clone()));
+        let body = CountedBody::new(
+            body,
+            hop.log.clone(),
+            hop.policy.max_body,
+            hop.policy.body_timeout,
+        );
+        let upstream_req = Request::from_parts(parts, body);
         let timeout = hop.state.config.server.timeouts.upstream_response;
         let log = hop.log.clone();
         // the clock starts once the whole body is sent: a slow upload is not a slow upstream
@@ -164,7 +184,12 @@ impl ProxyService {
             tokio::time::sleep(timeout).await;
         };
         let mut resp = tokio::select! {
-            sent = hop.state.client.request(upstream_req) => sent.map_err(ProxyError::from_client)?,
+            sent = hop.state.client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+                Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
+                Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
+                Some(BodyFault::Malformed) => ProxyError::BadBody,
+                None => ProxyError::from_client(e),
+            })?,
             () = too_late => return Err(ProxyError::ResponseTimeout),
         };
         forward::strip_hop_by_hop(resp.headers_mut());
@@ -195,6 +220,7 @@ impl ProxyService {
 struct Hop<'a> {
     proto: &'static str,
     state: &'a RuntimeState,
+    policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
     addrs: forward::Addrs,
     strip: Option<usize>,
@@ -310,25 +336,63 @@ fn location_response(status: StatusCode, location: String) -> Response<Bytes> {
     resp
 }
 
-fn error_response(
-    err: &ProxyError,
-    log: Arc<RequestLog>,
-    in_flight: super::conn::InFlight,
-) -> Response<ProxyBody> {
-    let request_id = log.request_id.to_str().unwrap_or("-");
-    if err.is_upstream() {
-        tracing::warn!(error = %err, cause = ?std::error::Error::source(err), request_id, "upstream error");
+impl ProxyService {
+    /// The answer for a request that goes no further; refusals are counted, and a connection
+    /// whose request body was left unread or cut ends after the answer.
+    fn refuse(
+        &self,
+        err: &ProxyError,
+        log: Arc<RequestLog>,
+        in_flight: super::conn::InFlight,
+        h1: bool,
+    ) -> Response<ProxyBody> {
+        let request_id = log.request_id.to_str().unwrap_or("-");
+        if err.is_upstream() {
+            tracing::warn!(error = %err, cause = ?std::error::Error::source(err), request_id, "upstream error");
+        }
+        if let Some(reason) = err.rejection() {
+            self.cx
+                .rejections
+                .record(reason, log.client, log.uri.path());
+        }
+        let body = err.body(request_id);
+        let status = err.status();
+        let done = Completion::new(log, status.as_u16(), None, in_flight);
+        let mut resp = Response::new(ProxyBody::full(body, done));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let ProxyError::TooManyRequests(secs) = err {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        if err.closes_connection() && h1 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            self.conn.linger_on_close();
+        }
+        resp
     }
-    let body = err.body(request_id);
-    let status = err.status();
-    let done = Completion::new(log, status.as_u16(), None, in_flight);
-    let mut resp = Response::new(ProxyBody::full(body, done));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+}
+
+/// 414 or 431 for a request head over the server's limits (hyper enforces a looser fence).
+fn head_too_large<B>(req: &Request<B>, limits: &ServerLimits) -> Option<ProxyError> {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > limits.max_uri {
+        return Some(ProxyError::UriTooLong(limits.max_uri));
+    }
+    let headers = req.headers();
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > limits.max_header_size || headers.len() > limits.max_headers {
+        return Some(ProxyError::HeadersTooLarge(limits.max_header_size));
+    }
+    None
 }
 
 fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {

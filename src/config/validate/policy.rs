@@ -1,0 +1,204 @@
+//! The request-policy keys (`rate_limit`, `max_body`, `body_timeout`, `allow`, `deny`), read at
+//! three levels: `[server]`, `[[site]]` and `[[site.route]]`, each key overriding the level above.
+
+use super::{cidr, Ctx};
+use crate::config::file::{PolicyKeys, Str};
+use crate::config::model::{Policy, RateLimit};
+use crate::config::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
+use http::Method;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+const RATE_HINT: &str = "expected `rate_limit = { requests = 60, per = \"1m\", burst = 20 }` (optionally with `methods = [\"POST\", \"PUT\"]`), a list of such tables, or \"off\"";
+
+/// `inherited` with whatever `keys` sets; `key` is the config path prefix for errors
+/// ("server", "site", "site.route") and `scope` names where a rate limit written here lives.
+pub(super) fn resolve(
+    cx: &mut Ctx,
+    keys: PolicyKeys<'_>,
+    inherited: &Policy,
+    key: &str,
+    scope: &str,
+) -> Policy {
+    let mut policy = inherited.clone();
+    if let Some(value) = keys.rate_limit {
+        policy.rate_limits = rate_limits(cx, value, &format!("{key}.rate_limit"), scope);
+    }
+    if let Some(value) = keys.max_body {
+        policy.max_body = max_body(cx, value, &format!("{key}.max_body"), inherited.max_body);
+    }
+    if keys.body_timeout.is_some() {
+        let name = format!("{key}.body_timeout");
+        policy.body_timeout = cx.duration(&keys.body_timeout.cloned(), &name, policy.body_timeout);
+    }
+    if let Some(list) = keys.allow {
+        policy.allow = cidrs(cx, list, &format!("{key}.allow"));
+    }
+    if let Some(list) = keys.deny {
+        policy.deny = cidrs(cx, list, &format!("{key}.deny"));
+    }
+    policy
+}
+
+fn cidrs(cx: &mut Ctx, list: &Spanned<Vec<Str>>, key: &str) -> Vec<ipnet::IpNet> {
+    list.get_ref()
+        .iter()
+        .filter_map(|v| cidr(cx, v, key))
+        .collect()
+}
+
+/// "off" lifts the limit; otherwise a size.
+fn max_body(cx: &mut Ctx, value: &Str, key: &str, fallback: Option<u64>) -> Option<u64> {
+    let text = cx.expand(value, key)?;
+    if text == "off" {
+        return None;
+    }
+    match parse_size(&text) {
+        Some(n) if n > 0 => Some(n),
+        _ => {
+            let msg = format!("`{text}` is not a body size; expected {SIZE_HINT} (greater than zero), or \"off\" for no limit");
+            cx.error(value.span(), key, msg);
+            fallback
+        }
+    }
+}
+
+fn rate_limits(
+    cx: &mut Ctx,
+    value: &Spanned<toml::Value>,
+    key: &str,
+    scope: &str,
+) -> Vec<RateLimit> {
+    let span = value.span();
+    let tables: Vec<&toml::Table> = match value.get_ref() {
+        toml::Value::String(s) if s == "off" => return Vec::new(),
+        toml::Value::Table(t) => vec![t],
+        toml::Value::Array(items) if !items.is_empty() => {
+            let tables: Option<Vec<_>> = items.iter().map(toml::Value::as_table).collect();
+            let Some(tables) = tables else {
+                cx.error(
+                    span,
+                    key,
+                    format!("every entry must be a table; {RATE_HINT}"),
+                );
+                return Vec::new();
+            };
+            tables
+        }
+        other => {
+            cx.error(
+                span,
+                key,
+                format!("`{other}` is not a rate limit; {RATE_HINT}"),
+            );
+            return Vec::new();
+        }
+    };
+    tables
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, table)| {
+            let scope = format!("{scope} #{}", i + 1);
+            rate_limit(cx, table, span.clone(), key, scope)
+        })
+        .collect()
+}
+
+fn rate_limit(
+    cx: &mut Ctx,
+    table: &toml::Table,
+    span: Range<usize>,
+    key: &str,
+    scope: String,
+) -> Option<RateLimit> {
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !matches!(k.as_str(), "requests" | "per" | "burst" | "methods"))
+    {
+        let msg = format!("unknown key `{unknown}`; {RATE_HINT}");
+        cx.error(span, key, msg);
+        return None;
+    }
+    let count = |cx: &mut Ctx, name: &str| -> Option<Option<u32>> {
+        match table.get(name) {
+            None => Some(None),
+            Some(toml::Value::Integer(n)) if (1..=1_000_000_000).contains(n) => {
+                u32::try_from(*n).ok().map(Some)
+            }
+            Some(other) => {
+                let msg = format!(
+                    "`{name} = {other}`: expected a whole number from 1 to 1000000000; {RATE_HINT}"
+                );
+                cx.error(span.clone(), key, msg);
+                None
+            }
+        }
+    };
+    let requests = count(cx, "requests")?;
+    let burst = count(cx, "burst")?;
+    let Some(requests) = requests else {
+        cx.error(span, key, format!("`requests` is missing; {RATE_HINT}"));
+        return None;
+    };
+    let per = match table.get("per") {
+        None => Duration::from_secs(1),
+        Some(toml::Value::String(text)) => match parse_duration(text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                let msg = format!("`per = \"{text}\"`: expected {DURATION_HINT}");
+                cx.error(span, key, msg);
+                return None;
+            }
+        },
+        Some(other) => {
+            let msg = format!("`per = {other}`: expected {DURATION_HINT}");
+            cx.error(span, key, msg);
+            return None;
+        }
+    };
+    if per.as_nanos() / u128::from(requests) == 0 {
+        let msg = "more than one request per nanosecond cannot be limited; lower `requests`";
+        cx.error(span, key, msg);
+        return None;
+    }
+    let methods = methods(cx, table.get("methods"), span, key)?;
+    Some(RateLimit {
+        requests,
+        per,
+        burst: burst.unwrap_or(requests),
+        methods,
+        scope,
+    })
+}
+
+fn methods(
+    cx: &mut Ctx,
+    value: Option<&toml::Value>,
+    span: Range<usize>,
+    key: &str,
+) -> Option<Vec<Method>> {
+    let Some(value) = value else {
+        return Some(Vec::new());
+    };
+    let parsed: Option<Vec<Method>> = value.as_array().and_then(|items| {
+        items
+            .iter()
+            .map(|m| {
+                let name = m.as_str()?;
+                let upper = name.bytes().all(|b| b.is_ascii_uppercase());
+                Method::from_bytes(name.as_bytes())
+                    .ok()
+                    .filter(|_| upper && !name.is_empty())
+            })
+            .collect()
+    });
+    match parsed {
+        Some(list) if !list.is_empty() => Some(list),
+        _ => {
+            let msg = format!("`methods = {value}`: expected a non-empty list of upper-case method names like [\"POST\", \"PUT\", \"PATCH\", \"DELETE\"]");
+            cx.error(span, key, msg);
+            None
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! What a request must pass before its route's action runs, in this order (cheapest refusal
+//! first, and nothing costly for a client that is refused anyway): the address filter (403),
+//! the rate limits (429), the declared body size (413). The body limit and the body timeout then
+//! travel with the request body (`body_limit`).
+
+pub mod access;
+pub mod body_limit;
+pub mod rate_limit;
+pub mod reject;
+
+pub use reject::{Reason, Rejections};
+
+use crate::config::Policy;
+use body_limit::TooLarge;
+use http::{HeaderMap, Method};
+use ipnet::IpNet;
+use rate_limit::{Limiter, Limiters, RetryAfter};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A route's policy compiled for the request path: limiters resolved once per snapshot.
+pub struct RoutePolicy {
+    pub limiters: Vec<Arc<Limiter>>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub max_body: Option<u64>,
+    pub body_timeout: Duration,
+}
+
+/// Why a request is refused before its action runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Denied,
+    RateLimited(RetryAfter),
+    TooLarge(TooLarge),
+}
+
+impl RoutePolicy {
+    pub fn compile(policy: &Policy, limiters: &Limiters, key_cap: usize) -> RoutePolicy {
+        RoutePolicy {
+            limiters: policy
+                .rate_limits
+                .iter()
+                .map(|spec| limiters.get(spec, key_cap))
+                .collect(),
+            allow: policy.allow.clone(),
+            deny: policy.deny.clone(),
+            max_body: policy.max_body,
+            body_timeout: policy.body_timeout,
+        }
+    }
+
+    /// `client` is the address as known (through trusted proxies), `key` the same grouped for
+    /// rate limits (see `rate_limit::client_key`).
+    pub fn check(
+        &self,
+        client: IpAddr,
+        key: IpAddr,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        if !access::permitted(client, &self.allow, &self.deny) {
+            return Err(Refusal::Denied);
+        }
+        for limiter in &self.limiters {
+            if limiter.applies_to(method) {
+                limiter.check(key).map_err(Refusal::RateLimited)?;
+            }
+        }
+        body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)
+    }
+}

@@ -1,0 +1,293 @@
+//! Per-client rate limits: governor's GCRA over a key table with a hard cap on its size.
+//!
+//! Owns: the client key (an address, IPv6 grouped by prefix), the capped state store, the
+//! `Limiter` a route checks, and the `Limiters` registry that hands the same limiter to every
+//! snapshot whose definition did not change (so a reload keeps the budgets) and sweeps idle keys.
+
+use crate::config::RateLimit;
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+use http::Method;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// How often idle keys are dropped from every live limiter.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// When a full table meets a new client, idle keys are swept at most this often.
+const FULL_SWEEP_GAP: Duration = Duration::from_secs(1);
+
+/// The address a client is counted under: IPv4 as is, IPv6 cut to `prefix` bits.
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if ipv6_prefix < 128 => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        other => other,
+    }
+}
+
+/// GCRA states (theoretical arrival times, nanoseconds since the limiter started) per client,
+/// at most `cap` of them; clients beyond the cap share one state, so a flood of addresses costs
+/// a bounded amount of memory and still meets a limit. Shared with the `Limiter` that owns the
+/// governor around it, which needs the counts.
+#[derive(Clone)]
+pub struct CappedStore(Arc<Table>);
+
+struct Table {
+    map: DashMap<IpAddr, AtomicU64>,
+    len: AtomicUsize,
+    cap: usize,
+    overflow: AtomicU64,
+    overflowed: AtomicU64,
+}
+
+impl CappedStore {
+    fn new(cap: usize) -> Self {
+        CappedStore(Arc::new(Table {
+            map: DashMap::new(),
+            len: AtomicUsize::new(0),
+            cap,
+            overflow: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+        }))
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.len.load(Ordering::Relaxed) >= self.0.cap
+    }
+}
+
+/// Compare-and-swap loop over one GCRA state, as governor's own in-memory state does it.
+fn measure<T, E>(
+    cell: &AtomicU64,
+    f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+) -> Result<T, E> {
+    let mut prev = cell.load(Ordering::Acquire);
+    loop {
+        let (result, next) = f(NonZeroU64::new(prev).map(|n| Nanos::new(n.get())))?;
+        let swapped =
+            cell.compare_exchange_weak(prev, next.as_u64(), Ordering::Release, Ordering::Relaxed);
+        match swapped {
+            Ok(_) => return Ok(result),
+            Err(actual) => prev = actual,
+        }
+    }
+}
+
+impl StateStore for CappedStore {
+    type Key = IpAddr;
+
+    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let table = &self.0;
+        if let Some(cell) = table.map.get(key) {
+            return measure(&cell, f);
+        }
+        if self.is_full() {
+            table.overflowed.fetch_add(1, Ordering::Relaxed);
+            return measure(&table.overflow, f);
+        }
+        let cell = table.map.entry(*key).or_insert_with(|| {
+            table.len.fetch_add(1, Ordering::Relaxed);
+            AtomicU64::new(0)
+        });
+        measure(&cell, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<IpAddr> for CappedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let below = drop_below.as_u64();
+        let table = &self.0;
+        table.map.retain(|_, tat| {
+            let keep = tat.load(Ordering::Relaxed) > below;
+            if !keep {
+                table.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        // the shared state is dropped with the rest once it has refilled
+        if table.overflow.load(Ordering::Relaxed) <= below {
+            table.overflow.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len.load(Ordering::Relaxed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+type Gcra = RateLimiter<
+    IpAddr,
+    CappedStore,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+
+/// One budget: a definition from the config and its live state.
+pub struct Limiter {
+    spec: RateLimit,
+    gcra: Gcra,
+    store: CappedStore,
+    clock: DefaultClock,
+    /// Milliseconds since `EPOCH` of the last sweep forced by a full table.
+    last_full_sweep: AtomicU64,
+}
+
+/// A refusal: retry after this many whole seconds (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub u64);
+
+fn quota(spec: &RateLimit) -> Quota {
+    let one = NonZeroU32::MIN;
+    // validation guarantees requests >= 1 and per / requests >= 1ns
+    let period = spec.per / spec.requests.max(1);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(one))
+        .allow_burst(NonZeroU32::new(spec.burst).unwrap_or(one))
+}
+
+fn millis_since_start() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Limiter {
+    fn new(spec: &RateLimit, cap: usize) -> Limiter {
+        let clock = DefaultClock::default();
+        let store = CappedStore::new(cap);
+        Limiter {
+            spec: spec.clone(),
+            gcra: RateLimiter::new(quota(spec), store.clone(), clock.clone()),
+            store,
+            clock,
+            last_full_sweep: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this budget counts requests with `method`.
+    pub fn applies_to(&self, method: &Method) -> bool {
+        self.spec.methods.is_empty() || self.spec.methods.contains(method)
+    }
+
+    /// Takes one request from `key`'s budget, or says when the next one would be allowed.
+    pub fn check(&self, key: IpAddr) -> Result<(), RetryAfter> {
+        if self.store.is_full() {
+            self.sweep_when_full();
+        }
+        self.gcra.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            RetryAfter((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+        })
+    }
+
+    /// A full table first drops the clients whose budget has refilled (they lose nothing), at
+    /// most once a second; only clients beyond that share the overflow budget.
+    fn sweep_when_full(&self) {
+        let now = millis_since_start();
+        let last = self.last_full_sweep.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= FULL_SWEEP_GAP.as_millis() as u64;
+        let won = || {
+            self.last_full_sweep
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        };
+        if due && won() {
+            self.gcra.retain_recent();
+        }
+    }
+
+    fn sweep(&self) {
+        let before = self.gcra.len();
+        self.gcra.retain_recent();
+        if self.gcra.len() < before / 2 {
+            self.gcra.shrink_to_fit();
+        }
+    }
+
+    /// Clients tracked now, and requests so far that met the shared overflow budget.
+    pub fn stats(&self) -> LimiterStats {
+        LimiterStats {
+            tracked: self.gcra.len(),
+            cap: self.store.0.cap,
+            overflowed: self.store.0.overflowed.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn spec(&self) -> &RateLimit {
+        &self.spec
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterStats {
+    pub tracked: usize,
+    pub cap: usize,
+    pub overflowed: u64,
+}
+
+/// Every live limiter by definition: a snapshot asks for its limits here, and gets the same
+/// `Limiter` (with its budgets) as the previous snapshot when the definition is unchanged.
+#[derive(Default)]
+pub struct Limiters {
+    live: Mutex<HashMap<(RateLimit, usize), Weak<Limiter>>>,
+}
+
+impl Limiters {
+    pub fn get(&self, spec: &RateLimit, cap: usize) -> Arc<Limiter> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (spec.clone(), cap);
+        if let Some(limiter) = live.get(&key).and_then(Weak::upgrade) {
+            return limiter;
+        }
+        let limiter = Arc::new(Limiter::new(spec, cap));
+        live.insert(key, Arc::downgrade(&limiter));
+        limiter
+    }
+
+    fn alive(&self) -> Vec<Arc<Limiter>> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|_, weak| weak.strong_count() > 0);
+        live.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Drops idle clients from every live limiter every few seconds, until the registry is gone.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(registry) = registry.upgrade() else {
+                    break;
+                };
+                for limiter in registry.alive() {
+                    limiter.sweep();
+                }
+            }
+        });
+    }
+}
