@@ -1,0 +1,549 @@
+//! Protection at the edge, end to end: per-address rate limits (clients on 127.0.0.2, .3, ...),
+//! trusted and spoofed X-Forwarded-For, allow/deny, body-size limits, head limits, connection
+//! limits and slow clients, against the real binary and a backend that records what reaches it.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::Request;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Counts the requests and body bytes that reach it; answers 200 with the byte count.
+struct Recorder {
+    backend: Backend,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+async fn recorder() -> Recorder {
+    let requests = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let (r, b) = (requests.clone(), bytes.clone());
+    let backend = serve("recorder", move |req: Request<Incoming>| {
+        let (r, b) = (r.clone(), b.clone());
+        async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            let mut body = req.into_body();
+            let mut seen = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                    b.fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+            }
+            text_response(200, seen.to_string())
+        }
+    })
+    .await;
+    Recorder {
+        backend,
+        requests,
+        bytes,
+    }
+}
+
+fn config(backend: &Backend, server: &str, routes: &str) -> String {
+    format!(
+        r#"
+[listen]
+http = "127.0.0.1:0"
+
+[server]
+workers = 2
+{server}
+
+[[site]]
+{routes}
+
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+
+[upstream.app]
+servers = ["{}"]
+"#,
+        backend.addr
+    )
+}
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address works on Linux loopback).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<IpAddr>().expect("ip"))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+async fn status(client: &reqwest::Client, url: &str) -> (u16, Option<String>) {
+    let resp = client.get(url).send().await.expect("request");
+    let retry = header(&resp, "retry-after");
+    (resp.status().as_u16(), retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_limit_gets_429_with_retry_after_and_other_addresses_are_unaffected() {
+    with_timeout(60, async {
+        let rec = recorder().await;
+        // 5 per 10 s, burst 5: one request back every 2 s
+        let routes = r#"rate_limit = { requests = 5, per = "10s" }"#;
+        let proxy = TestProxy::start(&config(&rec.backend, "", routes)).await;
+        let (a, b) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+        let url = proxy.url("/x");
+        for i in 0..5 {
+            assert_eq!(status(&a, &url).await.0, 200, "request {i} of the burst");
+        }
+        let resp = a.get(&url).send().await.expect("request");
+        assert_eq!(resp.status(), 429);
+        let retry: u64 = header(&resp, "retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("numeric Retry-After");
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        let body = resp.text().await.expect("body");
+        assert!(body.starts_with("429 Too Many Requests"), "{body}");
+        assert_eq!(
+            rec.requests.load(Ordering::SeqCst),
+            5,
+            "the 6th never reached the backend"
+        );
+        // another address has a budget of its own
+        assert_eq!(status(&b, &url).await.0, 200);
+
+        // refill: the next request is allowed one emission interval (2 s) after the burst,
+        // seen by polling rather than by sleeping an assumed time
+        let refused_at = Instant::now();
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            if status(&a, &url).await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = refused_at.elapsed();
+        eprintln!("refilled after {waited:?} ({polls} polls)");
+        assert!(
+            waited > Duration::from_millis(1000) && waited < Duration::from_millis(2600),
+            "one token per 2 s, got one after {waited:?}"
+        );
+        // and only one: the polls in between were refused without spending anything
+        assert_eq!(status(&a, &url).await.0, 429);
+        let log = proxy.logs().join("\n");
+        assert!(
+            log.contains("\"reason\":\"rate_limit\""),
+            "refusal logged: {log}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_reads_have_separate_budgets() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let routes = r#"rate_limit = [
+  { requests = 50, per = "1m", methods = ["GET", "HEAD"] },
+  { requests = 2, per = "1m", methods = ["POST", "PUT", "PATCH", "DELETE"] },
+]"#;
+        let proxy = TestProxy::start(&config(&rec.backend, "", routes)).await;
+        let a = client_from("127.0.0.4");
+        let url = proxy.url("/items");
+        for _ in 0..2 {
+            let resp = a.post(&url).body("x").send().await.expect("post");
+            assert_eq!(resp.status(), 200);
+        }
+        let resp = a.delete(&url).send().await.expect("delete");
+        assert_eq!(resp.status(), 429, "third write");
+        for _ in 0..10 {
+            assert_eq!(
+                status(&a, &url).await.0,
+                200,
+                "reads are not held back by writes"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_xff_keys_by_the_real_client_and_spoofed_xff_is_ignored() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let server = r#"trusted_proxies = ["127.0.0.1"]"#;
+        let routes = r#"rate_limit = { requests = 3, per = "1m" }"#;
+        let proxy = TestProxy::start(&config(&rec.backend, server, routes)).await;
+        let url = proxy.url("/");
+        let get_as = |client: reqwest::Client, xff: &'static str| {
+            let url = url.clone();
+            async move {
+                let resp = client
+                    .get(&url)
+                    .header("x-forwarded-for", xff)
+                    .send()
+                    .await
+                    .expect("request");
+                resp.status().as_u16()
+            }
+        };
+        // through the trusted proxy (127.0.0.1): each real client has its own budget
+        let lb = client_from("127.0.0.1");
+        for _ in 0..3 {
+            assert_eq!(get_as(lb.clone(), "203.0.113.5").await, 200);
+        }
+        assert_eq!(get_as(lb.clone(), "203.0.113.5").await, 429);
+        assert_eq!(get_as(lb.clone(), "203.0.113.6, 127.0.0.1").await, 200);
+        // an untrusted peer cannot pick its key by writing X-Forwarded-For
+        let spoofer = client_from("127.0.0.5");
+        let spoofs = [
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.3",
+            "198.51.100.4",
+        ];
+        let mut codes = Vec::new();
+        for xff in spoofs {
+            codes.push(get_as(spoofer.clone(), xff).await);
+        }
+        assert_eq!(
+            codes,
+            [200, 200, 200, 429],
+            "keyed by 127.0.0.5 whatever XFF says"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_and_deny_answer_403_before_proxying() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let routes = r#"
+  [[site.route]]
+  path = "/admin/"
+  upstream = "app"
+  allow = ["127.0.0.0/24"]
+  deny = ["127.0.0.9"]
+"#;
+        let proxy = TestProxy::start(&config(&rec.backend, "", routes)).await;
+        let url = proxy.url("/admin/panel");
+        assert_eq!(status(&client_from("127.0.0.2"), &url).await.0, 200);
+        let resp = client_from("127.0.1.2")
+            .get(&url)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 403);
+        assert!(resp
+            .text()
+            .await
+            .expect("body")
+            .starts_with("403 Forbidden"));
+        assert_eq!(status(&client_from("127.0.0.9"), &url).await.0, 403);
+        assert_eq!(
+            status(&client_from("127.0.1.2"), &proxy.url("/open"))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            rec.requests.load(Ordering::SeqCst),
+            2,
+            "refused requests never proxied"
+        );
+    })
+    .await;
+}
+
+/// Writes `head`, then reads whatever comes back until the proxy closes (or `max` passes).
+async fn exchange(addr: SocketAddr, head: &[u8], max: Duration) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head).await.expect("write");
+    read_until_close(&mut stream, max).await
+}
+
+/// What the peer sent until it closed; `false` if it was still open after `max`.
+async fn read_until_close(stream: &mut TcpStream, max: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_body_over_the_limit_gets_413_and_the_backend_sees_nothing() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let proxy = TestProxy::start(&config(&rec.backend, r#"max_body = "64KB""#, "")).await;
+        // Expect: 100-continue gets 413 instead of 100, and no body byte is asked for
+        let head =
+            "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\nExpect: 100-continue\r\n\r\n";
+        let (answer, closed) = exchange(proxy.addr, head.as_bytes(), Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(!answer.contains("100 Continue"), "{answer}");
+        assert!(closed, "connection closed after the 413");
+
+        // a client that sends the body right away still reads its 413 (lingering close)
+        let body = vec![b'x'; 16 << 20];
+        let resp = client()
+            .post(proxy.url("/up"))
+            .body(body)
+            .send()
+            .await
+            .expect("the 413 arrives, not a reset");
+        assert_eq!(resp.status(), 413);
+        assert_eq!(rec.requests.load(Ordering::SeqCst), 0);
+        assert_eq!(rec.bytes.load(Ordering::SeqCst), 0);
+    })
+    .await;
+}
+
+fn chunked(total: usize, piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(piece);
+        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        out.extend(std::iter::repeat_n(b'y', n));
+        out.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_body_over_the_limit_is_cut_and_just_under_passes_byte_exact() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let limit = 64 * 1024;
+        let proxy = TestProxy::start(&config(&rec.backend, r#"max_body = "64KB""#, "")).await;
+        let head = "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut request = head.as_bytes().to_vec();
+        request.extend(chunked(limit + 1, 4096));
+        let (answer, closed) = exchange(proxy.addr, &request, Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(closed);
+        let got = rec.bytes.load(Ordering::SeqCst);
+        assert!(
+            got <= limit as u64,
+            "backend got {got} bytes: never the whole body"
+        );
+
+        // exactly the limit, chunked and with a length: passes, every byte
+        rec.bytes.store(0, Ordering::SeqCst);
+        let mut request = head.as_bytes().to_vec();
+        request.extend(chunked(limit, 1000));
+        let answer = raw_request(proxy.addr, std::str::from_utf8(&request).expect("ascii")).await;
+        assert_eq!(
+            (answer.status, answer.body_text()),
+            (200, limit.to_string())
+        );
+        let resp = client()
+            .post(proxy.url("/up"))
+            .body(vec![7u8; limit])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.expect("body"), limit.to_string());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_body_limit_overrides_the_server_default() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let routes = r#"
+  [[site.route]]
+  path = "/media/"
+  upstream = "app"
+  max_body = "off"
+"#;
+        let proxy = TestProxy::start(&config(&rec.backend, r#"max_body = "1KB""#, routes)).await;
+        let big = vec![1u8; 3 << 20];
+        let resp = client()
+            .post(proxy.url("/media/x"))
+            .body(big.clone())
+            .send()
+            .await;
+        assert_eq!(resp.expect("post").status(), 200);
+        let resp = client().post(proxy.url("/api")).body(big).send().await;
+        assert_eq!(resp.expect("post").status(), 413);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_414() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let server = r#"max_header_size = "4KB"
+max_headers = 20
+max_uri = "1KB""#;
+        let proxy = TestProxy::start(&config(&rec.backend, server, "")).await;
+        let big = "v".repeat(5000);
+        let resp = raw_request(
+            proxy.addr,
+            &format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(resp.status, 431);
+        let many: String = (0..25).map(|i| format!("X-H{i}: 1\r\n")).collect();
+        let resp = raw_request(
+            proxy.addr,
+            &format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
+        )
+        .await;
+        assert_eq!(resp.status, 431);
+        let long = "a".repeat(1100);
+        let resp = raw_request(
+            proxy.addr,
+            &format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(resp.status, 414);
+        // far over hyper's own buffer: still a clean 431, not a reset
+        let huge = "w".repeat(200_000);
+        let resp = raw_request(
+            proxy.addr,
+            &format!("GET / HTTP/1.1\r\nHost: a\r\nX-Huge: {huge}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(resp.status, 431);
+        let ok = raw_request(
+            proxy.addr,
+            "GET /fine HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(rec.requests.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
+async fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(ip.parse().expect("ip"), 0))
+        .expect("bind");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// One keep-alive request on an open connection; the status, or `None` if the proxy closed it.
+async fn request_on(stream: &mut TcpStream) -> Option<u16> {
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    stream.write_all(req).await.ok()?;
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_limit_are_closed_and_others_unaffected() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let proxy = TestProxy::start(&config(&rec.backend, "max_connections_per_ip = 2", "")).await;
+        let mut first = connect_from("127.0.0.6", proxy.addr).await;
+        let mut second = connect_from("127.0.0.6", proxy.addr).await;
+        assert_eq!(request_on(&mut first).await, Some(200));
+        assert_eq!(request_on(&mut second).await, Some(200));
+        let mut third = connect_from("127.0.0.6", proxy.addr).await;
+        assert_eq!(
+            request_on(&mut third).await,
+            None,
+            "third connection closed"
+        );
+        let mut other = connect_from("127.0.0.7", proxy.addr).await;
+        assert_eq!(request_on(&mut other).await, Some(200), "another address");
+        // the existing ones are untouched, and a freed slot can be taken again
+        assert_eq!(request_on(&mut first).await, Some(200));
+        drop(second);
+        let mut again = None;
+        for _ in 0..50 {
+            let mut fresh = connect_from("127.0.0.6", proxy.addr).await;
+            again = request_on(&mut fresh).await;
+            if again.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(again, Some(200), "slot given back when a connection ends");
+        let log = proxy.logs().join("\n");
+        assert!(log.contains("\"reason\":\"conn_limit\""), "{log}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_cut_while_a_normal_client_is_served() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let routes = r#"body_timeout = "1s""#;
+        let proxy = TestProxy::start(&config(&rec.backend, "", routes)).await;
+        let mut slow = TcpStream::connect(proxy.addr).await.expect("connect");
+        let head = "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789";
+        slow.write_all(head.as_bytes()).await.expect("write");
+        let started = Instant::now();
+        // meanwhile, a normal client
+        let resp = client().get(proxy.url("/fine")).send().await.expect("get");
+        assert_eq!(resp.status(), 200);
+        let (answer, closed) = read_until_close(&mut slow, Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(closed);
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    with_timeout(30, async {
+        let big = Bytes::from(vec![b'z'; 64 << 20]);
+        let backend = serve("big", move |_req| {
+            let big = big.clone();
+            async move { hyper::Response::new(Full::new(big)) }
+        })
+        .await;
+        let server = "[server.timeouts]\nsend = \"1s\"";
+        let proxy = TestProxy::start(&config(&backend, server, "")).await;
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        // read nothing for a while: the socket buffers fill and the proxy's writes stall
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (got, closed) = read_until_close(&mut stream, Duration::from_secs(10)).await;
+        assert!(closed, "proxy closed the connection");
+        assert!(
+            got.len() < 64 << 20,
+            "cut before the whole response ({} bytes)",
+            got.len()
+        );
+    })
+    .await;
+}
