@@ -547,3 +547,82 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_distinct_addresses_stays_within_the_key_cap() {
+    with_timeout(240, async {
+        let rec = recorder().await;
+        let server = r#"trusted_proxies = ["127.0.0.1"]
+rate_limit_keys = 10000"#;
+        let routes = r#"rate_limit = { requests = 60, per = "1m", burst = 20 }"#;
+        let proxy = TestProxy::start(&config(&rec.backend, server, routes)).await;
+        let http = client_from("127.0.0.1");
+        let url = proxy.url("/");
+        let rss_before = proc_status_kb(proxy.pid, "VmRSS");
+        let total: u32 = 100_000;
+        let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ok = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..32)
+            .map(|_| {
+                let (http, url, next, ok) = (http.clone(), url.clone(), next.clone(), ok.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        // 10.x.y.z: 100,000 distinct clients behind the trusted proxy
+                        let xff = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+                        let resp = http.get(&url).header("x-forwarded-for", xff).send().await;
+                        if resp.is_ok_and(|r| r.status() == 200) {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        for w in workers {
+            w.await.expect("worker");
+        }
+        let rss_after = proc_status_kb(proxy.pid, "VmRSS");
+        let full_lines: Vec<String> = proxy
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("rate limit key table full"))
+            .collect();
+        eprintln!(
+            "{total} clients in {:?}: {} answered 200; RSS {rss_before} -> {rss_after} kB; {} table-full lines, last: {:?}",
+            started.elapsed(),
+            ok.load(Ordering::Relaxed),
+            full_lines.len(),
+            full_lines.last()
+        );
+        assert!(!full_lines.is_empty(), "the table filled up");
+        for line in &full_lines {
+            let tracked = json_number(line, "tracked").expect("tracked field");
+            assert!(tracked <= 10_000, "tracked {tracked} over the cap: {line}");
+        }
+        assert!(
+            rss_after.saturating_sub(rss_before) < 32 * 1024,
+            "RSS grew from {rss_before} kB to {rss_after} kB"
+        );
+        // the limit still holds for one client after the flood
+        let mut codes = Vec::new();
+        for _ in 0..25 {
+            let resp = http.get(&url).header("x-forwarded-for", "192.0.2.77").send().await;
+            codes.push(resp.expect("request").status().as_u16());
+        }
+        assert!(codes.contains(&429), "{codes:?}");
+    })
+    .await;
+}
+
+fn json_number(line: &str, key: &str) -> Option<usize> {
+    let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}

@@ -216,6 +216,14 @@ impl Limiter {
         };
         if due && won() {
             self.gcra.retain_recent();
+            let stats = self.stats();
+            tracing::warn!(
+                scope = %self.spec.scope,
+                tracked = stats.tracked,
+                cap = stats.cap,
+                overflowed = stats.overflowed,
+                "rate limit key table full: idle clients dropped; new clients beyond the cap share one budget (server.rate_limit_keys)"
+            );
         }
     }
 
@@ -289,5 +297,78 @@ impl Limiters {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(requests: u32, per_secs: u64, burst: u32) -> RateLimit {
+        RateLimit {
+            requests,
+            per: Duration::from_secs(per_secs),
+            burst,
+            methods: vec![Method::POST],
+            scope: "test".into(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_prefix() {
+        let a = client_key(ip("2001:db8:1:2:aaaa::1"), 64);
+        let b = client_key(ip("2001:db8:1:2:bbbb::9"), 64);
+        let c = client_key(ip("2001:db8:1:3::1"), 64);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(client_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.1"), 64), ip("192.0.2.1"));
+        assert_eq!(client_key(ip("192.0.2.1"), 64), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn burst_then_refusal_with_the_wait() {
+        let limiter = Limiter::new(&spec(60, 60, 3), 100);
+        assert!(limiter.applies_to(&Method::POST) && !limiter.applies_to(&Method::GET));
+        for _ in 0..3 {
+            assert!(limiter.check(ip("192.0.2.1")).is_ok());
+        }
+        assert_eq!(limiter.check(ip("192.0.2.1")), Err(RetryAfter(1)));
+        assert!(limiter.check(ip("192.0.2.2")).is_ok());
+        let slow = Limiter::new(&spec(1, 3600, 1), 100);
+        assert!(slow.check(ip("192.0.2.1")).is_ok());
+        let Err(RetryAfter(secs)) = slow.check(ip("192.0.2.1")) else {
+            panic!("refused")
+        };
+        assert!((3599..=3600).contains(&secs), "{secs}");
+    }
+
+    #[test]
+    fn the_table_never_grows_past_its_cap() {
+        let limiter = Limiter::new(&spec(1, 3600, 1), 10);
+        for i in 0..100u32 {
+            let _ = limiter.check(IpAddr::from(i.to_be_bytes()));
+        }
+        let stats = limiter.stats();
+        assert_eq!(stats.tracked, 10);
+        assert_eq!(stats.overflowed, 90);
+        // the clients beyond the cap share one budget: one got through, the rest wait
+        assert!(limiter.check(ip("198.51.100.1")).is_err());
+    }
+
+    #[test]
+    fn registry_keeps_a_limiter_while_a_snapshot_holds_it() {
+        let registry = Limiters::default();
+        let a = registry.get(&spec(5, 60, 5), 100);
+        let b = registry.get(&spec(5, 60, 5), 100);
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = registry.get(&spec(6, 60, 6), 100);
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b));
+        assert_eq!(registry.alive().len(), 1);
     }
 }
