@@ -536,3 +536,145 @@ fn valid_acme_config_passes_check_without_side_effects() {
         out.stderr
     );
 }
+
+fn limits_config(server: &str, site: &str, route: &str) -> String {
+    format!(
+        r#"[listen]
+http = "127.0.0.1:0"
+
+[server]
+{server}
+
+[[site]]
+{site}
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+{route}
+
+[upstream.app]
+servers = ["127.0.0.1:9"]
+"#
+    )
+}
+
+#[test]
+fn protection_config_errors_are_reported_with_key_and_hint() {
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "rate without requests",
+            limits_config("", "", r#"  rate_limit = { per = "1m" }"#),
+            "rate_limit",
+            &["`site.route.rate_limit`", "`requests` is missing", "burst"],
+        ),
+        (
+            "rate with a bad period",
+            limits_config("", r#"rate_limit = { requests = 60, per = "soon" }"#, ""),
+            "rate_limit",
+            &["`site.rate_limit`", "soon", "30s"],
+        ),
+        (
+            "rate with an unknown key",
+            limits_config(r#"rate_limit = { requests = 60, window = "1m" }"#, "", ""),
+            "rate_limit",
+            &["`server.rate_limit`", "window"],
+        ),
+        (
+            "rate with a lower-case method",
+            limits_config(
+                "",
+                "",
+                r#"  rate_limit = { requests = 5, methods = ["post"] }"#,
+            ),
+            "rate_limit",
+            &["`site.route.rate_limit`", "upper-case", "POST"],
+        ),
+        (
+            "rate of zero",
+            limits_config("", "", "  rate_limit = { requests = 0 }"),
+            "rate_limit",
+            &["requests = 0", "from 1"],
+        ),
+        (
+            "rate as a number",
+            limits_config("", "", "  rate_limit = 60"),
+            "rate_limit",
+            &["`60` is not a rate limit", "off"],
+        ),
+        (
+            "bad body size",
+            limits_config("", "", r#"  max_body = "100 megs""#),
+            "max_body",
+            &["`site.route.max_body`", "100MB", "off"],
+        ),
+        (
+            "bad body timeout",
+            limits_config(r#"body_timeout = "0s""#, "", ""),
+            "body_timeout",
+            &["`server.body_timeout`", "greater than zero"],
+        ),
+        (
+            "bad allow entry",
+            limits_config("", "", r#"  allow = ["10.0.0.0/33"]"#),
+            "allow",
+            &["`site.route.allow`", "10.0.0.0/8"],
+        ),
+        (
+            "ipv6 prefix out of range",
+            limits_config("ipv6_prefix = 129", "", ""),
+            "ipv6_prefix",
+            &["`server.ipv6_prefix`", "from 1 to 128"],
+        ),
+        (
+            "header size too small",
+            limits_config(r#"max_header_size = "100B""#, "", ""),
+            "max_header_size",
+            &["`server.max_header_size`", "from 1024"],
+        ),
+        (
+            "negative connections",
+            limits_config("max_connections_per_ip = -1", "", ""),
+            "max_connections_per_ip",
+            &["`server.max_connections_per_ip`", "0 to"],
+        ),
+    ];
+    for (what, config, marker, mentions) in cases {
+        let (path, out) = check(config, &[], &[]);
+        eprintln!("case: {what}");
+        assert_located_error(config, &path, &out, marker, mentions);
+        assert!(
+            out.stderr.contains("\n1 error in config"),
+            "case {what:?}: exactly one error expected; got:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn protection_config_with_every_key_passes_check() {
+    let config = limits_config(
+        r#"max_connections = 5000
+max_connections_per_ip = 64
+max_header_size = "16KB"
+max_headers = 80
+max_uri = "4KB"
+ipv6_prefix = 56
+rate_limit_keys = 50000
+max_body = "1MB"
+body_timeout = "30s"
+rate_limit = { requests = 5000, per = "1m" }
+[server.timeouts]
+send = "30s"
+tls_handshake = "5s""#,
+        r#"rate_limit = [
+  { requests = 1000, per = "1m", burst = 100, methods = ["GET", "HEAD"] },
+  { requests = 100, per = "1m", methods = ["POST", "PUT", "PATCH", "DELETE"] },
+]
+deny = ["192.0.2.0/24"]"#,
+        r#"  max_body = "off"
+  rate_limit = "off"
+  allow = ["10.0.0.0/8", "2001:db8::/32"]"#,
+    );
+    let (_, out) = check(&config, &[], &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+}
