@@ -626,3 +626,49 @@ fn json_number(line: &str, key: &str) -> Option<usize> {
         .collect();
     digits.parse().ok()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_heads_are_cut_while_a_normal_client_is_served() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let server = "[server.timeouts]\nheader_read = \"1s\"";
+        let proxy = TestProxy::start(&config(&rec.backend, server, "")).await;
+        let started = Instant::now();
+        let trickles: Vec<_> = (0..20)
+            .map(|_| {
+                let addr = proxy.addr;
+                tokio::spawn(async move {
+                    let mut stream = TcpStream::connect(addr).await.expect("connect");
+                    let head =
+                        b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+                    for byte in head.chunks(1) {
+                        if stream.write_all(byte).await.is_err() {
+                            return Instant::now();
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    read_until_close(&mut stream, Duration::from_secs(10)).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        for _ in 0..5 {
+            let resp = client().get(proxy.url("/ok")).send().await.expect("get");
+            assert_eq!(
+                resp.status(),
+                200,
+                "normal client served during the trickle"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for t in trickles {
+            let cut_at = t.await.expect("trickle").duration_since(started);
+            assert!(
+                cut_at < Duration::from_secs(4),
+                "slow head cut after {cut_at:?}"
+            );
+        }
+        assert_eq!(rec.requests.load(Ordering::SeqCst), 5);
+    })
+    .await;
+}
