@@ -145,25 +145,32 @@ fn echoed(raw: &[u8]) -> (u16, Echo) {
     (status, Echo::parse(body))
 }
 
-/// The `client` of the access-log line for `path`, waiting (5 s max) for it to be written.
-async fn access_client(proxy: &TestProxy, path: &str) -> String {
+/// The first log line matching `wanted`, waiting (5 s max) for the proxy to write it and the
+/// test's reader thread to collect it.
+async fn logged(proxy: &TestProxy, what: &str, wanted: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let logs = proxy.logs();
-        let line = logs.iter().find(|l| {
-            json_str_field(l, "message").as_deref() == Some("request")
-                && json_str_field(l, "path").as_deref() == Some(path)
-        });
-        if let Some(client) = line.and_then(|l| json_str_field(l, "client")) {
-            return client;
+        if let Some(line) = logs.iter().find(|l| wanted(l)) {
+            return line.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "no access log line for {path}; logs:\n{}",
+            "no log line {what}; logs:\n{}",
             logs.join("\n")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The `client` of the access-log line for `path`.
+async fn access_client(proxy: &TestProxy, path: &str) -> String {
+    let line = logged(proxy, &format!("for {path}"), |l| {
+        json_str_field(l, "message").as_deref() == Some("request")
+            && json_str_field(l, "path").as_deref() == Some(path)
+    })
+    .await;
+    json_str_field(&line, "client").expect("client field")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,17 +314,12 @@ async fn untrusted_peer_is_closed_without_a_response() {
             "closed after {waited:?}"
         );
 
-        let logs = proxy.logs();
-        let refused = logs.iter().any(|l| {
+        logged(&proxy, "refusing 127.0.0.2", |l| {
             json_str_field(l, "peer").is_some_and(|p| p.starts_with("127.0.0.2:"))
                 && l.contains("not in trusted_proxies")
-        });
-        assert!(
-            refused,
-            "no debug line for the refusal:\n{}",
-            logs.join("\n")
-        );
-        assert!(!logs.iter().any(|l| l.contains("/untrusted")));
+        })
+        .await;
+        assert!(!proxy.logs().iter().any(|l| l.contains("/untrusted")));
     })
     .await;
 }
@@ -354,19 +356,14 @@ async fn trusted_peer_without_a_valid_header_is_closed() {
             "closed after only {waited:?}"
         );
 
-        let logs = proxy.logs();
         for reason in [
             "not a PROXY protocol header",
             "malformed PROXY v1 line",
             "PROXY header not received in time",
         ] {
-            assert!(
-                logs.iter().any(|l| l.contains(reason)),
-                "no debug line with {reason:?}:\n{}",
-                logs.join("\n")
-            );
+            logged(&proxy, &format!("with {reason:?}"), |l| l.contains(reason)).await;
         }
-        assert!(!logs.iter().any(|l| l.contains("/no-header")));
+        assert!(!proxy.logs().iter().any(|l| l.contains("/no-header")));
     })
     .await;
 }
