@@ -1,5 +1,8 @@
-//! Accept loops: take connections until shutdown, hand each (after the TLS handshake, on the
-//! HTTPS listener) to the HTTP layer as a tracked task.
+//! Accept loops: take connections until shutdown, hand each (after the PROXY header when
+//! `proxy_protocol` is on, and the TLS handshake on the HTTPS listener) to the HTTP layer as a
+//! tracked task.
+
+mod proxy_protocol;
 
 pub mod conn_limit;
 
@@ -8,6 +11,7 @@ use crate::http::{serve_connection, ConnContext, Transport};
 use crate::middleware::{rate_limit, Reason};
 use crate::upstream::forward;
 use conn_limit::ConnSlot;
+use proxy_protocol::Header;
 use rustls::server::Acceptor;
 use std::io;
 use std::net::SocketAddr;
@@ -37,17 +41,11 @@ pub async fn accept_loop(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (cx2, shutdown) = (cx.clone(), shutdown.clone());
-                match transport {
-                    Transport::Plain => cx.tracker.spawn(async move {
-                        serve_connection(stream, peer, transport, cx2, shutdown).await;
-                        drop(slot);
-                    }),
-                    Transport::Tls => cx.tracker.spawn(async move {
-                        serve_tls(stream, peer, cx2, shutdown).await;
-                        drop(slot);
-                    }),
-                };
+                let task = serve(stream, peer, transport, cx.clone(), shutdown.clone());
+                cx.tracker.spawn(async move {
+                    task.await;
+                    drop(slot);
+                });
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 // out of file descriptors or memory: back off instead of spinning on accept
@@ -58,6 +56,64 @@ pub async fn accept_loop(
         }
     }
     tracing::info!(listener = name, "listener closed");
+}
+
+/// One accepted connection: the PROXY header if the listener expects one, then TLS on the HTTPS
+/// listener, then HTTP.
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    cx: Arc<ConnContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(peer) = client_addr(&mut stream, peer, &cx).await else {
+        return;
+    };
+    match transport {
+        Transport::Plain => serve_connection(stream, peer, transport, cx, shutdown).await,
+        Transport::Tls => serve_tls(stream, peer, cx, shutdown).await,
+    }
+}
+
+/// The address the connection is served as: the socket peer, or with `proxy_protocol` the
+/// source its PROXY header names. `None` closes it: with `proxy_protocol` only a trusted proxy
+/// may connect (nothing is read from anyone else), and it must send a valid header within
+/// `header_read`. A LOCAL or UNKNOWN header (the load balancer's health check) keeps the peer.
+async fn client_addr(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    cx: &ConnContext,
+) -> Option<SocketAddr> {
+    let state = cx.shared.load();
+    if !state.config.listen.proxy_protocol {
+        return Some(peer);
+    }
+    let trusted = &state.config.server.trusted_proxies;
+    if !forward::is_trusted(trusted, peer.ip().to_canonical()) {
+        tracing::debug!(%peer, "closing connection: PROXY protocol is on and the peer is not in trusted_proxies");
+        return None;
+    }
+    let timeout = state.config.server.timeouts.header_read;
+    drop(state);
+    match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(Header::Proxy {
+            source,
+            destination,
+        })) => {
+            tracing::trace!(%peer, client = %source, %destination, "PROXY header read");
+            Some(source)
+        }
+        Ok(Ok(Header::Local)) => Some(peer),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "closing connection: no valid PROXY header");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "closing connection: PROXY header not received in time");
+            None
+        }
+    }
 }
 
 /// A slot under the connection limits, or `None` and the connection is dropped at once (a

@@ -27,6 +27,7 @@ pub struct FileConfig {
 pub struct FileListen {
     pub http: Option<Str>,
     pub https: Option<Str>,
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

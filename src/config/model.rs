@@ -24,6 +24,8 @@ pub struct Config {
 pub struct Listen {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// Both listeners expect a PROXY protocol v1/v2 header first, from `trusted_proxies` only.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

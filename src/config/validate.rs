@@ -117,6 +117,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
     };
     let listen = listen(&mut cx, raw.listen.as_ref());
     let server = server(&mut cx, &raw.server);
+    proxy_protocol_check(&mut cx, &raw);
     let server_policy = policy::resolve(
         &mut cx,
         raw.server.policy(),
@@ -165,6 +166,7 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
     let none = Listen {
         http: None,
         https: None,
+        proxy_protocol: false,
     };
     let Some(raw) = raw else {
         let msg = "no `[listen]` section; add e.g. `[listen]` with `http = \"127.0.0.1:8080\"`";
@@ -186,6 +188,23 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
             .https
             .as_ref()
             .and_then(|a| socket_addr(cx, a, "listen.https")),
+        proxy_protocol: l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
+    }
+}
+
+/// A PROXY header is believed only from `trusted_proxies`, so with none every connection would be
+/// refused. Looks at the raw list: an entry that did not parse already has its own error.
+fn proxy_protocol_check(cx: &mut Ctx, raw: &FileConfig) {
+    let Some(flag) = raw
+        .listen
+        .as_ref()
+        .and_then(|l| l.get_ref().proxy_protocol.as_ref())
+    else {
+        return;
+    };
+    if *flag.get_ref() && raw.server.trusted_proxies.is_empty() {
+        let msg = "`proxy_protocol = true` accepts the PROXY header only from `[server] trusted_proxies`, which is empty, so every connection would be refused; list your load balancers there, e.g. `trusted_proxies = [\"10.0.0.0/8\"]`";
+        cx.error(flag.span(), "listen.proxy_protocol", msg);
     }
 }
 
