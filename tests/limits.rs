@@ -2,6 +2,9 @@
 //! trusted and spoofed X-Forwarded-For, allow/deny, body-size limits, head limits, connection
 //! limits and slow clients, against the real binary and a backend that records what reaches it.
 
+// Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use bytes::Bytes;
@@ -318,7 +321,7 @@ fn chunked(total: usize, piece: usize) -> Vec<u8> {
     while left > 0 {
         let n = left.min(piece);
         out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-        out.extend(std::iter::repeat_n(b'y', n));
+        out.resize(out.len() + n, b'y');
         out.extend_from_slice(b"\r\n");
         left -= n;
     }
