@@ -42,17 +42,15 @@ pub fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_concurrent_streams(limits.http2_max_streams)
         // HPACK-decoded size of one header block, CONTINUATION frames included
         .max_header_list_size(u32::try_from(head_buf).unwrap_or(u32::MAX))
         // rapid reset (CVE-2023-44487): streams a client opens and resets before we answer
-        .max_pending_accept_reset_streams(Some(MAX_H2_STREAMS as usize / 4))
+        .max_pending_accept_reset_streams(Some(limits.http2_max_streams.div_ceil(4) as usize))
         .max_local_error_reset_streams(Some(1024))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
-
-const MAX_H2_STREAMS: u32 = 256;
 
 /// Everything a connection needs from its listener.
 pub struct ConnContext {

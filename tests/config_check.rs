@@ -658,6 +658,7 @@ max_connections_per_ip = 64
 max_header_size = "16KB"
 max_headers = 80
 max_uri = "4KB"
+http2_max_streams = 128
 ipv6_prefix = 56
 rate_limit_keys = 50000
 max_body = "1MB"

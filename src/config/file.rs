@@ -47,6 +47,7 @@ pub struct FileServer {
     pub max_header_size: Option<Str>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_uri: Option<Str>,
+    pub http2_max_streams: Option<Spanned<i64>>,
     /// Client addresses each rate limit tracks at most.
     pub rate_limit_keys: Option<Spanned<i64>>,
     /// Request policy, inherited by routes unless they set their own (see `FilePolicy`).

@@ -52,6 +52,8 @@ pub struct ServerLimits {
     pub max_headers: usize,
     /// The request target, in bytes (414 over it).
     pub max_uri: usize,
+    /// Concurrent streams one HTTP/2 connection may have open (nginx `http2_max_concurrent_streams`).
+    pub http2_max_streams: u32,
     /// IPv6 clients are keyed by this prefix (a host usually owns a whole /64).
     pub ipv6_prefix: u8,
     /// Client addresses one rate limit tracks at most; beyond, new clients share one budget.
@@ -66,6 +68,7 @@ impl Default for ServerLimits {
             max_header_size: 32 << 10,
             max_headers: 100,
             max_uri: 8 << 10,
+            http2_max_streams: 256,
             ipv6_prefix: 64,
             rate_limit_keys: 100_000,
         }

@@ -307,6 +307,12 @@ fn server_limits(cx: &mut Ctx, raw: &FileServer) -> ServerLimits {
             d.max_headers,
         ),
         max_uri: cx.size(&raw.max_uri, "server.max_uri", 64..=(1 << 20), d.max_uri),
+        http2_max_streams: cx.count(
+            &raw.http2_max_streams,
+            "server.http2_max_streams",
+            1..=10_000,
+            d.http2_max_streams as usize,
+        ) as u32,
         ipv6_prefix: cx.count(&raw.ipv6_prefix, "server.ipv6_prefix", 1..=128, 64) as u8,
         rate_limit_keys: cx.count(
             &raw.rate_limit_keys,
