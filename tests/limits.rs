@@ -675,3 +675,121 @@ async fn slowloris_heads_are_cut_while_a_normal_client_is_served() {
     })
     .await;
 }
+
+/// Rapid reset (CVE-2023-44487): open a stream, reset it at once, again and again. The proxy
+/// must end such a connection instead of working on every reset stream, and keep serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_loses_the_connection() {
+    with_timeout(60, async {
+        let rec = recorder().await;
+        let proxy = TestProxy::start(&config(&rec.backend, "", "")).await;
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let mut opened = 0u32;
+        for _ in 0..20_000 {
+            let req = hyper::Request::get(format!("http://{}/reset", proxy.addr))
+                .body(())
+                .expect("request");
+            let ready = match h2.clone().ready().await {
+                Ok(ready) => ready,
+                Err(_) => break,
+            };
+            h2 = ready;
+            let Ok((_resp, mut stream)) = h2.send_request(req, false) else {
+                break;
+            };
+            stream.send_reset(h2::Reason::CANCEL);
+            opened += 1;
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        eprintln!(
+            "opened and reset {opened} streams; connection: {ended:?}; backend saw {}",
+            rec.requests.load(Ordering::SeqCst)
+        );
+        let error = ended.expect("connection ended").expect("task");
+        let reason = error.err().and_then(|e| e.reason());
+        assert_eq!(
+            reason,
+            Some(h2::Reason::ENHANCE_YOUR_CALM),
+            "GOAWAY for the flood"
+        );
+        assert!(opened < 20_000, "cut before the client was done");
+        let resp = client().get(proxy.url("/after")).send().await.expect("get");
+        assert_eq!(resp.status(), 200, "others still served");
+    })
+    .await;
+}
+
+/// CONTINUATION flood: a header block that never ends. The proxy must stop reading it once it is
+/// over the head limit, not buffer it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_endless_header_block_loses_the_connection() {
+    with_timeout(60, async {
+        let rec = recorder().await;
+        let proxy = TestProxy::start(&config(&rec.backend, "", "")).await;
+        let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let len = payload.len() as u32;
+            let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        // literal header field without indexing, new name: "x-flood: vvvv..."
+        let mut field = vec![0x00, 7];
+        field.extend_from_slice(b"x-flood");
+        field.push(100);
+        field.extend(std::iter::repeat(b'v').take(100));
+        let block: Vec<u8> = field
+            .iter()
+            .copied()
+            .cycle()
+            .take(field.len() * 150)
+            .collect();
+        let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        start.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+                                             // HEADERS (no END_HEADERS): :method GET, :scheme http, :path /, then the flood
+        let mut first = vec![0x82, 0x86, 0x84];
+        first.extend_from_slice(&block);
+        start.extend(frame(0x1, 0x1, 1, &first));
+        tcp.write_all(&start).await.expect("preface");
+        let mut sent = start.len();
+        let cont = frame(0x9, 0, 1, &block);
+        let (mut rd, mut wr) = tcp.into_split();
+        let writer = tokio::spawn(async move {
+            while sent < (64 << 20) {
+                if wr.write_all(&cont).await.is_err() {
+                    break;
+                }
+                sent += cont.len();
+            }
+            sent
+        });
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut got)).await;
+        let sent = writer.await.expect("writer");
+        eprintln!(
+            "sent {sent} bytes of header block before the proxy closed; read back {} bytes",
+            got.len()
+        );
+        assert!(
+            sent < 16 << 20,
+            "the proxy kept reading a {sent}-byte header block"
+        );
+        // a GOAWAY frame (type 7) is in what came back
+        let mut at = 0;
+        let mut goaway = false;
+        while at + 9 <= got.len() {
+            let len =
+                ((got[at] as usize) << 16) | ((got[at + 1] as usize) << 8) | got[at + 2] as usize;
+            goaway |= got[at + 3] == 0x7;
+            at += 9 + len;
+        }
+        assert!(goaway, "GOAWAY sent");
+        assert_eq!(rec.requests.load(Ordering::SeqCst), 0);
+        let resp = client().get(proxy.url("/after")).send().await.expect("get");
+        assert_eq!(resp.status(), 200);
+    })
+    .await;
+}
