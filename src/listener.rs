@@ -37,15 +37,9 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(slot) = admit(&cx, peer) else {
-                    continue;
-                };
                 let _ = stream.set_nodelay(true);
                 let task = serve(stream, peer, transport, cx.clone(), shutdown.clone());
-                cx.tracker.spawn(async move {
-                    task.await;
-                    drop(slot);
-                });
+                cx.tracker.spawn(task);
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 // out of file descriptors or memory: back off instead of spinning on accept
@@ -58,8 +52,8 @@ pub async fn accept_loop(
     tracing::info!(listener = name, "listener closed");
 }
 
-/// One accepted connection: the PROXY header if the listener expects one, then TLS on the HTTPS
-/// listener, then HTTP.
+/// One accepted connection: the PROXY header if the listener expects one, a slot under the
+/// connection limits (for the client the header names), then TLS on the HTTPS listener, then HTTP.
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -68,6 +62,9 @@ async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let Some(peer) = client_addr(&mut stream, peer, &cx).await else {
+        return;
+    };
+    let Some(_slot) = admit(&cx, peer) else {
         return;
     };
     match transport {
