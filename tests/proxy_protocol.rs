@@ -396,3 +396,40 @@ fn check_rejects_proxy_protocol_without_trusted_proxies() {
     let out = run_gatehouse(&["check", "--config", path], &[], &[]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", out.stderr);
 }
+
+/// The per-address connection limit counts the client the header names, not the load balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_counts_the_client_the_header_names() {
+    with_timeout(30, async {
+        let backend = echo_backend("echo").await;
+        let config =
+            config(&backend).replace("workers = 2\n", "workers = 2\nmax_connections_per_ip = 1\n");
+        let proxy = TestProxy::start(&config).await;
+        // one connection from 203.0.113.9 held open with a request in flight...
+        let mut held = connect(proxy.addr, None).await;
+        let keep = b"GET /held HTTP/1.1\r\nHost: pp.test\r\n\r\n";
+        held.write_all(&[v1(CLIENT, 40000), keep.to_vec()].concat())
+            .await
+            .expect("write");
+        let mut buf = [0u8; 512];
+        let n = held.read(&mut buf).await.expect("response");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // ...so a second one from the same client, through the same balancer, is refused
+        let refused = exchange(
+            proxy.addr,
+            None,
+            &[v1(CLIENT, 40001), request("/2", "")].concat(),
+        )
+        .await;
+        assert!(refused.is_empty(), "closed without a response");
+        // while another client through the same balancer is served
+        let other = exchange(
+            proxy.addr,
+            None,
+            &[v1("203.0.113.10", 40002), request("/3", "")].concat(),
+        )
+        .await;
+        assert_eq!(echoed(&other).0, 200);
+    })
+    .await;
+}
