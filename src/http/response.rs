@@ -1,5 +1,6 @@
 //! The one place proxy failures become HTTP answers: status, a short plain body, the request id.
 
+use super::hygiene::Malformed;
 use bytes::Bytes;
 use http::StatusCode;
 use std::error::Error as _;
@@ -22,6 +23,8 @@ pub enum ProxyError {
     BadTarget,
     #[error("this host is not served over HTTPS")]
     Misdirected,
+    #[error("malformed request: {0}")]
+    Malformed(#[from] Malformed),
 }
 
 impl ProxyError {
@@ -48,7 +51,7 @@ impl ProxyError {
             ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
@@ -67,7 +70,16 @@ impl ProxyError {
     pub fn is_upstream(&self) -> bool {
         !matches!(
             self,
-            ProxyError::NoRoute | ProxyError::BadTarget | ProxyError::Misdirected
+            ProxyError::NoRoute
+                | ProxyError::BadTarget
+                | ProxyError::Misdirected
+                | ProxyError::Malformed(_)
         )
+    }
+
+    /// Whether an HTTP/1 connection may not carry another request after this answer: its framing
+    /// can no longer be trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::Malformed(_))
     }
 }

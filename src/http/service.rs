@@ -3,6 +3,7 @@
 
 use super::body::{Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
+use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
@@ -38,6 +39,8 @@ enum Answer {
 impl ProxyService {
     pub async fn call(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = self.conn.begin();
+        let version = req.version();
+        let malformed = hygiene::check(req.headers(), version);
         let state = self.cx.shared.load();
         let peer = self.peer.ip().to_canonical();
         let addrs = forward::Addrs::new(req.headers(), peer, &state.config.server.trusted_proxies);
@@ -60,13 +63,14 @@ impl ProxyService {
             (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
             _ => None,
         };
-        let answer = match site {
+        let answer = match (malformed, site) {
+            (Err(bad), _) => Err(ProxyError::Malformed(bad)),
             // a plain site asked for through another site's TLS connection (SNI != Host)
-            Some(site) if self.transport == Transport::Tls && !state.sites[site].tls => {
+            (_, Some(site)) if self.transport == Transport::Tls && !state.sites[site].tls => {
                 Err(ProxyError::Misdirected)
             }
-            Some(site) => self.dispatch(&state, site, host, req, addrs, &log).await,
-            None => Err(ProxyError::NoRoute),
+            (_, Some(site)) => self.dispatch(&state, site, host, req, addrs, &log).await,
+            (_, None) => Err(ProxyError::NoRoute),
         };
         let mut response = match answer {
             Ok(Answer::Upstream(resp, active)) => {
@@ -82,7 +86,7 @@ impl ProxyService {
                 let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
                 Response::from_parts(parts, ProxyBody::full(body, done))
             }
-            Err(err) => error_response(&err, log, in_flight),
+            Err(err) => error_response(&err, log, in_flight, version),
         };
         response
             .headers_mut()
@@ -152,6 +156,7 @@ impl ProxyService {
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        hygiene::regenerate_framing(&mut parts.headers, &http_body::Body::size_hint(&body));
         parts.uri = upstream_uri(&parts.uri, &active, hop.strip)?;
         prepare_request_headers(&mut parts.headers, &hop, upgrade.clone());
         parts.version = Version::HTTP_11;
@@ -314,6 +319,7 @@ fn error_response(
     err: &ProxyError,
     log: Arc<RequestLog>,
     in_flight: super::conn::InFlight,
+    version: Version,
 ) -> Response<ProxyBody> {
     let request_id = log.request_id.to_str().unwrap_or("-");
     if err.is_upstream() {
@@ -328,6 +334,9 @@ fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if err.closes_connection() {
+        hygiene::close_after(resp.headers_mut(), version);
+    }
     resp
 }
 
