@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ pub struct RequestLog {
     pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
     bytes_in: AtomicU64,
+    /// The client's request body failed (malformed chunk, cut short): its fault, not the upstream's.
+    body_failed: AtomicBool,
     /// Signalled once the request body has been sent upstream completely.
     body_sent: Notify,
 }
@@ -48,6 +50,7 @@ impl RequestLog {
             host,
             request_id,
             bytes_in: AtomicU64::new(0),
+            body_failed: AtomicBool::new(false),
             body_sent: Notify::new(),
         }
     }
@@ -55,6 +58,10 @@ impl RequestLog {
     /// Resolves once the request body is fully sent (at once for an empty body).
     pub async fn body_sent(&self) {
         self.body_sent.notified().await
+    }
+
+    pub fn body_failed(&self) -> bool {
+        self.body_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -93,7 +100,11 @@ impl Body for CountedBody {
                     self.log.body_sent.notify_one();
                 }
             }
-            Poll::Ready(_) => self.log.body_sent.notify_one(),
+            Poll::Ready(Some(Err(_))) => {
+                self.log.body_failed.store(true, Ordering::Relaxed);
+                self.log.body_sent.notify_one();
+            }
+            Poll::Ready(None) => self.log.body_sent.notify_one(),
             Poll::Pending => {}
         }
         polled

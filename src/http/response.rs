@@ -25,11 +25,20 @@ pub enum ProxyError {
     Misdirected,
     #[error("malformed request: {0}")]
     Malformed(#[from] Malformed),
+    #[error("the request body is malformed or ended early")]
+    BadRequestBody,
 }
 
 impl ProxyError {
-    /// Sorts a client error into refused (502) vs connect timeout (504) vs everything else (502).
-    pub fn from_client(err: hyper_util::client::legacy::Error) -> ProxyError {
+    /// Sorts a failed upstream exchange: the client's own request body broke it (400), the
+    /// connection was refused (502) or timed out (504), or anything else (502).
+    pub fn from_client(
+        err: hyper_util::client::legacy::Error,
+        request_body_failed: bool,
+    ) -> ProxyError {
+        if request_body_failed {
+            return ProxyError::BadRequestBody;
+        }
         if !err.is_connect() {
             return ProxyError::UpstreamFailed(err);
         }
@@ -51,7 +60,9 @@ impl ProxyError {
             ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadTarget | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget | ProxyError::Malformed(_) | ProxyError::BadRequestBody => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
@@ -74,12 +85,13 @@ impl ProxyError {
                 | ProxyError::BadTarget
                 | ProxyError::Misdirected
                 | ProxyError::Malformed(_)
+                | ProxyError::BadRequestBody
         )
     }
 
     /// Whether an HTTP/1 connection may not carry another request after this answer: its framing
     /// can no longer be trusted.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Malformed(_))
+        matches!(self, ProxyError::Malformed(_) | ProxyError::BadRequestBody)
     }
 }

@@ -169,7 +169,9 @@ impl ProxyService {
             tokio::time::sleep(timeout).await;
         };
         let mut resp = tokio::select! {
-            sent = hop.state.client.request(upstream_req) => sent.map_err(ProxyError::from_client)?,
+            sent = hop.state.client.request(upstream_req) => {
+                sent.map_err(|e| ProxyError::from_client(e, hop.log.body_failed()))?
+            }
             () = too_late => return Err(ProxyError::ResponseTimeout),
         };
         forward::strip_hop_by_hop(resp.headers_mut());
