@@ -3,6 +3,7 @@
 
 mod body;
 mod conn;
+pub mod hygiene;
 mod response;
 mod service;
 

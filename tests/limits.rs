@@ -708,11 +708,11 @@ async fn http2_rapid_reset_loses_the_connection() {
             rec.requests.load(Ordering::SeqCst)
         );
         let error = ended.expect("connection ended").expect("task");
-        let reason = error.err().and_then(|e| e.reason());
-        assert_eq!(
-            reason,
-            Some(h2::Reason::ENHANCE_YOUR_CALM),
-            "GOAWAY for the flood"
+        // the GOAWAY, or (when the client was still writing as the proxy closed) a broken pipe
+        let err = error.expect_err("the proxy ended the connection");
+        assert!(
+            err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
+            "GOAWAY for the flood, got {err:?}"
         );
         assert!(opened < 20_000, "cut before the client was done");
         let resp = client().get(proxy.url("/after")).send().await.expect("get");

@@ -1,5 +1,6 @@
 //! The one place proxy failures become HTTP answers: status, a short plain body, the request id.
 
+use super::hygiene::Malformed;
 use crate::middleware::Reason;
 use bytes::Bytes;
 use http::StatusCode;
@@ -37,6 +38,8 @@ pub enum ProxyError {
     UriTooLong(usize),
     #[error("request headers larger than {0} bytes or too many")]
     HeadersTooLarge(usize),
+    #[error("malformed request: {0}")]
+    Malformed(#[from] Malformed),
 }
 
 impl ProxyError {
@@ -63,7 +66,7 @@ impl ProxyError {
             ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadTarget => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -83,6 +86,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_)
                 | ProxyError::BodyTimeout
                 | ProxyError::BadBody
+                | ProxyError::Malformed(_)
                 | ProxyError::UriTooLong(_)
                 | ProxyError::HeadersTooLarge(_)
         )
@@ -95,7 +99,7 @@ impl ProxyError {
             ProxyError::TooManyRequests(_) => Reason::RateLimit,
             ProxyError::BodyTooLarge(_) => Reason::BodyTooLarge,
             ProxyError::BodyTimeout => Reason::BodyTimeout,
-            ProxyError::BadBody => Reason::BadRequest,
+            ProxyError::BadBody | ProxyError::Malformed(_) => Reason::BadRequest,
             ProxyError::UriTooLong(_) => Reason::UriTooLong,
             ProxyError::HeadersTooLarge(_) => Reason::HeaderTooLarge,
             _ => return None,

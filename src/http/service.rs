@@ -3,6 +3,7 @@
 
 use super::body::{BodyFault, Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
+use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
@@ -39,6 +40,7 @@ enum Answer {
 impl ProxyService {
     pub async fn call(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = self.conn.begin();
+        let version = req.version();
         let state = self.cx.shared.load();
         let peer = self.peer.ip().to_canonical();
         let addrs = forward::Addrs::new(req.headers(), peer, &state.config.server.trusted_proxies);
@@ -56,21 +58,20 @@ impl ProxyService {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let h1 = req.version() < Version::HTTP_2;
         let site = state.router.site_for(host);
         let hsts = match (self.transport, site) {
             (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
             _ => None,
         };
-        let oversize = head_too_large(&req, &state.config.server.limits);
-        let answer = match site {
-            _ if oversize.is_some() => Err(oversize.unwrap_or(ProxyError::BadTarget)),
+        let screened = screen(&req, &state.config.server.limits);
+        let answer = match (screened, site) {
+            (Err(refused), _) => Err(refused),
             // a plain site asked for through another site's TLS connection (SNI != Host)
-            Some(site) if self.transport == Transport::Tls && !state.sites[site].tls => {
+            (_, Some(site)) if self.transport == Transport::Tls && !state.sites[site].tls => {
                 Err(ProxyError::Misdirected)
             }
-            Some(site) => self.dispatch(&state, site, host, req, addrs, &log).await,
-            None => Err(ProxyError::NoRoute),
+            (_, Some(site)) => self.dispatch(&state, site, host, req, addrs, &log).await,
+            (_, None) => Err(ProxyError::NoRoute),
         };
         let mut response = match answer {
             Ok(Answer::Upstream(resp, active)) => {
@@ -86,7 +87,7 @@ impl ProxyService {
                 let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
                 Response::from_parts(parts, ProxyBody::full(body, done))
             }
-            Err(err) => self.refuse(&err, log, in_flight, h1),
+            Err(err) => self.refuse(&err, log, in_flight, version),
         };
         response
             .headers_mut()
@@ -166,6 +167,7 @@ impl ProxyService {
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        hygiene::regenerate_framing(&mut parts.headers, &http_body::Body::size_hint(&body));
         parts.uri = upstream_uri(&parts.uri, &active, hop.strip)?;
         prepare_request_headers(&mut parts.headers, &hop, upgrade.clone());
         parts.version = Version::HTTP_11;
@@ -344,7 +346,7 @@ impl ProxyService {
         err: &ProxyError,
         log: Arc<RequestLog>,
         in_flight: super::conn::InFlight,
-        h1: bool,
+        version: Version,
     ) -> Response<ProxyBody> {
         let request_id = log.request_id.to_str().unwrap_or("-");
         if err.is_upstream() {
@@ -368,12 +370,19 @@ impl ProxyService {
         if let ProxyError::TooManyRequests(secs) = err {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
-        if err.closes_connection() && h1 {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if err.closes_connection() && version < Version::HTTP_2 {
+            hygiene::close_after(headers, version);
             self.conn.linger_on_close();
         }
         resp
     }
+}
+
+/// Requests refused on their head alone, before routing: malformed framing (400), a target or
+/// header fields over the server's limits (414, 431).
+fn screen<B>(req: &Request<B>, limits: &ServerLimits) -> Result<(), ProxyError> {
+    hygiene::check(req.headers(), req.version())?;
+    head_too_large(req, limits).map_or(Ok(()), Err)
 }
 
 /// 414 or 431 for a request head over the server's limits (hyper enforces a looser fence).

@@ -21,6 +21,16 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Headers Gatehouse sets itself towards the upstream: a `Connection` token never removes them
+/// (from a trusted proxy that would drop the chain it vouches for).
+static OWN: [HeaderName; 5] = [
+    header::HOST,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-request-id"),
+];
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(listed) = connection_tokens(headers) {
         for name in listed {
@@ -32,8 +42,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Extra header names listed in `Connection` (beyond the fixed hop-by-hop set); `None` when there
-/// are none, which is the common case and allocates nothing.
+/// Extra header names listed in `Connection` (beyond the fixed hop-by-hop set and our own); `None`
+/// when there are none, which is the common case and allocates nothing.
 fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut extra: Option<Vec<HeaderName>> = None;
     let tokens = headers
@@ -43,10 +53,11 @@ fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
         .flat_map(|v| v.split(','));
     for token in tokens {
         let token = token.trim();
-        let fixed = HOP_BY_HOP
+        let known = HOP_BY_HOP
             .iter()
+            .chain(&OWN)
             .any(|h| h.as_str().eq_ignore_ascii_case(token));
-        if fixed || token.eq_ignore_ascii_case("close") || token.is_empty() {
+        if known || token.eq_ignore_ascii_case("close") || token.is_empty() {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
@@ -57,6 +68,8 @@ fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 /// The `Upgrade` protocol when the request asks for one (`Connection: upgrade` + `Upgrade: x`).
+/// Never `h2c`: that would switch the upstream connection to HTTP/2 behind our back (clients
+/// reach our HTTP/2 by prior knowledge instead), so such a request goes up as plain HTTP/1.1.
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = headers
         .get_all(header::CONNECTION)
@@ -67,6 +80,14 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     wants
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+        .filter(|proto| !names_h2c(proto))
+}
+
+fn names_h2c(upgrade: &HeaderValue) -> bool {
+    upgrade
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
 }
 
 pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
@@ -197,6 +218,32 @@ mod tests {
                 .is_some()
         );
         assert!(requested_upgrade(&map(&[("upgrade", "websocket")])).is_none());
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade() {
+        for h2c in ["h2c", "H2C", "websocket, h2c"] {
+            let h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", h2c)]);
+            assert!(requested_upgrade(&h).is_none(), "{h2c}");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_name_our_own_headers() {
+        let mut h = map(&[
+            (
+                "connection",
+                "X-Forwarded-For, x-request-id, Host, X-Forwarded-Proto, X-Forwarded-Host",
+            ),
+            ("host", "h.test"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "public.test"),
+            ("x-request-id", "abc"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 5);
+        assert!(!h.contains_key(header::CONNECTION));
     }
 
     #[test]
