@@ -2,6 +2,10 @@
 # Gatehouse vs nginx as a reverse proxy in front of the same backend: plain HTTP/1.1
 # keep-alive, HTTPS keep-alive and HTTPS with a new TLS connection per request (both
 # proxies serve the same certificate). See benches/README.md for what is measured and how.
+# Optional target `gatehouse-limits`: a second Gatehouse, identical but for a rate limit that
+# never triggers and a 1MB body limit on its route, to measure what the limits cost per request
+# against `gatehouse` (whose route has neither):
+#   TARGETS="gatehouse gatehouse-limits" SCENARIOS=http REPEATS=5 DURATION=5s bash benches/proxy-vs-nginx.sh
 #
 # Usage: bash benches/proxy-vs-nginx.sh
 # Env knobs (defaults in brackets):
@@ -10,7 +14,8 @@
 #   CONNS    [64]   wrk connections (-c)
 #   PROXY_CPU [0]   CPU the proxy under test is pinned to
 #   LOAD_CPU  [1]   CPU wrk and the backend are pinned to
-#   TARGETS  ["direct nginx gatehouse"]  subset/order of targets to run
+#   TARGETS  ["direct nginx gatehouse"]  subset/order of targets to run; `gatehouse-limits` is
+#            also accepted (not in the default: see above)
 #   SCENARIOS ["http https https-newconn"]  subset/order of scenarios (`direct` runs in `http` only):
 #            http = HTTP/1.1 keep-alive; https = the same over TLS;
 #            https-newconn = TLS with `Connection: close` (one connection + handshake per request)
@@ -51,9 +56,14 @@ done
 read -ra TARGET_LIST <<<"$TARGETS"
 ((${#TARGET_LIST[@]} > 0)) || die "TARGETS is empty"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct | nginx | gatehouse) ;; *) die "unknown target '$t' (expected direct, nginx, gatehouse)" ;; esac
+    case $t in direct | nginx | gatehouse | gatehouse-limits) ;; *) die "unknown target '$t' (expected direct, nginx, gatehouse, gatehouse-limits)" ;; esac
 done
 want() { [[ " ${TARGET_LIST[*]} " == *" $1 "* ]]; }
+# Gatehouse targets: the same binary and config, `gatehouse-limits` with limits on its route.
+GATEHOUSE_TARGETS=()
+for t in gatehouse gatehouse-limits; do
+    if want "$t"; then GATEHOUSE_TARGETS+=("$t"); fi
+done
 read -ra SCENARIO_LIST <<<"$SCENARIOS"
 ((${#SCENARIO_LIST[@]} > 0)) || die "SCENARIOS is empty"
 for s in "${SCENARIO_LIST[@]}"; do
@@ -70,7 +80,7 @@ for s in "${SCENARIO_LIST[@]}"; do
         if applies "$s" "$t"; then nruns=$((nruns + 1)); fi
     done
 done
-if want_scenario https-newconn && want gatehouse && ((CONNS > 120)); then
+if want_scenario https-newconn && ((${#GATEHOUSE_TARGETS[@]} > 0)) && ((CONNS > 120)); then
     log "WARNING: CONNS=$CONNS: with more than ~128 connections wrk's TLS sessions fall out of Gatehouse's 256-entry session cache, so https-newconn compares Gatehouse's full handshakes with nginx's resumed ones (benches/README.md)"
 fi
 ((nruns > 0)) || die "nothing to run: target 'direct' only runs in scenario 'http' (SCENARIOS='$SCENARIOS', TARGETS='$TARGETS')"
@@ -275,7 +285,7 @@ proxy_pids() {
         echo "$NGINX_PROXY_PID"
         pgrep -P "$NGINX_PROXY_PID" || true
         ;;
-    gatehouse) echo "$GATEHOUSE_PID" ;;
+    gatehouse | gatehouse-limits) echo "${GATEHOUSE_PID[$1]}" ;;
     direct) ;;
     esac
 }
@@ -290,7 +300,7 @@ to_us() {
 }
 
 # ---------------------------------------------------------------- build
-if want gatehouse; then
+if ((${#GATEHOUSE_TARGETS[@]} > 0)); then
     if [[ $SKIP_BUILD != 1 ]]; then
         command -v cargo >/dev/null 2>&1 || die "cargo not found (needed to build gatehouse)"
         log "cargo build --release"
@@ -325,6 +335,9 @@ mkdir -p "$bdir"
     cat <<EOF
     server {
         listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+        # Only for the body-limit check before the runs (a 1.5 MB POST must reach the
+        # backend through gatehouse); wrk sends no bodies.
+        client_max_body_size 4m;
         location / {
             default_type text/plain;
             return 200 "ok\n";
@@ -390,14 +403,28 @@ EOF
 fi
 
 # ---------------------------------------------------------------- gatehouse
-if want gatehouse; then
-    PORT[gatehouse]=$(free_port)
-    gdir=$TMP/gatehouse
+# The route's request policy (README "Request policy") is the only difference between the two
+# Gatehouse targets. `gatehouse`: no limits at all on its route (max_body defaults to 1MB, so it
+# is lifted explicitly; no rate_limit anywhere). `gatehouse-limits`: a rate limit that never
+# triggers (10^9 requests per second, burst 10^9, keyed by client address: every wrk request
+# comes from 127.0.0.1, so all of them take from the same GCRA cell) and a 1MB body limit.
+gatehouse_route_policy() {
+    case $1 in
+    gatehouse) echo 'max_body = "off"' ;;
+    gatehouse-limits) printf '%s\n' 'rate_limit = { requests = 1000000000, per = "1s" }' 'max_body = "1MB"' ;;
+    esac
+}
+
+# start_gatehouse TARGET: writes TARGET's config, starts it pinned to PROXY_CPU, waits until it
+# answers on every listener. Sets PORT, TLS_PORT and GATEHOUSE_PID for TARGET.
+declare -A GATEHOUSE_PID
+start_gatehouse() {
+    local t=$1 gdir=$TMP/$1 listen_https='' site_tls='' pid
+    PORT[$t]=$(free_port)
     mkdir -p "$gdir"
-    listen_https='' site_tls=
     if ((TLS)); then
-        TLS_PORT[gatehouse]=$(free_port)
-        listen_https="https = \"127.0.0.1:${TLS_PORT[gatehouse]}\""
+        TLS_PORT[$t]=$(free_port)
+        listen_https="https = \"127.0.0.1:${TLS_PORT[$t]}\""
         # Catch-all site (no `hosts`): the only way a client without SNI gets a certificate.
         # redirect_https = false keeps the plain-HTTP scenario a proxied 200, not a 308.
         site_tls="tls = { cert = \"$CERT\", key = \"$KEY\" }
@@ -405,7 +432,7 @@ redirect_https = false"
     fi
     cat >"$gdir/gatehouse.toml" <<EOF
 [listen]
-http = "127.0.0.1:${PORT[gatehouse]}"
+http = "127.0.0.1:${PORT[$t]}"
 $listen_https
 
 [server]
@@ -416,6 +443,7 @@ $site_tls
   [[site.route]]
   path = "/"
   upstream = "backend"
+$(gatehouse_route_policy "$t" | sed 's/^/  /')
 
 [upstream.backend]
 servers = ["127.0.0.1:$BACKEND_PORT"]
@@ -426,13 +454,33 @@ EOF
     # send none for an IP), so that line would be written once per https-newconn request.
     RUST_LOG=$GATEHOUSE_RUST_LOG taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" run --config "$gdir/gatehouse.toml" --log-format json \
         >"$gdir/stdout.log" 2>"$gdir/gatehouse.log" &
-    GATEHOUSE_PID=$!
-    STARTED_PIDS+=("$GATEHOUSE_PID")
-    wait_ready "gatehouse" "$GATEHOUSE_PID" "http://127.0.0.1:${PORT[gatehouse]}/" "$gdir"
+    pid=$!
+    GATEHOUSE_PID[$t]=$pid
+    STARTED_PIDS+=("$pid")
+    wait_ready "$t" "$pid" "http://127.0.0.1:${PORT[$t]}/" "$gdir"
     if ((TLS)); then
-        wait_ready "gatehouse (TLS)" "$GATEHOUSE_PID" "https://127.0.0.1:${TLS_PORT[gatehouse]}/" "$gdir"
+        wait_ready "$t (TLS)" "$pid" "https://127.0.0.1:${TLS_PORT[$t]}/" "$gdir"
     fi
-fi
+}
+
+# check_body_limit TARGET WANT: a 1.5 MB POST (declared Content-Length, no Expect) must get
+# HTTP WANT: 200 from the backend through `gatehouse` (no body limit), 413 from
+# `gatehouse-limits` (its 1MB limit is on). Proves the policy difference is really there.
+check_body_limit() {
+    local t=$1 want=$2 code big=$TMP/body-1.5MB
+    [[ -f $big ]] || head -c 1500000 /dev/zero >"$big"
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'Expect:' --data-binary "@$big" \
+        "http://127.0.0.1:${PORT[$t]}/" 2>"$TMP/body-check-err") || code=000
+    [[ $code == "$want" ]] ||
+        die "$t: a 1.5 MB POST got HTTP $code, expected $want ($(head -n 1 "$TMP/body-check-err"))"
+    log "$t: a 1.5 MB POST gets HTTP $code, as expected"
+}
+
+for t in "${GATEHOUSE_TARGETS[@]}"; do
+    start_gatehouse "$t"
+done
+if want gatehouse; then check_body_limit gatehouse 200; fi
+if want gatehouse-limits; then check_body_limit gatehouse-limits 413; fi
 
 # nginx workers are children of masters we started; add them last so cleanup TERMs the
 # masters first (graceful) and only then the workers (no-op if already gone).
@@ -515,7 +563,7 @@ run_one() {
         newconns=$(awk -v d=$((opens_after - opens_before)) -v n="$requests" 'BEGIN{printf "%.2f", d / n}')
     fi
     RESULTS+=("$sc|$target|$run|$rps|$requests|$p50|$p99|$errors|$cpu")
-    log "$(printf '%-13s %-9s run %d: %10s req/s  p50 %8s us  p99 %8s us  errors %s  cpu %s us/req  new conns/req %s' \
+    log "$(printf '%-13s %-16s run %d: %10s req/s  p50 %8s us  p99 %8s us  errors %s  cpu %s us/req  new conns/req %s' \
         "$sc" "$target" "$run" "$rps" "$p50" "$p99" "$errors" "$cpu" "$newconns")"
 }
 
@@ -535,6 +583,17 @@ median() { # numbers on stdin -> median (mean of the two middle values for even 
 }
 ms() { awk -v u="$1" 'BEGIN{ if (u == "nan") print "nan"; else printf "%.3f", u / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 == 0 || a == "nan" || b == "nan") print "n/a"; else printf "%.3g", a / b }'; }
+ratio3() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 == 0 || a == "nan" || b == "nan") print "n/a"; else printf "%.3f", a / b }'; }
+# paired_ratios SCENARIO A B FIELDNO: A/B of that field round by round (the runs of one round
+# are back to back, so these pairs share the machine's state), space-separated.
+paired_ratios() {
+    local -a a b
+    local i out=
+    mapfile -t a < <(col "$1" "$2" "$4")
+    mapfile -t b < <(col "$1" "$3" "$4")
+    for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do out+="${out:+ }$(ratio3 "${a[i]}" "${b[i]}")"; done
+    echo "$out"
+}
 col() { # col SCENARIO TARGET FIELDNO -> values of that field for the pair, one per line
     local row
     local -a f
@@ -572,13 +631,17 @@ tls_params() {
 }
 tls_line=
 if ((TLS)); then
-    for t in nginx gatehouse; do
+    for t in nginx gatehouse gatehouse-limits; do
         if want "$t"; then tls_line+="${tls_line:+; }$t: $(tls_params "${TLS_PORT[$t]}")"; fi
     done
 fi
 
 gh_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null || true) ]]; then gh_rev+="+dirty"; fi
+if [[ $SKIP_BUILD == 1 || $GATEHOUSE_BIN != "$ROOT/target/release/gatehouse" ]]; then
+    # the binary was not built by this run from this tree: say which one it was
+    gh_rev+=" (tree at the time of the run; binary not built by it: ${GATEHOUSE_BIN#"$ROOT"/}, $(date -u -r "$GATEHOUSE_BIN" '+%Y-%m-%dT%H:%M:%SZ' 2>/dev/null || echo '?'))"
+fi
 nginx_ver=$(nginx -v 2>&1 | sed 's/^nginx version: //')
 wrk_ver=$(wrk --version 2>&1 | awk 'NR==1{print $2; exit}' || true)
 cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
@@ -596,6 +659,11 @@ mkdir -p "$(dirname -- "$OUT")"
     done
     if ((TLS)); then
         echo "- TLS: one self-signed ECDSA P-256 certificate for both proxies, made for this run; TLS 1.2 + 1.3; session cache/tickets at each proxy's defaults; negotiated with wrk's OpenSSL defaults: ${tls_line:-?}"
+    fi
+    if want gatehouse-limits; then
+        baseline_check=
+        if want gatehouse; then baseline_check=", 200 through \`gatehouse\`"; fi
+        echo "- \`gatehouse-limits\`: a second Gatehouse, the same config as \`gatehouse\` except its route's policy: \`rate_limit = { requests = 1000000000, per = \"1s\" }\` (never triggers; keyed by client address, all of wrk's requests share 127.0.0.1's cell) and \`max_body = \"1MB\"\`, where \`gatehouse\` has \`max_body = \"off\"\` and no rate limit (checked before the runs: a 1.5 MB POST gets 413 from \`gatehouse-limits\`${baseline_check})"
     fi
     echo "- pinning: proxy on CPU ${PROXY_CPU}; wrk + backend nginx on CPU ${LOAD_CPU}"
     echo "- CPU µs/req = proxy utime+stime (/proc/PID/stat, nginx master+worker) during the run / requests completed"
@@ -624,6 +692,11 @@ mkdir -p "$(dirname -- "$OUT")"
             echo "- gatehouse/nginx req/s: **$(ratio "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/nginx]}")** (higher is better)"
             echo "- gatehouse/nginx CPU µs/req: **$(ratio "${MED_CPU[$sc/gatehouse]}" "${MED_CPU[$sc/nginx]}")** (lower is better)"
             echo "- gatehouse/nginx p99: $(ratio "${MED_P99[$sc/gatehouse]}" "${MED_P99[$sc/nginx]}") (lower is better)"
+        fi
+        if want gatehouse && want gatehouse-limits; then
+            echo "- gatehouse-limits/gatehouse CPU µs/req: **$(ratio3 "${MED_CPU[$sc/gatehouse-limits]}" "${MED_CPU[$sc/gatehouse]}")** (the cost of an enabled rate limit + body limit; target < 1.05); round by round: $(paired_ratios "$sc" gatehouse-limits gatehouse 8)"
+            echo "- gatehouse-limits/gatehouse req/s: **$(ratio3 "${MED_RPS[$sc/gatehouse-limits]}" "${MED_RPS[$sc/gatehouse]}")** (higher is better); round by round: $(paired_ratios "$sc" gatehouse-limits gatehouse 3)"
+            echo "- gatehouse-limits/gatehouse p99: $(ratio3 "${MED_P99[$sc/gatehouse-limits]}" "${MED_P99[$sc/gatehouse]}") (lower is better)"
         fi
         if applies "$sc" direct && want direct; then
             if want gatehouse; then
