@@ -19,7 +19,17 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Counts the requests and body bytes that reach it; answers 200 with the byte count.
+/// FNV-1a over `bytes`, continuing from `hash` (start with `FNV_START`).
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        hash = (hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    hash
+}
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Counts the requests and body bytes that reach it; answers 200 with the byte count, and the
+/// body's FNV-1a digest in `x-digest`.
 struct Recorder {
     backend: Backend,
     requests: Arc<AtomicU64>,
@@ -36,13 +46,18 @@ async fn recorder() -> Recorder {
             r.fetch_add(1, Ordering::SeqCst);
             let mut body = req.into_body();
             let mut seen = 0u64;
+            let mut digest = FNV_START;
             while let Some(Ok(frame)) = body.frame().await {
                 if let Some(data) = frame.data_ref() {
                     seen += data.len() as u64;
+                    digest = fnv(digest, data);
                     b.fetch_add(data.len() as u64, Ordering::SeqCst);
                 }
             }
-            text_response(200, seen.to_string())
+            let mut resp = text_response(200, seen.to_string());
+            let digest = http::HeaderValue::from(digest);
+            resp.headers_mut().insert("x-digest", digest);
+            resp
         }
     })
     .await;
