@@ -55,6 +55,7 @@ impl UpstreamPool {
         let literal: Vec<Arc<Backend>> = spec
             .servers
             .iter()
+            .map(|s| &s.addr)
             .filter_map(|s| Some(SocketAddr::new(s.host.parse::<IpAddr>().ok()?, s.port)))
             .filter_map(|addr| Backend::new(addr).map(Arc::new))
             .collect();
@@ -72,7 +73,7 @@ impl UpstreamPool {
         self.spec
             .servers
             .iter()
-            .any(|s| s.host.parse::<IpAddr>().is_err())
+            .any(|s| s.addr.host.parse::<IpAddr>().is_err())
     }
 
     pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
@@ -93,6 +94,7 @@ impl UpstreamPool {
         let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut failed = false;
         for server in &self.spec.servers {
+            let server = &server.addr;
             match lookup(server).await {
                 Ok(found) => addrs.extend(found),
                 Err(e) => {

@@ -122,9 +122,48 @@ pub struct FileRedirect {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
-    pub servers: Spanned<Vec<Str>>,
+    /// `"host:port"`, `"https://host:port"`, or `{ addr = "host:port", weight = 3 }`.
+    pub servers: Spanned<Vec<Spanned<toml::Value>>>,
     pub balance: Option<Str>,
     pub resolve_every: Option<Str>,
+    pub health: Option<Spanned<FileHealth>>,
+    pub eject: Option<Spanned<FileEject>>,
+    pub retries: Option<Spanned<i64>>,
+    pub retry_budget: Option<Str>,
+    pub when_all_down: Option<Str>,
+    pub required: Option<Spanned<bool>>,
+    /// For `https://` servers.
+    pub ca_root: Option<Str>,
+    pub client_cert: Option<Spanned<FileClientCert>>,
+    pub sni: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub path: Str,
+    pub interval: Option<Str>,
+    pub timeout: Option<Str>,
+    pub healthy: Option<Spanned<i64>>,
+    pub unhealthy: Option<Spanned<i64>>,
+    pub expect: Option<Str>,
+    pub host: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEject {
+    pub failures: Option<Spanned<i64>>,
+    pub server_errors: Option<Spanned<i64>>,
+    pub cooldown: Option<Str>,
+    pub max_cooldown: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientCert {
+    pub cert: Str,
+    pub key: Str,
 }
 
 #[derive(Debug, Deserialize)]

@@ -259,9 +259,86 @@ pub enum TemplatePart {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Upstream {
-    pub servers: Vec<ServerAddr>,
+    pub servers: Vec<UpstreamServer>,
     pub balance: Balance,
     pub resolve_every: Duration,
+    /// Active checks; `None` is none (passive ejection still applies).
+    pub health: Option<HealthCheck>,
+    pub eject: Eject,
+    /// Extra attempts on other servers for a request that failed safely (see `upstream::retry`).
+    pub retries: u32,
+    /// Retries allowed as a share of requests, in percent, so a failing pool is not stormed.
+    pub retry_budget: u32,
+    pub when_all_down: AllDown,
+    /// `/ready` answers 503 while this upstream has no healthy server.
+    pub required: bool,
+    /// `https://` servers: TLS to the upstream.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// One `servers` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamServer {
+    pub addr: ServerAddr,
+    /// Relative share of requests, 1 to 100.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a server in.
+    pub healthy: u32,
+    /// Consecutive failures that take it out.
+    pub unhealthy: u32,
+    /// Accepted status codes, inclusive.
+    pub expect: (u16, u16),
+    /// `Host` header for the check; default the server's address.
+    pub host: Option<String>,
+}
+
+/// Passive checks: a server that fails real requests in a row is ejected for a while.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Eject {
+    /// Consecutive connect failures or resets; 0 turns it off.
+    pub failures: u32,
+    /// Consecutive 5xx answers; 0 turns it off.
+    pub server_errors: u32,
+    pub cooldown: Duration,
+    /// The cool-down doubles on each ejection in a row, up to this.
+    pub max_cooldown: Duration,
+}
+
+impl Default for Eject {
+    fn default() -> Self {
+        Eject {
+            failures: 3,
+            server_errors: 0,
+            cooldown: Duration::from_secs(10),
+            max_cooldown: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What to do when no server is healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllDown {
+    /// Answer 503 with `Retry-After`.
+    Refuse,
+    /// Send to all servers anyway (Envoy's panic mode): health may be what is wrong.
+    TryAll,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Trusted in addition to the system roots.
+    pub ca_root: Option<PathBuf>,
+    /// Client certificate for mTLS to the upstream.
+    pub client_cert: Option<TlsFiles>,
+    /// Server name sent and verified; default the server's host name.
+    pub sni: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod policy;
+mod upstream;
 
 struct Ctx<'a> {
     path: &'a Path,
@@ -128,7 +129,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
     let upstreams: BTreeMap<String, Upstream> = raw
         .upstreams
         .iter()
-        .filter_map(|(name, up)| Some((name.clone(), upstream(&mut cx, name, up)?)))
+        .filter_map(|(name, up)| Some((name.clone(), upstream::upstream(&mut cx, name, up)?)))
         .collect();
     let mut sites = Vec::with_capacity(raw.sites.len());
     let mut seen_hosts: HashMap<HostPattern, usize> = HashMap::new();
@@ -334,50 +335,6 @@ fn cidr(cx: &mut Ctx, value: &Str, key: &str) -> Option<IpNet> {
     let msg = format!("`{text}` is not an address or CIDR; expected e.g. \"10.0.0.0/8\", \"172.16.0.0/12\" or \"127.0.0.1\"");
     cx.error(value.span(), key, msg);
     None
-}
-
-fn upstream(cx: &mut Ctx, name: &str, raw: &Spanned<FileUpstream>) -> Option<Upstream> {
-    let up = raw.get_ref();
-    let key = format!("upstream.{name}");
-    if up.servers.get_ref().is_empty() {
-        let msg = "an upstream needs at least one server, e.g. servers = [\"127.0.0.1:8000\"]";
-        cx.error(up.servers.span(), &format!("{key}.servers"), msg);
-    }
-    let servers: Vec<ServerAddr> = up
-        .servers
-        .get_ref()
-        .iter()
-        .filter_map(|s| server_addr(cx, s, &format!("{key}.servers")))
-        .collect();
-    let balance = match &up.balance {
-        None => Some(Balance::RoundRobin),
-        Some(b) => balance(cx, b, &format!("{key}.balance")),
-    };
-    let resolve_every = cx.duration(
-        &up.resolve_every,
-        &format!("{key}.resolve_every"),
-        Duration::from_secs(5),
-    );
-    Some(Upstream {
-        servers,
-        balance: balance?,
-        resolve_every,
-    })
-}
-
-fn balance(cx: &mut Ctx, value: &Str, key: &str) -> Option<Balance> {
-    match value.get_ref().as_str() {
-        "round_robin" => Some(Balance::RoundRobin),
-        "least_conn" => Some(Balance::LeastConn),
-        "ip_hash" => Some(Balance::IpHash),
-        other => {
-            let msg = format!(
-                "unknown balance `{other}`; expected one of `round_robin`, `least_conn`, `ip_hash`"
-            );
-            cx.error(value.span(), key, msg);
-            None
-        }
-    }
 }
 
 fn server_addr(cx: &mut Ctx, value: &Str, key: &str) -> Option<ServerAddr> {

@@ -1,0 +1,295 @@
+//! `[upstream.NAME]`: servers (with weights and scheme), balancing, active and passive health,
+//! retries, and TLS to the upstream.
+
+use super::{server_addr, Ctx};
+use crate::config::file::{FileEject, FileHealth, FileUpstream, Str};
+use crate::config::model::*;
+use std::time::Duration;
+use toml::Spanned;
+
+const SERVER_HINT: &str =
+    "expected \"HOST:PORT\", \"https://HOST:PORT\" or { addr = \"HOST:PORT\", weight = 3 }";
+
+pub(super) fn upstream(cx: &mut Ctx, name: &str, raw: &Spanned<FileUpstream>) -> Option<Upstream> {
+    let up = raw.get_ref();
+    let key = format!("upstream.{name}");
+    if up.servers.get_ref().is_empty() {
+        let msg = "an upstream needs at least one server, e.g. servers = [\"127.0.0.1:8000\"]";
+        cx.error(up.servers.span(), &format!("{key}.servers"), msg);
+    }
+    let entries: Vec<(UpstreamServer, bool)> = up
+        .servers
+        .get_ref()
+        .iter()
+        .filter_map(|s| server(cx, s, &format!("{key}.servers")))
+        .collect();
+    let https = entries.iter().filter(|(_, tls)| *tls).count();
+    if https > 0 && https < entries.len() {
+        let msg =
+            "mix of http and https:// servers; one upstream speaks one protocol, split it in two";
+        cx.error(up.servers.span(), &format!("{key}.servers"), msg);
+    }
+    let balance = match &up.balance {
+        None => Some(Balance::RoundRobin),
+        Some(b) => balance(cx, b, &format!("{key}.balance")),
+    };
+    let resolve_every = cx.duration(
+        &up.resolve_every,
+        &format!("{key}.resolve_every"),
+        Duration::from_secs(5),
+    );
+    let health = up.health.as_ref().and_then(|h| health(cx, h, &key));
+    let eject = up
+        .eject
+        .as_ref()
+        .map_or_else(Eject::default, |e| eject(cx, e.get_ref(), &key));
+    let retries = cx.count(&up.retries, &format!("{key}.retries"), 0..=10, 2) as u32;
+    let retry_budget = percent(cx, up.retry_budget.as_ref(), &format!("{key}.retry_budget"));
+    let when_all_down = match up.when_all_down.as_ref() {
+        None => AllDown::Refuse,
+        Some(v) => match v.get_ref().as_str() {
+            "refuse" => AllDown::Refuse,
+            "try_all" => AllDown::TryAll,
+            other => {
+                let msg = format!("`{other}` is not a choice; expected \"refuse\" (503 with Retry-After) or \"try_all\" (send to every server anyway)");
+                cx.error(v.span(), &format!("{key}.when_all_down"), msg);
+                AllDown::Refuse
+            }
+        },
+    };
+    let tls = upstream_tls(cx, up, &key, https > 0);
+    Some(Upstream {
+        servers: entries.into_iter().map(|(s, _)| s).collect(),
+        balance: balance?,
+        resolve_every,
+        health,
+        eject,
+        retries,
+        retry_budget,
+        when_all_down,
+        required: up.required.as_ref().is_some_and(|r| *r.get_ref()),
+        tls,
+    })
+}
+
+/// A `servers` entry and whether it is `https://`.
+fn server(cx: &mut Ctx, value: &Spanned<toml::Value>, key: &str) -> Option<(UpstreamServer, bool)> {
+    let span = value.span();
+    let (text, weight) = match value.get_ref() {
+        toml::Value::String(s) => (s.clone(), 1),
+        toml::Value::Table(t) if t.keys().all(|k| k == "addr" || k == "weight") => {
+            let addr = t.get("addr").and_then(toml::Value::as_str);
+            let weight = match t.get("weight") {
+                None => Some(1),
+                Some(toml::Value::Integer(w)) if (1..=100).contains(w) => Some(*w as u32),
+                Some(_) => None,
+            };
+            match (addr, weight) {
+                (Some(a), Some(w)) => (a.to_string(), w),
+                _ => {
+                    let msg = format!(
+                        "needs `addr` and an optional `weight` from 1 to 100; {SERVER_HINT}"
+                    );
+                    cx.error(span, key, msg);
+                    return None;
+                }
+            }
+        }
+        other => {
+            cx.error(
+                span,
+                key,
+                format!("`{other}` is not a server; {SERVER_HINT}"),
+            );
+            return None;
+        }
+    };
+    let (text, tls) = match text.strip_prefix("https://") {
+        Some(rest) => (rest.to_string(), true),
+        None => (
+            text.strip_prefix("http://").unwrap_or(&text).to_string(),
+            false,
+        ),
+    };
+    let addr = server_addr(cx, &Spanned::new(span, text), key)?;
+    Some((UpstreamServer { addr, weight }, tls))
+}
+
+fn balance(cx: &mut Ctx, value: &Str, key: &str) -> Option<Balance> {
+    match value.get_ref().as_str() {
+        "round_robin" => Some(Balance::RoundRobin),
+        "least_conn" => Some(Balance::LeastConn),
+        "ip_hash" => Some(Balance::IpHash),
+        other => {
+            let msg = format!(
+                "unknown balance `{other}`; expected one of `round_robin`, `least_conn`, `ip_hash`"
+            );
+            cx.error(value.span(), key, msg);
+            None
+        }
+    }
+}
+
+fn health(cx: &mut Ctx, raw: &Spanned<FileHealth>, key: &str) -> Option<HealthCheck> {
+    let h = raw.get_ref();
+    let key = format!("{key}.health");
+    let path = cx.expand(&h.path, &format!("{key}.path"))?;
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        let msg = format!("`{path}` is not a path; expected e.g. \"/health/ready\"");
+        cx.error(h.path.span(), &format!("{key}.path"), msg);
+    }
+    let interval = cx.duration(
+        &h.interval,
+        &format!("{key}.interval"),
+        Duration::from_secs(5),
+    );
+    let timeout = cx.duration(
+        &h.timeout,
+        &format!("{key}.timeout"),
+        Duration::from_secs(2),
+    );
+    if timeout > interval {
+        let span = h.timeout.as_ref().map_or(raw.span(), |t| t.span());
+        cx.error(
+            span,
+            &format!("{key}.timeout"),
+            "`timeout` must not be longer than `interval`",
+        );
+    }
+    let healthy = cx.count(&h.healthy, &format!("{key}.healthy"), 1..=100, 2) as u32;
+    let unhealthy = cx.count(&h.unhealthy, &format!("{key}.unhealthy"), 1..=100, 3) as u32;
+    let expect = match &h.expect {
+        None => (200, 399),
+        Some(v) => status_range(cx, v, &format!("{key}.expect"))?,
+    };
+    let host = match &h.host {
+        None => None,
+        Some(v) => Some(cx.expand(v, &format!("{key}.host"))?),
+    };
+    Some(HealthCheck {
+        path,
+        interval,
+        timeout,
+        healthy,
+        unhealthy,
+        expect,
+        host,
+    })
+}
+
+/// "200", "200-399".
+fn status_range(cx: &mut Ctx, value: &Str, key: &str) -> Option<(u16, u16)> {
+    let text = value.get_ref();
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    match (parse(lo), parse(hi)) {
+        (Some(lo), Some(hi)) if lo <= hi => Some((lo, hi)),
+        _ => {
+            let msg =
+                format!("`{text}` is not a status range; expected e.g. \"200\" or \"200-399\"");
+            cx.error(value.span(), key, msg);
+            None
+        }
+    }
+}
+
+fn eject(cx: &mut Ctx, e: &FileEject, key: &str) -> Eject {
+    let d = Eject::default();
+    let key = format!("{key}.eject");
+    let cooldown = cx.duration(&e.cooldown, &format!("{key}.cooldown"), d.cooldown);
+    let max_cooldown = cx.duration(
+        &e.max_cooldown,
+        &format!("{key}.max_cooldown"),
+        d.max_cooldown.max(cooldown),
+    );
+    Eject {
+        failures: cx.count(
+            &e.failures,
+            &format!("{key}.failures"),
+            0..=1000,
+            d.failures as usize,
+        ) as u32,
+        server_errors: cx.count(
+            &e.server_errors,
+            &format!("{key}.server_errors"),
+            0..=1000,
+            d.server_errors as usize,
+        ) as u32,
+        cooldown,
+        max_cooldown: max_cooldown.max(cooldown),
+    }
+}
+
+fn percent(cx: &mut Ctx, value: Option<&Str>, key: &str) -> u32 {
+    let Some(value) = value else { return 20 };
+    let text = value.get_ref();
+    match text
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<u32>().ok())
+    {
+        Some(n) if n <= 100 => n,
+        _ => {
+            let msg = format!("`{text}` is not a percentage; expected e.g. \"20%\" (retries at most a fifth of requests)");
+            cx.error(value.span(), key, msg);
+            20
+        }
+    }
+}
+
+fn upstream_tls(cx: &mut Ctx, up: &FileUpstream, key: &str, https: bool) -> Option<UpstreamTls> {
+    let only_https = [
+        ("ca_root", up.ca_root.as_ref().map(|v| v.span())),
+        ("client_cert", up.client_cert.as_ref().map(|v| v.span())),
+        ("sni", up.sni.as_ref().map(|v| v.span())),
+    ];
+    if !https {
+        for (name, span) in only_https {
+            if let Some(span) = span {
+                let msg = format!("`{name}` is for TLS to the upstream; write the servers as \"https://HOST:PORT\"");
+                cx.error(span, &format!("{key}.{name}"), msg);
+            }
+        }
+        return None;
+    }
+    let path = |cx: &mut Ctx, v: &Str, name: &str| {
+        cx.expand(v, &format!("{key}.{name}"))
+            .map(|p| cx.relative(&p))
+    };
+    let ca_root = match &up.ca_root {
+        None => None,
+        Some(v) => {
+            let p = path(cx, v, "ca_root")?;
+            if let Err(e) = crate::acme::read_roots(&p) {
+                cx.error(v.span(), &format!("{key}.ca_root"), e.to_string());
+            }
+            Some(p)
+        }
+    };
+    let client_cert = match &up.client_cert {
+        None => None,
+        Some(c) => {
+            let files = TlsFiles {
+                cert: path(cx, &c.get_ref().cert, "client_cert")?,
+                key: path(cx, &c.get_ref().key, "client_cert")?,
+            };
+            if let Err(e) = crate::tls::load_certified_key(&files) {
+                cx.error(c.span(), &format!("{key}.client_cert"), e.to_string());
+            }
+            Some(files)
+        }
+    };
+    let sni = match &up.sni {
+        None => None,
+        Some(v) => Some(cx.expand(v, &format!("{key}.sni"))?),
+    };
+    Some(UpstreamTls {
+        ca_root,
+        client_cert,
+        sni,
+    })
+}
