@@ -81,6 +81,9 @@ impl RuntimeState {
             let pool = UpstreamPool::new(name, spec);
             pool.resolve().await;
             pool.spawn_resolver();
+            if let Some(check) = &spec.health {
+                upstream::health::start_checks(&pool, check.clone(), &config.server.timeouts).await;
+            }
             upstreams.insert(name.clone(), pool);
         }
         let routes = config

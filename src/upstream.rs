@@ -2,16 +2,20 @@
 
 mod balance;
 pub mod forward;
+pub mod health;
 
 pub use balance::ActiveGuard;
+pub use health::counter::Outcome;
 
-use crate::config::{Balance, ServerAddr, Timeouts, Upstream};
+use crate::config::{AllDown, Balance, ServerAddr, Timeouts, Upstream};
 use arc_swap::ArcSwap;
+use balance::{Ask, Members};
+use health::Health;
 use http::uri::Authority;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -20,17 +24,22 @@ use std::time::Duration;
 pub struct Backend {
     pub addr: SocketAddr,
     pub authority: Authority,
+    /// The weight of the `servers` entry it was resolved from.
+    pub weight: u32,
     /// Requests in flight (response not yet finished), for `least_conn`.
     active: AtomicUsize,
+    health: Health,
 }
 
 impl Backend {
-    fn new(addr: SocketAddr) -> Option<Backend> {
+    fn new(addr: SocketAddr, weight: u32, active_checks: bool) -> Option<Backend> {
         let authority = Authority::try_from(addr.to_string()).ok()?;
         Some(Backend {
             addr,
             authority,
+            weight,
             active: AtomicUsize::new(0),
+            health: Health::new(active_checks),
         })
     }
 
@@ -44,28 +53,41 @@ pub struct UpstreamPool {
     pub name: String,
     balance: Balance,
     spec: Upstream,
-    backends: ArcSwap<Vec<Arc<Backend>>>,
+    members: ArcSwap<Members>,
     cursor: AtomicUsize,
     resolve_failing: AtomicBool,
+    /// Retry budget in thousandths of a retry: each request adds `retry_budget` percent of one.
+    retry_tokens: AtomicI64,
 }
+
+/// No server may take the request; the client may try again in `retry_after` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoServer {
+    pub retry_after: u64,
+}
+
+const RETRY_BANK_MAX: i64 = 10_000;
 
 impl UpstreamPool {
     /// Builds the pool with the servers that are IP literals; names are filled in by `resolve`.
     pub fn new(name: &str, spec: &Upstream) -> Arc<UpstreamPool> {
+        let checks = spec.health.is_some();
         let literal: Vec<Arc<Backend>> = spec
             .servers
             .iter()
-            .map(|s| &s.addr)
-            .filter_map(|s| Some(SocketAddr::new(s.host.parse::<IpAddr>().ok()?, s.port)))
-            .filter_map(|addr| Backend::new(addr).map(Arc::new))
+            .filter_map(|s| {
+                let ip = s.addr.host.parse::<IpAddr>().ok()?;
+                Backend::new(SocketAddr::new(ip, s.addr.port), s.weight, checks).map(Arc::new)
+            })
             .collect();
         Arc::new(UpstreamPool {
             name: name.to_string(),
             balance: spec.balance,
             spec: spec.clone(),
-            backends: ArcSwap::from_pointee(literal),
+            members: ArcSwap::from_pointee(Members::new(literal)),
             cursor: AtomicUsize::new(0),
             resolve_failing: AtomicBool::new(false),
+            retry_tokens: AtomicI64::new(3_000),
         })
     }
 
@@ -76,27 +98,97 @@ impl UpstreamPool {
             .any(|s| s.addr.host.parse::<IpAddr>().is_err())
     }
 
-    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
-        self.backends.load_full()
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        self.members.load().backends.clone()
     }
 
-    /// Picks a backend for a client, counting it active until the guard drops.
-    pub fn pick(&self, client: IpAddr) -> Option<ActiveGuard> {
-        let backends = self.backends.load();
-        let index = balance::choose(self.balance, &backends, &self.cursor, client)?;
-        Some(ActiveGuard::new(backends[index].clone()))
+    pub fn spec(&self) -> &Upstream {
+        &self.spec
+    }
+
+    /// Picks a server that may take the request and was not `tried` for it yet, counting it
+    /// active until the guard drops. With none: all servers anyway under `when_all_down =
+    /// "try_all"` (if any is untried), else `NoServer`.
+    pub fn pick(&self, client: IpAddr, tried: &[SocketAddr]) -> Result<ActiveGuard, NoServer> {
+        let members = self.members.load();
+        let mut ask = Ask {
+            client,
+            tried,
+            active_checks: self.spec.health.is_some(),
+            any: false,
+        };
+        let mut index = balance::choose(self.balance, &members, &self.cursor, &ask);
+        if index.is_none() && self.spec.when_all_down == AllDown::TryAll && tried.is_empty() {
+            ask.any = true;
+            index = balance::choose(self.balance, &members, &self.cursor, &ask);
+        }
+        match index {
+            Some(i) => Ok(ActiveGuard::new(members.backends[i].clone())),
+            None => Err(NoServer {
+                retry_after: self.retry_after(&members),
+            }),
+        }
+    }
+
+    /// Seconds until a server may be back: the shortest ejection left, or one check interval.
+    fn retry_after(&self, members: &Members) -> u64 {
+        let ejected = members
+            .backends
+            .iter()
+            .map(|b| b.health.ejected_for_ms())
+            .filter(|ms| *ms > 0)
+            .min();
+        let wait_ms = match (&self.spec.health, ejected) {
+            (Some(check), _) => check.interval.as_millis() as u64,
+            (None, Some(ms)) => ms,
+            (None, None) => 1000,
+        };
+        wait_ms.div_ceil(1000).max(1)
+    }
+
+    /// Whether any server may take traffic now (for `/ready`).
+    pub fn has_healthy(&self) -> bool {
+        self.members
+            .load()
+            .backends
+            .iter()
+            .any(|b| b.health.is_up())
+    }
+
+    /// Passive health: what a request said about the server it went to.
+    pub fn report(&self, backend: &Backend, outcome: Outcome) {
+        health::report(self, backend, outcome);
+    }
+
+    /// Counts a request towards the retry budget.
+    pub fn deposit_retry_share(&self) {
+        let share = i64::from(self.spec.retry_budget) * 10;
+        let before = self.retry_tokens.fetch_add(share, Ordering::Relaxed);
+        if before + share > RETRY_BANK_MAX {
+            self.retry_tokens.fetch_sub(share, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub fn withdraw_retry(&self) -> bool {
+        let before = self.retry_tokens.fetch_sub(1000, Ordering::Relaxed);
+        if before < 1000 {
+            self.retry_tokens.fetch_add(1000, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Resolves every server name; keeps the backends (and their counters) whose address stays.
     /// A failed lookup removes nothing: the last known addresses keep serving (a DNS hiccup must not
     /// empty a pool). Failures are logged when they start and when they end, not on every round.
     pub async fn resolve(&self) {
-        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
         let mut failed = false;
-        for server in &self.spec.servers {
-            let server = &server.addr;
+        for entry in &self.spec.servers {
+            let server = &entry.addr;
             match lookup(server).await {
-                Ok(found) => addrs.extend(found),
+                Ok(found) => addrs.extend(found.into_iter().map(|a| (a, entry.weight))),
                 Err(e) => {
                     failed = true;
                     if !self.resolve_failing.swap(true, Ordering::Relaxed) {
@@ -108,26 +200,34 @@ impl UpstreamPool {
         if !failed && self.resolve_failing.swap(false, Ordering::Relaxed) {
             tracing::info!(upstream = %self.name, "upstream servers resolve again");
         }
-        let current = self.backends.load();
+        let members = self.members.load();
+        let current = &members.backends;
         if failed {
-            addrs.extend(current.iter().map(|b| b.addr));
+            addrs.extend(current.iter().map(|b| (b.addr, b.weight)));
         }
         addrs.sort();
-        addrs.dedup();
-        let same =
-            current.len() == addrs.len() && current.iter().zip(&addrs).all(|(b, a)| b.addr == *a);
+        addrs.dedup_by_key(|(a, _)| *a);
+        let same = current.len() == addrs.len()
+            && current
+                .iter()
+                .zip(&addrs)
+                .all(|(b, (a, w))| b.addr == *a && b.weight == *w);
         if same {
             return;
         }
+        let checks = self.spec.health.is_some();
         let next: Vec<Arc<Backend>> = addrs
             .iter()
-            .filter_map(|a| match current.iter().find(|b| b.addr == *a) {
-                Some(existing) => Some(existing.clone()),
-                None => Backend::new(*a).map(Arc::new),
-            })
+            .filter_map(
+                |(a, w)| match current.iter().find(|b| b.addr == *a && b.weight == *w) {
+                    Some(existing) => Some(existing.clone()),
+                    None => Backend::new(*a, *w, checks).map(Arc::new),
+                },
+            )
             .collect();
-        tracing::info!(upstream = %self.name, servers = ?addrs, "upstream servers resolved");
-        self.backends.store(Arc::new(next));
+        let servers: Vec<SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
+        tracing::info!(upstream = %self.name, servers = ?servers, "upstream servers resolved");
+        self.members.store(Arc::new(Members::new(next)));
     }
 
     /// Re-resolves names every `resolve_every` (the first time was at build) for as long as the

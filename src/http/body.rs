@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -85,7 +85,10 @@ impl RequestLog {
 /// request; the fault is noted in the `RequestLog` for the answer to the client.
 #[derive(Debug)]
 pub struct CountedBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
+    /// Where `inner` is taken from at the first poll, when a retry may need the body back.
+    shared: Option<BodySlot>,
+    hint: SizeHint,
     log: Arc<RequestLog>,
     budget: Option<Budget>,
     timeout: Duration,
@@ -102,23 +105,62 @@ pub enum RequestBodyError {
     Stalled(Duration),
 }
 
+/// A request body kept aside until an attempt first reads it: while it is still here, the
+/// request can go to another server (no byte of it was sent).
+pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
+
+/// The route's limits for a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules {
+    pub limit: Option<u64>,
+    pub timeout: Duration,
+}
+
 impl CountedBody {
-    pub fn new(
-        inner: Incoming,
+    pub fn new(inner: Incoming, log: Arc<RequestLog>, rules: BodyRules) -> Self {
+        let hint = inner.size_hint();
+        Self::build(Some(inner), None, hint, log, rules)
+    }
+
+    /// An attempt whose body (empty, or waiting in `slot`) may be sent again on failure.
+    pub fn retryable(
+        slot: Option<BodySlot>,
+        hint: SizeHint,
         log: Arc<RequestLog>,
-        limit: Option<u64>,
-        timeout: Duration,
+        rules: BodyRules,
     ) -> Self {
-        if inner.is_end_stream() {
+        Self::build(None, slot, hint, log, rules)
+    }
+
+    fn build(
+        inner: Option<Incoming>,
+        shared: Option<BodySlot>,
+        hint: SizeHint,
+        log: Arc<RequestLog>,
+        rules: BodyRules,
+    ) -> Self {
+        if hint.exact() == Some(0) {
             log.body_sent.notify_one();
         }
         CountedBody {
             inner,
+            shared,
+            hint,
             log,
-            budget: limit.map(Budget::new),
-            timeout,
+            budget: rules.limit.map(Budget::new),
+            timeout: rules.timeout,
             stalled: None,
         }
+    }
+
+    /// The body to read, taking it from the slot on first use.
+    fn source(&mut self) -> Option<&mut Incoming> {
+        if self.inner.is_none() {
+            if let Some(slot) = self.shared.take() {
+                self.inner = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+        }
+        self.inner.as_mut()
     }
 
     fn fail(
@@ -141,7 +183,10 @@ impl Body for CountedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = &mut *self;
-        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.source() else {
+            return Poll::Ready(None);
+        };
+        let polled = match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => {
                 let timeout = this.timeout;
                 let stalled = this
@@ -164,7 +209,7 @@ impl Body for CountedBody {
                         return this.fail(BodyFault::TooLarge, RequestBodyError::TooLarge(e));
                     }
                 }
-                if this.inner.is_end_stream() {
+                if this.inner.as_ref().is_some_and(Incoming::is_end_stream) {
                     this.log.body_sent.notify_one();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -178,11 +223,17 @@ impl Body for CountedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Some(inner) => inner.is_end_stream(),
+            None => self.shared.is_none() || self.hint.exact() == Some(0),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => self.hint,
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::error::Error as _;
 pub enum ProxyError {
     #[error("no route for this host and path")]
     NoRoute,
-    #[error("upstream `{0}` has no server available")]
-    NoBackend(String),
+    #[error("upstream `{0}` has no healthy server; retry in {1} s")]
+    NoHealthy(String, u64),
     #[error("upstream refused or failed the connection")]
     ConnectFailed(#[source] hyper_util::client::legacy::Error),
     #[error("upstream did not accept the connection in time")]
@@ -63,7 +63,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthy(..) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadTarget | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,

@@ -1,7 +1,7 @@
 //! The root service: one request from arrival to response head. Order: snapshot, request id,
 //! client address, route, then the route's action (respond, redirect or proxy).
 
-use super::body::{BodyFault, Completion, CountedBody, ProxyBody, RequestLog};
+use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
 use super::hygiene;
 use super::response::ProxyError;
@@ -10,11 +10,12 @@ use crate::acme;
 use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
-use crate::upstream::{forward, ActiveGuard, UpstreamPool};
+use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::SizeHint;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -158,41 +159,50 @@ impl ProxyService {
         }
     }
 
+    /// Sends the request upstream, on another server when an attempt failed safely (see
+    /// `Retry`), and reports each attempt's outcome to the pool's passive health.
     async fn proxy(&self, hop: Hop<'_>, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
-        let active = hop
-            .pool
-            .pick(hop.addrs.client)
-            .ok_or_else(|| ProxyError::NoBackend(hop.pool.name.clone()))?;
         let upgrade =
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         hygiene::regenerate_framing(&mut parts.headers, &http_body::Body::size_hint(&body));
-        parts.uri = upstream_uri(&parts.uri, &active, hop.strip)?;
         prepare_request_headers(&mut parts.headers, &hop, upgrade.clone());
         parts.version = Version::HTTP_11;
-        let body = CountedBody::new(
-            body,
-            hop.log.clone(),
-            hop.policy.max_body,
-            hop.policy.body_timeout,
-        );
-        let upstream_req = Request::from_parts(parts, body);
-        let timeout = hop.state.config.server.timeouts.upstream_response;
-        let log = hop.log.clone();
-        // the clock starts once the whole body is sent: a slow upload is not a slow upstream
-        let too_late = async move {
-            log.body_sent().await;
-            tokio::time::sleep(timeout).await;
+        let retries = if upgrade.is_some() {
+            0
+        } else {
+            hop.pool.spec().retries
         };
-        let mut resp = tokio::select! {
-            sent = hop.state.client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
-                Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
-                Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
-                Some(BodyFault::Malformed) => ProxyError::BadBody,
-                None => ProxyError::from_client(e),
-            })?,
-            () = too_late => return Err(ProxyError::ResponseTimeout),
+        let mut retry = Retry::new(&parts.method, body, retries);
+        hop.pool.deposit_retry_share();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let (mut resp, active) = loop {
+            let active = match hop.pool.pick(hop.addrs.client, &tried) {
+                Ok(active) => active,
+                Err(none) if tried.is_empty() => {
+                    return Err(ProxyError::NoHealthy(
+                        hop.pool.name.clone(),
+                        none.retry_after,
+                    ))
+                }
+                Err(_) => return Err(retry.last_error()),
+            };
+            let last = tried.len() >= retries as usize;
+            let head = if last {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            } else {
+                copy_head(&parts)
+            };
+            match self.attempt(&hop, head, &active, &mut retry).await {
+                Ok(resp) => break (resp, active),
+                Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
+                    tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
+                    tried.push(active.backend().addr);
+                    retry.failed(err);
+                }
+                Err(err) => return Err(err),
+            }
         };
         forward::strip_hop_by_hop(resp.headers_mut());
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(proto), Some(client_upgrade)) =
@@ -202,6 +212,42 @@ impl ProxyService {
             self.tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
         }
         Ok(Answer::Upstream(resp, active))
+    }
+
+    /// One attempt on `active`, its outcome reported to passive health.
+    async fn attempt(
+        &self,
+        hop: &Hop<'_>,
+        mut head: http::request::Parts,
+        active: &ActiveGuard,
+        retry: &mut Retry,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        head.uri = upstream_uri(&head.uri, active, hop.strip)?;
+        let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
+        let timeout = hop.state.config.server.timeouts.upstream_response;
+        let log = hop.log.clone();
+        // the clock starts once the whole body is sent: a slow upload is not a slow upstream
+        let too_late = async move {
+            log.body_sent().await;
+            tokio::time::sleep(timeout).await;
+        };
+        let sent = tokio::select! {
+            sent = hop.state.client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+                Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
+                Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
+                Some(BodyFault::Malformed) => ProxyError::BadBody,
+                None => ProxyError::from_client(e),
+            }),
+            () = too_late => Err(ProxyError::ResponseTimeout),
+        };
+        let outcome = match &sent {
+            Ok(resp) if resp.status().is_server_error() => Outcome::ServerError,
+            Ok(_) => Outcome::Success,
+            Err(e) if e.is_upstream() => Outcome::Failure,
+            Err(_) => Outcome::Success,
+        };
+        hop.pool.report(active.backend(), outcome);
+        sent
     }
 
     /// After a 101, copies bytes both ways between the two upgraded connections until either closes.
@@ -217,6 +263,93 @@ impl ProxyService {
             }
         });
     }
+}
+
+/// What a request needs to be sent again: its body kept aside until first read, and whether
+/// its method is safe to repeat after the upstream may have seen it.
+struct Retry {
+    slot: Option<BodySlot>,
+    hint: SizeHint,
+    /// The body, when no retry can need it back.
+    direct: Option<Incoming>,
+    idempotent: bool,
+    last: Option<ProxyError>,
+}
+
+impl Retry {
+    fn new(method: &http::Method, body: Incoming, retries: u32) -> Retry {
+        use http::Method;
+        let hint = http_body::Body::size_hint(&body);
+        let empty = http_body::Body::is_end_stream(&body);
+        let (slot, direct) = match (retries, empty) {
+            (0, _) => (None, Some(body)),
+            (_, true) => (None, None),
+            _ => (Some(Arc::new(std::sync::Mutex::new(Some(body)))), None),
+        };
+        Retry {
+            slot,
+            hint,
+            direct,
+            idempotent: matches!(
+                *method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::PUT
+                    | Method::DELETE
+                    | Method::TRACE
+            ),
+            last: None,
+        }
+    }
+
+    fn body(&mut self, log: &Arc<RequestLog>, policy: &RoutePolicy) -> CountedBody {
+        let rules = BodyRules {
+            limit: policy.max_body,
+            timeout: policy.body_timeout,
+        };
+        match self.direct.take() {
+            Some(body) => CountedBody::new(body, log.clone(), rules),
+            None => CountedBody::retryable(self.slot.clone(), self.hint, log.clone(), rules),
+        }
+    }
+
+    /// Whether the body is still whole (never read, or empty).
+    fn body_unsent(&self) -> bool {
+        match &self.slot {
+            Some(slot) => slot.lock().map(|b| b.is_some()).unwrap_or(false),
+            None => self.direct.is_none(),
+        }
+    }
+
+    /// A failed connect never reached the server; any other failure before a response may have,
+    /// so only an idempotent request goes again. Either way the body must still be whole.
+    fn may_retry(&self, err: &ProxyError) -> bool {
+        let safe = match err {
+            ProxyError::ConnectFailed(_) | ProxyError::ConnectTimeout => true,
+            ProxyError::UpstreamFailed(_) => self.idempotent,
+            _ => false,
+        };
+        safe && self.body_unsent()
+    }
+
+    fn failed(&mut self, err: ProxyError) {
+        self.last = Some(err);
+    }
+
+    fn last_error(&mut self) -> ProxyError {
+        self.last.take().unwrap_or(ProxyError::BadTarget)
+    }
+}
+
+/// The head for one attempt, copied so another attempt can still be made.
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 struct Hop<'a> {
@@ -367,7 +500,7 @@ impl ProxyService {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if let ProxyError::TooManyRequests(secs) = err {
+        if let ProxyError::TooManyRequests(secs) | ProxyError::NoHealthy(_, secs) = err {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         if err.closes_connection() && version < Version::HTTP_2 {

@@ -1,0 +1,242 @@
+//! Whether a server may take traffic: its active-check verdict and its passive ejection, both in
+//! atomics on the `Backend` so the balancer reads them without a lock; the active checker task
+//! that probes every server of a pool; and the log line for every change, written once.
+
+pub mod counter;
+
+use super::{Backend, UpstreamPool};
+use crate::config::{Eject, HealthCheck, Timeouts};
+use bytes::Bytes;
+use counter::{ActiveCounter, Outcome, State};
+use http_body_util::Empty;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+#[derive(Debug)]
+pub struct Health {
+    /// The active checks' verdict; always true for a pool without them.
+    active_up: AtomicBool,
+    failures: AtomicU32,
+    server_errors: AtomicU32,
+    /// Milliseconds (see `now_ms`) until which the server is ejected; 0: not ejected.
+    ejected_until: AtomicU64,
+    /// Ejections in a row, for the growing cool-down.
+    ejections: AtomicU32,
+    /// A half-open trial request is out.
+    trial: AtomicBool,
+}
+
+/// What the balancer may do with a server right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Yes,
+    /// Ejected, cool-down over, no active checks: one trial request may go.
+    Trial,
+    No,
+}
+
+impl Health {
+    pub fn new(active_checks: bool) -> Health {
+        Health {
+            active_up: AtomicBool::new(!active_checks),
+            failures: AtomicU32::new(0),
+            server_errors: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            trial: AtomicBool::new(false),
+        }
+    }
+
+    /// `active_checks`: with them, an ejected server comes back through a passing check.
+    pub fn availability(&self, active_checks: bool) -> Availability {
+        if !self.active_up.load(Ordering::Relaxed) {
+            return Availability::No;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            Availability::Yes
+        } else if active_checks || now_ms() < until || self.trial.load(Ordering::Relaxed) {
+            Availability::No
+        } else {
+            Availability::Trial
+        }
+    }
+
+    /// Claims the one trial request of a half-open server.
+    pub fn claim_trial(&self) -> bool {
+        !self.trial.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.active_up.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) == 0
+    }
+
+    /// Milliseconds until an ejected server may be tried again (0 if not ejected).
+    pub fn ejected_for_ms(&self) -> u64 {
+        match self.ejected_until.load(Ordering::Relaxed) {
+            0 => 0,
+            until => until.saturating_sub(now_ms()),
+        }
+    }
+}
+
+/// Passive checks: what a real request said about `backend`.
+pub fn report(pool: &UpstreamPool, backend: &Backend, outcome: Outcome) {
+    let h = &backend.health;
+    let eject = &pool.spec.eject;
+    match outcome {
+        Outcome::Success => {
+            h.failures.store(0, Ordering::Relaxed);
+            h.server_errors.store(0, Ordering::Relaxed);
+            if h.trial.load(Ordering::Relaxed) && h.ejected_until.swap(0, Ordering::Relaxed) != 0 {
+                h.ejections.store(0, Ordering::Relaxed);
+                h.trial.store(false, Ordering::Relaxed);
+                tracing::info!(upstream = %pool.name, server = %backend.addr, "upstream server back: trial request succeeded");
+            }
+        }
+        Outcome::Failure | Outcome::ServerError => {
+            let (counter, threshold, reason) = if outcome == Outcome::Failure {
+                (&h.failures, eject.failures, "connect failures or resets")
+            } else {
+                (&h.server_errors, eject.server_errors, "5xx answers")
+            };
+            let other = if outcome == Outcome::Failure {
+                &h.server_errors
+            } else {
+                &h.failures
+            };
+            other.store(0, Ordering::Relaxed);
+            let seen = counter.fetch_add(1, Ordering::Relaxed) + 1;
+            let trial_failed = h.trial.swap(false, Ordering::Relaxed);
+            if trial_failed || (threshold > 0 && seen >= threshold) {
+                eject_backend(pool, backend, eject, seen, reason, trial_failed);
+            }
+        }
+    }
+}
+
+fn eject_backend(
+    pool: &UpstreamPool,
+    backend: &Backend,
+    eject: &Eject,
+    seen: u32,
+    reason: &str,
+    trial_failed: bool,
+) {
+    let h = &backend.health;
+    let current = h.ejected_until.load(Ordering::Relaxed);
+    if current != 0 && !trial_failed {
+        return; // already out; requests in flight before the ejection are still reporting
+    }
+    let nth = h.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+    let wait = counter::cooldown(eject, nth);
+    let until = now_ms() + wait.as_millis() as u64;
+    if h.ejected_until
+        .compare_exchange(current, until, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        h.failures.store(0, Ordering::Relaxed);
+        h.server_errors.store(0, Ordering::Relaxed);
+        let why = if trial_failed {
+            "trial request failed".to_string()
+        } else {
+            format!("{seen} {reason} in a row")
+        };
+        tracing::warn!(upstream = %pool.name, server = %backend.addr, reason = %why, cooldown = ?wait, ejections = nth, "upstream server ejected");
+    }
+}
+
+type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Probes every server of `pool` now, then every `interval` (with jitter) while the pool lives.
+pub async fn start_checks(pool: &Arc<UpstreamPool>, check: HealthCheck, timeouts: &Timeouts) {
+    let client: CheckClient = super::client(timeouts);
+    let mut counters = HashMap::new();
+    round(pool, &check, &client, &mut counters).await;
+    let weak: Weak<UpstreamPool> = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        loop {
+            let jitter = 0.9 + fastrand::f64() * 0.2;
+            tokio::time::sleep(check.interval.mul_f64(jitter)).await;
+            let Some(pool) = weak.upgrade() else { break };
+            round(&pool, &check, &client, &mut counters).await;
+        }
+    });
+}
+
+/// One check of every current server, in parallel; verdicts published, changes logged.
+async fn round(
+    pool: &Arc<UpstreamPool>,
+    check: &HealthCheck,
+    client: &CheckClient,
+    counters: &mut HashMap<SocketAddr, ActiveCounter>,
+) {
+    let backends = pool.backends();
+    let mut probes = tokio::task::JoinSet::new();
+    for backend in backends.iter() {
+        let (client, check, backend) = (client.clone(), check.clone(), backend.clone());
+        probes.spawn(async move {
+            let verdict = probe(&client, &check, backend.addr).await;
+            (backend, verdict)
+        });
+    }
+    while let Some(Ok((backend, verdict))) = probes.join_next().await {
+        let counter = counters.entry(backend.addr).or_default();
+        let passed = verdict.is_ok();
+        let h = &backend.health;
+        if passed && h.ejected_for_ms() == 0 && h.ejected_until.swap(0, Ordering::Relaxed) != 0 {
+            h.ejections.store(0, Ordering::Relaxed);
+            tracing::info!(upstream = %pool.name, server = %backend.addr, "upstream server back: active check passed after its ejection");
+        }
+        if let Some(state) = counter.record(passed, check.healthy, check.unhealthy) {
+            h.active_up.store(state == State::Up, Ordering::Relaxed);
+            match verdict {
+                Ok(status) => {
+                    tracing::info!(upstream = %pool.name, server = %backend.addr, status, "upstream server up: health check passed")
+                }
+                Err(reason) => {
+                    tracing::warn!(upstream = %pool.name, server = %backend.addr, %reason, "upstream server down: health check failed")
+                }
+            }
+        }
+    }
+    let current: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    counters.retain(|addr, _| current.contains(addr));
+}
+
+/// `Ok(status)` for a passing check, else why it failed.
+async fn probe(client: &CheckClient, check: &HealthCheck, addr: SocketAddr) -> Result<u16, String> {
+    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+    let req = http::Request::get(format!("http://{addr}{}", check.path))
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "gatehouse-health-check")
+        .body(Empty::new())
+        .map_err(|e| format!("bad check request: {e}"))?;
+    let sent = tokio::time::timeout(check.timeout, client.request(req)).await;
+    let status = match sent {
+        Err(_) => return Err(format!("no answer within {:?}", check.timeout)),
+        Ok(Err(e)) => return Err(crate::http::ProxyError::from_client(e).to_string()),
+        Ok(Ok(resp)) => resp.status().as_u16(),
+    };
+    let (lo, hi) = check.expect;
+    if (lo..=hi).contains(&status) {
+        Ok(status)
+    } else {
+        Err(format!("status {status}, expected {lo}-{hi}"))
+    }
+}
+
+impl Backend {
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+}
