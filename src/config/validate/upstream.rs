@@ -146,7 +146,7 @@ fn health(cx: &mut Ctx, raw: &Spanned<FileHealth>, key: &str) -> Option<HealthCh
     let timeout = cx.duration(
         &h.timeout,
         &format!("{key}.timeout"),
-        Duration::from_secs(2),
+        Duration::from_secs(2).min(interval),
     );
     if timeout > interval {
         let span = h.timeout.as_ref().map_or(raw.span(), |t| t.span());
