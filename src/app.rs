@@ -70,6 +70,10 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     if let Some(addr) = listen.https {
         listeners.push(("https", Transport::Tls, bind("https", addr).await?));
     }
+    let admin = match listen.admin {
+        Some(addr) => Some(bind("admin", addr).await?),
+        None => None,
+    };
     let https_port = listeners
         .iter()
         .find(|(_, t, _)| *t == Transport::Tls)
@@ -92,6 +96,13 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             tokio::spawn(accept)
         })
         .collect();
+    if let Some(admin) = admin {
+        tokio::spawn(crate::admin::serve(
+            admin,
+            cx.shared.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     wait_for_signal().await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     let _ = shutdown_tx.send(true);

@@ -5,6 +5,7 @@
 //! `docs/lifecycle.md` tells the life of a request.
 
 pub mod acme;
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod http;

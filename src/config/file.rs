@@ -28,6 +28,8 @@ pub struct FileListen {
     pub http: Option<Str>,
     pub https: Option<Str>,
     pub proxy_protocol: Option<Spanned<bool>>,
+    pub admin: Option<Str>,
+    pub admin_allow: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,6 +26,10 @@ pub struct Listen {
     pub https: Option<SocketAddr>,
     /// Both listeners expect a PROXY protocol v1/v2 header first, from `trusted_proxies` only.
     pub proxy_protocol: bool,
+    /// `/live` and `/ready` (and later metrics); off unless set.
+    pub admin: Option<SocketAddr>,
+    /// Who may use the admin listener; empty: loopback only.
+    pub admin_allow: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -168,6 +168,8 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
         http: None,
         https: None,
         proxy_protocol: false,
+        admin: None,
+        admin_allow: Vec::new(),
     };
     let Some(raw) = raw else {
         let msg = "no `[listen]` section; add e.g. `[listen]` with `http = \"127.0.0.1:8080\"`";
@@ -190,7 +192,33 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
             .as_ref()
             .and_then(|a| socket_addr(cx, a, "listen.https")),
         proxy_protocol: l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
+        admin: l
+            .admin
+            .as_ref()
+            .and_then(|a| socket_addr(cx, a, "listen.admin")),
+        admin_allow: admin_allow(cx, l),
     }
+}
+
+/// The admin listener answers loopback only, unless `admin_allow` says who else may; a
+/// non-loopback address without it is an error rather than an open door.
+fn admin_allow(cx: &mut Ctx, l: &FileListen) -> Vec<IpNet> {
+    let allow: Vec<IpNet> = l.admin_allow.as_ref().map_or_else(Vec::new, |list| {
+        list.get_ref()
+            .iter()
+            .filter_map(|v| cidr(cx, v, "listen.admin_allow"))
+            .collect()
+    });
+    let Some(admin) = &l.admin else { return allow };
+    let text = admin.get_ref();
+    let loopback = text
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !loopback && allow.is_empty() && text.parse::<SocketAddr>().is_ok() {
+        let msg = format!("`{text}` is not a loopback address, so the admin endpoints would be open to the network; list who may use them in `admin_allow = [\"10.0.0.0/8\"]`, or bind \"127.0.0.1:9900\"");
+        cx.error(admin.span(), "listen.admin", msg);
+    }
+    allow
 }
 
 /// A PROXY header is believed only from `trusted_proxies`, so with none every connection would be
