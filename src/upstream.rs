@@ -2,10 +2,11 @@
 
 mod balance;
 pub mod forward;
+mod resolve;
 
 pub use balance::ActiveGuard;
 
-use crate::config::{Balance, ServerAddr, Timeouts, Upstream};
+use crate::config::{Balance, Timeouts, Upstream};
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -95,7 +96,7 @@ impl UpstreamPool {
         let mut failed = false;
         for server in &self.spec.servers {
             let server = &server.addr;
-            match lookup(server).await {
+            match resolve::lookup(&self.spec.resolver, server, self.spec.resolve_every).await {
                 Ok(found) => addrs.extend(found),
                 Err(e) => {
                     failed = true;
@@ -146,15 +147,6 @@ impl UpstreamPool {
             }
         });
     }
-}
-
-async fn lookup(server: &ServerAddr) -> std::io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = server.host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, server.port)]);
-    }
-    Ok(tokio::net::lookup_host((server.host.as_str(), server.port))
-        .await?
-        .collect())
 }
 
 /// One client for all upstreams: its pool keys connections by address, so keep-alive is per backend.
