@@ -3,11 +3,12 @@
 mod balance;
 pub mod forward;
 pub mod health;
+mod resolve;
 
 pub use balance::ActiveGuard;
 pub use health::counter::Outcome;
 
-use crate::config::{AllDown, Balance, ServerAddr, Timeouts, Upstream};
+use crate::config::{AllDown, Balance, Timeouts, Upstream};
 use arc_swap::ArcSwap;
 use balance::{Ask, Members};
 use health::Health;
@@ -187,7 +188,7 @@ impl UpstreamPool {
         let mut failed = false;
         for entry in &self.spec.servers {
             let server = &entry.addr;
-            match lookup(server).await {
+            match resolve::lookup(&self.spec.resolver, server, self.spec.resolve_every).await {
                 Ok(found) => addrs.extend(found.into_iter().map(|a| (a, entry.weight))),
                 Err(e) => {
                     failed = true;
@@ -246,15 +247,6 @@ impl UpstreamPool {
             }
         });
     }
-}
-
-async fn lookup(server: &ServerAddr) -> std::io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = server.host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, server.port)]);
-    }
-    Ok(tokio::net::lookup_host((server.host.as_str(), server.port))
-        .await?
-        .collect())
 }
 
 /// One client for all upstreams: its pool keys connections by address, so keep-alive is per backend.

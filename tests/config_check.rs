@@ -679,3 +679,48 @@ deny = ["192.0.2.0/24"]"#,
     let (_, out) = check(&config, &[], &[]);
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+#[test]
+fn resolver_errors_are_reported_with_key_and_hint() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "a single string",
+            r#"resolver = "127.0.0.1:53""#,
+            &["`server.resolver`", r#"resolver = ["127.0.0.1:53"]"#],
+        ),
+        (
+            "a name",
+            r#"resolver = ["dns.internal:53"]"#,
+            &["dns.internal:53", "IP address, not a name", "IP:PORT"],
+        ),
+        (
+            "port zero",
+            r#"resolver = ["10.0.0.2:0"]"#,
+            &["10.0.0.2:0", "not a DNS server address", "127.0.0.1:53"],
+        ),
+        ("empty", "resolver = []", &["empty", "system resolver"]),
+        ("a number", "resolver = [53]", &["`53`", "IP:PORT"]),
+    ];
+    for (what, server, mentions) in cases {
+        let config = limits_config(server, "", "");
+        let (path, out) = check(&config, &[], &[]);
+        eprintln!("case: {what}");
+        assert_located_error(&config, &path, &out, "resolver", mentions);
+        assert!(
+            out.stderr.contains("\n1 error in config"),
+            "case {what:?}: exactly one error expected; got:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn resolver_list_passes_check() {
+    let config = limits_config(
+        r#"resolver = ["127.0.0.11:53", "10.0.0.2", "[::1]:8600", "${DNS:-10.0.0.3:53}"]"#,
+        "",
+        "",
+    );
+    let (_, out) = check(&config, &[], &["DNS"]);
+    assert!(out.status.success(), "{}", out.stderr);
+}

@@ -58,6 +58,9 @@ pub struct FileServer {
     pub body_timeout: Option<Str>,
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
+    /// `["IP:PORT", ...]`: DNS servers asked for upstream names instead of the system resolver.
+    /// Read as a raw value so a single string gets a precise hint.
+    pub resolver: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -42,6 +42,18 @@ pub struct Server {
     pub state_dir: PathBuf,
     pub timeouts: Timeouts,
     pub limits: ServerLimits,
+    /// Where upstream names are looked up; every `Upstream` carries a copy.
+    pub resolver: Resolver,
+}
+
+/// How upstream server names become addresses (`[server] resolver`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Resolver {
+    /// getaddrinfo: `/etc/hosts`, then the servers and search domains of `/etc/resolv.conf`.
+    #[default]
+    System,
+    /// A and AAAA queries sent straight to these DNS servers, tried in order.
+    Dns(Vec<SocketAddr>),
 }
 
 /// Limits on connections and request heads, for the whole server.
@@ -266,6 +278,9 @@ pub struct Upstream {
     pub servers: Vec<UpstreamServer>,
     pub balance: Balance,
     pub resolve_every: Duration,
+    /// From `[server] resolver`, kept here so that a pool is a function of its spec alone (a new
+    /// resolver is a new spec, so a reload rebuilds the pool rather than reusing it).
+    pub resolver: Resolver,
     /// Active checks; `None` is none (passive ejection still applies).
     pub health: Option<HealthCheck>,
     pub eject: Eject,

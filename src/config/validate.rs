@@ -15,6 +15,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod policy;
+mod resolver;
 mod upstream;
 
 struct Ctx<'a> {
@@ -129,7 +130,10 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
     let upstreams: BTreeMap<String, Upstream> = raw
         .upstreams
         .iter()
-        .filter_map(|(name, up)| Some((name.clone(), upstream::upstream(&mut cx, name, up)?)))
+        .filter_map(|(name, up)| {
+            let up = upstream::upstream(&mut cx, name, up, &server.resolver)?;
+            Some((name.clone(), up))
+        })
         .collect();
     let mut sites = Vec::with_capacity(raw.sites.len());
     let mut seen_hosts: HashMap<HostPattern, usize> = HashMap::new();
@@ -304,6 +308,7 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ),
         },
         limits: server_limits(cx, raw),
+        resolver: resolver::resolver(cx, raw.resolver.as_ref()),
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
+
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
@@ -362,6 +364,15 @@ where
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
+    serve_on(listener, name, handler)
+}
+
+/// Like [`serve`], on a listener the test bound itself (another loopback address, a given port).
+pub fn serve_on<F, Fut>(listener: TcpListener, name: &str, handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
     let addr = listener.local_addr().expect("local_addr");
     let handler = Arc::new(handler);
     let task = tokio::spawn(async move {
@@ -434,8 +445,16 @@ pub async fn render_echo(req: Request<Incoming>) -> String {
 
 /// Echo backend: replies 200 with [`render_echo`] and an `x-backend: NAME` header.
 pub async fn echo_backend(name: &str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    echo_backend_on(listener, name)
+}
+
+/// Like [`echo_backend`], on a listener the test bound itself.
+pub fn echo_backend_on(listener: TcpListener, name: &str) -> Backend {
     let backend_name = name.to_string();
-    serve(name, move |req| {
+    serve_on(listener, name, move |req| {
         let backend_name = backend_name.clone();
         async move {
             let body = render_echo(req).await;
@@ -446,7 +465,6 @@ pub async fn echo_backend(name: &str) -> Backend {
                 .expect("response")
         }
     })
-    .await
 }
 
 /// What an echo backend saw, parsed back from its response body.

@@ -10,7 +10,12 @@ use toml::Spanned;
 const SERVER_HINT: &str =
     "expected \"HOST:PORT\", \"https://HOST:PORT\" or { addr = \"HOST:PORT\", weight = 3 }";
 
-pub(super) fn upstream(cx: &mut Ctx, name: &str, raw: &Spanned<FileUpstream>) -> Option<Upstream> {
+pub(super) fn upstream(
+    cx: &mut Ctx,
+    name: &str,
+    raw: &Spanned<FileUpstream>,
+    resolver: &Resolver,
+) -> Option<Upstream> {
     let up = raw.get_ref();
     let key = format!("upstream.{name}");
     if up.servers.get_ref().is_empty() {
@@ -62,6 +67,7 @@ pub(super) fn upstream(cx: &mut Ctx, name: &str, raw: &Spanned<FileUpstream>) ->
         servers: entries.into_iter().map(|(s, _)| s).collect(),
         balance: balance?,
         resolve_every,
+        resolver: resolver.clone(),
         health,
         eject,
         retries,
