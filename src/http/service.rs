@@ -168,7 +168,8 @@ impl ProxyService {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         hygiene::regenerate_framing(&mut parts.headers, &http_body::Body::size_hint(&body));
-        parts.uri = upstream_uri(&parts.uri, &active, hop.strip)?;
+        let (client, scheme) = hop.state.client_for(hop.pool);
+        parts.uri = upstream_uri(&parts.uri, scheme, &active, hop.strip)?;
         prepare_request_headers(&mut parts.headers, &hop, upgrade.clone());
         parts.version = Version::HTTP_11;
         let body = CountedBody::new(
@@ -186,7 +187,7 @@ impl ProxyService {
             tokio::time::sleep(timeout).await;
         };
         let mut resp = tokio::select! {
-            sent = hop.state.client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+            sent = client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                 Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
                 Some(BodyFault::Malformed) => ProxyError::BadBody,
@@ -255,14 +256,19 @@ fn prepare_request_headers(
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
-fn upstream_uri(uri: &Uri, active: &ActiveGuard, strip: Option<usize>) -> Result<Uri, ProxyError> {
+fn upstream_uri(
+    uri: &Uri,
+    scheme: Scheme,
+    active: &ActiveGuard,
+    strip: Option<usize>,
+) -> Result<Uri, ProxyError> {
     let path_and_query = match (strip, uri.path_and_query()) {
         (Some(len), Some(pq)) => strip_prefix(pq, len)?,
         (_, Some(pq)) => pq.clone(),
         (_, None) => PathAndQuery::from_static("/"),
     };
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(scheme)
         .authority(active.backend().authority.clone())
         .path_and_query(path_and_query)
         .build()
