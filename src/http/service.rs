@@ -356,7 +356,8 @@ impl ProxyService {
     ) -> Response<ProxyBody> {
         let request_id = log.request_id.to_str().unwrap_or("-");
         if err.is_upstream() {
-            tracing::warn!(error = %err, cause = ?std::error::Error::source(err), request_id, "upstream error");
+            let cause = super::response::causes(err);
+            tracing::warn!(error = %err, cause, request_id, "upstream error");
         }
         if let Some(reason) = err.rejection() {
             self.cx
