@@ -11,12 +11,13 @@ use crate::tls::{self, TlsError};
 use crate::upstream::{self, UpstreamPool};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{HeaderValue, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub type UpstreamClient = Client<HttpConnector, CountedBody>;
+pub type UpstreamClient = Client<upstream::tls::Connector, CountedBody>;
 
 pub struct RuntimeState {
     pub config: Arc<Config>,
@@ -26,7 +27,10 @@ pub struct RuntimeState {
     /// Indexed by `RouteId`.
     pub policies: Vec<RoutePolicy>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
+    /// Shared by the plain upstreams.
     pub client: UpstreamClient,
+    /// One per TLS (`https://`) upstream, by name: its own trust, client certificate and pool.
+    pub tls_clients: HashMap<String, UpstreamClient>,
     /// Per site, in config order (the router's site index).
     pub sites: Vec<SiteState>,
     /// For the HTTPS listener; `None` when no site has TLS.
@@ -77,12 +81,19 @@ impl RuntimeState {
             .collect::<Result<Vec<_>, TlsError>>()?;
         let tls = tls::server_config(&config.sites, &slots)?;
         let mut upstreams = HashMap::new();
+        let mut tls_clients = HashMap::new();
         for (name, spec) in &config.upstreams {
+            let timeouts = &config.server.timeouts;
+            let handshake = upstream::tls::Handshake::new(name, spec, timeouts)?;
+            if let Some(tls) = &handshake {
+                tls_clients.insert(name.clone(), upstream::client(timeouts, Some(tls.clone())));
+            }
             let pool = UpstreamPool::new(name, spec);
             pool.resolve().await;
             pool.spawn_resolver();
             if let Some(check) = &spec.health {
-                upstream::health::start_checks(&pool, check.clone(), &config.server.timeouts).await;
+                // probes go over the same kind of connection as the traffic, TLS included
+                upstream::health::start_checks(&pool, check.clone(), timeouts, handshake).await;
             }
             upstreams.insert(name.clone(), pool);
         }
@@ -115,9 +126,18 @@ impl RuntimeState {
             routes,
             policies,
             upstreams,
-            client: upstream::client(&config.server.timeouts),
+            client: upstream::client(&config.server.timeouts, None),
+            tls_clients,
             config: Arc::new(config),
         })
+    }
+
+    /// The client for a pool's requests and the scheme of their URIs.
+    pub fn client_for(&self, pool: &UpstreamPool) -> (&UpstreamClient, Scheme) {
+        match self.tls_clients.get(&pool.name) {
+            Some(client) => (client, Scheme::HTTPS),
+            None => (&self.client, Scheme::HTTP),
+        }
     }
 }
 

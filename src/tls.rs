@@ -53,6 +53,18 @@ pub enum TlsError {
     Mismatch { cert: PathBuf, key: PathBuf },
     #[error("TLS setup: {0}")]
     Setup(rustls::Error),
+    #[error("cannot read CA roots {}: {source}", path.display())]
+    Roots {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)", .0.display())]
+    NoRoots(PathBuf),
+    #[error("CA root in {} is not usable: {source}", path.display())]
+    BadRoot {
+        path: PathBuf,
+        source: rustls::Error,
+    },
 }
 
 /// Reads a PEM chain and key and checks that they belong together.

@@ -4,6 +4,7 @@ mod balance;
 pub mod forward;
 pub mod health;
 mod resolve;
+pub mod tls;
 
 pub use balance::ActiveGuard;
 pub use health::counter::Outcome;
@@ -249,8 +250,9 @@ impl UpstreamPool {
     }
 }
 
-/// One client for all upstreams: its pool keys connections by address, so keep-alive is per backend.
-pub fn client<B>(timeouts: &Timeouts) -> Client<HttpConnector, B>
+/// One client for all plain upstreams: its pool keys connections by address, so keep-alive is per
+/// backend. A TLS upstream gets a client of its own, with its `tls::Handshake`.
+pub fn client<B>(timeouts: &Timeouts, tls: Option<Arc<tls::Handshake>>) -> Client<tls::Connector, B>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
@@ -259,12 +261,11 @@ where
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(timeouts.upstream_connect));
     connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .retry_canceled_requests(true)
         .set_host(false)
-        .build(connector)
+        .build(tls::Connector::new(connector, tls))
 }

@@ -124,3 +124,18 @@ impl ProxyError {
         ) && self.rejection().is_none()
     }
 }
+
+/// An error's sources joined by ": " ("client error (Connect): upstream `api`: TLS handshake ...
+/// failed: invalid peer certificate: UnknownIssuer"), for log lines; empty when it has none.
+pub fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut source = err.source();
+    while let Some(e) = source {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

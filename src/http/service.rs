@@ -222,7 +222,8 @@ impl ProxyService {
         active: &ActiveGuard,
         retry: &mut Retry,
     ) -> Result<Response<Incoming>, ProxyError> {
-        head.uri = upstream_uri(&head.uri, active, hop.strip)?;
+        let (client, scheme) = hop.state.client_for(hop.pool);
+        head.uri = upstream_uri(&head.uri, scheme, active, hop.strip)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
         let timeout = hop.state.config.server.timeouts.upstream_response;
         let log = hop.log.clone();
@@ -232,7 +233,7 @@ impl ProxyService {
             tokio::time::sleep(timeout).await;
         };
         let sent = tokio::select! {
-            sent = hop.state.client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+            sent = client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                 Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
                 Some(BodyFault::Malformed) => ProxyError::BadBody,
@@ -388,14 +389,19 @@ fn prepare_request_headers(
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
-fn upstream_uri(uri: &Uri, active: &ActiveGuard, strip: Option<usize>) -> Result<Uri, ProxyError> {
+fn upstream_uri(
+    uri: &Uri,
+    scheme: Scheme,
+    active: &ActiveGuard,
+    strip: Option<usize>,
+) -> Result<Uri, ProxyError> {
     let path_and_query = match (strip, uri.path_and_query()) {
         (Some(len), Some(pq)) => strip_prefix(pq, len)?,
         (_, Some(pq)) => pq.clone(),
         (_, None) => PathAndQuery::from_static("/"),
     };
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(scheme)
         .authority(active.backend().authority.clone())
         .path_and_query(path_and_query)
         .build()
@@ -483,7 +489,8 @@ impl ProxyService {
     ) -> Response<ProxyBody> {
         let request_id = log.request_id.to_str().unwrap_or("-");
         if err.is_upstream() {
-            tracing::warn!(error = %err, cause = ?std::error::Error::source(err), request_id, "upstream error");
+            let cause = super::response::causes(err);
+            tracing::warn!(error = %err, cause, request_id, "upstream error");
         }
         if let Some(reason) = err.rejection() {
             self.cx

@@ -9,7 +9,7 @@ use crate::config::{Eject, HealthCheck, Timeouts};
 use bytes::Bytes;
 use counter::{ActiveCounter, Outcome, State};
 use http_body_util::Empty;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -155,20 +155,26 @@ fn eject_backend(
     }
 }
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+type CheckClient = Client<super::tls::Connector, Empty<Bytes>>;
 
 /// Probes every server of `pool` now, then every `interval` (with jitter) while the pool lives.
-pub async fn start_checks(pool: &Arc<UpstreamPool>, check: HealthCheck, timeouts: &Timeouts) {
-    let client: CheckClient = super::client(timeouts);
+pub async fn start_checks(
+    pool: &Arc<UpstreamPool>,
+    check: HealthCheck,
+    timeouts: &Timeouts,
+    tls: Option<Arc<super::tls::Handshake>>,
+) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client: CheckClient = super::client(timeouts, tls);
     let mut counters = HashMap::new();
-    round(pool, &check, &client, &mut counters).await;
+    round(pool, &check, &client, scheme, &mut counters).await;
     let weak: Weak<UpstreamPool> = Arc::downgrade(pool);
     tokio::spawn(async move {
         loop {
             let jitter = 0.9 + fastrand::f64() * 0.2;
             tokio::time::sleep(check.interval.mul_f64(jitter)).await;
             let Some(pool) = weak.upgrade() else { break };
-            round(&pool, &check, &client, &mut counters).await;
+            round(&pool, &check, &client, scheme, &mut counters).await;
         }
     });
 }
@@ -178,6 +184,7 @@ async fn round(
     pool: &Arc<UpstreamPool>,
     check: &HealthCheck,
     client: &CheckClient,
+    scheme: &'static str,
     counters: &mut HashMap<SocketAddr, ActiveCounter>,
 ) {
     let backends = pool.backends();
@@ -185,7 +192,7 @@ async fn round(
     for backend in backends.iter() {
         let (client, check, backend) = (client.clone(), check.clone(), backend.clone());
         probes.spawn(async move {
-            let verdict = probe(&client, &check, backend.addr).await;
+            let verdict = probe(&client, &check, scheme, backend.addr).await;
             (backend, verdict)
         });
     }
@@ -214,9 +221,14 @@ async fn round(
 }
 
 /// `Ok(status)` for a passing check, else why it failed.
-async fn probe(client: &CheckClient, check: &HealthCheck, addr: SocketAddr) -> Result<u16, String> {
+async fn probe(
+    client: &CheckClient,
+    check: &HealthCheck,
+    scheme: &str,
+    addr: SocketAddr,
+) -> Result<u16, String> {
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
-    let req = http::Request::get(format!("http://{addr}{}", check.path))
+    let req = http::Request::get(format!("{scheme}://{addr}{}", check.path))
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "gatehouse-health-check")
         .body(Empty::new())

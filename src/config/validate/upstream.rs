@@ -291,7 +291,14 @@ fn upstream_tls(cx: &mut Ctx, up: &FileUpstream, key: &str, https: bool) -> Opti
     };
     let sni = match &up.sni {
         None => None,
-        Some(v) => Some(cx.expand(v, &format!("{key}.sni"))?),
+        Some(v) => {
+            let name = cx.expand(v, &format!("{key}.sni"))?;
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                let msg = format!("`{name}` is not a TLS server name; expected a DNS name such as \"api.internal\" or an IP address");
+                cx.error(v.span(), &format!("{key}.sni"), msg);
+            }
+            Some(name)
+        }
     };
     Some(UpstreamTls {
         ca_root,
