@@ -553,3 +553,44 @@ fn check_rejects_an_sni_that_is_no_server_name() {
     let bad = config("127.0.0.1:8443", "sni = \"not a name\"");
     assert_check_error(&bad, "sni", &["`upstream.secure.sni`", "`not a name`"]);
 }
+
+/// Active health checks speak TLS to a TLS upstream too: the probe completes a handshake with
+/// the configured name, and a server whose certificate fails verification is marked down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_go_over_tls_and_verify_the_certificate() {
+    with_timeout(30, async {
+        let ca = Ca::new("Upstream Test CA");
+        let files = Files::new();
+        let backend = tls_backend(&ca.server(&["api.internal"]), None).await;
+        let check = "health = { path = \"/health\", interval = \"200ms\", unhealthy = 1 }";
+        let extra = format!("{}\nsni = \"api.internal\"\n{check}", ca_root(&files, &ca));
+        let proxy = TestProxy::start(&config(&backend.addr.to_string(), &extra)).await;
+        assert!(
+            proxy
+                .logs()
+                .iter()
+                .any(|l| l.contains("upstream server up")),
+            "the first check passed over TLS"
+        );
+        assert!(
+            !backend.seen().is_empty(),
+            "the probe completed a handshake"
+        );
+        assert_eq!(backend.seen()[0].sni.as_deref(), Some("api.internal"));
+        assert_eq!(get(&proxy, "/").await.0, 200);
+
+        let wrong = format!(
+            "{}\nsni = \"other.internal\"\n{check}",
+            ca_root(&files, &ca)
+        );
+        let proxy = TestProxy::start(&config(&backend.addr.to_string(), &wrong)).await;
+        let down = proxy
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("upstream server down"));
+        let down = down.expect("marked down by its first check");
+        assert!(down.contains("refused or failed"), "{down}");
+        assert_eq!(get(&proxy, "/").await.0, 503);
+    })
+    .await;
+}
