@@ -476,3 +476,29 @@ async fn post_is_retried_only_when_nothing_was_sent() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_the_budget_when_every_server_fails() {
+    with_timeout(30, async {
+        let (a, b) = (
+            Server::start("a", Mode::Slam).await,
+            Server::start("b", Mode::Slam).await,
+        );
+        let upstream = "eject = { failures = 0 }\nretries = 2\nretry_budget = \"20%\"";
+        let proxy = TestProxy::start(&config(&[&a, &b], upstream)).await;
+        let requests = 100;
+        for _ in 0..requests {
+            let resp = client().get(proxy.url("/x")).send().await.unwrap();
+            assert_eq!(resp.status(), 502);
+        }
+        let attempts = a.count() + b.count();
+        eprintln!("{requests} requests made {attempts} attempts");
+        // without a budget: up to 3 attempts each (300); with it: 20% more plus a reserve of 3
+        assert!(
+            attempts <= requests + requests / 5 + 3,
+            "{attempts} attempts"
+        );
+        assert!(attempts > requests, "some retries did happen");
+    })
+    .await;
+}
