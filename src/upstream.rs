@@ -104,6 +104,11 @@ impl UpstreamPool {
         self.members.load().backends.clone()
     }
 
+    /// Servers (resolved addresses) in the pool now.
+    pub fn size(&self) -> usize {
+        self.members.load().backends.len()
+    }
+
     pub fn spec(&self) -> &Upstream {
         &self.spec
     }

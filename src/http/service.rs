@@ -188,7 +188,8 @@ impl ProxyService {
                 }
                 Err(_) => return Err(retry.last_error()),
             };
-            let last = tried.len() >= retries as usize;
+            // no copy of the head when no other attempt can follow (a single server included)
+            let last = tried.len() >= retries as usize || tried.len() + 1 >= hop.pool.size();
             let head = if last {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             } else {
