@@ -10,6 +10,7 @@ mod order;
 pub mod store;
 
 use crate::config;
+use crate::metrics::Metrics;
 use crate::tls::{self, CertSlot};
 use arc_swap::ArcSwapOption;
 use order::Issuer;
@@ -20,7 +21,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 use store::{CertInfo, Store};
 
@@ -168,6 +169,7 @@ impl std::fmt::Debug for Challenges {
 pub struct Manager {
     challenges: Arc<Challenges>,
     inner: Mutex<Managed>,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -180,6 +182,11 @@ struct Managed {
 impl Manager {
     pub fn challenges(&self) -> Arc<Challenges> {
         self.challenges.clone()
+    }
+
+    /// Where orders are counted (`gatehouse_acme_orders_total`).
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The slot for these names; the first request starts the task that fills and renews it.
@@ -207,14 +214,25 @@ impl Manager {
             }
         };
         let slot: CertSlot = Arc::new(ArcSwapOption::empty());
-        tokio::spawn(maintain(issuer, key.1.clone(), slot.clone()));
+        let metrics = self.metrics.get().cloned();
+        tokio::spawn(maintain(issuer, key.1.clone(), slot.clone(), metrics));
         inner.slots.insert(key, slot.clone());
         slot
     }
 }
 
 /// The life of one certificate: stored copy first, then order, renew, retry, forever.
-async fn maintain(issuer: Arc<Issuer>, names: Vec<String>, slot: CertSlot) {
+async fn maintain(
+    issuer: Arc<Issuer>,
+    names: Vec<String>,
+    slot: CertSlot,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let count = |result: &str| {
+        if let Some(m) = &metrics {
+            m.acme_orders.with_label_values(&[result]).inc();
+        }
+    };
     let list = names.join(",");
     let dir = issuer.store.cert_dir(&issuer.settings.directory, &names);
     let mut current = load_stored(&dir, &names, &slot, &list);
@@ -237,11 +255,13 @@ async fn maintain(issuer: Arc<Issuer>, names: Vec<String>, slot: CertSlot) {
             .and_then(|cert| publish(&dir, cert, &slot));
         match result {
             Ok(info) => {
+                count("success");
                 tracing::info!(names = %list, issuer = %info.issuer, not_after = %rfc3339(info.not_after), "certificate issued");
                 current = Some(info);
                 backoff.reset();
             }
             Err(e) => {
+                count("failure");
                 let delay = if is_rate_limited(&e) {
                     backoff.max()
                 } else {

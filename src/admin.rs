@@ -1,7 +1,10 @@
-//! The admin listener: `/live` and `/ready` for orchestrators (metrics join it in the
-//! observability issue). Loopback-only unless `listen.admin_allow` names other peers.
+//! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus.
+//! Loopback-only unless `listen.admin_allow` names other peers.
 
-use crate::state::Shared;
+use crate::http::ConnContext;
+use crate::metrics::Scrape;
+use crate::middleware::Reason;
+use crate::state::RuntimeState;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -16,7 +19,7 @@ use tokio::sync::watch;
 /// Serves the admin endpoints until shutdown.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    cx: Arc<ConnContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -30,10 +33,10 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let shared = shared.clone();
+        let cx = cx.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let answer = answer(&shared, peer, &req);
+                let answer = answer(&cx, peer, &req);
                 async move { Ok::<_, Infallible>(answer) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -45,8 +48,8 @@ pub async fn serve(
     }
 }
 
-fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let state = shared.load();
+fn answer(cx: &ConnContext, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let state = cx.shared.load();
     let listen = &state.config.listen;
     let ip = peer.ip().to_canonical();
     let allowed = if listen.admin_allow.is_empty() {
@@ -79,11 +82,52 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
             }
         }
+        "/metrics" => metrics(cx, &state),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live or /ready\n".into(),
+            "not found; try /live, /ready or /metrics\n".into(),
         ),
     }
+}
+
+/// The Prometheus text format, with the state kept elsewhere copied in first.
+fn metrics(cx: &ConnContext, state: &RuntimeState) -> Response<Full<Bytes>> {
+    let body = state.metrics.render(|scrape| fill(scrape, cx, state));
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn fill(scrape: &Scrape<'_>, cx: &ConnContext, state: &RuntimeState) {
+    let servers: Vec<(String, String, bool)> = state
+        .upstreams
+        .iter()
+        .flat_map(|(name, pool)| {
+            pool.backends()
+                .into_iter()
+                .map(move |b| (name.clone(), b.addr.to_string(), b.health().is_up()))
+        })
+        .collect();
+    scrape.upstream_health(&servers);
+    let certs: Vec<(String, i64)> = state
+        .certs
+        .iter()
+        .filter_map(|(name, slot)| {
+            let key = slot.load_full()?;
+            let leaf = key.cert.first()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+            Some((name.clone(), cert.validity().not_after.timestamp()))
+        })
+        .collect();
+    scrape.certificate_expiry(&certs);
+    let refused: Vec<(&str, u64)> = Reason::ALL
+        .iter()
+        .map(|r| (r.as_str(), cx.rejections.count(*r)))
+        .collect();
+    scrape.rejections(&refused);
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -30,6 +30,8 @@ pub enum AppError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Validates a config file without starting anything.
@@ -57,7 +59,7 @@ pub fn run(path: &Path) -> Result<(), AppError> {
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let grace = config.server.shutdown_grace;
     let listen = config.listen.clone();
-    let keep = Keep::default();
+    let keep = Keep::new()?;
     keep.limiters.spawn_sweeper();
     let limits = config.server.limits.clone();
     let shared = Shared::new(RuntimeState::build(config, &keep).await?);
@@ -87,6 +89,11 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         challenges: keep.acme.challenges(),
         conns: Arc::default(),
         rejections: Arc::default(),
+        listeners: [
+            keep.metrics.listener("http"),
+            keep.metrics.listener("https"),
+        ],
+        metrics: keep.metrics.clone(),
     });
     let accept_loops: Vec<_> = listeners
         .into_iter()
@@ -97,11 +104,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         })
         .collect();
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(
-            admin,
-            cx.shared.clone(),
-            shutdown_rx.clone(),
-        ));
+        tokio::spawn(crate::admin::serve(admin, cx.clone(), shutdown_rx.clone()));
     }
     wait_for_signal().await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");

@@ -13,6 +13,7 @@ pub use response::ProxyError;
 use crate::acme::Challenges;
 use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::middleware::Rejections;
 use crate::state::Shared;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
@@ -64,6 +65,18 @@ pub struct ConnContext {
     pub challenges: Arc<Challenges>,
     pub conns: Arc<ConnLimiter>,
     pub rejections: Arc<Rejections>,
+    pub metrics: Arc<Metrics>,
+    /// Connection gauges and counters of the plain and the TLS listener.
+    pub listeners: [ListenerMetrics; 2],
+}
+
+impl ConnContext {
+    pub fn listener_metrics(&self, transport: Transport) -> &ListenerMetrics {
+        match transport {
+            Transport::Plain => &self.listeners[0],
+            Transport::Tls => &self.listeners[1],
+        }
+    }
 }
 
 /// Which listener a connection came through.

@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod middleware;
 pub mod routing;
 pub mod state;

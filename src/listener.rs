@@ -67,6 +67,10 @@ async fn serve(
     let Some(_slot) = admit(&cx, peer) else {
         return;
     };
+    let counted = cx.listener_metrics(transport);
+    counted.total.inc();
+    counted.open.inc();
+    let _open = OpenGuard(counted.open.clone());
     match transport {
         Transport::Plain => serve_connection(stream, peer, transport, cx, shutdown).await,
         Transport::Tls => serve_tls(stream, peer, cx, shutdown).await,
@@ -135,6 +139,15 @@ fn admit(cx: &ConnContext, peer: SocketAddr) -> Option<ConnSlot> {
     }
 }
 
+/// Takes the connection off the open gauge when its task ends, however it ends.
+struct OpenGuard(prometheus::IntGauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == 24 || code == 23 || code == 12 || code == 105)
 }
@@ -170,9 +183,18 @@ async fn serve_tls(
         start.into_stream(config).await.map(Some)
     };
     match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(Some(tls))) => serve_connection(tls, peer, Transport::Tls, cx, shutdown).await,
+        Ok(Ok(Some(tls))) => {
+            cx.metrics.tls_handshake(true);
+            serve_connection(tls, peer, Transport::Tls, cx, shutdown).await
+        }
         Ok(Ok(None)) => tracing::debug!(%peer, "answered a TLS-ALPN-01 challenge"),
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => {
+            cx.metrics.tls_handshake(false);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+        }
+        Err(_) => {
+            cx.metrics.tls_handshake(false);
+            tracing::debug!(%peer, "TLS handshake timed out")
+        }
     }
 }

@@ -4,6 +4,7 @@
 use crate::acme;
 use crate::config::{Action, Config, Redirect, Respond, SiteTls};
 use crate::http::CountedBody;
+use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::rate_limit::Limiters;
 use crate::middleware::RoutePolicy;
 use crate::routing::Router;
@@ -26,6 +27,13 @@ pub struct RuntimeState {
     pub routes: Vec<RouteAction>,
     /// Indexed by `RouteId`.
     pub policies: Vec<RoutePolicy>,
+    /// Indexed by `RouteId`; empty with `[server] metrics = false`.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
+    /// Requests no route took, per site, then one for no site; empty with metrics off.
+    pub unrouted_metrics: Vec<Arc<RouteMetrics>>,
+    pub metrics: Arc<Metrics>,
+    /// Each TLS site's first name and certificate slot, for the expiry gauge.
+    pub certs: Vec<(String, tls::CertSlot)>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
     /// Shared by the plain upstreams.
     pub client: UpstreamClient,
@@ -54,11 +62,25 @@ pub enum RouteAction {
     Redirect(Redirect),
 }
 
-/// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition.
-#[derive(Default)]
+/// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
+/// the metrics registry.
 pub struct Keep {
     pub acme: acme::Manager,
     pub limiters: Arc<Limiters>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Keep {
+    pub fn new() -> Result<Keep, MetricsError> {
+        let metrics = Metrics::new()?;
+        let acme = acme::Manager::default();
+        acme.set_metrics(metrics.clone());
+        Ok(Keep {
+            acme,
+            limiters: Arc::default(),
+            metrics,
+        })
+    }
 }
 
 impl RuntimeState {
@@ -80,6 +102,12 @@ impl RuntimeState {
             })
             .collect::<Result<Vec<_>, TlsError>>()?;
         let tls = tls::server_config(&config.sites, &slots)?;
+        let certs = config
+            .sites
+            .iter()
+            .zip(&slots)
+            .filter_map(|(site, slot)| Some((site_label(site), slot.clone()?)))
+            .collect();
         let mut upstreams = HashMap::new();
         let mut tls_clients = HashMap::new();
         for (name, spec) in &config.upstreams {
@@ -89,6 +117,9 @@ impl RuntimeState {
                 tls_clients.insert(name.clone(), upstream::client(timeouts, Some(tls.clone())));
             }
             let pool = UpstreamPool::new(name, spec);
+            if config.server.metrics {
+                pool.set_metrics(&keep.metrics);
+            }
             pool.resolve().await;
             pool.spawn_resolver();
             if let Some(check) = &spec.health {
@@ -119,7 +150,16 @@ impl RuntimeState {
                 hsts: s.hsts.clone().filter(|_| s.tls.is_some()),
             })
             .collect();
+        let (route_metrics, unrouted_metrics) = if config.server.metrics {
+            route_metrics(&config, &keep.metrics)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(RuntimeState {
+            route_metrics,
+            unrouted_metrics,
+            metrics: keep.metrics.clone(),
+            certs,
             router: Router::new(&config.sites),
             sites,
             tls,
@@ -139,6 +179,36 @@ impl RuntimeState {
             None => (&self.client, Scheme::HTTP),
         }
     }
+}
+
+/// A site's metric label: its first host, or "*" for the catch-all.
+fn site_label(site: &crate::config::Site) -> String {
+    site.hosts
+        .first()
+        .map_or("*".to_string(), ToString::to_string)
+}
+
+fn route_metrics(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> (Vec<Arc<RouteMetrics>>, Vec<Arc<RouteMetrics>>) {
+    let routes = config
+        .sites
+        .iter()
+        .flat_map(|site| {
+            let label = site_label(site);
+            site.routes
+                .iter()
+                .map(move |route| metrics.route(&label, route.matcher.as_str()))
+        })
+        .collect();
+    let mut unrouted: Vec<_> = config
+        .sites
+        .iter()
+        .map(|site| metrics.route(&site_label(site), "-"))
+        .collect();
+    unrouted.push(metrics.route("-", "-"));
+    (routes, unrouted)
 }
 
 fn compile(action: &Action, upstreams: &HashMap<String, Arc<UpstreamPool>>) -> RouteAction {

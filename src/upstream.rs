@@ -10,15 +10,17 @@ pub use balance::ActiveGuard;
 pub use health::counter::Outcome;
 
 use crate::config::{AllDown, Balance, Timeouts, Upstream};
+use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use balance::{Ask, Members};
 use health::Health;
 use http::uri::Authority;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use prometheus::{Histogram, IntCounter};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 /// One resolved address of an upstream server.
@@ -31,6 +33,8 @@ pub struct Backend {
     /// Requests in flight (response not yet finished), for `least_conn`.
     active: AtomicUsize,
     health: Health,
+    /// Attempts by outcome (success, server_error, failure), resolved on first use.
+    outcomes: OnceLock<[IntCounter; 3]>,
 }
 
 impl Backend {
@@ -42,6 +46,7 @@ impl Backend {
             weight,
             active: AtomicUsize::new(0),
             health: Health::new(active_checks),
+            outcomes: OnceLock::new(),
         })
     }
 
@@ -60,6 +65,18 @@ pub struct UpstreamPool {
     resolve_failing: AtomicBool,
     /// Retry budget in thousandths of a retry: each request adds `retry_budget` percent of one.
     retry_tokens: AtomicI64,
+    metrics: OnceLock<PoolMetrics>,
+}
+
+struct PoolMetrics {
+    metrics: Arc<Metrics>,
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for PoolMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolMetrics")
+    }
 }
 
 /// No server may take the request; the client may try again in `retry_after` seconds.
@@ -90,6 +107,7 @@ impl UpstreamPool {
             cursor: AtomicUsize::new(0),
             resolve_failing: AtomicBool::new(false),
             retry_tokens: AtomicI64::new(3_000),
+            metrics: OnceLock::new(),
         })
     }
 
@@ -162,9 +180,39 @@ impl UpstreamPool {
             .any(|b| b.health.is_up())
     }
 
-    /// Passive health: what a request said about the server it went to.
-    pub fn report(&self, backend: &Backend, outcome: Outcome) {
+    /// Counts attempts and upstream latency in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: &Arc<Metrics>) {
+        let duration = metrics.upstream_duration(&self.name);
+        let _ = self.metrics.set(PoolMetrics {
+            metrics: metrics.clone(),
+            duration,
+        });
+    }
+
+    /// Passive health and metrics: what an attempt said about the server it went to, and how
+    /// long the response head took (`None` when there was no response).
+    pub fn report(&self, backend: &Backend, outcome: Outcome, took: Option<std::time::Duration>) {
         health::report(self, backend, outcome);
+        let Some(m) = self.metrics.get() else { return };
+        if let Some(took) = took {
+            m.duration.observe(took.as_secs_f64());
+        }
+        let counters = backend.outcomes.get_or_init(|| {
+            let server = backend.addr.to_string();
+            ["success", "server_error", "failure"].map(|outcome| {
+                m.metrics.upstream_requests.with_label_values(&[
+                    self.name.as_str(),
+                    server.as_str(),
+                    outcome,
+                ])
+            })
+        });
+        let i = match outcome {
+            Outcome::Success => 0,
+            Outcome::ServerError => 1,
+            Outcome::Failure => 2,
+        };
+        counters[i].inc();
     }
 
     /// Counts a request towards the retry budget.

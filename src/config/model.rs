@@ -44,6 +44,8 @@ pub struct Server {
     pub limits: ServerLimits,
     /// Where upstream names are looked up; every `Upstream` carries a copy.
     pub resolver: Resolver,
+    /// Per-request metrics on (the default) or off.
+    pub metrics: bool,
 }
 
 /// How upstream server names become addresses (`[server] resolver`).

@@ -308,6 +308,7 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ),
         },
         limits: server_limits(cx, raw),
+        metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
         resolver: resolver::resolver(cx, raw.resolver.as_ref()),
     }
 }

@@ -10,13 +10,14 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use super::conn::InFlight;
+use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
 
 /// What the access log needs to know about a request; shared by its request and response bodies.
@@ -33,6 +34,8 @@ pub struct RequestLog {
     body_sent: Notify,
     /// Why the request body stopped early, if it did (`BodyFault as u8`, 0 for none).
     body_fault: AtomicU8,
+    /// The route's metric handles, set once the route (or its absence) is known.
+    pub metrics: OnceLock<Arc<RouteMetrics>>,
 }
 
 /// Why a request body was cut short on its way upstream.
@@ -61,6 +64,7 @@ impl RequestLog {
             bytes_in: AtomicU64::new(0),
             body_sent: Notify::new(),
             body_fault: AtomicU8::new(0),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -319,6 +323,11 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let log = &self.log;
+        let took = log.start.elapsed();
+        let bytes_in = log.bytes_in.load(Ordering::Relaxed);
+        if let Some(metrics) = log.metrics.get() {
+            metrics.record(&log.method, self.status, took, bytes_in, self.bytes_out);
+        }
         tracing::info!(
             target: "gatehouse::access",
             client = %log.client,
@@ -326,9 +335,9 @@ impl Drop for Completion {
             host = log.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
             path = log.uri.path(),
             status = self.status,
-            bytes_in = log.bytes_in.load(Ordering::Relaxed),
+            bytes_in,
             bytes_out = self.bytes_out,
-            duration_ms = log.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = took.as_secs_f64() * 1000.0,
             upstream = self.upstream.map(tracing::field::display),
             request_id = log.request_id.to_str().unwrap_or("-"),
             "request"

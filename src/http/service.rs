@@ -74,6 +74,12 @@ impl ProxyService {
             (_, Some(site)) => self.dispatch(&state, site, host, req, addrs, &log).await,
             (_, None) => Err(ProxyError::NoRoute),
         };
+        if !state.unrouted_metrics.is_empty() && log.metrics.get().is_none() {
+            let index = site.unwrap_or(state.unrouted_metrics.len() - 1);
+            if let Some(metrics) = state.unrouted_metrics.get(index) {
+                let _ = log.metrics.set(metrics.clone());
+            }
+        }
         let mut response = match answer {
             Ok(Answer::Upstream(resp, active)) => {
                 let (parts, body) = resp.into_parts();
@@ -131,6 +137,9 @@ impl ProxyService {
             .router
             .route_in(site, path)
             .ok_or(ProxyError::NoRoute)?;
+        if let Some(metrics) = state.route_metrics.get(matched.route) {
+            let _ = log.metrics.set(metrics.clone());
+        }
         let policy = &state.policies[matched.route];
         let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
         policy
@@ -233,6 +242,7 @@ impl ProxyService {
             log.body_sent().await;
             tokio::time::sleep(timeout).await;
         };
+        let started = std::time::Instant::now();
         let sent = tokio::select! {
             sent = client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
@@ -248,7 +258,8 @@ impl ProxyService {
             Err(e) if e.is_upstream() => Outcome::Failure,
             Err(_) => Outcome::Success,
         };
-        hop.pool.report(active.backend(), outcome);
+        let took = sent.as_ref().ok().map(|_| started.elapsed());
+        hop.pool.report(active.backend(), outcome, took);
         sent
     }
 

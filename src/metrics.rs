@@ -1,0 +1,303 @@
+//! Prometheus metrics: one registry per process, injected where events happen (no global
+//! registry). The request path only touches handles resolved before it runs: per route a
+//! histogram and a lazily filled table of counters by (method, status), per backend its outcome
+//! counters. State that already lives elsewhere (health verdicts, certificate expiry, refusal
+//! counts) is copied into gauges and counters when `/metrics` is scraped.
+
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Buckets from 1 ms to 60 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Methods with a label of their own; anything else is "other".
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+const CODES: usize = 500; // 100..=599
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_healthy: IntGaugeVec,
+    connections_open: IntGaugeVec,
+    connections_total: IntCounterVec,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
+    tls_handshakes: IntCounterVec,
+    certificate_expiry: IntGaugeVec,
+    pub acme_orders: IntCounterVec,
+    rejected: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: IntGauge,
+    /// Scrapes copy state into gauges; one at a time.
+    scrape: Mutex<()>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Arc<Metrics>, MetricsError> {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+        };
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                opts("gatehouse_requests_total", "Requests answered, by site, route, method and status code."),
+                &["site", "route", "method", "code"],
+            )?,
+            duration: HistogramVec::new(
+                hist("gatehouse_request_duration_seconds", "Time from request head to the end of the response body."),
+                &["site", "route"],
+            )?,
+            upstream_requests: IntCounterVec::new(
+                opts("gatehouse_upstream_requests_total", "Attempts sent to upstream servers, by outcome (success, server_error, failure)."),
+                &["upstream", "server", "outcome"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                hist("gatehouse_upstream_response_duration_seconds", "Time from sending a request upstream to its response head."),
+                &["upstream"],
+            )?,
+            upstream_healthy: IntGaugeVec::new(
+                opts("gatehouse_upstream_healthy", "1 if the server may take traffic (active checks and passive ejection), else 0."),
+                &["upstream", "server"],
+            )?,
+            connections_open: IntGaugeVec::new(
+                opts("gatehouse_connections_open", "Client connections open now."),
+                &["listener"],
+            )?,
+            connections_total: IntCounterVec::new(
+                opts("gatehouse_connections_total", "Client connections accepted."),
+                &["listener"],
+            )?,
+            request_bytes: IntCounter::new("gatehouse_request_body_bytes_total", "Request body bytes received from clients.")?,
+            response_bytes: IntCounter::new("gatehouse_response_body_bytes_total", "Response body bytes sent to clients.")?,
+            tls_handshakes: IntCounterVec::new(
+                opts("gatehouse_tls_handshakes_total", "TLS handshakes on the HTTPS listener, by result."),
+                &["result"],
+            )?,
+            certificate_expiry: IntGaugeVec::new(
+                opts("gatehouse_certificate_expiry_timestamp_seconds", "When the certificate served for a site expires (unix time)."),
+                &["name"],
+            )?,
+            acme_orders: IntCounterVec::new(
+                opts("gatehouse_acme_orders_total", "ACME certificate orders, by result."),
+                &["result"],
+            )?,
+            rejected: IntCounterVec::new(
+                opts("gatehouse_rejected_requests_total", "Requests and connections refused at the edge, by reason."),
+                &["reason"],
+            )?,
+            reloads: IntCounterVec::new(
+                opts("gatehouse_config_reloads_total", "Config reloads, by result."),
+                &["result"],
+            )?,
+            last_reload_success: IntGauge::new(
+                "gatehouse_config_last_reload_success_timestamp_seconds",
+                "When the running config was loaded (unix time).",
+            )?,
+            registry,
+            scrape: Mutex::new(()),
+        };
+        m.register()?;
+        for result in ["success", "failure"] {
+            m.tls_handshakes.with_label_values(&[result]);
+            m.acme_orders.with_label_values(&[result]);
+            m.reloads.with_label_values(&[result]);
+        }
+        m.last_reload_success.set(unix_now());
+        Ok(Arc::new(m))
+    }
+
+    fn register(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.requests.clone()))?;
+        r.register(Box::new(self.duration.clone()))?;
+        r.register(Box::new(self.upstream_requests.clone()))?;
+        r.register(Box::new(self.upstream_duration.clone()))?;
+        r.register(Box::new(self.upstream_healthy.clone()))?;
+        r.register(Box::new(self.connections_open.clone()))?;
+        r.register(Box::new(self.connections_total.clone()))?;
+        r.register(Box::new(self.request_bytes.clone()))?;
+        r.register(Box::new(self.response_bytes.clone()))?;
+        r.register(Box::new(self.tls_handshakes.clone()))?;
+        r.register(Box::new(self.certificate_expiry.clone()))?;
+        r.register(Box::new(self.acme_orders.clone()))?;
+        r.register(Box::new(self.rejected.clone()))?;
+        r.register(Box::new(self.reloads.clone()))?;
+        r.register(Box::new(self.last_reload_success.clone()))?;
+        let build = IntGaugeVec::new(
+            opts(
+                "gatehouse_build_info",
+                "Always 1; the version is in the label.",
+            ),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build))?;
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(())
+    }
+
+    /// The handles for one route (or, with `route = "-"`, for requests no route took).
+    pub fn route(self: &Arc<Self>, site: &str, route: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            duration: self.duration.with_label_values(&[site, route]),
+            counters: (0..(METHODS.len() + 1) * CODES)
+                .map(|_| OnceLock::new())
+                .collect(),
+            labels: [site.to_string(), route.to_string()],
+            metrics: self.clone(),
+        })
+    }
+
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections_open.with_label_values(&[name]),
+            total: self.connections_total.with_label_values(&[name]),
+        }
+    }
+
+    pub fn upstream_duration(&self, upstream: &str) -> Histogram {
+        self.upstream_duration.with_label_values(&[upstream])
+    }
+
+    pub fn tls_handshake(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_handshakes.with_label_values(&[result]).inc();
+    }
+
+    /// The text exposition, after copying in state kept elsewhere (`fill`).
+    pub fn render(&self, fill: impl FnOnce(&Scrape<'_>)) -> Vec<u8> {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        fill(&Scrape { metrics: self });
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Setters for scrape-time values.
+pub struct Scrape<'a> {
+    metrics: &'a Metrics,
+}
+
+impl Scrape<'_> {
+    /// Replaces every server's health gauge (servers that left disappear).
+    pub fn upstream_health(&self, servers: &[(String, String, bool)]) {
+        let g = &self.metrics.upstream_healthy;
+        g.reset();
+        for (upstream, server, up) in servers {
+            g.with_label_values(&[upstream.as_str(), server.as_str()])
+                .set(i64::from(*up));
+        }
+    }
+
+    pub fn certificate_expiry(&self, certs: &[(String, i64)]) {
+        let g = &self.metrics.certificate_expiry;
+        g.reset();
+        for (name, not_after) in certs {
+            g.with_label_values(&[name.as_str()]).set(*not_after);
+        }
+    }
+
+    /// Counts kept by `middleware::Rejections`, by reason.
+    pub fn rejections(&self, counts: &[(&str, u64)]) {
+        let c = &self.metrics.rejected;
+        c.reset();
+        for (reason, n) in counts {
+            c.with_label_values(&[*reason]).inc_by(*n);
+        }
+    }
+}
+
+/// One route's handles.
+pub struct RouteMetrics {
+    duration: Histogram,
+    /// By method index and status - 100, filled on first use (label values formatted once).
+    counters: Box<[OnceLock<IntCounter>]>,
+    labels: [String; 2],
+    metrics: Arc<Metrics>,
+}
+
+impl RouteMetrics {
+    pub fn record(
+        &self,
+        method: &Method,
+        status: u16,
+        took: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        self.duration.observe(took.as_secs_f64());
+        let m = METHODS
+            .iter()
+            .position(|x| x == method)
+            .unwrap_or(METHODS.len());
+        let code = usize::from(status.clamp(100, 599)) - 100;
+        let counter = self.counters[m * CODES + code].get_or_init(|| {
+            let method = METHODS.get(m).map_or("other", Method::as_str);
+            let code = StatusCode::from_u16(status)
+                .map_or_else(|_| status.to_string(), |s| s.as_u16().to_string());
+            let [site, route] = &self.labels;
+            self.metrics.requests.with_label_values(&[
+                site.as_str(),
+                route.as_str(),
+                method,
+                code.as_str(),
+            ])
+        });
+        counter.inc();
+        self.metrics.request_bytes.inc_by(bytes_in);
+        self.metrics.response_bytes.inc_by(bytes_out);
+    }
+}
+
+pub struct ListenerMetrics {
+    pub open: IntGauge,
+    pub total: IntCounter,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("site", &self.labels[0])
+            .field("route", &self.labels[1])
+            .finish()
+    }
+}
