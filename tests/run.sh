@@ -14,6 +14,35 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${need[@]}"; }
 fi
+# promtool (package prometheus): checks and unit-tests config/prometheus/. Only the tool is wanted:
+# no recommended exporters, and the prometheus service the package ships must not start. A
+# policy-rc.d that refuses (unless the machine has one, as Docker images do) stops the install
+# from starting it; on a machine running systemd it is also disabled so it stays off at boot.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing: prometheus (for promtool; its service is not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
+  if [ -n "$own_policy" ]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
+
+echo "== promtool: alert rules, their unit tests, the example scrape config"
+promtool check rules config/prometheus/gatehouse-alerts.yml
+promtool test rules tests/prometheus/gatehouse-alerts.test.yml
+promtool check config config/prometheus/prometheus.yml
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
