@@ -743,7 +743,6 @@ fn scraped_types(scrape: &str) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs /metrics (metrics work in progress)"]
 async fn scrape_has_every_metric_the_ops_files_use() {
     let used = families_used_by_ops_files();
     with_timeout(60, async {
