@@ -1,4 +1,5 @@
-//! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus.
+//! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus,
+//! `/config` for people.
 //! Loopback-only unless `listen.admin_allow` names other peers.
 
 use crate::http::ConnContext;
@@ -83,9 +84,11 @@ fn answer(cx: &ConnContext, peer: SocketAddr, req: &Request<Incoming>) -> Respon
             }
         }
         "/metrics" => metrics(cx, &state),
+        // the validated config as the proxy uses it; `Eab` and other secrets print redacted
+        "/config" => text(StatusCode::OK, format!("{:#?}\n", state.config)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready or /metrics\n".into(),
+            "not found; try /live, /ready, /metrics or /config\n".into(),
         ),
     }
 }
