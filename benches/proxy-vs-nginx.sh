@@ -2,6 +2,9 @@
 # Gatehouse vs nginx as a reverse proxy in front of the same backend: plain HTTP/1.1
 # keep-alive, HTTPS keep-alive and HTTPS with a new TLS connection per request (both
 # proxies serve the same certificate). See benches/README.md for what is measured and how.
+# Optional target `gatehouse-nometrics`: the `gatehouse` config with `[server] metrics = false`,
+# to measure what per-request metrics cost:
+#   TARGETS="gatehouse gatehouse-nometrics" SCENARIOS=http REPEATS=5 DURATION=5s bash benches/proxy-vs-nginx.sh
 # Optional target `gatehouse-limits`: a second Gatehouse, identical but for a rate limit that
 # never triggers and a 1MB body limit on its route, to measure what the limits cost per request
 # against `gatehouse` (whose route has neither):
@@ -56,12 +59,12 @@ done
 read -ra TARGET_LIST <<<"$TARGETS"
 ((${#TARGET_LIST[@]} > 0)) || die "TARGETS is empty"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct | nginx | gatehouse | gatehouse-limits) ;; *) die "unknown target '$t' (expected direct, nginx, gatehouse, gatehouse-limits)" ;; esac
+    case $t in direct | nginx | gatehouse | gatehouse-limits | gatehouse-nometrics) ;; *) die "unknown target '$t' (expected direct, nginx, gatehouse, gatehouse-limits, gatehouse-nometrics)" ;; esac
 done
 want() { [[ " ${TARGET_LIST[*]} " == *" $1 "* ]]; }
 # Gatehouse targets: the same binary and config, `gatehouse-limits` with limits on its route.
 GATEHOUSE_TARGETS=()
-for t in gatehouse gatehouse-limits; do
+for t in gatehouse gatehouse-limits gatehouse-nometrics; do
     if want "$t"; then GATEHOUSE_TARGETS+=("$t"); fi
 done
 read -ra SCENARIO_LIST <<<"$SCENARIOS"
@@ -285,7 +288,7 @@ proxy_pids() {
         echo "$NGINX_PROXY_PID"
         pgrep -P "$NGINX_PROXY_PID" || true
         ;;
-    gatehouse | gatehouse-limits) echo "${GATEHOUSE_PID[$1]}" ;;
+    gatehouse | gatehouse-limits | gatehouse-nometrics) echo "${GATEHOUSE_PID[$1]}" ;;
     direct) ;;
     esac
 }
@@ -410,7 +413,7 @@ fi
 # comes from 127.0.0.1, so all of them take from the same GCRA cell) and a 1MB body limit.
 gatehouse_route_policy() {
     case $1 in
-    gatehouse) echo 'max_body = "off"' ;;
+    gatehouse | gatehouse-nometrics) echo 'max_body = "off"' ;;
     gatehouse-limits) printf '%s\n' 'rate_limit = { requests = 1000000000, per = "1s" }' 'max_body = "1MB"' ;;
     esac
 }
@@ -437,6 +440,7 @@ $listen_https
 
 [server]
 workers = 1
+$([[ $t == gatehouse-nometrics ]] && echo 'metrics = false')
 
 [[site]]
 $site_tls
@@ -631,7 +635,7 @@ tls_params() {
 }
 tls_line=
 if ((TLS)); then
-    for t in nginx gatehouse gatehouse-limits; do
+    for t in nginx gatehouse gatehouse-limits gatehouse-nometrics; do
         if want "$t"; then tls_line+="${tls_line:+; }$t: $(tls_params "${TLS_PORT[$t]}")"; fi
     done
 fi
@@ -692,6 +696,10 @@ mkdir -p "$(dirname -- "$OUT")"
             echo "- gatehouse/nginx req/s: **$(ratio "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/nginx]}")** (higher is better)"
             echo "- gatehouse/nginx CPU µs/req: **$(ratio "${MED_CPU[$sc/gatehouse]}" "${MED_CPU[$sc/nginx]}")** (lower is better)"
             echo "- gatehouse/nginx p99: $(ratio "${MED_P99[$sc/gatehouse]}" "${MED_P99[$sc/nginx]}") (lower is better)"
+        fi
+        if want gatehouse && want gatehouse-nometrics; then
+            echo "- gatehouse/gatehouse-nometrics CPU µs/req: **$(ratio3 "${MED_CPU[$sc/gatehouse]}" "${MED_CPU[$sc/gatehouse-nometrics]}")** (the cost of per-request metrics; target < 1.03); round by round: $(paired_ratios "$sc" gatehouse gatehouse-nometrics 8)"
+            echo "- gatehouse/gatehouse-nometrics req/s: **$(ratio3 "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/gatehouse-nometrics]}")** (higher is better)"
         fi
         if want gatehouse && want gatehouse-limits; then
             echo "- gatehouse-limits/gatehouse CPU µs/req: **$(ratio3 "${MED_CPU[$sc/gatehouse-limits]}" "${MED_CPU[$sc/gatehouse]}")** (the cost of an enabled rate limit + body limit; target < 1.05); round by round: $(paired_ratios "$sc" gatehouse-limits gatehouse 8)"
