@@ -10,6 +10,7 @@ mod service;
 pub use body::CountedBody;
 pub use response::ProxyError;
 
+use crate::access_log::AccessLog;
 use crate::acme::Challenges;
 use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
@@ -64,6 +65,7 @@ pub struct ConnContext {
     pub challenges: Arc<Challenges>,
     pub conns: Arc<ConnLimiter>,
     pub rejections: Arc<Rejections>,
+    pub access_log: AccessLog,
 }
 
 /// Which listener a connection came through.
