@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 /// Lines are sized to fit most requests in their first allocation.
-const LINE_CAPACITY: usize = 384;
+const LINE_CAPACITY: usize = 512;
 
 /// One JSON object: every value a string except `status`, the byte counts and `duration_ms`;
 /// absent values (host, upstream, user agent, referer) are `"-"`, as nginx writes them.
