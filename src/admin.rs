@@ -131,6 +131,7 @@ fn fill(scrape: &Scrape<'_>, cx: &ConnContext, state: &RuntimeState) {
         .map(|r| (r.as_str(), cx.rejections.count(*r)))
         .collect();
     scrape.rejections(&refused);
+    scrape.access_log_dropped(cx.access_log.dropped());
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

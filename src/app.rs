@@ -1,6 +1,7 @@
 //! Composition root: load the config, build the runtime and the state, bind listeners, run until a
 //! signal, then drain.
 
+use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme::{
     self,
     store::{self, CertInfo, Store},
@@ -28,6 +29,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    AccessLog(#[from] AccessLogError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
@@ -62,6 +65,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let keep = Keep::new()?;
     keep.limiters.spawn_sweeper();
     let limits = config.server.limits.clone();
+    let access_log = AccessLog::start(&config.log)?;
     let shared = Shared::new(RuntimeState::build(config, &keep).await?);
     let tracker = TaskTracker::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -94,6 +98,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             keep.metrics.listener("https"),
         ],
         metrics: keep.metrics.clone(),
+        access_log: access_log.clone(),
     });
     let accept_loops: Vec<_> = listeners
         .into_iter()
@@ -119,6 +124,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             "grace period over; closing remaining connections"
         );
     }
+    access_log.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -10,6 +10,7 @@ mod service;
 pub use body::CountedBody;
 pub use response::ProxyError;
 
+use crate::access_log::AccessLog;
 use crate::acme::Challenges;
 use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
@@ -68,6 +69,7 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     /// Connection gauges and counters of the plain and the TLS listener.
     pub listeners: [ListenerMetrics; 2],
+    pub access_log: AccessLog,
 }
 
 impl ConnContext {

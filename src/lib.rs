@@ -4,6 +4,7 @@
 //! snapshot, and the request path (`listener` -> `http` -> `routing` -> `upstream`) reads it.
 //! `docs/lifecycle.md` tells the life of a request.
 
+pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod app;

@@ -50,6 +50,7 @@ pub struct Metrics {
     certificate_expiry: IntGaugeVec,
     pub acme_orders: IntCounterVec,
     rejected: IntCounterVec,
+    access_log_dropped: IntCounter,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
     /// Scrapes copy state into gauges; one at a time.
@@ -113,6 +114,10 @@ impl Metrics {
                 opts("gatehouse_rejected_requests_total", "Requests and connections refused at the edge, by reason."),
                 &["reason"],
             )?,
+            access_log_dropped: IntCounter::new(
+                "gatehouse_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind (the queue was full).",
+            )?,
             reloads: IntCounterVec::new(
                 opts("gatehouse_config_reloads_total", "Config reloads, by result."),
                 &["result"],
@@ -150,6 +155,7 @@ impl Metrics {
         r.register(Box::new(self.acme_orders.clone()))?;
         r.register(Box::new(self.rejected.clone()))?;
         r.register(Box::new(self.reloads.clone()))?;
+        r.register(Box::new(self.access_log_dropped.clone()))?;
         r.register(Box::new(self.last_reload_success.clone()))?;
         let build = IntGaugeVec::new(
             opts(
@@ -228,6 +234,12 @@ impl Scrape<'_> {
         for (name, not_after) in certs {
             g.with_label_values(&[name.as_str()]).set(*not_after);
         }
+    }
+
+    /// The access log's own count of dropped lines.
+    pub fn access_log_dropped(&self, total: u64) {
+        let c = &self.metrics.access_log_dropped;
+        c.inc_by(total.saturating_sub(c.get()));
     }
 
     /// Counts kept by `middleware::Rejections`, by reason.

@@ -106,7 +106,10 @@ async fn ready_follows_the_required_upstream_and_live_stays_up() {
         assert_eq!(get(admin, "/nope").await.0, 404);
         let (status, config) = get(admin, "/config").await;
         assert_eq!(status, 200);
-        assert!(config.contains("required: true") && config.contains("\"/\""), "{config}");
+        assert!(
+            config.contains("required: true") && config.contains("\"/\""),
+            "{config}"
+        );
     })
     .await;
 }

@@ -20,6 +20,7 @@ pub struct FileConfig {
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, Spanned<FileUpstream>>,
     pub acme: Option<Spanned<FileAcme>>,
+    pub log: Option<Spanned<FileLog>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +185,17 @@ pub struct FileAcme {
     pub eab_hmac_key: Option<Str>,
     pub retry_initial: Option<Str>,
     pub retry_max: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// `"stderr"`, `"stdout"`, `"off"` or a file path.
+    pub access: Option<Str>,
+    /// `"json"` or `"combined"`.
+    pub format: Option<Str>,
+    /// Lines the queue to the access-log writer holds.
+    pub buffer: Option<Spanned<i64>>,
 }
 
 /// The request-policy keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept (serde

@@ -18,6 +18,7 @@ pub struct Config {
     pub sites: Vec<Site>,
     pub upstreams: BTreeMap<String, Upstream>,
     pub acme: Acme,
+    pub log: Log,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -436,4 +437,45 @@ impl fmt::Debug for Eab {
             .field("hmac_key", &"<redacted>")
             .finish()
     }
+}
+
+/// The `[log]` section; defaults apply when it is absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    pub access: AccessTarget,
+    /// For `Stdout` and `File`; `Stderr` events follow `--log-format`.
+    pub format: AccessFormat,
+    /// Lines queued for the access-log writer at most; beyond, a line is dropped and counted.
+    pub buffer: usize,
+}
+
+pub const DEFAULT_ACCESS_BUFFER: usize = 8192;
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            access: AccessTarget::Stderr,
+            format: AccessFormat::Json,
+            buffer: DEFAULT_ACCESS_BUFFER,
+        }
+    }
+}
+
+/// Where access-log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessTarget {
+    /// An event in the process log (target `gatehouse::access`), as before `[log]` existed.
+    Stderr,
+    Stdout,
+    Off,
+    /// Appended to; reopened on SIGUSR1. Resolved against the config file's folder.
+    File(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// One JSON object per line.
+    Json,
+    /// nginx's `combined`, byte for byte.
+    Combined,
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod log;
 mod policy;
 mod resolver;
 mod upstream;
@@ -150,6 +151,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
         }
     }
     let acme = acme(&mut cx, raw.acme.as_ref());
+    let log = log::log(&mut cx, raw.log.as_ref());
     https_cross_check(&mut cx, &listen, &sites, &raw);
     acme_cross_check(&mut cx, &listen, &sites, &acme, &raw);
     cx.errors.sort_by_key(|e| (e.line, e.column));
@@ -161,6 +163,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
             sites,
             upstreams,
             acme,
+            log,
         })
     } else {
         Err(cx.errors)

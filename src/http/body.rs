@@ -1,9 +1,10 @@
 //! Bodies on the proxy path: the request body counted on its way upstream, and the response body
 //! that, when it ends or is dropped, releases its slots and writes the access-log event.
 
+use crate::access_log::{AccessLog, Entry};
 use crate::upstream::ActiveGuard;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Uri};
+use http::{header, HeaderValue, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
@@ -12,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
@@ -29,6 +30,10 @@ pub struct RequestLog {
     pub uri: Uri,
     pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    access_log: AccessLog,
     bytes_in: AtomicU64,
     /// Signalled once the request body has been sent upstream completely.
     body_sent: Notify,
@@ -47,20 +52,25 @@ pub enum BodyFault {
 }
 
 impl RequestLog {
-    pub fn new(
+    pub fn new<B>(
         client: IpAddr,
-        method: Method,
-        uri: Uri,
+        req: &Request<B>,
         host: Option<HeaderValue>,
         request_id: HeaderValue,
+        access_log: AccessLog,
     ) -> Self {
+        let field = |name| req.headers().get(name).cloned();
         RequestLog {
             start: Instant::now(),
             client,
-            method,
-            uri,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             host,
             request_id,
+            version: req.version(),
+            user_agent: field(header::USER_AGENT),
+            referer: field(header::REFERER),
+            access_log,
             bytes_in: AtomicU64::new(0),
             body_sent: Notify::new(),
             body_fault: AtomicU8::new(0),
@@ -74,6 +84,26 @@ impl RequestLog {
             2 => Some(BodyFault::Stalled),
             3 => Some(BodyFault::Malformed),
             _ => None,
+        }
+    }
+
+    /// The access-log line's facts, with what only the response knows.
+    fn entry(&self, status: u16, upstream: Option<SocketAddr>, bytes_out: u64) -> Entry<'_> {
+        Entry {
+            time: SystemTime::now(),
+            client: self.client,
+            method: &self.method,
+            uri: &self.uri,
+            version: self.version,
+            host: self.host.as_ref(),
+            status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            duration: self.start.elapsed(),
+            upstream,
+            request_id: &self.request_id,
+            user_agent: self.user_agent.as_ref(),
+            referer: self.referer.as_ref(),
         }
     }
 
@@ -323,25 +353,12 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let log = &self.log;
-        let took = log.start.elapsed();
-        let bytes_in = log.bytes_in.load(Ordering::Relaxed);
+        let entry = log.entry(self.status, self.upstream, self.bytes_out);
         if let Some(metrics) = log.metrics.get() {
-            metrics.record(&log.method, self.status, took, bytes_in, self.bytes_out);
+            let (method, took, bytes_in) = (&log.method, entry.duration, entry.bytes_in);
+            metrics.record(method, self.status, took, bytes_in, self.bytes_out);
         }
-        tracing::info!(
-            target: "gatehouse::access",
-            client = %log.client,
-            method = %log.method,
-            host = log.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            path = log.uri.path(),
-            status = self.status,
-            bytes_in,
-            bytes_out = self.bytes_out,
-            duration_ms = took.as_secs_f64() * 1000.0,
-            upstream = self.upstream.map(tracing::field::display),
-            request_id = log.request_id.to_str().unwrap_or("-"),
-            "request"
-        );
+        log.access_log.record(&entry);
     }
 }
 

@@ -49,10 +49,10 @@ impl ProxyService {
         let host = host_of(&req);
         let log = Arc::new(RequestLog::new(
             addrs.client,
-            req.method().clone(),
-            req.uri().clone(),
+            &req,
             host,
             request_id.clone(),
+            self.cx.access_log.clone(),
         ));
         let host = log
             .host

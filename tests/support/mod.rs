@@ -49,7 +49,8 @@ pub struct TestProxy {
     /// The bound HTTPS listener address; `Some` only for proxies started with [`TestProxy::start_tls`]
     /// or [`TestProxy::start_tls_with_files`].
     pub https_addr: Option<SocketAddr>,
-    logs: Arc<Mutex<Vec<String>>>,
+    logs: Lines,
+    stdout: Lines,
     _dir: tempfile::TempDir,
 }
 
@@ -58,16 +59,16 @@ enum LogEvent {
     Eof,
 }
 
+/// Lines read from one of the child's pipes, kept up to date by a thread.
+type Lines = Arc<Mutex<Vec<String>>>;
+
 /// Spawns `gatehouse run` on `config` and returns the child, its stderr lines (kept up to date by a
-/// background thread that drains the pipe until EOF) and a channel announcing every new line.
+/// background thread that drains the pipe until EOF), a channel announcing every new line, and
+/// its stdout lines (drained the same way).
 fn spawn_run(
     config_path: &Path,
     envs: &[(&str, &str)],
-) -> (
-    Child,
-    Arc<Mutex<Vec<String>>>,
-    mpsc::UnboundedReceiver<LogEvent>,
-) {
+) -> (Child, Lines, mpsc::UnboundedReceiver<LogEvent>, Lines) {
     let mut cmd = Command::new(BIN);
     cmd.arg("run")
         .arg("--config")
@@ -75,12 +76,21 @@ fn spawn_run(
         .arg("--log-format")
         .arg("json")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (key, value) in envs {
         cmd.env(key, value);
     }
     let mut child = cmd.spawn().expect("spawn gatehouse run");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let out_lines = Arc::new(Mutex::new(Vec::new()));
+    let out_sink = out_lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            out_sink.lock().unwrap().push(line);
+        }
+    });
     let stderr = child.stderr.take().expect("piped stderr");
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::unbounded_channel();
@@ -95,7 +105,7 @@ fn spawn_run(
         }
         let _ = tx.send(LogEvent::Eof);
     });
-    (child, logs, rx)
+    (child, logs, rx, out_lines)
 }
 
 impl TestProxy {
@@ -134,7 +144,7 @@ impl TestProxy {
     ) -> TestProxy {
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let (mut child, logs, mut rx) = spawn_run(&config_path, envs);
+        let (mut child, logs, mut rx, stdout) = spawn_run(&config_path, envs);
         let pid = child.id();
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -179,6 +189,7 @@ impl TestProxy {
             config_path,
             https_addr,
             logs,
+            stdout,
             _dir: dir,
         }
     }
@@ -196,6 +207,11 @@ impl TestProxy {
     /// All stderr lines seen so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// All stdout lines seen so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn send_signal(&self, signal: &str) {
