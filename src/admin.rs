@@ -5,6 +5,7 @@
 use crate::http::ConnContext;
 use crate::metrics::Scrape;
 use crate::middleware::Reason;
+use crate::reload::{Outcome, Trigger};
 use crate::state::RuntimeState;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -15,12 +16,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Serves the admin endpoints until shutdown.
 pub async fn serve(
     listener: TcpListener,
     cx: Arc<ConnContext>,
+    reload: mpsc::Sender<Trigger>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -34,11 +36,20 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let cx = cx.clone();
+        let (cx, reload) = (cx.clone(), reload.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let answer = answer(&cx, peer, &req);
-                async move { Ok::<_, Infallible>(answer) }
+                let wants_reload = req.method() == Method::POST && req.uri().path() == "/reload";
+                let answer = (!wants_reload).then(|| answer(&cx, peer, &req));
+                let allowed = allowed(&cx, peer);
+                let reload = reload.clone();
+                async move {
+                    Ok::<_, Infallible>(match answer {
+                        Some(answer) => answer,
+                        None if !allowed => text(StatusCode::FORBIDDEN, "forbidden\n".into()),
+                        None => post_reload(&reload).await,
+                    })
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
@@ -49,16 +60,37 @@ pub async fn serve(
     }
 }
 
-fn answer(cx: &ConnContext, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn allowed(cx: &ConnContext, peer: SocketAddr) -> bool {
     let state = cx.shared.load();
     let listen = &state.config.listen;
     let ip = peer.ip().to_canonical();
-    let allowed = if listen.admin_allow.is_empty() {
+    if listen.admin_allow.is_empty() {
         ip.is_loopback()
     } else {
         listen.admin_allow.iter().any(|net| net.contains(&ip))
-    };
-    if !allowed {
+    }
+}
+
+/// `POST /reload`: 200 with what changed, 200 "unchanged", or 400 with why it was refused.
+async fn post_reload(reload: &mpsc::Sender<Trigger>) -> Response<Full<Bytes>> {
+    let (tx, rx) = oneshot::channel();
+    if reload.send(Trigger::Admin(tx)).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "reload task gone\n".into());
+    }
+    match rx.await {
+        Ok(Outcome::Applied(summary)) => text(StatusCode::OK, format!("reloaded: {summary}\n")),
+        Ok(Outcome::Unchanged) => text(StatusCode::OK, "unchanged\n".into()),
+        Ok(Outcome::Rejected(why)) => text(
+            StatusCode::BAD_REQUEST,
+            format!("rejected; the running config stays:\n{why}\n"),
+        ),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "reload task gone\n".into()),
+    }
+}
+
+fn answer(cx: &ConnContext, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let state = cx.shared.load();
+    if !allowed(cx, peer) {
         return text(StatusCode::FORBIDDEN, "forbidden\n".into());
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -9,6 +9,7 @@ use crate::acme::{
 use crate::config::{self, Config, ConfigError, SiteTls};
 use crate::http::{self, ConnContext, Transport};
 use crate::listener;
+use crate::reload;
 use crate::state::{Keep, RuntimeState, Shared};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -56,17 +57,33 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         }
     };
     let runtime = runtime.enable_all().build().map_err(AppError::Runtime)?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(path, config))
 }
 
-pub async fn serve(config: Config) -> Result<(), AppError> {
+pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
     let grace = config.server.shutdown_grace;
     let listen = config.listen.clone();
-    let keep = Keep::new()?;
+    let keep = Arc::new(Keep::new()?);
     keep.limiters.spawn_sweeper();
     let limits = config.server.limits.clone();
     let access_log = AccessLog::start(&config.log)?;
     let shared = Shared::new(RuntimeState::build(config, &keep).await?);
+    // watching starts before the listeners are up: a change made once they answer is seen
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(reload::run(
+        path.to_path_buf(),
+        shared.clone(),
+        keep.clone(),
+        reload_rx,
+    ));
+    tokio::spawn(sighup(reload_tx.clone()));
+    let _watcher = match reload::watch(path, reload_tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            None
+        }
+    };
     let tracker = TaskTracker::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut listeners = Vec::new();
@@ -109,7 +126,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         })
         .collect();
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(admin, cx.clone(), shutdown_rx.clone()));
+        let admin = crate::admin::serve(admin, cx.clone(), reload_tx, shutdown_rx.clone());
+        tokio::spawn(admin);
     }
     wait_for_signal().await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
@@ -224,6 +242,20 @@ async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(listener = name, addr = %local, "listening");
     Ok(listener)
+}
+
+/// SIGHUP asks for a reload, as for nginx (`systemctl reload` sends it).
+async fn sighup(tx: tokio::sync::mpsc::Sender<reload::Trigger>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return tracing::warn!("cannot install the SIGHUP handler");
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the config");
+        if tx.send(reload::Trigger::Signal).await.is_err() {
+            break;
+        }
+    }
 }
 
 async fn wait_for_signal() {

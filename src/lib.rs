@@ -13,6 +13,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
+pub mod reload;
 pub mod routing;
 pub mod state;
 pub mod tls;

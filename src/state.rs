@@ -2,7 +2,7 @@
 //! request sees one whole config from start to end.
 
 use crate::acme;
-use crate::config::{Action, Config, Redirect, Respond, SiteTls};
+use crate::config::{Action, Config, Redirect, Respond, SiteTls, Timeouts, Upstream};
 use crate::http::CountedBody;
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::rate_limit::Limiters;
@@ -68,6 +68,19 @@ pub struct Keep {
     pub acme: acme::Manager,
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
+    /// Pools (with their health state and resolved members) and TLS clients (with their
+    /// connection pools) of the last snapshot built, reused by the next one when unchanged.
+    upstreams: tokio::sync::Mutex<HashMap<String, KeptUpstream>>,
+    /// The plain upstream client (its keep-alive pool), reused while the timeouts stay.
+    client: std::sync::Mutex<Option<(Timeouts, UpstreamClient)>>,
+}
+
+#[derive(Clone)]
+pub struct KeptUpstream {
+    /// Everything the pool was built from.
+    made_from: (Upstream, Timeouts, bool),
+    pub pool: Arc<UpstreamPool>,
+    pub tls_client: Option<UpstreamClient>,
 }
 
 impl Keep {
@@ -79,6 +92,69 @@ impl Keep {
             acme,
             limiters: Arc::default(),
             metrics,
+            upstreams: tokio::sync::Mutex::default(),
+            client: std::sync::Mutex::default(),
+        })
+    }
+
+    fn client(&self, timeouts: &Timeouts) -> UpstreamClient {
+        let mut kept = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.as_ref() {
+            Some((t, client)) if t == timeouts => client.clone(),
+            _ => {
+                let client = upstream::client(timeouts, None);
+                *kept = Some((timeouts.clone(), client.clone()));
+                client
+            }
+        }
+    }
+
+    /// The pools for `config`: the kept one for an upstream whose definition did not change,
+    /// a new one (resolved, checks started) otherwise. The kept set becomes exactly this one.
+    async fn upstreams(&self, config: &Config) -> Result<HashMap<String, KeptUpstream>, TlsError> {
+        let mut kept = self.upstreams.lock().await;
+        let mut next = HashMap::new();
+        for (name, spec) in &config.upstreams {
+            let made_from = (
+                spec.clone(),
+                config.server.timeouts.clone(),
+                config.server.metrics,
+            );
+            let reuse = kept.get(name).filter(|k| k.made_from == made_from).cloned();
+            let entry = match reuse {
+                Some(entry) => entry,
+                None => self.new_upstream(name, made_from).await?,
+            };
+            next.insert(name.clone(), entry);
+        }
+        *kept = next.clone();
+        Ok(next)
+    }
+
+    async fn new_upstream(
+        &self,
+        name: &str,
+        made_from: (Upstream, Timeouts, bool),
+    ) -> Result<KeptUpstream, TlsError> {
+        let (spec, timeouts, metrics) = &made_from;
+        let handshake = upstream::tls::Handshake::new(name, spec, timeouts)?;
+        let tls_client = handshake
+            .as_ref()
+            .map(|tls| upstream::client(timeouts, Some(tls.clone())));
+        let pool = UpstreamPool::new(name, spec);
+        if *metrics {
+            pool.set_metrics(&self.metrics);
+        }
+        pool.resolve().await;
+        pool.spawn_resolver();
+        if let Some(check) = &spec.health {
+            // probes go over the same kind of connection as the traffic, TLS included
+            upstream::health::start_checks(&pool, check.clone(), timeouts, handshake).await;
+        }
+        Ok(KeptUpstream {
+            made_from,
+            pool,
+            tls_client,
         })
     }
 }
@@ -108,26 +184,15 @@ impl RuntimeState {
             .zip(&slots)
             .filter_map(|(site, slot)| Some((site_label(site), slot.clone()?)))
             .collect();
-        let mut upstreams = HashMap::new();
-        let mut tls_clients = HashMap::new();
-        for (name, spec) in &config.upstreams {
-            let timeouts = &config.server.timeouts;
-            let handshake = upstream::tls::Handshake::new(name, spec, timeouts)?;
-            if let Some(tls) = &handshake {
-                tls_clients.insert(name.clone(), upstream::client(timeouts, Some(tls.clone())));
-            }
-            let pool = UpstreamPool::new(name, spec);
-            if config.server.metrics {
-                pool.set_metrics(&keep.metrics);
-            }
-            pool.resolve().await;
-            pool.spawn_resolver();
-            if let Some(check) = &spec.health {
-                // probes go over the same kind of connection as the traffic, TLS included
-                upstream::health::start_checks(&pool, check.clone(), timeouts, handshake).await;
-            }
-            upstreams.insert(name.clone(), pool);
-        }
+        let kept = keep.upstreams(&config).await?;
+        let upstreams: HashMap<String, Arc<UpstreamPool>> = kept
+            .iter()
+            .map(|(name, k)| (name.clone(), k.pool.clone()))
+            .collect();
+        let tls_clients: HashMap<String, UpstreamClient> = kept
+            .iter()
+            .filter_map(|(name, k)| Some((name.clone(), k.tls_client.clone()?)))
+            .collect();
         let routes = config
             .sites
             .iter()
@@ -166,7 +231,7 @@ impl RuntimeState {
             routes,
             policies,
             upstreams,
-            client: upstream::client(&config.server.timeouts, None),
+            client: keep.client(&config.server.timeouts),
             tls_clients,
             config: Arc::new(config),
         })

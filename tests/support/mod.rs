@@ -144,6 +144,23 @@ impl TestProxy {
     ) -> TestProxy {
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");
+        Self::launch(config_path, config, envs, dir, want_https).await
+    }
+
+    /// Runs on a config file that is already in place (e.g. behind symlinks).
+    pub async fn start_at(path: &Path) -> TestProxy {
+        let config = std::fs::read_to_string(path).expect("read config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::launch(path.to_path_buf(), &config, &[], dir, false).await
+    }
+
+    async fn launch(
+        config_path: PathBuf,
+        config: &str,
+        envs: &[(&str, &str)],
+        dir: tempfile::TempDir,
+        want_https: bool,
+    ) -> TestProxy {
         let (mut child, logs, mut rx, stdout) = spawn_run(&config_path, envs);
         let pid = child.id();
 

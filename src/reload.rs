@@ -1,0 +1,198 @@
+//! Hot reload: one task takes every trigger (config file changes, SIGHUP, `POST /reload`), loads
+//! and validates the file, builds a whole new snapshot (reusing unchanged pools, limiters and
+//! ACME work through `state::Keep`) and publishes it with one store. A config that fails any
+//! step never replaces the running one.
+
+use crate::config::{self, Config};
+use crate::state::{Keep, RuntimeState, Shared};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+
+/// Edits arrive as bursts of events (write, chmod, rename); one reload after they settle.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+pub enum Trigger {
+    File,
+    Signal,
+    /// `POST /reload`: the outcome goes back to the caller.
+    Admin(oneshot::Sender<Outcome>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied(String),
+    Unchanged,
+    Rejected(String),
+}
+
+/// What a reload can change without a restart; the rest is refused with this reason.
+fn restart_only(old: &Config, new: &Config) -> Option<&'static str> {
+    if old.listen != new.listen {
+        return Some("[listen] changed: listeners are bound at start; restart to change them");
+    }
+    if old.log != new.log {
+        return Some("[log] changed: the access log is opened at start; restart to change it");
+    }
+    let (a, b) = (&old.server, &new.server);
+    if a.workers != b.workers || a.limits != b.limits {
+        return Some("[server] workers or connection/head limits changed: they are set at start; restart to change them");
+    }
+    None
+}
+
+/// Applies `path` now; what happened, also logged and counted.
+pub async fn reload(path: &Path, shared: &Shared, keep: &Keep) -> Outcome {
+    let outcome = attempt(path, shared, keep).await;
+    let metrics = &keep.metrics;
+    match &outcome {
+        Outcome::Applied(summary) => {
+            metrics.reloads.with_label_values(&["success"]).inc();
+            metrics.last_reload_success.set(unix_now());
+            tracing::info!(changes = %summary, "config reloaded");
+        }
+        Outcome::Unchanged => tracing::debug!("config unchanged; nothing to reload"),
+        Outcome::Rejected(why) => {
+            metrics.reloads.with_label_values(&["failure"]).inc();
+            tracing::error!(error = %why, "config reload rejected; the running config stays");
+        }
+    }
+    outcome
+}
+
+async fn attempt(path: &Path, shared: &Shared, keep: &Keep) -> Outcome {
+    let new = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => return Outcome::Rejected(e.to_string()),
+    };
+    let current = shared.load();
+    let old = &current.config;
+    if **old == new {
+        return Outcome::Unchanged;
+    }
+    if let Some(why) = restart_only(old, &new) {
+        return Outcome::Rejected(why.to_string());
+    }
+    let summary = summarize(old, &new);
+    match RuntimeState::build(new, keep).await {
+        Ok(state) => {
+            shared.store(state);
+            Outcome::Applied(summary)
+        }
+        Err(e) => Outcome::Rejected(e.to_string()),
+    }
+}
+
+/// "sites +1 ~1, routes 7 -> 8, upstreams ~api"
+fn summarize(old: &Config, new: &Config) -> String {
+    let mut parts = Vec::new();
+    let names =
+        |c: &Config| -> Vec<String> { c.sites.iter().map(|s| format!("{:?}", s.hosts)).collect() };
+    let (a, b) = (names(old), names(new));
+    let added = b.iter().filter(|n| !a.contains(n)).count();
+    let removed = a.iter().filter(|n| !b.contains(n)).count();
+    let changed = old
+        .sites
+        .iter()
+        .filter(|s| new.sites.iter().any(|n| n.hosts == s.hosts && n != *s))
+        .count();
+    if added + removed + changed > 0 {
+        parts.push(format!("sites +{added} -{removed} ~{changed}"));
+    }
+    let routes = |c: &Config| c.sites.iter().map(|s| s.routes.len()).sum::<usize>();
+    if routes(old) != routes(new) {
+        parts.push(format!("routes {} -> {}", routes(old), routes(new)));
+    }
+    let mut ups = Vec::new();
+    for (name, spec) in &new.upstreams {
+        match old.upstreams.get(name) {
+            None => ups.push(format!("+{name}")),
+            Some(o) if o != spec => ups.push(format!("~{name}")),
+            Some(_) => {}
+        }
+    }
+    ups.extend(
+        old.upstreams
+            .keys()
+            .filter(|n| !new.upstreams.contains_key(*n))
+            .map(|n| format!("-{n}")),
+    );
+    if !ups.is_empty() {
+        parts.push(format!("upstreams {}", ups.join(" ")));
+    }
+    if old.acme != new.acme {
+        parts.push("acme settings".to_string());
+    }
+    if old.server != new.server {
+        parts.push("server settings".to_string());
+    }
+    if parts.is_empty() {
+        parts.push("details within sites or routes".to_string());
+    }
+    parts.join(", ")
+}
+
+/// The reload task: triggers in, one reload at a time.
+pub async fn run(
+    path: PathBuf,
+    shared: Arc<Shared>,
+    keep: Arc<Keep>,
+    mut rx: mpsc::Receiver<Trigger>,
+) {
+    while let Some(trigger) = rx.recv().await {
+        let mut reply = None;
+        match trigger {
+            Trigger::Admin(tx) => reply = Some(tx),
+            Trigger::File => {
+                // let the burst settle, and fold every trigger that came meanwhile into one
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(more) = rx.try_recv() {
+                    if let Trigger::Admin(tx) = more {
+                        reply = Some(tx);
+                    }
+                }
+            }
+            Trigger::Signal => {}
+        }
+        let outcome = reload(&path, &shared, &keep).await;
+        if let Some(tx) = reply {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// Watches the config file's folder (not the file: editors replace it by rename, and Kubernetes
+/// swaps a `..data` symlink), sending `Trigger::File` for events that touch the file's name or
+/// a `..`-prefixed entry. The watcher stops when the returned value is dropped.
+pub fn watch(path: &Path, tx: mpsc::Sender<Trigger>) -> notify::Result<RecommendedWatcher> {
+    let dir = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let ours = event.paths.iter().any(|p| {
+            let file = p.file_name();
+            file == name.as_deref()
+                || file
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(".."))
+        });
+        if ours {
+            let _ = tx.try_send(Trigger::File);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

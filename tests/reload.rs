@@ -1,0 +1,366 @@
+//! Hot reload end to end: the config file rewritten under load (atomic rename and in place,
+//! valid and invalid in turn), a Kubernetes-style `..data` symlink swap, SIGHUP and
+//! `POST /reload`; state that must survive a reload (rate-limit budgets, health verdicts).
+
+// Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn config(version: &str, extra_route: &str) -> String {
+    format!(
+        r#"
+[listen]
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[server]
+workers = 2
+
+[[site]]
+  [[site.route]]
+  path = "/"
+  respond = {{ status = 200, body = "{version}" }}
+{extra_route}
+"#
+    )
+}
+
+/// Replaces the file by rename (what most editors and config tools do).
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Truncates and rewrites the file in place.
+fn write_in_place(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+async fn admin_addr(proxy: &TestProxy) -> SocketAddr {
+    let start = Instant::now();
+    loop {
+        if let Some(addr) = proxy
+            .logs()
+            .iter()
+            .find_map(|l| parse_listening_line(l, "admin"))
+        {
+            return addr;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no admin listening line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `/` until it answers `want`; how long that took.
+async fn observed(proxy: &TestProxy, want: &str, max: Duration) -> Duration {
+    let start = Instant::now();
+    let http = client();
+    loop {
+        let body = http
+            .get(proxy.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < max,
+            "{want:?} not served within {max:?} (still {body:?}); {:#?}",
+            proxy
+                .logs()
+                .into_iter()
+                .filter(|l| !l.contains("\"request\""))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_rewrites_under_load_drop_nothing_and_never_serve_a_bad_config() {
+    with_timeout(120, async {
+        let proxy = TestProxy::start(&config("v0", "")).await;
+        let path = proxy.config_path.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let ok = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let (stop, failed, ok, seen) = (stop.clone(), failed.clone(), ok.clone(), seen.clone());
+            let url = proxy.url("/");
+            tasks.push(tokio::spawn(async move {
+                // two tasks keep their connection, two open a new one per request
+                let keep = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let http = if i % 2 == 0 { keep.clone() } else { client() };
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let body = r.text().await.unwrap_or_default();
+                            seen.lock().unwrap().insert(body);
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        let invalid = [
+            "[listen\nhttp = ",                                        // syntax error
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"nope\"\n", // unknown upstream
+        ];
+        let mut valid = Vec::new();
+        let mut slowest = Duration::ZERO;
+        for n in 1..=20 {
+            let in_place = n % 3 == 0;
+            if n % 2 == 0 {
+                let bad = if n % 4 == 0 {
+                    invalid[0].to_string()
+                } else if n % 4 == 2 && n > 10 {
+                    // a certificate file that does not exist
+                    config("bad", "") + "\n[[site]]\nhosts = [\"x.test\"]\ntls = { cert = \"missing.pem\", key = \"missing.key\" }\n  [[site.route]]\n  path = \"/\"\n  respond = { body = \"bad\" }\n"
+                } else {
+                    invalid[1].to_string()
+                };
+                if in_place { write_in_place(&path, &bad) } else { write_atomic(&path, &bad) }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                continue;
+            }
+            let version = format!("v{n}");
+            let text = config(&version, if n % 4 == 1 { "  [[site.route]]\n  exact = \"/extra\"\n  respond = { body = \"extra\" }\n" } else { "" });
+            if in_place { write_in_place(&path, &text) } else { write_atomic(&path, &text) }
+            let took = observed(&proxy, &version, Duration::from_secs(1)).await;
+            slowest = slowest.max(took);
+            valid.push(version);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let seen = seen.lock().unwrap().clone();
+        eprintln!("ok {}, failed {}, slowest change seen after {slowest:?}, bodies {seen:?}", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        assert_eq!(failed.load(Ordering::Relaxed), 0);
+        for body in &seen {
+            assert!(body == "v0" || valid.contains(body), "served {body:?}, which no valid config had");
+        }
+        let logs = proxy.logs();
+        let rejected = logs.iter().filter(|l| l.contains("config reload rejected")).count();
+        assert!(rejected >= 10, "each invalid write rejected ({rejected})");
+        assert!(logs.iter().any(|l| l.contains("missing.pem")), "the unreadable certificate is named");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_post_reload_and_a_symlinked_data_dir_swap() {
+    with_timeout(60, async {
+        // Kubernetes ConfigMap layout: gatehouse.toml -> ..data/gatehouse.toml, ..data -> ..v1
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write_version = |name: &str, text: &str| {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("gatehouse.toml"), text).unwrap();
+        };
+        write_version("..v1", &config("k1", ""));
+        std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/gatehouse.toml", root.join("gatehouse.toml")).unwrap();
+        let proxy = TestProxy::start_at(&root.join("gatehouse.toml")).await;
+        observed(&proxy, "k1", Duration::from_secs(1)).await;
+        // the swap: a new version dir, a new symlink renamed over ..data
+        write_version("..v2", &config("k2", ""));
+        std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        observed(&proxy, "k2", Duration::from_secs(1)).await;
+
+        // SIGHUP and POST /reload, with the watcher's view unchanged (written behind its back
+        // into the version dir the symlink already points at)
+        let admin = admin_addr(&proxy).await;
+        std::fs::write(root.join("..v2/gatehouse.toml"), config("k3", "")).unwrap();
+        proxy.send_signal("HUP");
+        observed(&proxy, "k3", Duration::from_secs(2)).await;
+        std::fs::write(root.join("..v2/gatehouse.toml"), config("k4", "")).unwrap();
+        let resp = client()
+            .post(format!("http://{admin}/reload"))
+            .send()
+            .await
+            .unwrap();
+        let (status, text) = (resp.status().as_u16(), resp.text().await.unwrap());
+        assert!(
+            status == 200 && (text.starts_with("reloaded") || text.starts_with("unchanged")),
+            "{status} {text}"
+        );
+        observed(&proxy, "k4", Duration::from_secs(1)).await;
+        std::fs::write(root.join("..v2/gatehouse.toml"), "not toml [").unwrap();
+        let resp = client()
+            .post(format!("http://{admin}/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        assert!(resp.text().await.unwrap().contains("gatehouse.toml:1:"));
+        assert_eq!(
+            client()
+                .get(proxy.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "k4"
+        );
+        let metrics = client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("gatehouse_config_reloads_total{result=\"failure\"}"),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_health_state_survive_a_reload_elsewhere() {
+    with_timeout(60, async {
+        let good = echo_backend("good").await;
+        let dead = closed_port_addr().await;
+        let make = |other_body: &str| {
+            format!(
+                r#"
+[listen]
+http = "127.0.0.1:0"
+
+[server]
+workers = 2
+
+[[site]]
+  [[site.route]]
+  path = "/limited/"
+  respond = {{ body = "limited" }}
+  rate_limit = {{ requests = 3, per = "1h" }}
+
+  [[site.route]]
+  path = "/api/"
+  upstream = "api"
+
+  [[site.route]]
+  path = "/other"
+  respond = {{ body = "{other_body}" }}
+
+[upstream.api]
+servers = ["{}", "{dead}"]
+health = {{ path = "/", interval = "300ms", unhealthy = 1, healthy = 1 }}
+"#,
+                good.addr
+            )
+        };
+        let proxy = TestProxy::start(&make("a")).await;
+        let http = client();
+        for _ in 0..3 {
+            assert_eq!(
+                http.get(proxy.url("/limited/x"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            );
+        }
+        assert_eq!(
+            http.get(proxy.url("/limited/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            429
+        );
+        let downs = |p: &TestProxy| {
+            p.logs()
+                .iter()
+                .filter(|l| l.contains("upstream server down"))
+                .count()
+        };
+        assert_eq!(downs(&proxy), 1, "the dead server was found down at start");
+
+        write_atomic(&proxy.config_path, &make("b"));
+        observed_path(&proxy, "/other", "b").await;
+        assert_eq!(
+            http.get(proxy.url("/limited/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            429,
+            "a client at its limit stays limited"
+        );
+        for _ in 0..10 {
+            assert_eq!(
+                http.get(proxy.url("/api/x")).send().await.unwrap().status(),
+                200,
+                "the down server stays out"
+            );
+        }
+        assert_eq!(
+            downs(&proxy),
+            1,
+            "the pool and its checker were kept, not restarted"
+        );
+        assert_eq!(
+            proxy
+                .logs()
+                .iter()
+                .filter(|l| l.contains("upstream server up"))
+                .count(),
+            1,
+            "no new first-round checks"
+        );
+    })
+    .await;
+}
+
+async fn observed_path(proxy: &TestProxy, path: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let body = client()
+            .get(proxy.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{want:?} not served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
