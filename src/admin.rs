@@ -164,6 +164,11 @@ fn fill(scrape: &Scrape<'_>, cx: &ConnContext, state: &RuntimeState) {
         .collect();
     scrape.rejections(&refused);
     scrape.access_log_dropped(cx.access_log.dropped());
+    scrape.tasks_alive(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+    );
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

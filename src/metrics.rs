@@ -51,6 +51,7 @@ pub struct Metrics {
     pub acme_orders: IntCounterVec,
     rejected: IntCounterVec,
     access_log_dropped: IntCounter,
+    tasks_alive: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
     /// Scrapes copy state into gauges; one at a time.
@@ -118,6 +119,10 @@ impl Metrics {
                 "gatehouse_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind (the queue was full).",
             )?,
+            tasks_alive: IntGauge::new(
+                "gatehouse_runtime_tasks_alive",
+                "Tokio tasks alive (connections, health checkers, resolvers, certificate watchers...).",
+            )?,
             reloads: IntCounterVec::new(
                 opts("gatehouse_config_reloads_total", "Config reloads, by result."),
                 &["result"],
@@ -156,6 +161,7 @@ impl Metrics {
         r.register(Box::new(self.rejected.clone()))?;
         r.register(Box::new(self.reloads.clone()))?;
         r.register(Box::new(self.access_log_dropped.clone()))?;
+        r.register(Box::new(self.tasks_alive.clone()))?;
         r.register(Box::new(self.last_reload_success.clone()))?;
         let build = IntGaugeVec::new(
             opts(
@@ -234,6 +240,10 @@ impl Scrape<'_> {
         for (name, not_after) in certs {
             g.with_label_values(&[name.as_str()]).set(*not_after);
         }
+    }
+
+    pub fn tasks_alive(&self, n: usize) {
+        self.metrics.tasks_alive.set(n as i64);
     }
 
     /// The access log's own count of dropped lines.

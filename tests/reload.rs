@@ -364,3 +364,72 @@ async fn observed_path(proxy: &TestProxy, path: &str, want: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A thousand reloads, each building a new snapshot (and, every other time, a new upstream pool
+/// with its resolver and health checker): memory and live tasks come back to where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_reloads_leak_neither_memory_nor_tasks() {
+    with_timeout(240, async {
+        let backend = echo_backend("api").await;
+        let make = |n: usize| {
+            // odd and even reloads differ in the upstream's health interval: a new pool each time
+            let interval = if n % 2 == 0 { "1s" } else { "2s" };
+            format!(
+                r#"
+[listen]
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[[site]]
+  [[site.route]]
+  path = "/"
+  respond = {{ body = "r{n}" }}
+  rate_limit = {{ requests = {}, per = "1m" }}
+
+  [[site.route]]
+  path = "/api/"
+  upstream = "api"
+
+[upstream.api]
+servers = ["{}"]
+health = {{ path = "/", interval = "{interval}" }}
+"#,
+                1000 + n,
+                backend.addr
+            )
+        };
+        let proxy = TestProxy::start(&make(0)).await;
+        let admin = admin_addr(&proxy).await;
+        let http = client();
+        let reload_to = |n: usize| {
+            std::fs::write(&proxy.config_path, make(n)).unwrap();
+            http.post(format!("http://{admin}/reload")).send()
+        };
+        let gauge = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        let sample = || async {
+            let text = client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+            (gauge(&text, "gatehouse_runtime_tasks_alive"), proc_status_kb(proxy.pid, "VmRSS"))
+        };
+        for n in 1..=50 {
+            assert_eq!(reload_to(n).await.unwrap().status(), 200);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tasks_before, rss_before) = sample().await;
+        for n in 51..=1050 {
+            let resp = reload_to(n).await.unwrap();
+            assert_eq!(resp.status(), 200, "reload {n}: {}", resp.text().await.unwrap());
+        }
+        assert_eq!(client().get(proxy.url("/")).send().await.unwrap().text().await.unwrap(), "r1050");
+        // dropped snapshots' tasks notice within one interval (they sleep, then find their pool gone)
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (tasks_after, rss_after) = sample().await;
+        eprintln!("tasks {tasks_before} -> {tasks_after}, RSS {rss_before} -> {rss_after} kB over 1000 reloads");
+        assert!(tasks_after <= tasks_before + 5.0, "tasks {tasks_before} -> {tasks_after}");
+        assert!(rss_after < rss_before + 16 * 1024, "RSS {rss_before} -> {rss_after} kB");
+    })
+    .await;
+}
