@@ -272,3 +272,42 @@ async fn wait_for_signal() {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("no admin listener to ask: add `admin = \"127.0.0.1:9900\"` to [listen] (or pass --admin), or send SIGHUP instead: kill -HUP <pid>")]
+    NoAdmin,
+    #[error("cannot reach the admin listener at {addr}: {source}")]
+    Unreachable {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the running Gatehouse refused the reload:\n{0}")]
+    Refused(String),
+}
+
+/// `gatehouse reload`: validates `path` here first (as `nginx -t && nginx -s reload` would), then
+/// asks the running instance over its admin listener and returns its answer.
+pub fn request_reload(path: &Path, admin: Option<SocketAddr>) -> Result<String, ReloadError> {
+    use std::io::{Read, Write};
+    let config = config::load(path)?;
+    let addr = admin.or(config.listen.admin).ok_or(ReloadError::NoAdmin)?;
+    let unreachable = |source| ReloadError::Unreachable { addr, source };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .map_err(unreachable)?;
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    let request = format!(
+        "POST /reload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(unreachable)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(unreachable)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(ReloadError::Refused(body.trim_end().to_string()))
+    }
+}

@@ -38,6 +38,15 @@ enum Command {
         #[arg(long, short, default_value = "config/gatehouse.toml")]
         config: PathBuf,
     },
+    /// Validate the config, then ask the running Gatehouse to reload it (POST /reload on its
+    /// admin listener).
+    Reload {
+        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+        /// The admin listener to ask; default `[listen] admin` from the config.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Print the version.
     Version,
 }
@@ -74,6 +83,20 @@ fn main() -> ExitCode {
             Err(e) => {
                 err(&e);
                 ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Reload { config, admin } => match gatehouse::app::request_reload(&config, admin) {
+            Ok(answer) => {
+                out(&answer);
+                ExitCode::SUCCESS
+            }
+            Err(gatehouse::app::ReloadError::Config(e)) => {
+                err(&e);
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+            Err(e) => {
+                err(&e);
+                ExitCode::FAILURE
             }
         },
         Command::Run { config } => match gatehouse::run(&config) {

@@ -433,3 +433,53 @@ health = {{ path = "/", interval = "{interval}" }}
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatehouse_reload_checks_first_then_asks_the_running_instance() {
+    with_timeout(60, async {
+        let proxy = TestProxy::start(&config("c1", "")).await;
+        let admin = admin_addr(&proxy).await.to_string();
+        let path = proxy.config_path.to_str().unwrap().to_string();
+        let reload = {
+            let (path, admin) = (path.clone(), admin.clone());
+            move || run_gatehouse(&["reload", "--config", &path, "--admin", &admin], &[], &[])
+        };
+        std::fs::write(&proxy.config_path, config("c2", "")).unwrap();
+        let out = tokio::task::spawn_blocking(reload.clone()).await.unwrap();
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(
+            out.stdout.starts_with("reloaded") || out.stdout.starts_with("unchanged"),
+            "{}",
+            out.stdout
+        );
+        observed(&proxy, "c2", Duration::from_secs(1)).await;
+        // an invalid file is refused here, before the running instance is asked
+        std::fs::write(&proxy.config_path, "[listen\n").unwrap();
+        let out = tokio::task::spawn_blocking(reload).await.unwrap();
+        assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+        assert!(out.stderr.contains("gatehouse.toml:1:"), "{}", out.stderr);
+        assert_eq!(
+            client()
+                .get(proxy.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "c2"
+        );
+        // no admin listener and no --admin: says what to do instead
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.toml");
+        std::fs::write(
+            &plain,
+            config("x", "").replace("admin = \"127.0.0.1:0\"\n", ""),
+        )
+        .unwrap();
+        let out = run_gatehouse(&["reload", "--config", plain.to_str().unwrap()], &[], &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stderr.contains("SIGHUP"), "{}", out.stderr);
+    })
+    .await;
+}
