@@ -369,29 +369,7 @@ impl Backoff {
     }
 }
 
-/// `2026-11-23T10:00:00Z`, without pulling in a date crate.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // civil-from-days (Howard Hinnant's algorithm)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::clock::rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -412,13 +390,6 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_secs(10));
-    }
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_392_000);
-        assert_eq!(rfc3339(t), "2026-11-23T00:00:00Z");
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod listener;

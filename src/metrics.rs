@@ -140,7 +140,7 @@ impl Metrics {
             m.acme_orders.with_label_values(&[result]);
             m.reloads.with_label_values(&[result]);
         }
-        m.last_reload_success.set(unix_now());
+        m.last_reload_success.set(crate::clock::unix_now());
         Ok(Arc::new(m))
     }
 
@@ -307,12 +307,6 @@ impl RouteMetrics {
 pub struct ListenerMetrics {
     pub open: IntGauge,
     pub total: IntCounter,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl std::fmt::Debug for RouteMetrics {

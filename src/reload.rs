@@ -8,7 +8,7 @@ use crate::state::{Keep, RuntimeState, Shared};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Edits arrive as bursts of events (write, chmod, rename); one reload after they settle.
@@ -50,7 +50,7 @@ pub async fn reload(path: &Path, shared: &Shared, keep: &Keep) -> Outcome {
     match &outcome {
         Outcome::Applied(summary) => {
             metrics.reloads.with_label_values(&["success"]).inc();
-            metrics.last_reload_success.set(unix_now());
+            metrics.last_reload_success.set(crate::clock::unix_now());
             tracing::info!(changes = %summary, "config reloaded");
         }
         Outcome::Unchanged => tracing::debug!("config unchanged; nothing to reload"),
@@ -189,10 +189,4 @@ pub fn watch(path: &Path, tx: mpsc::Sender<Trigger>) -> notify::Result<Recommend
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

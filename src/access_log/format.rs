@@ -1,6 +1,7 @@
 //! The two line formats, pure: one finished request in, one line out (newline included).
 
 use super::Entry;
+use crate::clock::Civil;
 use http::{HeaderValue, Version};
 use serde::{Serialize, Serializer};
 use std::borrow::Cow;
@@ -151,43 +152,6 @@ fn escape(out: &mut Vec<u8>, bytes: &[u8]) {
             ]);
         } else {
             out.push(b);
-        }
-    }
-}
-
-/// A UTC date and time of day.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    millis: u32,
-}
-
-impl Civil {
-    fn of(t: SystemTime) -> Civil {
-        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let (days, rem) = (secs / 86400, secs % 86400);
-        // civil-from-days (Howard Hinnant's algorithm), as in `acme::rfc3339`
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        Civil {
-            year: yoe + era * 400 + i64::from(month <= 2),
-            month,
-            day,
-            hour: (rem / 3600) as u32,
-            minute: (rem % 3600 / 60) as u32,
-            second: (rem % 60) as u32,
-            millis: since.subsec_millis(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `Limiter` a route checks, and the `Limiters` registry that hands the same limiter to every
 //! snapshot whose definition did not change (so a reload keeps the budgets) and sweeps idle keys.
 
+use crate::clock;
 use crate::config::RateLimit;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
@@ -17,8 +18,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 /// How often idle keys are dropped from every live limiter.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -152,7 +153,7 @@ pub struct Limiter {
     gcra: Gcra,
     store: CappedStore,
     clock: DefaultClock,
-    /// Milliseconds since `EPOCH` of the last sweep forced by a full table.
+    /// `clock::millis()` of the last sweep forced by a full table (0: never).
     last_full_sweep: AtomicU64,
 }
 
@@ -167,11 +168,6 @@ fn quota(spec: &RateLimit) -> Quota {
     Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(one))
         .allow_burst(NonZeroU32::new(spec.burst).unwrap_or(one))
-}
-
-fn millis_since_start() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Limiter {
@@ -206,12 +202,12 @@ impl Limiter {
     /// A full table first drops the clients whose budget has refilled (they lose nothing), at
     /// most once a second; only clients beyond that share the overflow budget.
     fn sweep_when_full(&self) {
-        let now = millis_since_start();
+        let now = clock::millis();
         let last = self.last_full_sweep.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= FULL_SWEEP_GAP.as_millis() as u64;
         let won = || {
             self.last_full_sweep
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         };
         if due && won() {

@@ -2,10 +2,9 @@
 //! and logged at most once a second per reason, with how many went unlogged, so a flood of
 //! refusals cannot flood the log.
 
+use crate::clock;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -55,16 +54,11 @@ pub struct Rejections {
     unlogged: [AtomicU64; N],
 }
 
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
 impl Rejections {
     pub fn record(&self, reason: Reason, client: IpAddr, detail: &str) {
         let i = reason as usize;
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let now = now_ms();
+        let now = clock::millis();
         let last = self.logged_at[i].load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= 1000;
         let won = due

@@ -5,6 +5,7 @@
 pub mod counter;
 
 use super::{Backend, UpstreamPool};
+use crate::clock;
 use crate::config::{Eject, HealthCheck, Timeouts};
 use bytes::Bytes;
 use counter::{ActiveCounter, Outcome, State};
@@ -13,13 +14,7 @@ use hyper_util::client::legacy::Client;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Instant;
-
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+use std::sync::{Arc, Weak};
 
 #[derive(Debug)]
 pub struct Health {
@@ -64,7 +59,7 @@ impl Health {
         let until = self.ejected_until.load(Ordering::Relaxed);
         if until == 0 {
             Availability::Yes
-        } else if active_checks || now_ms() < until || self.trial.load(Ordering::Relaxed) {
+        } else if active_checks || clock::millis() < until || self.trial.load(Ordering::Relaxed) {
             Availability::No
         } else {
             Availability::Trial
@@ -84,7 +79,7 @@ impl Health {
     pub fn ejected_for_ms(&self) -> u64 {
         match self.ejected_until.load(Ordering::Relaxed) {
             0 => 0,
-            until => until.saturating_sub(now_ms()),
+            until => until.saturating_sub(clock::millis()),
         }
     }
 }
@@ -139,7 +134,7 @@ fn eject_backend(
     }
     let nth = h.ejections.fetch_add(1, Ordering::Relaxed) + 1;
     let wait = counter::cooldown(eject, nth);
-    let until = now_ms() + wait.as_millis() as u64;
+    let until = clock::millis() + wait.as_millis() as u64;
     if h.ejected_until
         .compare_exchange(current, until, Ordering::Relaxed, Ordering::Relaxed)
         .is_ok()
