@@ -10,24 +10,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::*;
 
-async fn admin_addr(proxy: &TestProxy) -> SocketAddr {
-    let start = Instant::now();
-    loop {
-        if let Some(addr) = proxy
-            .logs()
-            .iter()
-            .find_map(|l| parse_listening_line(l, "admin"))
-        {
-            return addr;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no admin listening line"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn config(backend: SocketAddr, admin: &str) -> String {
     format!(
         r#"
@@ -64,7 +46,7 @@ async fn ready_follows_the_required_upstream_and_live_stays_up() {
         let addr = listener.local_addr().unwrap();
         let backend = serve_on(listener).await;
         let proxy = TestProxy::start(&config(addr, "admin = \"127.0.0.1:0\"")).await;
-        let admin = admin_addr(&proxy).await;
+        let admin = proxy.admin_addr().await;
         assert_eq!(get(admin, "/live").await, (200, "live\n".into()));
         assert_eq!(get(admin, "/ready").await.0, 200);
         backend.abort();
@@ -143,7 +125,7 @@ async fn only_allowed_peers_reach_the_admin_endpoints() {
             "admin = \"127.0.0.1:0\"\nadmin_allow = [\"127.0.0.2\"]",
         ))
         .await;
-        let admin = admin_addr(&proxy).await;
+        let admin = proxy.admin_addr().await;
         let from = |ip: &str| {
             reqwest::Client::builder()
                 .local_address(ip.parse::<std::net::IpAddr>().unwrap())

@@ -379,20 +379,14 @@ async fn an_ejected_server_comes_back_through_a_trial_request() {
         let upstream = r#"eject = { failures = 2, cooldown = "1s" }"#;
         let proxy = TestProxy::start(&config(&[&a, &flaky], upstream)).await;
         for _ in 0..10 {
-            assert_eq!(
-                client().get(proxy.url("/x")).send().await.unwrap().status(),
-                200
-            );
+            assert_eq!(status(&proxy, "/x").await, 200);
         }
         assert_eq!(log_count(&proxy, "upstream server ejected", &flaky), 1);
         flaky.restart(Mode::Ok).await;
         let before = flaky.count();
         tokio::time::sleep(Duration::from_millis(1200)).await;
         for _ in 0..10 {
-            assert_eq!(
-                client().get(proxy.url("/x")).send().await.unwrap().status(),
-                200
-            );
+            assert_eq!(status(&proxy, "/x").await, 200);
         }
         assert!(
             flaky.count() > before + 2,
@@ -409,7 +403,7 @@ async fn all_servers_down_is_503_with_retry_after_and_each_transition_logged_onc
         let (a, b) = (Server::start("a", Mode::Ok).await, Server::start("b", Mode::Ok).await);
         let health = r#"health = { path = "/health", interval = "200ms", timeout = "100ms", unhealthy = 2, healthy = 1 }"#;
         let proxy = TestProxy::start(&config(&[&a, &b], health)).await;
-        assert_eq!(client().get(proxy.url("/x")).send().await.unwrap().status(), 200);
+        assert_eq!(status(&proxy, "/x").await, 200);
         a.kill();
         b.kill();
         eventually(Duration::from_secs(5), "both down", || {
@@ -426,7 +420,7 @@ async fn all_servers_down_is_503_with_retry_after_and_each_transition_logged_onc
         assert_eq!(log_count(&proxy, "upstream server down", &a), 1, "logged once, not per check");
         a.restart(Mode::Ok).await;
         eventually(Duration::from_secs(5), "a back", || log_count(&proxy, "upstream server up", &a) == 2).await;
-        assert_eq!(client().get(proxy.url("/x")).send().await.unwrap().status(), 200);
+        assert_eq!(status(&proxy, "/x").await, 200);
     })
     .await;
 }
@@ -501,4 +495,10 @@ async fn retries_stay_within_the_budget_when_every_server_fails() {
         assert!(attempts > requests, "some retries did happen");
     })
     .await;
+}
+
+/// The status `path` answers with now.
+async fn status(proxy: &TestProxy, path: &str) -> u16 {
+    let resp = client().get(proxy.url(path)).send().await.unwrap();
+    resp.status().as_u16()
 }

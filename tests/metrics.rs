@@ -11,24 +11,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::*;
 
-async fn admin_addr(proxy: &TestProxy) -> SocketAddr {
-    let start = Instant::now();
-    loop {
-        if let Some(addr) = proxy
-            .logs()
-            .iter()
-            .find_map(|l| parse_listening_line(l, "admin"))
-        {
-            return addr;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no admin listening line"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `name{labels}` -> value, labels sorted as Prometheus prints them.
 async fn scrape(admin: SocketAddr) -> (String, HashMap<String, f64>) {
     let text = client()
@@ -104,7 +86,7 @@ async fn counters_and_histograms_match_the_traffic_sent() {
         })
         .await;
         let proxy = TestProxy::start(&config(backend.addr, "")).await;
-        let admin = admin_addr(&proxy).await;
+        let admin = proxy.admin_addr().await;
         let http = client();
         let send = |method: reqwest::Method, path: &str, body: &'static str| {
             http.request(method, proxy.url(path))
@@ -230,7 +212,7 @@ async fn with_metrics_off_requests_are_not_counted() {
     with_timeout(30, async {
         let backend = echo_backend("api").await;
         let proxy = TestProxy::start(&config(backend.addr, "metrics = false")).await;
-        let admin = admin_addr(&proxy).await;
+        let admin = proxy.admin_addr().await;
         for _ in 0..3 {
             let resp = client()
                 .get(proxy.url("/healthz"))

@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{
-    client, echo_backend, parse_listening_line, raw_request, with_timeout, AcceptAnyCert, TestProxy,
-};
+use support::{client, echo_backend, raw_request, with_timeout, AcceptAnyCert, TestProxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -690,24 +688,6 @@ fn dashboard_queries_parse_as_promql() {
 // Against a live scrape
 // ---------------------------------------------------------------------------------------------
 
-async fn admin_addr(proxy: &TestProxy) -> SocketAddr {
-    let start = Instant::now();
-    loop {
-        if let Some(addr) = proxy
-            .logs()
-            .iter()
-            .find_map(|l| parse_listening_line(l, "admin"))
-        {
-            return addr;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no admin listening line"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A TLS handshake with `sni`, accepting any certificate; whether it succeeded.
 async fn handshake(addr: SocketAddr, sni: &str) -> bool {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -779,7 +759,7 @@ health = {{ path = "/", interval = "200ms", unhealthy = 1, healthy = 1 }}
             ],
         )
         .await;
-        let admin = admin_addr(&proxy).await;
+        let admin = proxy.admin_addr().await;
 
         // Traffic that gives every labelled family a series: a proxied request (requests,
         // durations, upstream requests and response time, connections, body bytes), a refusal

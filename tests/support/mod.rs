@@ -222,6 +222,22 @@ impl TestProxy {
     }
 
     /// All stderr lines seen so far.
+    /// The admin listener's address, from its "listening" line (logged just after the others).
+    pub async fn admin_addr(&self) -> SocketAddr {
+        let start = Instant::now();
+        loop {
+            let logs = self.logs();
+            if let Some(addr) = logs.iter().find_map(|l| parse_listening_line(l, "admin")) {
+                return addr;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no admin listening line"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }

@@ -239,31 +239,8 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 // Client
 // ---------------------------------------------------------------------------------------------
 
-/// A response parsed off the wire.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.all(name).first().copied()
-    }
-
-    pub fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
+/// A response parsed off the wire: the same shape `support::raw_request` returns.
+pub use crate::support::RawResponse as Resp;
 
 /// What one client connection got back.
 #[derive(Debug)]
