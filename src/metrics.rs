@@ -4,7 +4,7 @@
 //! counters. State that already lives elsewhere (health verdicts, certificate expiry, refusal
 //! counts) is copied into gauges and counters when `/metrics` is scraped.
 
-use http::{Method, StatusCode};
+use http::Method;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -182,9 +182,7 @@ impl Metrics {
     pub fn route(self: &Arc<Self>, site: &str, route: &str) -> Arc<RouteMetrics> {
         Arc::new(RouteMetrics {
             duration: self.duration.with_label_values(&[site, route]),
-            counters: (0..(METHODS.len() + 1) * CODES)
-                .map(|_| OnceLock::new())
-                .collect(),
+            counters: (0..=METHODS.len()).map(|_| OnceLock::new()).collect(),
             labels: [site.to_string(), route.to_string()],
             metrics: self.clone(),
         })
@@ -262,11 +260,15 @@ impl Scrape<'_> {
     }
 }
 
+/// One method's counters on one route, indexed by status - 100.
+type ByStatus = Box<[OnceLock<IntCounter>]>;
+
 /// One route's handles.
 pub struct RouteMetrics {
     duration: Histogram,
-    /// By method index and status - 100, filled on first use (label values formatted once).
-    counters: Box<[OnceLock<IntCounter>]>,
+    /// By method index, then status - 100; a method's table is made when the method is first
+    /// seen and a counter when its status is (label values are formatted once).
+    counters: Box<[OnceLock<ByStatus>]>,
     labels: [String; 2],
     metrics: Arc<Metrics>,
 }
@@ -285,11 +287,12 @@ impl RouteMetrics {
             .iter()
             .position(|x| x == method)
             .unwrap_or(METHODS.len());
-        let code = usize::from(status.clamp(100, 599)) - 100;
-        let counter = self.counters[m * CODES + code].get_or_init(|| {
+        let status = status.clamp(100, 599);
+        let by_status =
+            self.counters[m].get_or_init(|| (0..CODES).map(|_| OnceLock::new()).collect());
+        let counter = by_status[usize::from(status) - 100].get_or_init(|| {
             let method = METHODS.get(m).map_or("other", Method::as_str);
-            let code = StatusCode::from_u16(status)
-                .map_or_else(|_| status.to_string(), |s| s.as_u16().to_string());
+            let code = status.to_string();
             let [site, route] = &self.labels;
             self.metrics.requests.with_label_values(&[
                 site.as_str(),

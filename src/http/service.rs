@@ -186,16 +186,15 @@ impl ProxyService {
         let mut retry = Retry::new(&parts.method, body, retries);
         hop.pool.deposit_retry_share();
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut failed = None;
         let (mut resp, active) = loop {
             let active = match hop.pool.pick(hop.addrs.client, &tried) {
                 Ok(active) => active,
-                Err(none) if tried.is_empty() => {
-                    return Err(ProxyError::NoHealthy(
-                        hop.pool.name.clone(),
-                        none.retry_after,
-                    ))
+                // no server left: the last attempt's error, or none was healthy at all
+                Err(none) => {
+                    let name = hop.pool.name.clone();
+                    return Err(failed.unwrap_or(ProxyError::NoHealthy(name, none.retry_after)));
                 }
-                Err(_) => return Err(retry.last_error()),
             };
             // no copy of the head when no other attempt can follow (a single server included)
             let last = tried.len() >= retries as usize || tried.len() + 1 >= hop.pool.size();
@@ -209,7 +208,7 @@ impl ProxyService {
                 Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
                     tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
                     tried.push(active.backend().addr);
-                    retry.failed(err);
+                    failed = Some(err);
                 }
                 Err(err) => return Err(err),
             }
@@ -286,7 +285,6 @@ struct Retry {
     /// The body, when no retry can need it back.
     direct: Option<Incoming>,
     idempotent: bool,
-    last: Option<ProxyError>,
 }
 
 impl Retry {
@@ -312,7 +310,6 @@ impl Retry {
                     | Method::DELETE
                     | Method::TRACE
             ),
-            last: None,
         }
     }
 
@@ -344,14 +341,6 @@ impl Retry {
             _ => false,
         };
         safe && self.body_unsent()
-    }
-
-    fn failed(&mut self, err: ProxyError) {
-        self.last = Some(err);
-    }
-
-    fn last_error(&mut self) -> ProxyError {
-        self.last.take().unwrap_or(ProxyError::BadTarget)
     }
 }
 
