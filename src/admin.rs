@@ -39,17 +39,8 @@ pub async fn serve(
         let (cx, reload) = (cx.clone(), reload.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let wants_reload = req.method() == Method::POST && req.uri().path() == "/reload";
-                let answer = (!wants_reload).then(|| answer(&cx, peer, &req));
-                let allowed = allowed(&cx, peer);
-                let reload = reload.clone();
-                async move {
-                    Ok::<_, Infallible>(match answer {
-                        Some(answer) => answer,
-                        None if !allowed => text(StatusCode::FORBIDDEN, "forbidden\n".into()),
-                        None => post_reload(&reload).await,
-                    })
-                }
+                let (cx, reload) = (cx.clone(), reload.clone());
+                async move { Ok::<_, Infallible>(respond(&cx, &reload, peer, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
@@ -58,6 +49,22 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Who may ask, then what: `POST /reload`, or one of the `GET` endpoints.
+async fn respond(
+    cx: &ConnContext,
+    reload: &mpsc::Sender<Trigger>,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if !allowed(cx, peer) {
+        return text(StatusCode::FORBIDDEN, "forbidden\n".into());
+    }
+    if req.method() == Method::POST && req.uri().path() == "/reload" {
+        return post_reload(reload).await;
+    }
+    answer(cx, req)
 }
 
 fn allowed(cx: &ConnContext, peer: SocketAddr) -> bool {
@@ -88,11 +95,8 @@ async fn post_reload(reload: &mpsc::Sender<Trigger>) -> Response<Full<Bytes>> {
     }
 }
 
-fn answer(cx: &ConnContext, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(cx: &ConnContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let state = cx.shared.load();
-    if !allowed(cx, peer) {
-        return text(StatusCode::FORBIDDEN, "forbidden\n".into());
-    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
