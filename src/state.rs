@@ -35,10 +35,6 @@ pub struct RuntimeState {
     /// Each TLS site's first name and certificate slot, for the expiry gauge.
     pub certs: Vec<(String, tls::CertSlot)>,
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
-    /// Shared by the plain upstreams.
-    pub client: UpstreamClient,
-    /// One per TLS (`https://`) upstream, by name: its own trust, client certificate and pool.
-    pub tls_clients: HashMap<String, UpstreamClient>,
     /// Per site, in config order (the router's site index).
     pub sites: Vec<SiteState>,
     /// For the HTTPS listener; `None` when no site has TLS.
@@ -54,12 +50,18 @@ pub struct SiteState {
 }
 
 pub enum RouteAction {
-    Proxy {
-        pool: Arc<UpstreamPool>,
-        strip_prefix: bool,
-    },
+    Proxy(Box<ProxyRoute>),
     Respond(Respond),
     Redirect(Redirect),
+}
+
+pub struct ProxyRoute {
+    pub pool: Arc<UpstreamPool>,
+    /// The plain client shared by plain upstreams, or the pool's own TLS client (its trust,
+    /// client certificate and connection pool), with the scheme its URIs take.
+    pub client: UpstreamClient,
+    pub scheme: Scheme,
+    pub strip_prefix: bool,
 }
 
 /// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
@@ -189,15 +191,12 @@ impl RuntimeState {
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
             .collect();
-        let tls_clients: HashMap<String, UpstreamClient> = kept
-            .iter()
-            .filter_map(|(name, k)| Some((name.clone(), k.tls_client.clone()?)))
-            .collect();
+        let plain = keep.client(&config.server.timeouts);
         let routes = config
             .sites
             .iter()
             .flat_map(|site| site.routes.iter())
-            .map(|route| compile(&route.action, &upstreams))
+            .map(|route| compile(&route.action, &kept, &plain))
             .collect();
         let key_cap = config.server.limits.rate_limit_keys;
         let policies = config
@@ -231,18 +230,8 @@ impl RuntimeState {
             routes,
             policies,
             upstreams,
-            client: keep.client(&config.server.timeouts),
-            tls_clients,
             config: Arc::new(config),
         })
-    }
-
-    /// The client for a pool's requests and the scheme of their URIs.
-    pub fn client_for(&self, pool: &UpstreamPool) -> (&UpstreamClient, Scheme) {
-        match self.tls_clients.get(&pool.name) {
-            Some(client) => (client, Scheme::HTTPS),
-            None => (&self.client, Scheme::HTTP),
-        }
     }
 }
 
@@ -276,16 +265,28 @@ fn route_metrics(
     (routes, unrouted)
 }
 
-fn compile(action: &Action, upstreams: &HashMap<String, Arc<UpstreamPool>>) -> RouteAction {
+fn compile(
+    action: &Action,
+    upstreams: &HashMap<String, KeptUpstream>,
+    plain: &UpstreamClient,
+) -> RouteAction {
     match action {
         Action::Proxy {
             upstream,
             strip_prefix,
         } => match upstreams.get(upstream) {
-            Some(pool) => RouteAction::Proxy {
-                pool: pool.clone(),
-                strip_prefix: *strip_prefix,
-            },
+            Some(kept) => {
+                let (client, scheme) = match &kept.tls_client {
+                    Some(tls) => (tls.clone(), Scheme::HTTPS),
+                    None => (plain.clone(), Scheme::HTTP),
+                };
+                RouteAction::Proxy(Box::new(ProxyRoute {
+                    pool: kept.pool.clone(),
+                    client,
+                    scheme,
+                    strip_prefix: *strip_prefix,
+                }))
+            }
             // unreachable after validation; kept total so route ids stay aligned
             None => RouteAction::Respond(Respond {
                 status: StatusCode::BAD_GATEWAY,

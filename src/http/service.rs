@@ -9,7 +9,7 @@ use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
-use crate::state::{RouteAction, RuntimeState};
+use crate::state::{RouteAction, RuntimeState, UpstreamClient};
 use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -152,13 +152,15 @@ impl ProxyService {
         match &state.routes[matched.route] {
             RouteAction::Respond(r) => Ok(Answer::Local(respond(r))),
             RouteAction::Redirect(r) => Ok(Answer::Local(redirect(r, req.uri(), host))),
-            RouteAction::Proxy { pool, strip_prefix } => {
-                let strip = strip_prefix.then_some(matched.matched_len);
+            RouteAction::Proxy(route) => {
+                let strip = route.strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     state,
                     policy,
-                    pool,
+                    pool: &route.pool,
+                    client: &route.client,
+                    scheme: &route.scheme,
                     addrs,
                     strip,
                     log,
@@ -231,8 +233,7 @@ impl ProxyService {
         active: &ActiveGuard,
         retry: &mut Retry,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let (client, scheme) = hop.state.client_for(hop.pool);
-        head.uri = upstream_uri(&head.uri, scheme, active, hop.strip)?;
+        head.uri = upstream_uri(&head.uri, hop.scheme.clone(), active, hop.strip)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
         let timeout = hop.state.config.server.timeouts.upstream_response;
         let log = hop.log.clone();
@@ -243,7 +244,7 @@ impl ProxyService {
         };
         let started = std::time::Instant::now();
         let sent = tokio::select! {
-            sent = client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+            sent = hop.client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                 Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
                 Some(BodyFault::Malformed) => ProxyError::BadBody,
@@ -359,6 +360,8 @@ struct Hop<'a> {
     state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
+    client: &'a UpstreamClient,
+    scheme: &'a Scheme,
     addrs: forward::Addrs,
     strip: Option<usize>,
     log: &'a Arc<RequestLog>,
