@@ -70,7 +70,8 @@ impl ConnLimiter {
         Ok(slot)
     }
 
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
 }

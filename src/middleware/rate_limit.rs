@@ -239,10 +239,6 @@ impl Limiter {
             overflowed: self.store.0.overflowed.load(Ordering::Relaxed),
         }
     }
-
-    pub fn spec(&self) -> &RateLimit {
-        &self.spec
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
