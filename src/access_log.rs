@@ -76,12 +76,13 @@ pub struct AccessLogError {
 }
 
 impl AccessLog {
-    /// Opens the file (so an unwritable path fails start-up), starts the writer thread and the
-    /// SIGUSR1 listener. Must run inside a tokio runtime.
-    pub fn start(config: &Log) -> Result<AccessLog, AccessLogError> {
+    /// Opens the file (so an unwritable path fails start-up or the reload) and starts the
+    /// writer thread, which ends once every clone of the handle is gone and the queue is
+    /// written out. `dropped` counts lost lines across every log the process opens.
+    pub fn start(config: &Log, dropped: Arc<AtomicU64>) -> Result<AccessLog, AccessLogError> {
         let target = match &config.access {
-            AccessTarget::Off => return Ok(AccessLog::new(Sink::Off).on_sigusr1()),
-            AccessTarget::Stderr => return Ok(AccessLog::new(Sink::Stderr).on_sigusr1()),
+            AccessTarget::Off => return Ok(AccessLog::new(Sink::Off, dropped)),
+            AccessTarget::Stderr => return Ok(AccessLog::new(Sink::Stderr, dropped)),
             AccessTarget::Stdout => Target::Stdout,
             AccessTarget::File(path) => Target::File(path.clone()),
         };
@@ -94,30 +95,14 @@ impl AccessLog {
                 })?)
             }
         };
-        Ok(AccessLog::spawn(target, out, config.format, config.buffer).on_sigusr1())
-    }
-
-    /// No access log at all.
-    pub fn off() -> AccessLog {
-        AccessLog::new(Sink::Off)
-    }
-
-    fn new(sink: Sink) -> AccessLog {
-        AccessLog(Arc::new(Inner {
-            sink,
-            dropped: Arc::default(),
-            full: Every::ten_seconds(),
-        }))
-    }
-
-    fn spawn(
-        target: Target,
-        out: Box<dyn std::io::Write + Send>,
-        format: AccessFormat,
-        buffer: usize,
-    ) -> AccessLog {
-        let (tx, rx) = mpsc::channel(buffer);
-        let log = AccessLog::new(Sink::Queue { tx, format });
+        let (tx, rx) = mpsc::channel(config.buffer);
+        let log = AccessLog::new(
+            Sink::Queue {
+                tx,
+                format: config.format,
+            },
+            dropped,
+        );
         let writer = Writer::new(target, out, log.0.dropped.clone());
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
@@ -126,7 +111,20 @@ impl AccessLog {
             // the queue fills up and every line is counted as dropped; serving goes on
             tracing::error!(error = %e, "cannot start the access-log writer thread");
         }
-        log
+        Ok(log)
+    }
+
+    /// No access log at all.
+    pub fn off() -> AccessLog {
+        AccessLog::new(Sink::Off, Arc::default())
+    }
+
+    fn new(sink: Sink, dropped: Arc<AtomicU64>) -> AccessLog {
+        AccessLog(Arc::new(Inner {
+            sink,
+            dropped,
+            full: Every::ten_seconds(),
+        }))
     }
 
     /// Writes (or queues) the line for a finished request. Never blocks on the queue: when it is
@@ -169,7 +167,7 @@ impl AccessLog {
         if let Sink::Queue { tx, .. } = &self.0.sink {
             let _ = tx.send(Msg::Reopen).await;
         } else {
-            tracing::info!("SIGUSR1: the access log is not a file; nothing to reopen");
+            tracing::info!("the access log is not a file; nothing to reopen");
         }
     }
 
@@ -191,27 +189,6 @@ impl AccessLog {
         } else {
             tracing::warn!(dropped, "access log: the writer did not finish within {CLOSE_WAIT:?}; queued lines are lost");
         }
-    }
-
-    /// SIGUSR1 reopens the file. The handler is installed for every target, so that a
-    /// logrotate `postrotate` meant for another setup never kills the process (the signal's
-    /// default action).
-    fn on_sigusr1(self) -> AccessLog {
-        use tokio::signal::unix::{signal, SignalKind};
-        let log = self.clone();
-        match signal(SignalKind::user_defined1()) {
-            Ok(mut usr1) => {
-                tokio::spawn(async move {
-                    while usr1.recv().await.is_some() {
-                        log.reopen().await;
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGUSR1; the access log will not be reopened")
-            }
-        }
-        self
     }
 }
 

@@ -176,7 +176,21 @@ pub struct Manager {
 struct Managed {
     /// One per directory + state dir + settings; a changed `[acme]` section gets a new one.
     issuers: Vec<Arc<Issuer>>,
-    slots: HashMap<(String, Vec<String>), CertSlot>,
+    /// By directory and name set.
+    certs: HashMap<(String, Vec<String>), Maintained>,
+}
+
+/// One name set's slot and the task that fills it; dropping it stops the task.
+struct Maintained {
+    issuer: Arc<Issuer>,
+    slot: CertSlot,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Maintained {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Manager {
@@ -190,13 +204,17 @@ impl Manager {
     }
 
     /// The slot for these names; the first request starts the task that fills and renews it.
+    /// Changed `[acme]` settings or `state_dir` start a new task (which first loads what the
+    /// store holds) in place of the old one.
     pub fn slot(&self, settings: &config::Acme, state_dir: &Path, names: Vec<String>) -> CertSlot {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (settings.directory.clone(), names);
-        if let Some(slot) = inner.slots.get(&key) {
-            return slot.clone();
-        }
         let store = Store::new(state_dir);
+        let key = (settings.directory.clone(), names);
+        if let Some(kept) = inner.certs.get(&key) {
+            if kept.issuer.settings == *settings && kept.issuer.store == store {
+                return kept.slot.clone();
+            }
+        }
         let issuer = match inner
             .issuers
             .iter()
@@ -215,9 +233,35 @@ impl Manager {
         };
         let slot: CertSlot = Arc::new(ArcSwapOption::empty());
         let metrics = self.metrics.get().cloned();
-        tokio::spawn(maintain(issuer, key.1.clone(), slot.clone(), metrics));
-        inner.slots.insert(key, slot.clone());
+        let task = tokio::spawn(maintain(
+            issuer.clone(),
+            key.1.clone(),
+            slot.clone(),
+            metrics,
+        ));
+        let maintained = Maintained {
+            issuer,
+            slot: slot.clone(),
+            task: task.abort_handle(),
+        };
+        inner.certs.insert(key, maintained);
         slot
+    }
+
+    /// Stops the work for every name set whose slot is not in `used` (the snapshot just
+    /// built): a site removed by a reload no longer orders or renews. Its stored certificate
+    /// stays on disk for when it comes back.
+    pub fn retain(&self, used: &[&CertSlot]) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.certs.retain(|(_, names), kept| {
+            let keep = used.iter().any(|slot| Arc::ptr_eq(slot, &kept.slot));
+            if !keep {
+                tracing::info!(names = %names.join(","), "certificate no longer configured; its ACME task stops");
+            }
+            keep
+        });
+        let Managed { issuers, certs } = &mut *inner;
+        issuers.retain(|issuer| certs.values().any(|c| Arc::ptr_eq(&c.issuer, issuer)));
     }
 }
 

@@ -167,7 +167,7 @@ fn fill(scrape: &Scrape<'_>, cx: &ConnContext, state: &RuntimeState) {
         .map(|r| (r.as_str(), cx.rejections.count(*r)))
         .collect();
     scrape.rejections(&refused);
-    scrape.access_log_dropped(cx.access_log.dropped());
+    scrape.access_log_dropped(state.access_log.dropped());
     scrape.tasks_alive(
         tokio::runtime::Handle::current()
             .metrics()

@@ -1,37 +1,29 @@
 //! Composition root: load the config, build the runtime and the state, bind listeners, run until a
 //! signal, then drain.
 
-use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme::{
     self,
     store::{self, CertInfo, Store},
 };
 use crate::config::{self, Config, ConfigError, SiteTls};
-use crate::http::{self, ConnContext, Transport};
-use crate::listener;
+use crate::http::ConnContext;
+use crate::listener::{BindError, Listeners};
 use crate::reload;
-use crate::state::{Keep, RuntimeState, Shared};
+use crate::state::{BuildError, Keep, RuntimeState, Shared};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU16;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("cannot bind {listener} listener on {addr}: {source}")]
-    Bind {
-        listener: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
     #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Bind(#[from] BindError),
     #[error("{0}")]
-    AccessLog(#[from] AccessLogError),
+    Build(#[from] BuildError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
@@ -61,52 +53,15 @@ pub fn run(path: &Path) -> Result<(), AppError> {
 }
 
 pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
-    let grace = config.server.shutdown_grace;
     let listen = config.listen.clone();
     let keep = Arc::new(Keep::new()?);
     keep.limiters.spawn_sweeper();
-    let limits = config.server.limits.clone();
-    let access_log = AccessLog::start(&config.log)?;
     let shared = Shared::new(RuntimeState::build(config, &keep).await?);
-    // watching starts before the listeners are up: a change made once they answer is seen
-    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(reload::run(
-        path.to_path_buf(),
-        shared.clone(),
-        keep.clone(),
-        reload_rx,
-    ));
-    tokio::spawn(sighup(reload_tx.clone()));
-    let _watcher = match reload::watch(path, reload_tx.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
-            None
-        }
-    };
     let tracker = TaskTracker::new();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut listeners = Vec::new();
-    if let Some(addr) = listen.http {
-        listeners.push(("http", Transport::Plain, bind("http", addr).await?));
-    }
-    if let Some(addr) = listen.https {
-        listeners.push(("https", Transport::Tls, bind("https", addr).await?));
-    }
-    let admin = match listen.admin {
-        Some(addr) => Some(bind("admin", addr).await?),
-        None => None,
-    };
-    let https_port = listeners
-        .iter()
-        .find(|(_, t, _)| *t == Transport::Tls)
-        .and_then(|(_, _, l)| l.local_addr().ok())
-        .map(|a| a.port());
     let cx = Arc::new(ConnContext {
-        shared,
-        builder: http::builder(&limits),
+        shared: shared.clone(),
         tracker: tracker.clone(),
-        https_port,
+        https_port: AtomicU16::new(0),
         challenges: keep.acme.challenges(),
         conns: Arc::default(),
         rejections: Arc::default(),
@@ -115,26 +70,33 @@ pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
             keep.metrics.listener("https"),
         ],
         metrics: keep.metrics.clone(),
-        access_log: access_log.clone(),
     });
-    let accept_loops: Vec<_> = listeners
-        .into_iter()
-        .map(|(name, transport, listener)| {
-            let accept =
-                listener::accept_loop(listener, name, transport, cx.clone(), shutdown_rx.clone());
-            tokio::spawn(accept)
-        })
-        .collect();
-    if let Some(admin) = admin {
-        let admin = crate::admin::serve(admin, cx.clone(), reload_tx, shutdown_rx.clone());
-        tokio::spawn(admin);
-    }
+    // watching starts before the listeners are up: a change made once they answer is seen
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);
+    let _watcher = match reload::watch(path, reload_tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            None
+        }
+    };
+    let mut listeners = Listeners::new(cx, reload_tx.clone());
+    let bound = listeners.bind_new(&listen).await?;
+    listeners.apply(bound, &listen);
+    let listeners = Arc::new(tokio::sync::Mutex::new(listeners));
+    tokio::spawn(reload::run(
+        path.to_path_buf(),
+        shared.clone(),
+        keep.clone(),
+        listeners.clone(),
+        reload_rx,
+    ));
+    tokio::spawn(sighup(reload_tx));
+    tokio::spawn(sigusr1(shared.clone()));
     wait_for_signal().await;
+    let grace = shared.load().config.server.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
-    let _ = shutdown_tx.send(true);
-    for handle in accept_loops {
-        let _ = handle.await;
-    }
+    listeners.lock().await.stop_all().await;
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -142,7 +104,8 @@ pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
             "grace period over; closing remaining connections"
         );
     }
-    access_log.close().await;
+    // the connections are gone, and with them every older snapshot's log: their writers ended
+    shared.load().access_log.close().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -231,19 +194,6 @@ pub fn certificate_table(rows: &[CertRow]) -> String {
     out
 }
 
-async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind {
-            listener: name,
-            addr,
-            source,
-        })?;
-    let local = listener.local_addr().unwrap_or(addr);
-    tracing::info!(listener = name, addr = %local, "listening");
-    Ok(listener)
-}
-
 /// SIGHUP asks for a reload, as for nginx (`systemctl reload` sends it).
 async fn sighup(tx: tokio::sync::mpsc::Sender<reload::Trigger>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -255,6 +205,20 @@ async fn sighup(tx: tokio::sync::mpsc::Sender<reload::Trigger>) {
         if tx.send(reload::Trigger::Signal).await.is_err() {
             break;
         }
+    }
+}
+
+/// SIGUSR1 reopens the access-log file (logrotate's `postrotate`). The handler is installed
+/// for every target, so a signal meant for another setup never kills the process (its default
+/// action).
+async fn sigusr1(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return tracing::warn!("cannot listen for SIGUSR1; the access log will not be reopened");
+    };
+    while usr1.recv().await.is_some() {
+        let log = shared.load().access_log.clone();
+        log.reopen().await;
     }
 }
 

@@ -10,7 +10,6 @@ mod service;
 pub use body::CountedBody;
 pub use response::ProxyError;
 
-use crate::access_log::AccessLog;
 use crate::acme::Challenges;
 use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
@@ -22,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use service::ProxyService;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -58,10 +58,9 @@ pub fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 /// Everything a connection needs from its listener.
 pub struct ConnContext {
     pub shared: Arc<Shared>,
-    pub builder: auto::Builder<TokioExecutor>,
     pub tracker: TaskTracker,
-    /// The bound HTTPS port, for redirects from plain HTTP.
-    pub https_port: Option<u16>,
+    /// The bound HTTPS port, for redirects from plain HTTP; 0 while there is no HTTPS listener.
+    pub https_port: AtomicU16,
     /// ACME challenge answers (HTTP-01 here, TLS-ALPN-01 in the listener).
     pub challenges: Arc<Challenges>,
     pub conns: Arc<ConnLimiter>,
@@ -69,10 +68,17 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     /// Connection gauges and counters of the plain and the TLS listener.
     pub listeners: [ListenerMetrics; 2],
-    pub access_log: AccessLog,
 }
 
 impl ConnContext {
+    pub fn https_port(&self) -> Option<u16> {
+        Some(self.https_port.load(Ordering::Relaxed)).filter(|&p| p != 0)
+    }
+
+    pub fn set_https_port(&self, port: Option<u16>) {
+        self.https_port.store(port.unwrap_or(0), Ordering::Relaxed);
+    }
+
     pub fn listener_metrics(&self, transport: Transport) -> &ListenerMetrics {
         match transport {
             Transport::Plain => &self.listeners[0],
@@ -107,9 +113,13 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let server = cx.shared.load().config.server.clone();
-    let t = &server.timeouts;
-    let state = ConnState::new(t.header_read, t.idle, t.send);
+    let (builder, grace, state) = {
+        let snapshot = cx.shared.load();
+        let server = &snapshot.config.server;
+        let t = &server.timeouts;
+        let state = ConnState::new(t.header_read, t.idle, t.send);
+        (snapshot.http.clone(), server.shutdown_grace, state)
+    };
     let io = TokioIo::new(WatchedIo::new(stream, state.clone()));
     let svc = ProxyService {
         cx: cx.clone(),
@@ -118,7 +128,7 @@ pub async fn serve_connection<S>(
         transport,
     };
     let svc = hyper::service::service_fn(move |req| svc.clone().call(req));
-    let conn = cx.builder.serve_connection_with_upgrades(io, svc);
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut watchdog = Watchdog::new(state);
     let mut drain_deadline = None;
@@ -138,11 +148,11 @@ pub async fn serve_connection<S>(
                     break;
                 }
                 conn.as_mut().graceful_shutdown();
-                drain_deadline = Some(tokio::time::Instant::now() + server.shutdown_grace);
+                drain_deadline = Some(tokio::time::Instant::now() + grace);
             }
             _ = shutdown.changed(), if drain_deadline.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                drain_deadline = Some(tokio::time::Instant::now() + server.shutdown_grace);
+                drain_deadline = Some(tokio::time::Instant::now() + grace);
             }
             _ = sleep_until(drain_deadline) => break,
         }

@@ -3,8 +3,11 @@
 //! tracked task.
 
 mod proxy_protocol;
+mod set;
 
 pub mod conn_limit;
+
+pub use set::{BindError, Bound, Listeners, Role};
 
 use crate::acme::ACME_TLS_ALPN;
 use crate::http::{serve_connection, ConnContext, Transport};

@@ -4,12 +4,13 @@
 //! step never replaces the running one.
 
 use crate::config::{self, Config};
+use crate::listener::Listeners;
 use crate::state::{Keep, RuntimeState, Shared};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// Edits arrive as bursts of events (write, chmod, rename); one reload after they settle.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -30,22 +31,20 @@ pub enum Outcome {
 
 /// What a reload can change without a restart; the rest is refused with this reason.
 fn restart_only(old: &Config, new: &Config) -> Option<&'static str> {
-    if old.listen != new.listen {
-        return Some("[listen] changed: listeners are bound at start; restart to change them");
-    }
-    if old.log != new.log {
-        return Some("[log] changed: the access log is opened at start; restart to change it");
-    }
-    let (a, b) = (&old.server, &new.server);
-    if a.workers != b.workers || a.limits != b.limits {
-        return Some("[server] workers or connection/head limits changed: they are set at start; restart to change them");
+    if old.server.workers != new.server.workers {
+        return Some("[server] workers changed: the runtime's threads are started once; restart to change them");
     }
     None
 }
 
 /// Applies `path` now; what happened, also logged and counted.
-pub async fn reload(path: &Path, shared: &Shared, keep: &Keep) -> Outcome {
-    let outcome = attempt(path, shared, keep).await;
+pub async fn reload(
+    path: &Path,
+    shared: &Shared,
+    keep: &Keep,
+    listeners: &Mutex<Listeners>,
+) -> Outcome {
+    let outcome = attempt(path, shared, keep, listeners).await;
     let metrics = &keep.metrics;
     match &outcome {
         Outcome::Applied(summary) => {
@@ -62,31 +61,53 @@ pub async fn reload(path: &Path, shared: &Shared, keep: &Keep) -> Outcome {
     outcome
 }
 
-async fn attempt(path: &Path, shared: &Shared, keep: &Keep) -> Outcome {
+async fn attempt(
+    path: &Path,
+    shared: &Shared,
+    keep: &Keep,
+    listeners: &Mutex<Listeners>,
+) -> Outcome {
     let new = match config::load(path) {
         Ok(config) => config,
         Err(e) => return Outcome::Rejected(e.to_string()),
     };
     let current = shared.load();
     let old = &current.config;
-    if **old == new {
+    if **old == new && !keep.tls_files_changed(&new).await {
         return Outcome::Unchanged;
     }
     if let Some(why) = restart_only(old, &new) {
         return Outcome::Rejected(why.to_string());
     }
-    let summary = summarize(old, &new);
-    match RuntimeState::build(new, keep).await {
-        Ok(state) => {
-            shared.store(state);
-            Outcome::Applied(summary)
-        }
-        Err(e) => Outcome::Rejected(e.to_string()),
+    let mut summary = summarize(old, &new);
+    if **old == new {
+        summary.push("upstream TLS files read again".to_string());
     }
+    let mut running = listeners.lock().await;
+    let bound = match running.bind_new(&new.listen).await {
+        Ok(bound) => bound,
+        Err(e) => return Outcome::Rejected(e.to_string()),
+    };
+    let listen = new.listen.clone();
+    let state = match RuntimeState::build(new, keep).await {
+        Ok(state) => state,
+        Err(e) => return Outcome::Rejected(e.to_string()),
+    };
+    shared.store(state);
+    let changes = running.apply(bound, &listen);
+    if !changes.is_empty() {
+        summary.push(changes.to_string());
+    } else if listen != old.listen {
+        summary.push("listen settings".to_string());
+    }
+    if summary.is_empty() {
+        summary.push("details within sites or routes".to_string());
+    }
+    Outcome::Applied(summary.join(", "))
 }
 
-/// "sites +1 ~1, routes 7 -> 8, upstreams ~api"
-fn summarize(old: &Config, new: &Config) -> String {
+/// ["sites +1 -0 ~1", "routes 7 -> 8", "upstreams ~api"]
+fn summarize(old: &Config, new: &Config) -> Vec<String> {
     let mut parts = Vec::new();
     let names =
         |c: &Config| -> Vec<String> { c.sites.iter().map(|s| format!("{:?}", s.hosts)).collect() };
@@ -125,13 +146,13 @@ fn summarize(old: &Config, new: &Config) -> String {
     if old.acme != new.acme {
         parts.push("acme settings".to_string());
     }
+    if old.log != new.log {
+        parts.push("access log".to_string());
+    }
     if old.server != new.server {
         parts.push("server settings".to_string());
     }
-    if parts.is_empty() {
-        parts.push("details within sites or routes".to_string());
-    }
-    parts.join(", ")
+    parts
 }
 
 /// The reload task: triggers in, one reload at a time.
@@ -139,6 +160,7 @@ pub async fn run(
     path: PathBuf,
     shared: Arc<Shared>,
     keep: Arc<Keep>,
+    listeners: Arc<Mutex<Listeners>>,
     mut rx: mpsc::Receiver<Trigger>,
 ) {
     while let Some(trigger) = rx.recv().await {
@@ -156,7 +178,7 @@ pub async fn run(
             }
             Trigger::Signal => {}
         }
-        let outcome = reload(&path, &shared, &keep).await;
+        let outcome = reload(&path, &shared, &keep, &listeners).await;
         if let Some(tx) = reply {
             let _ = tx.send(outcome);
         }

@@ -1,8 +1,9 @@
 //! The runtime snapshot compiled from a validated `Config`, published through one `ArcSwap` so a
 //! request sees one whole config from start to end.
 
+use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
-use crate::config::{Action, Config, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::config::{Action, Config, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
 use crate::http::CountedBody;
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::rate_limit::Limiters;
@@ -15,7 +16,10 @@ use bytes::Bytes;
 use http::uri::Scheme;
 use http::{HeaderValue, StatusCode};
 use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub type UpstreamClient = Client<upstream::tls::Connector, CountedBody>;
@@ -39,6 +43,10 @@ pub struct RuntimeState {
     pub sites: Vec<SiteState>,
     /// For the HTTPS listener; `None` when no site has TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where finished requests are logged (`[log]`).
+    pub access_log: AccessLog,
+    /// hyper's connection settings (head and HTTP/2 limits) for connections accepted now.
+    pub http: auto::Builder<TokioExecutor>,
 }
 
 pub struct SiteState {
@@ -75,12 +83,39 @@ pub struct Keep {
     upstreams: tokio::sync::Mutex<HashMap<String, KeptUpstream>>,
     /// The plain upstream client (its keep-alive pool), reused while the timeouts stay.
     client: std::sync::Mutex<Option<(Timeouts, UpstreamClient)>>,
+    /// The access log of the last snapshot built, reused while `[log]` stays.
+    access_log: std::sync::Mutex<Option<(Log, AccessLog)>>,
+    /// Lines lost by every access log the process opened.
+    log_dropped: Arc<AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    AccessLog(#[from] AccessLogError),
+}
+
+/// Everything an upstream's pool and TLS client are built from: its spec, the server timeouts,
+/// the metrics switch, and the state of its TLS files (a CA or client certificate replaced under
+/// the same name is read again by the next reload).
+type MadeFrom = (Upstream, Timeouts, bool, tls::FileStamp);
+
+fn tls_files(spec: &Upstream) -> tls::FileStamp {
+    let tls = spec.tls.as_ref();
+    let ca = tls.and_then(|t| t.ca_root.as_deref());
+    let client = tls.and_then(|t| t.client_cert.as_ref());
+    let pair = client
+        .into_iter()
+        .flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
+    tls::FileStamp::of_paths(ca.into_iter().chain(pair))
 }
 
 #[derive(Clone)]
 pub struct KeptUpstream {
     /// Everything the pool was built from.
-    made_from: (Upstream, Timeouts, bool),
+    made_from: MadeFrom,
     pub pool: Arc<UpstreamPool>,
     pub tls_client: Option<UpstreamClient>,
 }
@@ -96,7 +131,24 @@ impl Keep {
             metrics,
             upstreams: tokio::sync::Mutex::default(),
             client: std::sync::Mutex::default(),
+            access_log: std::sync::Mutex::default(),
+            log_dropped: Arc::default(),
         })
+    }
+
+    /// The kept access log if `[log]` did not change, else a new one (file opened, writer
+    /// started). Only `keep_access_log` makes it the kept one, once the snapshot is complete.
+    fn access_log(&self, log: &Log) -> Result<AccessLog, AccessLogError> {
+        let kept = self.access_log.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.as_ref() {
+            Some((l, access_log)) if l == log => Ok(access_log.clone()),
+            _ => AccessLog::start(log, self.log_dropped.clone()),
+        }
+    }
+
+    fn keep_access_log(&self, log: &Log, access_log: &AccessLog) {
+        let mut kept = self.access_log.lock().unwrap_or_else(|e| e.into_inner());
+        *kept = Some((log.clone(), access_log.clone()));
     }
 
     fn client(&self, timeouts: &Timeouts) -> UpstreamClient {
@@ -111,6 +163,18 @@ impl Keep {
         }
     }
 
+    /// Whether a TLS file an upstream of `config` reads (`ca_root`, `client_cert`) changed on
+    /// disk since its client was built: then a reload of an unchanged config still rebuilds.
+    pub async fn tls_files_changed(&self, config: &Config) -> bool {
+        let kept = self.upstreams.lock().await;
+        config.upstreams.iter().any(|(name, spec)| {
+            spec.tls.is_some()
+                && kept
+                    .get(name)
+                    .is_some_and(|k| k.made_from.3 != tls_files(spec))
+        })
+    }
+
     /// The pools for `config`: the kept one for an upstream whose definition did not change,
     /// a new one (resolved, checks started) otherwise. The kept set becomes exactly this one.
     async fn upstreams(&self, config: &Config) -> Result<HashMap<String, KeptUpstream>, TlsError> {
@@ -121,6 +185,7 @@ impl Keep {
                 spec.clone(),
                 config.server.timeouts.clone(),
                 config.server.metrics,
+                tls_files(spec),
             );
             let reuse = kept.get(name).filter(|k| k.made_from == made_from).cloned();
             let entry = match reuse {
@@ -136,9 +201,9 @@ impl Keep {
     async fn new_upstream(
         &self,
         name: &str,
-        made_from: (Upstream, Timeouts, bool),
+        made_from: MadeFrom,
     ) -> Result<KeptUpstream, TlsError> {
-        let (spec, timeouts, metrics) = &made_from;
+        let (spec, timeouts, metrics, _) = &made_from;
         let handshake = upstream::tls::Handshake::new(name, spec, timeouts)?;
         let tls_client = handshake
             .as_ref()
@@ -164,7 +229,8 @@ impl Keep {
 impl RuntimeState {
     /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers,
     /// certificate files get watchers, new ACME names get their task).
-    pub async fn build(config: Config, keep: &Keep) -> Result<RuntimeState, TlsError> {
+    pub async fn build(config: Config, keep: &Keep) -> Result<RuntimeState, BuildError> {
+        let access_log = keep.access_log(&config.log)?;
         let acme = &keep.acme;
         let slots = config
             .sites
@@ -219,7 +285,12 @@ impl RuntimeState {
         } else {
             (Vec::new(), Vec::new())
         };
+        keep.keep_access_log(&config.log, &access_log);
+        keep.acme
+            .retain(&slots.iter().flatten().collect::<Vec<_>>());
         Ok(RuntimeState {
+            access_log,
+            http: crate::http::builder(&config.server.limits),
             route_metrics,
             unrouted_metrics,
             metrics: keep.metrics.clone(),

@@ -19,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -157,18 +157,22 @@ async fn watch_files(
     }
 }
 
-/// What `stat` says about both files (following symlinks); any change means "read again".
-#[derive(PartialEq, Eq)]
-struct FileStamp([Option<(SystemTime, u64, u64)>; 2]);
+/// What `stat` says about some files (following symlinks); any change means "read again".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStamp(Vec<Option<(SystemTime, u64, u64)>>);
 
 impl FileStamp {
     fn of(files: &TlsFiles) -> FileStamp {
+        FileStamp::of_paths([files.cert.as_path(), files.key.as_path()])
+    }
+
+    pub fn of_paths<'a>(paths: impl IntoIterator<Item = &'a Path>) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
-        let one = |p: &PathBuf| {
+        let one = |p: &Path| {
             let m = std::fs::metadata(p).ok()?;
             Some((m.modified().ok()?, m.len(), m.ino()))
         };
-        FileStamp([one(&files.cert), one(&files.key)])
+        FileStamp(paths.into_iter().map(one).collect())
     }
 }
 

@@ -559,3 +559,49 @@ fn log_errors_name_the_line_the_key_and_what_is_valid() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_log_to_a_new_file_and_an_unopenable_one_is_refused() {
+    with_timeout(60, async {
+        let backend = echo_backend("echo").await;
+        let proxy = TestProxy::start(&config(backend.addr, "[log]\naccess = \"a.log\"")).await;
+        let (first, second) = (access_file(&proxy, "a.log"), access_file(&proxy, "b.log"));
+        let http = client();
+        numbered(&http, &proxy, 0..10).await;
+        wait_lines(&first, 10).await;
+
+        std::fs::write(
+            &proxy.config_path,
+            config(backend.addr, "[log]\naccess = \"b.log\""),
+        )
+        .unwrap();
+        proxy.send_signal("HUP");
+        let reloaded = logged(&proxy, "config reloaded").await;
+        assert!(
+            reloaded["changes"].as_str().unwrap().contains("access log"),
+            "{reloaded}"
+        );
+        numbered(&http, &proxy, 10..20).await;
+        let moved = wait_lines(&second, 10).await;
+        assert_eq!(numbers(&moved), (10..20).collect::<Vec<_>>());
+        assert_eq!(numbers(&lines_of(&first)), (0..10).collect::<Vec<_>>());
+
+        // a folder where the file should be: valid to `check`, but it cannot be opened
+        std::fs::create_dir(access_file(&proxy, "c.log")).unwrap();
+        std::fs::write(
+            &proxy.config_path,
+            config(backend.addr, "[log]\naccess = \"c.log\""),
+        )
+        .unwrap();
+        proxy.send_signal("HUP");
+        let rejected = logged(&proxy, "config reload rejected; the running config stays").await;
+        assert!(
+            rejected["error"].as_str().unwrap().contains("c.log"),
+            "{rejected}"
+        );
+        numbered(&http, &proxy, 20..25).await;
+        let kept = wait_lines(&second, 15).await;
+        assert_eq!(numbers(&kept), (10..25).collect::<Vec<_>>());
+    })
+    .await;
+}

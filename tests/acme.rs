@@ -946,6 +946,49 @@ tls = "acme"
         );
         let h1 = client(&root, proxy.https(), true);
         assert_proxied(&h1, &proxy, APP, "/still-fine", reqwest::Version::HTTP_11).await;
+
+        // a reload without the broken site stops its orders; app.test's work is not restarted
+        let without = config(&pebble, state.path(), Challenge::Http01, &backend, "");
+        std::fs::write(&proxy.config_path, without).unwrap();
+        proxy.send_signal("HUP");
+        wait_for_log(
+            &proxy,
+            &pebble,
+            "certificate no longer configured; its ACME task stops",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+        let stopped = log_lines(
+            &proxy,
+            "certificate no longer configured; its ACME task stops",
+        );
+        assert!(
+            stopped[0].contains("broken.test") && !stopped[0].contains(APP),
+            "{stopped:?}"
+        );
+        let (orders, failures) = (
+            pebble.new_orders(),
+            log_lines(&proxy, "certificate order failed").len(),
+        );
+        // retry_max is 4 s: a live task would have ordered again within 6 s
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            pebble.new_orders(),
+            orders,
+            "no order after the reload{}",
+            diagnostics(&proxy, &pebble)
+        );
+        assert_eq!(
+            log_lines(&proxy, "certificate order failed").len(),
+            failures
+        );
+        assert_eq!(
+            log_lines(&proxy, "certificate issued").len(),
+            1,
+            "app.test was not ordered again"
+        );
+        assert_proxied(&h1, &proxy, APP, "/after-reload", reqwest::Version::HTTP_11).await;
     })
     .await;
 }

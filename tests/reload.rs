@@ -451,3 +451,196 @@ async fn body(proxy: &TestProxy, path: &str) -> String {
     let resp = client().get(proxy.url(path)).send().await.unwrap();
     resp.text().await.unwrap()
 }
+
+fn listener_config(
+    http: std::net::SocketAddr,
+    admin: &str,
+    backend: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"
+[listen]
+http = "{http}"
+{admin}
+
+[upstream.held]
+servers = ["{backend}"]
+
+[[site]]
+  [[site.route]]
+  path = "/"
+  respond = {{ status = 200, body = "on {http}" }}
+  [[site.route]]
+  path = "/slow"
+  upstream = "held"
+"#
+    )
+}
+
+/// Waits until connecting to `addr` is refused.
+async fn refused(addr: std::net::SocketAddr) {
+    let start = Instant::now();
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{addr} still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_added_and_removed_by_reload_bind_and_drain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    with_timeout(60, async {
+        let gate = Gate::new();
+        let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+        let backend = gated_backend("held", gate.clone(), arrived_tx, "finished".into()).await;
+        let (first, second) = (closed_port_addr().await, closed_port_addr().await);
+        let admin = "admin = \"127.0.0.1:0\"";
+        let proxy = TestProxy::start(&listener_config(first, admin, backend.addr)).await;
+        let admin_addr = proxy.admin_addr().await;
+        assert_eq!(proxy.addr, first);
+
+        // a request in flight on the first listener, on a keep-alive connection
+        let mut held = tokio::net::TcpStream::connect(first).await.unwrap();
+        held.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        arrived.recv().await.unwrap();
+
+        // an address already taken: the reload is refused, the first listener keeps serving
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = squatter.local_addr().unwrap();
+        std::fs::write(
+            &proxy.config_path,
+            listener_config(taken, admin, backend.addr),
+        )
+        .unwrap();
+        let resp = client()
+            .post(format!("http://{admin_addr}/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let why = resp.text().await.unwrap();
+        assert!(
+            why.contains(&format!("cannot bind the http listener on {taken}")),
+            "{why}"
+        );
+        assert_eq!(body(&proxy, "/").await, format!("on {first}"));
+        drop(squatter);
+        // our own listener in the way: the answer says how to move it
+        let clash = format!("admin = \"{first}\"");
+        std::fs::write(
+            &proxy.config_path,
+            listener_config(first, &clash, backend.addr),
+        )
+        .unwrap();
+        let resp = client()
+            .post(format!("http://{admin_addr}/reload"))
+            .send()
+            .await
+            .unwrap();
+        let why = resp.text().await.unwrap();
+        assert!(
+            why.contains(&format!("this Gatehouse's http listener holds {first}")),
+            "{why}"
+        );
+
+        // the move: the second address serves the new config, the first stops accepting
+        std::fs::write(
+            &proxy.config_path,
+            listener_config(second, admin, backend.addr),
+        )
+        .unwrap();
+        let resp = client()
+            .post(format!("http://{admin_addr}/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let on_second = client()
+            .get(format!("http://{second}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(on_second.text().await.unwrap(), format!("on {second}"));
+        refused(first).await;
+        let log = proxy.logs().join("\n");
+        assert!(log.contains("listener removed"), "{log}");
+
+        // the request in flight on the removed listener completes, then its connection closes
+        gate.open();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), held.read_to_end(&mut answer))
+            .await
+            .expect("the drained connection closes")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("finished"), "{answer}");
+
+        // removing the admin listener (asked by SIGHUP: there is no admin left to POST to)
+        std::fs::write(
+            &proxy.config_path,
+            listener_config(second, "", backend.addr),
+        )
+        .unwrap();
+        proxy.send_signal("HUP");
+        refused(admin_addr).await;
+        assert_eq!(
+            client()
+                .get(format!("http://{second}/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_limits_change_for_connections_opened_after_a_reload() {
+    with_timeout(30, async {
+        let limits = |uri: usize| {
+            config("v", "").replace("workers = 2", &format!("workers = 2\nmax_uri = \"{uri}B\""))
+        };
+        let proxy = TestProxy::start(&limits(8192)).await;
+        let long = format!("/{}", "a".repeat(2000));
+        assert_eq!(
+            client()
+                .get(proxy.url(&long))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        write_atomic(&proxy.config_path, &limits(1024));
+        let start = Instant::now();
+        loop {
+            let status = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
+                .get(proxy.url(&long))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 414 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(1), "still {status}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

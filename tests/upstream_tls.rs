@@ -594,3 +594,35 @@ async fn health_checks_go_over_tls_and_verify_the_certificate() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_reads_a_replaced_ca_file_under_the_same_name() {
+    with_timeout(30, async {
+        let (ca, replacement) = (Ca::new("Upstream Test CA"), Ca::new("Replacement CA"));
+        let files = Files::new();
+        let backend = tls_backend(&replacement.server(&["api.internal"]), None).await;
+        let extra = format!("{}\nsni = \"api.internal\"", ca_root(&files, &ca));
+        let proxy = TestProxy::start(&config(&backend.addr.to_string(), &extra)).await;
+        assert_eq!(get(&proxy, "/").await.0, 502, "not trusted yet");
+
+        // same config text, new file contents: SIGHUP reads it again
+        files.write("ca.pem", &replacement.pem());
+        proxy.send_signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let (status, body) = get(&proxy, "/").await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {status} {body}; {:?}",
+                proxy.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reloaded = proxy.logs().join("\n");
+        assert!(reloaded.contains("config reloaded"), "{reloaded}");
+    })
+    .await;
+}

@@ -25,10 +25,13 @@ fn with_entry<R>(path: &str, f: impl FnOnce(&Entry<'_>) -> R) -> R {
 #[test]
 fn a_full_queue_drops_and_counts_without_waiting() {
     let (tx, mut rx) = mpsc::channel(1);
-    let log = AccessLog::new(Sink::Queue {
-        tx,
-        format: AccessFormat::Json,
-    });
+    let log = AccessLog::new(
+        Sink::Queue {
+            tx,
+            format: AccessFormat::Json,
+        },
+        Arc::default(),
+    );
     for i in 0..3 {
         with_entry(&format!("/{i}"), |e| log.record(e));
     }

@@ -52,7 +52,7 @@ impl ProxyService {
             &req,
             host,
             request_id.clone(),
-            self.cx.access_log.clone(),
+            state.access_log.clone(),
         ));
         let host = log
             .host
@@ -130,7 +130,7 @@ impl ProxyService {
             return Ok(Answer::Local(https_redirect(
                 req.uri(),
                 host,
-                self.cx.https_port,
+                self.cx.https_port(),
             )));
         }
         let matched = state
