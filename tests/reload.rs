@@ -73,6 +73,51 @@ async fn observed(proxy: &TestProxy, want: &str, max: Duration) -> Duration {
     }
 }
 
+/// What the valid rewrites of the 20-rewrite test change, one thing at a time.
+#[derive(Clone)]
+struct Varied {
+    version: String,
+    /// `/extra0` .. `/extraN` exist.
+    routes: usize,
+    /// Which of the two backends `/up` goes to.
+    backend: usize,
+    /// `max_body` of `/up`, in KB.
+    body_kb: usize,
+}
+
+impl Varied {
+    fn render(&self, backends: &[std::net::SocketAddr; 2]) -> String {
+        let mut extra = format!(
+            "  [[site.route]]\n  path = \"/up\"\n  upstream = \"app\"\n  max_body = \"{}KB\"\n",
+            self.body_kb
+        );
+        for r in 0..self.routes {
+            extra.push_str(&format!(
+                "  [[site.route]]\n  exact = \"/extra{r}\"\n  respond = {{ body = \"extra{r}\" }}\n"
+            ));
+        }
+        let upstream = format!(
+            "\n[upstream.app]\nservers = [\"{}\"]\n",
+            backends[self.backend]
+        );
+        config(&self.version, &extra) + &upstream
+    }
+}
+
+/// Polls `probe` (every 10 ms) until it is true; how long that took, at most `max`.
+async fn until_true<F, Fut>(what: &str, max: Duration, probe: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < max, "{what} not seen within {max:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_rewrites_under_load_drop_nothing_and_never_serve_a_bad_config() {
     with_timeout(120, async {
@@ -108,6 +153,9 @@ async fn twenty_rewrites_under_load_drop_nothing_and_never_serve_a_bad_config() 
             "[listen\nhttp = ",                                        // syntax error
             "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"nope\"\n", // unknown upstream
         ];
+        let backends = [echo_backend("one").await, echo_backend("two").await];
+        let addrs = [backends[0].addr, backends[1].addr];
+        let mut state = Varied { version: "v0".into(), routes: 0, backend: 0, body_kb: 4 };
         let mut valid = Vec::new();
         let mut slowest = Duration::ZERO;
         for n in 1..=20 {
@@ -125,12 +173,42 @@ async fn twenty_rewrites_under_load_drop_nothing_and_never_serve_a_bad_config() 
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 continue;
             }
-            let version = format!("v{n}");
-            let text = config(&version, if n % 4 == 1 { "  [[site.route]]\n  exact = \"/extra\"\n  respond = { body = \"extra\" }\n" } else { "" });
+            // each valid rewrite: a new version on `/`, and one of a new route, a changed
+            // upstream, a changed limit
+            let step = (n - 1) / 2;
+            state.version = format!("v{n}");
+            match step % 3 {
+                0 => state.routes += 1,
+                1 => state.backend = 1 - state.backend,
+                _ => state.body_kb = if state.body_kb == 4 { 1 } else { 4 },
+            }
+            let text = state.render(&addrs);
             if in_place { write_in_place(&path, &text) } else { write_atomic(&path, &text) }
-            let took = observed(&proxy, &version, Duration::from_secs(1)).await;
-            slowest = slowest.max(took);
-            valid.push(version);
+            let took = observed(&proxy, &state.version, Duration::from_secs(1)).await;
+            let second = Duration::from_secs(1);
+            let change = match step % 3 {
+                0 => {
+                    let route = format!("/extra{}", state.routes - 1);
+                    let want = format!("extra{}", state.routes - 1);
+                    until_true(&route, second, || async { body(&proxy, &route).await == want }).await
+                }
+                1 => {
+                    let want = ["one", "two"][state.backend];
+                    until_true("the new upstream", second, || async {
+                        let resp = client().get(proxy.url("/up")).send().await.unwrap();
+                        header(&resp, "x-backend").as_deref() == Some(want)
+                    }).await
+                }
+                _ => {
+                    let want = if state.body_kb == 1 { 413 } else { 200 };
+                    until_true("the new max_body", second, || async {
+                        let resp = client().post(proxy.url("/up")).body(vec![b'x'; 2048]).send().await.unwrap();
+                        resp.status().as_u16() == want
+                    }).await
+                }
+            };
+            slowest = slowest.max(took).max(change);
+            valid.push(state.version.clone());
         }
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
