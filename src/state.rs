@@ -76,6 +76,8 @@ pub struct ProxyRoute {
 /// the metrics registry.
 pub struct Keep {
     pub acme: acme::Manager,
+    /// TLS session tickets and cache: a client resumes across reloads.
+    pub resumption: tls::Resumption,
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
     /// Pools (with their health state and resolved members) and TLS clients (with their
@@ -95,6 +97,8 @@ pub enum BuildError {
     Tls(#[from] TlsError),
     #[error("{0}")]
     AccessLog(#[from] AccessLogError),
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// Everything an upstream's pool and TLS client are built from: its spec, the server timeouts,
@@ -121,12 +125,13 @@ pub struct KeptUpstream {
 }
 
 impl Keep {
-    pub fn new() -> Result<Keep, MetricsError> {
+    pub fn new() -> Result<Keep, BuildError> {
         let metrics = Metrics::new()?;
         let acme = acme::Manager::default();
         acme.set_metrics(metrics.clone());
         Ok(Keep {
             acme,
+            resumption: tls::Resumption::new()?,
             limiters: Arc::default(),
             metrics,
             upstreams: tokio::sync::Mutex::default(),
@@ -245,7 +250,7 @@ impl RuntimeState {
                 ))),
             })
             .collect::<Result<Vec<_>, TlsError>>()?;
-        let tls = tls::server_config(&config.sites, &slots)?;
+        let tls = tls::server_config(&config.sites, &slots, &keep.resumption)?;
         let certs = config
             .sites
             .iter()

@@ -249,13 +249,41 @@ impl ResolvesServerCert for CertResolver {
 pub fn server_config(
     sites: &[Site],
     slots: &[Option<CertSlot>],
+    resumption: &Resumption,
 ) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     if slots.iter().all(Option::is_none) {
         return Ok(None);
     }
     let resolver = Arc::new(CertResolver::new(sites, slots));
     let protocols = [b"h2".to_vec(), b"http/1.1".to_vec()];
-    config_with(resolver, protocols.into()).map(Some)
+    let mut config = builder(resolver, protocols.into())?;
+    config.ticketer = resumption.ticketer.clone();
+    config.session_storage = resumption.sessions.clone();
+    // one ticket per handshake, as nginx sends: a client resumes with one, and each costs an
+    // encryption on every handshake
+    config.send_tls13_tickets = 1;
+    Ok(Some(Arc::new(config)))
+}
+
+/// What lets a client resume a TLS session instead of a full handshake, kept across reloads
+/// (a reload builds a new `ServerConfig`; a new ticket key would make every ticket useless):
+/// stateless tickets (TLS 1.3, and TLS 1.2 clients that ask), keys rotated every 6 hours, and
+/// a session-id cache for TLS 1.2 clients without ticket support.
+pub struct Resumption {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+/// TLS 1.2 sessions remembered by id; each entry is a few hundred bytes.
+const SESSION_CACHE: usize = 10_000;
+
+impl Resumption {
+    pub fn new() -> Result<Resumption, TlsError> {
+        Ok(Resumption {
+            ticketer: ring::Ticketer::new().map_err(TlsError::Setup)?,
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
+        })
+    }
 }
 
 /// TLS 1.2 and 1.3 with rustls's default (safe) suites, no client auth.
@@ -263,11 +291,18 @@ pub fn config_with(
     resolver: Arc<dyn ResolvesServerCert>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    builder(resolver, alpn).map(Arc::new)
+}
+
+fn builder(
+    resolver: Arc<dyn ResolvesServerCert>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn;
-    Ok(Arc::new(config))
+    Ok(config)
 }

@@ -15,7 +15,7 @@ use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::{
     echo_backend, header, run_gatehouse, with_timeout, AcceptAnyCert, Backend, Echo, TestProxy,
 };
@@ -1364,6 +1364,78 @@ async fn broken_certificate_files_keep_the_old_certificate() {
             1,
             "no further warnings once the files load"
         );
+    })
+    .await;
+}
+
+/// One request over a new TLS connection made with `config` (so with its session store); how
+/// the handshake went. Reading the response to the end takes in the server's session tickets.
+async fn request_with(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> rustls::HandshakeKind {
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("other.test").expect("server name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    tls.get_ref().1.handshake_kind().expect("handshake done")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_for_many_clients_and_across_a_reload() {
+    with_timeout(60, async {
+        let pki = Pki::new();
+        let backend = echo_backend("backend").await;
+        let proxy = start(&pki, &backend).await;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // more clients than rustls's default server cache could keep tickets for (256 entries)
+        let clients: Vec<Arc<rustls::ClientConfig>> = (0..300)
+            .map(|_| {
+                let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .expect("protocol versions")
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.clone())))
+                    .with_no_client_auth();
+                Arc::new(config)
+            })
+            .collect();
+        for client in &clients {
+            assert_eq!(
+                request_with(client, proxy.https()).await,
+                rustls::HandshakeKind::Full
+            );
+        }
+        // a reload builds a new TLS config; the ticket key must outlive it
+        let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+        std::fs::write(
+            &proxy.config_path,
+            text.replace("other\\n", "other, reloaded\\n"),
+        )
+        .unwrap();
+        proxy.send_signal("HUP");
+        let start = Instant::now();
+        while !proxy.logs().iter().any(|l| l.contains("config reloaded")) {
+            assert!(start.elapsed() < Duration::from_secs(5), "no reload");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut resumed = 0;
+        for client in &clients {
+            if request_with(client, proxy.https()).await == rustls::HandshakeKind::Resumed {
+                resumed += 1;
+            }
+        }
+        assert_eq!(resumed, clients.len());
     })
     .await;
 }
