@@ -167,7 +167,7 @@ impl AccessLog {
         if let Sink::Queue { tx, .. } = &self.0.sink {
             let _ = tx.send(Msg::Reopen).await;
         } else {
-            tracing::info!("the access log is not a file; nothing to reopen");
+            tracing::info!("SIGUSR1: the access log is not a file; nothing to reopen");
         }
     }
 
