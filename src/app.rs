@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU16;
 use std::sync::Arc;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,7 @@ pub fn run(path: &Path) -> Result<(), AppError> {
 }
 
 pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
+    let signals = Signals::install();
     let listen = config.listen.clone();
     let keep = Arc::new(Keep::new()?);
     keep.limiters.spawn_sweeper();
@@ -91,9 +93,13 @@ pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
         listeners.clone(),
         reload_rx,
     ));
-    tokio::spawn(sighup(reload_tx));
-    tokio::spawn(sigusr1(shared.clone()));
-    wait_for_signal().await;
+    if let Some(hup) = signals.hup {
+        tokio::spawn(sighup(hup, reload_tx));
+    }
+    if let Some(usr1) = signals.usr1 {
+        tokio::spawn(sigusr1(usr1, shared.clone()));
+    }
+    wait_for_stop(signals.term, signals.int).await;
     let grace = shared.load().config.server.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     listeners.lock().await.stop_all().await;
@@ -194,12 +200,36 @@ pub fn certificate_table(rows: &[CertRow]) -> String {
     out
 }
 
+/// The signals Gatehouse answers, installed before any listener is bound: a signal sent as
+/// soon as the "listening" line shows must find its handler (the default action of each of
+/// these ends the process).
+struct Signals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+    hup: Option<Signal>,
+    usr1: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the {name} handler");
+                None
+            }
+        };
+        Signals {
+            term: install(SignalKind::terminate(), "SIGTERM"),
+            int: install(SignalKind::interrupt(), "SIGINT"),
+            hup: install(SignalKind::hangup(), "SIGHUP"),
+            usr1: install(SignalKind::user_defined1(), "SIGUSR1"),
+        }
+    }
+}
+
 /// SIGHUP asks for a reload, as for nginx (`systemctl reload` sends it).
-async fn sighup(tx: tokio::sync::mpsc::Sender<reload::Trigger>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return tracing::warn!("cannot install the SIGHUP handler");
-    };
+async fn sighup(mut hup: Signal, tx: tokio::sync::mpsc::Sender<reload::Trigger>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the config");
         if tx.send(reload::Trigger::Signal).await.is_err() {
@@ -209,31 +239,27 @@ async fn sighup(tx: tokio::sync::mpsc::Sender<reload::Trigger>) {
 }
 
 /// SIGUSR1 reopens the access-log file (logrotate's `postrotate`). The handler is installed
-/// for every target, so a signal meant for another setup never kills the process (its default
-/// action).
-async fn sigusr1(shared: Arc<Shared>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return tracing::warn!("cannot listen for SIGUSR1; the access log will not be reopened");
-    };
+/// for every target, so a signal meant for another setup never kills the process.
+async fn sigusr1(mut usr1: Signal, shared: Arc<Shared>) {
     while usr1.recv().await.is_some() {
         let log = shared.load().access_log.clone();
         log.reopen().await;
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
+/// SIGTERM or SIGINT; without either handler, only SIGKILL stops the process.
+async fn wait_for_stop(term: Option<Signal>, int: Option<Signal>) {
+    async fn next(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = next(term) => tracing::info!("SIGTERM received"),
+        _ = next(int) => tracing::info!("SIGINT received"),
     }
 }
 
