@@ -55,4 +55,6 @@ find config -name '*.toml' -print0 | while IFS= read -r -d '' f; do
   ./target/debug/gatehouse check --config "$f"
 done
 echo "== cargo test"
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests -- --test-threads=2
+echo "== micro-benchmarks, each run once as a test (divan takes no --test-threads)"
+cargo test --benches
