@@ -4,12 +4,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: the request path allocates and frees small blocks on
-/// every request (hyper's buffers, header maps), and glibc's bins and consolidation were ~7% of
-/// the proxy's CPU samples.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for an invalid config: EX_USAGE from sysexits.h, distinct from runtime failures (1).
 const EXIT_BAD_CONFIG: u8 = 64;
 
