@@ -210,16 +210,14 @@ impl Manager {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let store = Store::new(state_dir);
         let key = (settings.directory.clone(), names);
-        if let Some(kept) = inner.certs.get(&key) {
-            if kept.issuer.settings == *settings && kept.issuer.store == store {
-                return kept.slot.clone();
-            }
-        }
-        let issuer = match inner
-            .issuers
-            .iter()
-            .find(|i| i.settings == *settings && i.store == store)
+        if let Some(kept) = inner
+            .certs
+            .get(&key)
+            .filter(|k| k.issuer.serves(settings, &store))
         {
+            return kept.slot.clone();
+        }
+        let issuer = match inner.issuers.iter().find(|i| i.serves(settings, &store)) {
             Some(issuer) => issuer.clone(),
             None => {
                 let issuer = Arc::new(Issuer::new(

@@ -27,8 +27,6 @@ pub enum AppError {
     Build(#[from] BuildError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("{0}")]
-    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Validates a config file without starting anything.

@@ -7,7 +7,7 @@ mod set;
 
 pub mod conn_limit;
 
-pub use set::{BindError, Bound, Listeners, Role};
+pub use set::{BindError, Listeners};
 
 use crate::acme::ACME_TLS_ALPN;
 use crate::http::{serve_connection, ConnContext, Transport};

@@ -73,15 +73,17 @@ async fn attempt(
     };
     let current = shared.load();
     let old = &current.config;
-    if **old == new && !keep.tls_files_changed(&new).await {
-        return Outcome::Unchanged;
-    }
+    let mut summary = if **old == new {
+        // the file is the same, but a CA or client certificate it names may have been replaced
+        if !keep.tls_files_changed(&new).await {
+            return Outcome::Unchanged;
+        }
+        vec!["upstream TLS files read again".to_string()]
+    } else {
+        summarize(old, &new)
+    };
     if let Some(why) = restart_only(old, &new) {
         return Outcome::Rejected(why.to_string());
-    }
-    let mut summary = summarize(old, &new);
-    if **old == new {
-        summary.push("upstream TLS files read again".to_string());
     }
     let mut running = listeners.lock().await;
     let bound = match running.bind_new(&new.listen).await {

@@ -173,10 +173,8 @@ impl Keep {
     pub async fn tls_files_changed(&self, config: &Config) -> bool {
         let kept = self.upstreams.lock().await;
         config.upstreams.iter().any(|(name, spec)| {
-            spec.tls.is_some()
-                && kept
-                    .get(name)
-                    .is_some_and(|k| k.made_from.3 != tls_files(spec))
+            kept.get(name)
+                .is_some_and(|k| k.made_from.3 != tls_files(spec))
         })
     }
 

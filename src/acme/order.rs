@@ -48,6 +48,11 @@ impl Issuer {
         }
     }
 
+    /// Made from these settings and this store (so it can stand for them).
+    pub fn serves(&self, settings: &config::Acme, store: &Store) -> bool {
+        self.settings == *settings && self.store == *store
+    }
+
     pub async fn issue(&self, names: &[String]) -> Result<Issued, AcmeError> {
         match self.try_issue(names).await {
             // the CA forgot us (a test CA restarted, an account deactivated): register again

@@ -196,11 +196,6 @@ impl Listeners {
         }
     }
 
-    /// The bound address of the listener in `role`, if it runs.
-    pub fn local_addr(&self, role: Role) -> Option<SocketAddr> {
-        self.running.get(&role).map(|r| r.local)
-    }
-
     /// Shutdown: every listener stops accepting (its connections start draining); returns once
     /// every accept loop has ended.
     pub async fn stop_all(&mut self) {
