@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::dns::TestDns;
-use support::{client, echo_backend_on, with_timeout, Backend, TestProxy};
+use support::{client, echo_backend_on, eventually, with_timeout, Backend, TestProxy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -91,15 +91,6 @@ resolve_every = "{every}ms"
         dns = dns.addr,
         every = RESOLVE_EVERY.as_millis()
     )
-}
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `within`.
-async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -252,16 +252,6 @@ impl Load {
     }
 }
 
-/// Waits until `cond` holds, polling; panics with `what` after `max`.
-async fn eventually(max: Duration, what: &str, cond: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < max, "{what}: not within {max:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
 fn log_count(proxy: &TestProxy, needle: &str, server: &Server) -> usize {
     let addr = server.addr.to_string();
     proxy

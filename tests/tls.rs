@@ -15,9 +15,10 @@ use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{
-    echo_backend, header, run_gatehouse, with_timeout, AcceptAnyCert, Backend, Echo, TestProxy,
+    echo_backend, eventually, header, run_gatehouse, with_timeout, AcceptAnyCert, Backend, Echo,
+    TestProxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1424,11 +1425,10 @@ async fn sessions_resume_for_many_clients_and_across_a_reload() {
         )
         .unwrap();
         proxy.send_signal("HUP");
-        let start = Instant::now();
-        while !proxy.logs().iter().any(|l| l.contains("config reloaded")) {
-            assert!(start.elapsed() < Duration::from_secs(5), "no reload");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(Duration::from_secs(5), "config reloaded", || {
+            proxy.logs().iter().any(|l| l.contains("config reloaded"))
+        })
+        .await;
         let mut resumed = 0;
         for client in &clients {
             if request_with(client, proxy.https()).await == rustls::HandshakeKind::Resumed {

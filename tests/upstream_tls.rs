@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{client, render_echo, run_gatehouse, with_timeout, TestProxy};
+use support::{client, eventually_async, render_echo, run_gatehouse, with_timeout, TestProxy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -608,19 +608,10 @@ async fn a_reload_reads_a_replaced_ca_file_under_the_same_name() {
         // same config text, new file contents: SIGHUP reads it again
         files.write("ca.pem", &replacement.pem());
         proxy.send_signal("HUP");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            let (status, body) = get(&proxy, "/").await;
-            if status == 200 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still {status} {body}; {:?}",
-                proxy.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually_async(Duration::from_secs(2), "200 through the new CA", || async {
+            get(&proxy, "/").await.0 == 200
+        })
+        .await;
         let reloaded = proxy.logs().join("\n");
         assert!(reloaded.contains("config reloaded"), "{reloaded}");
     })

@@ -35,6 +35,25 @@ pub async fn with_timeout<T>(secs: u64, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// Polls `probe` every 10 ms until it holds; how long that took. Panics naming `what` after `max`.
+pub async fn eventually_async<F, Fut>(max: Duration, what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < max, "not within {max:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// [`eventually_async`] for a condition that needs no waiting to check.
+pub async fn eventually(max: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    eventually_async(max, what, || std::future::ready(cond())).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // The proxy process
 // ---------------------------------------------------------------------------------------------
