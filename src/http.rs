@@ -124,6 +124,7 @@ pub async fn serve_connection<S>(
     let svc = ProxyService {
         cx: cx.clone(),
         peer,
+        peer_ip: crate::upstream::forward::ip_header(peer.ip().to_canonical()),
         conn: state.clone(),
         transport,
     };

@@ -28,6 +28,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct ProxyService {
     pub cx: Arc<ConnContext>,
     pub peer: SocketAddr,
+    /// `peer`'s address as `X-Forwarded-For` carries it, formatted once per connection.
+    pub peer_ip: HeaderValue,
     pub conn: Arc<ConnState>,
     pub transport: Transport,
 }
@@ -162,6 +164,7 @@ impl ProxyService {
                     client: &route.client,
                     scheme: &route.scheme,
                     addrs,
+                    peer_ip: &self.peer_ip,
                     strip,
                     log,
                 };
@@ -363,6 +366,7 @@ struct Hop<'a> {
     client: &'a UpstreamClient,
     scheme: &'a Scheme,
     addrs: forward::Addrs,
+    peer_ip: &'a HeaderValue,
     strip: Option<usize>,
     log: &'a Arc<RequestLog>,
 }
@@ -372,6 +376,8 @@ fn prepare_request_headers(
     hop: &Hop<'_>,
     upgrade: Option<HeaderValue>,
 ) {
+    // room for the X-Forwarded-* trio and the request id: one grow instead of several
+    headers.reserve(4);
     forward::strip_hop_by_hop(headers);
     if let Some(proto) = upgrade {
         forward::restore_upgrade(headers, proto);
@@ -385,7 +391,7 @@ fn prepare_request_headers(
     let Hop { addrs, log, .. } = hop;
     forward::set_forwarded(
         headers,
-        addrs.peer,
+        hop.peer_ip,
         addrs.peer_trusted,
         log.host.as_ref(),
         hop.proto,

@@ -32,13 +32,29 @@ static OWN: [HeaderName; 5] = [
 ];
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(listed) = connection_tokens(headers) {
-        for name in listed {
-            headers.remove(name);
+    // one pass of cheap name comparisons finds which are present (most messages carry none or
+    // just `Connection`); only those are removed, each removal being a hashed lookup
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present == 0 {
+        return;
+    }
+    // HOP_BY_HOP[0] is `Connection`: the names it lists go too
+    if present & 1 != 0 {
+        if let Some(listed) = connection_tokens(headers) {
+            for name in listed {
+                headers.remove(name);
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -146,31 +162,26 @@ fn client_behind_proxies(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -
     client
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host`. A peer outside `trusted_proxies` cannot vouch for
-/// anything: its values are replaced, not extended.
+/// An address as a header value; made once per connection, shared by its requests.
+pub fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`; `peer` is the socket peer's address (`ip_header`). A
+/// peer outside `trusted_proxies` cannot vouch for anything: its values are replaced, not
+/// extended.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     peer_trusted: bool,
     host: Option<&HeaderValue>,
     proto: &'static str,
 ) {
-    let mut xff = String::with_capacity(48);
-    if peer_trusted {
-        for v in headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            xff.push_str(v.trim());
-            xff.push_str(", ");
-        }
-    }
-    use std::fmt::Write;
-    let _ = write!(xff, "{peer}");
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    let chain = peer_trusted.then(|| extend_chain(headers, peer)).flatten();
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        chain.unwrap_or_else(|| peer.clone()),
+    );
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
@@ -180,6 +191,20 @@ pub fn set_forwarded(
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
+}
+
+/// The `X-Forwarded-For` values a trusted peer sent, with `peer` appended; `None` when it sent
+/// none.
+fn extend_chain(headers: &HeaderMap, peer: &HeaderValue) -> Option<HeaderValue> {
+    let mut xff: Option<Vec<u8>> = None;
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        let chain = xff.get_or_insert_with(|| Vec::with_capacity(64));
+        chain.extend_from_slice(v.as_bytes().trim_ascii());
+        chain.extend_from_slice(b", ");
+    }
+    let mut chain = xff?;
+    chain.extend_from_slice(peer.as_bytes());
+    HeaderValue::from_bytes(&chain).ok()
 }
 
 #[cfg(test)]
@@ -209,6 +234,20 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn hop_headers_are_found_without_a_connection_header() {
+        let mut h = map(&[
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
+        let mut plain = map(&[("host", "a.test"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]
@@ -268,7 +307,8 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_replaced_from_untrusted_peer() {
-        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let peer = ip_header("127.0.0.1".parse().unwrap());
+        let peer = &peer;
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "evil")]);
         let host = HeaderValue::from_static("app.example.com");
         set_forwarded(&mut h, peer, false, Some(&host), "http");
@@ -278,5 +318,15 @@ mod tests {
         set_forwarded(&mut h, peer, true, Some(&host), "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = map(&[
+            ("x-forwarded-for", " 1.2.3.4 "),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        set_forwarded(&mut h, peer, true, None, "http");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, peer, true, None, "https");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 }
