@@ -376,8 +376,6 @@ fn prepare_request_headers(
     hop: &Hop<'_>,
     upgrade: Option<HeaderValue>,
 ) {
-    // room for the X-Forwarded-* trio and the request id: one grow instead of several
-    headers.reserve(4);
     forward::strip_hop_by_hop(headers);
     if let Some(proto) = upgrade {
         forward::restore_upgrade(headers, proto);
