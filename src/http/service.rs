@@ -168,7 +168,9 @@ impl ProxyService {
                     strip,
                     log,
                 };
-                self.proxy(hop, req).await
+                // boxed: hyper keeps one slot per connection sized for this service's future,
+                // idle connections included; the proxying part is the bulk of it
+                Box::pin(self.proxy(hop, req)).await
             }
         }
     }
