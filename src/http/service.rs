@@ -1,5 +1,7 @@
 //! The root service: one request from arrival to response head. Order: snapshot, request id,
-//! client address, route, then the route's action (respond, redirect or proxy).
+//! client address, route, the route's checks, then the route's action (respond, redirect or
+//! proxy), or for a preflight on a route with `cors` the CORS answer; that route's CORS headers
+//! then go on whatever answer resulted.
 
 use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;

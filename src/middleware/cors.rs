@@ -111,18 +111,24 @@ impl CorsPolicy {
     /// What this request is to CORS: a preflight (allowed or not), an allowed cross-origin
     /// request, or neither.
     pub fn judge(&self, method: &Method, headers: &HeaderMap) -> Verdict<'_> {
-        let kind = match headers.get(header::ORIGIN) {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Verdict {
+                policy: self,
+                kind: Kind::Plain,
+            };
+        };
+        let asked = (method == Method::OPTIONS)
+            .then(|| headers.get(header::ACCESS_CONTROL_REQUEST_METHOD))
+            .flatten();
+        let kind = match asked {
+            Some(asked) => {
+                let requested = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS);
+                Kind::Preflight(self.preflight(origin, asked, requested))
+            }
+            None if self.allows_origin(origin) && self.methods.contains(method) => {
+                Kind::Actual(self.allow_origin(origin))
+            }
             None => Kind::Plain,
-            Some(origin) => match headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
-                Some(asked) if method == Method::OPTIONS => {
-                    let requested = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS);
-                    Kind::Preflight(self.preflight(origin, asked, requested))
-                }
-                _ if self.allows_origin(origin) && self.methods.contains(method) => {
-                    Kind::Actual(self.allow_origin(origin))
-                }
-                _ => Kind::Plain,
-            },
         };
         Verdict { policy: self, kind }
     }
