@@ -6,6 +6,7 @@ use crate::acme;
 use crate::config::{Action, Config, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
 use crate::http::CountedBody;
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
+use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::Limiters;
 use crate::middleware::RoutePolicy;
 use crate::routing::Router;
@@ -31,6 +32,8 @@ pub struct RuntimeState {
     pub routes: Vec<RouteAction>,
     /// Indexed by `RouteId`.
     pub policies: Vec<RoutePolicy>,
+    /// Indexed by `RouteId`; `None` for a route without `cors` (the upstream's CORS passes).
+    pub cors: Vec<Option<CorsPolicy>>,
     /// Indexed by `RouteId`; empty with `[server] metrics = false`.
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// Requests no route took, per site, then one for no site; empty with metrics off.
@@ -274,6 +277,12 @@ impl RuntimeState {
             .flat_map(|site| site.routes.iter())
             .map(|route| RoutePolicy::compile(&route.policy, &keep.limiters, key_cap))
             .collect();
+        let cors = config
+            .sites
+            .iter()
+            .flat_map(|site| site.routes.iter())
+            .map(|route| route.cors.as_ref().map(CorsPolicy::compile))
+            .collect();
         let sites = config
             .sites
             .iter()
@@ -303,6 +312,7 @@ impl RuntimeState {
             tls,
             routes,
             policies,
+            cors,
             upstreams,
             config: Arc::new(config),
         })

@@ -724,3 +724,117 @@ fn resolver_list_passes_check() {
     let (_, out) = check(&config, &[], &["DNS"]);
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+#[test]
+fn cors_config_errors_are_reported_with_key_and_hint() {
+    let route = |cors: &str| limits_config("", "", &format!("  cors = {cors}"));
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "credentials with any origin",
+            route(r#"{ origins = ["*"], credentials = true }"#),
+            "cors",
+            &[
+                "`site.route.cors.credentials`",
+                "Fetch standard",
+                "https://app.example.com",
+            ],
+        ),
+        (
+            "an origin with a path",
+            route(r#"{ origins = ["https://app.example.com/api"] }"#),
+            "cors",
+            &[
+                "`site.route.cors.origins`",
+                "has a path",
+                r#"write "https://app.example.com""#,
+            ],
+        ),
+        (
+            "not an origin",
+            limits_config("", r#"cors = { origins = ["app.example.com"] }"#, ""),
+            "cors",
+            &[
+                "`site.cors.origins`",
+                "scheme://host[:port]",
+                "https://*.example.com",
+            ],
+        ),
+        (
+            "an unknown method",
+            route(r#"{ origins = ["https://app.example.com"], methods = ["GET", "FETCH"] }"#),
+            "cors",
+            &["`site.route.cors.methods`", "FETCH", "PATCH, DELETE"],
+        ),
+        (
+            "a lower-case method",
+            route(r#"{ origins = ["https://app.example.com"], methods = ["put"] }"#),
+            "cors",
+            &["`site.route.cors.methods`", "upper case", "\"PUT\""],
+        ),
+        (
+            "an invalid header name",
+            route(r#"{ origins = ["https://app.example.com"], headers = ["X Api Key"] }"#),
+            "cors",
+            &["`site.route.cors.headers`", "X Api Key", "Content-Type"],
+        ),
+        (
+            "an invalid exposed header",
+            route(r#"{ origins = ["https://app.example.com"], expose = ["X-Total:"] }"#),
+            "cors",
+            &["`site.route.cors.expose`", "not a header name"],
+        ),
+        (
+            "no origins",
+            route(r#"{ methods = ["GET"] }"#),
+            "cors",
+            &["`site.route.cors.origins`", "missing", r#"["*"]"#],
+        ),
+        (
+            "a sub-second max age",
+            route(r#"{ origins = ["https://app.example.com"], max_age = "500ms" }"#),
+            "cors",
+            &[
+                "`site.route.cors.max_age`",
+                "whole number of seconds",
+                "10m",
+            ],
+        ),
+        (
+            "an unknown key",
+            route(r#"{ origins = ["https://app.example.com"], allow_origins = [] }"#),
+            "cors",
+            &["allow_origins", "origins", "credentials", "max_age"],
+        ),
+        (
+            "neither a table nor off",
+            route(r#""on""#),
+            "cors",
+            &["`cors`", "\"off\""],
+        ),
+    ];
+    for (what, config, marker, mentions) in cases {
+        let (path, out) = check(config, &[], &[]);
+        eprintln!("case: {what}");
+        assert_located_error(config, &path, &out, marker, mentions);
+        assert!(
+            out.stderr.contains("\n1 error in config"),
+            "case {what:?}: exactly one error expected; got:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn cors_config_with_every_key_passes_check() {
+    let config = limits_config(
+        "",
+        r#"cors = { origins = ["https://app.example.com", "http://localhost:3000", "https://*.example.org"], methods = ["GET", "POST", "PATCH", "DELETE"], headers = ["Authorization", "Content-Type", "X-API-Key"], credentials = true, expose = ["X-Request-Id"], max_age = "10m" }"#,
+        r#"  cors = "off"
+  [[site.route]]
+  path = "/public/"
+  upstream = "app"
+  cors = { origins = ["*"], headers = ["*"], expose = ["*"], max_age = "0s" }"#,
+    );
+    let (_, out) = check(&config, &[], &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+}

@@ -91,6 +91,8 @@ pub struct FileSite {
     pub body_timeout: Option<Str>,
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
+    /// CORS for the site's routes, unless a route sets its own (or `"off"`).
+    pub cors: Option<Spanned<FileCorsSetting>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -110,6 +112,55 @@ pub struct FileRoute {
     pub body_timeout: Option<Str>,
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
+    pub cors: Option<Spanned<FileCorsSetting>>,
+}
+
+/// `cors = "off"` or `cors = { origins = [...], ... }`.
+#[derive(Debug)]
+pub enum FileCorsSetting {
+    Off,
+    On(Box<FileCors>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCors {
+    pub origins: Option<Spanned<Vec<Str>>>,
+    pub methods: Option<Spanned<Vec<Str>>>,
+    pub headers: Option<Spanned<Vec<Str>>>,
+    pub credentials: Option<Spanned<bool>>,
+    pub expose: Option<Spanned<Vec<Str>>>,
+    pub max_age: Option<Str>,
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum buffers its input, which loses the
+/// spans of the table's values (and its errors say only "did not match any variant").
+impl<'de> Deserialize<'de> for FileCorsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FileCorsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a table like `cors = { origins = [\"https://app.example.com\"] }`, or \"off\"",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileCorsSetting, E> {
+                match s {
+                    "off" => Ok(FileCorsSetting::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileCorsSetting, A::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                FileCors::deserialize(de).map(|t| FileCorsSetting::On(Box::new(t)))
+            }
+        }
+        de.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Deserialize)]

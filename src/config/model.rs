@@ -181,6 +181,51 @@ pub struct Route {
     pub action: Action,
     /// Resolved: the route's own keys, else its site's, else `[server]`'s, else the defaults.
     pub policy: Policy,
+    /// The route's own `cors`, else its site's; `None` leaves CORS to the upstream.
+    pub cors: Option<Cors>,
+}
+
+/// Cross-origin resource sharing, answered by Gatehouse for the route: preflights never go
+/// upstream, and responses to allowed origins carry the `Access-Control-*` headers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cors {
+    pub origins: CorsOrigins,
+    /// Methods cross-origin requests may use, upper case, in config order.
+    pub methods: Vec<http::Method>,
+    /// Request headers a preflight may ask for.
+    pub headers: CorsHeaders,
+    /// `Access-Control-Allow-Credentials: true` (cookies, `Authorization`); never with `Any`.
+    pub credentials: bool,
+    /// Response headers the page may read beyond the safelisted ones.
+    pub expose: Vec<http::HeaderName>,
+    /// How long a browser may reuse a preflight's answer (`Access-Control-Max-Age`), whole seconds.
+    pub max_age: Duration,
+}
+
+pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CorsOrigins {
+    /// `"*"`: any origin, answered `Access-Control-Allow-Origin: *`.
+    Any,
+    List(Vec<OriginPattern>),
+}
+
+/// An allowed origin, normalised: lower case, no default port (browsers send origins so).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `https://app.example.com`, `http://localhost:3000`.
+    Exact(String),
+    /// `https://*.example.com`: any subdomain, at any depth, with this scheme and port; stored as
+    /// `https://` and `.example.com` (or `.example.com:8443`).
+    Subdomains { scheme: String, suffix: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CorsHeaders {
+    /// `["*"]`: whatever the preflight asks for (echoed back, which also works with credentials).
+    Any,
+    List(Vec<http::HeaderName>),
 }
 
 /// What a request must satisfy before its route's action runs.

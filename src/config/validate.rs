@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod cors;
 mod log;
 mod policy;
 mod resolver;
@@ -450,7 +451,8 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     let name = hosts.first().map_or("*".to_string(), |h| h.to_string());
     let scope = format!("site {name}");
     let policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
-    let routes = routes(cx, raw, upstreams, (&name, &policy));
+    let cors = cors::resolve(cx, site.cors.as_ref(), None, "site.cors");
+    let routes = routes(cx, raw, upstreams, (&name, &policy, cors.as_ref()));
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
         acme_hosts(cx, raw, &hosts);
@@ -478,12 +480,12 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     })
 }
 
-/// `site` is the site's name (for rate-limit scopes) and its resolved policy.
+/// `site` is the site's name (for rate-limit scopes), its resolved policy and its `cors`.
 fn routes(
     cx: &mut Ctx,
     raw: &Spanned<FileSite>,
     upstreams: &[&str],
-    site: (&str, &Policy),
+    site: (&str, &Policy, Option<&Cors>),
 ) -> Vec<Route> {
     if raw.get_ref().routes.is_empty() {
         let msg =
@@ -726,7 +728,7 @@ fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited): (&str, &Policy),
+    (site, inherited, site_cors): (&str, &Policy, Option<&Cors>),
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
@@ -749,10 +751,12 @@ fn route(
     }
     let scope = format!("route {site} {}", matcher.as_str());
     let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
+    let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
     Some(Route {
         matcher,
         action,
         policy,
+        cors,
     })
 }
 

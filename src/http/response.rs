@@ -1,6 +1,7 @@
 //! The one place proxy failures become HTTP answers: status, a short plain body, the request id.
 
 use super::hygiene::Malformed;
+use crate::middleware::cors::PreflightRefusal;
 use crate::middleware::Reason;
 use bytes::Bytes;
 use http::StatusCode;
@@ -26,6 +27,8 @@ pub enum ProxyError {
     Misdirected,
     #[error("your address may not use this path")]
     Forbidden,
+    #[error("CORS preflight refused: {0}")]
+    CorsRefused(PreflightRefusal),
     #[error("rate limit reached; retry in {0} s")]
     TooManyRequests(u64),
     #[error("request body larger than {0} bytes")]
@@ -68,7 +71,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadTarget | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden | ProxyError::CorsRefused(_) => StatusCode::FORBIDDEN,
             ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -96,6 +99,7 @@ impl ProxyError {
     pub fn rejection(&self) -> Option<Reason> {
         Some(match self {
             ProxyError::Forbidden => Reason::DeniedIp,
+            ProxyError::CorsRefused(_) => Reason::Cors,
             ProxyError::TooManyRequests(_) => Reason::RateLimit,
             ProxyError::BodyTooLarge(_) => Reason::BodyTooLarge,
             ProxyError::BodyTimeout => Reason::BodyTimeout,

@@ -1,5 +1,7 @@
 //! The root service: one request from arrival to response head. Order: snapshot, request id,
-//! client address, route, then the route's action (respond, redirect or proxy).
+//! client address, route, the route's checks, then the route's action (respond, redirect or
+//! proxy), or for a preflight on a route with `cors` the CORS answer; that route's CORS headers
+//! then go on whatever answer resulted.
 
 use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
 use super::conn::ConnState;
@@ -8,6 +10,7 @@ use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
+use crate::middleware::cors::Verdict;
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState, UpstreamClient};
 use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
@@ -32,6 +35,14 @@ pub struct ProxyService {
     pub peer_ip: HeaderValue,
     pub conn: Arc<ConnState>,
     pub transport: Transport,
+}
+
+/// Where a routed request goes: the snapshot, the site the router chose, the request's host.
+struct Dispatch<'s, 'r> {
+    state: &'s RuntimeState,
+    site: usize,
+    host: &'r str,
+    log: &'r Arc<RequestLog>,
 }
 
 /// What a route's action produced, before it is wrapped for the client.
@@ -67,13 +78,23 @@ impl ProxyService {
             _ => None,
         };
         let screened = screen(&req, &state.config.server.limits);
+        // set once a route with `cors` is found; it then decorates whatever answer follows
+        let mut cors = None;
         let answer = match (screened, site) {
             (Err(refused), _) => Err(refused),
             // a plain site asked for through another site's TLS connection (SNI != Host)
             (_, Some(site)) if self.transport == Transport::Tls && !state.sites[site].tls => {
                 Err(ProxyError::Misdirected)
             }
-            (_, Some(site)) => self.dispatch(&state, site, host, req, addrs, &log).await,
+            (_, Some(site)) => {
+                let to = Dispatch {
+                    state: &state,
+                    site,
+                    host,
+                    log: &log,
+                };
+                self.dispatch(to, req, addrs, &mut cors).await
+            }
             (_, None) => Err(ProxyError::NoRoute),
         };
         if !state.unrouted_metrics.is_empty() && log.metrics.get().is_none() {
@@ -106,18 +127,27 @@ impl ProxyService {
                 .headers_mut()
                 .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
         }
+        if let Some(cors) = &cors {
+            cors.apply(&mut response);
+        }
         Ok(response)
     }
 
-    async fn dispatch(
+    /// Routes the request and runs its route's checks and action. `cors` is set when the route
+    /// has `cors`, before any check can refuse, so refusals carry the route's CORS headers too.
+    async fn dispatch<'s>(
         &self,
-        state: &RuntimeState,
-        site: usize,
-        host: &str,
+        to: Dispatch<'s, '_>,
         req: Request<Incoming>,
         addrs: forward::Addrs,
-        log: &Arc<RequestLog>,
+        cors: &mut Option<Verdict<'s>>,
     ) -> Result<Answer, ProxyError> {
+        let Dispatch {
+            state,
+            site,
+            host,
+            log,
+        } = to;
         let path = req.uri().path();
         let challenge = path.strip_prefix(acme::HTTP01_PREFIX);
         if let Some(token) = challenge.filter(|_| self.transport == Transport::Plain) {
@@ -143,6 +173,11 @@ impl ProxyService {
             let _ = log.metrics.set(metrics.clone());
         }
         let policy = &state.policies[matched.route];
+        *cors = state
+            .cors
+            .get(matched.route)
+            .and_then(Option::as_ref)
+            .map(|c| c.judge(req.method(), req.headers()));
         let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
         policy
             .check(addrs.client, key, req.method(), req.headers())
@@ -151,6 +186,12 @@ impl ProxyService {
                 Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
                 Refusal::TooLarge(e) => ProxyError::BodyTooLarge(e.limit),
             })?;
+        // a preflight is Gatehouse's to answer, whatever the route's action
+        if let Some(preflight) = cors.as_ref().and_then(Verdict::preflight) {
+            return preflight
+                .map(|()| Answer::Local(no_content()))
+                .map_err(ProxyError::CorsRefused);
+        }
         match &state.routes[matched.route] {
             RouteAction::Respond(r) => Ok(Answer::Local(respond(r))),
             RouteAction::Redirect(r) => Ok(Answer::Local(redirect(r, req.uri(), host))),
@@ -426,6 +467,13 @@ fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyErro
     out.push('/');
     out.push_str(rest);
     PathAndQuery::try_from(out).map_err(|_| ProxyError::BadTarget)
+}
+
+/// The answer to an allowed CORS preflight; `cors::Verdict::apply` adds the grant.
+fn no_content() -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::new());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
 }
 
 fn respond(r: &Respond) -> Response<Bytes> {

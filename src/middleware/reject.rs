@@ -16,10 +16,12 @@ pub enum Reason {
     ConnLimit,
     BodyTimeout,
     BadRequest,
+    /// A CORS preflight for an origin, method or header the route does not allow.
+    Cors,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::RateLimit,
         Reason::BodyTooLarge,
         Reason::HeaderTooLarge,
@@ -28,6 +30,7 @@ impl Reason {
         Reason::ConnLimit,
         Reason::BodyTimeout,
         Reason::BadRequest,
+        Reason::Cors,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Reason {
             Reason::ConnLimit => "conn_limit",
             Reason::BodyTimeout => "body_timeout",
             Reason::BadRequest => "bad_request",
+            Reason::Cors => "cors",
         }
     }
 }
