@@ -1,10 +1,12 @@
 //! What a request must pass before its route's action runs, in this order (cheapest refusal
 //! first, and nothing costly for a client that is refused anyway): the address filter (403),
 //! the rate limits (429), the declared body size (413). The body limit and the body timeout then
-//! travel with the request body (`body_limit`).
+//! travel with the request body (`body_limit`). On the way back, `encode` compresses the
+//! response of a route that asks for it.
 
 pub mod access;
 pub mod body_limit;
+pub mod encode;
 pub mod rate_limit;
 pub mod reject;
 

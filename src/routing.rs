@@ -140,6 +140,7 @@ mod tests {
             matcher: m,
             action,
             policy: Default::default(),
+            encode: Default::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
-use crate::config::{Action, Config, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
 use crate::http::CountedBody;
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::rate_limit::Limiters;
@@ -31,6 +31,8 @@ pub struct RuntimeState {
     pub routes: Vec<RouteAction>,
     /// Indexed by `RouteId`.
     pub policies: Vec<RoutePolicy>,
+    /// Indexed by `RouteId`; `None` for a route that compresses nothing.
+    pub encodings: Vec<Option<Encode>>,
     /// Indexed by `RouteId`; empty with `[server] metrics = false`.
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// Requests no route took, per site, then one for no site; empty with metrics off.
@@ -274,6 +276,12 @@ impl RuntimeState {
             .flat_map(|site| site.routes.iter())
             .map(|route| RoutePolicy::compile(&route.policy, &keep.limiters, key_cap))
             .collect();
+        let encodings = config
+            .sites
+            .iter()
+            .flat_map(|site| site.routes.iter())
+            .map(|route| Some(route.encode.clone()).filter(|e| !e.codings.is_empty()))
+            .collect();
         let sites = config
             .sites
             .iter()
@@ -303,6 +311,7 @@ impl RuntimeState {
             tls,
             routes,
             policies,
+            encodings,
             upstreams,
             config: Arc::new(config),
         })

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod encode;
 mod log;
 mod policy;
 mod resolver;
@@ -128,6 +129,12 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
         "server",
         "server",
     );
+    let server_encode = encode::resolve(
+        &mut cx,
+        raw.server.encode_keys(),
+        &Encode::default(),
+        "server",
+    );
     let upstreams: BTreeMap<String, Upstream> = raw
         .upstreams
         .iter()
@@ -145,6 +152,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
             seen: &mut seen_hosts,
             index: i,
             policy: &server_policy,
+            encode: &server_encode,
         };
         if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
             sites.push(site);
@@ -417,6 +425,7 @@ struct SiteCtx<'a> {
     seen: &'a mut HashMap<HostPattern, usize>,
     index: usize,
     policy: &'a Policy,
+    encode: &'a Encode,
 }
 
 fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<Site> {
@@ -450,7 +459,8 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     let name = hosts.first().map_or("*".to_string(), |h| h.to_string());
     let scope = format!("site {name}");
     let policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
-    let routes = routes(cx, raw, upstreams, (&name, &policy));
+    let encode = encode::resolve(cx, site.encode_keys(), sc.encode, "site");
+    let routes = routes(cx, raw, upstreams, (&name, &policy, &encode));
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
         acme_hosts(cx, raw, &hosts);
@@ -478,12 +488,12 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     })
 }
 
-/// `site` is the site's name (for rate-limit scopes) and its resolved policy.
+/// `site` is the site's name (for rate-limit scopes), its resolved policy and compression.
 fn routes(
     cx: &mut Ctx,
     raw: &Spanned<FileSite>,
     upstreams: &[&str],
-    site: (&str, &Policy),
+    site: (&str, &Policy, &Encode),
 ) -> Vec<Route> {
     if raw.get_ref().routes.is_empty() {
         let msg =
@@ -726,7 +736,7 @@ fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited): (&str, &Policy),
+    (site, inherited, encode): (&str, &Policy, &Encode),
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
@@ -749,10 +759,12 @@ fn route(
     }
     let scope = format!("route {site} {}", matcher.as_str());
     let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
+    let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
     Some(Route {
         matcher,
         action,
         policy,
+        encode,
     })
 }
 

@@ -8,6 +8,7 @@ use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
+use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState, UpstreamClient};
 use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
@@ -74,6 +75,10 @@ impl ProxyService {
             (_, Some(site)) => self.dispatch(&state, site, host, req, addrs, &log).await,
             (_, None) => Err(ProxyError::NoRoute),
         };
+        let (answer, encode) = match answer {
+            Ok((answer, encode)) => (Ok(answer), encode),
+            Err(err) => (Err(err), None),
+        };
         if !state.unrouted_metrics.is_empty() && log.metrics.get().is_none() {
             let index = site.unwrap_or(state.unrouted_metrics.len() - 1);
             if let Some(metrics) = state.unrouted_metrics.get(index) {
@@ -96,6 +101,9 @@ impl ProxyService {
             }
             Err(err) => self.refuse(&err, log, in_flight, version),
         };
+        if let Some(negotiated) = encode {
+            response = compress(response, &negotiated);
+        }
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
@@ -107,31 +115,29 @@ impl ProxyService {
         Ok(response)
     }
 
-    async fn dispatch(
+    /// The route's answer, with what the request asked for in compression if the route does it.
+    async fn dispatch<'s>(
         &self,
-        state: &RuntimeState,
+        state: &'s RuntimeState,
         site: usize,
         host: &str,
         req: Request<Incoming>,
         addrs: forward::Addrs,
         log: &Arc<RequestLog>,
-    ) -> Result<Answer, ProxyError> {
+    ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let path = req.uri().path();
         let challenge = path.strip_prefix(acme::HTTP01_PREFIX);
         if let Some(token) = challenge.filter(|_| self.transport == Transport::Plain) {
             if let Some(key_auth) = self.cx.challenges.http01(token) {
-                return Ok(Answer::Local(acme_answer(key_auth)));
+                return Ok((Answer::Local(acme_answer(key_auth)), None));
             }
         }
         if self.transport == Transport::Plain
             && state.sites[site].redirect_https
             && challenge.is_none()
         {
-            return Ok(Answer::Local(https_redirect(
-                req.uri(),
-                host,
-                self.cx.https_port(),
-            )));
+            let redirect = https_redirect(req.uri(), host, self.cx.https_port());
+            return Ok((Answer::Local(redirect), None));
         }
         let matched = state
             .router
@@ -149,9 +155,12 @@ impl ProxyService {
                 Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
                 Refusal::TooLarge(e) => ProxyError::BodyTooLarge(e.limit),
             })?;
-        match &state.routes[matched.route] {
-            RouteAction::Respond(r) => Ok(Answer::Local(respond(r))),
-            RouteAction::Redirect(r) => Ok(Answer::Local(redirect(r, req.uri(), host))),
+        let encode = state.encodings[matched.route]
+            .as_ref()
+            .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
+        let answer = match &state.routes[matched.route] {
+            RouteAction::Respond(r) => Answer::Local(respond(r)),
+            RouteAction::Redirect(r) => Answer::Local(redirect(r, req.uri(), host)),
             RouteAction::Proxy(route) => {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
@@ -165,9 +174,10 @@ impl ProxyService {
                     strip,
                     log,
                 };
-                self.proxy(hop, req).await
+                self.proxy(hop, req).await?
             }
-        }
+        };
+        Ok((answer, encode))
     }
 
     /// Sends the request upstream, on another server when an attempt failed safely (see
@@ -520,6 +530,35 @@ impl ProxyService {
         }
         resp
     }
+}
+
+/// The response compressed as `negotiated` asks, if it is a candidate (see `middleware::encode`).
+fn compress(response: Response<ProxyBody>, negotiated: &Negotiated<'_>) -> Response<ProxyBody> {
+    use http_body::Body;
+    let (mut parts, body) = response.into_parts();
+    let shape = BodyShape {
+        len: body.size_hint().exact(),
+        empty: body.is_end_stream(),
+    };
+    let decision = encode::decide(negotiated, parts.status, &parts.headers, shape);
+    let body = match decision {
+        Decision::Compress(coding) => match Encoder::new(coding) {
+            Ok(encoder) => {
+                encode::rewrite_head(&mut parts.headers, decision);
+                body.compress(encoder)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, coding = coding.token(), "cannot start an encoder; response sent as it is");
+                encode::rewrite_head(&mut parts.headers, Decision::VaryOnly);
+                body
+            }
+        },
+        _ => {
+            encode::rewrite_head(&mut parts.headers, decision);
+            body
+        }
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Requests refused on their head alone, before routing: malformed framing (400), a target or
