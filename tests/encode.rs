@@ -437,3 +437,32 @@ async fn a_route_without_encode_passes_the_response_through() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_on_an_encode_route_is_untouched() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    with_timeout(30, async {
+        let backend = support::ws_echo_backend().await;
+        let proxy = TestProxy::start(&config(&backend)).await;
+        let mut request = format!("ws://{}/chat", proxy.addr)
+            .into_client_request()
+            .unwrap();
+        let accept = http::HeaderValue::from_static("gzip, br, zstd");
+        request.headers_mut().insert("accept-encoding", accept);
+        let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.status(), 101);
+        assert_eq!(response.headers().get("content-encoding"), None);
+        assert_eq!(response.headers().get("vary"), None);
+        let text = "text/* would match this if it were a body ".repeat(50);
+        ws.send(Message::Text(text.clone())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo timed out")
+            .expect("stream ended")
+            .unwrap();
+        assert_eq!(reply, Message::Text(text));
+        ws.close(None).await.unwrap();
+    })
+    .await;
+}
