@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 /// Levels chosen for a proxy: fast, most of the gain (see the README's `encode` section for the
 /// measurement behind them).
-const GZIP_LEVEL: u32 = 5;
+const GZIP_LEVEL: u32 = 4;
 const BROTLI_QUALITY: u32 = 5;
 const ZSTD_LEVEL: i32 = 3;
 /// 512 KiB of history for brotli and zstd (ngx_brotli's default window); their own defaults
