@@ -681,6 +681,74 @@ deny = ["192.0.2.0/24"]"#,
 }
 
 #[test]
+fn encode_config_errors_are_reported_with_key_and_hint() {
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "unknown algorithm",
+            limits_config(r#"encode = ["zstd", "deflate"]"#, "", ""),
+            "encode",
+            &[
+                "`server.encode`",
+                "unknown algorithm `deflate`",
+                "\"br\"",
+                "[]",
+            ],
+        ),
+        (
+            "algorithm twice",
+            limits_config("", "", r#"  encode = ["gzip", "gzip"]"#),
+            "encode",
+            &["`site.route.encode`", "listed twice"],
+        ),
+        (
+            "bad size",
+            limits_config("", r#"encode_min_size = "half a KB""#, ""),
+            "encode_min_size",
+            &["`site.encode_min_size`", "512B", "64KB"],
+        ),
+        (
+            "bad type pattern",
+            limits_config("", "", r#"  encode_types = ["text/*", "*/json"]"#),
+            "encode_types",
+            &[
+                "`site.route.encode_types`",
+                "`*/json`",
+                "application/*+json",
+            ],
+        ),
+        (
+            "type with parameters",
+            limits_config(r#"encode_types = ["text/html; charset=utf-8"]"#, "", ""),
+            "encode_types",
+            &["`server.encode_types`", "without parameters"],
+        ),
+    ];
+    for (what, config, marker, mentions) in cases {
+        let (path, out) = check(config, &[], &[]);
+        eprintln!("case: {what}");
+        assert_located_error(config, &path, &out, marker, mentions);
+        assert!(
+            out.stderr.contains("\n1 error in config"),
+            "case {what:?}: exactly one error expected; got:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn encode_config_with_every_key_passes_check() {
+    let config = limits_config(
+        r#"encode = ["zstd", "br", "gzip"]
+encode_min_size = "1KB"
+encode_types = ["text/*", "application/json", "application/*+json"]"#,
+        r#"encode_min_size = "0B""#,
+        r#"  encode = []"#,
+    );
+    let (_, out) = check(&config, &[], &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+#[test]
 fn resolver_errors_are_reported_with_key_and_hint() {
     let cases: &[(&str, &str, &[&str])] = &[
         (
