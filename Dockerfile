@@ -1,12 +1,18 @@
 # syntax=docker/dockerfile:1
 #
-# Gatehouse container image: the release binary on distroless cc (glibc, libgcc, CA certificates,
-# /etc/passwd with `nonroot`; no shell, no package manager), run as uid 65532.
+# Gatehouse container image: one statically linked binary on distroless static (CA certificates,
+# tzdata, /etc/passwd with `nonroot`; no libc, no shell, no package manager), run as uid 65532.
 #
 #   docker build -t gatehouse .
 #   docker run -d --name gatehouse -p 80:8080 -p 443:8443 \
 #     -v gatehouse-state:/var/lib/gatehouse \
 #     -v "$PWD/gatehouse.toml:/etc/gatehouse/gatehouse.toml:ro" gatehouse
+#
+# Why static glibc (crt-static) on distroless/static rather than a dynamic binary on
+# distroless/cc: the stripped binary is about 9 MB, distroless/cc about 21 MB (glibc, libssl,
+# libstdc++ we do not use), distroless/static about 2 MiB; only the second pair stays well under
+# the 30 MB aim. glibc (not musl) keeps the allocator and the resolver we test with: name lookups
+# use /etc/hosts and DNS built into the static libc (checked in a chroot with no shared library).
 #
 # Ports: the shipped config (config/docker.toml) listens on 8080 (and 8443 once a TLS site is
 # set), so the non-root user needs no capability; publish them as 80/443 on the host. No setcap:
@@ -15,16 +21,20 @@
 # ports below 1024 inside a container (ip_unprivileged_port_start=0), so a mounted config may use
 # 80/443 directly there; Kubernetes and CRI-O do not by default.
 # `tests/dockerfile.rs` checks the paths, the binary, the subcommands and the config named here;
-# README "Install" has the figures (binary and image size).
+# README "Install" has the figures.
 
 ARG RUST_VERSION=1
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 # The repo's release profile keeps line tables for profiling; the image wants neither them nor
-# the symbols (about 29 MB of the unstripped binary).
+# the symbols.
+# crt-static: glibc linked in. With an explicit --target (the build machine's own triple), the
+# flag applies to Gatehouse and its dependencies but not to build scripts and proc-macros, which
+# cannot be static.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
-    CARGO_PROFILE_RELEASE_STRIP=symbols
+    CARGO_PROFILE_RELEASE_STRIP=symbols \
+    RUSTFLAGS="-C target-feature=+crt-static"
 
 # Dependencies first, against placeholder sources: this layer is rebuilt only when Cargo.toml or
 # Cargo.lock change, not on every source edit. benches/micro.rs must exist for the manifest
@@ -34,19 +44,21 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/micro.rs \
- && cargo build --release --locked
+ && cargo build --release --locked --target "$(rustc -vV | sed -n 's/^host: //p')"
 
 # Gatehouse itself. The placeholders' build is newer than the copied sources' mtimes: touch them
 # so cargo rebuilds the crate instead of shipping the placeholder binary.
 COPY src ./src
 COPY config/docker.toml ./config/docker.toml
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
- && ./target/release/gatehouse check --config config/docker.toml \
+ && target="$(rustc -vV | sed -n 's/^host: //p')" \
+ && cargo build --release --locked --target "$target" \
+ && install -D -m 0755 "target/$target/release/gatehouse" /out/gatehouse \
+ && /out/gatehouse check --config config/docker.toml \
  && install -d -m 0700 /out/var/lib/gatehouse
 
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/gatehouse /usr/local/bin/gatehouse
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/gatehouse /usr/local/bin/gatehouse
 COPY config/docker.toml /etc/gatehouse/gatehouse.toml
 # the state dir, owned by the user: a new named volume starts as a copy of it (a bind mount
 # must be writable by uid 65532)

@@ -176,13 +176,6 @@ impl Dockerfile {
         runs.map(|i| i.args.as_str()).collect::<Vec<_>>().join("\n")
     }
 
-    fn workdir(&self, stage: &str) -> String {
-        let mut dirs = self.all.iter().rev();
-        dirs.find(|i| i.stage == stage && i.keyword == "WORKDIR")
-            .map(|i| i.args.clone())
-            .unwrap_or_else(|| "/".into())
-    }
-
     /// The container's command: ENTRYPOINT followed by CMD.
     fn command(&self) -> Vec<String> {
         let ins = self.last("ENTRYPOINT");
@@ -323,33 +316,76 @@ fn stage_copies_take_what_the_build_stage_makes() {
         let Some(stage) = &copy.from else { continue };
         let runs = docker.stage_runs(stage);
         for src in &copy.sources {
-            let workdir = docker.workdir(stage);
-            let target = format!("{}/target/release/{bin}", workdir.trim_end_matches('/'));
-            if *src == target {
-                // the cargo invocation that writes target/release/<bin>
-                assert!(
-                    runs.contains("cargo build --release --locked"),
-                    "line {}: {src} needs `cargo build --release --locked` in stage {stage}",
-                    copy.line
-                );
-                assert!(
-                    !runs.contains("--target "),
-                    "a --target build writes elsewhere"
-                );
+            let made = src.trim_end_matches('/');
+            assert!(
+                runs.contains(made),
+                "line {}: {src} is not made by any RUN of stage {stage}",
+                copy.line
+            );
+            if Path::new(src).file_name().and_then(|n| n.to_str()) == Some(bin.as_str()) {
+                // the RUN that puts the binary there builds it too
+                let run = docker
+                    .all
+                    .iter()
+                    .find(|i| i.stage == *stage && i.keyword == "RUN" && i.args.contains(made))
+                    .unwrap();
+                assert_built_by_cargo(&run.args, &bin, src);
                 binary_copied = true;
-            } else {
-                let made = src.trim_end_matches('/');
-                assert!(
-                    runs.contains(made),
-                    "line {}: {src} is not made by any RUN of stage {stage}",
-                    copy.line
-                );
             }
         }
     }
     assert!(
         binary_copied,
         "the final image gets no {bin} from the build stage"
+    );
+}
+
+/// `src` is the binary `cargo build --release --locked` wrote: installed from
+/// `target/<triple>/release/<bin>` (a `--target` build) or `target/release/<bin>`.
+fn assert_built_by_cargo(run: &str, bin: &str, src: &str) {
+    assert!(
+        run.contains("cargo build --release --locked"),
+        "{src} needs `cargo build --release --locked`"
+    );
+    let with_triple = format!(
+        r#"target/[^/\s]+/release/{bin}"?\s+{}(\s|$)"#,
+        regex::escape(src)
+    );
+    let plain = format!(r#"target/release/{bin}"?\s+{}(\s|$)"#, regex::escape(src));
+    let found = |re: &str| regex::Regex::new(re).unwrap().is_match(run);
+    if found(&with_triple) {
+        assert!(
+            run.contains("--target "),
+            "target/<triple>/ needs a --target build"
+        );
+    } else {
+        assert!(
+            found(&plain),
+            "{src} is not installed from cargo's target/…/release/{bin}"
+        );
+        assert!(
+            !run.contains("--target "),
+            "a --target build writes elsewhere"
+        );
+    }
+}
+
+#[test]
+fn a_static_base_image_gets_a_static_binary() {
+    let docker = Dockerfile::load();
+    let base = &docker.last("FROM").args;
+    let static_base = base.contains("distroless/static") || base.starts_with("scratch");
+    if !static_base {
+        return;
+    }
+    let build = docker
+        .all
+        .iter()
+        .filter(|i| i.stage != docker.final_stage() && i.keyword == "ENV")
+        .any(|i| i.args.contains("+crt-static"));
+    assert!(
+        build,
+        "{base} has no libc: the build must set -C target-feature=+crt-static"
     );
 }
 
