@@ -53,7 +53,7 @@ enum Command {
     /// Probe a running Gatehouse: exit 0 if ready, 1 if it answers not ready, 69 if it cannot be
     /// reached in time, 64 for a bad config.
     Health {
-        /// Read `[listen] admin` from this config (nothing else in it is checked or read).
+        /// Take `[listen] admin` from this config (only its `[listen]` is checked).
         #[arg(long, short, default_value = "config/gatehouse.toml")]
         config: PathBuf,
         /// The admin listener to ask; the config is then not read at all.
