@@ -23,6 +23,14 @@ pub struct FileConfig {
     pub log: Option<Spanned<FileLog>>,
 }
 
+/// Only `[listen]`, for clients of a running instance (`gatehouse health`): every other table is
+/// skipped unread, so a config being edited elsewhere, or naming files this user cannot read, does
+/// not stop a probe of the instance that runs on the last good one.
+#[derive(Debug, Deserialize)]
+pub struct FileListenOnly {
+    pub listen: Option<Spanned<FileListen>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListen {

@@ -114,6 +114,25 @@ impl Ctx<'_> {
     }
 }
 
+/// Validates `[listen]` alone (see [`FileListenOnly`]).
+pub fn validate_listen(
+    path: &Path,
+    text: &str,
+    raw: Option<&Spanned<FileListen>>,
+) -> Result<Listen, Vec<Located>> {
+    let mut cx = Ctx {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let listen = listen(&mut cx, raw);
+    if cx.errors.is_empty() {
+        Ok(listen)
+    } else {
+        Err(cx.errors)
+    }
+}
+
 pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<Located>> {
     let mut cx = Ctx {
         path,
