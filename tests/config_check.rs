@@ -50,6 +50,21 @@ fn assert_rejected(config: &str, marker: &str, mentions: &[&str], env_remove: &[
     assert_located_error(config, &path, &out, marker, mentions);
 }
 
+/// Each case (what, config, marker, mentions) is exactly one error, located and worded as
+/// `assert_located_error` checks.
+fn assert_each_is_one_located_error(cases: &[(&str, String, &str, &[&str])]) {
+    for (what, config, marker, mentions) in cases {
+        let (path, out) = check(config, &[], &[]);
+        eprintln!("case: {what}");
+        assert_located_error(config, &path, &out, marker, mentions);
+        assert!(
+            out.stderr.contains("\n1 error in config"),
+            "case {what:?}: exactly one error expected; got:\n{}",
+            out.stderr
+        );
+    }
+}
+
 /// Asserts `out` is a config error (exit 64) at `path`:LINE:COLUMN, LINE being the first line of
 /// `config` containing `marker`, that mentions every string in `mentions`.
 fn assert_located_error(
@@ -638,16 +653,7 @@ fn protection_config_errors_are_reported_with_key_and_hint() {
             &["`server.max_connections_per_ip`", "0 to"],
         ),
     ];
-    for (what, config, marker, mentions) in cases {
-        let (path, out) = check(config, &[], &[]);
-        eprintln!("case: {what}");
-        assert_located_error(config, &path, &out, marker, mentions);
-        assert!(
-            out.stderr.contains("\n1 error in config"),
-            "case {what:?}: exactly one error expected; got:\n{}",
-            out.stderr
-        );
-    }
+    assert_each_is_one_located_error(cases);
 }
 
 #[test]
@@ -723,16 +729,7 @@ fn encode_config_errors_are_reported_with_key_and_hint() {
             &["`server.encode_types`", "without parameters"],
         ),
     ];
-    for (what, config, marker, mentions) in cases {
-        let (path, out) = check(config, &[], &[]);
-        eprintln!("case: {what}");
-        assert_located_error(config, &path, &out, marker, mentions);
-        assert!(
-            out.stderr.contains("\n1 error in config"),
-            "case {what:?}: exactly one error expected; got:\n{}",
-            out.stderr
-        );
-    }
+    assert_each_is_one_located_error(cases);
 }
 
 #[test]
@@ -880,16 +877,7 @@ fn cors_config_errors_are_reported_with_key_and_hint() {
             &["`cors`", "\"off\""],
         ),
     ];
-    for (what, config, marker, mentions) in cases {
-        let (path, out) = check(config, &[], &[]);
-        eprintln!("case: {what}");
-        assert_located_error(config, &path, &out, marker, mentions);
-        assert!(
-            out.stderr.contains("\n1 error in config"),
-            "case {what:?}: exactly one error expected; got:\n{}",
-            out.stderr
-        );
-    }
+    assert_each_is_one_located_error(cases);
 }
 
 #[test]
