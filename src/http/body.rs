@@ -2,6 +2,7 @@
 //! that, when it ends or is dropped, releases its slots and writes the access-log event.
 
 use crate::access_log::{AccessLog, Entry};
+use crate::upstream::conn::Sender;
 use crate::upstream::ActiveGuard;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri, Version};
@@ -278,12 +279,16 @@ enum Inner {
 }
 
 /// An upstream response body with a limit on the wait between two frames (nginx's
-/// `proxy_read_timeout`); the timer exists only while a read is pending.
+/// `proxy_read_timeout`); the timer exists only while a read is pending. It holds the connection
+/// it comes on: back to the backend's idle ones once the body has ended, dropped (closed) if the
+/// body is dropped before.
 #[derive(Debug)]
 struct UpstreamBody {
     body: Incoming,
     read_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// `None` when the connection cannot be reused (the response closes it, or upgraded it).
+    conn: Option<Sender>,
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
@@ -292,6 +297,9 @@ impl UpstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             self.stalled = None;
+            if frame.as_ref().is_some_and(|f| f.is_err()) {
+                self.conn = None;
+            }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream)));
         }
         let timeout = self.read_timeout;
@@ -350,6 +358,15 @@ impl Completion {
     }
 }
 
+impl Completion {
+    /// Gives the connection of a response that ended back to its backend.
+    fn reuse(&self, conn: Option<Sender>) {
+        if let (Some(conn), Some(active)) = (conn, &self._active) {
+            active.backend().reuse(conn);
+        }
+    }
+}
+
 impl Drop for Completion {
     fn drop(&mut self) {
         let log = &self.log;
@@ -363,11 +380,18 @@ impl Drop for Completion {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, read_timeout: Duration, done: Completion) -> Self {
+    /// `conn` is the connection `body` comes on, `None` when it must not be reused.
+    pub fn upstream(
+        body: Incoming,
+        conn: Option<Sender>,
+        read_timeout: Duration,
+        done: Completion,
+    ) -> Self {
         let body = UpstreamBody {
             body,
             read_timeout,
             stalled: None,
+            conn,
         };
         ProxyBody {
             inner: Inner::Upstream(body),
@@ -383,6 +407,17 @@ impl ProxyBody {
     }
 }
 
+impl Drop for ProxyBody {
+    /// A body with nothing to read (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
+    fn drop(&mut self) {
+        if let Inner::Upstream(up) = &mut self.inner {
+            if up.conn.is_some() && up.body.is_end_stream() {
+                self.done.reuse(up.conn.take());
+            }
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -390,7 +425,19 @@ impl Body for ProxyBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            Inner::Upstream(body) => body.poll_frame(cx),
+            Inner::Upstream(body) => {
+                let polled = body.poll_frame(cx);
+                // the last frame: the connection can take the next request at once
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.body.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
+                    this.done.reuse(body.conn.take());
+                }
+                polled
+            }
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
