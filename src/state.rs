@@ -4,7 +4,6 @@
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
 use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
-use crate::http::CountedBody;
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::Limiters;
@@ -14,16 +13,12 @@ use crate::tls::{self, TlsError};
 use crate::upstream::{self, UpstreamPool};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::uri::Scheme;
 use http::{HeaderValue, StatusCode};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-
-pub type UpstreamClient = Client<upstream::tls::Connector, CountedBody>;
 
 pub struct RuntimeState {
     pub config: Arc<Config>,
@@ -69,11 +64,8 @@ pub enum RouteAction {
 }
 
 pub struct ProxyRoute {
+    /// The upstream's servers, with their keep-alive connections (TLS ones for a TLS upstream).
     pub pool: Arc<UpstreamPool>,
-    /// The plain client shared by plain upstreams, or the pool's own TLS client (its trust,
-    /// client certificate and connection pool), with the scheme its URIs take.
-    pub client: UpstreamClient,
-    pub scheme: Scheme,
     pub strip_prefix: bool,
 }
 
@@ -85,11 +77,9 @@ pub struct Keep {
     pub resumption: tls::Resumption,
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
-    /// Pools (with their health state and resolved members) and TLS clients (with their
-    /// connection pools) of the last snapshot built, reused by the next one when unchanged.
+    /// Pools (with their health state, resolved members and their keep-alive connections) of
+    /// the last snapshot built, reused by the next one when unchanged.
     upstreams: tokio::sync::Mutex<HashMap<String, KeptUpstream>>,
-    /// The plain upstream client (its keep-alive pool), reused while the timeouts stay.
-    client: std::sync::Mutex<Option<(Timeouts, UpstreamClient)>>,
     /// The access log of the last snapshot built, reused while `[log]` stays.
     access_log: std::sync::Mutex<Option<(Log, AccessLog)>>,
     /// Lines lost by every access log the process opened.
@@ -106,7 +96,7 @@ pub enum BuildError {
     Metrics(#[from] MetricsError),
 }
 
-/// Everything an upstream's pool and TLS client are built from: its spec, the server timeouts,
+/// Everything an upstream's pool and its connections are built from: its spec, the server timeouts,
 /// the metrics switch, and the state of its TLS files (a CA or client certificate replaced under
 /// the same name is read again by the next reload).
 type MadeFrom = (Upstream, Timeouts, bool, tls::FileStamp);
@@ -126,7 +116,6 @@ pub struct KeptUpstream {
     /// Everything the pool was built from.
     made_from: MadeFrom,
     pub pool: Arc<UpstreamPool>,
-    pub tls_client: Option<UpstreamClient>,
 }
 
 impl Keep {
@@ -140,7 +129,6 @@ impl Keep {
             limiters: Arc::default(),
             metrics,
             upstreams: tokio::sync::Mutex::default(),
-            client: std::sync::Mutex::default(),
             access_log: std::sync::Mutex::default(),
             log_dropped: Arc::default(),
         })
@@ -161,20 +149,8 @@ impl Keep {
         *kept = Some((log.clone(), access_log.clone()));
     }
 
-    fn client(&self, timeouts: &Timeouts) -> UpstreamClient {
-        let mut kept = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        match kept.as_ref() {
-            Some((t, client)) if t == timeouts => client.clone(),
-            _ => {
-                let client = upstream::client(timeouts, None);
-                *kept = Some((timeouts.clone(), client.clone()));
-                client
-            }
-        }
-    }
-
     /// Whether a TLS file an upstream of `config` reads (`ca_root`, `client_cert`) changed on
-    /// disk since its client was built: then a reload of an unchanged config still rebuilds.
+    /// disk since its pool was built: then a reload of an unchanged config still rebuilds.
     pub async fn tls_files_changed(&self, config: &Config) -> bool {
         let kept = self.upstreams.lock().await;
         config.upstreams.iter().any(|(name, spec)| {
@@ -213,24 +189,18 @@ impl Keep {
     ) -> Result<KeptUpstream, TlsError> {
         let (spec, timeouts, metrics, _) = &made_from;
         let handshake = upstream::tls::Handshake::new(name, spec, timeouts)?;
-        let tls_client = handshake
-            .as_ref()
-            .map(|tls| upstream::client(timeouts, Some(tls.clone())));
-        let pool = UpstreamPool::new(name, spec);
+        let pool = UpstreamPool::new(name, spec, timeouts, handshake.clone());
         if *metrics {
             pool.set_metrics(&self.metrics);
         }
         pool.resolve().await;
         pool.spawn_resolver();
+        pool.spawn_sweeper();
         if let Some(check) = &spec.health {
             // probes go over the same kind of connection as the traffic, TLS included
             upstream::health::start_checks(&pool, check.clone(), timeouts, handshake).await;
         }
-        Ok(KeptUpstream {
-            made_from,
-            pool,
-            tls_client,
-        })
+        Ok(KeptUpstream { made_from, pool })
     }
 }
 
@@ -265,12 +235,11 @@ impl RuntimeState {
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
             .collect();
-        let plain = keep.client(&config.server.timeouts);
         let routes = config
             .sites
             .iter()
             .flat_map(|site| site.routes.iter())
-            .map(|route| compile(&route.action, &kept, &plain))
+            .map(|route| compile(&route.action, &kept))
             .collect();
         let key_cap = config.server.limits.rate_limit_keys;
         let policies = config
@@ -358,28 +327,16 @@ fn route_metrics(
     (routes, unrouted)
 }
 
-fn compile(
-    action: &Action,
-    upstreams: &HashMap<String, KeptUpstream>,
-    plain: &UpstreamClient,
-) -> RouteAction {
+fn compile(action: &Action, upstreams: &HashMap<String, KeptUpstream>) -> RouteAction {
     match action {
         Action::Proxy {
             upstream,
             strip_prefix,
         } => match upstreams.get(upstream) {
-            Some(kept) => {
-                let (client, scheme) = match &kept.tls_client {
-                    Some(tls) => (tls.clone(), Scheme::HTTPS),
-                    None => (plain.clone(), Scheme::HTTP),
-                };
-                RouteAction::Proxy(Box::new(ProxyRoute {
-                    pool: kept.pool.clone(),
-                    client,
-                    scheme,
-                    strip_prefix: *strip_prefix,
-                }))
-            }
+            Some(kept) => RouteAction::Proxy(Box::new(ProxyRoute {
+                pool: kept.pool.clone(),
+                strip_prefix: *strip_prefix,
+            })),
             // unreachable after validation; kept total so route ids stay aligned
             None => RouteAction::Respond(Respond {
                 status: StatusCode::BAD_GATEWAY,

@@ -1,6 +1,8 @@
-//! Upstream pools: the servers behind a name, kept resolved, and the shared keep-alive HTTP client.
+//! Upstream pools: the servers behind a name, kept resolved, each with its keep-alive
+//! connections (`conn`).
 
 mod balance;
+pub mod conn;
 pub mod forward;
 pub mod health;
 mod resolve;
@@ -10,11 +12,15 @@ pub use balance::ActiveGuard;
 pub use health::counter::Outcome;
 
 use crate::config::{AllDown, Balance, Timeouts, Upstream};
+use crate::http::CountedBody;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use balance::{Ask, Members};
+use conn::{Dialer, IdleConns, SendError, Sender};
 use health::Health;
 use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use prometheus::{Histogram, IntCounter};
@@ -35,6 +41,8 @@ pub struct Backend {
     health: Health,
     /// Attempts by outcome (success, server_error, failure), resolved on first use.
     outcomes: OnceLock<[IntCounter; 3]>,
+    /// Keep-alive connections to it waiting for a request.
+    idle: IdleConns,
 }
 
 impl Backend {
@@ -47,11 +55,17 @@ impl Backend {
             active: AtomicUsize::new(0),
             health: Health::new(active_checks),
             outcomes: OnceLock::new(),
+            idle: IdleConns::default(),
         })
     }
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the connection of a response that ended cleanly for the next request.
+    pub fn reuse(&self, conn: Sender) {
+        self.idle.put(conn);
     }
 }
 
@@ -66,6 +80,10 @@ pub struct UpstreamPool {
     /// Retry budget in thousandths of a retry: each request adds `retry_budget` percent of one.
     retry_tokens: AtomicI64,
     metrics: OnceLock<PoolMetrics>,
+    /// Opens connections to the servers (TLS for an `https://` upstream) and sends requests.
+    dialer: Dialer,
+    /// Dropped with the pool: its sweeper task ends at once (not a sweep interval later).
+    sweeper: OnceLock<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct PoolMetrics {
@@ -89,7 +107,13 @@ const RETRY_BANK_MAX: i64 = 10_000;
 
 impl UpstreamPool {
     /// Builds the pool with the servers that are IP literals; names are filled in by `resolve`.
-    pub fn new(name: &str, spec: &Upstream) -> Arc<UpstreamPool> {
+    /// Connections to them follow `timeouts` and, for a TLS upstream, `tls`.
+    pub fn new(
+        name: &str,
+        spec: &Upstream,
+        timeouts: &Timeouts,
+        tls: Option<Arc<tls::Handshake>>,
+    ) -> Arc<UpstreamPool> {
         let checks = spec.health.is_some();
         let literal: Vec<Arc<Backend>> = spec
             .servers
@@ -108,7 +132,22 @@ impl UpstreamPool {
             resolve_failing: AtomicBool::new(false),
             retry_tokens: AtomicI64::new(3_000),
             metrics: OnceLock::new(),
+            dialer: Dialer::new(
+                tls::Connector::new(http_connector(timeouts), tls.clone()),
+                tls.is_some(),
+            ),
+            sweeper: OnceLock::new(),
         })
+    }
+
+    /// Sends `req` to `backend` over one of its keep-alive connections (or a new one); the
+    /// connection comes back with the response, for `Backend::reuse` once the body has ended.
+    pub async fn send(
+        &self,
+        backend: &Backend,
+        req: Request<CountedBody>,
+    ) -> Result<(Response<Incoming>, Sender), SendError> {
+        self.dialer.send(backend, req).await
     }
 
     fn needs_dns(&self) -> bool {
@@ -285,6 +324,28 @@ impl UpstreamPool {
         self.members.store(Arc::new(Members::new(next)));
     }
 
+    /// Closes connections idle for 90 to 100 s (and those the servers closed) every
+    /// `conn::SWEEP_EVERY` for as long as the pool is alive.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        if self.sweeper.set(stop).is_err() {
+            return;
+        }
+        let weak: Weak<UpstreamPool> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(conn::SWEEP_EVERY) => {}
+                }
+                let Some(pool) = weak.upgrade() else { break };
+                for backend in pool.members.load().backends.iter() {
+                    backend.idle.sweep();
+                }
+            }
+        });
+    }
+
     /// Re-resolves names every `resolve_every` (the first time was at build) for as long as the
     /// pool is alive.
     pub fn spawn_resolver(self: &Arc<Self>) {
@@ -303,22 +364,25 @@ impl UpstreamPool {
     }
 }
 
-/// One client for all plain upstreams: its pool keys connections by address, so keep-alive is per
-/// backend. A TLS upstream gets a client of its own, with its `tls::Handshake`.
+/// TCP to the servers: connect timeout, nodelay, keepalive probes after 60 s.
+fn http_connector(timeouts: &Timeouts) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(timeouts.upstream_connect));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector
+}
+
+/// hyper-util's pooled client, over the same kind of connection as the traffic, for the active
+/// health checks (the request path uses the pools' own connections, `conn`).
 pub fn client<B>(timeouts: &Timeouts, tls: Option<Arc<tls::Handshake>>) -> Client<tls::Connector, B>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeouts.upstream_connect));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
+    let connector = http_connector(timeouts);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        // at least as many as requests a busy moment has in flight to one backend: a smaller cap
-        // closed and reopened ~1,500 connections per 5 s under h2load -m32 (512 in flight)
-        .pool_max_idle_per_host(1024)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .retry_canceled_requests(true)
         .set_host(false)

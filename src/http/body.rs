@@ -2,7 +2,8 @@
 //! that, when it ends or is dropped, releases its slots and writes the access-log event.
 
 use crate::access_log::{AccessLog, Entry};
-use crate::upstream::ActiveGuard;
+use crate::upstream::conn::Sender;
+use crate::upstream::{ActiveGuard, Backend};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -287,12 +288,16 @@ enum Inner {
 }
 
 /// An upstream response body with a limit on the wait between two frames (nginx's
-/// `proxy_read_timeout`); the timer exists only while a read is pending.
+/// `proxy_read_timeout`); the timer exists only while a read is pending. It holds the connection
+/// it comes on: back to the backend's idle ones once the body has ended (compressed or not),
+/// dropped (closed) if the body is dropped before.
 #[derive(Debug)]
 struct UpstreamBody {
     body: Incoming,
     read_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// `None` when the connection cannot be reused (the response closes it, or upgraded it).
+    conn: Option<(Sender, Arc<Backend>)>,
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
@@ -301,6 +306,13 @@ impl UpstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             self.stalled = None;
+            match &frame {
+                Some(Err(_)) => self.conn = None,
+                // the last frame: the connection can take the next request at once
+                None => self.give_back(),
+                Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
+                Some(Ok(_)) => {}
+            }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream)));
         }
         let timeout = self.read_timeout;
@@ -310,6 +322,21 @@ impl UpstreamBody {
         match stalled.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::ReadTimeout(timeout)))),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some((conn, backend)) = self.conn.take() {
+            backend.reuse(conn);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    /// A body with nothing to read (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
+    fn drop(&mut self) {
+        if self.conn.is_some() && self.body.is_end_stream() {
+            self.give_back();
         }
     }
 }
@@ -374,11 +401,19 @@ impl Drop for Completion {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, read_timeout: Duration, done: Completion) -> Self {
+    /// `conn` is the connection `body` comes on, `None` when it must not be reused.
+    pub fn upstream(
+        body: Incoming,
+        conn: Option<Sender>,
+        read_timeout: Duration,
+        done: Completion,
+    ) -> Self {
+        let backend = done._active.as_ref().map(|a| a.backend().clone());
         let body = UpstreamBody {
             body,
             read_timeout,
             stalled: None,
+            conn: conn.zip(backend),
         };
         ProxyBody {
             inner: Inner::Plain(Source::Upstream(body)),

@@ -3,9 +3,12 @@
 use super::hygiene::Malformed;
 use crate::middleware::cors::PreflightRefusal;
 use crate::middleware::Reason;
+use crate::upstream::conn::SendError;
 use bytes::Bytes;
 use http::StatusCode;
-use std::error::Error as _;
+use std::error::Error as StdError;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -14,13 +17,13 @@ pub enum ProxyError {
     #[error("upstream `{0}` has no healthy server; retry in {1} s")]
     NoHealthy(String, u64),
     #[error("upstream refused or failed the connection")]
-    ConnectFailed(#[source] hyper_util::client::legacy::Error),
+    ConnectFailed(#[source] BoxError),
     #[error("upstream did not accept the connection in time")]
     ConnectTimeout,
     #[error("upstream did not answer in time")]
     ResponseTimeout,
     #[error("upstream closed or reset the connection")]
-    UpstreamFailed(#[source] hyper_util::client::legacy::Error),
+    UpstreamFailed(#[source] BoxError),
     #[error("bad request target")]
     BadTarget,
     #[error("this host is not served over HTTPS")]
@@ -46,21 +49,25 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Sorts a client error into refused (502) vs connect timeout (504) vs everything else (502).
+    /// Sorts a failed attempt into refused (502) vs connect timeout (504) vs everything else
+    /// (502): a connection that could not be made (retried on another server) or one that broke.
+    pub fn from_send(err: SendError) -> ProxyError {
+        match err {
+            SendError::Connect(e) if timed_out(&*e) => ProxyError::ConnectTimeout,
+            SendError::Connect(e) => ProxyError::ConnectFailed(e),
+            SendError::Request(e) => ProxyError::UpstreamFailed(Box::new(e)),
+        }
+    }
+
+    /// The same sorting for hyper-util's client (the active health checks).
     pub fn from_client(err: hyper_util::client::legacy::Error) -> ProxyError {
         if !err.is_connect() {
-            return ProxyError::UpstreamFailed(err);
+            return ProxyError::UpstreamFailed(Box::new(err));
         }
-        let mut source = err.source();
-        while let Some(e) = source {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::TimedOut {
-                    return ProxyError::ConnectTimeout;
-                }
-            }
-            source = e.source();
+        if timed_out(&err) {
+            return ProxyError::ConnectTimeout;
         }
-        ProxyError::ConnectFailed(err)
+        ProxyError::ConnectFailed(Box::new(err))
     }
 
     pub fn status(&self) -> StatusCode {
@@ -129,9 +136,22 @@ impl ProxyError {
     }
 }
 
-/// An error's sources joined by ": " ("client error (Connect): upstream `api`: TLS handshake ...
+/// Whether `err` or one of its sources is an I/O time-out (TCP connect or TLS handshake).
+fn timed_out(err: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let io = e.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// An error's sources joined by ": " ("upstream `api`: TLS handshake with 10.0.0.7:8443 as `api`
 /// failed: invalid peer certificate: UnknownIssuer"), for log lines; empty when it has none.
-pub fn causes(err: &dyn std::error::Error) -> String {
+pub fn causes(err: &dyn StdError) -> String {
     let mut out = String::new();
     let mut source = err.source();
     while let Some(e) = source {

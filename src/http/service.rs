@@ -13,12 +13,13 @@ use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
-use crate::state::{RouteAction, RuntimeState, UpstreamClient};
+use crate::state::{RouteAction, RuntimeState};
+use crate::upstream::conn::Sender;
 use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -48,7 +49,8 @@ struct Dispatch<'s, 'r> {
 
 /// What a route's action produced, before it is wrapped for the client.
 enum Answer {
-    Upstream(Response<Incoming>, ActiveGuard),
+    /// With the connection it came on, unless that one must not be reused.
+    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>),
     Local(Response<Bytes>),
 }
 
@@ -109,13 +111,11 @@ impl ProxyService {
             }
         }
         let mut response = match answer {
-            Ok(Answer::Upstream(resp, active)) => {
+            Ok(Answer::Upstream(resp, active, conn)) => {
                 let (parts, body) = resp.into_parts();
                 let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
-                Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(body, state.config.server.timeouts.upstream_response, done),
-                )
+                let read_timeout = state.config.server.timeouts.upstream_response;
+                Response::from_parts(parts, ProxyBody::upstream(body, conn, read_timeout, done))
             }
             Ok(Answer::Local(resp)) => {
                 let (parts, body) = resp.into_parts();
@@ -211,8 +211,6 @@ impl ProxyService {
                     state,
                     policy,
                     pool: &route.pool,
-                    client: &route.client,
-                    scheme: &route.scheme,
                     addrs,
                     peer_ip: &self.peer_ip,
                     strip,
@@ -245,7 +243,7 @@ impl ProxyService {
         hop.pool.deposit_retry_share();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut failed = None;
-        let (mut resp, active) = loop {
+        let (mut resp, conn, active) = loop {
             let active = match hop.pool.pick(hop.addrs.client, &tried) {
                 Ok(active) => active,
                 // no server left: the last attempt's error, or none was healthy at all
@@ -262,7 +260,7 @@ impl ProxyService {
                 copy_head(&parts)
             };
             match self.attempt(&hop, head, &active, &mut retry).await {
-                Ok(resp) => break (resp, active),
+                Ok((resp, conn)) => break (resp, conn, active),
                 Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
                     tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
                     tried.push(active.backend().addr);
@@ -271,14 +269,17 @@ impl ProxyService {
                 Err(err) => return Err(err),
             }
         };
-        forward::strip_hop_by_hop(resp.headers_mut());
+        let says = forward::strip_hop_by_hop(resp.headers_mut());
+        // an upgraded connection is the tunnel's; one the response closes is no use
+        let reusable =
+            resp.status() != StatusCode::SWITCHING_PROTOCOLS && says.keeps_alive(resp.version());
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(proto), Some(client_upgrade)) =
             (resp.status(), upgrade, client_upgrade)
         {
             forward::restore_upgrade(resp.headers_mut(), proto);
             self.tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
         }
-        Ok(Answer::Upstream(resp, active))
+        Ok(Answer::Upstream(resp, active, reusable.then_some(conn)))
     }
 
     /// One attempt on `active`, its outcome reported to passive health.
@@ -288,8 +289,8 @@ impl ProxyService {
         mut head: http::request::Parts,
         active: &ActiveGuard,
         retry: &mut Retry,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        head.uri = upstream_uri(&head.uri, hop.scheme.clone(), active, hop.strip)?;
+    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+        head.uri = upstream_uri(&head.uri, &head.method, active, hop.strip)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
         let timeout = hop.state.config.server.timeouts.upstream_response;
         let log = hop.log.clone();
@@ -300,16 +301,16 @@ impl ProxyService {
         };
         let started = std::time::Instant::now();
         let sent = tokio::select! {
-            sent = hop.client.request(upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+            sent = hop.pool.send(active.backend(), upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                 Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
                 Some(BodyFault::Malformed) => ProxyError::BadBody,
-                None => ProxyError::from_client(e),
+                None => ProxyError::from_send(e),
             }),
             () = too_late => Err(ProxyError::ResponseTimeout),
         };
         let outcome = match &sent {
-            Ok(resp) if resp.status().is_server_error() => Outcome::ServerError,
+            Ok((resp, _)) if resp.status().is_server_error() => Outcome::ServerError,
             Ok(_) => Outcome::Success,
             Err(e) if e.is_upstream() => Outcome::Failure,
             Err(_) => Outcome::Success,
@@ -346,7 +347,6 @@ struct Retry {
 
 impl Retry {
     fn new(method: &http::Method, body: Incoming, retries: u32) -> Retry {
-        use http::Method;
         let hint = http_body::Body::size_hint(&body);
         let empty = http_body::Body::is_end_stream(&body);
         let (slot, direct) = match (retries, empty) {
@@ -416,8 +416,6 @@ struct Hop<'a> {
     state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
-    client: &'a UpstreamClient,
-    scheme: &'a Scheme,
     addrs: forward::Addrs,
     peer_ip: &'a HeaderValue,
     strip: Option<usize>,
@@ -450,23 +448,26 @@ fn prepare_request_headers(
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
+/// The request target as the backend gets it: origin-form (`/path?query`, minus the prefix with
+/// `strip_prefix`), authority-form (the backend's address) for CONNECT.
 fn upstream_uri(
     uri: &Uri,
-    scheme: Scheme,
+    method: &Method,
     active: &ActiveGuard,
     strip: Option<usize>,
 ) -> Result<Uri, ProxyError> {
+    if method == Method::CONNECT {
+        return Uri::builder()
+            .authority(active.backend().authority.clone())
+            .build()
+            .map_err(|_| ProxyError::BadTarget);
+    }
     let path_and_query = match (strip, uri.path_and_query()) {
         (Some(len), Some(pq)) => strip_prefix(pq, len)?,
         (_, Some(pq)) => pq.clone(),
         (_, None) => PathAndQuery::from_static("/"),
     };
-    Uri::builder()
-        .scheme(scheme)
-        .authority(active.backend().authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::BadTarget)
+    Ok(Uri::from(path_and_query))
 }
 
 /// "/api/users?x=1" minus "/api/" is "/users?x=1"; the result always starts with '/'.

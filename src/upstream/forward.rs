@@ -2,6 +2,7 @@
 //! `X-Forwarded-*` family, and the client address as seen through trusted proxies.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -31,7 +32,28 @@ static OWN: [HeaderName; 5] = [
     HeaderName::from_static("x-request-id"),
 ];
 
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// What a message's `Connection` header said about the connection itself.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionSays {
+    pub close: bool,
+    pub keep_alive: bool,
+}
+
+impl ConnectionSays {
+    /// Whether the connection a response came on stays open after it (RFC 9112 9.3): HTTP/1.1
+    /// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+    pub fn keeps_alive(self, version: Version) -> bool {
+        match version {
+            Version::HTTP_11 => !self.close,
+            Version::HTTP_10 => self.keep_alive && !self.close,
+            _ => false,
+        }
+    }
+}
+
+/// Removes the hop-by-hop fields; returns what `Connection` said (read while removing what it
+/// lists, so a response's keep-alive verdict costs no second look).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> ConnectionSays {
     // one pass of cheap name comparisons finds which are present (most messages carry none or
     // just `Connection`); only those are removed, each removal being a hashed lookup
     let mut present = 0u8;
@@ -40,12 +62,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present |= 1 << i;
         }
     }
+    let mut says = ConnectionSays::default();
     if present == 0 {
-        return;
+        return says;
     }
     // HOP_BY_HOP[0] is `Connection`: the names it lists go too
     if present & 1 != 0 {
-        if let Some(listed) = connection_tokens(headers) {
+        if let Some(listed) = connection_tokens(headers, &mut says) {
             for name in listed {
                 headers.remove(name);
             }
@@ -56,11 +79,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    says
 }
 
 /// Extra header names listed in `Connection` (beyond the fixed hop-by-hop set and our own); `None`
-/// when there are none, which is the common case and allocates nothing.
-fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+/// when there are none, which is the common case and allocates nothing. Notes `close` and
+/// `keep-alive` in `says`.
+fn connection_tokens(headers: &HeaderMap, says: &mut ConnectionSays) -> Option<Vec<HeaderName>> {
     let mut extra: Option<Vec<HeaderName>> = None;
     let tokens = headers
         .get_all(header::CONNECTION)
@@ -69,11 +94,19 @@ fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
         .flat_map(|v| v.split(','));
     for token in tokens {
         let token = token.trim();
+        if token.eq_ignore_ascii_case("close") {
+            says.close = true;
+            continue;
+        }
+        if token.eq_ignore_ascii_case("keep-alive") {
+            says.keep_alive = true;
+            continue;
+        }
         let known = HOP_BY_HOP
             .iter()
             .chain(&OWN)
             .any(|h| h.as_str().eq_ignore_ascii_case(token));
-        if known || token.eq_ignore_ascii_case("close") || token.is_empty() {
+        if known || token.is_empty() {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
@@ -220,6 +253,23 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let keeps = |version, pairs: &[(&str, &str)]| {
+            let mut h = map(pairs);
+            strip_hop_by_hop(&mut h).keeps_alive(version)
+        };
+        let v11 = Version::HTTP_11;
+        assert!(keeps(v11, &[]));
+        assert!(keeps(v11, &[("connection", "keep-alive")]));
+        assert!(!keeps(v11, &[("connection", "Close")]));
+        assert!(!keeps(v11, &[("connection", "x-a, close"), ("x-a", "1")]));
+        let v10 = Version::HTTP_10;
+        assert!(!keeps(v10, &[]));
+        assert!(keeps(v10, &[("connection", "Keep-Alive")]));
+        assert!(!keeps(Version::HTTP_2, &[]));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! TLS to upstreams (`https://` servers): the rustls client config built from `[upstream.NAME]`
-//! (`ca_root`, `client_cert`, `sni`) and the `Connector` every upstream client uses: TCP through
-//! hyper-util's `HttpConnector`, then, for a TLS upstream, the handshake under the configured name.
+//! (`ca_root`, `client_cert`, `sni`) and the `Connector` every upstream connection is made with
+//! (`conn::Dialer`, and the health checks' client): TCP through hyper-util's `HttpConnector`, then,
+//! for a TLS upstream, the handshake under the configured name.
 //!
 //! A request's URI names a resolved backend address (`https://10.0.0.7:8443/...`), so the name sent
 //! as SNI and verified never comes from the URI: it is `sni`, else the host of the server the address
-//! was resolved from (an IP literal is verified against the certificate's IP address SANs). Each TLS
-//! upstream gets its own client, hence its own keep-alive pool: connections with different trust or
-//! client certificates never mix, even towards the same address. We speak HTTP/1.1 upstream, so
+//! was resolved from (an IP literal is verified against the certificate's IP address SANs). Each
+//! upstream keeps its own keep-alive connections (on its backends): connections with different
+//! trust or client certificates never mix, even towards the same address. We speak HTTP/1.1 upstream, so
 //! ALPN offers `http/1.1` only.
 
 use crate::config::{ServerAddr, Timeouts, Upstream, UpstreamTls};
@@ -35,8 +36,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A connection to a backend: plain TCP, or TLS over it.
 pub type UpstreamStream = MaybeHttpsStream<TokioIo<TcpStream>>;
 
-/// Connects a client to backends: TCP (`HttpConnector`: connect timeout, nodelay, keepalive), then
-/// the TLS handshake when the client belongs to a TLS upstream.
+/// Connects to backends: TCP (`HttpConnector`: connect timeout, nodelay, keepalive), then the TLS
+/// handshake for a TLS upstream.
 #[derive(Clone)]
 pub struct Connector {
     http: hyper_util::client::legacy::connect::HttpConnector,
@@ -142,7 +143,7 @@ impl Handshake {
                     .map_or("", hint);
                 Err(failed(source, hint).into())
             }
-            // a timed-out I/O error as the source: `ProxyError::from_client` makes it a 504
+            // a timed-out I/O error as the source: `ProxyError::from_send` makes it a 504
             Err(_) => {
                 let source = io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
                 Err(failed(source, " (no answer within `timeouts.upstream_connect`)").into())

@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -413,6 +414,15 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     task: JoinHandle<()>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    /// How many connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Backend {
@@ -448,11 +458,14 @@ where
 {
     let addr = listener.local_addr().expect("local_addr");
     let handler = Arc::new(handler);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            counter.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -469,6 +482,7 @@ where
         addr,
         name: name.to_string(),
         task,
+        accepted,
     }
 }
 
@@ -722,6 +736,7 @@ pub async fn ws_echo_backend() -> Backend {
         addr,
         name: "ws".to_string(),
         task,
+        accepted: Arc::default(),
     }
 }
 
