@@ -1,6 +1,9 @@
 //! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus,
 //! `/config` for people.
-//! Loopback-only unless `listen.admin_allow` names other peers.
+//! Loopback-only unless `listen.admin_allow` names other peers. `probe` is the other side: the
+//! `gatehouse health` client.
+
+pub mod probe;
 
 use crate::http::ConnContext;
 use crate::metrics::Scrape;

@@ -92,16 +92,67 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text; `path` is only used in error messages and as the config's source.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw: file::FileConfig = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let key = validate::key_at(text, &span);
-        ConfigError::Invalid(vec![Located::new(
-            path,
-            text,
-            span,
-            key,
-            e.message().trim_end().to_string(),
-        )])
-    })?;
+    let raw: file::FileConfig = toml::from_str(text).map_err(|e| syntax(path, text, &e))?;
     validate::validate(path, text, raw).map_err(ConfigError::Invalid)
+}
+
+/// Reads and validates only the `[listen]` section of a config file: the addresses a client of
+/// the running instance (`gatehouse health`) connects to. The rest of the file must be TOML but
+/// is not validated, and no file it names (certificates, `state_dir`) is read.
+pub fn load_listen(path: &Path) -> Result<Listen, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_listen(path, &text)
+}
+
+/// [`load_listen`] on text already read.
+pub fn parse_listen(path: &Path, text: &str) -> Result<Listen, ConfigError> {
+    let raw: file::FileListenOnly = toml::from_str(text).map_err(|e| syntax(path, text, &e))?;
+    validate::validate_listen(path, text, raw.listen.as_ref()).map_err(ConfigError::Invalid)
+}
+
+/// A TOML or shape error (unknown key, wrong type), located like the validation errors.
+fn syntax(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    let key = validate::key_at(text, &span);
+    let message = e.message().trim_end().to_string();
+    ConfigError::Invalid(vec![Located::new(path, text, span, key, message)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "/etc/gatehouse/gatehouse.toml";
+
+    #[test]
+    fn parse_listen_reads_listen_and_skips_the_rest() {
+        // a site whose certificate files do not exist, and a key no full parse accepts
+        let text = r#"
+[listen]
+http = "0.0.0.0:8080"
+admin = "127.0.0.1:9901"
+
+[[site]]
+tls = { cert = "/nonexistent/cert.pem", key = "/nonexistent/key.pem" }
+not_a_key = 1
+"#;
+        assert!(parse(Path::new(PATH), text).is_err());
+        let listen = parse_listen(Path::new(PATH), text).unwrap();
+        assert_eq!(listen.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(listen.http, Some("0.0.0.0:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn parse_listen_still_locates_errors_in_listen() {
+        let text = "[listen]\nhttp = \"0.0.0.0:8080\"\nadmin = \"localhost\"\n";
+        let err = parse_listen(Path::new(PATH), text).unwrap_err().to_string();
+        assert!(err.contains(&format!("{PATH}:3:")), "{err}");
+        assert!(err.contains("listen.admin"), "{err}");
+        let typo = "[listen]\nhttp = \"0.0.0.0:8080\"\nadmn = \"127.0.0.1:9901\"\n";
+        let err = parse_listen(Path::new(PATH), typo).unwrap_err().to_string();
+        assert!(err.contains("admn"), "{err}");
+    }
 }

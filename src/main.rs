@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 /// Exit code for an invalid config: EX_USAGE from sysexits.h, distinct from runtime failures (1).
 const EXIT_BAD_CONFIG: u8 = 64;
+/// `gatehouse health` could not get an answer (refused, timed out, not HTTP): EX_UNAVAILABLE.
+/// An instance that answers "not ready" exits 1; 2 is avoided (Docker reserves it).
+const EXIT_UNREACHABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +49,22 @@ enum Command {
         /// The admin listener to ask; default `[listen] admin` from the config.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+    },
+    /// Probe a running Gatehouse: exit 0 if ready, 1 if it answers not ready, 69 if it cannot be
+    /// reached in time, 64 for a bad config.
+    Health {
+        /// Take `[listen] admin` from this config (only its `[listen]` is checked).
+        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+        /// The admin listener to ask; the config is then not read at all.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Give up after this long, connecting and answering together.
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        timeout: std::time::Duration,
+        /// Ask `/live` (the process serves) instead of `/ready`.
+        #[arg(long)]
+        live: bool,
     },
     /// Print the version.
     Version,
@@ -99,6 +118,38 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Health {
+            config,
+            admin,
+            timeout,
+            live,
+        } => {
+            use gatehouse::admin::probe::{health, Endpoint, HealthError};
+            let endpoint = if live {
+                Endpoint::Live
+            } else {
+                Endpoint::Ready
+            };
+            match health(&config, admin, endpoint, timeout) {
+                Ok(healthy) => {
+                    out(&format!("{healthy}\n"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    err(&e);
+                    ExitCode::from(match e {
+                        HealthError::NotReady { .. } => 1,
+                        HealthError::Config(_)
+                        | HealthError::PortZero { .. }
+                        | HealthError::NoListener => EXIT_BAD_CONFIG,
+                        HealthError::Connect { .. }
+                        | HealthError::Timeout { .. }
+                        | HealthError::Io { .. }
+                        | HealthError::NotHttp { .. } => EXIT_UNREACHABLE,
+                    })
+                }
+            }
+        }
         Command::Run { config } => match gatehouse::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(gatehouse::AppError::Config(e)) => {
@@ -111,6 +162,13 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `--timeout 2s`: the config's duration syntax.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    gatehouse::config::units::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("expected {}", gatehouse::config::units::DURATION_HINT))
 }
 
 /// stdout/stderr writes that tolerate a closed pipe (`gatehouse check | head -1`): `print!`

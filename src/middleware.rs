@@ -2,11 +2,13 @@
 //! first, and nothing costly for a client that is refused anyway): the address filter (403),
 //! the rate limits (429), the declared body size (413). The body limit and the body timeout then
 //! travel with the request body (`body_limit`). A route with `cors` then has its preflights
-//! answered and its responses decorated by `cors`.
+//! answered and its responses decorated by `cors`. On the way back, `encode` compresses the
+//! response of a route that asks for it.
 
 pub mod access;
 pub mod body_limit;
 pub mod cors;
+pub mod encode;
 pub mod rate_limit;
 pub mod reject;
 

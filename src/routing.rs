@@ -141,6 +141,7 @@ mod tests {
             action,
             policy: Default::default(),
             cors: None,
+            encode: Default::default(),
         }
     }
 

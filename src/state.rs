@@ -3,7 +3,7 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
-use crate::config::{Action, Config, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
 use crate::http::CountedBody;
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
@@ -34,6 +34,8 @@ pub struct RuntimeState {
     pub policies: Vec<RoutePolicy>,
     /// Indexed by `RouteId`; `None` for a route without `cors` (the upstream's CORS passes).
     pub cors: Vec<Option<CorsPolicy>>,
+    /// Indexed by `RouteId`; `None` for a route that compresses nothing.
+    pub encodings: Vec<Option<Encode>>,
     /// Indexed by `RouteId`; empty with `[server] metrics = false`.
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// Requests no route took, per site, then one for no site; empty with metrics off.
@@ -283,6 +285,12 @@ impl RuntimeState {
             .flat_map(|site| site.routes.iter())
             .map(|route| route.cors.as_ref().map(CorsPolicy::compile))
             .collect();
+        let encodings = config
+            .sites
+            .iter()
+            .flat_map(|site| site.routes.iter())
+            .map(|route| Some(route.encode.clone()).filter(|e| !e.codings.is_empty()))
+            .collect();
         let sites = config
             .sites
             .iter()
@@ -313,6 +321,7 @@ impl RuntimeState {
             routes,
             policies,
             cors,
+            encodings,
             upstreams,
             config: Arc::new(config),
         })

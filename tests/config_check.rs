@@ -50,6 +50,21 @@ fn assert_rejected(config: &str, marker: &str, mentions: &[&str], env_remove: &[
     assert_located_error(config, &path, &out, marker, mentions);
 }
 
+/// Each case (what, config, marker, mentions) is exactly one error, located and worded as
+/// `assert_located_error` checks.
+fn assert_each_is_one_located_error(cases: &[(&str, String, &str, &[&str])]) {
+    for (what, config, marker, mentions) in cases {
+        let (path, out) = check(config, &[], &[]);
+        eprintln!("case: {what}");
+        assert_located_error(config, &path, &out, marker, mentions);
+        assert!(
+            out.stderr.contains("\n1 error in config"),
+            "case {what:?}: exactly one error expected; got:\n{}",
+            out.stderr
+        );
+    }
+}
+
 /// Asserts `out` is a config error (exit 64) at `path`:LINE:COLUMN, LINE being the first line of
 /// `config` containing `marker`, that mentions every string in `mentions`.
 fn assert_located_error(
@@ -638,16 +653,7 @@ fn protection_config_errors_are_reported_with_key_and_hint() {
             &["`server.max_connections_per_ip`", "0 to"],
         ),
     ];
-    for (what, config, marker, mentions) in cases {
-        let (path, out) = check(config, &[], &[]);
-        eprintln!("case: {what}");
-        assert_located_error(config, &path, &out, marker, mentions);
-        assert!(
-            out.stderr.contains("\n1 error in config"),
-            "case {what:?}: exactly one error expected; got:\n{}",
-            out.stderr
-        );
-    }
+    assert_each_is_one_located_error(cases);
 }
 
 #[test]
@@ -675,6 +681,65 @@ deny = ["192.0.2.0/24"]"#,
         r#"  max_body = "off"
   rate_limit = "off"
   allow = ["10.0.0.0/8", "2001:db8::/32"]"#,
+    );
+    let (_, out) = check(&config, &[], &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+#[test]
+fn encode_config_errors_are_reported_with_key_and_hint() {
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "unknown algorithm",
+            limits_config(r#"encode = ["zstd", "deflate"]"#, "", ""),
+            "encode",
+            &[
+                "`server.encode`",
+                "unknown algorithm `deflate`",
+                "\"br\"",
+                "[]",
+            ],
+        ),
+        (
+            "algorithm twice",
+            limits_config("", "", r#"  encode = ["gzip", "gzip"]"#),
+            "encode",
+            &["`site.route.encode`", "listed twice"],
+        ),
+        (
+            "bad size",
+            limits_config("", r#"encode_min_size = "half a KB""#, ""),
+            "encode_min_size",
+            &["`site.encode_min_size`", "512B", "64KB"],
+        ),
+        (
+            "bad type pattern",
+            limits_config("", "", r#"  encode_types = ["text/*", "*/json"]"#),
+            "encode_types",
+            &[
+                "`site.route.encode_types`",
+                "`*/json`",
+                "application/*+json",
+            ],
+        ),
+        (
+            "type with parameters",
+            limits_config(r#"encode_types = ["text/html; charset=utf-8"]"#, "", ""),
+            "encode_types",
+            &["`server.encode_types`", "without parameters"],
+        ),
+    ];
+    assert_each_is_one_located_error(cases);
+}
+
+#[test]
+fn encode_config_with_every_key_passes_check() {
+    let config = limits_config(
+        r#"encode = ["zstd", "br", "gzip"]
+encode_min_size = "1KB"
+encode_types = ["text/*", "application/json", "application/*+json"]"#,
+        r#"encode_min_size = "0B""#,
+        r#"  encode = []"#,
     );
     let (_, out) = check(&config, &[], &[]);
     assert!(out.status.success(), "{}", out.stderr);
@@ -812,16 +877,7 @@ fn cors_config_errors_are_reported_with_key_and_hint() {
             &["`cors`", "\"off\""],
         ),
     ];
-    for (what, config, marker, mentions) in cases {
-        let (path, out) = check(config, &[], &[]);
-        eprintln!("case: {what}");
-        assert_located_error(config, &path, &out, marker, mentions);
-        assert!(
-            out.stderr.contains("\n1 error in config"),
-            "case {what:?}: exactly one error expected; got:\n{}",
-            out.stderr
-        );
-    }
+    assert_each_is_one_located_error(cases);
 }
 
 #[test]

@@ -23,6 +23,14 @@ pub struct FileConfig {
     pub log: Option<Spanned<FileLog>>,
 }
 
+/// Only `[listen]`, for clients of a running instance (`gatehouse health`): every other table is
+/// skipped unread, so a config being edited elsewhere, or naming files this user cannot read, does
+/// not stop a probe of the instance that runs on the last good one.
+#[derive(Debug, Deserialize)]
+pub struct FileListenOnly {
+    pub listen: Option<Spanned<FileListen>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListen {
@@ -61,6 +69,10 @@ pub struct FileServer {
     pub body_timeout: Option<Str>,
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
+    /// Response compression, inherited by routes unless they set their own (see `EncodeKeys`).
+    pub encode: Option<Spanned<Vec<Str>>>,
+    pub encode_min_size: Option<Str>,
+    pub encode_types: Option<Spanned<Vec<Str>>>,
     /// `["IP:PORT", ...]`: DNS servers asked for upstream names instead of the system resolver.
     /// Read as a raw value so a single string gets a precise hint.
     pub resolver: Option<Spanned<toml::Value>>,
@@ -93,6 +105,10 @@ pub struct FileSite {
     pub deny: Option<Spanned<Vec<Str>>>,
     /// CORS for the site's routes, unless a route sets its own (or `"off"`).
     pub cors: Option<Spanned<FileCorsSetting>>,
+    /// Response compression, inherited by routes unless they set their own (see `EncodeKeys`).
+    pub encode: Option<Spanned<Vec<Str>>>,
+    pub encode_min_size: Option<Str>,
+    pub encode_types: Option<Spanned<Vec<Str>>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -113,6 +129,10 @@ pub struct FileRoute {
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
     pub cors: Option<Spanned<FileCorsSetting>>,
+    /// Response compression, inherited by routes unless they set their own (see `EncodeKeys`).
+    pub encode: Option<Spanned<Vec<Str>>>,
+    pub encode_min_size: Option<Str>,
+    pub encode_types: Option<Spanned<Vec<Str>>>,
 }
 
 /// `cors = "off"` or `cors = { origins = [...], ... }`.
@@ -259,9 +279,25 @@ pub struct PolicyKeys<'a> {
     pub deny: Option<&'a Spanned<Vec<Str>>>,
 }
 
+/// The response-compression keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept.
+pub struct EncodeKeys<'a> {
+    pub encode: Option<&'a Spanned<Vec<Str>>>,
+    pub min_size: Option<&'a Str>,
+    pub types: Option<&'a Spanned<Vec<Str>>>,
+}
+
 macro_rules! policy_keys {
     ($($ty:ty),*) => {$(
         impl $ty {
+            pub fn encode_keys(&self) -> EncodeKeys<'_> {
+                EncodeKeys {
+                    encode: self.encode.as_ref(),
+                    min_size: self.encode_min_size.as_ref(),
+                    types: self.encode_types.as_ref(),
+                }
+            }
+
+
             pub fn policy(&self) -> PolicyKeys<'_> {
                 PolicyKeys {
                     rate_limit: self.rate_limit.as_ref(),

@@ -183,6 +183,8 @@ pub struct Route {
     pub policy: Policy,
     /// The route's own `cors`, else its site's; `None` leaves CORS to the upstream.
     pub cors: Option<Cors>,
+    /// Resolved the same way as `policy`, key by key.
+    pub encode: Encode,
 }
 
 /// Cross-origin resource sharing, answered by Gatehouse for the route: preflights never go
@@ -226,6 +228,147 @@ pub enum CorsHeaders {
     /// `["*"]`: whatever the preflight asks for (echoed back, which also works with credentials).
     Any,
     List(Vec<http::HeaderName>),
+}
+
+/// Response compression (`encode`, `encode_min_size`, `encode_types`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encode {
+    /// The codings responses may get, in the server's order of preference; empty: none.
+    pub codings: Vec<Coding>,
+    /// A response whose length is known and smaller is sent as it is (Caddy's `minimum_length`).
+    pub min_size: u64,
+    /// The media types that are compressed.
+    pub types: Vec<MediaRange>,
+}
+
+pub const DEFAULT_ENCODE_MIN_SIZE: u64 = 512;
+
+/// Text formats that compress well. Images, audio, video, archives and fonts in WOFF/WOFF2 are
+/// compressed already; compressing them again costs CPU for nothing.
+pub const DEFAULT_ENCODE_TYPES: [&str; 8] = [
+    "text/*",
+    "application/json",
+    "application/*+json",
+    "application/javascript",
+    "application/xml",
+    "application/*+xml",
+    "image/svg+xml",
+    "application/wasm",
+];
+
+impl Default for Encode {
+    fn default() -> Self {
+        Encode {
+            codings: Vec::new(),
+            min_size: DEFAULT_ENCODE_MIN_SIZE,
+            types: DEFAULT_ENCODE_TYPES
+                .iter()
+                .filter_map(|t| MediaRange::parse(t))
+                .collect(),
+        }
+    }
+}
+
+/// A content coding Gatehouse can produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Coding {
+    Zstd,
+    Br,
+    Gzip,
+}
+
+impl Coding {
+    pub const ALL: [Coding; 3] = [Coding::Zstd, Coding::Br, Coding::Gzip];
+
+    /// The token in `Accept-Encoding`, `Content-Encoding` and the config.
+    pub fn token(self) -> &'static str {
+        match self {
+            Coding::Zstd => "zstd",
+            Coding::Br => "br",
+            Coding::Gzip => "gzip",
+        }
+    }
+
+    pub fn from_token(token: &str) -> Option<Coding> {
+        Coding::ALL
+            .into_iter()
+            .find(|c| c.token().eq_ignore_ascii_case(token))
+    }
+}
+
+/// An `encode_types` entry, in lower case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaRange {
+    /// `application/json`.
+    Exact { ty: String, subtype: String },
+    /// `text/*`: every subtype.
+    AnySubtype { ty: String },
+    /// `application/*+json`: every subtype with that structured-syntax suffix (RFC 6838 §4.2.8),
+    /// kept with its `+`.
+    Suffix { ty: String, suffix: String },
+}
+
+impl MediaRange {
+    /// `type/subtype`, `type/*` or `type/*+suffix`; each part an RFC 9110 token.
+    pub fn parse(text: &str) -> Option<MediaRange> {
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+        };
+        let text = text.trim().to_ascii_lowercase();
+        let (ty, subtype) = text.split_once('/')?;
+        if !token(ty) {
+            return None;
+        }
+        let ty = ty.to_string();
+        if subtype == "*" {
+            return Some(MediaRange::AnySubtype { ty });
+        }
+        if let Some(suffix) = subtype.strip_prefix("*+") {
+            let ok = token(suffix) && !suffix.contains('+');
+            return ok.then(|| MediaRange::Suffix {
+                ty,
+                suffix: format!("+{suffix}"),
+            });
+        }
+        token(subtype).then(|| MediaRange::Exact {
+            ty,
+            subtype: subtype.to_string(),
+        })
+    }
+
+    /// Whether `media_type` (`type/subtype`, parameters already cut off) is in this range.
+    pub fn matches(&self, media_type: &str) -> bool {
+        let Some((ty, subtype)) = media_type.split_once('/') else {
+            return false;
+        };
+        match self {
+            MediaRange::Exact { ty: t, subtype: s } => {
+                ty.eq_ignore_ascii_case(t) && subtype.eq_ignore_ascii_case(s)
+            }
+            MediaRange::AnySubtype { ty: t } => ty.eq_ignore_ascii_case(t) && !subtype.is_empty(),
+            MediaRange::Suffix { ty: t, suffix } => {
+                let tail = subtype.len().checked_sub(suffix.len());
+                ty.eq_ignore_ascii_case(t)
+                    && tail.is_some_and(|at| {
+                        at > 0
+                            && subtype.is_char_boundary(at)
+                            && subtype[at..].eq_ignore_ascii_case(suffix)
+                    })
+            }
+        }
+    }
+}
+
+impl fmt::Display for MediaRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MediaRange::Exact { ty, subtype } => write!(f, "{ty}/{subtype}"),
+            MediaRange::AnySubtype { ty } => write!(f, "{ty}/*"),
+            MediaRange::Suffix { ty, suffix } => write!(f, "{ty}/*{suffix}"),
+        }
+    }
 }
 
 /// What a request must satisfy before its route's action runs.
@@ -523,4 +666,49 @@ pub enum AccessFormat {
     Json,
     /// nginx's `combined`, byte for byte.
     Combined,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_ranges_parse_in_three_forms() {
+        let p = |t: &str| MediaRange::parse(t).map(|r| r.to_string());
+        assert_eq!(p("Application/JSON").as_deref(), Some("application/json"));
+        assert_eq!(p("text/*").as_deref(), Some("text/*"));
+        assert_eq!(
+            p("application/*+json").as_deref(),
+            Some("application/*+json")
+        );
+        for bad in [
+            "json",
+            "*/*",
+            "text/",
+            "/json",
+            "text/html; charset=utf-8",
+            "a/*+",
+            "a/*+b+c",
+            "te xt/html",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+        assert_eq!(Encode::default().types.len(), DEFAULT_ENCODE_TYPES.len());
+    }
+
+    #[test]
+    fn media_ranges_match_the_media_type() {
+        let m = |range: &str, t: &str| MediaRange::parse(range).unwrap().matches(t);
+        assert!(m("application/json", "Application/Json"));
+        assert!(!m("application/json", "application/jsonx"));
+        assert!(m("text/*", "text/event-stream"));
+        assert!(!m("text/*", "texts/html"));
+        assert!(!m("text/*", "text/"));
+        assert!(m("application/*+json", "application/problem+json"));
+        assert!(m("application/*+xml", "application/ATOM+XML"));
+        assert!(!m("application/*+json", "application/json"));
+        assert!(!m("application/*+json", "application/+json"));
+        assert!(!m("application/*+json", "text/x+json"));
+        assert!(!m("image/svg+xml", "image/png"));
+    }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod cors;
+mod encode;
 mod log;
 mod policy;
 mod resolver;
@@ -113,6 +114,25 @@ impl Ctx<'_> {
     }
 }
 
+/// Validates `[listen]` alone (see [`FileListenOnly`]).
+pub fn validate_listen(
+    path: &Path,
+    text: &str,
+    raw: Option<&Spanned<FileListen>>,
+) -> Result<Listen, Vec<Located>> {
+    let mut cx = Ctx {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let listen = listen(&mut cx, raw);
+    if cx.errors.is_empty() {
+        Ok(listen)
+    } else {
+        Err(cx.errors)
+    }
+}
+
 pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<Located>> {
     let mut cx = Ctx {
         path,
@@ -127,6 +147,12 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
         raw.server.policy(),
         &Policy::default(),
         "server",
+        "server",
+    );
+    let server_encode = encode::resolve(
+        &mut cx,
+        raw.server.encode_keys(),
+        &Encode::default(),
         "server",
     );
     let upstreams: BTreeMap<String, Upstream> = raw
@@ -146,6 +172,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
             seen: &mut seen_hosts,
             index: i,
             policy: &server_policy,
+            encode: &server_encode,
         };
         if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
             sites.push(site);
@@ -418,6 +445,7 @@ struct SiteCtx<'a> {
     seen: &'a mut HashMap<HostPattern, usize>,
     index: usize,
     policy: &'a Policy,
+    encode: &'a Encode,
 }
 
 fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<Site> {
@@ -452,7 +480,9 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     let scope = format!("site {name}");
     let policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
     let cors = cors::resolve(cx, site.cors.as_ref(), None, "site.cors");
-    let routes = routes(cx, raw, upstreams, (&name, &policy, cors.as_ref()));
+    let encode = encode::resolve(cx, site.encode_keys(), sc.encode, "site");
+    let inherited = (&name[..], &policy, cors.as_ref(), &encode);
+    let routes = routes(cx, raw, upstreams, inherited);
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
         acme_hosts(cx, raw, &hosts);
@@ -480,12 +510,13 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     })
 }
 
-/// `site` is the site's name (for rate-limit scopes), its resolved policy and its `cors`.
+/// `site` is the site's name (for rate-limit scopes), its resolved policy, its `cors` and
+/// compression.
 fn routes(
     cx: &mut Ctx,
     raw: &Spanned<FileSite>,
     upstreams: &[&str],
-    site: (&str, &Policy, Option<&Cors>),
+    site: (&str, &Policy, Option<&Cors>, &Encode),
 ) -> Vec<Route> {
     if raw.get_ref().routes.is_empty() {
         let msg =
@@ -728,7 +759,7 @@ fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited, site_cors): (&str, &Policy, Option<&Cors>),
+    (site, inherited, site_cors, encode): (&str, &Policy, Option<&Cors>, &Encode),
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
@@ -752,11 +783,13 @@ fn route(
     let scope = format!("route {site} {}", matcher.as_str());
     let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
     let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
+    let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
     Some(Route {
         matcher,
         action,
         policy,
         cors,
+        encode,
     })
 }
 

@@ -20,6 +20,7 @@ use tokio::time::Sleep;
 use super::conn::InFlight;
 use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
+use crate::middleware::encode::body::{Compressed, Encoder};
 
 /// What the access log needs to know about a request; shared by its request and response bodies.
 #[derive(Debug)]
@@ -271,10 +272,18 @@ impl Body for CountedBody {
     }
 }
 
+/// Where a response body's bytes come from.
 #[derive(Debug)]
-enum Inner {
+enum Source {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
+}
+
+#[derive(Debug)]
+enum Inner {
+    Plain(Source),
+    /// Boxed: the encoder is large, and only routes with `encode` pay for it.
+    Compressed(Box<Compressed<Source>>),
 }
 
 /// An upstream response body with a limit on the wait between two frames (nginx's
@@ -312,6 +321,8 @@ pub enum BodyError {
     Upstream(hyper::Error),
     #[error("upstream sent nothing for {0:?} in the middle of a response body")]
     ReadTimeout(Duration),
+    #[error("compressing the response body: {0}")]
+    Encode(#[from] std::io::Error),
 }
 
 /// The response body sent to the client.
@@ -370,15 +381,56 @@ impl ProxyBody {
             stalled: None,
         };
         ProxyBody {
-            inner: Inner::Upstream(body),
+            inner: Inner::Plain(Source::Upstream(body)),
             done,
         }
     }
 
     pub fn full(bytes: Bytes, done: Completion) -> Self {
         ProxyBody {
-            inner: Inner::Full(Some(bytes).filter(|b| !b.is_empty())),
+            inner: Inner::Plain(Source::Full(Some(bytes).filter(|b| !b.is_empty()))),
             done,
+        }
+    }
+
+    /// The same body compressed by `encoder` (the head must say so); the bytes counted for the
+    /// access log and metrics are then the compressed ones, as sent.
+    pub fn compress(self, encoder: Encoder) -> Self {
+        let inner = match self.inner {
+            Inner::Plain(source) => Inner::Compressed(Box::new(Compressed::new(source, encoder))),
+            compressed @ Inner::Compressed(_) => compressed,
+        };
+        ProxyBody {
+            inner,
+            done: self.done,
+        }
+    }
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        match &mut *self {
+            Source::Upstream(body) => body.poll_frame(cx),
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Upstream(up) => up.body.is_end_stream(),
+            Source::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Upstream(up) => up.body.size_hint(),
+            Source::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }
@@ -390,8 +442,8 @@ impl Body for ProxyBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            Inner::Upstream(body) => body.poll_frame(cx),
-            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Plain(source) => Pin::new(source).poll_frame(cx),
+            Inner::Compressed(body) => Pin::new(&mut **body).poll_frame(cx),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -403,17 +455,15 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(up) => up.body.is_end_stream(),
-            Inner::Full(bytes) => bytes.is_none(),
+            Inner::Plain(source) => source.is_end_stream(),
+            Inner::Compressed(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(up) => up.body.size_hint(),
-            Inner::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Inner::Plain(source) => source.size_hint(),
+            Inner::Compressed(body) => body.size_hint(),
         }
     }
 }

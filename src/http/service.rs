@@ -11,6 +11,7 @@ use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
 use crate::middleware::cors::Verdict;
+use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState, UpstreamClient};
 use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
@@ -97,6 +98,10 @@ impl ProxyService {
             }
             (_, None) => Err(ProxyError::NoRoute),
         };
+        let (answer, encode) = match answer {
+            Ok((answer, encode)) => (Ok(answer), encode),
+            Err(err) => (Err(err), None),
+        };
         if !state.unrouted_metrics.is_empty() && log.metrics.get().is_none() {
             let index = site.unwrap_or(state.unrouted_metrics.len() - 1);
             if let Some(metrics) = state.unrouted_metrics.get(index) {
@@ -119,6 +124,9 @@ impl ProxyService {
             }
             Err(err) => self.refuse(&err, log, in_flight, version),
         };
+        if let Some(negotiated) = encode {
+            response = compress(response, &negotiated);
+        }
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
@@ -133,15 +141,16 @@ impl ProxyService {
         Ok(response)
     }
 
-    /// Routes the request and runs its route's checks and action. `cors` is set when the route
-    /// has `cors`, before any check can refuse, so refusals carry the route's CORS headers too.
+    /// Routes the request and runs its route's checks and action; the answer comes with what the
+    /// request asked for in compression if the route does it. `cors` is set when the route has
+    /// `cors`, before any check can refuse, so refusals carry the route's CORS headers too.
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
         req: Request<Incoming>,
         addrs: forward::Addrs,
         cors: &mut Option<Verdict<'s>>,
-    ) -> Result<Answer, ProxyError> {
+    ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let Dispatch {
             state,
             site,
@@ -152,18 +161,15 @@ impl ProxyService {
         let challenge = path.strip_prefix(acme::HTTP01_PREFIX);
         if let Some(token) = challenge.filter(|_| self.transport == Transport::Plain) {
             if let Some(key_auth) = self.cx.challenges.http01(token) {
-                return Ok(Answer::Local(acme_answer(key_auth)));
+                return Ok((Answer::Local(acme_answer(key_auth)), None));
             }
         }
         if self.transport == Transport::Plain
             && state.sites[site].redirect_https
             && challenge.is_none()
         {
-            return Ok(Answer::Local(https_redirect(
-                req.uri(),
-                host,
-                self.cx.https_port(),
-            )));
+            let redirect = https_redirect(req.uri(), host, self.cx.https_port());
+            return Ok((Answer::Local(redirect), None));
         }
         let matched = state
             .router
@@ -189,12 +195,15 @@ impl ProxyService {
         // a preflight is Gatehouse's to answer, whatever the route's action
         if let Some(preflight) = cors.as_ref().and_then(Verdict::preflight) {
             return preflight
-                .map(|()| Answer::Local(no_content()))
+                .map(|()| (Answer::Local(no_content()), None))
                 .map_err(ProxyError::CorsRefused);
         }
-        match &state.routes[matched.route] {
-            RouteAction::Respond(r) => Ok(Answer::Local(respond(r))),
-            RouteAction::Redirect(r) => Ok(Answer::Local(redirect(r, req.uri(), host))),
+        let encode = state.encodings[matched.route]
+            .as_ref()
+            .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
+        let answer = match &state.routes[matched.route] {
+            RouteAction::Respond(r) => Answer::Local(respond(r)),
+            RouteAction::Redirect(r) => Answer::Local(redirect(r, req.uri(), host)),
             RouteAction::Proxy(route) => {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
@@ -211,9 +220,10 @@ impl ProxyService {
                 };
                 // boxed: hyper keeps one slot per connection sized for this service's future,
                 // idle connections included; the proxying part is the bulk of it
-                Box::pin(self.proxy(hop, req)).await
+                Box::pin(self.proxy(hop, req)).await?
             }
-        }
+        };
+        Ok((answer, encode))
     }
 
     /// Sends the request upstream, on another server when an attempt failed safely (see
@@ -574,6 +584,35 @@ impl ProxyService {
         }
         resp
     }
+}
+
+/// The response compressed as `negotiated` asks, if it is a candidate (see `middleware::encode`).
+fn compress(response: Response<ProxyBody>, negotiated: &Negotiated<'_>) -> Response<ProxyBody> {
+    use http_body::Body;
+    let (mut parts, body) = response.into_parts();
+    let shape = BodyShape {
+        len: body.size_hint().exact(),
+        empty: body.is_end_stream(),
+    };
+    let decision = encode::decide(negotiated, parts.status, &parts.headers, shape);
+    let body = match decision {
+        Decision::Compress(coding) => match Encoder::new(coding) {
+            Ok(encoder) => {
+                encode::rewrite_head(&mut parts.headers, decision);
+                body.compress(encoder)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, coding = coding.token(), "cannot start an encoder; response sent as it is");
+                encode::rewrite_head(&mut parts.headers, Decision::VaryOnly);
+                body
+            }
+        },
+        _ => {
+            encode::rewrite_head(&mut parts.headers, decision);
+            body
+        }
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Requests refused on their head alone, before routing: malformed framing (400), a target or

@@ -429,11 +429,14 @@ impl Drop for Backend {
 
 pub type Resp = Response<Full<Bytes>>;
 
-/// Serves HTTP/1.1 with `handler` for every request.
-pub async fn serve<F, Fut>(name: &str, handler: F) -> Backend
+/// Serves HTTP/1.1 with `handler` for every request; its responses may have any body (usually
+/// `Full`, see [`Resp`]; a stream for a test that watches a body arrive piece by piece).
+pub async fn serve<F, Fut, B>(name: &str, handler: F) -> Backend
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Resp> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -442,10 +445,12 @@ where
 }
 
 /// Like [`serve`], on a listener the test bound itself (another loopback address, a given port).
-pub fn serve_on<F, Fut>(listener: TcpListener, name: &str, handler: F) -> Backend
+pub fn serve_on<F, Fut, B>(listener: TcpListener, name: &str, handler: F) -> Backend
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Resp> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let addr = listener.local_addr().expect("local_addr");
     let handler = Arc::new(handler);
