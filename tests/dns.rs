@@ -16,9 +16,8 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::dns::TestDns;
+use support::dns::{listeners_on_one_port, TestDns};
 use support::{client, echo_backend_on, eventually, with_timeout, Backend, TestProxy};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 const NAME: &str = "api.test";
@@ -35,29 +34,18 @@ struct Replicas {
 
 impl Replicas {
     async fn start(n: u8) -> Replicas {
-        'port: for _ in 0..20 {
-            let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = first.local_addr().unwrap().port();
-            let mut listeners = vec![first];
-            for i in 2..=n {
-                match TcpListener::bind((ip(i), port)).await {
-                    Ok(listener) => listeners.push(listener),
-                    Err(_) => continue 'port, // taken on that address: try another port
-                }
-            }
-            let backends = listeners
-                .into_iter()
-                .map(|l| {
-                    let name = l.local_addr().unwrap().ip().to_string();
-                    echo_backend_on(l, &name)
-                })
-                .collect();
-            return Replicas {
-                port,
-                _backends: backends,
-            };
+        let (port, listeners) = listeners_on_one_port(n).await;
+        let backends = listeners
+            .into_iter()
+            .map(|l| {
+                let name = l.local_addr().unwrap().ip().to_string();
+                echo_backend_on(l, &name)
+            })
+            .collect();
+        Replicas {
+            port,
+            _backends: backends,
         }
-        panic!("no port free on all of 127.0.0.1-{n}");
     }
 }
 

@@ -51,7 +51,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo build (debug, for the test binary)"
 cargo build --quiet
 echo "== every shipped config passes gatehouse check"
-find config -name '*.toml' -print0 | while IFS= read -r -d '' f; do
+# config/examples/ is checked by tests/examples.rs, with the few settings a test machine needs
+# (certificate files, a log folder)
+find config -path config/examples -prune -o -name '*.toml' -print0 | while IFS= read -r -d '' f; do
   ./target/debug/gatehouse check --config "$f"
 done
 echo "== cargo test"

@@ -145,15 +145,21 @@ impl Listeners {
                 changes.0.push(format!("-{} {}", role.name(), old.local));
             }
         }
+        // The HTTPS port goes into redirects from the HTTP listener: publish it before any
+        // listener starts accepting, or the first requests are sent to port 443.
+        let https = bound.0.iter().find(|(role, ..)| *role == Role::Https);
+        if let Some((_, configured, listener)) = https {
+            let port = listener
+                .local_addr()
+                .map_or(configured.port(), |a| a.port());
+            self.cx.set_https_port(Some(port));
+        }
         for (role, configured, listener) in bound.0 {
             let local = listener.local_addr().unwrap_or(configured);
             tracing::info!(listener = role.name(), addr = %local, "listening");
             changes.0.push(format!("+{} {local}", role.name()));
             let (stop, stopped) = watch::channel(false);
             let accept = self.spawn(role, listener, stopped);
-            if role == Role::Https {
-                self.cx.set_https_port(Some(local.port()));
-            }
             let running = Running {
                 configured,
                 local,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 type Records = Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>;
@@ -72,6 +72,25 @@ impl Drop for TestDns {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Listeners on 127.0.0.1, 127.0.0.2, ..., 127.0.0.`n` sharing one port, as the replicas of a
+/// compose service do (Linux routes all of 127.0.0.0/8 to the loopback interface); the port and
+/// the listeners in address order. A name the [`TestDns`] maps to those addresses stands for them.
+pub async fn listeners_on_one_port(n: u8) -> (u16, Vec<TcpListener>) {
+    'port: for _ in 0..20 {
+        let first = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = first.local_addr().expect("local_addr").port();
+        let mut listeners = vec![first];
+        for i in 2..=n {
+            match TcpListener::bind((Ipv4Addr::new(127, 0, 0, i), port)).await {
+                Ok(listener) => listeners.push(listener),
+                Err(_) => continue 'port, // taken on that address: try another port
+            }
+        }
+        return (port, listeners);
+    }
+    panic!("no port free on all of 127.0.0.1-{n}");
 }
 
 /// The reply to one query; `None` for something too short to carry an id.

@@ -169,9 +169,15 @@ impl TestProxy {
 
     /// Runs on a config file that is already in place (e.g. behind symlinks).
     pub async fn start_at(path: &Path) -> TestProxy {
+        Self::start_at_with_env(path, &[], false).await
+    }
+
+    /// Like [`TestProxy::start_at`], with `envs` set for the process (the file's `${VAR}`s);
+    /// with `https`, also waits for the HTTPS listener and records it as [`TestProxy::start_tls`].
+    pub async fn start_at_with_env(path: &Path, envs: &[(&str, &str)], https: bool) -> TestProxy {
         let config = std::fs::read_to_string(path).expect("read config");
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::launch(path.to_path_buf(), &config, &[], dir, false).await
+        Self::launch(path.to_path_buf(), &config, envs, dir, https).await
     }
 
     async fn launch(
@@ -783,6 +789,14 @@ impl RawResponse {
 /// response (Content-Length, chunked, or until EOF).
 pub async fn raw_request(addr: SocketAddr, request: &str) -> RawResponse {
     let stream = TcpStream::connect(addr).await.expect("connect");
+    raw_request_on(stream, request).await
+}
+
+/// [`raw_request`] over a connection the test opened itself (e.g. a TLS stream).
+pub async fn raw_request_on<S>(stream: S, request: &str) -> RawResponse
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut stream = tokio::io::BufReader::new(stream);
     stream
         .get_mut()
