@@ -894,3 +894,23 @@ fn cors_config_with_every_key_passes_check() {
     let (_, out) = check(&config, &[], &[]);
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+#[test]
+fn public_https_port_needs_https_and_a_port_number() {
+    let site = "\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  respond = { body = \"x\" }\n";
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "without https",
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\npublic_https_port = 443\n{site}"),
+            "public_https_port",
+            &["`listen.public_https_port`", "set `https`"],
+        ),
+        (
+            "out of range",
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\npublic_https_port = 70000\n[[site]]\nhosts = [\"a.test\"]\ntls = \"acme\"\n  [[site.route]]\n  path = \"/\"\n  respond = {{ body = \"x\" }}\n"),
+            "public_https_port",
+            &["`listen.public_https_port`", "from 1 to 65535"],
+        ),
+    ];
+    assert_each_is_one_located_error(cases);
+}

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    echo_backend, eventually, header, run_gatehouse, with_timeout, AcceptAnyCert, Backend, Echo,
-    TestProxy,
+    echo_backend, eventually, eventually_async, header, run_gatehouse, with_timeout, AcceptAnyCert,
+    Backend, Echo, TestProxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -875,6 +875,61 @@ async fn plain_http_to_tls_site_redirects_to_https() {
         assert_eq!(resp.status(), 200);
         let echo = Echo::parse(&resp.text().await.expect("body"));
         assert_eq!(echo.uri, "/a/b?c=1");
+    })
+    .await;
+}
+
+/// Behind `docker run -p 443:8443` the listener's own port is not the one clients use:
+/// `public_https_port` names the right one in redirects, and a reload can change or drop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_name_the_public_https_port() {
+    with_timeout(30, async {
+        let pki = Pki::new();
+        let backend = echo_backend("echo").await;
+        let with_port = |port: &str| {
+            config(&pki, &backend).replacen(
+                "https = \"127.0.0.1:0\"",
+                &format!("https = \"127.0.0.1:0\"\n{port}"),
+                1,
+            )
+        };
+        let proxy = TestProxy::start_tls(&with_port("public_https_port = 443")).await;
+        let client = http_client(&pki, &proxy);
+        let location = |resp: &reqwest::Response| header(resp, "location");
+        let resp = client
+            .get(http_url(&proxy, "app.test", "/a?b=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 308);
+        assert_eq!(location(&resp).as_deref(), Some("https://app.test/a?b=1"));
+
+        for (setting, want) in [
+            (
+                "public_https_port = 8443".to_string(),
+                "https://app.test:8443/a".to_string(),
+            ),
+            (
+                String::new(),
+                format!("https://app.test:{}/a", proxy.https().port()),
+            ),
+        ] {
+            std::fs::write(&proxy.config_path, with_port(&setting)).unwrap();
+            proxy.send_signal("HUP");
+            eventually_async(
+                Duration::from_secs(10),
+                &format!("redirect to {want}"),
+                || async {
+                    let resp = client
+                        .get(http_url(&proxy, "app.test", "/a"))
+                        .send()
+                        .await
+                        .unwrap();
+                    location(&resp).as_deref() == Some(want.as_str())
+                },
+            )
+            .await;
+        }
     })
     .await;
 }

@@ -36,6 +36,7 @@ pub struct FileListenOnly {
 pub struct FileListen {
     pub http: Option<Str>,
     pub https: Option<Str>,
+    pub public_https_port: Option<Spanned<i64>>,
     pub proxy_protocol: Option<Spanned<bool>>,
     pub admin: Option<Str>,
     pub admin_allow: Option<Spanned<Vec<Str>>>,

@@ -25,6 +25,9 @@ pub struct Config {
 pub struct Listen {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// The port clients reach `https` on when something in between maps it (`docker run -p
+    /// 443:8443`, a NAT): HTTP->HTTPS redirects name it. `None`: the listener's own port.
+    pub public_https_port: Option<u16>,
     /// Both listeners expect a PROXY protocol v1/v2 header first, from `trusted_proxies` only.
     pub proxy_protocol: bool,
     /// `/live` and `/ready` (and later metrics); off unless set.

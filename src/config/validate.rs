@@ -202,6 +202,7 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
     let none = Listen {
         http: None,
         https: None,
+        public_https_port: None,
         proxy_protocol: false,
         admin: None,
         admin_allow: Vec::new(),
@@ -212,6 +213,10 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
         return none;
     };
     let l = raw.get_ref();
+    if let (Some(port), None) = (&l.public_https_port, &l.https) {
+        let msg = "`public_https_port` is the port clients reach the `https` listener on; set `https` too, or remove it";
+        cx.error(port.span(), "listen.public_https_port", msg);
+    }
     if l.http.is_none() && l.https.is_none() {
         let msg = "no listener configured; set e.g. `http = \"0.0.0.0:80\"` and/or `https = \"0.0.0.0:443\"`";
         cx.error(raw.span(), "listen.http", msg);
@@ -226,6 +231,10 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
             .https
             .as_ref()
             .and_then(|a| socket_addr(cx, a, "listen.https")),
+        public_https_port: l.public_https_port.as_ref().map(|p| {
+            let port = cx.count(&Some(p.clone()), "listen.public_https_port", 1..=65535, 443);
+            u16::try_from(port).unwrap_or(443)
+        }),
         proxy_protocol: l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
         admin: l
             .admin

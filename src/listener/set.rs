@@ -146,14 +146,19 @@ impl Listeners {
             }
         }
         // The HTTPS port goes into redirects from the HTTP listener: publish it before any
-        // listener starts accepting, or the first requests are sent to port 443.
-        let https = bound.0.iter().find(|(role, ..)| *role == Role::Https);
-        if let Some((_, configured, listener)) = https {
-            let port = listener
-                .local_addr()
-                .map_or(configured.port(), |a| a.port());
-            self.cx.set_https_port(Some(port));
-        }
+        // listener starts accepting, or the first requests are sent to port 443. The public
+        // port, when set, replaces the listener's own (a reload may set or unset it).
+        let new_https = bound.0.iter().find(|(role, ..)| *role == Role::Https);
+        let https_port = match new_https {
+            Some((_, configured, listener)) => Some(
+                listener
+                    .local_addr()
+                    .map_or(configured.port(), |a| a.port()),
+            ),
+            None => self.running.get(&Role::Https).map(|r| r.local.port()),
+        };
+        self.cx
+            .set_https_port(https_port.map(|own| listen.public_https_port.unwrap_or(own)));
         for (role, configured, listener) in bound.0 {
             let local = listener.local_addr().unwrap_or(configured);
             tracing::info!(listener = role.name(), addr = %local, "listening");
