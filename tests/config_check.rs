@@ -907,7 +907,18 @@ fn public_https_port_needs_https_and_a_port_number() {
         ),
         (
             "out of range",
-            format!("[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\npublic_https_port = 70000\n[[site]]\nhosts = [\"a.test\"]\ntls = \"acme\"\n  [[site.route]]\n  path = \"/\"\n  respond = {{ body = \"x\" }}\n"),
+            r#"[listen]
+http = "127.0.0.1:0"
+https = "127.0.0.1:0"
+public_https_port = 70000
+[[site]]
+hosts = ["a.test"]
+tls = "acme"
+  [[site.route]]
+  path = "/"
+  respond = { body = "x" }
+"#
+            .to_string(),
             "public_https_port",
             &["`listen.public_https_port`", "from 1 to 65535"],
         ),
