@@ -6,9 +6,6 @@ use std::process::ExitCode;
 
 /// Exit code for an invalid config: EX_USAGE from sysexits.h, distinct from runtime failures (1).
 const EXIT_BAD_CONFIG: u8 = 64;
-/// `gatehouse health` could not get an answer (refused, timed out, not HTTP): EX_UNAVAILABLE.
-/// An instance that answers "not ready" exits 1; 2 is avoided (Docker reserves it).
-const EXIT_UNREACHABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -124,7 +121,7 @@ fn main() -> ExitCode {
             timeout,
             live,
         } => {
-            use gatehouse::admin::probe::{health, Endpoint, HealthError};
+            use gatehouse::admin::probe::{health, Endpoint};
             let endpoint = if live {
                 Endpoint::Live
             } else {
@@ -137,16 +134,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     err(&e);
-                    ExitCode::from(match e {
-                        HealthError::NotReady { .. } => 1,
-                        HealthError::Config(_)
-                        | HealthError::PortZero { .. }
-                        | HealthError::NoListener => EXIT_BAD_CONFIG,
-                        HealthError::Connect { .. }
-                        | HealthError::Timeout { .. }
-                        | HealthError::Io { .. }
-                        | HealthError::NotHttp { .. } => EXIT_UNREACHABLE,
-                    })
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
@@ -186,8 +174,11 @@ fn err(e: &dyn std::fmt::Display) {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // colour only for a terminal: `docker logs` and journald would show the escape codes
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -925,3 +925,29 @@ tls = "acme"
     ];
     assert_each_is_one_located_error(cases);
 }
+
+/// Text logs written to a pipe (`docker logs`, journald) carry no ANSI colour codes.
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let config = format!(
+        "[listen]\nhttp = \"{}\"\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  respond = {{ body = \"x\" }}\n",
+        taken.local_addr().unwrap()
+    );
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_str().unwrap();
+    let out = run_gatehouse(&["run", "--config", path], &[], &["RUST_LOG"]);
+    assert!(!out.status.success(), "the port is taken: {}", out.stderr);
+    assert!(
+        out.stderr.contains("ERROR"),
+        "an error line: {}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "colour codes: {:?}",
+        out.stderr
+    );
+}

@@ -97,6 +97,21 @@ pub enum HealthError {
     NotHttp { addr: SocketAddr, start: String },
 }
 
+impl HealthError {
+    /// The process exit code: 1 answered but not ready, 64 (EX_USAGE) the config or the target is
+    /// wrong, 69 (EX_UNAVAILABLE) nothing answered in time. Not 2: Docker reserves it.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            HealthError::NotReady { .. } => 1,
+            HealthError::Config(_) | HealthError::PortZero { .. } | HealthError::NoListener => 64,
+            HealthError::Connect { .. }
+            | HealthError::Timeout { .. }
+            | HealthError::Io { .. }
+            | HealthError::NotHttp { .. } => 69,
+        }
+    }
+}
+
 /// `gatehouse health`: `admin` if given (the config is then not read at all), else the config's
 /// `[listen] admin`, else a connect to its `http`/`https` listener.
 pub fn health(
