@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 /// Exit code for an invalid config: EX_USAGE from sysexits.h, distinct from runtime failures (1).
 const EXIT_BAD_CONFIG: u8 = 64;
+/// The shipped config, relative to the working directory (the repository's root for `cargo run`).
+const DEFAULT_CONFIG: &str = "config/gatehouse.toml";
 
 #[derive(Parser)]
 #[command(
@@ -17,31 +19,32 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Without one: `run` on config/gatehouse.toml.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
     Run {
-        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a config file and exit (0 = valid).
     Check {
-        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// List the certificates of the config's TLS sites: names, issuer, expiry.
     Certs {
-        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate the config, then ask the running Gatehouse to reload it (POST /reload on its
     /// admin listener).
     Reload {
-        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The admin listener to ask; default `[listen] admin` from the config.
         #[arg(long)]
@@ -51,7 +54,7 @@ enum Command {
     /// reached in time, 64 for a bad config.
     Health {
         /// Take `[listen] admin` from this config (only its `[listen]` is checked).
-        #[arg(long, short, default_value = "config/gatehouse.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The admin listener to ask; the config is then not read at all.
         #[arg(long)]
@@ -76,7 +79,10 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    let command = cli.command.unwrap_or_else(|| Command::Run {
+        config: PathBuf::from(DEFAULT_CONFIG),
+    });
+    match command {
         Command::Version => {
             out(&format!("gatehouse {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
@@ -179,6 +185,9 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        // a failed write (stderr closed: a log collector gone) would otherwise be reported with
+        // eprintln!, which panics on that same closed stderr, inside whatever request logged
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

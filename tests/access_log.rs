@@ -605,3 +605,21 @@ async fn a_reload_moves_the_log_to_a_new_file_and_an_unopenable_one_is_refused()
     })
     .await;
 }
+
+/// A closed stderr (the log collector gone) loses log lines, not requests: the default access
+/// log goes to stderr, and a failed write used to panic the request that logged it.
+#[test]
+fn a_closed_stderr_costs_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[listen]\nhttp = \"127.0.0.1:0\"\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  respond = { body = \"hi\" }\n";
+    std::fs::write(dir.path().join("g.toml"), config).unwrap();
+    let mut proxy = Spawned::start(&["run", "--config", "g.toml"], dir.path());
+    drop(proxy.stderr.take());
+    for i in 0..3 {
+        let answer = proxy.get("/");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "request {i}: {answer:?}"
+        );
+    }
+}

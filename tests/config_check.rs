@@ -951,3 +951,17 @@ fn text_logs_to_a_pipe_carry_no_colour_codes() {
         out.stderr
     );
 }
+
+/// `cargo run --release` (no subcommand) is `run` on `config/gatehouse.toml` under the working
+/// directory: the README's first command.
+#[test]
+fn no_subcommand_runs_the_config_in_config_gatehouse_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let config = "[listen]\nhttp = \"127.0.0.1:0\"\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  respond = { body = \"hi\" }\n";
+    std::fs::write(dir.path().join("config/gatehouse.toml"), config).unwrap();
+    let proxy = support::Spawned::start(&[], dir.path());
+    let answer = proxy.get("/");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nhi"), "{answer}");
+}

@@ -924,3 +924,65 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A `gatehouse` started by hand (`args`, in `dir`, JSON logs on a piped stderr), read up to its
+/// `listening` line for the HTTP listener. Killed on drop.
+pub struct Spawned {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The rest of stderr; dropping it closes the pipe.
+    pub stderr: Option<std::io::Lines<std::io::BufReader<std::process::ChildStderr>>>,
+}
+
+impl Spawned {
+    pub fn start(args: &[&str], dir: &Path) -> Spawned {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json"])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut seen = Vec::new();
+        for line in stderr.by_ref().take(100) {
+            let line = line.expect("stderr line");
+            if let Some(addr) = parse_listening_line(&line, "http") {
+                return Spawned {
+                    child,
+                    addr,
+                    stderr: Some(stderr),
+                };
+            }
+            seen.push(line);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no `listening` line; stderr:\n{}", seen.join("\n"));
+    }
+
+    /// One `GET path` with `Connection: close`, over a blocking socket: the whole answer.
+    pub fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
