@@ -242,26 +242,16 @@ async fn sighup_post_reload_and_a_symlinked_data_dir_swap() {
         std::fs::write(root.join("..v2/gatehouse.toml"), config("k3", "")).unwrap();
         proxy.send_signal("HUP");
         observed(&proxy, "k3", Duration::from_secs(2)).await;
-        std::fs::write(root.join("..v2/gatehouse.toml"), config("k4", "")).unwrap();
-        let resp = client()
-            .post(format!("http://{admin}/reload"))
-            .send()
-            .await
-            .unwrap();
-        let (status, text) = (resp.status().as_u16(), resp.text().await.unwrap());
+        let file = root.join("..v2/gatehouse.toml");
+        let (status, text) = post_reload(admin, &file, &config("k4", "")).await;
         assert!(
             status == 200 && (text.starts_with("reloaded") || text.starts_with("unchanged")),
             "{status} {text}"
         );
         observed(&proxy, "k4", Duration::from_secs(1)).await;
-        std::fs::write(root.join("..v2/gatehouse.toml"), "not toml [").unwrap();
-        let resp = client()
-            .post(format!("http://{admin}/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400);
-        assert!(resp.text().await.unwrap().contains("gatehouse.toml:1:"));
+        let (status, text) = post_reload(admin, &file, "not toml [").await;
+        assert_eq!(status, 400);
+        assert!(text.contains("gatehouse.toml:1:"), "{text}");
         assert_eq!(body(&proxy, "/").await, "k4");
         let metrics = client()
             .get(format!("http://{admin}/metrics"))
@@ -498,6 +488,17 @@ async fn gatehouse_reload_checks_first_then_asks_the_running_instance() {
 }
 
 /// The body `path` answers now.
+/// Writes `text` to `path`, then `POST /reload` on `admin`: the answer's status and text.
+async fn post_reload(admin: std::net::SocketAddr, path: &Path, text: &str) -> (u16, String) {
+    std::fs::write(path, text).unwrap();
+    let resp = client()
+        .post(format!("http://{admin}/reload"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
 async fn body(proxy: &TestProxy, path: &str) -> String {
     let resp = client().get(proxy.url(path)).send().await.unwrap();
     resp.text().await.unwrap()
@@ -566,18 +567,14 @@ async fn listeners_added_and_removed_by_reload_bind_and_drain() {
         // an address already taken: the reload is refused, the first listener keeps serving
         let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = squatter.local_addr().unwrap();
-        std::fs::write(
-            &proxy.config_path,
-            listener_config(taken, admin, backend.addr),
+        let path = &proxy.config_path;
+        let (status, why) = post_reload(
+            admin_addr,
+            path,
+            &listener_config(taken, admin, backend.addr),
         )
-        .unwrap();
-        let resp = client()
-            .post(format!("http://{admin_addr}/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400);
-        let why = resp.text().await.unwrap();
+        .await;
+        assert_eq!(status, 400);
         assert!(
             why.contains(&format!("cannot bind the http listener on {taken}")),
             "{why}"
@@ -586,34 +583,25 @@ async fn listeners_added_and_removed_by_reload_bind_and_drain() {
         drop(squatter);
         // our own listener in the way: the answer says how to move it
         let clash = format!("admin = \"{first}\"");
-        std::fs::write(
-            &proxy.config_path,
-            listener_config(first, &clash, backend.addr),
+        let (_, why) = post_reload(
+            admin_addr,
+            path,
+            &listener_config(first, &clash, backend.addr),
         )
-        .unwrap();
-        let resp = client()
-            .post(format!("http://{admin_addr}/reload"))
-            .send()
-            .await
-            .unwrap();
-        let why = resp.text().await.unwrap();
+        .await;
         assert!(
             why.contains(&format!("this Gatehouse's http listener holds {first}")),
             "{why}"
         );
 
         // the move: the second address serves the new config, the first stops accepting
-        std::fs::write(
-            &proxy.config_path,
-            listener_config(second, admin, backend.addr),
+        let (status, text) = post_reload(
+            admin_addr,
+            path,
+            &listener_config(second, admin, backend.addr),
         )
-        .unwrap();
-        let resp = client()
-            .post(format!("http://{admin_addr}/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        .await;
+        assert_eq!(status, 200, "{text}");
         let on_second = client()
             .get(format!("http://{second}/"))
             .send()
