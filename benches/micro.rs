@@ -260,7 +260,7 @@ mod headers {
     fn set_forwarded(bencher: Bencher, case: &str) {
         let (headers, peer) = request(case);
         let addrs = Addrs::new(&headers, peer, &TRUSTED);
-        let peer_ip = forward::ip_header(addrs.peer);
+        let peer_ip = forward::ip_header(peer);
         let host = headers.get(HOST).cloned();
         let set = |h: &mut HeaderMap| {
             forward::set_forwarded(h, &peer_ip, addrs.peer_trusted, host.as_ref(), "https")

@@ -235,29 +235,19 @@ impl RuntimeState {
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
             .collect();
-        let routes = config
-            .sites
-            .iter()
-            .flat_map(|site| site.routes.iter())
+        // every table below is indexed by `RouteId`: the routes in config order
+        let all_routes = || config.sites.iter().flat_map(|site| site.routes.iter());
+        let routes = all_routes()
             .map(|route| compile(&route.action, &kept))
             .collect();
         let key_cap = config.server.limits.rate_limit_keys;
-        let policies = config
-            .sites
-            .iter()
-            .flat_map(|site| site.routes.iter())
+        let policies = all_routes()
             .map(|route| RoutePolicy::compile(&route.policy, &keep.limiters, key_cap))
             .collect();
-        let cors = config
-            .sites
-            .iter()
-            .flat_map(|site| site.routes.iter())
+        let cors = all_routes()
             .map(|route| route.cors.as_ref().map(CorsPolicy::compile))
             .collect();
-        let encodings = config
-            .sites
-            .iter()
-            .flat_map(|site| site.routes.iter())
+        let encodings = all_routes()
             .map(|route| Some(route.encode.clone()).filter(|e| !e.codings.is_empty()))
             .collect();
         let sites = config

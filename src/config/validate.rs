@@ -233,7 +233,8 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
             .and_then(|a| socket_addr(cx, a, "listen.https")),
         public_https_port: l.public_https_port.as_ref().map(|p| {
             let port = cx.count(&Some(p.clone()), "listen.public_https_port", 1..=65535, 443);
-            u16::try_from(port).unwrap_or(443)
+            // in range: count fell back to 443 otherwise
+            port as u16
         }),
         proxy_protocol: l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
         admin: l

@@ -138,9 +138,6 @@ impl Listeners {
         for role in gone {
             if let Some(old) = self.running.remove(&role) {
                 let _ = old.stop.send(true);
-                if role == Role::Https {
-                    self.cx.set_https_port(None);
-                }
                 tracing::info!(listener = role.name(), addr = %old.local, "listener removed: no new connections, open ones drain");
                 changes.0.push(format!("-{} {}", role.name(), old.local));
             }
@@ -183,18 +180,15 @@ impl Listeners {
         stopped: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         let cx = self.cx.clone();
+        let transport = match role {
+            Role::Https => Transport::Tls,
+            _ => Transport::Plain,
+        };
         match role {
-            Role::Http => tokio::spawn(super::accept_loop(
+            Role::Http | Role::Https => tokio::spawn(super::accept_loop(
                 listener,
                 role.name(),
-                Transport::Plain,
-                cx,
-                stopped,
-            )),
-            Role::Https => tokio::spawn(super::accept_loop(
-                listener,
-                role.name(),
-                Transport::Tls,
+                transport,
                 cx,
                 stopped,
             )),

@@ -122,7 +122,6 @@ pub enum SendError {
 pub struct Dialer {
     connector: Connector,
     scheme: Scheme,
-    http1: http1::Builder,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -136,7 +135,6 @@ impl Dialer {
         Dialer {
             connector,
             scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
-            http1: http1::Builder::new(),
         }
     }
 
@@ -185,7 +183,7 @@ impl Dialer {
             .call(dst)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, conn) = self.http1.handshake(io).await.map_err(SendError::Request)?;
+        let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
         let server = backend.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {

@@ -148,11 +148,10 @@ pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-/// Where a request came from: the socket peer, whether it is a trusted proxy (worked out once per
+/// Where a request came from: whether the socket peer is a trusted proxy (worked out once per
 /// request), and the client as best known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addrs {
-    pub peer: IpAddr,
     pub peer_trusted: bool,
     pub client: IpAddr,
 }
@@ -166,7 +165,6 @@ impl Addrs {
             peer
         };
         Addrs {
-            peer,
             peer_trusted,
             client,
         }

@@ -122,7 +122,7 @@ fn origins(
 }
 
 /// `Ok(None)` for `"*"`; else the normalised pattern, or what is wrong and what would do.
-pub(crate) fn parse_origin(text: &str) -> Result<Option<OriginPattern>, String> {
+fn parse_origin(text: &str) -> Result<Option<OriginPattern>, String> {
     if text == "*" {
         return Ok(None);
     }
