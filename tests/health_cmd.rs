@@ -129,10 +129,11 @@ async fn an_instance_whose_required_upstream_is_down_exits_1_but_is_live() {
 async fn a_closed_port_exits_69_at_once() {
     with_timeout(30, async {
         let closed = closed_port_addr().await.to_string();
-        let (out, took) = health(&["--admin", &closed, "--timeout", "5s"]).await;
+        // a long timeout: a refusal must end the probe at once, not at the deadline
+        let (out, took) = health(&["--admin", &closed, "--timeout", "30s"]).await;
         assert_eq!(code(&out), UNREACHABLE, "stdout: {}", out.stdout);
         assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
-        assert!(took < Duration::from_secs(2), "refused took {took:?}");
+        assert!(took < Duration::from_secs(10), "refused took {took:?}");
     })
     .await;
 }
@@ -152,7 +153,8 @@ async fn a_port_that_accepts_but_never_answers_exits_69_within_the_timeout() {
             out.stderr
         );
         assert!(
-            took >= Duration::from_millis(700) && took < Duration::from_millis(1700),
+            // the upper bound leaves room for starting the debug binary on a busy machine
+            took >= Duration::from_millis(700) && took < Duration::from_secs(5),
             "took {took:?} for a 700ms timeout"
         );
         drop(silent);

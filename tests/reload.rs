@@ -551,7 +551,11 @@ async fn listeners_added_and_removed_by_reload_bind_and_drain() {
         let gate = Gate::new();
         let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
         let backend = gated_backend("held", gate.clone(), arrived_tx, "finished".into()).await;
-        let (first, second) = (closed_port_addr().await, closed_port_addr().await);
+        let first = closed_port_addr().await;
+        let mut second = closed_port_addr().await;
+        while second == first {
+            second = closed_port_addr().await;
+        }
         let admin = "admin = \"127.0.0.1:0\"";
         let proxy = TestProxy::start(&listener_config(first, admin, backend.addr)).await;
         let admin_addr = proxy.admin_addr().await;

@@ -925,13 +925,15 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
     }
 }
 
+type StderrLines = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
+
 /// A `gatehouse` started by hand (`args`, in `dir`, JSON logs on a piped stderr), read up to its
-/// `listening` line for the HTTP listener. Killed on drop.
+/// `listening` line for the HTTP listener (10 s at most). Killed on drop.
 pub struct Spawned {
     pub child: Child,
     pub addr: SocketAddr,
-    /// The rest of stderr; dropping it closes the pipe.
-    pub stderr: Option<std::io::Lines<std::io::BufReader<std::process::ChildStderr>>>,
+    /// The rest of stderr, unread; dropping it closes the pipe.
+    pub stderr: Option<StderrLines>,
 }
 
 impl Spawned {
@@ -947,22 +949,38 @@ impl Spawned {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gatehouse");
-        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let mut seen = Vec::new();
-        for line in stderr.by_ref().take(100) {
-            let line = line.expect("stderr line");
-            if let Some(addr) = parse_listening_line(&line, "http") {
-                return Spawned {
-                    child,
-                    addr,
-                    stderr: Some(stderr),
-                };
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        // read on a thread, so that a process that never gets there cannot hang the test; the
+        // thread hands the rest of stderr back with the address
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = parse_listening_line(&line, "http") {
+                    let _ = tx.send(Ok((addr, lines)));
+                    return;
+                }
+                seen.push(line);
             }
-            seen.push(line);
+            let _ = tx.send(Err(seen.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok((addr, rest))) => Spawned {
+                child,
+                addr,
+                stderr: Some(rest),
+            },
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let seen = match other {
+                    Ok(Err(seen)) => seen,
+                    _ => "(nothing within 10 s)".to_string(),
+                };
+                panic!("no `listening` line; stderr:\n{seen}");
+            }
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("no `listening` line; stderr:\n{}", seen.join("\n"));
     }
 
     /// One `GET path` with `Connection: close`, over a blocking socket: the whole answer.
