@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Gatehouse vs nginx (and haproxy) as a reverse proxy in front of the same backend. Scenarios:
 #   http           HTTP/1.1 keep-alive, small response                       (wrk)
+#   http-paced     the same at a fixed offered load (PACED_RATE req/s from random think
+#                  times, benches/paced.lua): p50/p99 latency of every target at the same load
 #   https          the same over TLS                                          (wrk)
 #   https-newconn  TLS with `Connection: close`: a connection + handshake per request (wrk)
 #   1mib           HTTP/1.1 keep-alive GETs of a 1 MiB static file, streamed  (wrk)
@@ -36,7 +38,8 @@
 #   LOAD_CPU  [1]   CPU the load generators and the backends are pinned to
 #   TARGETS  ["direct nginx gatehouse haproxy"]  subset/order of targets; also accepted:
 #            gatehouse-limits, gatehouse-nometrics (see above)
-#   SCENARIOS ["http https https-newconn 1mib h2 idle upload"]  subset/order of scenarios
+#   PACED_RATE [20000]  offered load of `http-paced`, req/s over all CONNS connections
+#   SCENARIOS ["http http-paced https https-newconn 1mib h2 idle upload"]  subset/order of scenarios
 #   SKIP_BUILD [0]  1 = don't run `cargo build --release` (binary must exist)
 #   GATEHOUSE_BIN [target/release/gatehouse]
 #   OUT      [bench-results/proxy-vs-nginx.md]
@@ -60,7 +63,8 @@ NOFILE=${NOFILE:-65536}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 TARGETS=${TARGETS:-direct nginx gatehouse haproxy}
-SCENARIOS=${SCENARIOS:-http https https-newconn 1mib h2 idle upload}
+PACED_RATE=${PACED_RATE:-20000}
+SCENARIOS=${SCENARIOS:-http http-paced https https-newconn 1mib h2 idle upload}
 SKIP_BUILD=${SKIP_BUILD:-0}
 GATEHOUSE_BIN=${GATEHOUSE_BIN:-$ROOT/target/release/gatehouse}
 OUT=${OUT:-$ROOT/bench-results/proxy-vs-nginx.md}
@@ -89,6 +93,7 @@ posint UPLOAD_REPEATS "$UPLOAD_REPEATS"
 posint NOFILE "$NOFILE"
 [[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10s / 1m (got '$DURATION')"
 [[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s, or 0 to disable (got '$WARMUP')"
+[[ $PACED_RATE =~ ^[1-9][0-9]*$ ]] || die "PACED_RATE must be a positive whole number of requests per second (got '$PACED_RATE')"
 NCPU=$(getconf _NPROCESSORS_ONLN)
 for v in PROXY_CPU LOAD_CPU; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || ((${!v} >= NCPU)); then die "$v must be a CPU index in 0..$((NCPU - 1)) (got '${!v}')"; fi
@@ -109,8 +114,8 @@ done
 read -ra SCENARIO_LIST <<<"$SCENARIOS"
 ((${#SCENARIO_LIST[@]} > 0)) || die "SCENARIOS is empty"
 for s in "${SCENARIO_LIST[@]}"; do
-    case $s in http | https | https-newconn | 1mib | h2 | idle | upload) ;;
-    *) die "unknown scenario '$s' (expected http, https, https-newconn, 1mib, h2, idle, upload)" ;;
+    case $s in http | http-paced | https | https-newconn | 1mib | h2 | idle | upload) ;;
+    *) die "unknown scenario '$s' (expected http, http-paced, https, https-newconn, 1mib, h2, idle, upload)" ;;
     esac
 done
 read -ra UPLOAD_MODE_LIST <<<"$UPLOAD_MODES"
@@ -123,12 +128,12 @@ if want_scenario upload; then ((${#UPLOAD_MODE_LIST[@]} > 0)) || die "UPLOAD_MOD
 # (the upload sink in `upload`); the two Gatehouse variants only run the request/response scenarios.
 applies() {
     case $2 in
-    direct) [[ $1 == http || $1 == 1mib || $1 == upload ]] ;;
+    direct) [[ $1 == http || $1 == http-paced || $1 == 1mib || $1 == upload ]] ;;
     gatehouse-limits | gatehouse-nometrics) [[ $1 != idle && $1 != upload ]] ;;
     *) return 0 ;;
     esac
 }
-is_wrk() { [[ $1 == http || $1 == https || $1 == https-newconn || $1 == 1mib ]]; }
+is_wrk() { [[ $1 == http || $1 == http-paced || $1 == https || $1 == https-newconn || $1 == 1mib ]]; }
 TLS=0    # 1 = some scenario needs the proxies' TLS listeners
 WRK=0    # 1 = some scenario uses wrk
 UPLOAD=0 # 1 = the upload sink and the proxies' /upload/ routes are needed
@@ -144,7 +149,7 @@ done
 if want_scenario https-newconn && ((${#GATEHOUSE_TARGETS[@]} > 0)) && ((CONNS > 120)); then
     log "WARNING: CONNS=$CONNS: with more than ~128 connections wrk's TLS sessions fall out of Gatehouse's 256-entry session cache, so https-newconn compares Gatehouse's full handshakes with nginx's resumed ones (benches/README.md)"
 fi
-((nruns > 0)) || die "nothing to run for SCENARIOS='$SCENARIOS' and TARGETS='$TARGETS' (direct runs in http, 1mib and upload only)"
+((nruns > 0)) || die "nothing to run for SCENARIOS='$SCENARIOS' and TARGETS='$TARGETS' (direct runs in http, http-paced, 1mib and upload only)"
 
 # ---------------------------------------------------------------- tools
 # command -> Debian package
@@ -833,7 +838,7 @@ passive_opens() {
 # scenario_url SCENARIO TARGET
 scenario_url() {
     case $1 in
-    http) echo "http://127.0.0.1:${PORT[$2]}/" ;;
+    http | http-paced) echo "http://127.0.0.1:${PORT[$2]}/" ;;
     1mib) echo "http://127.0.0.1:${PORT[$2]}/1mib.bin" ;;
     https | https-newconn | h2) echo "https://127.0.0.1:${TLS_PORT[$2]}/" ;;
     esac
@@ -845,7 +850,7 @@ declare -A H2_NEGOTIATED # what h2load negotiated, per target
 run_one() {
     local sc=$1 target=$2 run=$3 url out before after requests rps lat1 lat2 errors cpu
     local opens_before opens_after newconns='?' raw failed=0 lmin=- lsd=-
-    local -a pids args=() cmd warm
+    local -a pids args=() script_args=() cmd warm
     url=$(scenario_url "$sc" "$target")
     if [[ $sc == h2 ]]; then
         cmd=(h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DURATION" "$url")
@@ -854,8 +859,13 @@ run_one() {
         # https-newconn: the server answers with "Connection: close" and wrk opens a new
         # connection (new TCP connect + TLS handshake) for the next request.
         if [[ $sc == https-newconn ]]; then args=(-H "Connection: close"); fi
-        cmd=(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${args[@]}" "$url")
-        warm=(wrk -t1 -c"$CONNS" -d"$WARMUP" "${args[@]}" "$url")
+        # http-paced: random think times between a connection's requests, PACED_RATE in all
+        if [[ $sc == http-paced ]]; then
+            args=(-s "$SCRIPT_DIR/paced.lua")
+            script_args=(-- "$PACED_RATE" "$CONNS")
+        fi
+        cmd=(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${args[@]}" "$url" "${script_args[@]}")
+        warm=(wrk -t1 -c"$CONNS" -d"$WARMUP" "${args[@]}" "$url" "${script_args[@]}")
     fi
     if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
         run_client "$TMP/warmup.txt" "${warm[@]}" ||
@@ -1135,6 +1145,7 @@ ratio_row() {
 scenario_title() {
     case $1 in
     http) printf '%s\n' "plain HTTP/1.1, keep-alive, \`GET /\` → \`200 ok\\n\`" ;;
+    http-paced) echo "plain HTTP/1.1, keep-alive, at the same offered load for every target: ${CONNS} connections, each waiting a random exponential think time (mean ${CONNS}/${PACED_RATE} s) after every response, about ${PACED_RATE} req/s in all (benches/paced.lua): latency at equal load" ;;
     https) echo "HTTPS (HTTP/1.1 over TLS), keep-alive: one handshake per wrk connection" ;;
     https-newconn) echo "HTTPS, \`Connection: close\`: a new TCP connection and TLS handshake for every request (wrk resumes its TLS 1.3 session: PSK + X25519, no certificate; see benches/README.md)" ;;
     1mib) echo "plain HTTP/1.1, keep-alive, \`GET /1mib.bin\`: a 1 MiB static file from the backend, streamed by the proxy" ;;
@@ -1223,6 +1234,7 @@ report_rr() {
     if want gatehouse && want haproxy; then
         ratio_row "gatehouse/haproxy CPU µs/req" "$sc" gatehouse haproxy 8 "${MED_CPU[$sc/gatehouse]}" "${MED_CPU[$sc/haproxy]}" "lower is better for Gatehouse"
         ratio_row "gatehouse/haproxy req/s" "$sc" gatehouse haproxy 3 "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/haproxy]}" "higher is better"
+        ratio_row "gatehouse/haproxy $l2" "$sc" gatehouse haproxy 6 "${MED_L2[$sc/gatehouse]}" "${MED_L2[$sc/haproxy]}" "lower is better"
     fi
     if want haproxy && want nginx; then
         ratio_row "haproxy/nginx CPU µs/req" "$sc" haproxy nginx 8 "${MED_CPU[$sc/haproxy]}" "${MED_CPU[$sc/nginx]}" ""
