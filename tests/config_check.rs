@@ -687,6 +687,59 @@ deny = ["192.0.2.0/24"]"#,
 }
 
 #[test]
+fn tls_min_version_errors_name_the_valid_versions() {
+    let valid = r#"expected "1.2" (TLS 1.2 and 1.3, the default) or "1.3" (TLS 1.3 only)"#;
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "TLS 1.1",
+            limits_config(r#"tls_min_version = "1.1""#, "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                "TLS 1.1 is not supported",
+                "insecure",
+                valid,
+            ],
+        ),
+        (
+            "TLS 1.0",
+            limits_config(r#"tls_min_version = "1.0""#, "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                "TLS 1.0 is not supported",
+                "insecure",
+            ],
+        ),
+        (
+            "nginx spelling",
+            limits_config(r#"tls_min_version = "TLSv1.3""#, "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                "`TLSv1.3` is not a TLS version",
+                valid,
+            ],
+        ),
+        (
+            "a number",
+            limits_config("tls_min_version = 1.3", "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                r#"write the version as a string: tls_min_version = "1.3""#,
+            ],
+        ),
+    ];
+    assert_each_is_one_located_error(cases);
+    for ok in ["1.2", "1.3"] {
+        let config = limits_config(&format!("tls_min_version = \"{ok}\""), "", "");
+        let (_, out) = check(&config, &[], &[]);
+        assert!(out.status.success(), "{ok}: {}", out.stderr);
+    }
+}
+
+#[test]
 fn encode_config_errors_are_reported_with_key_and_hint() {
     let cases: &[(&str, String, &str, &[&str])] = &[
         (

@@ -50,6 +50,19 @@ pub struct Server {
     pub resolver: Resolver,
     /// Per-request metrics on (the default) or off.
     pub metrics: bool,
+    /// The oldest TLS version the HTTPS listener accepts.
+    pub tls_min_version: TlsVersion,
+}
+
+/// The oldest TLS version the HTTPS listener accepts (`[server] tls_min_version`). Older than 1.2
+/// is not offered at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
 }
 
 /// How upstream server names become addresses (`[server] resolver`).
