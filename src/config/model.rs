@@ -413,7 +413,8 @@ impl Default for Policy {
     }
 }
 
-/// `requests` per `per`, with `burst` requests allowed at once, per client address.
+/// `requests` per `per`, with `burst` requests allowed at once, per client address or per value
+/// of a header.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RateLimit {
     pub requests: u32,
@@ -421,9 +422,22 @@ pub struct RateLimit {
     pub burst: u32,
     /// Methods this budget counts; empty is every method.
     pub methods: Vec<http::Method>,
+    /// What one budget belongs to.
+    pub key: RateKey,
     /// Where the limit is written ("server", "site app.example.com", "route app.example.com /api/")
     /// and its place in that list: every route inheriting one definition shares one budget.
     pub scope: String,
+}
+
+/// What a rate limit counts requests by (`key = "ip"` or `key = "header:NAME"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// The client address (IPv6 by `ipv6_prefix`).
+    #[default]
+    Ip,
+    /// The value of this request header; a request without it, or with it blank, is counted by
+    /// its client address in the same table.
+    Header(http::HeaderName),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
