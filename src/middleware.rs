@@ -56,7 +56,7 @@ impl RoutePolicy {
     }
 
     /// `client` is the address as known (through trusted proxies), `key` the same grouped for
-    /// rate limits (see `rate_limit::client_key`).
+    /// rate limits (see `rate_limit::client_key`); a limit keyed on a header reads `headers`.
     pub fn check(
         &self,
         client: IpAddr,
@@ -69,7 +69,7 @@ impl RoutePolicy {
         }
         for limiter in &self.limiters {
             if limiter.applies_to(method) {
-                limiter.check(key).map_err(Refusal::RateLimited)?;
+                limiter.check(key, headers).map_err(Refusal::RateLimited)?;
             }
         }
         body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)

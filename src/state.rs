@@ -223,7 +223,8 @@ impl RuntimeState {
                 ))),
             })
             .collect::<Result<Vec<_>, TlsError>>()?;
-        let tls = tls::server_config(&config.sites, &slots, &keep.resumption)?;
+        let min = config.server.tls_min_version;
+        let tls = tls::server_config(&config.sites, &slots, &keep.resumption, min)?;
         let certs = config
             .sites
             .iter()

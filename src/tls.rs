@@ -1,5 +1,6 @@
 //! TLS termination: certificates loaded from files, a resolver that picks one by SNI, and the
-//! rustls server config (TLS 1.2 and 1.3 only, rustls's safe suites, ALPN `h2` + `http/1.1`).
+//! rustls server config (TLS 1.2 and 1.3, or 1.3 alone with `[server] tls_min_version = "1.3"`;
+//! rustls's safe suites, ALPN `h2` + `http/1.1`).
 //!
 //! A name no TLS site serves gets no certificate: the handshake fails with an alert rather than
 //! showing another site's certificate. A catch-all TLS site (`hosts = ["*"]` or none) is the
@@ -9,12 +10,12 @@
 //! are polled and a changed pair is swapped in; ACME slots are filled and renewed by `acme`. A slot
 //! that is still empty (an ACME certificate not issued yet) fails the handshake cleanly.
 
-use crate::config::{HostPattern, Site, TlsFiles};
+use crate::config::{HostPattern, Site, TlsFiles, TlsVersion};
 use arc_swap::ArcSwapOption;
 use rustls::crypto::ring;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
@@ -245,18 +246,20 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The server config for one snapshot; `None` when no site has TLS.
+/// The server config for one snapshot; `None` when no site has TLS. One config serves every
+/// site (the certificate is picked by SNI inside the handshake), so `min` is server-wide.
 pub fn server_config(
     sites: &[Site],
     slots: &[Option<CertSlot>],
     resumption: &Resumption,
+    min: TlsVersion,
 ) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     if slots.iter().all(Option::is_none) {
         return Ok(None);
     }
     let resolver = Arc::new(CertResolver::new(sites, slots));
     let protocols = [b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut config = builder(resolver, protocols.into())?;
+    let mut config = builder(resolver, protocols.into(), versions(min))?;
     config.ticketer = resumption.ticketer.clone();
     config.session_storage = resumption.sessions.clone();
     // one ticket per handshake, as nginx sends: a client resumes with one, and each costs an
@@ -286,20 +289,34 @@ impl Resumption {
     }
 }
 
-/// TLS 1.2 and 1.3 with rustls's default (safe) suites, no client auth.
+/// TLS 1.2 and 1.3 with rustls's default (safe) suites, no client auth. For ACME TLS-ALPN-01
+/// validations, which come from the CA whatever `tls_min_version` says about clients.
 pub fn config_with(
     resolver: Arc<dyn ResolvesServerCert>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    builder(resolver, alpn).map(Arc::new)
+    builder(resolver, alpn, versions(TlsVersion::Tls12)).map(Arc::new)
+}
+
+static TLS12_UP: [&SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+
+/// The versions offered from `min` up.
+fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+    match min {
+        TlsVersion::Tls12 => &TLS12_UP,
+        TlsVersion::Tls13 => &TLS13_ONLY,
+    }
 }
 
 fn builder(
     resolver: Arc<dyn ResolvesServerCert>,
     alpn: Vec<Vec<u8>>,
+    versions: &[&'static SupportedProtocolVersion],
 ) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);

@@ -605,6 +605,51 @@ fn protection_config_errors_are_reported_with_key_and_hint() {
             &["`site.route.rate_limit`", "upper-case", "POST"],
         ),
         (
+            "rate keyed on a cookie",
+            limits_config(
+                "",
+                "",
+                r#"  rate_limit = { requests = 5, key = "cookie:x" }"#,
+            ),
+            "rate_limit",
+            &[
+                "`site.route.rate_limit`",
+                "`key = \"cookie:x\"` is not something a rate limit can count by",
+                "\"ip\"",
+                "\"header:NAME\"",
+            ],
+        ),
+        (
+            "rate keyed on no header",
+            limits_config(r#"rate_limit = { requests = 5, key = "header:" }"#, "", ""),
+            "rate_limit",
+            &[
+                "`server.rate_limit`",
+                "names no header",
+                "\"header:X-Tenant\"",
+            ],
+        ),
+        (
+            "rate keyed on a bad header name",
+            limits_config(
+                "",
+                r#"rate_limit = { requests = 5, key = "header:X Tenant" }"#,
+                "",
+            ),
+            "rate_limit",
+            &[
+                "`site.rate_limit`",
+                "`X Tenant` is not a header name",
+                "\"ip\"",
+            ],
+        ),
+        (
+            "rate key not a string",
+            limits_config("", "", "  rate_limit = { requests = 5, key = 1 }"),
+            "rate_limit",
+            &["`key = 1`", "\"header:NAME\""],
+        ),
+        (
             "rate of zero",
             limits_config("", "", "  rate_limit = { requests = 0 }"),
             "rate_limit",
@@ -674,8 +719,9 @@ rate_limit = { requests = 5000, per = "1m" }
 send = "30s"
 tls_handshake = "5s""#,
         r#"rate_limit = [
-  { requests = 1000, per = "1m", burst = 100, methods = ["GET", "HEAD"] },
+  { requests = 1000, per = "1m", burst = 100, methods = ["GET", "HEAD"], key = "ip" },
   { requests = 100, per = "1m", methods = ["POST", "PUT", "PATCH", "DELETE"] },
+  { requests = 5000, per = "1m", key = "header:X-Tenant" },
 ]
 deny = ["192.0.2.0/24"]"#,
         r#"  max_body = "off"
@@ -684,6 +730,59 @@ deny = ["192.0.2.0/24"]"#,
     );
     let (_, out) = check(&config, &[], &[]);
     assert!(out.status.success(), "{}", out.stderr);
+}
+
+#[test]
+fn tls_min_version_errors_name_the_valid_versions() {
+    let valid = r#"expected "1.2" (TLS 1.2 and 1.3, the default) or "1.3" (TLS 1.3 only)"#;
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "TLS 1.1",
+            limits_config(r#"tls_min_version = "1.1""#, "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                "TLS 1.1 is not supported",
+                "insecure",
+                valid,
+            ],
+        ),
+        (
+            "TLS 1.0",
+            limits_config(r#"tls_min_version = "1.0""#, "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                "TLS 1.0 is not supported",
+                "insecure",
+            ],
+        ),
+        (
+            "nginx spelling",
+            limits_config(r#"tls_min_version = "TLSv1.3""#, "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                "`TLSv1.3` is not a TLS version",
+                valid,
+            ],
+        ),
+        (
+            "a number",
+            limits_config("tls_min_version = 1.3", "", ""),
+            "tls_min_version",
+            &[
+                "`server.tls_min_version`",
+                r#"write the version as a string: tls_min_version = "1.3""#,
+            ],
+        ),
+    ];
+    assert_each_is_one_located_error(cases);
+    for ok in ["1.2", "1.3"] {
+        let config = limits_config(&format!("tls_min_version = \"{ok}\""), "", "");
+        let (_, out) = check(&config, &[], &[]);
+        assert!(out.status.success(), "{ok}: {}", out.stderr);
+    }
 }
 
 #[test]

@@ -888,7 +888,7 @@ async fn deepersensor_caddyfile_tls_gzip_limits_and_log() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Oyl: `--scale api=3` found by DNS, /health probes, per-address limits, metrics, JSON logs
+// 5. Oyl: `--scale api=3` by DNS, /health probes, per-address and per-token limits, metrics, logs
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -941,11 +941,14 @@ async fn oyl_scaled_replicas_by_dns_limits_metrics_and_json_logs() {
         assert_eq!(left, vec![ip(2).to_string()]);
 
         // per client address (not per tenant: see the example), 600/min with bursts of 100
-        let other = reqwest::Client::builder()
-            .no_proxy()
-            .local_address(IpAddr::V4(ip(9)))
-            .build()
-            .unwrap();
+        let from = |i: u8| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .local_address(IpAddr::V4(ip(i)))
+                .build()
+                .unwrap()
+        };
+        let other = from(9);
         assert_limit(100, Duration::from_millis(100), || other.get(&url)).await;
         let resp = other.get(proxy.url("/health")).send().await.unwrap();
         assert_eq!(resp.status(), 200, "/health is not limited");
@@ -954,6 +957,24 @@ async fn oyl_scaled_replicas_by_dns_limits_metrics_and_json_logs() {
             ip(2).to_string(),
             "other clients unaffected"
         );
+
+        // and per bearer token: one token from two addresses (50 each, half their own budgets)
+        // meets one budget of 100; those addresses without the token are still served
+        let (left, right) = (from(10), from(11));
+        let turn = AtomicUsize::new(0);
+        assert_limit(100, Duration::from_millis(100), || {
+            let client = if turn.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                &left
+            } else {
+                &right
+            };
+            client.get(&url).bearer_auth("tenant-a.jwt")
+        })
+        .await;
+        for client in [&left, &right] {
+            let resp = client.get(&url).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "no token: the address's own budget");
+        }
 
         let metrics = assert_metrics(&proxy, "*").await;
         assert!(metrics.contains("code=\"429\""), "the refusals are counted");

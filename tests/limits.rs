@@ -1,6 +1,7 @@
-//! Protection at the edge, end to end: per-address rate limits (clients on 127.0.0.2, .3, ...),
-//! trusted and spoofed X-Forwarded-For, allow/deny, body-size limits, head limits, connection
-//! limits and slow clients, against the real binary and a backend that records what reaches it.
+//! Protection at the edge, end to end: per-address rate limits (clients on 127.0.0.2, .3, ...)
+//! and per-header ones, trusted and spoofed X-Forwarded-For, allow/deny, body-size limits, head
+//! limits, connection limits and slow clients, against the real binary and a backend that
+//! records what reaches it.
 
 // Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -188,6 +189,43 @@ async fn writes_and_reads_have_separate_budgets() {
                 "reads are not held back by writes"
             );
         }
+    })
+    .await;
+}
+
+/// `GET url` from `client` with `X-Tenant: tenant` (no header for `None`): the status.
+async fn as_tenant(client: &reqwest::Client, url: &str, tenant: Option<&str>) -> u16 {
+    let mut req = client.get(url);
+    if let Some(tenant) = tenant {
+        req = req.header("x-tenant", tenant);
+    }
+    req.send().await.expect("request").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_keyed_limit_gives_each_tenant_a_budget_and_counts_the_rest_by_address() {
+    with_timeout(30, async {
+        let rec = recorder().await;
+        let routes = r#"rate_limit = { requests = 3, per = "1m", key = "header:X-Tenant" }"#;
+        let proxy = TestProxy::start(&config(&rec.backend, "", routes)).await;
+        let url = proxy.url("/");
+        let (a, b) = (client_from("127.0.0.6"), client_from("127.0.0.7"));
+        for i in 0..3 {
+            assert_eq!(as_tenant(&a, &url, Some("acme")).await, 200, "acme #{i}");
+        }
+        assert_eq!(as_tenant(&a, &url, Some("acme")).await, 429, "acme over");
+        // the same address, another tenant: a budget of its own
+        assert_eq!(as_tenant(&a, &url, Some("globex")).await, 200, "globex");
+        // the tenant's budget follows it to another address
+        assert_eq!(as_tenant(&b, &url, Some("acme")).await, 429, "acme from b");
+        // no header, or an empty one: counted by address, so leaving it out escapes nothing
+        for i in 0..3 {
+            assert_eq!(as_tenant(&a, &url, None).await, 200, "a without #{i}");
+        }
+        assert_eq!(as_tenant(&a, &url, None).await, 429, "a without, over");
+        assert_eq!(as_tenant(&a, &url, Some("")).await, 429, "a empty, over");
+        assert_eq!(as_tenant(&b, &url, None).await, 200, "b has its own");
+        assert_eq!(rec.requests.load(Ordering::SeqCst), 3 + 1 + 3 + 1);
     })
     .await;
 }

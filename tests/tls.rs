@@ -1,6 +1,7 @@
-//! HTTPS: certificates per site chosen by SNI, ALPN (h2 / http/1.1), TLS 1.2 and 1.3 only,
-//! HTTP→HTTPS redirects (except ACME HTTP-01 challenges), HSTS, and `gatehouse check` errors for
-//! TLS settings. Real binary, real TLS clients, certificates from a throwaway CA made per test.
+//! HTTPS: certificates per site chosen by SNI, ALPN (h2 / http/1.1), TLS 1.2 and 1.3 only (1.3
+//! alone with `tls_min_version`), HTTP→HTTPS redirects (except ACME HTTP-01 challenges), HSTS,
+//! and `gatehouse check` errors for TLS settings. Real binary, real TLS clients, certificates from
+//! a throwaway CA made per test.
 
 // Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -266,9 +267,19 @@ async fn connect_any_cert(
     sni: &str,
     alpn: &[&str],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    connect_offering(addr, sni, alpn, rustls::DEFAULT_VERSIONS).await
+}
+
+/// [`connect_any_cert`] offering only the TLS `versions` given.
+async fn connect_offering(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
@@ -602,6 +613,19 @@ async fn alpn_negotiates_h2_or_http1() {
 // 5. Protocol versions
 // ---------------------------------------------------------------------------------------------
 
+/// reqwest clients (rustls) offering TLS 1.2 only and TLS 1.3 only.
+fn clients_by_version(pki: &Pki, proxy: &TestProxy) -> (reqwest::Client, reqwest::Client) {
+    let tls12 = builder(&pki.ca_pem, proxy.https(), ALL_HOSTS)
+        .max_tls_version(reqwest::tls::Version::TLS_1_2)
+        .build()
+        .expect("client");
+    let tls13 = builder(&pki.ca_pem, proxy.https(), ALL_HOSTS)
+        .min_tls_version(reqwest::tls::Version::TLS_1_3)
+        .build()
+        .expect("client");
+    (tls12, tls13)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_and_tls13_work() {
     with_timeout(30, async {
@@ -609,14 +633,7 @@ async fn tls12_and_tls13_work() {
         let backend = echo_backend("echo").await;
         let proxy = start(&pki, &backend).await;
 
-        let tls12 = builder(&pki.ca_pem, proxy.https(), ALL_HOSTS)
-            .max_tls_version(reqwest::tls::Version::TLS_1_2)
-            .build()
-            .expect("client");
-        let tls13 = builder(&pki.ca_pem, proxy.https(), ALL_HOSTS)
-            .min_tls_version(reqwest::tls::Version::TLS_1_3)
-            .build()
-            .expect("client");
+        let (tls12, tls13) = clients_by_version(&pki, &proxy);
         for (name, client) in [("TLS 1.2", tls12), ("TLS 1.3", tls13)] {
             for host in ["app.test", "other.test"] {
                 let resp = client
@@ -818,6 +835,120 @@ async fn openssl_tls11_is_refused() {
         assert!(
             out11.contains("alert") || out11.contains("unexpected eof"),
             "openssl -tls1_1 should be refused by the server; output:\n{out11}"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5b. TLS 1.3 only: `[server] tls_min_version`
+// ---------------------------------------------------------------------------------------------
+
+static TLS12_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// The version a new handshake offering only `versions` (SNI app.test) lands on, or why it failed.
+async fn handshake_offering(
+    proxy: &TestProxy,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ProtocolVersion, String> {
+    let mut tls = connect_offering(proxy.https(), "app.test", &[], versions).await?;
+    let version = tls.get_ref().1.protocol_version().expect("negotiated");
+    let _ = tls.shutdown().await;
+    Ok(version)
+}
+
+/// A TLS 1.2-only handshake fails with the server's `protocol_version` alert.
+async fn assert_tls12_refused(proxy: &TestProxy, when: &str) {
+    let err = handshake_offering(proxy, TLS12_ONLY)
+        .await
+        .expect_err(&format!(
+            "{when}: a TLS 1.2-only client must not complete a handshake"
+        ));
+    assert!(
+        err.contains("ProtocolVersion"),
+        "{when}: refused by the server's protocol_version alert, got: {err}"
+    );
+}
+
+/// `GET /v` on app.test with `client`: the status, or the error's text.
+async fn status_of(client: &reqwest::Client, proxy: &TestProxy) -> Result<u16, String> {
+    client
+        .get(https_url(proxy, "app.test", "/v"))
+        .send()
+        .await
+        .map(|resp| resp.status().as_u16())
+        .map_err(|err| format!("{err:?}"))
+}
+
+/// Rewrites the proxy's config with `edit`, sends SIGHUP and waits for the `n`th reload.
+async fn reload_with(proxy: &TestProxy, n: usize, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(&proxy.config_path).expect("read config");
+    std::fs::write(&proxy.config_path, edit(text)).expect("write config");
+    proxy.send_signal("HUP");
+    eventually(Duration::from_secs(5), "config reloaded", || {
+        log_lines(proxy, "config reloaded").len() >= n
+    })
+    .await;
+}
+
+const MIN_13: &str = "workers = 2\ntls_min_version = \"1.3\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_min_version_13_refuses_tls12_clients() {
+    with_timeout(30, async {
+        let pki = Pki::new();
+        let backend = echo_backend("echo").await;
+        let config = config(&pki, &backend).replace("workers = 2", MIN_13);
+        let proxy = TestProxy::start_tls(&config).await;
+
+        assert_tls12_refused(&proxy, "tls_min_version = \"1.3\"").await;
+        assert_eq!(
+            handshake_offering(&proxy, TLS13_ONLY).await,
+            Ok(rustls::ProtocolVersion::TLSv1_3)
+        );
+        // the same through a real HTTP client: no answer over 1.2, the backend's 200 over 1.3
+        let (tls12, tls13) = clients_by_version(&pki, &proxy);
+        let refused = status_of(&tls12, &proxy).await;
+        assert!(refused.is_err(), "TLS 1.2 request: {refused:?}");
+        assert_eq!(status_of(&tls13, &proxy).await, Ok(200));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_tls_min_version_applies_to_new_handshakes() {
+    with_timeout(40, async {
+        let pki = Pki::new();
+        let backend = echo_backend("echo").await;
+        let proxy = start(&pki, &backend).await;
+        let (tls12, tls13) = clients_by_version(&pki, &proxy);
+        assert_eq!(status_of(&tls12, &proxy).await, Ok(200), "default: TLS 1.2");
+        assert_eq!(status_of(&tls13, &proxy).await, Ok(200), "default: TLS 1.3");
+        // a TLS 1.2 connection opened before the change, kept open across it
+        let held = connect_offering(proxy.https(), "app.test", &["http/1.1"], TLS12_ONLY)
+            .await
+            .expect("TLS 1.2 handshake under the default");
+        let mut held = http1_on(held).await;
+        assert_eq!(get_on(&mut held, "/v").await.0, 200);
+
+        reload_with(&proxy, 1, |text| text.replace("workers = 2", MIN_13)).await;
+        assert_tls12_refused(&proxy, "after the reload to 1.3").await;
+        // a fresh client: the one above may hold a kept-alive 1.2 connection
+        let (tls12, _) = clients_by_version(&pki, &proxy);
+        assert!(status_of(&tls12, &proxy).await.is_err());
+        assert_eq!(status_of(&tls13, &proxy).await, Ok(200));
+        assert_eq!(
+            get_on(&mut held, "/v").await.0,
+            200,
+            "a connection made before the reload keeps its session"
+        );
+
+        // and back: TLS 1.2 handshakes are accepted again
+        reload_with(&proxy, 2, |text| text.replace(MIN_13, "workers = 2")).await;
+        assert_eq!(
+            handshake_offering(&proxy, TLS12_ONLY).await,
+            Ok(rustls::ProtocolVersion::TLSv1_2)
         );
     })
     .await;
@@ -1287,11 +1418,18 @@ async fn open_http1_over_tls(
         .and_then(|certs| certs.first())
         .map(|c| c.as_ref().to_vec())
         .expect("peer certificate");
+    (http1_on(tls).await, leaf)
+}
+
+/// HTTP/1.1 over an established TLS stream, the connection driven by a task of its own.
+async fn http1_on(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
-    (sender, leaf)
+    sender
 }
 
 /// GET `path` with `Host: app.test` on `sender`'s connection: status and body.

@@ -50,6 +50,19 @@ pub struct Server {
     pub resolver: Resolver,
     /// Per-request metrics on (the default) or off.
     pub metrics: bool,
+    /// The oldest TLS version the HTTPS listener accepts.
+    pub tls_min_version: TlsVersion,
+}
+
+/// The oldest TLS version the HTTPS listener accepts (`[server] tls_min_version`). Older than 1.2
+/// is not offered at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
 }
 
 /// How upstream server names become addresses (`[server] resolver`).
@@ -400,7 +413,8 @@ impl Default for Policy {
     }
 }
 
-/// `requests` per `per`, with `burst` requests allowed at once, per client address.
+/// `requests` per `per`, with `burst` requests allowed at once, per client address or per value
+/// of a header.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RateLimit {
     pub requests: u32,
@@ -408,9 +422,22 @@ pub struct RateLimit {
     pub burst: u32,
     /// Methods this budget counts; empty is every method.
     pub methods: Vec<http::Method>,
+    /// What one budget belongs to.
+    pub key: RateKey,
     /// Where the limit is written ("server", "site app.example.com", "route app.example.com /api/")
     /// and its place in that list: every route inheriting one definition shares one budget.
     pub scope: String,
+}
+
+/// What a rate limit counts requests by (`key = "ip"` or `key = "header:NAME"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// The client address (IPv6 by `ipv6_prefix`).
+    #[default]
+    Ip,
+    /// The value of this request header; a request without it, or with it blank, is counted by
+    /// its client address in the same table.
+    Header(http::HeaderName),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -351,7 +351,41 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
         limits: server_limits(cx, raw),
         metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
         resolver: resolver::resolver(cx, raw.resolver.as_ref()),
+        tls_min_version: tls_min_version(cx, raw.tls_min_version.as_ref()),
     }
+}
+
+const TLS_VERSION_HINT: &str =
+    "expected \"1.2\" (TLS 1.2 and 1.3, the default) or \"1.3\" (TLS 1.3 only)";
+
+/// `"1.2"` or `"1.3"`; older versions are named as refused on purpose, not as typos.
+fn tls_min_version(cx: &mut Ctx, raw: Option<&Spanned<toml::Value>>) -> TlsVersion {
+    const KEY: &str = "server.tls_min_version";
+    let Some(raw) = raw else {
+        return TlsVersion::default();
+    };
+    let (text, quoted) = match raw.get_ref() {
+        toml::Value::String(text) => {
+            let Some(text) = cx.expand(&Spanned::new(raw.span(), text.clone()), KEY) else {
+                return TlsVersion::default();
+            };
+            (text, true)
+        }
+        // `1.3` unquoted is a TOML float: "1.3" with `{:?}`, and 1.0 stays "1.0"
+        toml::Value::Float(n) => (format!("{n:?}"), false),
+        other => (other.to_string(), false),
+    };
+    let msg = match text.as_str() {
+        "1.2" if quoted => return TlsVersion::Tls12,
+        "1.3" if quoted => return TlsVersion::Tls13,
+        "1.2" | "1.3" => {
+            format!("write the version as a string: tls_min_version = \"{text}\"; {TLS_VERSION_HINT}")
+        }
+        "1.0" | "1.1" => format!("TLS {text} is not supported: it is insecure (RFC 8996 deprecates it) and rustls does not implement it; {TLS_VERSION_HINT}"),
+        _ => format!("`{text}` is not a TLS version; {TLS_VERSION_HINT}"),
+    };
+    cx.error(raw.span(), KEY, msg);
+    TlsVersion::default()
 }
 
 fn server_limits(cx: &mut Ctx, raw: &FileServer) -> ServerLimits {

@@ -1,8 +1,13 @@
 //! Per-client rate limits: governor's GCRA over a key table with a hard cap on its size.
 //!
-//! Owns: the client key (an address, IPv6 grouped by prefix), the capped state store, the
-//! `Limiter` a route checks, and the `Limiters` registry that hands the same limiter to every
-//! snapshot whose definition did not change (so a reload keeps the budgets) and sweeps idle keys.
+//! Owns: the capped state store, the `Limiter` a route checks, and the `Limiters` registry that
+//! hands the same limiter to every snapshot whose definition did not change (so a reload keeps
+//! the budgets) and sweeps idle keys. What a request is counted under (an address, or a header's
+//! value) is `key`'s.
+
+mod key;
+
+pub use key::{client_key, BudgetKey};
 
 use crate::clock;
 use crate::config::RateLimit;
@@ -13,9 +18,10 @@ use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
-use http::Method;
+use http::{HeaderMap, Method};
+use key::KeyBy;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -26,28 +32,16 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// When a full table meets a new client, idle keys are swept at most this often.
 const FULL_SWEEP_GAP: Duration = Duration::from_secs(1);
 
-/// The address a client is counted under: IPv4 as is, IPv6 cut to `prefix` bits.
-pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) if ipv6_prefix < 128 => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(ipv6_prefix))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-        other => other,
-    }
-}
-
-/// GCRA states (theoretical arrival times, nanoseconds since the limiter started) per client,
-/// at most `cap` of them; clients beyond the cap share one state, so a flood of addresses costs
-/// a bounded amount of memory and still meets a limit. Shared with the `Limiter` that owns the
+/// GCRA states (theoretical arrival times, nanoseconds since the limiter started) per client
+/// (an address, or a header value's hash), at most `cap` of them; clients beyond the cap share
+/// one state, so a flood of addresses or made-up values costs a bounded amount of memory and
+/// still meets a limit. Shared with the `Limiter` that owns the
 /// governor around it, which needs the counts.
 #[derive(Clone)]
 pub struct CappedStore(Arc<Table>);
 
 struct Table {
-    map: DashMap<IpAddr, AtomicU64>,
+    map: DashMap<BudgetKey, AtomicU64>,
     len: AtomicUsize,
     cap: usize,
     overflow: AtomicU64,
@@ -88,9 +82,9 @@ fn measure<T, E>(
 }
 
 impl StateStore for CappedStore {
-    type Key = IpAddr;
+    type Key = BudgetKey;
 
-    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &BudgetKey, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -110,7 +104,7 @@ impl StateStore for CappedStore {
     }
 }
 
-impl ShrinkableKeyedStateStore<IpAddr> for CappedStore {
+impl ShrinkableKeyedStateStore<BudgetKey> for CappedStore {
     fn retain_recent(&self, drop_below: Nanos) {
         let below = drop_below.as_u64();
         let table = &self.0;
@@ -141,7 +135,7 @@ impl ShrinkableKeyedStateStore<IpAddr> for CappedStore {
 }
 
 type Gcra = RateLimiter<
-    IpAddr,
+    BudgetKey,
     CappedStore,
     DefaultClock,
     NoOpMiddleware<<DefaultClock as Clock>::Instant>,
@@ -150,6 +144,7 @@ type Gcra = RateLimiter<
 /// One budget: a definition from the config and its live state.
 pub struct Limiter {
     spec: RateLimit,
+    key_by: KeyBy,
     gcra: Gcra,
     store: CappedStore,
     clock: DefaultClock,
@@ -176,6 +171,7 @@ impl Limiter {
         let store = CappedStore::new(cap);
         Limiter {
             spec: spec.clone(),
+            key_by: KeyBy::new(&spec.key),
             gcra: RateLimiter::new(quota(spec), store.clone(), clock.clone()),
             store,
             clock,
@@ -188,8 +184,13 @@ impl Limiter {
         self.spec.methods.is_empty() || self.spec.methods.contains(method)
     }
 
-    /// Takes one request from `key`'s budget, or says when the next one would be allowed.
-    pub fn check(&self, key: IpAddr) -> Result<(), RetryAfter> {
+    /// Takes one request from its budget, or says when the next one would be allowed. `client`
+    /// is the grouped address (`client_key`); `headers` are read only by a header-keyed limit.
+    pub fn check(&self, client: IpAddr, headers: &HeaderMap) -> Result<(), RetryAfter> {
+        self.take(self.key_by.budget_key(client, headers))
+    }
+
+    fn take(&self, key: BudgetKey) -> Result<(), RetryAfter> {
         if self.store.is_full() {
             self.sweep_when_full();
         }
@@ -295,6 +296,8 @@ impl Limiters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RateKey;
+    use http::{HeaderName, HeaderValue};
 
     fn spec(requests: u32, per_secs: u64, burst: u32) -> RateLimit {
         RateLimit {
@@ -302,7 +305,15 @@ mod tests {
             per: Duration::from_secs(per_secs),
             burst,
             methods: vec![Method::POST],
+            key: RateKey::Ip,
             scope: "test".into(),
+        }
+    }
+
+    fn per_tenant(requests: u32, per_secs: u64, burst: u32) -> RateLimit {
+        RateLimit {
+            key: RateKey::Header(HeaderName::from_static("x-tenant")),
+            ..spec(requests, per_secs, burst)
         }
     }
 
@@ -310,16 +321,15 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn ipv6_clients_are_keyed_by_prefix() {
-        let a = client_key(ip("2001:db8:1:2:aaaa::1"), 64);
-        let b = client_key(ip("2001:db8:1:2:bbbb::9"), 64);
-        let c = client_key(ip("2001:db8:1:3::1"), 64);
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(client_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
-        assert_eq!(client_key(ip("::ffff:192.0.2.1"), 64), ip("192.0.2.1"));
-        assert_eq!(client_key(ip("192.0.2.1"), 64), ip("192.0.2.1"));
+    fn tenant(name: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", HeaderValue::from_str(name).unwrap());
+        headers
+    }
+
+    /// A request from `client` without headers.
+    fn bare(limiter: &Limiter, client: &str) -> Result<(), RetryAfter> {
+        limiter.check(ip(client), &HeaderMap::new())
     }
 
     #[test]
@@ -327,13 +337,13 @@ mod tests {
         let limiter = Limiter::new(&spec(60, 60, 3), 100);
         assert!(limiter.applies_to(&Method::POST) && !limiter.applies_to(&Method::GET));
         for _ in 0..3 {
-            assert!(limiter.check(ip("192.0.2.1")).is_ok());
+            assert!(bare(&limiter, "192.0.2.1").is_ok());
         }
-        assert_eq!(limiter.check(ip("192.0.2.1")), Err(RetryAfter(1)));
-        assert!(limiter.check(ip("192.0.2.2")).is_ok());
+        assert_eq!(bare(&limiter, "192.0.2.1"), Err(RetryAfter(1)));
+        assert!(bare(&limiter, "192.0.2.2").is_ok());
         let slow = Limiter::new(&spec(1, 3600, 1), 100);
-        assert!(slow.check(ip("192.0.2.1")).is_ok());
-        let Err(RetryAfter(secs)) = slow.check(ip("192.0.2.1")) else {
+        assert!(bare(&slow, "192.0.2.1").is_ok());
+        let Err(RetryAfter(secs)) = bare(&slow, "192.0.2.1") else {
             panic!("refused")
         };
         assert!((3599..=3600).contains(&secs), "{secs}");
@@ -343,13 +353,44 @@ mod tests {
     fn the_table_never_grows_past_its_cap() {
         let limiter = Limiter::new(&spec(1, 3600, 1), 10);
         for i in 0..100u32 {
-            let _ = limiter.check(IpAddr::from(i.to_be_bytes()));
+            let _ = limiter.check(IpAddr::from(i.to_be_bytes()), &HeaderMap::new());
         }
         let stats = limiter.stats();
         assert_eq!(stats.tracked, 10);
         assert_eq!(stats.overflowed, 90);
         // the clients beyond the cap share one budget: one got through, the rest wait
-        assert!(limiter.check(ip("198.51.100.1")).is_err());
+        assert!(bare(&limiter, "198.51.100.1").is_err());
+    }
+
+    #[test]
+    fn header_keyed_budgets_are_per_value_and_fall_back_to_the_address() {
+        let limiter = Limiter::new(&per_tenant(60, 60, 2), 100);
+        let client = ip("192.0.2.1");
+        for _ in 0..2 {
+            assert!(limiter.check(client, &tenant("acme")).is_ok());
+        }
+        assert!(limiter.check(client, &tenant("acme")).is_err());
+        // another tenant from the same address, and the same tenant from anywhere
+        assert!(limiter.check(client, &tenant("globex")).is_ok());
+        assert!(limiter.check(ip("192.0.2.7"), &tenant("acme")).is_err());
+        // no header: the address's own budget in the same table
+        for _ in 0..2 {
+            assert!(limiter.check(client, &HeaderMap::new()).is_ok());
+        }
+        assert!(limiter.check(client, &tenant("")).is_err());
+        assert_eq!(limiter.stats().tracked, 3);
+    }
+
+    #[test]
+    fn made_up_header_values_stay_within_the_cap() {
+        let limiter = Limiter::new(&per_tenant(1, 3600, 1), 10);
+        let client = ip("192.0.2.1");
+        for i in 0..100 {
+            let _ = limiter.check(client, &tenant(&format!("tenant-{i}")));
+        }
+        let stats = limiter.stats();
+        assert_eq!((stats.tracked, stats.overflowed), (10, 90));
+        assert!(limiter.check(client, &tenant("tenant-new")).is_err());
     }
 
     #[test]
@@ -360,7 +401,9 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let c = registry.get(&spec(6, 60, 6), 100);
         assert!(!Arc::ptr_eq(&a, &c));
-        drop((a, b));
+        let d = registry.get(&per_tenant(5, 60, 5), 100);
+        assert!(!Arc::ptr_eq(&a, &d), "a new key is a new budget");
+        drop((a, b, d));
         assert_eq!(registry.alive().len(), 1);
     }
 }

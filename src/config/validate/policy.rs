@@ -3,14 +3,15 @@
 
 use super::{cidr, Ctx};
 use crate::config::file::{PolicyKeys, Str};
-use crate::config::model::{Policy, RateLimit};
+use crate::config::model::{Policy, RateKey, RateLimit};
 use crate::config::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use http::Method;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
-const RATE_HINT: &str = "expected `rate_limit = { requests = 60, per = \"1m\", burst = 20 }` (optionally with `methods = [\"POST\", \"PUT\"]`), a list of such tables, or \"off\"";
+const RATE_HINT: &str = "expected `rate_limit = { requests = 60, per = \"1m\", burst = 20 }` (optionally with `methods = [\"POST\", \"PUT\"]` and `key = \"header:X-Tenant\"`), a list of such tables, or \"off\"";
+const KEY_HINT: &str = "expected `key = \"ip\"` (per client address, the default) or `key = \"header:NAME\"` (per value of that request header, e.g. \"header:X-Tenant\")";
 
 /// `inherited` with whatever `keys` sets; `key` is the config path prefix for errors
 /// ("server", "site", "site.route") and `scope` names where a rate limit written here lives.
@@ -114,7 +115,7 @@ fn rate_limit(
 ) -> Option<RateLimit> {
     if let Some(unknown) = table
         .keys()
-        .find(|k| !matches!(k.as_str(), "requests" | "per" | "burst" | "methods"))
+        .find(|k| !matches!(k.as_str(), "requests" | "per" | "burst" | "methods" | "key"))
     {
         let msg = format!("unknown key `{unknown}`; {RATE_HINT}");
         cx.error(span, key, msg);
@@ -162,12 +163,14 @@ fn rate_limit(
         cx.error(span, key, msg);
         return None;
     }
-    let methods = methods(cx, table.get("methods"), span, key)?;
+    let methods = methods(cx, table.get("methods"), span.clone(), key)?;
+    let by = rate_key(cx, table.get("key"), span, key)?;
     Some(RateLimit {
         requests,
         per,
         burst: burst.unwrap_or(requests),
         methods,
+        key: by,
         scope,
     })
 }
@@ -201,4 +204,36 @@ fn methods(
             None
         }
     }
+}
+
+/// `"ip"` or `"header:NAME"`; the name as HTTP allows it (matched case-insensitively).
+fn rate_key(
+    cx: &mut Ctx,
+    value: Option<&toml::Value>,
+    span: Range<usize>,
+    key: &str,
+) -> Option<RateKey> {
+    let text = match value {
+        None => return Some(RateKey::Ip),
+        Some(toml::Value::String(text)) => {
+            cx.expand(&Spanned::new(span.clone(), text.clone()), key)?
+        }
+        Some(other) => {
+            cx.error(span, key, format!("`key = {other}`: {KEY_HINT}"));
+            return None;
+        }
+    };
+    if text == "ip" {
+        return Some(RateKey::Ip);
+    }
+    let msg = match text.strip_prefix("header:") {
+        Some("") => format!("`key = \"{text}\"` names no header; {KEY_HINT}"),
+        Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => return Some(RateKey::Header(name)),
+            Err(_) => format!("`{name}` is not a header name (letters, digits and !#$%&'*+-.^_`|~, no spaces or colons); {KEY_HINT}"),
+        },
+        None => format!("`key = \"{text}\"` is not something a rate limit can count by; {KEY_HINT}"),
+    };
+    cx.error(span, key, msg);
+    None
 }
