@@ -168,16 +168,11 @@ impl std::fmt::Debug for Challenges {
 #[derive(Default)]
 pub struct Manager {
     challenges: Arc<Challenges>,
-    inner: Mutex<Managed>,
+    /// The name sets, by directory and names. Their issuers (one per directory + state dir +
+    /// settings, shared by every name set they serve; a changed `[acme]` section gets a new
+    /// one) are found through them, so an issuer lives exactly as long as a name set uses it.
+    certs: Mutex<HashMap<(String, Vec<String>), Maintained>>,
     metrics: OnceLock<Arc<Metrics>>,
-}
-
-#[derive(Default)]
-struct Managed {
-    /// One per directory + state dir + settings; a changed `[acme]` section gets a new one.
-    issuers: Vec<Arc<Issuer>>,
-    /// By directory and name set.
-    certs: HashMap<(String, Vec<String>), Maintained>,
 }
 
 /// One name set's slot and the task that fills it; dropping it stops the task.
@@ -207,28 +202,28 @@ impl Manager {
     /// Changed `[acme]` settings or `state_dir` start a new task (which first loads what the
     /// store holds) in place of the old one.
     pub fn slot(&self, settings: &config::Acme, state_dir: &Path, names: Vec<String>) -> CertSlot {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut certs = self.certs.lock().unwrap_or_else(PoisonError::into_inner);
         let store = Store::new(state_dir);
         let key = (settings.directory.clone(), names);
-        if let Some(kept) = inner
-            .certs
+        if let Some(kept) = certs
             .get(&key)
             .filter(|k| k.issuer.serves(settings, &store))
         {
             return kept.slot.clone();
         }
-        let issuer = match inner.issuers.iter().find(|i| i.serves(settings, &store)) {
-            Some(issuer) => issuer.clone(),
-            None => {
-                let issuer = Arc::new(Issuer::new(
-                    settings.clone(),
-                    store,
-                    self.challenges.clone(),
-                ));
-                inner.issuers.push(issuer.clone());
-                issuer
-            }
-        };
+        // the account of another name set with the same settings, else a new one
+        let shared = certs
+            .values()
+            .map(|kept| &kept.issuer)
+            .find(|issuer| issuer.serves(settings, &store))
+            .cloned();
+        let issuer = shared.unwrap_or_else(|| {
+            Arc::new(Issuer::new(
+                settings.clone(),
+                store,
+                self.challenges.clone(),
+            ))
+        });
         let slot: CertSlot = Arc::new(ArcSwapOption::empty());
         let metrics = self.metrics.get().cloned();
         let task = tokio::spawn(maintain(
@@ -242,7 +237,7 @@ impl Manager {
             slot: slot.clone(),
             task: task.abort_handle(),
         };
-        inner.certs.insert(key, maintained);
+        certs.insert(key, maintained);
         slot
     }
 
@@ -250,16 +245,14 @@ impl Manager {
     /// built): a site removed by a reload no longer orders or renews. Its stored certificate
     /// stays on disk for when it comes back.
     pub fn retain(&self, used: &[&CertSlot]) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.certs.retain(|(_, names), kept| {
+        let mut certs = self.certs.lock().unwrap_or_else(PoisonError::into_inner);
+        certs.retain(|(_, names), kept| {
             let keep = used.iter().any(|slot| Arc::ptr_eq(slot, &kept.slot));
             if !keep {
                 tracing::info!(names = %names.join(","), "certificate no longer configured; its ACME task stops");
             }
             keep
         });
-        let Managed { issuers, certs } = &mut *inner;
-        issuers.retain(|issuer| certs.values().any(|c| Arc::ptr_eq(&c.issuer, issuer)));
     }
 }
 

@@ -1,8 +1,9 @@
 //! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus,
 //! `/config` for people.
-//! Loopback-only unless `listen.admin_allow` names other peers. `probe` is the other side: the
-//! `gatehouse health` client.
+//! Loopback-only unless `listen.admin_allow` names other peers. `client` is the other side, for
+//! `gatehouse health` (`probe`) and `gatehouse reload`.
 
+pub mod client;
 pub mod probe;
 
 use crate::http::ConnContext;

@@ -5,6 +5,7 @@ use crate::acme::{
     self,
     store::{self, CertInfo, Store},
 };
+use crate::admin::client::{self, ClientError};
 use crate::config::{self, Config, ConfigError, SiteTls};
 use crate::http::ConnContext;
 use crate::listener::{BindError, Listeners};
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU16;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::task::TaskTracker;
 
@@ -272,30 +274,37 @@ pub enum ReloadError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// Port 0, no answer in time, or not in HTTP.
+    #[error(transparent)]
+    Unanswered(ClientError),
     #[error("the running Gatehouse refused the reload:\n{0}")]
     Refused(String),
 }
 
+impl From<ClientError> for ReloadError {
+    fn from(e: ClientError) -> ReloadError {
+        match e {
+            ClientError::Connect { addr, source } | ClientError::Io { addr, source } => {
+                ReloadError::Unreachable { addr, source }
+            }
+            other => ReloadError::Unanswered(other),
+        }
+    }
+}
+
+/// How long `gatehouse reload` waits for the whole exchange: a reload that loads certificates
+/// and resolves upstreams may take a while before it answers.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `gatehouse reload`: validates `path` here first (as `nginx -t && nginx -s reload` would), then
 /// asks the running instance over its admin listener and returns its answer.
 pub fn request_reload(path: &Path, admin: Option<SocketAddr>) -> Result<String, ReloadError> {
-    use std::io::{Read, Write};
     let config = config::load(path)?;
     let addr = admin.or(config.listen.admin).ok_or(ReloadError::NoAdmin)?;
-    let unreachable = |source| ReloadError::Unreachable { addr, source };
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-        .map_err(unreachable)?;
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
-    let request = format!(
-        "POST /reload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(unreachable)?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(unreachable)?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    if head.starts_with("HTTP/1.1 200") {
-        Ok(body.to_string())
+    let answer = client::request(addr, &http::Method::POST, "/reload", RELOAD_TIMEOUT)?;
+    if answer.status == 200 {
+        Ok(answer.body)
     } else {
-        Err(ReloadError::Refused(body.trim_end().to_string()))
+        Err(ReloadError::Refused(answer.body.trim_end().to_string()))
     }
 }

@@ -3,7 +3,7 @@
 //! the rate limits (429), the declared body size (413). The body limit and the body timeout then
 //! travel with the request body (`body_limit`). A route with `cors` then has its preflights
 //! answered and its responses decorated by `cors`. On the way back, `encode` compresses the
-//! response of a route that asks for it.
+//! response of a route that asks for it. Both add to `Vary` through `vary`.
 
 pub mod access;
 pub mod body_limit;
@@ -11,12 +11,13 @@ pub mod cors;
 pub mod encode;
 pub mod rate_limit;
 pub mod reject;
+pub mod vary;
 
 pub use reject::{Reason, Rejections};
 
 use crate::config::Policy;
 use body_limit::TooLarge;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 use ipnet::IpNet;
 use rate_limit::{Limiter, Limiters, RetryAfter};
 use std::net::IpAddr;
@@ -74,4 +75,16 @@ impl RoutePolicy {
         }
         body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)
     }
+}
+
+/// Whether one of a comma-separated field's lines lists `token` (compared in any case).
+pub(crate) fn has_token<'a>(
+    mut lines: impl Iterator<Item = &'a HeaderValue>,
+    token: &[u8],
+) -> bool {
+    lines.any(|line| {
+        line.as_bytes()
+            .split(|b| *b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+    })
 }

@@ -50,7 +50,8 @@ fn full(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Respon
     builder.body(Full::new(body.into()).boxed()).unwrap()
 }
 
-/// `/data.json` (100 KB, a strong ETag, `Accept-Ranges`, `Vary: Origin`), `/small.json`,
+/// `/data.json` (100 KB, a strong ETag, `Accept-Ranges`, `Vary: Origin`), `/records.json` (the
+/// same without those headers), `/small.json`,
 /// `/image.png`, `/pre-encoded` (already gzip), `/not-modified` (304) and `/events`: one
 /// server-sent event at once, the last only after `gate` opens.
 async fn backend(gate: Gate) -> Backend {
@@ -69,6 +70,7 @@ async fn backend(gate: Gate) -> Backend {
                     ],
                     json_sample(),
                 ),
+                "/records.json" => full(200, &json, json_sample()),
                 "/small.json" => full(200, &json, r#"{"ok":true}"#),
                 "/image.png" => full(200, &[("content-type", "image/png")], vec![7u8; 100_000]),
                 "/pre-encoded" => {
@@ -124,6 +126,12 @@ encode = ["zstd", "br", "gzip"]
   upstream = "app"
   strip_prefix = true
   encode = ["gzip", "br"]
+
+  [[site.route]]
+  path = "/cors/"
+  upstream = "app"
+  strip_prefix = true
+  cors = {{ origins = ["https://app.test"] }}
 
 [upstream.app]
 servers = ["{}"]
@@ -294,6 +302,32 @@ async fn a_client_taking_no_coding_gets_the_body_as_is_with_vary() {
             );
             assert_eq!(vary_of(&resp), ["Origin, Accept-Encoding"], "{accept:?}");
             assert_eq!(resp.bytes().await.unwrap(), sample, "{accept:?}");
+        }
+    })
+    .await;
+}
+
+/// `encode` (Accept-Encoding) and `cors` (Origin) on one route: one `Vary` line naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_and_cors_share_one_vary_line() {
+    with_timeout(30, async {
+        let (proxy, _backend, _gate) = start().await;
+        for origin in [Some("https://app.test"), Some("https://other.test"), None] {
+            let mut req = client()
+                .get(proxy.url("/cors/records.json"))
+                .header("accept-encoding", "gzip");
+            if let Some(origin) = origin {
+                req = req.header("origin", origin);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(header(&resp, "content-encoding").as_deref(), Some("gzip"));
+            let granted = origin.filter(|o| *o == "https://app.test");
+            assert_eq!(
+                header(&resp, "access-control-allow-origin").as_deref(),
+                granted,
+                "{origin:?}"
+            );
+            assert_eq!(vary_of(&resp), ["Accept-Encoding, Origin"], "{origin:?}");
         }
     })
     .await;

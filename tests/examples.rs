@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::dns::{listeners_on_one_port, TestDns};
 use support::{
-    eventually_async, header, raw_request, raw_request_on, run_gatehouse, serve_on, text_response,
-    with_timeout, AcceptAnyCert, Backend, Resp, TestProxy,
+    any_cert_client, eventually_async, header, raw_request, raw_request_on, run_gatehouse,
+    serve_on, text_response, with_timeout, Backend, Resp, TestProxy,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -139,16 +139,9 @@ async fn tls_connect(
     sni: &str,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(any_cert_client(versions, &[]))
         .connect(name, tcp)
         .await
 }

@@ -11,13 +11,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use support::{client, echo_backend, serve, text_response, with_timeout, TestProxy};
+use support::{
+    client, echo_backend, eventually, serve, serve_raw, text_response, with_timeout, Backend,
+    TestProxy,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 fn config(server: SocketAddr) -> String {
     format!(
@@ -42,43 +42,8 @@ servers = ["{server}"]
 /// A backend answering every request (a head without body) with `response`, verbatim. With
 /// `close_after`, it closes each connection that long after its first response, without saying
 /// so (no `Connection: close`), as a server whose keep-alive timeout ran out does.
-struct RawBackend {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl RawBackend {
-    async fn start(response: &'static [u8], close_after: Option<Duration>) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer(stream, response, close_after));
-            }
-        });
-        RawBackend {
-            addr,
-            accepted,
-            task,
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
+async fn raw_backend(response: &'static [u8], close_after: Option<Duration>) -> Backend {
+    serve_raw("raw", move |stream| answer(stream, response, close_after)).await
 }
 
 async fn answer(mut stream: TcpStream, response: &'static [u8], close_after: Option<Duration>) {
@@ -150,7 +115,7 @@ async fn one_upstream_connection_serves_sequential_requests() {
         );
 
         // a chunked body ends on its last chunk, not on a length
-        let chunked = RawBackend::start(CHUNKED_OK, None).await;
+        let chunked = raw_backend(CHUNKED_OK, None).await;
         let proxy = TestProxy::start(&config(chunked.addr)).await;
         get_n(&proxy, 50, "ok").await;
         assert_eq!(chunked.connections(), 1, "upstream connections, chunked");
@@ -165,7 +130,7 @@ async fn a_compressed_response_gives_its_connection_back() {
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 600\r\n\r\n";
         let mut response = JSON.to_vec();
         response.extend(std::iter::repeat_n(b' ', 600));
-        let backend = RawBackend::start(response.leak(), None).await;
+        let backend = raw_backend(response.leak(), None).await;
         let config = config(backend.addr).replace(
             "upstream = \"backend\"",
             "upstream = \"backend\"\n  encode = [\"gzip\"]",
@@ -224,16 +189,20 @@ async fn responses_without_a_body_give_the_connection_back() {
 async fn an_upstream_closing_its_idle_connection_costs_the_client_nothing() {
     with_timeout(60, async {
         // closed a moment after its answer: the proxy has put it back among the idle ones
-        let lingering = RawBackend::start(LENGTH_OK, Some(Duration::from_millis(100))).await;
+        let lingering = raw_backend(LENGTH_OK, Some(Duration::from_millis(100))).await;
         let proxy = TestProxy::start(&config(lingering.addr)).await;
         for round in 0..3 {
             get_n(&proxy, 1, "ok").await;
-            tokio::time::sleep(Duration::from_millis(400)).await;
             assert_eq!(lingering.connections(), round + 1);
+            // the next request comes once this connection is gone
+            eventually(Duration::from_secs(5), "the upstream closed it", || {
+                lingering.closed() == round + 1
+            })
+            .await;
         }
 
         // closed right after its answer, the next request close behind
-        let abrupt = RawBackend::start(LENGTH_OK, Some(Duration::ZERO)).await;
+        let abrupt = raw_backend(LENGTH_OK, Some(Duration::ZERO)).await;
         let proxy = TestProxy::start(&config(abrupt.addr)).await;
         get_n(&proxy, 30, "ok").await;
         assert_eq!(abrupt.connections(), 30);

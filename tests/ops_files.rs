@@ -14,9 +14,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{client, echo_backend, raw_request, with_timeout, AcceptAnyCert, TestProxy};
+use support::{any_cert_client, client, echo_backend, raw_request, with_timeout, TestProxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -690,14 +689,8 @@ fn dashboard_queries_parse_as_promql() {
 
 /// A TLS handshake with `sni`, accepting any certificate; whether it succeeded.
 async fn handshake(addr: SocketAddr, sni: &str) -> bool {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector =
+        tokio_rustls::TlsConnector::from(any_cert_client(rustls::DEFAULT_VERSIONS, &[]));
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to https port");

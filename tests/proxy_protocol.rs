@@ -10,10 +10,9 @@ mod support;
 
 use rustls::pki_types::ServerName;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{
-    echo_backend, json_str_field, run_gatehouse, with_timeout, AcceptAnyCert, Backend, Echo,
+    any_cert_client, echo_backend, json_str_field, run_gatehouse, with_timeout, Backend, Echo,
     TestProxy,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -277,14 +276,7 @@ async fn header_before_tls_on_the_https_listener() {
 }
 
 fn tls_connector() -> tokio_rustls::TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(any_cert_client(rustls::DEFAULT_VERSIONS, &[]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ mod support;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 fn config(version: &str, extra_route: &str) -> String {
@@ -46,31 +46,16 @@ fn write_in_place(path: &Path, text: &str) {
 
 /// Polls `/` until it answers `want`; how long that took.
 async fn observed(proxy: &TestProxy, want: &str, max: Duration) -> Duration {
-    let start = Instant::now();
-    let http = client();
-    loop {
-        let body = http
-            .get(proxy.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if body == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < max,
-            "{want:?} not served within {max:?} (still {body:?}); {:#?}",
-            proxy
-                .logs()
-                .into_iter()
-                .filter(|l| !l.contains("\"request\""))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Some(took) = poll_until(max, || async { body(proxy, "/").await == want }).await {
+        return took;
     }
+    let still = body(proxy, "/").await;
+    let logs: Vec<String> = proxy
+        .logs()
+        .into_iter()
+        .filter(|l| !l.contains("\"request\""))
+        .collect();
+    panic!("{want:?} not served within {max:?} (still {still:?}); {logs:#?}");
 }
 
 /// What the valid rewrites of the 20-rewrite test change, one thing at a time.

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    echo_backend, eventually, eventually_async, header, run_gatehouse, with_timeout, AcceptAnyCert,
-    Backend, Echo, TestProxy,
+    any_cert_client, echo_backend, eventually, eventually_async, header, run_gatehouse,
+    with_timeout, Backend, Echo, TestProxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -277,15 +277,7 @@ async fn connect_offering(
     alpn: &[&str],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(any_cert_client(versions, alpn));
     let tcp = TcpStream::connect(addr)
         .await
         .expect("connect to https port");
@@ -1591,18 +1583,9 @@ async fn sessions_resume_for_many_clients_and_across_a_reload() {
         let pki = Pki::new();
         let backend = echo_backend("backend").await;
         let proxy = start(&pki, &backend).await;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         // more clients than rustls's default server cache could keep tickets for (256 entries)
         let clients: Vec<Arc<rustls::ClientConfig>> = (0..300)
-            .map(|_| {
-                let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .expect("protocol versions")
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.clone())))
-                    .with_no_client_auth();
-                Arc::new(config)
-            })
+            .map(|_| any_cert_client(&[&rustls::version::TLS13], &[]))
             .collect();
         for client in &clients {
             assert_eq!(

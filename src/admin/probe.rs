@@ -1,19 +1,16 @@
 //! `gatehouse health`: asks a running Gatehouse whether it is ready, as a container
 //! `HEALTHCHECK` or a script would, with nothing but the binary itself (no curl, no shell).
 //!
-//! One plain HTTP/1.1 `GET /ready` (or `/live`) to the admin listener over a blocking std socket,
-//! all of it (connect, send, answer) within one deadline. Without an admin listener in the config
-//! it falls back to a TCP connect to the `http` (else `https`) listener and says that readiness
-//! was not checked.
+//! One `GET /ready` (or `/live`) to the admin listener through `admin::client`, all of it
+//! within one deadline. Without an admin listener in the config it falls back to a TCP connect
+//! to the `http` (else `https`) listener and says that readiness was not checked.
 
+use super::client::{self, Answer, ClientError};
 use crate::config::{self, ConfigError, Listen};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use http::Method;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// The most of an answer that is read: the status line and a short body are all that matter.
-const MAX_ANSWER: usize = 16 * 1024;
+use std::time::Duration;
 
 /// Which admin endpoint to ask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +69,6 @@ pub enum HealthError {
     Config(#[from] ConfigError),
     #[error("the config has no listener to probe")]
     NoListener,
-    #[error("{addr}: port 0 is chosen when Gatehouse starts; pass --admin with the address its `listening` log line shows")]
-    PortZero { addr: SocketAddr },
     /// The instance answered, with something other than `200`.
     #[error("{addr}: not ready: {status} {}", body.trim_end())]
     NotReady {
@@ -81,20 +76,9 @@ pub enum HealthError {
         status: u16,
         body: String,
     },
-    #[error("{addr}: cannot connect: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{addr}: no answer within {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
-    #[error("{addr}: the connection failed: {source}")]
-    Io {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{addr}: not an HTTP answer: {start:?}")]
-    NotHttp { addr: SocketAddr, start: String },
+    /// Nothing answered in time, or not in HTTP.
+    #[error(transparent)]
+    Unanswered(#[from] ClientError),
 }
 
 impl HealthError {
@@ -103,11 +87,10 @@ impl HealthError {
     pub fn exit_code(&self) -> u8 {
         match self {
             HealthError::NotReady { .. } => 1,
-            HealthError::Config(_) | HealthError::PortZero { .. } | HealthError::NoListener => 64,
-            HealthError::Connect { .. }
-            | HealthError::Timeout { .. }
-            | HealthError::Io { .. }
-            | HealthError::NotHttp { .. } => 69,
+            HealthError::Config(_)
+            | HealthError::NoListener
+            | HealthError::Unanswered(ClientError::PortZero { .. }) => 64,
+            HealthError::Unanswered(_) => 69,
         }
     }
 }
@@ -145,14 +128,10 @@ pub fn probe(
     endpoint: Endpoint,
     timeout: Duration,
 ) -> Result<Healthy, HealthError> {
-    let deadline = Deadline {
-        at: Instant::now() + timeout,
-        timeout,
-    };
     match target {
         Target::Admin(addr) => {
-            let addr = reachable(addr)?;
-            let (status, body) = get(addr, endpoint.path(), &deadline)?;
+            let Answer { addr, status, body } =
+                client::request(addr, &Method::GET, endpoint.path(), timeout)?;
             if status == 200 {
                 Ok(Healthy::Answered { addr, body })
             } else {
@@ -160,142 +139,15 @@ pub fn probe(
             }
         }
         Target::Listener { name, addr } => {
-            let addr = reachable(addr)?;
-            connect(addr, &deadline)?;
+            let addr = client::connect(addr, timeout)?;
             Ok(Healthy::Accepting { name, addr })
         }
     }
 }
 
-/// A listener bound to `0.0.0.0` or `[::]` is reached on loopback; port 0 cannot be reached.
-fn reachable(addr: SocketAddr) -> Result<SocketAddr, HealthError> {
-    if addr.port() == 0 {
-        return Err(HealthError::PortZero { addr });
-    }
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    Ok(SocketAddr::new(ip, addr.port()))
-}
-
-/// One deadline for the whole probe, however the time is spent.
-struct Deadline {
-    at: Instant,
-    timeout: Duration,
-}
-
-impl Deadline {
-    /// Time left, or the timeout error once there is none (a zero socket timeout is an error).
-    fn left(&self, addr: SocketAddr) -> Result<Duration, HealthError> {
-        let left = self.at.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            Err(self.expired(addr))
-        } else {
-            Ok(left)
-        }
-    }
-
-    fn expired(&self, addr: SocketAddr) -> HealthError {
-        HealthError::Timeout {
-            addr,
-            timeout: self.timeout,
-        }
-    }
-
-    /// A socket error, a timeout when it is the socket timeout running out.
-    fn io(&self, addr: SocketAddr, source: std::io::Error) -> HealthError {
-        match source.kind() {
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => self.expired(addr),
-            _ => HealthError::Io { addr, source },
-        }
-    }
-}
-
-fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, HealthError> {
-    TcpStream::connect_timeout(&addr, deadline.left(addr)?).map_err(|source| match source.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => deadline.expired(addr),
-        _ => HealthError::Connect { addr, source },
-    })
-}
-
-/// `GET path` with `Connection: close`; the status and the body as text.
-fn get(addr: SocketAddr, path: &str, deadline: &Deadline) -> Result<(u16, String), HealthError> {
-    let mut stream = connect(addr, deadline)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .set_write_timeout(Some(deadline.left(addr)?))
-        .and_then(|()| stream.write_all(request.as_bytes()))
-        .map_err(|e| deadline.io(addr, e))?;
-    let answer = read_answer(&mut stream, addr, deadline)?;
-    parse_answer(&answer).ok_or_else(|| HealthError::NotHttp {
-        addr,
-        start: String::from_utf8_lossy(&answer[..answer.len().min(40)]).into_owned(),
-    })
-}
-
-/// Reads until the server closes (it does, after `Connection: close`) or `MAX_ANSWER` bytes.
-fn read_answer(
-    stream: &mut TcpStream,
-    addr: SocketAddr,
-    deadline: &Deadline,
-) -> Result<Vec<u8>, HealthError> {
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while answer.len() < MAX_ANSWER {
-        stream
-            .set_read_timeout(Some(deadline.left(addr)?))
-            .map_err(|e| deadline.io(addr, e))?;
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(deadline.io(addr, e)),
-        }
-    }
-    Ok(answer)
-}
-
-/// `HTTP/1.x NNN ...` head, blank line, body: the status and the body (lossy UTF-8).
-fn parse_answer(answer: &[u8]) -> Option<(u16, String)> {
-    let text = String::from_utf8_lossy(answer);
-    let status_line = text.lines().next()?;
-    let mut words = status_line.split(' ');
-    if !words.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status = words.next()?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    Some((status, body.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_are_read_by_status_line() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n";
-        assert_eq!(parse_answer(ok), Some((200, "ready\n".into())));
-        let not = b"HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready: no healthy server in upstream api\n";
-        assert_eq!(parse_answer(not).map(|a| a.0), Some(503));
-        assert_eq!(parse_answer(b"SSH-2.0-OpenSSH_9.2\r\n"), None);
-        assert_eq!(parse_answer(b"HTTP/1.1 abc\r\n\r\n"), None);
-        assert_eq!(parse_answer(b""), None);
-    }
-
-    #[test]
-    fn wildcard_binds_are_probed_on_loopback_and_port_zero_is_refused() {
-        let v4: SocketAddr = "0.0.0.0:9901".parse().unwrap();
-        assert_eq!(reachable(v4).unwrap(), "127.0.0.1:9901".parse().unwrap());
-        let v6: SocketAddr = "[::]:9901".parse().unwrap();
-        assert_eq!(reachable(v6).unwrap(), "[::1]:9901".parse().unwrap());
-        let lan: SocketAddr = "10.1.2.3:9901".parse().unwrap();
-        assert_eq!(reachable(lan).unwrap(), lan);
-        let zero: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        assert!(matches!(reachable(zero), Err(HealthError::PortZero { .. })));
-    }
 
     #[test]
     fn the_admin_listener_is_preferred_then_http_then_https() {

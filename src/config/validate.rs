@@ -50,21 +50,88 @@ impl Ctx<'_> {
     }
 
     fn duration(&mut self, value: &Option<Str>, key: &str, default: Duration) -> Duration {
+        let positive = |d: Duration| !d.is_zero();
+        self.duration_where(
+            value,
+            key,
+            default,
+            positive,
+            format_args!("a valid duration; expected {DURATION_HINT}, greater than zero"),
+        )
+    }
+
+    /// A duration key whose valid values `valid` picks (`duration` takes any but zero); an error
+    /// says the value "is not {expected}".
+    fn duration_where(
+        &mut self,
+        value: &Option<Str>,
+        key: &str,
+        default: Duration,
+        valid: impl Fn(Duration) -> bool,
+        expected: std::fmt::Arguments<'_>,
+    ) -> Duration {
         let Some(value) = value else { return default };
         let Some(text) = self.expand(value, key) else {
             return default;
         };
-        match parse_duration(&text) {
-            Some(d) if !d.is_zero() => d,
-            _ => {
-                let msg = format!(
-                    "`{text}` is not a valid duration; expected {DURATION_HINT}, greater than zero"
-                );
-                self.error(value.span(), key, msg);
+        match parse_duration(&text).filter(|d| valid(*d)) {
+            Some(d) => d,
+            None => {
+                self.error(value.span(), key, format!("`{text}` is not {expected}"));
                 default
             }
         }
     }
+
+    /// The entries of a list key, each expanded and parsed by `parse`, whose `Err` is reported at
+    /// the entry. A repeat of an earlier entry (as parsed: `"GZIP"` repeats `"gzip"`) is left
+    /// out, and reported as well with `Repeats::Refused`. `Ok` when every entry was good, else
+    /// `Err` with the good ones, for a caller that goes on checking without knock-on errors.
+    fn list<T: PartialEq>(
+        &mut self,
+        list: &Spanned<Vec<Str>>,
+        key: &str,
+        repeats: Repeats<'_>,
+        mut parse: impl FnMut(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, Vec<T>> {
+        let mut good = Vec::with_capacity(list.get_ref().len());
+        let mut all_good = true;
+        for value in list.get_ref() {
+            let Some(text) = self.expand(value, key) else {
+                all_good = false;
+                continue;
+            };
+            match parse(&text) {
+                Ok(entry) if !good.contains(&entry) => good.push(entry),
+                Ok(_) => {
+                    if let Repeats::Refused(hint) = repeats {
+                        let msg = format!("`{text}` is listed twice; {hint}");
+                        self.error(value.span(), key, msg);
+                        all_good = false;
+                    }
+                }
+                Err(msg) => {
+                    self.error(value.span(), key, msg);
+                    all_good = false;
+                }
+            }
+        }
+        if all_good {
+            Ok(good)
+        } else {
+            Err(good)
+        }
+    }
+}
+
+/// What `Ctx::list` does with an entry that repeats an earlier one.
+#[derive(Clone, Copy)]
+enum Repeats<'h> {
+    /// Left out: the list is a set.
+    Dropped,
+    /// Left out and an error, with what would be valid: in an order of preference, a repeat is
+    /// a mistake.
+    Refused(&'h str),
 }
 
 impl Ctx<'_> {
@@ -90,23 +157,27 @@ impl Ctx<'_> {
         }
     }
 
-    fn size(
+    /// A size key; `T` is the width the value is kept in (any `valid` value fits it).
+    fn size<T: TryFrom<u64>>(
         &mut self,
         value: &Option<Str>,
         key: &str,
         valid: std::ops::RangeInclusive<u64>,
-        default: usize,
-    ) -> usize {
+        default: T,
+    ) -> T {
         let Some(value) = value else { return default };
         let Some(text) = self.expand(value, key) else {
             return default;
         };
         match parse_size(&text).filter(|n| valid.contains(n)) {
-            Some(n) => usize::try_from(n).unwrap_or(default),
+            Some(n) => T::try_from(n).unwrap_or(default),
             None => {
-                let (lo, hi) = (valid.start(), valid.end());
-                let msg =
-                    format!("`{text}` is not a size from {lo} to {hi} bytes; expected {SIZE_HINT}");
+                let range = match (*valid.start(), *valid.end()) {
+                    (0, u64::MAX) => String::new(),
+                    (lo, u64::MAX) => format!(" of at least {lo} bytes"),
+                    (lo, hi) => format!(" from {lo} to {hi} bytes"),
+                };
+                let msg = format!("`{text}` is not a size{range}; expected {SIZE_HINT}");
                 self.error(value.span(), key, msg);
                 default
             }
@@ -1097,6 +1168,79 @@ mod tests {
         );
         assert!(parse_template("{nope}").is_err());
         assert!(parse_template("x{path").is_err());
+    }
+
+    /// A `Ctx` over `text`, and its `l` (a list), `d` and `s` keys.
+    fn keys(text: &str) -> (Ctx<'_>, Spanned<Vec<Str>>, Option<Str>, Option<Str>) {
+        #[derive(serde::Deserialize)]
+        struct Keys {
+            #[serde(default)]
+            l: Option<Spanned<Vec<Str>>>,
+            d: Option<Str>,
+            s: Option<Str>,
+        }
+        let keys: Keys = toml::from_str(text).unwrap();
+        let cx = Ctx {
+            path: Path::new("t.toml"),
+            text,
+            errors: Vec::new(),
+        };
+        let list = keys.l.unwrap_or_else(|| Spanned::new(0..0, Vec::new()));
+        (cx, list, keys.d, keys.s)
+    }
+
+    fn messages(cx: &Ctx) -> Vec<String> {
+        cx.errors.iter().map(|e| e.message.clone()).collect()
+    }
+
+    #[test]
+    fn lists_report_each_bad_entry_and_repeats_as_asked() {
+        let letter = |t: &str| {
+            (t.len() == 1)
+                .then(|| t.to_ascii_lowercase())
+                .ok_or_else(|| format!("`{t}` is not a letter"))
+        };
+        let text = "l = [\"a\", \"b\", \"A\", \"x1\", \"c\", \"yz\"]\n";
+        let (mut cx, list, _, _) = keys(text);
+        let got = cx.list(&list, "l", Repeats::Dropped, letter);
+        assert_eq!(got, Err(vec!["a".to_string(), "b".into(), "c".into()]));
+        assert_eq!(
+            messages(&cx),
+            ["`x1` is not a letter", "`yz` is not a letter"]
+        );
+        assert_eq!(cx.errors[1].column, text.find("\"yz\"").unwrap() + 1);
+
+        let (mut cx, list, _, _) = keys(text);
+        let got = cx.list(&list, "l", Repeats::Refused("one of each"), letter);
+        assert_eq!(got.unwrap_err().len(), 3);
+        assert_eq!(messages(&cx)[0], "`A` is listed twice; one of each");
+
+        let (mut cx, list, _, _) = keys("l = [\"a\", \"b\", \"a\"]");
+        let got = cx.list(&list, "l", Repeats::Dropped, letter);
+        assert_eq!(got, Ok(vec!["a".to_string(), "b".into()]));
+        assert!(cx.errors.is_empty());
+    }
+
+    #[test]
+    fn durations_and_sizes_say_what_is_valid() {
+        let (mut cx, _, d, s) = keys("d = \"0s\"\ns = \"1 kilo\"\n");
+        let default = Duration::from_secs(7);
+        assert_eq!(cx.duration(&d, "d", default), default);
+        let any = |_: Duration| true;
+        let zero = cx.duration_where(&d, "d", default, any, format_args!("any"));
+        assert_eq!(zero, Duration::ZERO);
+        assert_eq!(cx.size(&s, "s", 0..=u64::MAX, 7u64), 7);
+        assert_eq!(cx.size(&s, "s", 64..=1024, 7usize), 7);
+        assert_eq!(
+            messages(&cx),
+            [
+                format!(
+                    "`0s` is not a valid duration; expected {DURATION_HINT}, greater than zero"
+                ),
+                format!("`1 kilo` is not a size; expected {SIZE_HINT}"),
+                format!("`1 kilo` is not a size from 64 to 1024 bytes; expected {SIZE_HINT}"),
+            ]
+        );
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! upstream's `Access-Control-*` headers, gets ours when the origin and method are allowed, and
 //! always `Vary: Origin`. Everything a response carries is built when the snapshot is compiled;
 //! per request there is the origin's `HeaderValue` (a reference-count clone) and no allocation
-//! but the header map's own.
+//! but the header map's own, and the merged `Vary` line when the response has one already.
 //!
 //! Routes without `cors` never reach this module.
 
+use super::vary;
 use crate::config::{Cors, CorsHeaders, CorsOrigins, OriginPattern};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response};
@@ -30,7 +31,6 @@ pub struct CorsPolicy {
 
 static TRUE: HeaderValue = HeaderValue::from_static("true");
 static STAR: HeaderValue = HeaderValue::from_static("*");
-static VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 static VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
     "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
 );
@@ -246,7 +246,7 @@ impl Verdict<'_> {
             }
             Kind::Plain => {
                 strip_upstream(headers);
-                vary_origin(headers);
+                vary::add(headers, "Origin");
             }
             Kind::Actual(allow_origin) => {
                 strip_upstream(headers);
@@ -257,7 +257,7 @@ impl Verdict<'_> {
                 if let Some(expose) = &p.expose {
                     headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
                 }
-                vary_origin(headers);
+                vary::add(headers, "Origin");
             }
         }
     }
@@ -266,21 +266,6 @@ impl Verdict<'_> {
 fn strip_upstream(headers: &mut HeaderMap) {
     for name in &UPSTREAM_CORS {
         headers.remove(name);
-    }
-}
-
-/// Adds `Origin` to `Vary` unless it is there already (or `Vary: *` covers it). A field line of
-/// its own: recipients combine repeated `Vary` lines into one list.
-fn vary_origin(headers: &mut HeaderMap) {
-    let covered = headers.get_all(header::VARY).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|token| token == b"*" || token.eq_ignore_ascii_case(b"origin"))
-    });
-    if !covered {
-        headers.append(header::VARY, VARY_ORIGIN.clone());
     }
 }
 

@@ -5,10 +5,11 @@
 pub mod body;
 pub mod negotiate;
 
+use super::{has_token, vary};
 use crate::config::{Coding, Encode};
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
-    ETAG, VARY,
+    ETAG,
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -76,7 +77,8 @@ fn compressible(rule: &Encode, status: StatusCode, headers: &HeaderMap, body: Bo
     if bodiless || body.empty || body.len.is_some_and(|n| n == 0 || n < rule.min_size) {
         return false;
     }
-    if headers.contains_key(CONTENT_ENCODING) || has_token(headers, &CACHE_CONTROL, "no-transform")
+    if headers.contains_key(CONTENT_ENCODING)
+        || has_token(headers.get_all(CACHE_CONTROL).iter(), b"no-transform")
     {
         return false;
     }
@@ -90,22 +92,12 @@ fn compressible(rule: &Encode, status: StatusCode, headers: &HeaderMap, body: Bo
     rule.types.iter().any(|range| range.matches(media_type))
 }
 
-/// Whether a comma-separated field has `token` (any case) in one of its lines.
-fn has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value.to_str().is_ok_and(|text| {
-            text.split(',')
-                .any(|item| item.trim().eq_ignore_ascii_case(token))
-        })
-    })
-}
-
 /// Applies `decision` to the response head (for `Compress`, once the encoder exists).
 pub fn rewrite_head(headers: &mut HeaderMap, decision: Decision) {
     if decision == Decision::Untouched {
         return;
     }
-    add_vary(headers);
+    vary::add(headers, "Accept-Encoding");
     let Decision::Compress(coding) = decision else {
         return;
     };
@@ -114,33 +106,6 @@ pub fn rewrite_head(headers: &mut HeaderMap, decision: Decision) {
     // byte ranges of the compressed stream are not ranges of the representation
     headers.remove(ACCEPT_RANGES);
     weaken_etag(headers);
-}
-
-/// Adds `Accept-Encoding` to `Vary`, merged into the existing value, never twice.
-fn add_vary(headers: &mut HeaderMap) {
-    if has_token(headers, &VARY, "accept-encoding") || has_token(headers, &VARY, "*") {
-        return;
-    }
-    let mut merged = Vec::new();
-    for value in headers.get_all(VARY) {
-        if !merged.is_empty() {
-            merged.extend_from_slice(b", ");
-        }
-        merged.extend_from_slice(value.as_bytes());
-    }
-    let value = if merged.is_empty() {
-        HeaderValue::from_static("Accept-Encoding")
-    } else {
-        merged.extend_from_slice(b", Accept-Encoding");
-        match HeaderValue::from_bytes(&merged) {
-            Ok(value) => value,
-            Err(_) => {
-                headers.append(VARY, HeaderValue::from_static("Accept-Encoding"));
-                return;
-            }
-        }
-    };
-    headers.insert(VARY, value);
 }
 
 /// A strong validator promises the same bytes; compressed bytes are not (nginx does the same).

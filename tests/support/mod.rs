@@ -37,17 +37,30 @@ pub async fn with_timeout<T>(secs: u64, fut: impl Future<Output = T>) -> T {
 }
 
 /// Polls `probe` every 10 ms until it holds; how long that took. Panics naming `what` after `max`.
-pub async fn eventually_async<F, Fut>(max: Duration, what: &str, mut probe: F) -> Duration
+pub async fn eventually_async<F, Fut>(max: Duration, what: &str, probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    poll_until(max, probe)
+        .await
+        .unwrap_or_else(|| panic!("not within {max:?}: {what}"))
+}
+
+/// [`eventually_async`] for a caller that says itself what went wrong: `None` after `max`.
+pub async fn poll_until<F, Fut>(max: Duration, mut probe: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = Instant::now();
     while !probe().await {
-        assert!(start.elapsed() < max, "not within {max:?}: {what}");
+        if start.elapsed() >= max {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    start.elapsed()
+    Some(start.elapsed())
 }
 
 /// [`eventually_async`] for a condition that needs no waiting to check.
@@ -415,13 +428,16 @@ pub async fn closed_port_addr() -> SocketAddr {
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-/// An in-process HTTP/1.1 (or WebSocket) server on 127.0.0.1:0. Stops accepting on drop.
+/// An in-process server on 127.0.0.1:0 (HTTP/1.1, WebSocket or raw bytes). Stops accepting on
+/// drop.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     task: JoinHandle<()>,
     /// Connections accepted so far.
     accepted: Arc<AtomicUsize>,
+    /// Connections whose handler has finished (and dropped the socket) so far.
+    closed: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -429,12 +445,62 @@ impl Backend {
     pub fn connections(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// How many of them it has closed (or seen closed) so far.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Accepts on `listener` until dropped, each connection handled by `conn` on a task of its own;
+/// counts what it accepted and what `conn` has finished with.
+pub fn accept_on<C, Fut>(listener: TcpListener, name: &str, conn: C) -> Backend
+where
+    C: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let addr = listener.local_addr().expect("local_addr");
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (on_accept, on_close) = (accepted.clone(), closed.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            on_accept.fetch_add(1, Ordering::SeqCst);
+            let (handled, on_close) = (conn(stream), on_close.clone());
+            tokio::spawn(async move {
+                handled.await;
+                on_close.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Backend {
+        addr,
+        name: name.to_string(),
+        task,
+        accepted,
+        closed,
+    }
+}
+
+/// [`accept_on`] 127.0.0.1:0: a server that speaks to the socket itself (bytes verbatim, a
+/// connection closed at a chosen moment).
+pub async fn serve_raw<C, Fut>(name: &str, conn: C) -> Backend
+where
+    C: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    accept_on(listener, name, conn)
 }
 
 pub type Resp = Response<Full<Bytes>>;
@@ -462,34 +528,19 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let addr = listener.local_addr().expect("local_addr");
     let handler = Arc::new(handler);
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            counter.fetch_add(1, Ordering::SeqCst);
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let fut = (*handler)(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+    accept_on(listener, name, move |stream| {
+        let handler = handler.clone();
+        async move {
+            let service = service_fn(move |req| {
+                let fut = (*handler)(req);
+                async move { Ok::<_, Infallible>(fut.await) }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
-    });
-    Backend {
-        addr,
-        name: name.to_string(),
-        task,
-        accepted,
-    }
+    })
 }
 
 pub fn text_response(status: u16, body: impl Into<Bytes>) -> Resp {
@@ -715,35 +766,21 @@ pub async fn counting_backend() -> Backend {
 
 /// WebSocket backend that echoes text and binary messages back.
 pub async fn ws_echo_backend() -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
-    let addr = listener.local_addr().expect("local_addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    let echo = msg.is_text() || msg.is_binary();
-                    if echo && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    serve_raw("ws", |stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            let echo = msg.is_text() || msg.is_binary();
+            if echo && ws.send(msg).await.is_err() {
+                break;
+            }
         }
-    });
-    Backend {
-        addr,
-        name: "ws".to_string(),
-        task,
-        accepted: Arc::default(),
-    }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -923,6 +960,23 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A TLS client config that accepts any server certificate ([`AcceptAnyCert`]), offering
+/// `versions` (`rustls::DEFAULT_VERSIONS` for the usual ones) and `alpn`.
+pub fn any_cert_client(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
 }
 
 type StderrLines = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;

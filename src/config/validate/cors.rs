@@ -1,13 +1,11 @@
 //! The `cors` key of a `[[site]]` (a default for its routes) and of a `[[site.route]]`.
 
-use super::{is_hostname, Ctx};
+use super::{is_hostname, Ctx, Repeats};
 use crate::config::file::{FileCors, FileCorsSetting, Str};
 use crate::config::model::{Cors, CorsHeaders, CorsOrigins, OriginPattern, DEFAULT_CORS_MAX_AGE};
-use crate::config::units::parse_duration;
 use http::{HeaderName, Method};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::time::Duration;
 use toml::Spanned;
 
 const ORIGIN_HINT: &str = "expected scheme://host[:port] like \"https://app.example.com\" or \"http://localhost:3000\", a subdomain wildcard like \"https://*.example.com\", or \"*\"";
@@ -48,7 +46,14 @@ fn cors(cx: &mut Ctx, t: &FileCors, span: Range<usize>, key: &str) -> Option<Cor
     let expose = t.expose.as_ref().map_or_else(Vec::new, |list| {
         header_names(cx, list, &format!("{key}.expose"))
     });
-    let max_age = max_age(cx, t.max_age.as_ref(), &format!("{key}.max_age"));
+    // zero is allowed: browsers then cache no preflight (handy while developing)
+    let max_age = cx.duration_where(
+        &t.max_age,
+        &format!("{key}.max_age"),
+        DEFAULT_CORS_MAX_AGE,
+        |d| d.subsec_nanos() == 0,
+        format_args!("a whole number of seconds; expected a duration like \"600s\", \"10m\" or \"1h\" (\"0s\" turns preflight caching off)"),
+    );
     if let Some(flag) = t.credentials.as_ref().filter(|_| credentials) {
         let wildcard = |what: &str| {
             format!("`credentials = true` cannot go with {what}: the Fetch standard forbids `*` on requests with credentials, and browsers refuse the answer")
@@ -91,34 +96,21 @@ fn origins(
         cx.error(span, &key, msg);
         return None;
     };
-    let mut patterns = Vec::new();
-    let mut any = false;
-    let mut ok = true;
-    for value in list.get_ref() {
-        let Some(text) = cx.expand(value, &key) else {
-            ok = false;
-            continue;
-        };
-        match parse_origin(&text) {
-            Ok(None) => any = true,
-            Ok(Some(pattern)) if !patterns.contains(&pattern) => patterns.push(pattern),
-            Ok(Some(_)) => {}
-            Err(msg) => {
-                cx.error(value.span(), &key, msg);
-                ok = false;
-            }
-        }
-    }
+    let parsed = cx.list(list, &key, Repeats::Dropped, parse_origin);
+    let entries = parsed.as_ref().unwrap_or_else(|good| good);
+    let any = entries.contains(&None);
+    let patterns: Vec<OriginPattern> = entries.iter().flatten().cloned().collect();
     if any && !patterns.is_empty() {
         let msg = "\"*\" already allows every origin, so the other entries would mean nothing; write `origins = [\"*\"]` alone, or list the origins";
         cx.error(list.span(), &key, msg);
         return None;
     }
-    match (ok, any) {
-        (false, _) => None,
-        (true, true) => Some(CorsOrigins::Any),
-        (true, false) => Some(CorsOrigins::List(patterns)),
-    }
+    parsed.ok()?;
+    Some(if any {
+        CorsOrigins::Any
+    } else {
+        CorsOrigins::List(patterns)
+    })
 }
 
 /// `Ok(None)` for `"*"`; else the normalised pattern, or what is wrong and what would do.
@@ -206,63 +198,30 @@ fn methods(cx: &mut Ctx, list: Option<&Spanned<Vec<Str>>>, key: &str) -> Option<
         cx.error(list.span(), key, msg);
         return None;
     }
-    let mut out = Vec::new();
-    for value in list.get_ref() {
-        let text = cx.expand(value, key)?;
-        let known = METHODS.contains(&text.as_str());
-        match Method::from_bytes(text.as_bytes()).ok().filter(|_| known) {
-            Some(m) if !out.contains(&m) => out.push(m),
-            Some(_) => {}
-            None => {
-                let upper = text.to_ascii_uppercase();
-                let hint = if METHODS.contains(&upper.as_str()) {
-                    format!("methods are written in upper case: \"{upper}\"")
-                } else {
-                    format!("expected methods from {}", METHODS.join(", "))
-                };
-                let msg = format!("`{text}` is not a method a page can send cross-origin; {hint}");
-                cx.error(value.span(), key, msg);
-                return None;
-            }
+    let parse = |text: &str| {
+        let known = METHODS.contains(&text);
+        if let Some(method) = Method::from_bytes(text.as_bytes()).ok().filter(|_| known) {
+            return Ok(method);
         }
-    }
-    Some(out)
+        let upper = text.to_ascii_uppercase();
+        let hint = if METHODS.contains(&upper.as_str()) {
+            format!("methods are written in upper case: \"{upper}\"")
+        } else {
+            format!("expected methods from {}", METHODS.join(", "))
+        };
+        Err(format!(
+            "`{text}` is not a method a page can send cross-origin; {hint}"
+        ))
+    };
+    cx.list(list, key, Repeats::Dropped, parse).ok()
 }
 
 fn header_names(cx: &mut Ctx, list: &Spanned<Vec<Str>>, key: &str) -> Vec<HeaderName> {
-    let mut out = Vec::new();
-    for value in list.get_ref() {
-        let Some(text) = cx.expand(value, key) else {
-            continue;
-        };
-        match HeaderName::from_bytes(text.as_bytes()) {
-            Ok(name) if !out.contains(&name) => out.push(name),
-            Ok(_) => {}
-            Err(_) => {
-                let msg = format!("`{text}` is not a header name; expected a name like \"Authorization\", \"Content-Type\" or \"X-Api-Key\" (letters, digits and !#$%&'*+-.^_`|~, no spaces or colons)");
-                cx.error(value.span(), key, msg);
-            }
-        }
-    }
-    out
-}
-
-/// Zero is allowed (no caching of preflights, handy while developing); whole seconds only.
-fn max_age(cx: &mut Ctx, value: Option<&Str>, key: &str) -> Duration {
-    let Some(value) = value else {
-        return DEFAULT_CORS_MAX_AGE;
+    let parse = |text: &str| {
+        HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("`{text}` is not a header name; expected a name like \"Authorization\", \"Content-Type\" or \"X-Api-Key\" (letters, digits and !#$%&'*+-.^_`|~, no spaces or colons)"))
     };
-    let Some(text) = cx.expand(value, key) else {
-        return DEFAULT_CORS_MAX_AGE;
-    };
-    match parse_duration(&text) {
-        Some(d) if d.subsec_nanos() == 0 => d,
-        _ => {
-            let msg = format!("`{text}` is not a whole number of seconds; expected a duration like \"600s\", \"10m\" or \"1h\" (\"0s\" turns preflight caching off)");
-            cx.error(value.span(), key, msg);
-            DEFAULT_CORS_MAX_AGE
-        }
-    }
+    cx.list(list, key, Repeats::Dropped, parse)
+        .unwrap_or_else(|good| good)
 }
 
 #[cfg(test)]

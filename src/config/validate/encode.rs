@@ -2,10 +2,9 @@
 //! levels like the request policy: `[server]`, `[[site]]` and `[[site.route]]`, each key
 //! overriding the level above on its own.
 
-use super::Ctx;
+use super::{Ctx, Repeats};
 use crate::config::file::{EncodeKeys, Str};
 use crate::config::model::{Coding, Encode, MediaRange};
-use crate::config::units::{parse_size, SIZE_HINT};
 use toml::Spanned;
 
 const CODINGS_HINT: &str =
@@ -19,9 +18,14 @@ pub(super) fn resolve(cx: &mut Ctx, keys: EncodeKeys<'_>, inherited: &Encode, ke
     if let Some(list) = keys.encode {
         encode.codings = codings(cx, list, &format!("{key}.encode"));
     }
-    if let Some(value) = keys.min_size {
+    if keys.min_size.is_some() {
         let name = format!("{key}.encode_min_size");
-        encode.min_size = min_size(cx, value, &name).unwrap_or(inherited.min_size);
+        encode.min_size = cx.size(
+            &keys.min_size.cloned(),
+            &name,
+            0..=u64::MAX,
+            inherited.min_size,
+        );
     }
     if let Some(list) = keys.types {
         encode.types = types(cx, list, &format!("{key}.encode_types"));
@@ -30,39 +34,12 @@ pub(super) fn resolve(cx: &mut Ctx, keys: EncodeKeys<'_>, inherited: &Encode, ke
 }
 
 fn codings(cx: &mut Ctx, list: &Spanned<Vec<Str>>, key: &str) -> Vec<Coding> {
-    let mut out = Vec::with_capacity(list.get_ref().len());
-    for value in list.get_ref() {
-        let Some(text) = cx.expand(value, key) else {
-            continue;
-        };
-        match Coding::from_token(text.trim()) {
-            Some(coding) if out.contains(&coding) => {
-                cx.error(
-                    value.span(),
-                    key,
-                    format!("`{text}` is listed twice; {CODINGS_HINT}"),
-                );
-            }
-            Some(coding) => out.push(coding),
-            None => {
-                let msg = format!("unknown algorithm `{text}`; {CODINGS_HINT}");
-                cx.error(value.span(), key, msg);
-            }
-        }
-    }
-    out
-}
-
-fn min_size(cx: &mut Ctx, value: &Str, key: &str) -> Option<u64> {
-    let text = cx.expand(value, key)?;
-    let size = parse_size(&text);
-    if size.is_none() {
-        let msg = format!(
-            "`{text}` is not a size; expected {SIZE_HINT} (\"0B\" compresses every response)"
-        );
-        cx.error(value.span(), key, msg);
-    }
-    size
+    let parse = |text: &str| {
+        Coding::from_token(text.trim())
+            .ok_or_else(|| format!("unknown algorithm `{text}`; {CODINGS_HINT}"))
+    };
+    cx.list(list, key, Repeats::Refused(CODINGS_HINT), parse)
+        .unwrap_or_else(|good| good)
 }
 
 fn types(cx: &mut Ctx, list: &Spanned<Vec<Str>>, key: &str) -> Vec<MediaRange> {
@@ -70,20 +47,12 @@ fn types(cx: &mut Ctx, list: &Spanned<Vec<Str>>, key: &str) -> Vec<MediaRange> {
         let msg = format!("the list is empty, so nothing would be compressed; {TYPES_HINT}, or turn compression off with `encode = []`");
         cx.error(list.span(), key, msg);
     }
-    let mut out = Vec::with_capacity(list.get_ref().len());
-    for value in list.get_ref() {
-        let Some(text) = cx.expand(value, key) else {
-            continue;
-        };
-        match MediaRange::parse(&text) {
-            Some(range) => out.push(range),
-            None => {
-                let msg = format!("`{text}` is not a media type pattern; {TYPES_HINT}");
-                cx.error(value.span(), key, msg);
-            }
-        }
-    }
-    out
+    let parse = |text: &str| {
+        MediaRange::parse(text)
+            .ok_or_else(|| format!("`{text}` is not a media type pattern; {TYPES_HINT}"))
+    };
+    cx.list(list, key, Repeats::Dropped, parse)
+        .unwrap_or_else(|good| good)
 }
 
 #[cfg(test)]
