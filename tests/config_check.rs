@@ -1064,3 +1064,27 @@ fn no_subcommand_runs_the_config_in_config_gatehouse_toml() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nhi"), "{answer}");
 }
+
+#[test]
+fn rate_limit_strings_are_expanded_like_every_other_string() {
+    let config = format!(
+        "{LISTEN}\n[[site]]\nrate_limit = {{ requests = 5, per = \"${{GH_TEST_PER:-1m}}\", methods = [\"${{GH_TEST_METHOD}}\"], key = \"header:${{GH_TEST_HEADER:-X-Tenant}}\" }}\n  [[site.route]]\n  path = \"/\"\n  respond = {{ status = 200 }}\n"
+    );
+    let (_, out) = check(&config, &[("GH_TEST_METHOD", "POST")], &[]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    // expanded before it is parsed: a bad value is reported as the value it expanded to
+    let (path, out) = check(
+        &config,
+        &[("GH_TEST_METHOD", "POST"), ("GH_TEST_PER", "soon")],
+        &[],
+    );
+    assert_located_error(&config, &path, &out, "rate_limit", &["per = \"soon\""]);
+    let (path, out) = check(&config, &[], &["GH_TEST_METHOD"]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "rate_limit",
+        &["GH_TEST_METHOD", "not set"],
+    );
+}

@@ -144,14 +144,17 @@ fn rate_limit(
     };
     let per = match table.get("per") {
         None => Duration::from_secs(1),
-        Some(toml::Value::String(text)) => match parse_duration(text) {
-            Some(d) if !d.is_zero() => d,
-            _ => {
-                let msg = format!("`per = \"{text}\"`: expected {DURATION_HINT}");
-                cx.error(span, key, msg);
-                return None;
+        Some(toml::Value::String(text)) => {
+            let text = cx.expand(&Spanned::new(span.clone(), text.clone()), key)?;
+            match parse_duration(&text) {
+                Some(d) if !d.is_zero() => d,
+                _ => {
+                    let msg = format!("`per = \"{text}\"`: expected {DURATION_HINT}");
+                    cx.error(span, key, msg);
+                    return None;
+                }
             }
-        },
+        }
         Some(other) => {
             let msg = format!("`per = {other}`: expected {DURATION_HINT}");
             cx.error(span, key, msg);
@@ -184,26 +187,27 @@ fn methods(
     let Some(value) = value else {
         return Some(Vec::new());
     };
-    let parsed: Option<Vec<Method>> = value.as_array().and_then(|items| {
-        items
-            .iter()
-            .map(|m| {
-                let name = m.as_str()?;
-                let upper = name.bytes().all(|b| b.is_ascii_uppercase());
-                Method::from_bytes(name.as_bytes())
-                    .ok()
-                    .filter(|_| upper && !name.is_empty())
-            })
-            .collect()
-    });
-    match parsed {
-        Some(list) if !list.is_empty() => Some(list),
-        _ => {
-            let msg = format!("`methods = {value}`: expected a non-empty list of upper-case method names like [\"POST\", \"PUT\", \"PATCH\", \"DELETE\"]");
-            cx.error(span, key, msg);
-            None
+    let refuse = |cx: &mut Ctx| {
+        let msg = format!("`methods = {value}`: expected a non-empty list of upper-case method names like [\"POST\", \"PUT\", \"PATCH\", \"DELETE\"]");
+        cx.error(span.clone(), key, msg);
+        None
+    };
+    let Some(items) = value.as_array().filter(|items| !items.is_empty()) else {
+        return refuse(cx);
+    };
+    let mut list = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(name) = item.as_str() else {
+            return refuse(cx);
+        };
+        let name = cx.expand(&Spanned::new(span.clone(), name.to_owned()), key)?;
+        let upper = !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase());
+        match Method::from_bytes(name.as_bytes()) {
+            Ok(method) if upper => list.push(method),
+            _ => return refuse(cx),
         }
     }
+    Some(list)
 }
 
 /// `"ip"` or `"header:NAME"`; the name as HTTP allows it (matched case-insensitively).
