@@ -14,8 +14,6 @@ use crate::upstream::{self, UpstreamPool};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -46,7 +44,7 @@ pub struct RuntimeState {
     /// Where finished requests are logged (`[log]`).
     pub access_log: AccessLog,
     /// hyper's connection settings (head and HTTP/2 limits) for connections accepted now.
-    pub http: auto::Builder<TokioExecutor>,
+    pub http: crate::http::Protocols,
 }
 
 pub struct SiteState {

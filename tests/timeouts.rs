@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{client, sleepy_backend, with_timeout, RawResponse, TestProxy};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use support::{client, read_response, sleepy_backend, with_timeout, RawResponse, TestProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -66,73 +66,6 @@ async fn send(conn: &mut Conn, bytes: &str) {
         .write_all(bytes.as_bytes())
         .await
         .expect("write to proxy");
-}
-
-async fn read_line(conn: &mut Conn, what: &str) -> Result<String, String> {
-    let mut line = String::new();
-    match conn.read_line(&mut line).await {
-        Ok(0) => Err(format!("connection closed while reading {what}")),
-        Ok(_) => Ok(line),
-        Err(e) => Err(format!("error reading {what}: {e}")),
-    }
-}
-
-/// Reads one response (Content-Length or chunked) off a kept-alive connection, leaving the
-/// connection positioned at the next response. `Err` if the connection ends first.
-async fn read_response(conn: &mut Conn) -> Result<RawResponse, String> {
-    let status_line = read_line(conn, "the status line").await?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut headers = Vec::new();
-    loop {
-        let line = read_line(conn, "a header line").await?;
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').unwrap_or((line, ""));
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let mut response = RawResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let chunked = response
-        .header("transfer-encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        loop {
-            let size_line = read_line(conn, "a chunk size").await?;
-            let size_hex = size_line.trim().split(';').next().unwrap_or("0");
-            let size = usize::from_str_radix(size_hex, 16)
-                .map_err(|_| format!("bad chunk size line {size_line:?}"))?;
-            if size == 0 {
-                while !read_line(conn, "trailers").await?.trim().is_empty() {}
-                break;
-            }
-            let mut chunk = vec![0; size + 2];
-            conn.read_exact(&mut chunk)
-                .await
-                .map_err(|e| format!("reading a chunk: {e}"))?;
-            chunk.truncate(size);
-            response.body.extend_from_slice(&chunk);
-        }
-    } else {
-        let len: usize = response
-            .header("content-length")
-            .ok_or("keep-alive response without content-length or chunked")?
-            .parse()
-            .map_err(|_| "bad content-length")?;
-        response.body.resize(len, 0);
-        conn.read_exact(&mut response.body)
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?;
-    }
-    Ok(response)
 }
 
 /// Sends `request` on `conn` and reads its response, which must be a 200 with `body`.

@@ -646,6 +646,37 @@ async fn tls12_and_tls13_work() {
     .await;
 }
 
+/// An idle HTTP/1.1 connection is taken out of hyper after 50 ms and served again when its next
+/// request comes: over TLS too, where the decrypted bytes may already wait inside rustls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_parked_while_idle_serves_its_next_requests() {
+    with_timeout(30, async {
+        let pki = Pki::new();
+        let backend = echo_backend("echo").await;
+        let proxy = start(&pki, &backend).await;
+        let tls = connect_any_cert(proxy.https(), "app.test", &["http/1.1"])
+            .await
+            .expect("handshake");
+        let mut tls = tokio::io::BufReader::new(tls);
+        let get = "GET /v HTTP/1.1\r\nHost: app.test\r\n\r\n";
+        for (n, pipelined) in [(1, 1), (2, 1), (3, 2)] {
+            tls.get_mut()
+                .write_all(get.repeat(pipelined).as_bytes())
+                .await
+                .expect("write");
+            for _ in 0..pipelined {
+                let resp = support::read_response(&mut tls)
+                    .await
+                    .unwrap_or_else(|e| panic!("round {n}: {e}"));
+                assert_eq!(resp.status, 200, "round {n}: {resp:?}");
+            }
+            // idle past the parking delay
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
 /// A hand-written ClientHello with legacy version `version` (no supported_versions extension),
 /// offering ECDHE suites usable with TLS 1.0-1.2 and the extensions a TLS 1.2 server needs.
 fn client_hello(version: [u8; 2], sni: &str) -> Vec<u8> {

@@ -38,7 +38,15 @@ pub enum Expiry {
     HeaderRead,
     /// Nothing in flight for the idle period: close gracefully.
     Idle,
+    /// An HTTP/1.1 connection with nothing in flight for `PARK_AFTER_MS`: take it out of hyper,
+    /// whose read and write buffers (8-17 KiB each) it would otherwise hold while idle, and wait
+    /// for its next request with no buffer at all.
+    Park,
 }
+
+/// How long an idle HTTP/1.1 connection keeps hyper's buffers before it is parked: long enough
+/// that a client sending request after request never pays for leaving and re-entering hyper.
+pub const PARK_AFTER_MS: u64 = 50;
 
 #[derive(Debug)]
 pub struct ConnState {
@@ -54,6 +62,11 @@ pub struct ConnState {
     /// Read and discard what the client still sends before closing (see `Linger`).
     linger: AtomicBool,
     send_timeout: Duration,
+    /// When the last request in flight ended (ms on `now_ms`'s clock).
+    idle_since_ms: AtomicU64,
+    /// Set while an idle HTTP/1.1 connection is being taken out of hyper (see `Expiry::Park`):
+    /// the IO is not shut down then, it is kept.
+    parking: AtomicBool,
 }
 
 impl ConnState {
@@ -70,6 +83,8 @@ impl ConnState {
             watchdog: AtomicWaker::new(),
             linger: AtomicBool::new(false),
             send_timeout: send,
+            idle_since_ms: AtomicU64::new(0),
+            parking: AtomicBool::new(false),
         })
     }
 
@@ -93,9 +108,16 @@ impl ConnState {
     }
 
     fn enter(&self, phase: u8, timeout_ms: u64) {
+        let now = now_ms();
+        let mut timeout_ms = timeout_ms;
+        if phase == IDLE {
+            self.idle_since_ms.store(now, Ordering::Relaxed);
+            if !self.is_h2.load(Ordering::Relaxed) {
+                timeout_ms = timeout_ms.min(PARK_AFTER_MS);
+            }
+        }
         self.phase.store(phase, Ordering::Relaxed);
-        self.deadline_ms
-            .store(now_ms() + timeout_ms, Ordering::Relaxed);
+        self.deadline_ms.store(now + timeout_ms, Ordering::Relaxed);
         if self.is_h2.load(Ordering::Relaxed) {
             self.watchdog.wake();
         }
@@ -115,9 +137,28 @@ impl ConnState {
             None
         } else if self.phase.load(Ordering::Relaxed) == READING_HEAD {
             Some(Expiry::HeaderRead)
+        } else if now < self.idle_since_ms.load(Ordering::Relaxed) + self.idle_ms
+            && !self.linger.load(Ordering::Relaxed)
+        {
+            // a connection that is to close (see `linger_on_close`) is not kept
+            Some(Expiry::Park)
         } else {
             Some(Expiry::Idle)
         }
+    }
+
+    /// How long a parked connection may still wait for its next request.
+    pub fn idle_left(&self) -> Duration {
+        let until = self.idle_since_ms.load(Ordering::Relaxed) + self.idle_ms;
+        Duration::from_millis(until.saturating_sub(now_ms()))
+    }
+
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    pub fn is_parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
     }
 }
 
@@ -305,6 +346,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.is_parking() {
+            // hyper ends a parked connection's HTTP/1.1 part; the connection itself goes on
+            return Poll::Ready(Ok(()));
+        }
         if self.linger.is_none() {
             let shut = Pin::new(&mut self.inner).poll_shutdown(cx);
             let shut = std::task::ready!(self.written(cx, shut));
@@ -321,7 +366,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn idle_after_last_response() {
+    async fn parked_soon_after_last_response_and_idle_after_the_idle_period() {
         let state = ConnState::new(
             Duration::from_secs(10),
             Duration::from_secs(60),
@@ -329,6 +374,25 @@ mod tests {
         );
         let guard = state.begin();
         drop(guard);
+        let start = Instant::now();
+        assert_eq!(Watchdog::new(state.clone()).await, Expiry::Park);
+        assert_eq!(start.elapsed(), Duration::from_millis(PARK_AFTER_MS));
+        assert_eq!(
+            state.idle_left(),
+            Duration::from_millis(60_000 - PARK_AFTER_MS)
+        );
+        tokio::time::sleep(state.idle_left()).await;
+        assert_eq!(Watchdog::new(state).await, Expiry::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_period_shorter_than_parking_closes_without_parking() {
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_millis(PARK_AFTER_MS - 20),
+            Duration::from_secs(60),
+        );
+        drop(state.begin());
         assert_eq!(Watchdog::new(state).await, Expiry::Idle);
     }
 
