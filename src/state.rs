@@ -44,7 +44,7 @@ pub struct RuntimeState {
     /// Where finished requests are logged (`[log]`).
     pub access_log: AccessLog,
     /// hyper's connection settings (head and HTTP/2 limits) for connections accepted now.
-    pub http: crate::http::Protocols,
+    pub http: Arc<crate::http::Protocols>,
 }
 
 pub struct SiteState {
@@ -268,7 +268,7 @@ impl RuntimeState {
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
         Ok(RuntimeState {
             access_log,
-            http: crate::http::builder(&config.server.limits),
+            http: Arc::new(crate::http::builder(&config.server.limits)),
             route_metrics,
             unrouted_metrics,
             metrics: keep.metrics.clone(),
