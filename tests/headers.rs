@@ -9,28 +9,14 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use support::{
-    client, echo_backend, raw_request, render_echo, serve, with_timeout, Backend, Echo, TestProxy,
+    client, echo_backend, one_upstream_config, raw_request, render_echo, serve, with_timeout,
+    Backend, Echo, TestProxy,
 };
 
 fn config(backend: &Backend, trusted_proxies: &str) -> String {
-    format!(
-        r#"
-[listen]
-http = "127.0.0.1:0"
-
-[server]
-workers = 2
-trusted_proxies = {trusted_proxies}
-
-[[site]]
-  [[site.route]]
-  path = "/"
-  upstream = "backend"
-
-[upstream.backend]
-servers = ["{}"]
-"#,
-        backend.addr
+    one_upstream_config(
+        backend.addr,
+        &format!("trusted_proxies = {trusted_proxies}"),
     )
 }
 

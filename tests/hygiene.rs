@@ -12,7 +12,7 @@
 mod support;
 mod wire;
 
-use support::{with_timeout, TestProxy};
+use support::{one_upstream_config, with_timeout, TestProxy};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wire::{
@@ -21,24 +21,7 @@ use wire::{
 };
 
 fn config(backend: std::net::SocketAddr, trusted_proxies: &str) -> String {
-    format!(
-        r#"
-[listen]
-http = "127.0.0.1:0"
-
-[server]
-workers = 2
-trusted_proxies = {trusted_proxies}
-
-[[site]]
-  [[site.route]]
-  path = "/"
-  upstream = "backend"
-
-[upstream.backend]
-servers = ["{backend}"]
-"#
-    )
+    one_upstream_config(backend, &format!("trusted_proxies = {trusted_proxies}"))
 }
 
 async fn start() -> (RawBackend, TestProxy) {

@@ -7,9 +7,8 @@
 mod support;
 
 use std::time::Duration;
-use support::{with_timeout, TestProxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{proc_status_kb, raw_connect, read_response, with_timeout, RawConn, TestProxy};
+use tokio::io::AsyncWriteExt;
 
 const CONNS: usize = 800;
 const GET: &[u8] = b"GET /local HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -31,26 +30,18 @@ timeouts = { idle = "60s" }
     .to_string()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
-/// Sends one request on `conn` and reads its whole answer ("local", 5 bytes of body).
-async fn exchange(conn: &mut TcpStream) -> String {
-    conn.write_all(GET).await.expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"\r\n\r\nlocal") {
-        let n = conn.read(&mut buf).await.expect("read");
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
+/// Sends `requests` requests at once on `conn`; each must be answered 200 "local".
+async fn exchange(conn: &mut RawConn, requests: usize) {
+    conn.get_mut()
+        .write_all(&GET.repeat(requests))
+        .await
+        .expect("write");
+    for n in 0..requests {
+        let resp = read_response(conn)
+            .await
+            .unwrap_or_else(|e| panic!("response {n}: {e}"));
+        assert_eq!((resp.status, resp.body_text().as_str()), (200, "local"));
     }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,21 +50,19 @@ async fn idle_http1_connections_hold_no_buffers_and_still_serve() {
         let proxy = TestProxy::start(&config()).await;
         // warm up the allocator and the runtime on a few connections first
         for _ in 0..20 {
-            let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
-            exchange(&mut conn).await;
+            exchange(&mut raw_connect(&proxy).await, 1).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = rss_kib(proxy.pid);
+        let before = proc_status_kb(proxy.pid, "VmRSS");
         let mut conns = Vec::with_capacity(CONNS);
         for _ in 0..CONNS {
-            let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
-            let answer = exchange(&mut conn).await;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            let mut conn = raw_connect(&proxy).await;
+            exchange(&mut conn, 1).await;
             conns.push(conn);
         }
         // parked 50 ms after their response; give the last ones time
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let after = rss_kib(proxy.pid);
+        let after = proc_status_kb(proxy.pid, "VmRSS");
         let per_conn = after.saturating_sub(before) as f64 / CONNS as f64;
         eprintln!("RSS {before} -> {after} KiB: {per_conn:.2} KiB per idle connection");
         // hyper's buffers alone are 16-25 KiB per connection (18 KiB here without parking);
@@ -85,20 +74,9 @@ async fn idle_http1_connections_hold_no_buffers_and_still_serve() {
         );
         // parked connections answer their next request, two of them pipelined
         for conn in conns.iter_mut().step_by(97) {
-            let answer = exchange(conn).await;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            exchange(conn, 1).await;
         }
-        let conn = &mut conns[1];
-        conn.write_all(&[GET, GET].concat()).await.expect("write");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while got.windows(5).filter(|w| w == b"local").count() < 2 {
-            let n = conn.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&got);
-        assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+        exchange(&mut conns[1], 2).await;
     })
     .await;
 }

@@ -13,30 +13,14 @@ use hyper::Response;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::{
-    client, echo_backend, eventually, serve, serve_raw, text_response, with_timeout, Backend,
-    TestProxy,
+    client, echo_backend, eventually, one_upstream_config, serve, serve_raw, text_response,
+    with_timeout, Backend, TestProxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn config(server: SocketAddr) -> String {
-    format!(
-        r#"
-[listen]
-http = "127.0.0.1:0"
-
-[server]
-workers = 2
-
-[[site]]
-  [[site.route]]
-  path = "/"
-  upstream = "backend"
-
-[upstream.backend]
-servers = ["{server}"]
-"#
-    )
+    one_upstream_config(server, "")
 }
 
 /// A backend answering every request (a head without body) with `response`, verbatim. With

@@ -14,8 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    client, counting_backend, echo_backend, proc_status_kb, serve, with_timeout, ws_echo_backend,
-    Backend, Echo, TestProxy,
+    client, counting_backend, echo_backend, one_upstream_config, proc_status_kb, serve,
+    with_timeout, ws_echo_backend, Backend, Echo, TestProxy,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Barrier;
@@ -26,27 +26,8 @@ fn single_upstream_config(backend: &Backend) -> String {
 }
 
 fn single_upstream_config_with(backend: &Backend, extra_server: &str) -> String {
-    format!(
-        r#"
-[listen]
-http = "127.0.0.1:0"
-
-[server]
-workers = 2
-# these tests are about streaming, not about the body limit
-max_body = "off"
-{extra_server}
-
-[[site]]
-  [[site.route]]
-  path = "/"
-  upstream = "backend"
-
-[upstream.backend]
-servers = ["{}"]
-"#,
-        backend.addr
-    )
+    // these tests are about streaming, not about the body limit
+    one_upstream_config(backend.addr, &format!("max_body = \"off\"\n{extra_server}"))
 }
 
 const CHUNK: usize = 64 * 1024;

@@ -16,9 +16,12 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{client, read_response, sleepy_backend, with_timeout, RawResponse, TestProxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use support::{
+    client, raw_connect, read_response, sleepy_backend, with_timeout, RawConn, RawResponse,
+    TestProxy,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// `/local` is answered by the proxy itself; everything else goes to `upstream` (or, without one,
@@ -55,13 +58,7 @@ const LOCAL_GET: &str = "GET /local HTTP/1.1\r\nHost: t\r\n\r\n";
 // A raw keep-alive client
 // ---------------------------------------------------------------------------------------------
 
-type Conn = BufReader<TcpStream>;
-
-async fn connect(proxy: &TestProxy) -> Conn {
-    BufReader::new(TcpStream::connect(proxy.addr).await.expect("connect"))
-}
-
-async fn send(conn: &mut Conn, bytes: &str) {
+async fn send(conn: &mut RawConn, bytes: &str) {
     conn.get_mut()
         .write_all(bytes.as_bytes())
         .await
@@ -69,7 +66,7 @@ async fn send(conn: &mut Conn, bytes: &str) {
 }
 
 /// Sends `request` on `conn` and reads its response, which must be a 200 with `body`.
-async fn exchange_ok(conn: &mut Conn, request: &str, body: &str, what: &str) -> RawResponse {
+async fn exchange_ok(conn: &mut RawConn, request: &str, body: &str, what: &str) -> RawResponse {
     send(conn, request).await;
     let response = read_response(conn)
         .await
@@ -91,7 +88,7 @@ struct Closed {
 }
 
 /// Reads until the proxy closes `conn` (EOF or a reset), giving up once `since + limit` passes.
-async fn wait_closed(conn: &mut Conn, since: Instant, limit: Duration) -> Closed {
+async fn wait_closed(conn: &mut RawConn, since: Instant, limit: Duration) -> Closed {
     let mut bytes = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::from_std(since + limit);
@@ -110,7 +107,7 @@ async fn wait_closed(conn: &mut Conn, since: Instant, limit: Duration) -> Closed
 }
 
 /// Waits `period` on an idle connection, asserting the proxy neither closes it nor sends anything.
-async fn assert_stays_open(conn: &mut Conn, period: Duration, what: &str) {
+async fn assert_stays_open(conn: &mut RawConn, period: Duration, what: &str) {
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     match tokio::time::timeout(period, conn.read(&mut buf)).await {
@@ -190,7 +187,7 @@ async fn streaming_backend(plan: Vec<(Duration, &'static str)>) -> StreamingBack
 async fn cut_after_header_read(first: &str, what: &str) {
     let proxy = TestProxy::start(&config(r#"header_read = "500ms""#, None)).await;
     let started = Instant::now();
-    let mut conn = connect(&proxy).await;
+    let mut conn = raw_connect(&proxy).await;
     if !first.is_empty() {
         send(&mut conn, first).await;
     }
@@ -229,7 +226,7 @@ async fn silent_connection_is_cut_after_header_read() {
 async fn prompt_request_is_answered_under_header_read() {
     with_timeout(30, async {
         let proxy = TestProxy::start(&config(r#"header_read = "500ms""#, None)).await;
-        let mut conn = connect(&proxy).await;
+        let mut conn = raw_connect(&proxy).await;
         exchange_ok(
             &mut conn,
             LOCAL_GET,
@@ -258,7 +255,7 @@ async fn partial_head_on_kept_alive_connection_is_cut_after_header_read() {
         // idle is long: only header_read may close this connection within the test's window.
         let proxy =
             TestProxy::start(&config(r#"header_read = "500ms", idle = "60s""#, None)).await;
-        let mut conn = connect(&proxy).await;
+        let mut conn = raw_connect(&proxy).await;
         exchange_ok(&mut conn, LOCAL_GET, "local", "first request").await;
         // Idle for longer than header_read: the connection is idle, not reading a head, so it stays.
         assert_stays_open(
@@ -293,7 +290,7 @@ async fn partial_head_on_kept_alive_connection_is_cut_after_header_read() {
 async fn idle_keep_alive_connection_is_closed_after_idle() {
     with_timeout(30, async {
         let proxy = TestProxy::start(&config(r#"idle = "700ms", header_read = "5s""#, None)).await;
-        let mut conn = connect(&proxy).await;
+        let mut conn = raw_connect(&proxy).await;
         exchange_ok(&mut conn, LOCAL_GET, "local", "request 1").await;
         let first_response = Instant::now();
         // Two more requests, each after 400 ms of silence: 800 ms in all, more than idle, so the
@@ -338,7 +335,7 @@ async fn slow_response_in_flight_is_not_idle() {
             Some(backend.addr),
         ))
         .await;
-        let mut conn = connect(&proxy).await;
+        let mut conn = raw_connect(&proxy).await;
         let started = Instant::now();
         let response = exchange_ok(
             &mut conn,

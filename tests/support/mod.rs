@@ -72,6 +72,29 @@ pub async fn eventually(max: Duration, what: &str, mut cond: impl FnMut() -> boo
 // The proxy process
 // ---------------------------------------------------------------------------------------------
 
+/// A config with one plain listener and one route, `/` to upstream `backend` whose one server is
+/// `server`; `extra_server` goes into `[server]` as it is (one key per line).
+pub fn one_upstream_config(server: impl std::fmt::Display, extra_server: &str) -> String {
+    format!(
+        r#"
+[listen]
+http = "127.0.0.1:0"
+
+[server]
+workers = 2
+{extra_server}
+
+[[site]]
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[upstream.backend]
+servers = ["{server}"]
+"#
+    )
+}
+
 /// A running `gatehouse run` process. Killed on drop.
 pub struct TestProxy {
     child: Child,
@@ -806,6 +829,13 @@ where
         Ok(_) => Ok(line),
         Err(e) => Err(format!("error reading {what}: {e}")),
     }
+}
+
+/// A raw keep-alive client connection to the proxy's HTTP listener, for [`read_response`].
+pub type RawConn = tokio::io::BufReader<TcpStream>;
+
+pub async fn raw_connect(proxy: &TestProxy) -> RawConn {
+    tokio::io::BufReader::new(TcpStream::connect(proxy.addr).await.expect("connect"))
 }
 
 /// Reads one response (Content-Length or chunked) off a kept-alive connection (a `BufReader`
