@@ -49,6 +49,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// One of a fixed set of words (the first is the default); an error lists them all.
+    fn choice<T: Copy + Default>(
+        &mut self,
+        value: &Option<Str>,
+        key: &str,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(value) = value else {
+            return T::default();
+        };
+        let Some(text) = self.expand(value, key) else {
+            return T::default();
+        };
+        if let Some((_, v)) = choices.iter().find(|(word, _)| *word == text) {
+            return *v;
+        }
+        let words: Vec<String> = choices.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+        let msg = format!(
+            "`{text}` is not valid here; expected one of {}",
+            words.join(", ")
+        );
+        self.error(value.span(), key, msg);
+        T::default()
+    }
+
     fn duration(&mut self, value: &Option<Str>, key: &str, default: Duration) -> Duration {
         let positive = |d: Duration| !d.is_zero();
         self.duration_where(
@@ -423,6 +448,26 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
         metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
         resolver: resolver::resolver(cx, raw.resolver.as_ref()),
         tls_min_version: tls_min_version(cx, raw.tls_min_version.as_ref()),
+        paths: PathRules {
+            merge_slashes: raw.merge_slashes.as_ref().map_or(true, |m| *m.get_ref()),
+            encoded_slashes: cx.choice(
+                &raw.encoded_slashes,
+                "server.encoded_slashes",
+                &[
+                    ("reject", EncodedSlashes::Reject),
+                    ("keep", EncodedSlashes::Keep),
+                ],
+            ),
+        },
+        underscore_headers: cx.choice(
+            &raw.underscore_headers,
+            "server.underscore_headers",
+            &[
+                ("drop", UnderscoreHeaders::Drop),
+                ("reject", UnderscoreHeaders::Reject),
+                ("keep", UnderscoreHeaders::Keep),
+            ],
+        ),
     }
 }
 

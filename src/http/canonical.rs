@@ -8,33 +8,175 @@
 //! what it matched. Everything here is pure (no IO) and allocates only when a request is not
 //! already canonical, which nearly all are.
 
+use crate::config::Server;
+pub use crate::config::{EncodedSlashes, PathRules, UnderscoreHeaders};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Uri, Version};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// What to do with `%2F` in a path (`[server] encoded_slashes`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EncodedSlashes {
-    /// 400: an origin that decodes it would see another path than the one routed.
-    #[default]
-    Reject,
-    /// Passed on still encoded, never decoded and never a segment separator.
-    Keep,
+/// Why a request cannot be made canonical: 400 (405 for `BadMethod::NotAllowed`), and the
+/// connection is closed after the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Uncanonical {
+    #[error("{0}")]
+    Path(#[from] BadPath),
+    #[error("{0}")]
+    Host(#[from] BadHost),
+    #[error("{0}")]
+    Method(#[from] BadMethod),
+    #[error("header name with `_`")]
+    Underscore,
 }
 
-/// How the path is made canonical (`[server] merge_slashes`, `encoded_slashes`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PathRules {
-    pub merge_slashes: bool,
-    pub encoded_slashes: EncodedSlashes,
+impl Uncanonical {
+    /// A request that could not be read as meant ends its connection (RFC 9112 3.2 for Host;
+    /// the same caution for a target or header no two parsers agree on). A refused method
+    /// (CONNECT, TRACE) was read fine: what follows it is the next request.
+    pub fn closes_connection(self) -> bool {
+        !matches!(self, Uncanonical::Method(BadMethod::NotAllowed))
+    }
 }
 
-impl Default for PathRules {
-    fn default() -> Self {
-        PathRules {
-            merge_slashes: true,
-            encoded_slashes: EncodedSlashes::Reject,
+/// What the rest of the request path needs of the canonical authority (the path and the
+/// headers are canonical in the request itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canonical {
+    /// `host[:port]`, also the request's `Host` header now; `None` only for HTTP/1.0 without
+    /// one.
+    pub authority: Option<HeaderValue>,
+    /// Length of the host part of `authority`.
+    pub host_len: usize,
+    pub port: Option<u16>,
+}
+
+impl Canonical {
+    /// The canonical host without the port: what selects the site and fills `{host}`.
+    pub fn host(&self) -> &str {
+        let text = self.authority.as_ref().and_then(|a| a.to_str().ok());
+        text.and_then(|a| a.get(..self.host_len)).unwrap_or("")
+    }
+}
+
+/// Makes the request canonical in place: method checked, authority in `Host` (from the
+/// absolute-form target or `:authority` when there is one), the target in origin-form with the
+/// canonical path, header names only the edge may set removed (from an untrusted peer), names
+/// with `_` handled as `[server] underscore_headers` says.
+pub fn request<B>(
+    req: &mut Request<B>,
+    server: &Server,
+    peer_trusted: bool,
+) -> Result<Canonical, Uncanonical> {
+    method(req.method())?;
+    let canonical = request_authority(req)?;
+    target(req, server.paths)?;
+    screen_headers(req.headers_mut(), server.underscore_headers, peer_trusted)?;
+    Ok(canonical)
+}
+
+/// The authority from the target when it has one (RFC 9112 3.2.2; HTTP/2's `:authority`), else
+/// from `Host`; written back as the only `Host`.
+fn request_authority<B>(req: &mut Request<B>) -> Result<Canonical, BadHost> {
+    let host_header = req.headers().get(header::HOST);
+    let host_text = host_header
+        .map(|h| h.to_str().map_err(|_| BadHost::Character))
+        .transpose()?;
+    let (raw, from_header) = match (req.uri().authority(), host_text) {
+        (Some(target), Some(host)) if req.version() == Version::HTTP_2 => {
+            // RFC 9113 8.3.1: a Host naming another authority makes the request malformed
+            if authority(target.as_str())?.value != authority(host)?.value {
+                return Err(BadHost::Conflict);
+            }
+            (target.as_str(), false)
+        }
+        (Some(target), _) => (target.as_str(), false),
+        (None, Some(host)) => (host, true),
+        (None, None) if req.version() < Version::HTTP_11 => {
+            return Ok(Canonical {
+                authority: None,
+                host_len: 0,
+                port: None,
+            })
+        }
+        (None, None) => return Err(BadHost::Missing),
+    };
+    let parsed = authority(raw)?;
+    let unchanged = from_header && matches!(parsed.value, Cow::Borrowed(_));
+    let value = match host_header {
+        Some(h) if unchanged => h.clone(),
+        _ => HeaderValue::from_str(&parsed.value).map_err(|_| BadHost::Character)?,
+    };
+    let canonical = Canonical {
+        authority: Some(value.clone()),
+        host_len: parsed.host_len,
+        port: parsed.port,
+    };
+    if !unchanged {
+        req.headers_mut().insert(header::HOST, value);
+    }
+    Ok(canonical)
+}
+
+/// The target in origin-form with the canonical path; the query as sent. Nothing is allocated
+/// for an origin-form target whose path is canonical.
+fn target<B>(req: &mut Request<B>, rules: PathRules) -> Result<(), BadPath> {
+    let uri = req.uri();
+    let origin_form = uri.scheme().is_none() && uri.authority().is_none();
+    let raw = match uri.path() {
+        "" => "/",
+        p => p,
+    };
+    if raw == "*" && req.method() == Method::OPTIONS {
+        return Ok(());
+    }
+    let canonical = path(raw, rules)?;
+    let pq = match canonical {
+        Cow::Borrowed(_) if origin_form => return Ok(()),
+        Cow::Borrowed(_) => uri
+            .path_and_query()
+            .filter(|pq| pq.path() == raw)
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Cow::Owned(mut p) => {
+            if let Some(query) = uri.query() {
+                p.push('?');
+                p.push_str(query);
+            }
+            PathAndQuery::try_from(p).map_err(|_| BadPath::Control)?
+        }
+    };
+    *req.uri_mut() = Uri::from(pq);
+    Ok(())
+}
+
+/// One pass over the header names: `_` names and, from an untrusted peer, names only the edge
+/// may set. Allocates only when something is removed.
+fn screen_headers(
+    headers: &mut HeaderMap,
+    underscores: UnderscoreHeaders,
+    peer_trusted: bool,
+) -> Result<(), Uncanonical> {
+    let mut remove: Option<Vec<HeaderName>> = None;
+    for name in headers.keys() {
+        let text = name.as_str();
+        let removed = if text.as_bytes().contains(&b'_') {
+            match underscores {
+                UnderscoreHeaders::Reject => return Err(Uncanonical::Underscore),
+                UnderscoreHeaders::Drop => true,
+                UnderscoreHeaders::Keep => false,
+            }
+        } else {
+            !peer_trusted && claims_to_be_edge(text)
+        };
+        if removed {
+            remove.get_or_insert_with(Vec::new).push(name.clone());
         }
     }
+    for name in remove.iter().flatten() {
+        headers.remove(name);
+    }
+    Ok(())
 }
 
 /// Why a path cannot be made canonical (answered 400, counted as `bad_path`).
@@ -385,6 +527,73 @@ pub fn method(method: &http::Method) -> Result<(), BadMethod> {
         return Err(BadMethod::Case);
     }
     Ok(())
+}
+
+/// Who a request is from: whether the socket peer is a trusted proxy (worked out once per
+/// request), and the client as best known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    pub peer_trusted: bool,
+    /// The client's address; for an unknown client the proxy's, so that rate limits count all
+    /// such requests through one proxy in one budget.
+    pub client: IpAddr,
+    /// False when a trusted proxy's `X-Forwarded-For` had a hop that does not parse: no `allow`
+    /// list matches such a client and every `deny` list refuses it (fail closed).
+    pub known: bool,
+}
+
+impl Addrs {
+    /// `vouches`: whether the connection may speak for others at all (a PROXY protocol `LOCAL`
+    /// or `UNKNOWN` connection may not, whoever its peer is).
+    pub fn new(
+        headers: &HeaderMap,
+        peer: IpAddr,
+        trusted: &[ipnet::IpNet],
+        vouches: bool,
+    ) -> Addrs {
+        let peer_trusted = vouches && trusted.iter().any(|net| net.contains(&peer));
+        let (client, known) = if peer_trusted {
+            client_behind_proxies(headers, peer, trusted)
+        } else {
+            (peer, true)
+        };
+        Addrs {
+            peer_trusted,
+            client,
+            known,
+        }
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// For a trusted peer: the rightmost `X-Forwarded-For` address that is not itself a trusted
+/// proxy; `(peer, false)` when a hop before it does not parse.
+fn client_behind_proxies(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: &[ipnet::IpNet],
+) -> (IpAddr, bool) {
+    let mut client = peer;
+    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter().rev().peekable();
+    if lines.peek().is_none() {
+        return (peer, true);
+    }
+    for line in lines {
+        let Ok(line) = line.to_str() else {
+            return (peer, false);
+        };
+        for hop in line.rsplit(',') {
+            let Some(ip) = forwarded_hop(hop) else {
+                return (peer, false);
+            };
+            client = ip.to_canonical();
+            if !trusted.iter().any(|net| net.contains(&client)) {
+                return (client, true);
+            }
+        }
+    }
+    (client, true)
 }
 
 /// One `X-Forwarded-For` hop: `IPv4`, `IPv6`, `IPv4:port`, `[IPv6]` or `[IPv6]:port` (as some
