@@ -895,6 +895,16 @@ fn https_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], raw: &FileCo
     }
 }
 
+/// An IPv6 address, bracketed or not, as the canonical authority names it: `[2001:db8::1]`.
+fn ipv6_host(text: &str) -> Option<String> {
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    let ip: std::net::Ipv6Addr = inner.parse().ok()?;
+    Some(format!("[{ip}]"))
+}
+
 fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
     let text = cx.expand(value, "site.hosts")?.to_ascii_lowercase();
     let text = text.trim_end_matches('.');
@@ -905,11 +915,13 @@ fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
         if is_hostname(suffix) {
             return Some(HostPattern::Wildcard(format!(".{suffix}")));
         }
-    } else if is_hostname(text) || text.parse::<IpAddr>().is_ok() {
+    } else if is_hostname(text) || text.parse::<std::net::Ipv4Addr>().is_ok() {
         return Some(HostPattern::Exact(text.to_string()));
+    } else if let Some(v6) = ipv6_host(text) {
+        return Some(HostPattern::Exact(v6));
     }
     let msg = format!(
-        "`{text}` is not a host pattern; expected \"app.example.com\", \"*.example.com\" or \"*\""
+        "`{text}` is not a host pattern; expected \"app.example.com\", \"*.example.com\", an IP address (\"192.0.2.1\", \"[2001:db8::1]\") or \"*\""
     );
     cx.error(value.span(), "site.hosts", msg);
     None

@@ -227,7 +227,7 @@ pub enum BadMethod {
     #[error("methods are upper-case")]
     Case,
     /// 405: Gatehouse is no forward proxy (CONNECT), and TRACE would echo headers back.
-    #[error("method not allowed")]
+    #[error("CONNECT and TRACE are not served (this is no forward proxy)")]
     NotAllowed,
 }
 

@@ -29,6 +29,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The standard methods Gatehouse forwards (any upper-case extension method passes too).
+const PASSED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Clone)]
@@ -612,6 +615,10 @@ impl ProxyService {
         );
         if let ProxyError::TooManyRequests(secs) | ProxyError::NoHealthy(_, secs) = err {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            // RFC 9110 15.5.6; what the upstream allows is its to say, this is what passes
+            headers.insert(header::ALLOW, HeaderValue::from_static(PASSED_METHODS));
         }
         if err.closes_connection() && version < Version::HTTP_2 {
             hygiene::close_after(headers, version);
