@@ -83,6 +83,8 @@ pub struct FileServer {
     pub merge_slashes: Option<Spanned<bool>>,
     /// `"reject"` (default) or `"keep"`: `%2F` in a request path.
     pub encoded_slashes: Option<Str>,
+    /// `"reject"` (default) or `"keep"`: `;parameters` in request path segments.
+    pub path_parameters: Option<Str>,
     /// `"drop"` (default), `"reject"` or `"keep"`: request header names with `_`.
     pub underscore_headers: Option<Str>,
 }

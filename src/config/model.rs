@@ -68,11 +68,26 @@ pub enum EncodedSlashes {
     Keep,
 }
 
-/// How a request path is made canonical (`[server] merge_slashes`, `encoded_slashes`).
+/// What to do with `;` in a path (`[server] path_parameters`): Tomcat, Jetty and Spring drop
+/// each segment's `;parameters` before they route, so to them `/api/admin;x/y` is
+/// `/api/admin/y`, while the edge would see a segment `admin;x`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PathParameters {
+    /// 400 (Spring Security's `StrictHttpFirewall` refuses them too).
+    #[default]
+    Reject,
+    /// Passed on as part of their segment (an origin that reads `;` as data, or a servlet app
+    /// that needs `;jsessionid=`); `.;` and `..;` still count as dot segments.
+    Keep,
+}
+
+/// How a request path is made canonical (`[server] merge_slashes`, `encoded_slashes`,
+/// `path_parameters`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathRules {
     pub merge_slashes: bool,
     pub encoded_slashes: EncodedSlashes,
+    pub parameters: PathParameters,
 }
 
 impl Default for PathRules {
@@ -80,6 +95,7 @@ impl Default for PathRules {
         PathRules {
             merge_slashes: true,
             encoded_slashes: EncodedSlashes::Reject,
+            parameters: PathParameters::Reject,
         }
     }
 }

@@ -458,6 +458,14 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
                     ("keep", EncodedSlashes::Keep),
                 ],
             ),
+            parameters: cx.choice(
+                &raw.path_parameters,
+                "server.path_parameters",
+                &[
+                    ("reject", PathParameters::Reject),
+                    ("keep", PathParameters::Keep),
+                ],
+            ),
         },
         underscore_headers: cx.choice(
             &raw.underscore_headers,

@@ -9,7 +9,7 @@
 //! already canonical, which nearly all are.
 
 use crate::config::Server;
-pub use crate::config::{EncodedSlashes, PathRules, UnderscoreHeaders};
+pub use crate::config::{EncodedSlashes, PathParameters, PathRules, UnderscoreHeaders};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
@@ -198,6 +198,8 @@ pub enum BadPath {
     Space,
     #[error("the path climbs above `/`")]
     AboveRoot,
+    #[error("`;` in the path (path parameters)")]
+    Parameter,
 }
 
 /// Why an authority (Host, `:authority`, absolute-form) is refused (400, counted as `bad_host`).
@@ -248,7 +250,7 @@ fn is_canonical(bytes: &[u8], rules: PathRules) -> bool {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%' || b == b'\\' || b <= b' ' || b >= 0x7f {
+        if b == b'%' || b == b'\\' || b == b';' || b <= b' ' || b >= 0x7f {
             return false;
         }
         if b == b'/' {
@@ -341,6 +343,9 @@ fn decode_segment(segment: &str, rules: PathRules, out: &mut String) -> Result<(
             continue;
         }
         check_raw(b)?;
+        if b == b';' && rules.parameters == PathParameters::Reject {
+            return Err(BadPath::Parameter);
+        }
         out.push(char::from(b));
         i += 1;
     }

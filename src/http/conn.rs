@@ -67,6 +67,9 @@ pub struct ConnState {
     /// Set while an idle HTTP/1.1 connection is being taken out of hyper (see `Expiry::Park`):
     /// the IO is not shut down then, it is kept.
     parking: AtomicBool,
+    /// `X-Forwarded-Port` for the port this connection's requests name, made once: a header
+    /// value made from a number is an allocation, and a connection's requests name one port.
+    forwarded_port: std::sync::OnceLock<(u16, http::HeaderValue)>,
 }
 
 impl ConnState {
@@ -85,7 +88,20 @@ impl ConnState {
             send_timeout: send,
             idle_since_ms: AtomicU64::new(0),
             parking: AtomicBool::new(false),
+            forwarded_port: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `port` as a header value, the connection's first one kept for its later requests.
+    pub fn port_header(&self, port: u16) -> http::HeaderValue {
+        let made = self
+            .forwarded_port
+            .get_or_init(|| (port, http::HeaderValue::from(port)));
+        if made.0 == port {
+            made.1.clone()
+        } else {
+            http::HeaderValue::from(port)
+        }
     }
 
     /// The connection closes after an answer sent while the client may still be sending a

@@ -4,7 +4,7 @@
 //! then go on whatever answer resulted.
 
 use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
-use super::canonical::{self, Addrs, EncodedSlashes, PathRules};
+use super::canonical::{self, Addrs, EncodedSlashes, PathParameters, PathRules};
 use super::conn::ConnState;
 use super::hygiene;
 use super::response::ProxyError;
@@ -223,6 +223,11 @@ impl ProxyService {
             RouteAction::Redirect(r) => Answer::Local(redirect(r, req.uri(), host)),
             RouteAction::Proxy(route) => {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
+                let port = match (port, self.transport) {
+                    (Some(port), _) => self.conn.port_header(port),
+                    (None, Transport::Tls) => HeaderValue::from_static("443"),
+                    (None, Transport::Plain) => HeaderValue::from_static("80"),
+                };
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     port,
@@ -431,8 +436,8 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
 
 struct Hop<'a> {
     proto: &'static str,
-    /// The canonical authority's port, if it named one (`X-Forwarded-Port`).
-    port: Option<u16>,
+    /// `X-Forwarded-Port`: the canonical authority's port, else the scheme's.
+    port: HeaderValue,
     state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
@@ -467,7 +472,7 @@ fn prepare_request_headers(
         (true, false) => Some(hop.peer_ip.clone()),
         (true, true) => Some(forward::ip_header(addrs.client)),
     };
-    forward::set_client(headers, real_ip, hop.port, hop.proto, addrs.peer_trusted);
+    forward::set_client(headers, real_ip, hop.port.clone(), addrs.peer_trusted);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
@@ -506,6 +511,7 @@ fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyErro
     let rules = PathRules {
         merge_slashes: false,
         encoded_slashes: EncodedSlashes::Keep,
+        parameters: PathParameters::Keep,
     };
     if !matches!(canonical::path(&out, rules), Ok(Cow::Borrowed(_))) {
         return Err(ProxyError::BadTarget);

@@ -185,28 +185,21 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
 /// Sets `X-Real-IP` to the client's address (removed for a client that is not known) and
-/// `X-Forwarded-Port` (a trusted peer's own is kept): the port the client asked for in its
-/// authority, else the scheme's.
+/// `X-Forwarded-Port` to `port` (the port the client asked for in its authority, else the
+/// scheme's), unless a trusted peer sent its own.
 pub fn set_client(
     headers: &mut HeaderMap,
     real_ip: Option<HeaderValue>,
-    port: Option<u16>,
-    proto: &'static str,
+    port: HeaderValue,
     peer_trusted: bool,
 ) {
     match real_ip {
         Some(ip) => headers.insert(X_REAL_IP.clone(), ip),
         None => headers.remove(&X_REAL_IP),
     };
-    if peer_trusted && headers.contains_key(&X_FORWARDED_PORT) {
-        return;
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PORT)) {
+        headers.insert(X_FORWARDED_PORT.clone(), port);
     }
-    let port = match (port, proto) {
-        (Some(port), _) => HeaderValue::from(port),
-        (None, "https") => HeaderValue::from_static("443"),
-        (None, _) => HeaderValue::from_static("80"),
-    };
-    headers.insert(X_FORWARDED_PORT.clone(), port);
 }
 
 /// The `X-Forwarded-For` values a trusted peer sent, with `peer` appended; `None` when it sent

@@ -12,6 +12,16 @@ fn with(
     let rules = PathRules {
         merge_slashes,
         encoded_slashes,
+        parameters: PathParameters::Reject,
+    };
+    path(raw, rules).map(Cow::into_owned)
+}
+
+/// With `path_parameters = "keep"`.
+fn keeping_params(raw: &str) -> Result<String, BadPath> {
+    let rules = PathRules {
+        parameters: PathParameters::Keep,
+        ..PathRules::default()
     };
     path(raw, rules).map(Cow::into_owned)
 }
@@ -24,7 +34,6 @@ fn canonical_paths_are_borrowed() {
         "/a/b/",
         "/api/v1/users",
         "/a.b/c..d/.e/..f",
-        "/a;b=c/d",
         "/~x/-_",
     ] {
         assert!(
@@ -52,9 +61,6 @@ fn dot_segments_are_resolved() {
         ("/api/%2e%2e/admin", "/admin"),
         ("/api/x/%2E%2E/admin/x", "/api/admin/x"),
         ("/api/x/.%2e/admin", "/api/admin"),
-        ("/api/x/..;/admin/x", "/api/admin/x"),
-        ("/api/x/..;jsessionid=1/admin", "/api/admin"),
-        ("/api/.;/admin/x", "/api/admin/x"),
         ("/api/x/..%3b/admin", "/api/admin"),
         ("/a/b/..", "/a/"),
         ("/a/b/.", "/a/b/"),
@@ -76,10 +82,34 @@ fn climbing_above_root_is_refused() {
         "/a/../../b",
         "/%2e%2e/x",
         "/./..",
-        "/..;/x",
-        "/a/..;/..;",
+        "/a/..%3B/..%3b",
     ] {
         assert_eq!(canon(raw), Err(BadPath::AboveRoot), "{raw}");
+    }
+    for raw in ["/..;/x", "/a/..;/..;"] {
+        assert_eq!(keeping_params(raw), Err(BadPath::AboveRoot), "{raw}");
+    }
+}
+
+#[test]
+fn path_parameters_are_refused_or_kept_with_their_segment() {
+    for raw in [
+        "/api/admin;/x",
+        "/api;x=1/admin",
+        "/a/..;/b",
+        "/login;jsessionid=1",
+    ] {
+        assert_eq!(canon(raw), Err(BadPath::Parameter), "{raw}");
+    }
+    let cases = [
+        ("/api/x/..;/admin/x", "/api/admin/x"),
+        ("/api/x/..;jsessionid=1/admin", "/api/admin"),
+        ("/api/.;/admin/x", "/api/admin/x"),
+        ("/login;jsessionid=1", "/login;jsessionid=1"),
+        ("/a;b=c/d", "/a;b=c/d"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(keeping_params(raw).as_deref(), Ok(want), "{raw}");
     }
 }
 
