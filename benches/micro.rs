@@ -142,8 +142,9 @@ mod routing {
 /// `screen`, `proxy` and `prepare_request_headers`), on a browser's GET.
 mod headers {
     use super::*;
+    use gatehouse::http::canonical::Addrs;
     use gatehouse::http::hygiene;
-    use gatehouse::upstream::forward::{self, Addrs};
+    use gatehouse::upstream::forward;
     use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
     use http::Version;
     use http_body::SizeHint;
@@ -227,15 +228,15 @@ mod headers {
     fn addrs_new(bencher: Bencher, case: &str) {
         let (headers, peer) = request(case);
         let trusted = TRUSTED.as_slice();
-        let addrs = Addrs::new(&headers, peer, trusted);
+        let addrs = Addrs::new(&headers, peer, trusted, true);
         let client: IpAddr = if case.starts_with("proxied") {
             "203.0.113.195".parse().unwrap()
         } else {
             peer
         };
         assert_eq!(addrs.client, client);
-        warm(|| Addrs::new(&headers, peer, trusted));
-        bencher.bench_local(|| Addrs::new(black_box(&headers), black_box(peer), trusted));
+        warm(|| Addrs::new(&headers, peer, trusted, true));
+        bencher.bench_local(|| Addrs::new(black_box(&headers), black_box(peer), trusted, true));
     }
 
     /// `strip_hop_by_hop` on a fresh copy of the headers (the copy is made outside the timing).
@@ -259,7 +260,7 @@ mod headers {
     #[divan::bench(args = CASES)]
     fn set_forwarded(bencher: Bencher, case: &str) {
         let (headers, peer) = request(case);
-        let addrs = Addrs::new(&headers, peer, &TRUSTED);
+        let addrs = Addrs::new(&headers, peer, &TRUSTED, true);
         let peer_ip = forward::ip_header(peer);
         let host = headers.get(HOST).cloned();
         let set = |h: &mut HeaderMap| {
@@ -282,7 +283,7 @@ mod headers {
         let trusted = TRUSTED.as_slice();
         let peer_ip = forward::ip_header(peer);
         let all = |h: &mut HeaderMap| {
-            let addrs = Addrs::new(h, black_box(peer), trusted);
+            let addrs = Addrs::new(h, black_box(peer), trusted, true);
             let screened = hygiene::check(h, Version::HTTP_11);
             let host = h.get(HOST).cloned();
             let upgrade = forward::requested_upgrade(h);
@@ -372,9 +373,11 @@ mod rate_limit {
         headers.insert("host", HeaderValue::from_static("app.example.com"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
         for key in &keys {
-            assert!(policy.check(*key, *key, &Method::GET, &headers).is_ok());
+            assert!(policy
+                .check(Some(*key), *key, &Method::GET, &headers)
+                .is_ok());
         }
-        warm(|| policy.check(keys[0], keys[0], &Method::GET, &headers));
+        warm(|| policy.check(Some(keys[0]), keys[0], &Method::GET, &headers));
         let mut next = 0;
         bencher
             .with_inputs(|| {
@@ -383,7 +386,7 @@ mod rate_limit {
             })
             .bench_local_values(|client| {
                 let key = client_key(client, ipv6_prefix);
-                policy.check(client, key, &Method::GET, &headers)
+                policy.check(Some(client), key, &Method::GET, &headers)
             });
     }
 }

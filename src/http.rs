@@ -2,6 +2,7 @@
 //! deadlines, its part in graceful shutdown, and idle HTTP/1.1 connections parked outside hyper.
 
 mod body;
+pub mod canonical;
 mod conn;
 pub mod hygiene;
 mod response;
@@ -97,6 +98,17 @@ impl ConnContext {
     }
 }
 
+/// Who is at the other end of a connection: the socket peer, or the client a PROXY header
+/// named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Whether this connection may speak for others (`X-Forwarded-For`, if its address is in
+    /// `trusted_proxies`): not a PROXY protocol `LOCAL`/`UNKNOWN` one, whose requests are the
+    /// load balancer's own.
+    pub vouches: bool,
+}
+
 /// Which listener a connection came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -118,13 +130,17 @@ impl Transport {
 /// parked between requests once idle (see `Expiry::Park`) and served again when bytes arrive.
 pub async fn serve_connection<S>(
     stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     transport: Transport,
     cx: Arc<ConnContext>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Peer {
+        addr: peer,
+        vouches,
+    } = peer;
     let (http, grace, state) = {
         let snapshot = cx.shared.load();
         let server = &snapshot.config.server;
@@ -137,6 +153,7 @@ pub async fn serve_connection<S>(
         cx: cx.clone(),
         peer,
         peer_ip: crate::upstream::forward::ip_header(peer.ip().to_canonical()),
+        vouches,
         conn: state.clone(),
         transport,
     };

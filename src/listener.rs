@@ -10,7 +10,7 @@ pub mod conn_limit;
 pub use set::{BindError, Listeners};
 
 use crate::acme::ACME_TLS_ALPN;
-use crate::http::{serve_connection, ConnContext, Transport};
+use crate::http::{serve_connection, ConnContext, Peer, Transport};
 use crate::middleware::{rate_limit, Reason};
 use crate::upstream::forward;
 use conn_limit::ConnSlot;
@@ -67,7 +67,7 @@ async fn serve(
     let Some(peer) = client_addr(&mut stream, peer, &cx).await else {
         return;
     };
-    let Some(_slot) = admit(&cx, peer) else {
+    let Some(_slot) = admit(&cx, peer.addr) else {
         return;
     };
     let counted = cx.listener_metrics(transport);
@@ -86,14 +86,13 @@ async fn serve(
 /// source its PROXY header names. `None` closes it: with `proxy_protocol` only a trusted proxy
 /// may connect (nothing is read from anyone else), and it must send a valid header within
 /// `header_read`. A LOCAL or UNKNOWN header (the load balancer's health check) keeps the peer.
-async fn client_addr(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    cx: &ConnContext,
-) -> Option<SocketAddr> {
+async fn client_addr(stream: &mut TcpStream, peer: SocketAddr, cx: &ConnContext) -> Option<Peer> {
     let state = cx.shared.load();
     if !state.config.listen.proxy_protocol {
-        return Some(peer);
+        return Some(Peer {
+            addr: peer,
+            vouches: true,
+        });
     }
     let trusted = &state.config.server.trusted_proxies;
     if !forward::is_trusted(trusted, peer.ip().to_canonical()) {
@@ -108,9 +107,16 @@ async fn client_addr(
             destination,
         })) => {
             tracing::trace!(%peer, client = %source, %destination, "PROXY header read");
-            Some(source)
+            Some(Peer {
+                addr: source,
+                vouches: true,
+            })
         }
-        Ok(Ok(Header::Local)) => Some(peer),
+        // the load balancer speaking for itself: nothing it forwards is believed
+        Ok(Ok(Header::Local)) => Some(Peer {
+            addr: peer,
+            vouches: false,
+        }),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "closing connection: no valid PROXY header");
             None
@@ -163,7 +169,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 /// certificate and the connection ends after the handshake.
 async fn serve_tls(
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     cx: Arc<ConnContext>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -192,14 +198,14 @@ async fn serve_tls(
             cx.metrics.tls_handshake(true);
             serve_connection(tls, peer, Transport::Tls, cx, shutdown).await
         }
-        Ok(Ok(None)) => tracing::debug!(%peer, "answered a TLS-ALPN-01 challenge"),
+        Ok(Ok(None)) => tracing::debug!(peer = %peer.addr, "answered a TLS-ALPN-01 challenge"),
         Ok(Err(e)) => {
             cx.metrics.tls_handshake(false);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+            tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed")
         }
         Err(_) => {
             cx.metrics.tls_handshake(false);
-            tracing::debug!(%peer, "TLS handshake timed out")
+            tracing::debug!(peer = %peer.addr, "TLS handshake timed out")
         }
     }
 }

@@ -56,11 +56,12 @@ impl RoutePolicy {
         }
     }
 
-    /// `client` is the address as known (through trusted proxies), `key` the same grouped for
-    /// rate limits (see `rate_limit::client_key`); a limit keyed on a header reads `headers`.
+    /// `client` is the address as known (through trusted proxies; `None` when it is not known),
+    /// `key` the same grouped for rate limits (see `rate_limit::client_key`); a limit keyed on a
+    /// header reads `headers`.
     pub fn check(
         &self,
-        client: IpAddr,
+        client: Option<IpAddr>,
         key: IpAddr,
         method: &Method,
         headers: &HeaderMap,

@@ -2,6 +2,12 @@
 //!
 //! Host precedence: exact name, then the longest matching `*.suffix`, then the catch-all site.
 //! Path precedence within a site: exact path, then the longest matching prefix.
+//!
+//! Paths are canonical (`http::canonical`) by the time they get here. Two rules more keep an
+//! origin's trailing-slash habits (Django's `APPEND_SLASH`, Starlette's `redirect_slashes`,
+//! Spring's trailing-slash match) from walking around a route: an exact path matches with or
+//! without one trailing slash, and a prefix ending in `/` also matches itself without it (nginx
+//! redirects that request to the prefix; here it is routed there, so the route's rules apply).
 
 use crate::config::{HostPattern, PathMatch, Site};
 use std::borrow::Cow;
@@ -52,7 +58,7 @@ impl Router {
             for route in &site.routes {
                 match &route.matcher {
                     PathMatch::Exact(p) => {
-                        table.exact.insert(p.clone(), next_id);
+                        table.exact.insert(without_slash(p).to_string(), next_id);
                     }
                     PathMatch::Prefix(p) => table.prefixes.push((p.clone(), next_id)),
                 }
@@ -76,7 +82,7 @@ impl Router {
     /// The route for `path` within a site found by `site_for`.
     pub fn route_in(&self, site: usize, path: &str) -> Option<RouteMatch> {
         let table = self.sites.get(site)?;
-        if let Some(&route) = table.exact.get(path) {
+        if let Some(&route) = table.exact.get(without_slash(path)) {
             return Some(RouteMatch {
                 site,
                 route,
@@ -86,11 +92,14 @@ impl Router {
         table
             .prefixes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .find(|(prefix, _)| {
+                path.starts_with(prefix.as_str())
+                    || prefix.len() > 1 && prefix.strip_suffix('/') == Some(path)
+            })
             .map(|(prefix, route)| RouteMatch {
                 site,
                 route: *route,
-                matched_len: prefix.len(),
+                matched_len: prefix.len().min(path.len()),
             })
     }
 
@@ -104,6 +113,14 @@ impl Router {
             .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
             .map(|(_, site)| *site)
             .or(self.any_host)
+    }
+}
+
+/// `/login/` is `/login` for an exact match; `/` stays.
+fn without_slash(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => path,
     }
 }
 
@@ -200,6 +217,12 @@ mod tests {
         assert_eq!(at("/api/v2/x"), Some((2, 8)));
         assert_eq!(at("/healthz"), Some((3, 8)));
         assert_eq!(at("/healthz/x"), Some((0, 1)));
+        // an exact path with a trailing slash, a prefix without its own
+        assert_eq!(at("/healthz/"), Some((3, 9)));
+        assert_eq!(at("/healthz//"), Some((0, 1)));
+        assert_eq!(at("/api"), Some((1, 4)));
+        assert_eq!(at("/api/v2"), Some((2, 7)));
+        assert_eq!(at("/apix"), Some((0, 1)));
     }
 
     #[test]

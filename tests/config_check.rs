@@ -786,6 +786,50 @@ fn tls_min_version_errors_name_the_valid_versions() {
 }
 
 #[test]
+fn canonical_request_keys_name_their_valid_values() {
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "encoded_slashes",
+            limits_config(r#"encoded_slashes = "decode""#, "", ""),
+            "encoded_slashes",
+            &[
+                "`server.encoded_slashes`",
+                "`decode` is not valid here",
+                r#""reject", "keep""#,
+            ],
+        ),
+        (
+            "underscore_headers",
+            limits_config(r#"underscore_headers = "allow""#, "", ""),
+            "underscore_headers",
+            &[
+                "`server.underscore_headers`",
+                "`allow` is not valid here",
+                r#""drop", "reject", "keep""#,
+            ],
+        ),
+        (
+            "an IPv6 site with a port",
+            limits_config("", r#"hosts = ["[::1]:8080"]"#, ""),
+            "hosts",
+            &["`site.hosts`", "an IP address", "[2001:db8::1]"],
+        ),
+    ];
+    assert_each_is_one_located_error(cases);
+    let ok = limits_config(
+        r#"merge_slashes = false
+encoded_slashes = "keep"
+underscore_headers = "reject""#,
+        r#"hosts = ["[::1]", "2001:DB8::1", "192.0.2.1"]"#,
+        "",
+    );
+    let (_, out) = check(&ok, &[], &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let (_, out) = check(&limits_config("merge_slashes = \"no\"", "", ""), &[], &[]);
+    assert!(!out.status.success(), "merge_slashes is a boolean");
+}
+
+#[test]
 fn encode_config_errors_are_reported_with_key_and_hint() {
     let cases: &[(&str, String, &str, &[&str])] = &[
         (

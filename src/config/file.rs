@@ -79,6 +79,12 @@ pub struct FileServer {
     pub resolver: Option<Spanned<toml::Value>>,
     /// `"1.2"` or `"1.3"`; read as a raw value so `1.3` (a number) gets a precise hint.
     pub tls_min_version: Option<Spanned<toml::Value>>,
+    /// Merge repeated slashes in request paths (default true).
+    pub merge_slashes: Option<Spanned<bool>>,
+    /// `"reject"` (default) or `"keep"`: `%2F` in a request path.
+    pub encoded_slashes: Option<Str>,
+    /// `"drop"` (default), `"reject"` or `"keep"`: request header names with `_`.
+    pub underscore_headers: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

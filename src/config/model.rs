@@ -52,6 +52,49 @@ pub struct Server {
     pub metrics: bool,
     /// The oldest TLS version the HTTPS listener accepts.
     pub tls_min_version: TlsVersion,
+    /// How request paths are made canonical (`merge_slashes`, `encoded_slashes`).
+    pub paths: PathRules,
+    /// What happens to request header names with `_` (`underscore_headers`).
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// What to do with `%2F` in a path (`[server] encoded_slashes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncodedSlashes {
+    /// 400: an origin that decodes it would see another path than the one routed.
+    #[default]
+    Reject,
+    /// Passed on still encoded, never decoded and never a segment separator.
+    Keep,
+}
+
+/// How a request path is made canonical (`[server] merge_slashes`, `encoded_slashes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathRules {
+    pub merge_slashes: bool,
+    pub encoded_slashes: EncodedSlashes,
+}
+
+impl Default for PathRules {
+    fn default() -> Self {
+        PathRules {
+            merge_slashes: true,
+            encoded_slashes: EncodedSlashes::Reject,
+        }
+    }
+}
+
+/// Request header names containing `_` (`[server] underscore_headers`): an origin that folds
+/// `_` into `-` (CGI, WSGI, Rails) would read `X_Real_IP` as `X-Real-IP`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Removed before anything reads them (nginx `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// The request gets 400.
+    Reject,
+    /// Passed on.
+    Keep,
 }
 
 /// The oldest TLS version the HTTPS listener accepts (`[server] tls_min_version`). Older than 1.2

@@ -49,6 +49,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// One of a fixed set of words (the first is the default); an error lists them all.
+    fn choice<T: Copy + Default>(
+        &mut self,
+        value: &Option<Str>,
+        key: &str,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(value) = value else {
+            return T::default();
+        };
+        let Some(text) = self.expand(value, key) else {
+            return T::default();
+        };
+        if let Some((_, v)) = choices.iter().find(|(word, _)| *word == text) {
+            return *v;
+        }
+        let words: Vec<String> = choices.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+        let msg = format!(
+            "`{text}` is not valid here; expected one of {}",
+            words.join(", ")
+        );
+        self.error(value.span(), key, msg);
+        T::default()
+    }
+
     fn duration(&mut self, value: &Option<Str>, key: &str, default: Duration) -> Duration {
         let positive = |d: Duration| !d.is_zero();
         self.duration_where(
@@ -423,6 +448,26 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
         metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
         resolver: resolver::resolver(cx, raw.resolver.as_ref()),
         tls_min_version: tls_min_version(cx, raw.tls_min_version.as_ref()),
+        paths: PathRules {
+            merge_slashes: raw.merge_slashes.as_ref().map_or(true, |m| *m.get_ref()),
+            encoded_slashes: cx.choice(
+                &raw.encoded_slashes,
+                "server.encoded_slashes",
+                &[
+                    ("reject", EncodedSlashes::Reject),
+                    ("keep", EncodedSlashes::Keep),
+                ],
+            ),
+        },
+        underscore_headers: cx.choice(
+            &raw.underscore_headers,
+            "server.underscore_headers",
+            &[
+                ("drop", UnderscoreHeaders::Drop),
+                ("reject", UnderscoreHeaders::Reject),
+                ("keep", UnderscoreHeaders::Keep),
+            ],
+        ),
     }
 }
 
@@ -850,6 +895,16 @@ fn https_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], raw: &FileCo
     }
 }
 
+/// An IPv6 address, bracketed or not, as the canonical authority names it: `[2001:db8::1]`.
+fn ipv6_host(text: &str) -> Option<String> {
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    let ip: std::net::Ipv6Addr = inner.parse().ok()?;
+    Some(format!("[{ip}]"))
+}
+
 fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
     let text = cx.expand(value, "site.hosts")?.to_ascii_lowercase();
     let text = text.trim_end_matches('.');
@@ -860,11 +915,13 @@ fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
         if is_hostname(suffix) {
             return Some(HostPattern::Wildcard(format!(".{suffix}")));
         }
-    } else if is_hostname(text) || text.parse::<IpAddr>().is_ok() {
+    } else if is_hostname(text) || text.parse::<std::net::Ipv4Addr>().is_ok() {
         return Some(HostPattern::Exact(text.to_string()));
+    } else if let Some(v6) = ipv6_host(text) {
+        return Some(HostPattern::Exact(v6));
     }
     let msg = format!(
-        "`{text}` is not a host pattern; expected \"app.example.com\", \"*.example.com\" or \"*\""
+        "`{text}` is not a host pattern; expected \"app.example.com\", \"*.example.com\", an IP address (\"192.0.2.1\", \"[2001:db8::1]\") or \"*\""
     );
     cx.error(value.span(), "site.hosts", msg);
     None

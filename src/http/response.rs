@@ -1,5 +1,6 @@
 //! The one place proxy failures become HTTP answers: status, a short plain body, the request id.
 
+use super::canonical::{BadMethod, Uncanonical};
 use super::hygiene::Malformed;
 use crate::middleware::cors::PreflightRefusal;
 use crate::middleware::Reason;
@@ -46,6 +47,8 @@ pub enum ProxyError {
     HeadersTooLarge(usize),
     #[error("malformed request: {0}")]
     Malformed(#[from] Malformed),
+    #[error("{0}")]
+    Uncanonical(#[from] Uncanonical),
 }
 
 impl ProxyError {
@@ -85,6 +88,10 @@ impl ProxyError {
             ProxyError::BadBody => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Uncanonical(Uncanonical::Method(BadMethod::NotAllowed)) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
+            ProxyError::Uncanonical(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -99,7 +106,7 @@ impl ProxyError {
                 | ProxyError::Malformed(_)
                 | ProxyError::UriTooLong(_)
                 | ProxyError::HeadersTooLarge(_)
-        )
+        ) || matches!(self, ProxyError::Uncanonical(u) if u.closes_connection())
     }
 
     /// The refusal reason it is counted under, if it is one of the edge's own refusals.
@@ -113,6 +120,10 @@ impl ProxyError {
             ProxyError::BadBody | ProxyError::Malformed(_) => Reason::BadRequest,
             ProxyError::UriTooLong(_) => Reason::UriTooLong,
             ProxyError::HeadersTooLarge(_) => Reason::HeaderTooLarge,
+            ProxyError::Uncanonical(Uncanonical::Path(_)) => Reason::BadPath,
+            ProxyError::Uncanonical(Uncanonical::Host(_)) => Reason::BadHost,
+            ProxyError::Uncanonical(Uncanonical::Method(_)) => Reason::BadMethod,
+            ProxyError::Uncanonical(Uncanonical::Underscore) => Reason::BadHeader,
             _ => return None,
         })
     }

@@ -4,6 +4,7 @@
 //! then go on whatever answer resulted.
 
 use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
+use super::canonical::{self, Addrs, EncodedSlashes, PathRules};
 use super::conn::ConnState;
 use super::hygiene;
 use super::response::ProxyError;
@@ -23,9 +24,13 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// The standard methods Gatehouse forwards (any upper-case extension method passes too).
+const PASSED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -35,15 +40,20 @@ pub struct ProxyService {
     pub peer: SocketAddr,
     /// `peer`'s address as `X-Forwarded-For` carries it, formatted once per connection.
     pub peer_ip: HeaderValue,
+    /// Whether the peer may speak for others through `X-Forwarded-For` if trusted: not on a
+    /// PROXY protocol `LOCAL`/`UNKNOWN` connection.
+    pub vouches: bool,
     pub conn: Arc<ConnState>,
     pub transport: Transport,
 }
 
-/// Where a routed request goes: the snapshot, the site the router chose, the request's host.
+/// Where a routed request goes: the snapshot, the site the router chose, the request's
+/// canonical host and port.
 struct Dispatch<'s, 'r> {
     state: &'s RuntimeState,
     site: usize,
     host: &'r str,
+    port: Option<u16>,
     log: &'r Arc<RequestLog>,
 }
 
@@ -55,32 +65,38 @@ enum Answer {
 }
 
 impl ProxyService {
-    pub async fn call(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn call(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = self.conn.begin();
         let version = req.version();
         let state = self.cx.shared.load();
+        let server = &state.config.server;
         let peer = self.peer.ip().to_canonical();
-        let addrs = forward::Addrs::new(req.headers(), peer, &state.config.server.trusted_proxies);
+        let addrs = Addrs::new(req.headers(), peer, &server.trusted_proxies, self.vouches);
         let request_id = request_id(req.headers());
-        let host = host_of(&req);
+        // the one place the request is made canonical (once its head passed the framing and
+        // size checks): everything below reads only that
+        let canonical = screen(&req, &server.limits).and_then(|()| {
+            canonical::request(&mut req, server, addrs.peer_trusted).map_err(ProxyError::from)
+        });
+        let (canonical, screened) = match canonical {
+            Ok(c) => (Some(c), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
+        let authority = canonical.as_ref().and_then(|c| c.authority.clone());
         let log = Arc::new(RequestLog::new(
             addrs.client,
             &req,
-            host,
+            authority,
             request_id.clone(),
             state.access_log.clone(),
         ));
-        let host = log
-            .host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let site = state.router.site_for(host);
+        let host = canonical.as_ref().map_or("", |c| c.host());
+        let port = canonical.as_ref().and_then(|c| c.port);
+        let site = canonical.as_ref().and_then(|_| state.router.site_for(host));
         let hsts = match (self.transport, site) {
             (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
             _ => None,
         };
-        let screened = screen(&req, &state.config.server.limits);
         // set once a route with `cors` is found; it then decorates whatever answer follows
         let mut cors = None;
         let answer = match (screened, site) {
@@ -94,6 +110,7 @@ impl ProxyService {
                     state: &state,
                     site,
                     host,
+                    port,
                     log: &log,
                 };
                 self.dispatch(to, req, addrs, &mut cors).await
@@ -148,28 +165,27 @@ impl ProxyService {
         &self,
         to: Dispatch<'s, '_>,
         req: Request<Incoming>,
-        addrs: forward::Addrs,
+        addrs: Addrs,
         cors: &mut Option<Verdict<'s>>,
     ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let Dispatch {
             state,
             site,
             host,
+            port,
             log,
         } = to;
         let path = req.uri().path();
-        let challenge = path.strip_prefix(acme::HTTP01_PREFIX);
-        if let Some(token) = challenge.filter(|_| self.transport == Transport::Plain) {
-            if let Some(key_auth) = self.cx.challenges.http01(token) {
+        if self.transport == Transport::Plain {
+            // only a token being answered now is served over plain HTTP on an HTTPS-only site
+            let challenge = path.strip_prefix(acme::HTTP01_PREFIX);
+            if let Some(key_auth) = challenge.and_then(|token| self.cx.challenges.http01(token)) {
                 return Ok((Answer::Local(acme_answer(key_auth)), None));
             }
-        }
-        if self.transport == Transport::Plain
-            && state.sites[site].redirect_https
-            && challenge.is_none()
-        {
-            let redirect = https_redirect(req.uri(), host, self.cx.https_port());
-            return Ok((Answer::Local(redirect), None));
+            if state.sites[site].redirect_https {
+                let redirect = https_redirect(req.uri(), host, self.cx.https_port());
+                return Ok((Answer::Local(redirect), None));
+            }
         }
         let matched = state
             .router
@@ -185,8 +201,9 @@ impl ProxyService {
             .and_then(Option::as_ref)
             .map(|c| c.judge(req.method(), req.headers()));
         let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
+        let client = addrs.known.then_some(addrs.client);
         policy
-            .check(addrs.client, key, req.method(), req.headers())
+            .check(client, key, req.method(), req.headers())
             .map_err(|refusal| match refusal {
                 Refusal::Denied => ProxyError::Forbidden,
                 Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
@@ -208,6 +225,7 @@ impl ProxyService {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
                     proto: self.transport.scheme(),
+                    port,
                     state,
                     policy,
                     pool: &route.pool,
@@ -413,10 +431,12 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
 
 struct Hop<'a> {
     proto: &'static str,
+    /// The canonical authority's port, if it named one (`X-Forwarded-Port`).
+    port: Option<u16>,
     state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
-    addrs: forward::Addrs,
+    addrs: Addrs,
     peer_ip: &'a HeaderValue,
     strip: Option<usize>,
     log: &'a Arc<RequestLog>,
@@ -431,12 +451,7 @@ fn prepare_request_headers(
     if let Some(proto) = upgrade {
         forward::restore_upgrade(headers, proto);
     }
-    if let Some(host) = &hop.log.host {
-        // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs it as Host
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
-    }
+    // `Host` is the canonical authority already (`canonical::request`)
     let Hop { addrs, log, .. } = hop;
     forward::set_forwarded(
         headers,
@@ -445,6 +460,14 @@ fn prepare_request_headers(
         log.host.as_ref(),
         hop.proto,
     );
+    // from an untrusted peer the client is the peer, whose address is formatted once per
+    // connection
+    let real_ip = match (addrs.known, addrs.peer_trusted) {
+        (false, _) => None,
+        (true, false) => Some(hop.peer_ip.clone()),
+        (true, true) => Some(forward::ip_header(addrs.client)),
+    };
+    forward::set_client(headers, real_ip, hop.port, hop.proto, addrs.peer_trusted);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
@@ -470,13 +493,27 @@ fn upstream_uri(
     Ok(Uri::from(path_and_query))
 }
 
-/// "/api/users?x=1" minus "/api/" is "/users?x=1"; the result always starts with '/'.
+/// "/api/users?x=1" minus "/api/" is "/users?x=1"; the result always starts with '/' and is a
+/// canonical path again: a prefix without a trailing slash (`/api`) leaves `..` of `/api..`
+/// behind, which would climb above `/` upstream, so that is a 400.
 fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyError> {
-    let rest = pq.as_str().get(len..).unwrap_or("");
+    let path = pq.path();
+    let rest = path.get(len..).unwrap_or("");
     let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let mut out = String::with_capacity(rest.len() + 1);
+    let mut out = String::with_capacity(pq.as_str().len() + 1 - len.min(path.len()));
     out.push('/');
     out.push_str(rest);
+    let rules = PathRules {
+        merge_slashes: false,
+        encoded_slashes: EncodedSlashes::Keep,
+    };
+    if !matches!(canonical::path(&out, rules), Ok(Cow::Borrowed(_))) {
+        return Err(ProxyError::BadTarget);
+    }
+    if let Some(query) = pq.query() {
+        out.push('?');
+        out.push_str(query);
+    }
     PathAndQuery::try_from(out).map_err(|_| ProxyError::BadTarget)
 }
 
@@ -579,6 +616,10 @@ impl ProxyService {
         if let ProxyError::TooManyRequests(secs) | ProxyError::NoHealthy(_, secs) = err {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            // RFC 9110 15.5.6; what the upstream allows is its to say, this is what passes
+            headers.insert(header::ALLOW, HeaderValue::from_static(PASSED_METHODS));
+        }
         if err.closes_connection() && version < Version::HTTP_2 {
             hygiene::close_after(headers, version);
             self.conn.linger_on_close();
@@ -642,14 +683,6 @@ fn head_too_large<B>(req: &Request<B>, limits: &ServerLimits) -> Option<ProxyErr
     None
 }
 
-fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if let Some(host) = req.headers().get(header::HOST) {
-        return Some(host.clone());
-    }
-    let authority = req.uri().authority()?;
-    HeaderValue::from_str(authority.as_str()).ok()
-}
-
 /// Keeps a sane client-supplied id (visible ASCII, at most 128 bytes), else makes a 128-bit one.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(&X_REQUEST_ID) {
@@ -678,6 +711,21 @@ mod tests {
         assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/users?x=1");
         let pq = PathAndQuery::from_static("/api");
         assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/");
+        let pq = PathAndQuery::from_static("/api/admin?x=/../");
+        assert_eq!(strip_prefix(&pq, 10).unwrap().as_str(), "/?x=/../");
+    }
+
+    #[test]
+    fn strip_never_leaves_a_dot_segment() {
+        for (raw, len) in [
+            ("/api..", 4),
+            ("/api.", 4),
+            ("/api..;x/y", 4),
+            ("/api../y?q", 4),
+        ] {
+            let pq = PathAndQuery::from_static(raw);
+            assert!(strip_prefix(&pq, len).is_err(), "{raw}");
+        }
     }
 
     #[test]

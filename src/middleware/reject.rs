@@ -18,10 +18,18 @@ pub enum Reason {
     BadRequest,
     /// A CORS preflight for an origin, method or header the route does not allow.
     Cors,
+    /// A path that cannot be made canonical (`http::canonical`).
+    BadPath,
+    /// A missing or malformed authority (Host, `:authority`, absolute-form).
+    BadHost,
+    /// A method in lower case, or CONNECT/TRACE (405).
+    BadMethod,
+    /// A header name with `_` under `underscore_headers = "reject"`.
+    BadHeader,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 13] = [
         Reason::RateLimit,
         Reason::BodyTooLarge,
         Reason::HeaderTooLarge,
@@ -31,6 +39,10 @@ impl Reason {
         Reason::BodyTimeout,
         Reason::BadRequest,
         Reason::Cors,
+        Reason::BadPath,
+        Reason::BadHost,
+        Reason::BadMethod,
+        Reason::BadHeader,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +56,10 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::BadRequest => "bad_request",
             Reason::Cors => "cors",
+            Reason::BadPath => "bad_path",
+            Reason::BadHost => "bad_host",
+            Reason::BadMethod => "bad_method",
+            Reason::BadHeader => "bad_header",
         }
     }
 }

@@ -24,8 +24,10 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Headers Gatehouse sets itself towards the upstream: a `Connection` token never removes them
 /// (from a trusted proxy that would drop the chain it vouches for).
-static OWN: [HeaderName; 5] = [
+static OWN: [HeaderName; 7] = [
     header::HOST,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
@@ -148,51 +150,6 @@ pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-/// Where a request came from: whether the socket peer is a trusted proxy (worked out once per
-/// request), and the client as best known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Addrs {
-    pub peer_trusted: bool,
-    pub client: IpAddr,
-}
-
-impl Addrs {
-    pub fn new(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> Addrs {
-        let peer_trusted = is_trusted(trusted, peer);
-        let client = if peer_trusted {
-            client_behind_proxies(headers, peer, trusted)
-        } else {
-            peer
-        };
-        Addrs {
-            peer_trusted,
-            client,
-        }
-    }
-}
-
-/// For a trusted peer: the rightmost `X-Forwarded-For` address that is not itself a trusted proxy.
-fn client_behind_proxies(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    let mut client = peer;
-    let values: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip.to_canonical();
-                if !is_trusted(trusted, client) {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    client
-}
-
 /// An address as a header value; made once per connection, shared by its requests.
 pub fn ip_header(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
@@ -222,6 +179,34 @@ pub fn set_forwarded(
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
+}
+
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Sets `X-Real-IP` to the client's address (removed for a client that is not known) and
+/// `X-Forwarded-Port` (a trusted peer's own is kept): the port the client asked for in its
+/// authority, else the scheme's.
+pub fn set_client(
+    headers: &mut HeaderMap,
+    real_ip: Option<HeaderValue>,
+    port: Option<u16>,
+    proto: &'static str,
+    peer_trusted: bool,
+) {
+    match real_ip {
+        Some(ip) => headers.insert(X_REAL_IP.clone(), ip),
+        None => headers.remove(&X_REAL_IP),
+    };
+    if peer_trusted && headers.contains_key(&X_FORWARDED_PORT) {
+        return;
+    }
+    let port = match (port, proto) {
+        (Some(port), _) => HeaderValue::from(port),
+        (None, "https") => HeaderValue::from_static("443"),
+        (None, _) => HeaderValue::from_static("80"),
+    };
+    headers.insert(X_FORWARDED_PORT.clone(), port);
 }
 
 /// The `X-Forwarded-For` values a trusted peer sent, with `peer` appended; `None` when it sent
@@ -331,26 +316,6 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 5);
         assert!(!h.contains_key(header::CONNECTION));
-    }
-
-    #[test]
-    fn client_ip_walks_trusted_hops() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let h = map(&[
-            ("x-forwarded-for", "203.0.113.7, 198.51.100.2"),
-            ("x-forwarded-for", "10.1.1.1"),
-        ]);
-        let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(
-            Addrs::new(&h, peer, &trusted).client,
-            "198.51.100.2".parse::<IpAddr>().unwrap()
-        );
-        let outsider: IpAddr = "192.0.2.1".parse().unwrap();
-        let from_outsider = Addrs::new(&h, outsider, &trusted);
-        assert_eq!(
-            (from_outsider.client, from_outsider.peer_trusted),
-            (outsider, false)
-        );
     }
 
     #[test]
