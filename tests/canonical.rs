@@ -1989,6 +1989,17 @@ async fn http2_requests_are_made_canonical_too() {
             ),
             ("GET", "http://evil.test@app.test/x", vec![], refused(400)),
             ("post", "http://app.test/x", vec![], refused(400)),
+            // the header rules hold over HTTP/2 too (checked on what the backend saw, below)
+            (
+                "GET",
+                "http://app.test/h2-headers",
+                vec![
+                    ("x_real_ip", "1.2.3.4"),
+                    ("x-real-ip", "1.2.3.4"),
+                    ("x-original-url", "/api/admin/x"),
+                ],
+                reaches_host("/h2-headers", "app.test"),
+            ),
         ];
         let mut failures = Vec::new();
         for (method, uri, headers, want) in cases {
@@ -2003,6 +2014,14 @@ async fn http2_requests_are_made_canonical_too() {
             });
             if let Some(why) = judge(&want, &answer, &new) {
                 failures.push(format!("  h2 {method} {uri} {headers:?}: {why}"));
+            }
+        }
+        for seen in rec.seen().iter().filter(|s| s.target == "/h2-headers") {
+            let wrong = seen.all("x-real-ip") != ["127.0.0.1"]
+                || !seen.all("x-original-url").is_empty()
+                || seen.headers.iter().any(|(n, _)| n.contains('_'));
+            if wrong {
+                failures.push(format!("  h2 headers: backend saw {:?}", seen.headers));
             }
         }
         assert!(failures.is_empty(), "HTTP/2:\n{}", failures.join("\n"));
