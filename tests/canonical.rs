@@ -492,9 +492,10 @@ async fn path_forms_cannot_walk_around_an_allow_protected_prefix() {
             probe(b"/api/%2e%2e/api/admin/x", h, forbidden()),
             probe(b"/api/.%2E/api/admin/x", h, forbidden()),
             probe(b"/api/x/%2E%2E/admin/x", h, forbidden()),
-            probe(b"/api/x/..;/admin/x", h, forbidden()),
-            probe(b"/api/x/..;jsessionid=1/admin/x", h, forbidden()),
-            probe(b"/api/.;/admin/x", h, forbidden()),
+            // (`;` is refused by default: path_parameters_cannot_rename_a_protected_segment)
+            probe(b"/api/x/..;/admin/x", h, bad()),
+            probe(b"/api/x/..;jsessionid=1/admin/x", h, bad()),
+            probe(b"/api/.;/admin/x", h, bad()),
             probe(b"/api/./%61dmin//x/", h, forbidden()),
             // repeated slashes anywhere
             probe(b"/api//admin/x", h, forbidden()),
@@ -582,6 +583,17 @@ async fn path_parameters_cannot_rename_a_protected_segment() {
             "path parameters:\n{}",
             failures.join("\n")
         );
+        // `path_parameters = "keep"` passes `;` on with its segment, but `.;` and `..;` still
+        // count as dot segments
+        let keep = TestProxy::start(&config(&rec, r#"path_parameters = "keep""#, ADMIN_SITE)).await;
+        let probes = vec![
+            probe(b"/api/x/..;/admin/x", h, refused(403)),
+            probe(b"/api/x/..;jsessionid=1/admin/x", h, refused(403)),
+            probe(b"/api/.;/admin/x", h, refused(403)),
+            probe(b"/api/..;/..;/x", h, refused(400)),
+            probe(b"/api/x;jsessionid=1", h, reaches("/api/x;jsessionid=1")),
+        ];
+        run_probes(keep.addr, &rec, probes).await;
     })
     .await;
 }
@@ -636,8 +648,8 @@ hosts = ["app.test"]
             probe(b"/x/../login", h, limited()),
             probe(b"/x/%2e%2e/login", h, limited()),
             probe(b"/%2e/login", h, limited()),
-            probe(b"/.;/login", h, limited()),
-            probe(b"/x/..;/login", h, limited()),
+            probe(b"/.;/login", h, bad()),
+            probe(b"/x/..;/login", h, bad()),
             probe(b"/login?x=1", h, limited()),
             probe(b"/login/?x=1", h, limited()),
             probe(b"http://app.test/%6cogin", h, limited()),
@@ -678,7 +690,7 @@ async fn passing_forms_reach_the_backend_canonical() {
             probe(b"/a/%2e%2E/b", h, reaches("/b")),
             probe(b"/a/b/..", h, reaches("/a/")),
             probe(b"/a/b/.", h, reaches("/a/b/")),
-            probe(b"/a/..;/b", h, reaches("/b")),
+            probe(b"/a/..;/b", h, refused(400)),
             probe(b"/%7Euser/%7e/%2D%2E%5F%41", h, reaches("/~user/~/-._A")),
             probe(b"/caf%c3%a9", h, reaches("/caf%C3%A9")),
             probe(b"/caf%C3%A9", h, reaches("/caf%C3%A9")),
@@ -825,7 +837,7 @@ hosts = ["app.test"]
             probe(b"/api/../x", h, root()),
             probe(b"/api/%2e%2e/x", h, root()),
             probe(b"/api/.%2E/x", h, root()),
-            probe(b"/api/..;/x", h, root()),
+            probe(b"/api/..;/x", h, refused(400)),
             probe(b"/api/..", h, root()),
             probe(b"/api/..%2Fx", h, refused(400)),
             probe(b"/api/..%2fx", h, refused(400)),
@@ -1771,7 +1783,7 @@ tls = { cert = "app.pem", key = "app.key" }
             probe(
                 b"/.well-known/acme-challenge/..;/..;/admin",
                 "app.test",
-                to("/admin"),
+                refused(400),
             ),
             probe(
                 b"/.well-known/acme-challenge/x%2F..%2F..%2Fadmin",
