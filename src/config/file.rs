@@ -40,6 +40,8 @@ pub struct FileListen {
     pub proxy_protocol: Option<Spanned<bool>>,
     pub admin: Option<Str>,
     pub admin_allow: Option<Spanned<Vec<Str>>>,
+    /// Names (or addresses) the admin listener answers to besides its own address and loopback.
+    pub admin_hosts: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +81,8 @@ pub struct FileServer {
     pub resolver: Option<Spanned<toml::Value>>,
     /// `"1.2"` or `"1.3"`; read as a raw value so `1.3` (a number) gets a precise hint.
     pub tls_min_version: Option<Spanned<toml::Value>>,
+    /// The name whose certificate answers a TLS client that sends no SNI.
+    pub default_sni: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

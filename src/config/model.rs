@@ -34,6 +34,9 @@ pub struct Listen {
     pub admin: Option<SocketAddr>,
     /// Who may use the admin listener; empty: loopback only.
     pub admin_allow: Vec<IpNet>,
+    /// `Host` names the admin listener answers to besides its own address and the loopback
+    /// names: lower case, no port, IP addresses without brackets.
+    pub admin_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +55,9 @@ pub struct Server {
     pub metrics: bool,
     /// The oldest TLS version the HTTPS listener accepts.
     pub tls_min_version: TlsVersion,
+    /// The name (lower case) whose certificate a TLS client without SNI is served; it names a
+    /// TLS site's host. `None`: the only TLS site's, or a catch-all TLS site's, else none.
+    pub default_sni: Option<String>,
 }
 
 /// The oldest TLS version the HTTPS listener accepts (`[server] tls_min_version`). Older than 1.2
@@ -179,6 +185,17 @@ pub enum HostPattern {
     Exact(String),
     /// `*.example.com`, stored as the suffix `.example.com`: matches any depth of subdomain.
     Wildcard(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (lower case, no port, no trailing dot) is one of this pattern's names.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
 }
 
 impl fmt::Display for HostPattern {
