@@ -252,3 +252,32 @@ async fn at_most_16_connections_at_once_and_refused_peers_apart() {
     })
     .await;
 }
+
+/// `gatehouse health` and `gatehouse reload` name an address the door answers to, also when the
+/// listener is bound to every address (they ask it on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatehouse_health_and_reload_still_get_in() {
+    with_timeout(60, async {
+        let text = config("", "").replace(
+            "admin = \"127.0.0.1:0\"",
+            "admin = \"0.0.0.0:0\"\nadmin_allow = [\"127.0.0.0/8\"]",
+        );
+        let proxy = TestProxy::start(&text).await;
+        let admin = proxy.admin_addr().await;
+        assert!(admin.ip().is_unspecified(), "{admin}");
+        let (admin, path) = (admin.to_string(), proxy.config_path.clone());
+        let (health, reload) = tokio::task::spawn_blocking(move || {
+            let path = path.to_str().unwrap();
+            let health = run_gatehouse(&["health", "--admin", &admin, "--live"], &[], &[]);
+            let reload = run_gatehouse(&["reload", "--config", path, "--admin", &admin], &[], &[]);
+            (health, reload)
+        })
+        .await
+        .unwrap();
+        assert_eq!(health.status.code(), Some(0), "{}", health.stderr);
+        assert!(health.stdout.contains("live"), "{}", health.stdout);
+        assert_eq!(reload.status.code(), Some(0), "{}", reload.stderr);
+        assert!(reload.stdout.contains("unchanged"), "{}", reload.stdout);
+    })
+    .await;
+}
