@@ -1,9 +1,14 @@
 //! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus,
-//! `/config` for people.
-//! Loopback-only unless `listen.admin_allow` names other peers. `client` is the other side, for
-//! `gatehouse health` (`probe`) and `gatehouse reload`.
+//! `/config` for people, `POST /reload`.
+//!
+//! A closed door: loopback peers only unless `listen.admin_allow` names others; requests
+//! addressed to its own names only, and no cross-origin `POST` (`guard`); `[server] timeouts`
+//! `header_read` and `idle` (`conn`); at most `MAX_CONNECTIONS` at once. `client` is the other
+//! side, for `gatehouse health` (`probe`) and `gatehouse reload`.
 
 pub mod client;
+mod conn;
+mod guard;
 pub mod probe;
 
 use crate::http::ConnContext;
@@ -12,15 +17,24 @@ use crate::middleware::Reason;
 use crate::reload::{Outcome, Trigger};
 use crate::state::RuntimeState;
 use bytes::Bytes;
+use conn::{Deadlines, Noticed, Watchdog};
+use guard::{Names, Refusal};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+
+/// Connections from allowed peers served at once: probes, a scraper and an operator need a
+/// handful; beyond it a new connection is closed at once (a probe retries).
+pub const MAX_CONNECTIONS: usize = 16;
+/// Connections from refused peers served at once (each only gets its `403`), counted apart so
+/// that they cannot crowd out the allowed peers' probes.
+pub const MAX_REFUSED: usize = 4;
 
 /// Serves the admin endpoints until shutdown.
 pub async fn serve(
@@ -29,6 +43,8 @@ pub async fn serve(
     reload: mpsc::Sender<Trigger>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let allowed_slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refused_slots = Arc::new(Semaphore::new(MAX_REFUSED));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -40,30 +56,74 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let (cx, reload) = (cx.clone(), reload.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let (cx, reload) = (cx.clone(), reload.clone());
-                async move { Ok::<_, Infallible>(respond(&cx, &reload, peer, &req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with error");
-            }
-        });
+        let slots = if peer_allowed(&cx, peer) {
+            &allowed_slots
+        } else {
+            &refused_slots
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection closed: too many open");
+            continue;
+        };
+        tokio::spawn(connection(stream, peer, cx.clone(), reload.clone(), slot));
     }
 }
 
-/// Who may ask, then what: `POST /reload`, or one of the `GET` endpoints.
+/// One connection, until the client closes it or a deadline passes; it holds `_slot` till then.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    cx: Arc<ConnContext>,
+    reload: mpsc::Sender<Trigger>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let Ok(local) = stream.local_addr().map(|a| a.ip()) else {
+        return;
+    };
+    let deadlines = {
+        let state = cx.shared.load();
+        let t = &state.config.server.timeouts;
+        Deadlines::new(t.header_read, t.idle)
+    };
+    let busy = deadlines.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (cx, reload, busy) = (cx.clone(), reload.clone(), busy.busy());
+        async move {
+            let resp = respond(&cx, &reload, (peer, local), &req).await;
+            drop(busy);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let io = TokioIo::new(Noticed::new(stream, deadlines.clone()));
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+    tokio::select! {
+        // the connection first: the watchdog reads the deadlines it has just moved
+        biased;
+        ended = conn => if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "admin connection ended with error");
+        },
+        expiry = Watchdog::new(deadlines) => {
+            tracing::debug!(%peer, ?expiry, "admin connection closed: timed out");
+        }
+    }
+}
+
+/// Who may ask, then what: `POST /reload`, or one of the `GET` endpoints. A refused request is
+/// answered and its connection closed.
 async fn respond(
     cx: &ConnContext,
     reload: &mpsc::Sender<Trigger>,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, IpAddr),
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if !allowed(cx, peer) {
-        return text(StatusCode::FORBIDDEN, "forbidden\n".into());
+    if let Err(refusal) = admitted(cx, peer, local, req) {
+        tracing::debug!(%peer, ?refusal, "admin request refused");
+        let mut resp = text(refusal.status(), refusal.message().into());
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return resp;
     }
     if req.method() == Method::POST && req.uri().path() == "/reload" {
         return post_reload(reload).await;
@@ -71,15 +131,23 @@ async fn respond(
     answer(cx, req)
 }
 
-fn allowed(cx: &ConnContext, peer: SocketAddr) -> bool {
-    let state = cx.shared.load();
-    let listen = &state.config.listen;
-    let ip = peer.ip().to_canonical();
-    if listen.admin_allow.is_empty() {
-        ip.is_loopback()
-    } else {
-        listen.admin_allow.iter().any(|net| net.contains(&ip))
+fn admitted(
+    cx: &ConnContext,
+    peer: SocketAddr,
+    local: IpAddr,
+    req: &Request<Incoming>,
+) -> Result<(), Refusal> {
+    if !peer_allowed(cx, peer) {
+        return Err(Refusal::Peer);
     }
+    let state = cx.shared.load();
+    let extra = &state.config.listen.admin_hosts;
+    guard::check(req, &Names { local, extra })
+}
+
+fn peer_allowed(cx: &ConnContext, peer: SocketAddr) -> bool {
+    let state = cx.shared.load();
+    guard::peer_allowed(&state.config.listen.admin_allow, peer.ip())
 }
 
 /// `POST /reload`: 200 with what changed, 200 "unchanged", or 400 with why it was refused.

@@ -39,6 +39,8 @@ pub fn check(path: &Path) -> Result<Config, ConfigError> {
 /// Runs the proxy on `path`'s config until SIGTERM or SIGINT.
 pub fn run(path: &Path) -> Result<(), AppError> {
     let config = config::load(path)?;
+    crate::fds::raise();
+    crate::fds::check(&config);
     // one worker: a current-thread runtime skips the cross-thread scheduler entirely
     let mut runtime = match config.server.workers {
         1 => tokio::runtime::Builder::new_current_thread(),

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod fds;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -51,6 +51,7 @@ pub async fn reload(
             metrics.reloads.with_label_values(&["success"]).inc();
             metrics.last_reload_success.set(crate::clock::unix_now());
             tracing::info!(changes = %summary, "config reloaded");
+            crate::fds::check(&shared.load().config);
         }
         Outcome::Unchanged => tracing::debug!("config unchanged; nothing to reload"),
         Outcome::Rejected(why) => {

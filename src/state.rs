@@ -221,8 +221,11 @@ impl RuntimeState {
                 ))),
             })
             .collect::<Result<Vec<_>, TlsError>>()?;
-        let min = config.server.tls_min_version;
-        let tls = tls::server_config(&config.sites, &slots, &keep.resumption, min)?;
+        let (min, default_sni) = (
+            config.server.tls_min_version,
+            config.server.default_sni.as_deref(),
+        );
+        let tls = tls::server_config(&config.sites, &slots, &keep.resumption, min, default_sni)?;
         let certs = config
             .sites
             .iter()

@@ -4,7 +4,12 @@
 //!
 //! A name no TLS site serves gets no certificate: the handshake fails with an alert rather than
 //! showing another site's certificate. A catch-all TLS site (`hosts = ["*"]` or none) is the
-//! exception: its certificate answers any name, including clients that send no SNI.
+//! exception: its certificate answers any name.
+//!
+//! A client that sends no SNI (it connected by IP address: rustls reports no name for an IP
+//! either) gets the default certificate: `[server] default_sni`'s, as if the client had sent that
+//! name; without it, the only TLS site's; else a catch-all TLS site's; else none (the handshake
+//! fails as for an unknown name).
 //!
 //! Every certificate sits in a `CertSlot` that outlives nothing but its snapshot: certificate files
 //! are polled and a changed pair is swapped in; ACME slots are filled and renewed by `acme`. A slot
@@ -177,12 +182,15 @@ impl FileStamp {
     }
 }
 
-/// Picks the certificate for an SNI name: exact, longest wildcard, then a catch-all site's.
+/// Picks the certificate for an SNI name: exact, longest wildcard, then a catch-all site's; for
+/// no name, the default one.
 #[derive(Default)]
 pub struct CertResolver {
     exact: HashMap<String, CertSlot>,
     wildcard: Vec<(String, CertSlot)>,
     any: Option<CertSlot>,
+    /// For handshakes without SNI (see the module doc).
+    default: Option<CertSlot>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -194,13 +202,19 @@ impl fmt::Debug for CertResolver {
                 &self.wildcard.iter().map(|(s, _)| s).collect::<Vec<_>>(),
             )
             .field("any", &self.any.is_some())
+            .field("default", &self.default.is_some())
             .finish()
     }
 }
 
 impl CertResolver {
-    /// `slots` holds one entry per site (config order), `None` for plain sites.
-    pub fn new(sites: &[Site], slots: &[Option<CertSlot>]) -> CertResolver {
+    /// `slots` holds one entry per site (config order), `None` for plain sites; `default_sni`
+    /// (validated to name a TLS site's host) picks the certificate for clients without SNI.
+    pub fn new(
+        sites: &[Site],
+        slots: &[Option<CertSlot>],
+        default_sni: Option<&str>,
+    ) -> CertResolver {
         let mut resolver = CertResolver::default();
         for (site, slot) in sites.iter().zip(slots) {
             let Some(key) = slot else { continue };
@@ -217,6 +231,11 @@ impl CertResolver {
         resolver
             .wildcard
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        resolver.default = match default_sni {
+            Some(name) => resolver.slot(Some(name)).cloned(),
+            None => only_one(slots).cloned(),
+        }
+        .or_else(|| resolver.any.clone());
         resolver
     }
 
@@ -226,7 +245,7 @@ impl CertResolver {
 
     fn slot(&self, name: Option<&str>) -> Option<&CertSlot> {
         let Some(name) = name else {
-            return self.any.as_ref();
+            return self.default.as_ref();
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(slot) = self.exact.get(&name) {
@@ -240,6 +259,13 @@ impl CertResolver {
     }
 }
 
+/// The slot of the only TLS site, if there is exactly one.
+fn only_one(slots: &[Option<CertSlot>]) -> Option<&CertSlot> {
+    let mut tls = slots.iter().flatten();
+    let first = tls.next()?;
+    tls.next().is_none().then_some(first)
+}
+
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.find(hello.server_name())
@@ -247,17 +273,19 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// The server config for one snapshot; `None` when no site has TLS. One config serves every
-/// site (the certificate is picked by SNI inside the handshake), so `min` is server-wide.
+/// site (the certificate is picked by SNI inside the handshake), so `min` and `default_sni`
+/// are server-wide.
 pub fn server_config(
     sites: &[Site],
     slots: &[Option<CertSlot>],
     resumption: &Resumption,
     min: TlsVersion,
+    default_sni: Option<&str>,
 ) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     if slots.iter().all(Option::is_none) {
         return Ok(None);
     }
-    let resolver = Arc::new(CertResolver::new(sites, slots));
+    let resolver = Arc::new(CertResolver::new(sites, slots, default_sni));
     let protocols = [b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut config = builder(resolver, protocols.into(), versions(min))?;
     config.ticketer = resumption.ticketer.clone();
@@ -322,4 +350,63 @@ fn builder(
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(hosts: &[HostPattern]) -> Site {
+        Site {
+            hosts: hosts.to_vec(),
+            tls: None,
+            redirect_https: false,
+            hsts: None,
+            routes: Vec::new(),
+        }
+    }
+
+    fn exact(name: &str) -> HostPattern {
+        HostPattern::Exact(name.into())
+    }
+
+    fn slot() -> Option<CertSlot> {
+        Some(Arc::new(ArcSwapOption::empty()))
+    }
+
+    /// Which of `slots` the resolver picks for a client without SNI.
+    fn no_sni(sites: &[Site], slots: &[Option<CertSlot>], default: Option<&str>) -> Option<usize> {
+        let resolver = CertResolver::new(sites, slots, default);
+        let picked = resolver.slot(None)?;
+        slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| Arc::ptr_eq(s, picked)))
+    }
+
+    #[test]
+    fn the_only_tls_site_is_the_default() {
+        let sites = [
+            site(&[exact("plain.example")]),
+            site(&[exact("app.example")]),
+        ];
+        assert_eq!(no_sni(&sites, &[None, slot()], None), Some(1));
+    }
+
+    #[test]
+    fn several_tls_sites_have_no_default_unless_named_or_catch_all() {
+        let sites = [
+            site(&[exact("a.example")]),
+            site(&[HostPattern::Wildcard(".b.example".into())]),
+        ];
+        let slots = [slot(), slot()];
+        assert_eq!(no_sni(&sites, &slots, None), None);
+        assert_eq!(no_sni(&sites, &slots, Some("a.example")), Some(0));
+        assert_eq!(no_sni(&sites, &slots, Some("www.b.example")), Some(1));
+        let with_any = [
+            sites[0].clone(),
+            sites[1].clone(),
+            site(&[HostPattern::Any]),
+        ];
+        assert_eq!(no_sni(&with_any, &[slot(), slot(), slot()], None), Some(2));
+    }
 }

@@ -1069,6 +1069,39 @@ tls = "acme"
     assert_each_is_one_located_error(cases);
 }
 
+#[test]
+fn admin_hosts_are_host_names_or_addresses_without_a_port() {
+    let site = "\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  respond = { body = \"x\" }\n";
+    let listen = |hosts: &str| {
+        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_hosts = [\n  {hosts}\n]\n{site}")
+    };
+    let cases: &[(&str, String, &str, &[&str])] = &[
+        (
+            "with a port",
+            listen("\"ok.internal\", \"admin.internal:9900\""),
+            "admin.internal:9900",
+            &[
+                "`listen.admin_hosts`",
+                "without a port",
+                "\"admin.internal\"",
+            ],
+        ),
+        (
+            "a URL",
+            listen("\"http://admin.internal\""),
+            "http://admin.internal",
+            &["`listen.admin_hosts`", "not a host name or address"],
+        ),
+    ];
+    assert_each_is_one_located_error(cases);
+    let (_, out) = check(
+        &listen("\"Admin.Internal.\", \"10.0.0.5\", \"[fd00::5]\""),
+        &[],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+}
+
 /// Text logs written to a pipe (`docker logs`, journald) carry no ANSI colour codes.
 #[test]
 fn text_logs_to_a_pipe_carry_no_colour_codes() {

@@ -971,6 +971,19 @@ async fn oyl_scaled_replicas_by_dns_limits_metrics_and_json_logs() {
 
         let metrics = assert_metrics(&proxy, "*").await;
         assert!(metrics.contains("code=\"429\""), "the refusals are counted");
+        // scraped by its compose service's name (admin_hosts), and by no other
+        let admin = proxy.admin_addr().await;
+        let scrape = |host: &str| {
+            format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+        };
+        let by_name = support::raw_request(admin, &scrape("gatehouse:9900")).await;
+        assert_eq!(by_name.status, 200, "{}", by_name.body_text());
+        assert_eq!(
+            support::raw_request(admin, &scrape("evil.example"))
+                .await
+                .status,
+            421
+        );
         // the access log: one JSON object per line on stdout, the refusals included
         eventually_async(
             Duration::from_secs(5),

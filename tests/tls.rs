@@ -495,6 +495,55 @@ async fn unknown_sni_and_sites_without_tls_fail_the_handshake() {
     .await;
 }
 
+/// A client that sends no SNI (rustls sends none when it connects by IP address, as load
+/// balancer health checks and `curl https://203.0.113.7/` do): `default_sni`'s certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_without_sni_gets_the_default_sni_certificate() {
+    with_timeout(30, async {
+        let pki = Pki::new();
+        let backend = echo_backend("echo").await;
+        let config = config(&pki, &backend)
+            .replace("workers = 2", "workers = 2\ndefault_sni = \"other.test\"");
+        let proxy = TestProxy::start_tls(&config).await;
+        let hs = raw_handshake(proxy.https(), "127.0.0.1", &[])
+            .await
+            .unwrap_or_else(|err| panic!("no SNI with default_sni = other.test: {err}"));
+        assert!(
+            hs.leaf == pki.other.der,
+            "no SNI should be served the other.test certificate, got {}",
+            cert_name(&pki, &hs.leaf)
+        );
+        // a name sent is still chosen by: default_sni is only for clients that send none
+        let hs = raw_handshake(proxy.https(), "app.test", &[]).await.unwrap();
+        assert!(hs.leaf == pki.app.der, "{}", cert_name(&pki, &hs.leaf));
+        assert!(raw_handshake(proxy.https(), "unknown.test", &[])
+            .await
+            .is_err());
+    })
+    .await;
+}
+
+/// With a single TLS site, that site's certificate answers clients without SNI, no key needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_without_sni_gets_the_only_tls_sites_certificate() {
+    with_timeout(30, async {
+        let pki = Pki::new();
+        let files = tls_files(&pki.app.chain_path, &pki.app.key_path);
+        let config = tls_site_config(true, &files)
+            + "\n[[site]]\nhosts = [\"plain.test\"]\n  [[site.route]]\n  path = \"/\"\n  respond = { status = 200 }\n";
+        let proxy = TestProxy::start_tls(&config).await;
+        let hs = raw_handshake(proxy.https(), "127.0.0.1", &[])
+            .await
+            .unwrap_or_else(|err| panic!("no SNI, one TLS site: {err}"));
+        assert!(
+            hs.leaf == pki.app.der,
+            "no SNI should be served the only TLS site's certificate, got {}",
+            cert_name(&pki, &hs.leaf)
+        );
+    })
+    .await;
+}
+
 /// plain.test has no `tls`, so per the contract it is "reachable only over http". A client that
 /// completes a handshake with SNI app.test and then sends `Host: plain.test` must not be served
 /// plain.test's content over HTTPS (RFC 9110 §15.5.20 suggests 421 Misdirected Request).
@@ -1332,6 +1381,29 @@ fn check_requires_an_https_listener_for_tls_sites() {
     let files = tls_files(&pki.app.chain_path, &pki.app.key_path);
     let (path, out) = check(&tls_site_config(false, &files), &[]);
     assert_check_error(&out, &[&path, "listen.https", "no HTTPS listener"]);
+}
+
+#[test]
+fn check_requires_default_sni_to_name_a_tls_sites_host() {
+    let pki = Pki::new();
+    let files = tls_files(&pki.app.chain_path, &pki.app.key_path);
+    let site = tls_site_config(true, &files)
+        + "\n[[site]]\nhosts = [\"plain.test\"]\n  [[site.route]]\n  path = \"/\"\n  respond = { status = 200 }\n";
+    for (name, why) in [
+        ("nope.test", "no site lists it in `hosts`"),
+        ("plain.test", "its site has no `tls`"),
+    ] {
+        let config = format!("[server]\ndefault_sni = \"{name}\"\n\n{site}");
+        let (path, out) = check(&config, &[]);
+        let location = format!("{path}:{}:", line_of(&config, "default_sni"));
+        assert_check_error(
+            &out,
+            &[&location, "server.default_sni", why, "\"app.test\""],
+        );
+    }
+    let config = format!("[server]\ndefault_sni = \"APP.test\"\n\n{site}");
+    let (_, out) = check(&config, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub fn request(
     } else {
         "Content-Length: 0\r\n"
     };
+    // the address asked is one the admin listener answers to (its own, or loopback), and no
+    // `Origin`: the listener refuses other names and cross-origin POSTs (`admin::guard`)
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{length}Connection: close\r\n\r\n");
     stream
@@ -237,5 +239,10 @@ mod tests {
         let head = server.join().unwrap();
         assert!(head.starts_with("POST /reload HTTP/1.1\r\n"), "{head}");
         assert!(head.contains("\r\nContent-Length: 0\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+            "{head}"
+        );
+        assert!(!head.to_ascii_lowercase().contains("origin:"), "{head}");
     }
 }

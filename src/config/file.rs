@@ -40,6 +40,8 @@ pub struct FileListen {
     pub proxy_protocol: Option<Spanned<bool>>,
     pub admin: Option<Str>,
     pub admin_allow: Option<Spanned<Vec<Str>>>,
+    /// Names (or addresses) the admin listener answers to besides its own address and loopback.
+    pub admin_hosts: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +89,8 @@ pub struct FileServer {
     pub path_parameters: Option<Str>,
     /// `"drop"` (default), `"reject"` or `"keep"`: request header names with `_`.
     pub underscore_headers: Option<Str>,
+    /// The name whose certificate answers a TLS client that sends no SNI.
+    pub default_sni: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

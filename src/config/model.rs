@@ -34,6 +34,9 @@ pub struct Listen {
     pub admin: Option<SocketAddr>,
     /// Who may use the admin listener; empty: loopback only.
     pub admin_allow: Vec<IpNet>,
+    /// `Host` names the admin listener answers to besides its own address and the loopback
+    /// names: lower case, no port, IP addresses without brackets.
+    pub admin_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +59,9 @@ pub struct Server {
     pub paths: PathRules,
     /// What happens to request header names with `_` (`underscore_headers`).
     pub underscore_headers: UnderscoreHeaders,
+    /// The name (lower case) whose certificate a TLS client without SNI is served; it names a
+    /// TLS site's host. `None`: the only TLS site's, or a catch-all TLS site's, else none.
+    pub default_sni: Option<String>,
 }
 
 /// What to do with `%2F` in a path (`[server] encoded_slashes`).
@@ -238,6 +244,17 @@ pub enum HostPattern {
     Exact(String),
     /// `*.example.com`, stored as the suffix `.example.com`: matches any depth of subdomain.
     Wildcard(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (lower case, no port, no trailing dot) is one of this pattern's names.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
 }
 
 impl fmt::Display for HostPattern {

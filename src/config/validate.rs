@@ -277,6 +277,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
     let acme = acme(&mut cx, raw.acme.as_ref());
     let log = log::log(&mut cx, raw.log.as_ref());
     https_cross_check(&mut cx, &listen, &sites, &raw);
+    default_sni_check(&mut cx, &server, &sites, &raw);
     acme_cross_check(&mut cx, &listen, &sites, &acme, &raw);
     cx.errors.sort_by_key(|e| (e.line, e.column));
     if cx.errors.is_empty() {
@@ -302,6 +303,7 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
         proxy_protocol: false,
         admin: None,
         admin_allow: Vec::new(),
+        admin_hosts: Vec::new(),
     };
     let Some(raw) = raw else {
         let msg = "no `[listen]` section; add e.g. `[listen]` with `http = \"127.0.0.1:8080\"`";
@@ -338,7 +340,34 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
             .as_ref()
             .and_then(|a| socket_addr(cx, a, "listen.admin")),
         admin_allow: admin_allow(cx, l),
+        admin_hosts: admin_hosts(cx, l),
     }
+}
+
+/// `admin_hosts`: the names a browser-free client reaches the admin listener by (a load
+/// balancer's name, a NAT'd address). Each is a host alone: the port of `Host` is not compared.
+fn admin_hosts(cx: &mut Ctx, l: &FileListen) -> Vec<String> {
+    let Some(list) = &l.admin_hosts else {
+        return Vec::new();
+    };
+    let key = "listen.admin_hosts";
+    cx.list(list, key, Repeats::Dropped, admin_host)
+        .unwrap_or_else(|good| good)
+}
+
+fn admin_host(text: &str) -> Result<String, String> {
+    let host = text.trim_end_matches('.').to_ascii_lowercase();
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&host);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if is_hostname(&host) {
+        return Ok(host);
+    }
+    Err(format!("`{text}` is not a host name or address; expected e.g. \"admin.internal\" or \"10.0.0.5\", without a port (the port of `Host` is not compared)"))
 }
 
 /// The admin listener answers loopback only, unless `admin_allow` says who else may; a
@@ -476,7 +505,22 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
                 ("keep", UnderscoreHeaders::Keep),
             ],
         ),
+        default_sni: raw.default_sni.as_ref().and_then(|v| default_sni(cx, v)),
     }
+}
+
+const DEFAULT_SNI_KEY: &str = "server.default_sni";
+
+/// The name itself; whether a TLS site serves it is `default_sni_check`'s, once sites are read.
+fn default_sni(cx: &mut Ctx, value: &Str) -> Option<String> {
+    let text = cx.expand(value, DEFAULT_SNI_KEY)?;
+    let name = text.trim_end_matches('.').to_ascii_lowercase();
+    if is_hostname(&name) {
+        return Some(name);
+    }
+    let msg = format!("`{text}` is not a host name; expected a host of a site with `tls`, e.g. \"app.example.com\"");
+    cx.error(value.span(), DEFAULT_SNI_KEY, msg);
+    None
 }
 
 const TLS_VERSION_HINT: &str =
@@ -769,7 +813,7 @@ fn acme_hosts(cx: &mut Ctx, raw: &Spanned<FileSite>, hosts: &[HostPattern]) {
         let bad = match host {
             HostPattern::Any => "`tls = \"acme\"` needs the site's host names; list them in `hosts` (a catch-all `*` site cannot get a certificate)".to_string(),
             HostPattern::Wildcard(_) => format!("`{host}`: wildcard certificates need the DNS-01 challenge, which Gatehouse does not do; use certificate files (`tls = {{ cert = ..., key = ... }}`) for wildcards"),
-            HostPattern::Exact(h) if h.parse::<IpAddr>().is_ok() => format!("`{h}`: ACME certificates are for DNS names, not IP addresses; use certificate files"),
+            HostPattern::Exact(h) if h.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() => format!("`{h}`: ACME certificates are for DNS names, not IP addresses; use certificate files"),
             HostPattern::Exact(h) if !h.contains('.') => format!("`{h}`: a public CA only issues for fully qualified names like \"app.example.com\""),
             HostPattern::Exact(_) => continue,
         };
@@ -911,6 +955,36 @@ fn ipv6_host(text: &str) -> Option<String> {
         .unwrap_or(text);
     let ip: std::net::Ipv6Addr = inner.parse().ok()?;
     Some(format!("[{ip}]"))
+}
+
+/// `default_sni` is served as if the client had sent it, so some TLS site must answer to it.
+fn default_sni_check(cx: &mut Ctx, server: &Server, sites: &[Site], raw: &FileConfig) {
+    let (Some(name), Some(value)) = (&server.default_sni, &raw.server.default_sni) else {
+        return;
+    };
+    let serves = |s: &&Site| s.hosts.iter().any(|h| h.matches(name));
+    if sites.iter().filter(|s| s.tls.is_some()).any(|s| serves(&s)) {
+        return;
+    }
+    let tls_hosts: Vec<String> = sites
+        .iter()
+        .filter(|s| s.tls.is_some())
+        .flat_map(|s| s.hosts.iter().map(|h| format!("\"{h}\"")))
+        .collect();
+    let why = if sites.iter().any(|s| serves(&s)) {
+        "its site has no `tls`"
+    } else {
+        "no site lists it in `hosts`"
+    };
+    let msg = if tls_hosts.is_empty() {
+        format!("`{name}`: {why}, and no site has `tls`; `default_sni` chooses the certificate for TLS clients that send no name")
+    } else {
+        format!(
+            "`{name}`: {why}; expected a host of a site with `tls`: {}",
+            tls_hosts.join(", ")
+        )
+    };
+    cx.error(value.span(), DEFAULT_SNI_KEY, msg);
 }
 
 fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {

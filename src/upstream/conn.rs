@@ -28,7 +28,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// At least as many as requests a busy moment has in flight to one backend: a cap of 32 closed
 /// and reopened ~1,500 connections per 5 s under h2load -m32 (512 in flight).
-const MAX_IDLE: usize = 1024;
+pub const MAX_IDLE: usize = 1024;
 /// How often `UpstreamPool::spawn_sweeper` sweeps every backend's idle connections.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Sweeps an idle connection survives: it is closed after 90 to 100 s without use.
