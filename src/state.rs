@@ -1,9 +1,11 @@
-//! The runtime snapshot compiled from a validated `Config`, published through one `ArcSwap` so a
+//! The runtime snapshot compiled from a validated `Config` and the files it names (read
+//! beforehand by `load`: nothing here reads a file), published through one `ArcSwap` so a
 //! request sees one whole config from start to end.
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
 use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::Limiters;
@@ -92,22 +94,15 @@ pub enum BuildError {
     AccessLog(#[from] AccessLogError),
     #[error("{0}")]
     Metrics(#[from] MetricsError),
+    /// Not a config problem: the loading step reads every file the config names.
+    #[error("certificate files {} were not loaded with the config", .0.display())]
+    NotLoaded(std::path::PathBuf),
 }
 
 /// Everything an upstream's pool and its connections are built from: its spec, the server timeouts,
 /// the metrics switch, and the state of its TLS files (a CA or client certificate replaced under
 /// the same name is read again by the next reload).
 type MadeFrom = (Upstream, Timeouts, bool, tls::FileStamp);
-
-fn tls_files(spec: &Upstream) -> tls::FileStamp {
-    let tls = spec.tls.as_ref();
-    let ca = tls.and_then(|t| t.ca_root.as_deref());
-    let client = tls.and_then(|t| t.client_cert.as_ref());
-    let pair = client
-        .into_iter()
-        .flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
-    tls::FileStamp::of_paths(ca.into_iter().chain(pair))
-}
 
 #[derive(Clone)]
 pub struct KeptUpstream {
@@ -148,33 +143,44 @@ impl Keep {
     }
 
     /// Whether a TLS file an upstream of `config` reads (`ca_root`, `client_cert`) changed on
-    /// disk since its pool was built: then a reload of an unchanged config still rebuilds.
-    pub async fn tls_files_changed(&self, config: &Config) -> bool {
+    /// disk since its pool was built (`files` were read just now): then a reload of an unchanged
+    /// config still rebuilds.
+    pub async fn tls_files_changed(&self, config: &Config, files: &Files) -> bool {
         let kept = self.upstreams.lock().await;
-        config.upstreams.iter().any(|(name, spec)| {
+        config.upstreams.keys().any(|name| {
             kept.get(name)
-                .is_some_and(|k| k.made_from.3 != tls_files(spec))
+                .is_some_and(|k| k.made_from.3 != files.upstream_stamp(name))
         })
     }
 
     /// The pools for `config`: the kept one for an upstream whose definition did not change,
-    /// a new one (resolved, checks started) otherwise. The kept set becomes exactly this one.
-    async fn upstreams(&self, config: &Config) -> Result<HashMap<String, KeptUpstream>, TlsError> {
+    /// a new one (resolved, checks started) otherwise. The new ones resolve their names and run
+    /// their first checks all at once, so a reload waits for the slowest, not for the sum. The
+    /// kept set becomes exactly this one.
+    async fn upstreams(
+        &self,
+        config: &Config,
+        files: &Files,
+    ) -> Result<HashMap<String, KeptUpstream>, TlsError> {
         let mut kept = self.upstreams.lock().await;
         let mut next = HashMap::new();
+        let mut new = Vec::new();
         for (name, spec) in &config.upstreams {
             let made_from = (
                 spec.clone(),
                 config.server.timeouts.clone(),
                 config.server.metrics,
-                tls_files(spec),
+                files.upstream_stamp(name),
             );
-            let reuse = kept.get(name).filter(|k| k.made_from == made_from).cloned();
-            let entry = match reuse {
-                Some(entry) => entry,
-                None => self.new_upstream(name, made_from).await?,
-            };
-            next.insert(name.clone(), entry);
+            match kept.get(name).filter(|k| k.made_from == made_from) {
+                Some(entry) => {
+                    next.insert(name.clone(), entry.clone());
+                }
+                None => new.push(self.new_upstream(name, made_from, files)),
+            }
+        }
+        for (name, entry) in futures_util::future::try_join_all(new).await? {
+            next.insert(name, entry);
         }
         *kept = next.clone();
         Ok(next)
@@ -184,9 +190,11 @@ impl Keep {
         &self,
         name: &str,
         made_from: MadeFrom,
-    ) -> Result<KeptUpstream, TlsError> {
+        files: &Files,
+    ) -> Result<(String, KeptUpstream), TlsError> {
         let (spec, timeouts, metrics, _) = &made_from;
-        let handshake = upstream::tls::Handshake::new(name, spec, timeouts)?;
+        let tls = files.upstream(name);
+        let handshake = upstream::tls::Handshake::new(name, spec, timeouts, tls)?;
         let pool = UpstreamPool::new(name, spec, timeouts, handshake.clone());
         if *metrics {
             pool.set_metrics(&self.metrics);
@@ -198,14 +206,15 @@ impl Keep {
             // probes go over the same kind of connection as the traffic, TLS included
             upstream::health::start_checks(&pool, check.clone(), timeouts, handshake).await;
         }
-        Ok(KeptUpstream { made_from, pool })
+        Ok((name.to_string(), KeptUpstream { made_from, pool }))
     }
 }
 
 impl RuntimeState {
     /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers,
     /// certificate files get watchers, new ACME names get their task).
-    pub async fn build(config: Config, keep: &Keep) -> Result<RuntimeState, BuildError> {
+    pub async fn build(loaded: Loaded, keep: &Keep) -> Result<RuntimeState, BuildError> {
+        let Loaded { config, files } = loaded;
         let access_log = keep.access_log(&config.log)?;
         let acme = &keep.acme;
         let slots = config
@@ -213,14 +222,21 @@ impl RuntimeState {
             .iter()
             .map(|site| match &site.tls {
                 None => Ok(None),
-                Some(SiteTls::Files(files)) => tls::watched_slot(files).map(Some),
+                Some(SiteTls::Files(tls)) => match files.pair(tls) {
+                    Some(pair) => Ok(Some(tls::watched_slot(
+                        tls,
+                        pair.stamp.clone(),
+                        pair.key.clone(),
+                    ))),
+                    None => Err(BuildError::NotLoaded(tls.cert.clone())),
+                },
                 Some(SiteTls::Acme) => Ok(Some(acme.slot(
                     &config.acme,
                     &config.server.state_dir,
                     site.names(),
                 ))),
             })
-            .collect::<Result<Vec<_>, TlsError>>()?;
+            .collect::<Result<Vec<_>, BuildError>>()?;
         let min = config.server.tls_min_version;
         let tls = tls::server_config(&config.sites, &slots, &keep.resumption, min)?;
         let certs = config
@@ -229,7 +245,7 @@ impl RuntimeState {
             .zip(&slots)
             .filter_map(|(site, slot)| Some((site_label(site), slot.clone()?)))
             .collect();
-        let kept = keep.upstreams(&config).await?;
+        let kept = keep.upstreams(&config, &files).await?;
         let upstreams: HashMap<String, Arc<UpstreamPool>> = kept
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
