@@ -291,3 +291,57 @@ async fn changing_the_answer_adds_and_drains_replicas_without_failed_requests() 
     })
     .await;
 }
+
+/// A reload's new upstreams at a DNS server that never answers: each name is given up on after
+/// `resolve_timeout`, and all of them at once (four upstreams, six names), so the reload is
+/// applied after about one `resolve_timeout`: not six of them one after another, nor five
+/// seconds per name as without the key.
+#[tokio::test]
+async fn a_reload_waits_one_resolve_timeout_for_all_its_new_names() {
+    with_timeout(60, async {
+        // reads every query (the kernel queues them) and never answers
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let base = "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[server]\nworkers = 1\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  respond = { status = 200, body = \"ok\" }\n";
+        let proxy = TestProxy::start(base).await;
+        let admin = proxy.admin_addr().await;
+        let mut text = base.replace(
+            "workers = 1\n",
+            &format!(
+                "workers = 1\nresolver = [\"{}\"]\nresolve_timeout = \"1s\"\n",
+                silent.local_addr().unwrap()
+            ),
+        );
+        text.push_str("  [[site.route]]\n  path = \"/many\"\n  upstream = \"many\"\n");
+        text.push_str("\n[upstream.many]\nservers = [\"a.test:80\", \"b.test:80\", \"c.test:80\"]\n");
+        for name in ["one", "two", "three"] {
+            text.push_str(&format!(
+                "\n[upstream.{name}]\nservers = [\"{name}.test:80\"]\nresolve_every = \"30s\"\n"
+            ));
+        }
+        std::fs::write(&proxy.config_path, &text).unwrap();
+        let started = Instant::now();
+        let resp = client()
+            .post(format!("http://{admin}/reload"))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let (status, answer) = (resp.status(), resp.text().await.unwrap());
+        eprintln!("reload answered {status} after {took:?}: {answer}");
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "the reload should wait for the names (1 s): {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(2500),
+            "the names should be given up on at once after 1 s: {took:?}"
+        );
+        // the names have no address: the route answers, with a 503
+        let resp = client().get(proxy.url("/many")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        let logs = proxy.logs().join("\n");
+        assert!(logs.contains("no answer within"), "{logs}");
+    })
+    .await;
+}
