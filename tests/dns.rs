@@ -345,3 +345,68 @@ async fn a_reload_waits_one_resolve_timeout_for_all_its_new_names() {
     })
     .await;
 }
+
+/// The system resolver (getaddrinfo) asking a DNS server that never answers: the start, which
+/// resolves upstream names before serving, goes on after `resolve_timeout` (glibc would wait 30 s
+/// here). getaddrinfo takes its DNS server from /etc/resolv.conf alone, so Gatehouse runs in
+/// namespaces of its own (`unshare -rmn`, no privilege needed): a resolv.conf mounted over the
+/// real one names 192.0.2.53, which is routed to the loopback device but is nobody's address
+/// there, so the queries vanish without an answer or an ICMP error.
+#[test]
+fn the_system_resolver_is_given_up_on_after_resolve_timeout() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let probe = Command::new("unshare").args(["-rmn", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: this machine does not allow user namespaces (`unshare -rmn`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 192.0.2.53\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    let text = "[listen]\nhttp = \"127.0.0.1:0\"\n\n[server]\nworkers = 1\nresolve_timeout = \"1s\"\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"hang\"\n\n[upstream.hang]\nservers = [\"hang.test:80\"]\n";
+    std::fs::write(&config, text).unwrap();
+    let script = "ip link set lo up && ip route add 192.0.2.0/24 dev lo && mount --bind \"$2\" /etc/resolv.conf && exec \"$0\" run --config \"$1\" --log-format json";
+    let started = Instant::now();
+    let mut child = Command::new("unshare")
+        .args(["-rmn", "sh", "-c", script, support::BIN])
+        .args([&config, &resolv])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut logs = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains("\"listening\"") => break Some(started.elapsed()),
+            Ok(line) => logs.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = logs.join("\n");
+    eprintln!("listening after {listening:?}");
+    let listening = listening.unwrap_or_else(|| panic!("not listening within 20 s:\n{logs}"));
+    assert!(logs.contains("no answer within 1s"), "{logs}");
+    assert!(
+        listening >= Duration::from_millis(900) && listening < Duration::from_secs(4),
+        "the start should wait 1 s for the name, then go on: {listening:?}\n{logs}"
+    );
+}
