@@ -10,7 +10,9 @@
 //! runtime exists, and a reload runs it on tokio's blocking pool ([`load_off_runtime`]), so the
 //! threads serving traffic never wait for it.
 
-use crate::config::{self, Config, ConfigError, FileKind, Located, TlsFiles, Validated};
+use crate::config::{
+    self, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Validated,
+};
 use crate::tls::{self, FileStamp, TlsError};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
@@ -140,53 +142,59 @@ fn upstream_files(
     validated: &Validated,
     errors: &mut Vec<Located>,
 ) -> Files {
-    let mut files = Files {
-        pairs: read.pairs,
-        upstreams: HashMap::new(),
-    };
-    let mut system: Option<RootCertStore> = None;
+    let mut system = None;
+    let mut upstreams = HashMap::new();
     for (name, spec) in &config.upstreams {
         let Some(tls) = &spec.tls else { continue };
-        let mut roots = system.get_or_insert_with(system_roots).clone();
-        let mut stamp = FileStamp::default();
-        if let Some((ca_stamp, ca)) = tls.ca_root.as_ref().and_then(|p| read.roots.get(p)) {
-            stamp = ca_stamp.clone();
-            if let Err(e) = add_roots(&mut roots, ca, tls.ca_root.as_deref()) {
+        let system = system.get_or_insert_with(system_roots);
+        match upstream_entry(tls, system, &read) {
+            Ok(entry) => {
+                upstreams.insert(name.clone(), entry);
+            }
+            Err(e) => {
+                // only `ca_root` can be at fault: a certificate in it that rustls cannot use
                 let key = format!("upstream.{name}.ca_root");
                 let named = validated.files.iter().find(|n| n.key == key);
                 errors.extend(named.map(|n| validated.locate(n, e.to_string())));
             }
         }
-        let client = tls.client_cert.as_ref().and_then(|c| files.pairs.get(c));
-        if let Some(pair) = client {
-            stamp = FileStamp::join([stamp, pair.stamp.clone()]);
-        }
-        let client = client.map(|pair| pair.key.clone());
-        let roots = Arc::new(roots);
-        let entry = UpstreamFiles {
-            stamp,
-            roots,
-            client,
-        };
-        files.upstreams.insert(name.clone(), entry);
     }
-    files
+    Files {
+        pairs: read.pairs,
+        upstreams,
+    }
 }
 
-fn add_roots(
-    store: &mut RootCertStore,
-    roots: &[CertificateDer<'static>],
-    path: Option<&Path>,
-) -> Result<(), TlsError> {
-    for root in roots {
-        store
-            .add(root.clone())
-            .map_err(|source| TlsError::BadRoot {
-                path: path.map(Path::to_path_buf).unwrap_or_default(),
+/// One TLS upstream's roots (the system's and its `ca_root`) and client certificate, with the
+/// stamps of its files (`ca_root`, then the pair).
+fn upstream_entry(
+    tls: &UpstreamTls,
+    system: &RootCertStore,
+    read: &Read,
+) -> Result<UpstreamFiles, TlsError> {
+    let mut roots = system.clone();
+    let mut stamps = Vec::new();
+    let ca = tls
+        .ca_root
+        .as_ref()
+        .and_then(|p| Some((p, read.roots.get(p)?)));
+    if let Some((path, (stamp, certs))) = ca {
+        stamps.push(stamp.clone());
+        for cert in certs {
+            let bad = |source| TlsError::BadRoot {
+                path: path.clone(),
                 source,
-            })?;
+            };
+            roots.add(cert.clone()).map_err(bad)?;
+        }
     }
-    Ok(())
+    let client = tls.client_cert.as_ref().and_then(|c| read.pairs.get(c));
+    stamps.extend(client.map(|pair| pair.stamp.clone()));
+    Ok(UpstreamFiles {
+        stamp: FileStamp::join(stamps),
+        roots: Arc::new(roots),
+        client: client.map(|pair| pair.key.clone()),
+    })
 }
 
 /// The operating system's trusted roots (`/etc/ssl/certs` and the like); the ones that do not
@@ -195,4 +203,48 @@ fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     roots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SITE: &str = "\n[[site]]\nhosts = [\"HOST\"]\ntls = { cert = \"CERT.pem\", key = \"CERT.key\" }\n  [[site.route]]\n  path = \"/\"\n  upstream = \"api\"\n";
+
+    fn site(host: &str, cert: &str) -> String {
+        SITE.replace("HOST", host).replace("CERT", cert)
+    }
+
+    #[test]
+    fn reads_the_named_files_and_locates_what_fails_at_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        std::fs::write(dir.path().join("a.pem"), made.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("a.key"), made.key_pair.serialize_pem()).unwrap();
+        let head = "[listen]\nhttps = \"127.0.0.1:0\"\n\n[upstream.api]\nservers = [\"https://10.0.0.1:443\"]\nca_root = \"a.pem\"\n";
+        let path = dir.path().join("gatehouse.toml");
+        let good = format!("{head}{}{}", site("a.test", "a"), site("b.test", "a"));
+        std::fs::write(&path, &good).unwrap();
+        let loaded = load(&path).unwrap();
+        let Some(crate::config::SiteTls::Files(pair)) = &loaded.config.sites[0].tls else {
+            panic!("a site with certificate files");
+        };
+        assert!(loaded.files.pair(pair).is_some());
+        let api = loaded.files.upstream("api").unwrap();
+        assert_eq!(
+            api.stamp,
+            FileStamp::of_paths([dir.path().join("a.pem").as_path()])
+        );
+        assert!(api.client.is_none());
+
+        let bad = format!("{good}{}", site("c.test", "missing"));
+        std::fs::write(&path, &bad).unwrap();
+        let Err(ConfigError::Invalid(errors)) = load(&path) else {
+            panic!("a missing certificate file is a config error");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let line = bad.lines().position(|l| l.contains("missing.pem")).unwrap() + 1;
+        assert_eq!((errors[0].line, errors[0].key.as_str()), (line, "site.tls"));
+        assert!(errors[0].message.contains("missing.pem"), "{}", errors[0]);
+    }
 }

@@ -94,9 +94,6 @@ pub enum BuildError {
     AccessLog(#[from] AccessLogError),
     #[error("{0}")]
     Metrics(#[from] MetricsError),
-    /// Not a config problem: the loading step reads every file the config names.
-    #[error("certificate files {} were not loaded with the config", .0.display())]
-    NotLoaded(std::path::PathBuf),
 }
 
 /// Everything an upstream's pool and its connections are built from: its spec, the server timeouts,
@@ -127,14 +124,17 @@ impl Keep {
         })
     }
 
-    /// The kept access log if `[log]` did not change, else a new one (file opened, writer
-    /// started). Only `keep_access_log` makes it the kept one, once the snapshot is complete.
-    fn access_log(&self, log: &Log) -> Result<AccessLog, AccessLogError> {
-        let kept = self.access_log.lock().unwrap_or_else(|e| e.into_inner());
-        match kept.as_ref() {
-            Some((l, access_log)) if l == log => Ok(access_log.clone()),
-            _ => AccessLog::start(log, self.log_dropped.clone()),
+    /// The kept access log if `[log]` did not change, else a new one (file opened, on the
+    /// blocking pool, and writer started). Only `keep_access_log` makes it the kept one, once
+    /// the snapshot is complete.
+    async fn access_log(&self, log: &Log) -> Result<AccessLog, AccessLogError> {
+        {
+            let kept = self.access_log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, access_log)) = kept.as_ref().filter(|(l, _)| l == log) {
+                return Ok(access_log.clone());
+            }
         }
+        start_access_log(log.clone(), self.log_dropped.clone()).await
     }
 
     fn keep_access_log(&self, log: &Log, access_log: &AccessLog) {
@@ -215,7 +215,7 @@ impl RuntimeState {
     /// certificate files get watchers, new ACME names get their task).
     pub async fn build(loaded: Loaded, keep: &Keep) -> Result<RuntimeState, BuildError> {
         let Loaded { config, files } = loaded;
-        let access_log = keep.access_log(&config.log)?;
+        let access_log = keep.access_log(&config.log).await?;
         let acme = &keep.acme;
         let slots = config
             .sites
@@ -228,7 +228,7 @@ impl RuntimeState {
                         pair.stamp.clone(),
                         pair.key.clone(),
                     ))),
-                    None => Err(BuildError::NotLoaded(tls.cert.clone())),
+                    None => Err(TlsError::NotLoaded(tls.cert.display().to_string())),
                 },
                 Some(SiteTls::Acme) => Ok(Some(acme.slot(
                     &config.acme,
@@ -236,7 +236,7 @@ impl RuntimeState {
                     site.names(),
                 ))),
             })
-            .collect::<Result<Vec<_>, BuildError>>()?;
+            .collect::<Result<Vec<_>, TlsError>>()?;
         let min = config.server.tls_min_version;
         let tls = tls::server_config(&config.sites, &slots, &keep.resumption, min)?;
         let certs = config
@@ -299,6 +299,21 @@ impl RuntimeState {
             upstreams,
             config: Arc::new(config),
         })
+    }
+}
+
+/// `AccessLog::start` on the blocking pool: opening a file may wait on its disk.
+async fn start_access_log(log: Log, dropped: Arc<AtomicU64>) -> Result<AccessLog, AccessLogError> {
+    let path = match &log.access {
+        crate::config::AccessTarget::File(path) => path.clone(),
+        _ => std::path::PathBuf::new(),
+    };
+    match tokio::task::spawn_blocking(move || AccessLog::start(&log, dropped)).await {
+        Ok(started) => started,
+        Err(e) => Err(AccessLogError {
+            path,
+            source: std::io::Error::other(e),
+        }),
     }
 }
 

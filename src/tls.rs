@@ -66,6 +66,9 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::Error,
     },
+    /// A bug, not a config problem: `crate::load` reads every file a config names.
+    #[error("{0}: not read with the config")]
+    NotLoaded(String),
 }
 
 /// Reads a PEM chain and key and checks that they belong together.

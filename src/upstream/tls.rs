@@ -92,16 +92,17 @@ enum Names {
 
 impl Handshake {
     /// The handshake settings of a TLS upstream, from the roots and client certificate
-    /// `crate::load` read for it; `None` for a plain one (or one `files` has nothing for).
+    /// `crate::load` read for it; `None` for a plain one.
     pub fn new(
         upstream: &str,
         spec: &Upstream,
         timeouts: &Timeouts,
         files: Option<&UpstreamFiles>,
     ) -> Result<Option<Arc<Handshake>>, TlsError> {
-        let (Some(tls), Some(files)) = (&spec.tls, files) else {
+        let Some(tls) = &spec.tls else {
             return Ok(None);
         };
+        let files = files.ok_or_else(|| TlsError::NotLoaded(format!("upstream `{upstream}`")))?;
         let names = match &tls.sni {
             Some(name) => Names::Fixed(name.clone()),
             None => Names::Servers(spec.servers.iter().map(|s| s.addr.clone()).collect()),
