@@ -5,6 +5,11 @@
 //!
 //! The `Manager` outlives config snapshots: building a snapshot asks it for slots, and a name set
 //! it already manages gets the same slot and task back.
+//!
+//! Every touch of the disk (the stored certificate and account, their atomic writes with their
+//! fsyncs, the system root store for the CA's API) runs on tokio's blocking pool
+//! ([`off_runtime`]): an fsync can wait behind a disk's whole queue, and the task that waits
+//! must not be a thread serving traffic.
 
 mod order;
 pub mod store;
@@ -54,6 +59,15 @@ pub enum AcmeError {
     NoRoots,
     #[error("the order took longer than {0:?}")]
     Deadline(Duration),
+    #[error("file work stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
+}
+
+/// Runs `work` (file reads and writes) on tokio's blocking pool and waits for it.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AcmeError> + Send + 'static,
+) -> Result<T, AcmeError> {
+    tokio::task::spawn_blocking(work).await?
 }
 
 /// Reads every certificate in a PEM file (for `acme.ca_root`).
@@ -270,7 +284,7 @@ async fn maintain(
     };
     let list = names.join(",");
     let dir = issuer.store.cert_dir(&issuer.settings.directory, &names);
-    let mut current = load_stored(&dir, &names, &slot, &list);
+    let mut current = load_stored(&dir, &names, &slot, &list).await;
     let mut backoff = Backoff::new(issuer.settings.retry_initial, issuer.settings.retry_max);
     loop {
         if let Some(info) = &current {
@@ -285,9 +299,13 @@ async fn maintain(
             tracing::info!(names = %list, not_after = %rfc3339(info.not_after), "renewing certificate");
         }
         let issued = tokio::time::timeout(ORDER_DEADLINE, issuer.issue(&names)).await;
-        let result = issued
-            .unwrap_or(Err(AcmeError::Deadline(ORDER_DEADLINE)))
-            .and_then(|cert| publish(&dir, cert, &slot));
+        let result = match issued.unwrap_or(Err(AcmeError::Deadline(ORDER_DEADLINE))) {
+            Ok(cert) => {
+                let (dir, slot) = (dir.clone(), slot.clone());
+                off_runtime(move || publish(&dir, cert, &slot)).await
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(info) => {
                 count("success");
@@ -314,8 +332,15 @@ async fn maintain(
     }
 }
 
-fn load_stored(dir: &Path, names: &[String], slot: &CertSlot, list: &str) -> Option<CertInfo> {
-    match store::load_cert(dir) {
+async fn load_stored(
+    dir: &Path,
+    names: &[String],
+    slot: &CertSlot,
+    list: &str,
+) -> Option<CertInfo> {
+    let at = dir.to_path_buf();
+    let stored = off_runtime(move || Ok(store::load_cert(&at)?)).await;
+    match stored {
         Ok(Some(stored))
             if stored.info.covers(names) && stored.info.not_after > SystemTime::now() =>
         {

@@ -6,9 +6,10 @@ use crate::acme::{
     store::{self, CertInfo, Store},
 };
 use crate::admin::client::{self, ClientError};
-use crate::config::{self, Config, ConfigError, SiteTls};
+use crate::config::{Config, ConfigError, SiteTls};
 use crate::http::ConnContext;
 use crate::listener::{BindError, Listeners};
+use crate::load::{self, Loaded};
 use crate::reload;
 use crate::state::{BuildError, Keep, RuntimeState, Shared};
 use std::net::SocketAddr;
@@ -31,16 +32,18 @@ pub enum AppError {
     Runtime(std::io::Error),
 }
 
-/// Validates a config file without starting anything.
+/// Validates a config file, and reads the files it names, without starting anything.
 pub fn check(path: &Path) -> Result<Config, ConfigError> {
-    config::load(path)
+    load::load(path).map(|loaded| loaded.config)
 }
 
 /// Runs the proxy on `path`'s config until SIGTERM or SIGINT.
 pub fn run(path: &Path) -> Result<(), AppError> {
-    let config = config::load(path)?;
+    // before the runtime exists: reading the files blocks no thread that serves anything yet
+    let loaded = load::load(path)?;
+    let config = &loaded.config;
     crate::fds::raise();
-    crate::fds::check(&config);
+    crate::fds::check(config);
     // one worker: a current-thread runtime skips the cross-thread scheduler entirely
     let mut runtime = match config.server.workers {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -52,15 +55,15 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         }
     };
     let runtime = runtime.enable_all().build().map_err(AppError::Runtime)?;
-    runtime.block_on(serve(path, config))
+    runtime.block_on(serve(path, loaded))
 }
 
-pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
+pub async fn serve(path: &Path, loaded: Loaded) -> Result<(), AppError> {
     let signals = Signals::install();
-    let listen = config.listen.clone();
+    let listen = loaded.config.listen.clone();
     let keep = Arc::new(Keep::new()?);
     keep.limiters.spawn_sweeper();
-    let shared = Shared::new(RuntimeState::build(config, &keep).await?);
+    let shared = Shared::new(RuntimeState::build(loaded, &keep).await?);
     let tracker = TaskTracker::new();
     let cx = Arc::new(ConnContext {
         shared: shared.clone(),
@@ -129,7 +132,7 @@ pub struct CertRow {
 
 /// The certificate of every TLS site, read from `state_dir` (ACME) or the configured files.
 pub fn certificates(path: &Path) -> Result<Vec<CertRow>, ConfigError> {
-    let config = config::load(path)?;
+    let config = load::load(path)?.config;
     let store = Store::new(&config.server.state_dir);
     let rows = config
         .sites
@@ -301,7 +304,7 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// `gatehouse reload`: validates `path` here first (as `nginx -t && nginx -s reload` would), then
 /// asks the running instance over its admin listener and returns its answer.
 pub fn request_reload(path: &Path, admin: Option<SocketAddr>) -> Result<String, ReloadError> {
-    let config = config::load(path)?;
+    let config = load::load(path)?.config;
     let addr = admin.or(config.listen.admin).ok_or(ReloadError::NoAdmin)?;
     let answer = client::request(addr, &http::Method::POST, "/reload", RELOAD_TIMEOUT)?;
     if answer.status == 200 {

@@ -81,19 +81,95 @@ fn join(errors: &[Located]) -> String {
     out
 }
 
-/// Reads, parses and validates a config file. Nothing is started here.
+/// Reads, parses and validates a config file. No file it names (certificates, keys, CA roots) is
+/// read: `crate::load` does that, after this.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    validate_file(path)?.finish(Vec::new())
+}
+
+/// Parses and validates config text; `path` is only used in error messages and as the config's
+/// source. As with [`load`], no file the config names is read.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    validate_text(path, text.to_string())?.finish(Vec::new())
+}
+
+/// Reads and validates a config file, keeping what the step that reads the files it names needs
+/// (see [`Validated`]). A file that cannot be read or is not TOML of the right shape is an error
+/// here; validation's problems wait in `Validated::config`, to be reported together with those
+/// of the files.
+pub fn validate_file(path: &Path) -> Result<Validated, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(path, &text)
+    validate_text(path, text)
 }
 
-/// Parses and validates config text; `path` is only used in error messages and as the config's source.
-pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw: file::FileConfig = toml::from_str(text).map_err(|e| syntax(path, text, &e))?;
-    validate::validate(path, text, raw).map_err(ConfigError::Invalid)
+/// [`validate_file`] on text already read.
+pub fn validate_text(path: &Path, text: String) -> Result<Validated, ConfigError> {
+    let raw: file::FileConfig = toml::from_str(&text).map_err(|e| syntax(path, &text, &e))?;
+    let (config, files) = validate::validate(path, &text, raw);
+    Ok(Validated {
+        config,
+        files,
+        path: path.to_path_buf(),
+        text,
+    })
+}
+
+/// A config file validated without reading the files it names: the config (or every problem
+/// found), those files, and the text, so that a problem found in a file later is reported at the
+/// key that names it, like any other.
+#[derive(Debug)]
+pub struct Validated {
+    pub config: Result<Config, Vec<Located>>,
+    pub files: Vec<NamedFile>,
+    path: PathBuf,
+    text: String,
+}
+
+impl Validated {
+    /// `message` about `named`, located where the config names it.
+    pub fn locate(&self, named: &NamedFile, message: String) -> Located {
+        let span = named.span.clone();
+        Located::new(&self.path, &self.text, span, named.key.clone(), message)
+    }
+
+    /// The config, unless validation or `more` (problems found in the files) found something:
+    /// then every problem, in file order.
+    pub fn finish(self, more: Vec<Located>) -> Result<Config, ConfigError> {
+        let mut errors = match self.config {
+            Ok(config) if more.is_empty() => return Ok(config),
+            Ok(_) => Vec::new(),
+            Err(errors) => errors,
+        };
+        errors.extend(more);
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// A file the config names, and where: validation records it, `crate::load` reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedFile {
+    pub file: FileKind,
+    /// The key errors name (`site.tls`, `upstream.api.ca_root`).
+    pub key: String,
+    span: Range<usize>,
+}
+
+impl NamedFile {
+    fn new(file: FileKind, key: String, span: Range<usize>) -> NamedFile {
+        NamedFile { file, key, span }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A certificate chain and its key: a site's (`site.tls`) or an upstream's `client_cert`.
+    CertPair(TlsFiles),
+    /// CA roots in PEM: `acme.ca_root`, `upstream.NAME.ca_root`.
+    Roots(PathBuf),
 }
 
 /// Reads and validates only the `[listen]` section of a config file: the addresses a client of

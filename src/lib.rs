@@ -1,7 +1,8 @@
 //! Gatehouse: a reverse proxy and edge gateway.
 //!
-//! Data flows one way: a validated `config::Config` is compiled into a `state::RuntimeState`
-//! snapshot, and the request path (`listener` -> `http` -> `routing` -> `upstream`) reads it.
+//! Data flows one way: a validated `config::Config`, with the files it names read by `load`, is
+//! compiled into a `state::RuntimeState` snapshot, and the request path (`listener` -> `http` ->
+//! `routing` -> `upstream`) reads it.
 //! `docs/lifecycle.md` tells the life of a request.
 
 pub mod access_log;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod fds;
 pub mod http;
 pub mod listener;
+pub mod load;
 pub mod metrics;
 pub mod middleware;
 pub mod reload;

@@ -1,10 +1,12 @@
 //! Hot reload: one task takes every trigger (config file changes, SIGHUP, `POST /reload`), loads
-//! and validates the file, builds a whole new snapshot (reusing unchanged pools, limiters and
-//! ACME work through `state::Keep`) and publishes it with one store. A config that fails any
-//! step never replaces the running one.
+//! and validates the file and reads the files it names (on tokio's blocking pool, see `load`),
+//! builds a whole new snapshot (reusing unchanged pools, limiters and ACME work through
+//! `state::Keep`) and publishes it with one store. A config that fails any step never replaces
+//! the running one.
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::listener::Listeners;
+use crate::load;
 use crate::state::{Keep, RuntimeState, Shared};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -68,22 +70,23 @@ async fn attempt(
     keep: &Keep,
     listeners: &Mutex<Listeners>,
 ) -> Outcome {
-    let new = match config::load(path) {
-        Ok(config) => config,
+    let loaded = match load::load_off_runtime(path.to_path_buf()).await {
+        Ok(loaded) => loaded,
         Err(e) => return Outcome::Rejected(e.to_string()),
     };
+    let new = &loaded.config;
     let current = shared.load();
     let old = &current.config;
-    let mut summary = if **old == new {
+    let mut summary = if **old == *new {
         // the file is the same, but a CA or client certificate it names may have been replaced
-        if !keep.tls_files_changed(&new).await {
+        if !keep.tls_files_changed(new, &loaded.files).await {
             return Outcome::Unchanged;
         }
         vec!["upstream TLS files read again".to_string()]
     } else {
-        summarize(old, &new)
+        summarize(old, new)
     };
-    if let Some(why) = restart_only(old, &new) {
+    if let Some(why) = restart_only(old, new) {
         return Outcome::Rejected(why.to_string());
     }
     let mut running = listeners.lock().await;
@@ -92,7 +95,7 @@ async fn attempt(
         Err(e) => return Outcome::Rejected(e.to_string()),
     };
     let listen = new.listen.clone();
-    let state = match RuntimeState::build(new, keep).await {
+    let state = match RuntimeState::build(loaded, keep).await {
         Ok(state) => state,
         Err(e) => return Outcome::Rejected(e.to_string()),
     };

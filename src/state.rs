@@ -1,9 +1,11 @@
-//! The runtime snapshot compiled from a validated `Config`, published through one `ArcSwap` so a
+//! The runtime snapshot compiled from a validated `Config` and the files it names (read
+//! beforehand by `load`: nothing here reads a file), published through one `ArcSwap` so a
 //! request sees one whole config from start to end.
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
 use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::Limiters;
@@ -99,16 +101,6 @@ pub enum BuildError {
 /// the same name is read again by the next reload).
 type MadeFrom = (Upstream, Timeouts, bool, tls::FileStamp);
 
-fn tls_files(spec: &Upstream) -> tls::FileStamp {
-    let tls = spec.tls.as_ref();
-    let ca = tls.and_then(|t| t.ca_root.as_deref());
-    let client = tls.and_then(|t| t.client_cert.as_ref());
-    let pair = client
-        .into_iter()
-        .flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
-    tls::FileStamp::of_paths(ca.into_iter().chain(pair))
-}
-
 #[derive(Clone)]
 pub struct KeptUpstream {
     /// Everything the pool was built from.
@@ -132,14 +124,17 @@ impl Keep {
         })
     }
 
-    /// The kept access log if `[log]` did not change, else a new one (file opened, writer
-    /// started). Only `keep_access_log` makes it the kept one, once the snapshot is complete.
-    fn access_log(&self, log: &Log) -> Result<AccessLog, AccessLogError> {
-        let kept = self.access_log.lock().unwrap_or_else(|e| e.into_inner());
-        match kept.as_ref() {
-            Some((l, access_log)) if l == log => Ok(access_log.clone()),
-            _ => AccessLog::start(log, self.log_dropped.clone()),
+    /// The kept access log if `[log]` did not change, else a new one (file opened, on the
+    /// blocking pool, and writer started). Only `keep_access_log` makes it the kept one, once
+    /// the snapshot is complete.
+    async fn access_log(&self, log: &Log) -> Result<AccessLog, AccessLogError> {
+        {
+            let kept = self.access_log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, access_log)) = kept.as_ref().filter(|(l, _)| l == log) {
+                return Ok(access_log.clone());
+            }
         }
+        start_access_log(log.clone(), self.log_dropped.clone()).await
     }
 
     fn keep_access_log(&self, log: &Log, access_log: &AccessLog) {
@@ -148,33 +143,44 @@ impl Keep {
     }
 
     /// Whether a TLS file an upstream of `config` reads (`ca_root`, `client_cert`) changed on
-    /// disk since its pool was built: then a reload of an unchanged config still rebuilds.
-    pub async fn tls_files_changed(&self, config: &Config) -> bool {
+    /// disk since its pool was built (`files` were read just now): then a reload of an unchanged
+    /// config still rebuilds.
+    pub async fn tls_files_changed(&self, config: &Config, files: &Files) -> bool {
         let kept = self.upstreams.lock().await;
-        config.upstreams.iter().any(|(name, spec)| {
+        config.upstreams.keys().any(|name| {
             kept.get(name)
-                .is_some_and(|k| k.made_from.3 != tls_files(spec))
+                .is_some_and(|k| k.made_from.3 != files.upstream_stamp(name))
         })
     }
 
     /// The pools for `config`: the kept one for an upstream whose definition did not change,
-    /// a new one (resolved, checks started) otherwise. The kept set becomes exactly this one.
-    async fn upstreams(&self, config: &Config) -> Result<HashMap<String, KeptUpstream>, TlsError> {
+    /// a new one (resolved, checks started) otherwise. The new ones resolve their names and run
+    /// their first checks all at once, so a reload waits for the slowest, not for the sum. The
+    /// kept set becomes exactly this one.
+    async fn upstreams(
+        &self,
+        config: &Config,
+        files: &Files,
+    ) -> Result<HashMap<String, KeptUpstream>, TlsError> {
         let mut kept = self.upstreams.lock().await;
         let mut next = HashMap::new();
+        let mut new = Vec::new();
         for (name, spec) in &config.upstreams {
             let made_from = (
                 spec.clone(),
                 config.server.timeouts.clone(),
                 config.server.metrics,
-                tls_files(spec),
+                files.upstream_stamp(name),
             );
-            let reuse = kept.get(name).filter(|k| k.made_from == made_from).cloned();
-            let entry = match reuse {
-                Some(entry) => entry,
-                None => self.new_upstream(name, made_from).await?,
-            };
-            next.insert(name.clone(), entry);
+            match kept.get(name).filter(|k| k.made_from == made_from) {
+                Some(entry) => {
+                    next.insert(name.clone(), entry.clone());
+                }
+                None => new.push(self.new_upstream(name, made_from, files)),
+            }
+        }
+        for (name, entry) in futures_util::future::try_join_all(new).await? {
+            next.insert(name, entry);
         }
         *kept = next.clone();
         Ok(next)
@@ -184,9 +190,11 @@ impl Keep {
         &self,
         name: &str,
         made_from: MadeFrom,
-    ) -> Result<KeptUpstream, TlsError> {
+        files: &Files,
+    ) -> Result<(String, KeptUpstream), TlsError> {
         let (spec, timeouts, metrics, _) = &made_from;
-        let handshake = upstream::tls::Handshake::new(name, spec, timeouts)?;
+        let tls = files.upstream(name);
+        let handshake = upstream::tls::Handshake::new(name, spec, timeouts, tls)?;
         let pool = UpstreamPool::new(name, spec, timeouts, handshake.clone());
         if *metrics {
             pool.set_metrics(&self.metrics);
@@ -198,22 +206,30 @@ impl Keep {
             // probes go over the same kind of connection as the traffic, TLS included
             upstream::health::start_checks(&pool, check.clone(), timeouts, handshake).await;
         }
-        Ok(KeptUpstream { made_from, pool })
+        Ok((name.to_string(), KeptUpstream { made_from, pool }))
     }
 }
 
 impl RuntimeState {
     /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers,
     /// certificate files get watchers, new ACME names get their task).
-    pub async fn build(config: Config, keep: &Keep) -> Result<RuntimeState, BuildError> {
-        let access_log = keep.access_log(&config.log)?;
+    pub async fn build(loaded: Loaded, keep: &Keep) -> Result<RuntimeState, BuildError> {
+        let Loaded { config, files } = loaded;
+        let access_log = keep.access_log(&config.log).await?;
         let acme = &keep.acme;
         let slots = config
             .sites
             .iter()
             .map(|site| match &site.tls {
                 None => Ok(None),
-                Some(SiteTls::Files(files)) => tls::watched_slot(files).map(Some),
+                Some(SiteTls::Files(tls)) => match files.pair(tls) {
+                    Some(pair) => Ok(Some(tls::watched_slot(
+                        tls,
+                        pair.stamp.clone(),
+                        pair.key.clone(),
+                    ))),
+                    None => Err(TlsError::NotLoaded(tls.cert.display().to_string())),
+                },
                 Some(SiteTls::Acme) => Ok(Some(acme.slot(
                     &config.acme,
                     &config.server.state_dir,
@@ -232,7 +248,7 @@ impl RuntimeState {
             .zip(&slots)
             .filter_map(|(site, slot)| Some((site_label(site), slot.clone()?)))
             .collect();
-        let kept = keep.upstreams(&config).await?;
+        let kept = keep.upstreams(&config, &files).await?;
         let upstreams: HashMap<String, Arc<UpstreamPool>> = kept
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
@@ -286,6 +302,21 @@ impl RuntimeState {
             upstreams,
             config: Arc::new(config),
         })
+    }
+}
+
+/// `AccessLog::start` on the blocking pool: opening a file may wait on its disk.
+async fn start_access_log(log: Log, dropped: Arc<AtomicU64>) -> Result<AccessLog, AccessLogError> {
+    let path = match &log.access {
+        crate::config::AccessTarget::File(path) => path.clone(),
+        _ => std::path::PathBuf::new(),
+    };
+    match tokio::task::spawn_blocking(move || AccessLog::start(&log, dropped)).await {
+        Ok(started) => started,
+        Err(e) => Err(AccessLogError {
+            path,
+            source: std::io::Error::other(e),
+        }),
     }
 }
 

@@ -71,6 +71,9 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::Error,
     },
+    /// A bug, not a config problem: `crate::load` reads every file a config names.
+    #[error("{0}: not read with the config")]
+    NotLoaded(String),
 }
 
 /// Reads a PEM chain and key and checks that they belong together.
@@ -124,16 +127,32 @@ pub fn certified_key(
     }
 }
 
-/// Loads certificate files into a slot and keeps it current: a changed pair that loads is swapped
-/// in for new handshakes; one that does not (say, the cert written before the key) is retried
-/// on the next poll while the old certificate keeps serving. The watcher ends with the slot.
-pub fn watched_slot(files: &TlsFiles) -> Result<CertSlot, TlsError> {
-    let stamp = FileStamp::of(files);
-    let slot: CertSlot = Arc::new(ArcSwapOption::new(Some(load_certified_key(files)?)));
-    tokio::spawn(watch_files(files.clone(), stamp, Arc::downgrade(&slot)));
-    Ok(slot)
+/// Every certificate in a PEM file (`ca_root`).
+pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let roots: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect())
+        .map_err(|source| TlsError::Roots {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if roots.is_empty() {
+        return Err(TlsError::NoRoots(path.to_path_buf()));
+    }
+    Ok(roots)
 }
 
+/// A slot serving `key` (read from `files` when they had `stamp`) and kept current: a changed
+/// pair that loads is swapped in for new handshakes; one that does not (say, the cert written
+/// before the key) is retried on the next poll while the old certificate keeps serving. The
+/// watcher ends with the slot.
+pub fn watched_slot(files: &TlsFiles, stamp: FileStamp, key: Arc<CertifiedKey>) -> CertSlot {
+    let slot: CertSlot = Arc::new(ArcSwapOption::new(Some(key)));
+    tokio::spawn(watch_files(files.clone(), stamp, Arc::downgrade(&slot)));
+    slot
+}
+
+/// Polls on the runtime's timer, but `stat`s and reads on the blocking pool: a slow disk (or
+/// a few hundred certificates) never holds up a thread serving traffic.
 async fn watch_files(
     files: TlsFiles,
     mut seen: FileStamp,
@@ -142,12 +161,18 @@ async fn watch_files(
     let mut failing = false;
     loop {
         tokio::time::sleep(FILE_POLL).await;
-        let Some(slot) = slot.upgrade() else { return };
-        let stamp = FileStamp::of(&files);
-        if stamp == seen {
-            continue;
+        if slot.strong_count() == 0 {
+            return;
         }
-        match load_certified_key(&files) {
+        let (at, before) = (files.clone(), seen.clone());
+        let Ok(change) = tokio::task::spawn_blocking(move || reread(&at, &before)).await else {
+            return; // the runtime is shutting down
+        };
+        let Some((stamp, loaded)) = change else {
+            continue;
+        };
+        let Some(slot) = slot.upgrade() else { return };
+        match loaded {
             Ok(key) => {
                 slot.store(Some(key));
                 seen = stamp;
@@ -163,13 +188,27 @@ async fn watch_files(
     }
 }
 
+/// `None` while the files are as `seen`; else their new stamp and what they load to now.
+fn reread(
+    files: &TlsFiles,
+    seen: &FileStamp,
+) -> Option<(FileStamp, Result<Arc<CertifiedKey>, TlsError>)> {
+    let stamp = FileStamp::of(files);
+    (stamp != *seen).then(|| (stamp, load_certified_key(files)))
+}
+
 /// What `stat` says about some files (following symlinks); any change means "read again".
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileStamp(Vec<Option<(SystemTime, u64, u64)>>);
 
 impl FileStamp {
-    fn of(files: &TlsFiles) -> FileStamp {
+    pub fn of(files: &TlsFiles) -> FileStamp {
         FileStamp::of_paths([files.cert.as_path(), files.key.as_path()])
+    }
+
+    /// The stamps of several sets of files, in order, as one.
+    pub fn join(stamps: impl IntoIterator<Item = FileStamp>) -> FileStamp {
+        FileStamp(stamps.into_iter().flat_map(|s| s.0).collect())
     }
 
     pub fn of_paths<'a>(paths: impl IntoIterator<Item = &'a Path>) -> FileStamp {

@@ -273,15 +273,23 @@ impl UpstreamPool {
         true
     }
 
-    /// Resolves every server name; keeps the backends (and their counters) whose address stays.
-    /// A failed lookup removes nothing: the last known addresses keep serving (a DNS hiccup must not
-    /// empty a pool). Failures are logged when they start and when they end, not on every round.
+    /// Resolves every server name, all at once, each within `resolve_timeout` (and never longer
+    /// than `resolve_every`, so rounds do not overlap); keeps the backends (and their counters)
+    /// whose address stays. A failed lookup removes nothing: the last known addresses keep
+    /// serving (a DNS hiccup must not empty a pool). Failures are logged when they start and
+    /// when they end, not on every round.
     pub async fn resolve(&self) {
+        let spec = &self.spec;
+        let budget = spec.resolve_timeout.min(spec.resolve_every);
+        let lookups = spec.servers.iter().map(|entry| async move {
+            let found = resolve::lookup(&spec.resolver, &entry.addr, budget).await;
+            (entry, found)
+        });
         let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
         let mut failed = false;
-        for entry in &self.spec.servers {
+        for (entry, found) in futures_util::future::join_all(lookups).await {
             let server = &entry.addr;
-            match resolve::lookup(&self.spec.resolver, server, self.spec.resolve_every).await {
+            match found {
                 Ok(found) => addrs.extend(found.into_iter().map(|a| (a, entry.weight))),
                 Err(e) => {
                     failed = true;

@@ -923,6 +923,58 @@ fn resolver_errors_are_reported_with_key_and_hint() {
 }
 
 #[test]
+fn resolve_timeout_must_be_a_duration() {
+    let config = limits_config(r#"resolve_timeout = "soon""#, "", "");
+    assert_rejected(
+        &config,
+        "resolve_timeout",
+        &["`server.resolve_timeout`", "soon", "duration"],
+        &[],
+    );
+    let config = limits_config(r#"resolve_timeout = "2s""#, "", "");
+    let (_, out) = check(&config, &[], &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+/// Certificate files are read in a step after validation; what is wrong with them is still
+/// reported at the key that names them, together with validation's own errors, in file order.
+#[test]
+fn a_missing_certificate_file_and_a_bad_key_are_both_reported_in_file_order() {
+    let config = r#"[listen]
+https = "127.0.0.1:0"
+
+[[site]]
+hosts = ["a.test"]
+tls = { cert = "missing.pem", key = "missing.key" }
+  [[site.route]]
+  path = "/"
+  respond = { status = 200 }
+
+[server]
+workers = -1
+"#;
+    let (path, out) = check(config, &[], &[]);
+    assert_located_error(
+        config,
+        &path,
+        &out,
+        "missing.pem",
+        &["`site.tls`", "missing.pem"],
+    );
+    assert_located_error(config, &path, &out, "workers", &["`server.workers`"]);
+    let (tls, workers) = (
+        out.stderr.find("`site.tls`").unwrap(),
+        out.stderr.find("`server.workers`").unwrap(),
+    );
+    assert!(tls < workers, "in file order:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("\n2 errors in config"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn resolver_list_passes_check() {
     let config = limits_config(
         r#"resolver = ["127.0.0.11:53", "10.0.0.2", "[::1]:8600", "${DNS:-10.0.0.3:53}"]"#,

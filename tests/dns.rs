@@ -291,3 +291,122 @@ async fn changing_the_answer_adds_and_drains_replicas_without_failed_requests() 
     })
     .await;
 }
+
+/// A reload's new upstreams at a DNS server that never answers: each name is given up on after
+/// `resolve_timeout`, and all of them at once (four upstreams, six names), so the reload is
+/// applied after about one `resolve_timeout`: not six of them one after another, nor five
+/// seconds per name as without the key.
+#[tokio::test]
+async fn a_reload_waits_one_resolve_timeout_for_all_its_new_names() {
+    with_timeout(60, async {
+        // reads every query (the kernel queues them) and never answers
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let base = "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[server]\nworkers = 1\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  respond = { status = 200, body = \"ok\" }\n";
+        let proxy = TestProxy::start(base).await;
+        let admin = proxy.admin_addr().await;
+        let mut text = base.replace(
+            "workers = 1\n",
+            &format!(
+                "workers = 1\nresolver = [\"{}\"]\nresolve_timeout = \"1s\"\n",
+                silent.local_addr().unwrap()
+            ),
+        );
+        text.push_str("  [[site.route]]\n  path = \"/many\"\n  upstream = \"many\"\n");
+        text.push_str("\n[upstream.many]\nservers = [\"a.test:80\", \"b.test:80\", \"c.test:80\"]\n");
+        for name in ["one", "two", "three"] {
+            text.push_str(&format!(
+                "\n[upstream.{name}]\nservers = [\"{name}.test:80\"]\nresolve_every = \"30s\"\n"
+            ));
+        }
+        std::fs::write(&proxy.config_path, &text).unwrap();
+        let started = Instant::now();
+        let resp = client()
+            .post(format!("http://{admin}/reload"))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let (status, answer) = (resp.status(), resp.text().await.unwrap());
+        eprintln!("reload answered {status} after {took:?}: {answer}");
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "the reload should wait for the names (1 s): {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(2500),
+            "the names should be given up on at once after 1 s: {took:?}"
+        );
+        // the names have no address: the route answers, with a 503
+        let resp = client().get(proxy.url("/many")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        let logs = proxy.logs().join("\n");
+        assert!(logs.contains("no answer within"), "{logs}");
+    })
+    .await;
+}
+
+/// The system resolver (getaddrinfo) asking a DNS server that never answers: the start, which
+/// resolves upstream names before serving, goes on after `resolve_timeout` (glibc would wait 30 s
+/// here). getaddrinfo takes its DNS server from /etc/resolv.conf alone, so Gatehouse runs in
+/// namespaces of its own (`unshare -rmn`, no privilege needed): a resolv.conf mounted over the
+/// real one names 192.0.2.53, which is routed to the loopback device but is nobody's address
+/// there, so the queries vanish without an answer or an ICMP error.
+#[test]
+fn the_system_resolver_is_given_up_on_after_resolve_timeout() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let probe = Command::new("unshare").args(["-rmn", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: this machine does not allow user namespaces (`unshare -rmn`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 192.0.2.53\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    let text = "[listen]\nhttp = \"127.0.0.1:0\"\n\n[server]\nworkers = 1\nresolve_timeout = \"1s\"\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"hang\"\n\n[upstream.hang]\nservers = [\"hang.test:80\"]\n";
+    std::fs::write(&config, text).unwrap();
+    let script = "ip link set lo up && ip route add 192.0.2.0/24 dev lo && mount --bind \"$2\" /etc/resolv.conf && exec \"$0\" run --config \"$1\" --log-format json";
+    let started = Instant::now();
+    let mut child = Command::new("unshare")
+        .args(["-rmn", "sh", "-c", script, support::BIN])
+        .args([&config, &resolv])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut logs = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains("\"listening\"") => break Some(started.elapsed()),
+            Ok(line) => logs.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = logs.join("\n");
+    eprintln!("listening after {listening:?}");
+    let listening = listening.unwrap_or_else(|| panic!("not listening within 20 s:\n{logs}"));
+    assert!(logs.contains("no answer within 1s"), "{logs}");
+    assert!(
+        listening >= Duration::from_millis(900) && listening < Duration::from_secs(4),
+        "the start should wait 1 s for the name, then go on: {listening:?}\n{logs}"
+    );
+}

@@ -2,7 +2,7 @@
 //! the shared `Challenges`, CSR with a fresh key, download of the chain.
 
 use super::store::{self, Store};
-use super::{AcmeError, Challenges};
+use super::{off_runtime, AcmeError, Challenges};
 use crate::config::{self, Challenge};
 use bytes::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -64,7 +64,7 @@ impl Issuer {
                 tracing::warn!(directory = %self.settings.directory, "the CA does not know the stored account; registering a new one");
                 *self.account.lock().await = None;
                 let path = self.store.account_path(&self.settings.directory);
-                let _ = std::fs::remove_file(path);
+                let _ = off_runtime(move || Ok(std::fs::remove_file(path))).await;
                 self.try_issue(names).await
             }
             other => other,
@@ -130,11 +130,15 @@ impl Issuer {
         }
         let s = &self.settings;
         let path = self.store.account_path(&s.directory);
-        let account = match std::fs::read(&path) {
+        let (at, settings) = (path.clone(), s.clone());
+        // the stored account and the HTTP client (which reads the system root store)
+        let (stored, http) =
+            off_runtime(move || Ok((std::fs::read(&at), http_client(&settings)?))).await?;
+        let account = match stored {
             Ok(json) => {
                 let creds: AccountCredentials = serde_json::from_slice(&json)
                     .map_err(|e| AcmeError::Stored(format!("{}: {e}", path.display())))?;
-                let builder = Account::builder_with_http(http_client(s)?);
+                let builder = Account::builder_with_http(http);
                 builder.from_credentials(creds).await?
             }
             Err(_) => {
@@ -149,13 +153,13 @@ impl Issuer {
                     .eab
                     .as_ref()
                     .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
-                let builder = Account::builder_with_http(http_client(s)?);
+                let builder = Account::builder_with_http(http);
                 let (account, creds) = builder
                     .create(&new, s.directory.clone(), eab.as_ref())
                     .await?;
                 let json =
                     serde_json::to_vec(&creds).map_err(|e| AcmeError::Stored(e.to_string()))?;
-                store::write_atomic(&path, &json, 0o600)?;
+                off_runtime(move || Ok(store::write_atomic(&path, &json, 0o600)?)).await?;
                 tracing::info!(directory = %s.directory, account = %account.id(), "ACME account registered");
                 account
             }

@@ -79,6 +79,8 @@ pub struct FileServer {
     /// `["IP:PORT", ...]`: DNS servers asked for upstream names instead of the system resolver.
     /// Read as a raw value so a single string gets a precise hint.
     pub resolver: Option<Spanned<toml::Value>>,
+    /// How long one lookup of an upstream name may take (`"5s"`).
+    pub resolve_timeout: Option<Str>,
     /// `"1.2"` or `"1.3"`; read as a raw value so `1.3` (a number) gets a precise hint.
     pub tls_min_version: Option<Spanned<toml::Value>>,
     /// Merge repeated slashes in request paths (default true).

@@ -51,6 +51,8 @@ pub struct Server {
     pub limits: ServerLimits,
     /// Where upstream names are looked up; every `Upstream` carries a copy.
     pub resolver: Resolver,
+    /// How long one lookup of an upstream name may take; every `Upstream` carries a copy.
+    pub resolve_timeout: Duration,
     /// Per-request metrics on (the default) or off.
     pub metrics: bool,
     /// The oldest TLS version the HTTPS listener accepts.
@@ -129,6 +131,11 @@ pub enum TlsVersion {
     /// TLS 1.3 only.
     Tls13,
 }
+
+/// `[server] resolve_timeout` unless set: a DNS server that has not answered in 5 s will not
+/// (glibc and Go wait as long per try before they try again), and a reload waits at most this
+/// long for the names of its new upstreams.
+pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How upstream server names become addresses (`[server] resolver`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -231,7 +238,7 @@ impl Site {
 }
 
 /// A certificate chain and its key in PEM files, paths resolved against the config's folder.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -578,6 +585,8 @@ pub struct Upstream {
     /// From `[server] resolver`, kept here so that a pool is a function of its spec alone (a new
     /// resolver is a new spec, so a reload rebuilds the pool rather than reusing it).
     pub resolver: Resolver,
+    /// From `[server] resolve_timeout`, kept here for the same reason as `resolver`.
+    pub resolve_timeout: Duration,
     /// Active checks; `None` is none (passive ejection still applies).
     pub health: Option<HealthCheck>,
     pub eject: Eject,

@@ -3,7 +3,7 @@
 use super::file::*;
 use super::model::*;
 use super::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
-use super::Located;
+use super::{FileKind, Located, NamedFile};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
@@ -25,6 +25,8 @@ struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
     errors: Vec<Located>,
+    /// The files the config names, for the step that reads them (`crate::load`).
+    files: Vec<NamedFile>,
 }
 
 impl Ctx<'_> {
@@ -36,6 +38,11 @@ impl Ctx<'_> {
     fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let located = Located::new(self.path, self.text, span, key.into(), message.into());
         self.errors.push(located);
+    }
+
+    /// `file`, named at `span` by `key`, is read after validation (which reads no file).
+    fn names(&mut self, file: FileKind, span: Range<usize>, key: &str) {
+        self.files.push(NamedFile::new(file, key.into(), span));
     }
 
     /// Expands `${VAR}` and `${VAR:-default}`; an unset variable without a default is an error.
@@ -220,6 +227,7 @@ pub fn validate_listen(
         path,
         text,
         errors: Vec::new(),
+        files: Vec::new(),
     };
     let listen = listen(&mut cx, raw);
     if cx.errors.is_empty() {
@@ -229,11 +237,17 @@ pub fn validate_listen(
     }
 }
 
-pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<Located>> {
+/// The config or every problem found, and the files it names (read by the caller, not here).
+pub fn validate(
+    path: &Path,
+    text: &str,
+    raw: FileConfig,
+) -> (Result<Config, Vec<Located>>, Vec<NamedFile>) {
     let mut cx = Ctx {
         path,
         text,
         errors: Vec::new(),
+        files: Vec::new(),
     };
     let listen = listen(&mut cx, raw.listen.as_ref());
     let server = server(&mut cx, &raw.server);
@@ -255,7 +269,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
         .upstreams
         .iter()
         .filter_map(|(name, up)| {
-            let up = upstream::upstream(&mut cx, name, up, &server.resolver)?;
+            let up = upstream::upstream(&mut cx, name, up, &server)?;
             Some((name.clone(), up))
         })
         .collect();
@@ -280,19 +294,19 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
     default_sni_check(&mut cx, &server, &sites, &raw);
     acme_cross_check(&mut cx, &listen, &sites, &acme, &raw);
     cx.errors.sort_by_key(|e| (e.line, e.column));
-    if cx.errors.is_empty() {
-        Ok(Config {
-            source: path.to_path_buf(),
-            listen,
-            server,
-            sites,
-            upstreams,
-            acme,
-            log,
-        })
-    } else {
-        Err(cx.errors)
+    if !cx.errors.is_empty() {
+        return (Err(cx.errors), cx.files);
     }
+    let config = Config {
+        source: path.to_path_buf(),
+        listen,
+        server,
+        sites,
+        upstreams,
+        acme,
+        log,
+    };
+    (Ok(config), cx.files)
 }
 
 fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
@@ -476,6 +490,11 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
         limits: server_limits(cx, raw),
         metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
         resolver: resolver::resolver(cx, raw.resolver.as_ref()),
+        resolve_timeout: cx.duration(
+            &raw.resolve_timeout,
+            "server.resolve_timeout",
+            DEFAULT_RESOLVE_TIMEOUT,
+        ),
         tls_min_version: tls_min_version(cx, raw.tls_min_version.as_ref()),
         paths: PathRules {
             merge_slashes: raw.merge_slashes.as_ref().map_or(true, |m| *m.get_ref()),
@@ -757,8 +776,8 @@ const TLS_HINT: &str =
     "expected `tls = \"off\"`, `tls = \"acme\"` or `tls = { cert = \"certs/site.pem\", key = \"certs/site.key\" }`";
 const DEFAULT_STATE_DIR: &str = "/var/lib/gatehouse";
 
-/// Reads `tls` and loads its files now, so a bad certificate is a config error, not a failed
-/// handshake later.
+/// Reads `tls`. Its files are loaded after validation (`crate::load`), still as part of reading
+/// the config: a bad certificate is a config error, not a failed handshake later.
 fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<SiteTls> {
     let table = match value.get_ref() {
         toml::Value::String(mode) if mode == "off" => return None,
@@ -799,10 +818,7 @@ fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<SiteTls> {
         cert: expand(cx, cert)?,
         key: expand(cx, key)?,
     };
-    if let Err(e) = crate::tls::load_certified_key(&files) {
-        cx.error(value.span(), "site.tls", e.to_string());
-        return None;
-    }
+    cx.names(FileKind::CertPair(files.clone()), value.span(), "site.tls");
     Some(SiteTls::Files(files))
 }
 
@@ -842,9 +858,7 @@ fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
     let ca_root = a.ca_root.as_ref().and_then(|v| {
         let text = cx.expand(v, "acme.ca_root")?;
         let path = cx.relative(&text);
-        if let Err(e) = crate::acme::read_roots(&path) {
-            cx.error(v.span(), "acme.ca_root", e.to_string());
-        }
+        cx.names(FileKind::Roots(path.clone()), v.span(), "acme.ca_root");
         Some(path)
     });
     let challenge = match (&a.challenge, text(cx, &a.challenge, "acme.challenge")) {
@@ -1323,6 +1337,7 @@ mod tests {
             path: Path::new("t.toml"),
             text,
             errors: Vec::new(),
+            files: Vec::new(),
         };
         let list = keys.l.unwrap_or_else(|| Spanned::new(0..0, Vec::new()));
         (cx, list, keys.d, keys.s)

@@ -18,15 +18,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// The longest one name may take per round, however long `resolve_every` is: a DNS server that
-/// has not answered in 5 s will not (glibc's default per-try timeout is the same).
-const MAX_WAIT: Duration = Duration::from_secs(5);
-
 /// Why a name gave no addresses this round; the pool keeps the last known ones.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
     #[error(transparent)]
     System(#[from] io::Error),
+    #[error("the system resolver gave no answer within {0:?} (`[server] resolve_timeout`)")]
+    Timeout(Duration),
     #[error("no such name (NXDOMAIN)")]
     NoSuchName,
     #[error("the name has no A or AAAA records")]
@@ -51,8 +49,12 @@ pub enum AskError {
     BadName,
 }
 
-/// The addresses `server` stands for. A name is given at most `budget` (the pool's round, never
-/// more than `MAX_WAIT`), shared among the DNS servers listed.
+/// The addresses `server` stands for. A name is given at most `budget` (`resolve_timeout`, never
+/// more than the pool's round), shared among the DNS servers listed.
+///
+/// The system resolver (getaddrinfo) blocks, so tokio runs it on its blocking pool; past the
+/// budget the pool's thread is left to finish on its own (glibc gives up after its own
+/// timeouts), and the round goes on without it.
 pub async fn lookup(
     resolver: &Resolver,
     server: &ServerAddr,
@@ -64,7 +66,10 @@ pub async fn lookup(
     }
     let ips = match resolver {
         Resolver::System => {
-            let found = tokio::net::lookup_host((server.host.as_str(), port)).await?;
+            let lookup = tokio::net::lookup_host((server.host.as_str(), port));
+            let found = tokio::time::timeout(budget, lookup)
+                .await
+                .map_err(|_| LookupError::Timeout(budget))??;
             return Ok(found.collect());
         }
         Resolver::Dns(servers) => ask_each(servers, &server.host, budget).await?,
@@ -82,7 +87,7 @@ async fn ask_each(
     budget: Duration,
 ) -> Result<Vec<IpAddr>, LookupError> {
     let count = u32::try_from(servers.len()).unwrap_or(u32::MAX).max(1);
-    let each = budget.min(MAX_WAIT) / count;
+    let each = budget / count;
     let mut last = LookupError::NoAddresses;
     for &server in servers {
         let answer = match tokio::time::timeout(each, ask(server, name)).await {

@@ -10,21 +10,20 @@
 //! trust or client certificates never mix, even towards the same address. We speak HTTP/1.1 upstream, so
 //! ALPN offers `http/1.1` only.
 
-use crate::config::{ServerAddr, Timeouts, Upstream, UpstreamTls};
-use crate::tls::{load_certified_key, TlsError};
+use crate::config::{ServerAddr, Timeouts, Upstream};
+use crate::load::UpstreamFiles;
+use crate::tls::TlsError;
 use http::uri::Scheme;
 use http::Uri;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use rustls::crypto::ring;
 use rustls::sign::SingleCertAndKey;
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -79,6 +78,8 @@ pub struct Handshake {
     connector: tokio_rustls::TlsConnector,
     names: Names,
     timeout: Duration,
+    /// For the rare lookup that tells which server a backend address came from.
+    resolve_timeout: Duration,
 }
 
 /// Where the name to send and verify comes from.
@@ -90,25 +91,28 @@ enum Names {
 }
 
 impl Handshake {
-    /// The handshake settings of a TLS upstream; `None` for a plain one. Reads `ca_root` and
-    /// `client_cert` now (already checked by validation, but they may have changed since).
+    /// The handshake settings of a TLS upstream, from the roots and client certificate
+    /// `crate::load` read for it; `None` for a plain one.
     pub fn new(
         upstream: &str,
         spec: &Upstream,
         timeouts: &Timeouts,
+        files: Option<&UpstreamFiles>,
     ) -> Result<Option<Arc<Handshake>>, TlsError> {
         let Some(tls) = &spec.tls else {
             return Ok(None);
         };
+        let files = files.ok_or_else(|| TlsError::NotLoaded(format!("upstream `{upstream}`")))?;
         let names = match &tls.sni {
             Some(name) => Names::Fixed(name.clone()),
             None => Names::Servers(spec.servers.iter().map(|s| s.addr.clone()).collect()),
         };
         Ok(Some(Arc::new(Handshake {
             upstream: upstream.to_string(),
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client_config(upstream, tls)?)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client_config(upstream, files)?)),
             names,
             timeout: timeouts.upstream_connect,
+            resolve_timeout: spec.resolve_timeout,
         })))
     }
 
@@ -154,7 +158,7 @@ impl Handshake {
     async fn server_name(&self, addr: SocketAddr) -> Result<ServerName<'static>, ConnectError> {
         let host = match &self.names {
             Names::Fixed(name) => Some(name.clone()),
-            Names::Servers(servers) => server_host(servers, addr).await,
+            Names::Servers(servers) => server_host(servers, addr, self.resolve_timeout).await,
         };
         let host = host.ok_or_else(|| ConnectError::NoName {
             upstream: self.upstream.clone(),
@@ -168,18 +172,8 @@ impl Handshake {
 }
 
 /// TLS 1.2 and 1.3 with ring; the system's roots plus `ca_root`; the client certificate if any.
-fn client_config(upstream: &str, tls: &UpstreamTls) -> Result<ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &tls.ca_root {
-        for root in load_roots(path)? {
-            roots.add(root).map_err(|source| TlsError::BadRoot {
-                path: path.clone(),
-                source,
-            })?;
-        }
-    }
+fn client_config(upstream: &str, files: &UpstreamFiles) -> Result<ClientConfig, TlsError> {
+    let roots = files.roots.clone();
     if roots.is_empty() {
         tracing::warn!(upstream, "no trusted root certificates (install ca-certificates or set `ca_root`): every TLS handshake with this upstream will fail");
     }
@@ -187,29 +181,14 @@ fn client_config(upstream: &str, tls: &UpstreamTls) -> Result<ClientConfig, TlsE
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Setup)?
         .with_root_certificates(roots);
-    let mut config = match &tls.client_cert {
+    let mut config = match &files.client {
         None => builder.with_no_client_auth(),
-        Some(files) => {
-            let key = load_certified_key(files)?;
-            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
+        Some(key) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())))
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// Every certificate in a PEM file (the same reading as `acme::read_roots`, with a `TlsError`).
-fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let roots: Vec<_> = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect())
-        .map_err(|source| TlsError::Roots {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if roots.is_empty() {
-        return Err(TlsError::NoRoots(path.to_path_buf()));
-    }
-    Ok(roots)
 }
 
 /// The backend address a request URI names (`IP:PORT`, as `UpstreamPool` writes it).
@@ -219,8 +198,12 @@ fn backend_addr(uri: &Uri) -> Option<SocketAddr> {
 
 /// The host, as written, of the server `addr` was resolved from: the IP literal equal to it, else
 /// the one name with its port; only when several names share the port is DNS asked which one
-/// resolves to it now.
-async fn server_host(servers: &[ServerAddr], addr: SocketAddr) -> Option<String> {
+/// resolves to it now (each lookup within `resolve_timeout`).
+async fn server_host(
+    servers: &[ServerAddr],
+    addr: SocketAddr,
+    resolve_timeout: Duration,
+) -> Option<String> {
     let same_port = || servers.iter().filter(|s| s.port == addr.port());
     let is_literal = |s: &ServerAddr| s.host.parse::<IpAddr>().is_ok();
     if let Some(literal) = same_port().find(|s| s.host.parse::<IpAddr>().ok() == Some(addr.ip())) {
@@ -233,8 +216,9 @@ async fn server_host(servers: &[ServerAddr], addr: SocketAddr) -> Option<String>
         return Some(one.host.clone());
     }
     for server in names {
-        let found = tokio::net::lookup_host((server.host.as_str(), server.port)).await;
-        if found.is_ok_and(|mut addrs| addrs.any(|a| a == addr)) {
+        let lookup = tokio::net::lookup_host((server.host.as_str(), server.port));
+        let found = tokio::time::timeout(resolve_timeout, lookup).await;
+        if found.is_ok_and(|found| found.is_ok_and(|mut addrs| addrs.any(|a| a == addr))) {
             return Some(server.host.clone());
         }
     }
@@ -290,6 +274,8 @@ pub enum ConnectError {
 mod tests {
     use super::*;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     fn servers(list: &[(&str, u16)]) -> Vec<ServerAddr> {
         list.iter()
             .map(|(host, port)| ServerAddr {
@@ -303,23 +289,32 @@ mod tests {
     async fn an_ip_literal_server_is_its_own_name() {
         let s = servers(&[("10.0.0.1", 443), ("10.0.0.2", 443), ("api.internal", 443)]);
         let addr: SocketAddr = "10.0.0.2:443".parse().unwrap();
-        assert_eq!(server_host(&s, addr).await.as_deref(), Some("10.0.0.2"));
+        assert_eq!(
+            server_host(&s, addr, SECOND).await.as_deref(),
+            Some("10.0.0.2")
+        );
     }
 
     #[tokio::test]
     async fn a_resolved_address_takes_the_one_name_on_its_port() {
         let s = servers(&[("10.0.0.1", 443), ("api.internal", 8443)]);
         let addr: SocketAddr = "10.9.9.9:8443".parse().unwrap();
-        assert_eq!(server_host(&s, addr).await.as_deref(), Some("api.internal"));
+        assert_eq!(
+            server_host(&s, addr, SECOND).await.as_deref(),
+            Some("api.internal")
+        );
         let elsewhere: SocketAddr = "10.9.9.9:9000".parse().unwrap();
-        assert_eq!(server_host(&s, elsewhere).await, None);
+        assert_eq!(server_host(&s, elsewhere, SECOND).await, None);
     }
 
     #[tokio::test]
     async fn several_names_on_one_port_are_told_apart_by_dns() {
         let s = servers(&[("localhost", 8443), ("name.invalid", 8443)]);
         let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
-        assert_eq!(server_host(&s, addr).await.as_deref(), Some("localhost"));
+        assert_eq!(
+            server_host(&s, addr, SECOND).await.as_deref(),
+            Some("localhost")
+        );
     }
 
     #[test]

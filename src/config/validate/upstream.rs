@@ -4,6 +4,7 @@
 use super::{server_addr, Ctx};
 use crate::config::file::{FileEject, FileHealth, FileUpstream, Str};
 use crate::config::model::*;
+use crate::config::FileKind;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -14,7 +15,7 @@ pub(super) fn upstream(
     cx: &mut Ctx,
     name: &str,
     raw: &Spanned<FileUpstream>,
-    resolver: &Resolver,
+    settings: &Server,
 ) -> Option<Upstream> {
     let up = raw.get_ref();
     let key = format!("upstream.{name}");
@@ -67,7 +68,8 @@ pub(super) fn upstream(
         servers: entries.into_iter().map(|(s, _)| s).collect(),
         balance: balance?,
         resolve_every,
-        resolver: resolver.clone(),
+        resolver: settings.resolver.clone(),
+        resolve_timeout: settings.resolve_timeout,
         health,
         eject,
         retries,
@@ -270,9 +272,11 @@ fn upstream_tls(cx: &mut Ctx, up: &FileUpstream, key: &str, https: bool) -> Opti
         None => None,
         Some(v) => {
             let p = path(cx, v, "ca_root")?;
-            if let Err(e) = crate::acme::read_roots(&p) {
-                cx.error(v.span(), &format!("{key}.ca_root"), e.to_string());
-            }
+            cx.names(
+                FileKind::Roots(p.clone()),
+                v.span(),
+                &format!("{key}.ca_root"),
+            );
             Some(p)
         }
     };
@@ -283,9 +287,8 @@ fn upstream_tls(cx: &mut Ctx, up: &FileUpstream, key: &str, https: bool) -> Opti
                 cert: path(cx, &c.get_ref().cert, "client_cert")?,
                 key: path(cx, &c.get_ref().key, "client_cert")?,
             };
-            if let Err(e) = crate::tls::load_certified_key(&files) {
-                cx.error(c.span(), &format!("{key}.client_cert"), e.to_string());
-            }
+            let named = FileKind::CertPair(files.clone());
+            cx.names(named, c.span(), &format!("{key}.client_cert"));
             Some(files)
         }
     };

@@ -1,0 +1,250 @@
+//! Loading a config: the step between validation and the snapshot. `config` validates without
+//! reading any file the config names; this step reads them all (site certificates and keys,
+//! upstream `ca_root` and `client_cert`, the system root store when an upstream speaks TLS,
+//! `acme.ca_root`), reports what is wrong with one at the key that names it, as validation
+//! reports its own problems (all of them together, in file order), and hands what it read to
+//! `state::RuntimeState::build`, which reads no file.
+//!
+//! Everything here blocks (reading files; parsing 200 certificate pairs takes a runtime thread
+//! away for tens of milliseconds even in a release build): at start-up it runs before the
+//! runtime exists, and a reload runs it on tokio's blocking pool ([`load_off_runtime`]), so the
+//! threads serving traffic never wait for it.
+
+use crate::config::{
+    self, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Validated,
+};
+use crate::tls::{self, FileStamp, TlsError};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A config and what the files it names held when they were read.
+pub struct Loaded {
+    pub config: Config,
+    pub files: Files,
+}
+
+/// The contents of a config's files, each with the stamp its files had just before they were
+/// read (a change after that is seen by the next comparison).
+#[derive(Default)]
+pub struct Files {
+    pairs: HashMap<TlsFiles, Pair>,
+    upstreams: HashMap<String, UpstreamFiles>,
+}
+
+/// A certificate chain and its key, checked to belong together.
+#[derive(Clone)]
+pub struct Pair {
+    pub stamp: FileStamp,
+    pub key: Arc<CertifiedKey>,
+}
+
+/// What a TLS upstream's handshakes are made from: the roots it trusts (the system's and its
+/// `ca_root`) and its client certificate, if any.
+#[derive(Clone)]
+pub struct UpstreamFiles {
+    /// Of `ca_root`, then the `client_cert` pair; empty for neither.
+    pub stamp: FileStamp,
+    pub roots: Arc<RootCertStore>,
+    pub client: Option<Arc<CertifiedKey>>,
+}
+
+impl Files {
+    /// The pair read for `files` (every pair a loaded config names was read).
+    pub fn pair(&self, files: &TlsFiles) -> Option<&Pair> {
+        self.pairs.get(files)
+    }
+
+    /// A TLS upstream's files; `None` for a plain one.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamFiles> {
+        self.upstreams.get(name)
+    }
+
+    /// The stamp of the files upstream `name` was made from (empty for a plain upstream).
+    pub fn upstream_stamp(&self, name: &str) -> FileStamp {
+        self.upstream(name)
+            .map_or_else(FileStamp::default, |u| u.stamp.clone())
+    }
+}
+
+/// Reads and validates the config at `path`, then reads every file it names. Blocking: call it
+/// before the runtime starts, or through [`load_off_runtime`].
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let validated = config::validate_file(path)?;
+    let (read, mut errors) = read_named(&validated);
+    let mut files = Files::default();
+    if let (Ok(config), true) = (&validated.config, errors.is_empty()) {
+        files = upstream_files(config, read, &validated, &mut errors);
+    }
+    let config = validated.finish(errors)?;
+    Ok(Loaded { config, files })
+}
+
+/// [`load`] on tokio's blocking pool, for a reload: the runtime's threads go on serving.
+pub async fn load_off_runtime(path: PathBuf) -> Result<Loaded, ConfigError> {
+    let at = path.clone();
+    match tokio::task::spawn_blocking(move || load(&at)).await {
+        Ok(loaded) => loaded,
+        // the runtime is shutting down (or the loading panicked): no config either way
+        Err(e) => Err(ConfigError::Read {
+            path,
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// Every named file as read: pairs and roots by path.
+#[derive(Default)]
+struct Read {
+    pairs: HashMap<TlsFiles, Pair>,
+    roots: HashMap<PathBuf, (FileStamp, Vec<CertificateDer<'static>>)>,
+}
+
+/// Reads each file the config names once; a problem is located where the config names it.
+fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
+    let mut read = Read::default();
+    let mut errors = Vec::new();
+    for named in &validated.files {
+        let result = match &named.file {
+            FileKind::CertPair(files) if read.pairs.contains_key(files) => Ok(()),
+            FileKind::CertPair(files) => read_pair(files).map(|pair| {
+                read.pairs.insert(files.clone(), pair);
+            }),
+            FileKind::Roots(path) if read.roots.contains_key(path) => Ok(()),
+            FileKind::Roots(path) => {
+                let stamp = FileStamp::of_paths([path.as_path()]);
+                tls::read_roots(path).map(|roots| {
+                    read.roots.insert(path.clone(), (stamp, roots));
+                })
+            }
+        };
+        if let Err(e) = result {
+            errors.push(validated.locate(named, e.to_string()));
+        }
+    }
+    (read, errors)
+}
+
+fn read_pair(files: &TlsFiles) -> Result<Pair, TlsError> {
+    let stamp = FileStamp::of(files);
+    let key = tls::load_certified_key(files)?;
+    Ok(Pair { stamp, key })
+}
+
+/// The site pairs as read, and each TLS upstream's roots and client certificate. The system
+/// roots are read once, and only when some upstream speaks TLS.
+fn upstream_files(
+    config: &Config,
+    read: Read,
+    validated: &Validated,
+    errors: &mut Vec<Located>,
+) -> Files {
+    let mut system = None;
+    let mut upstreams = HashMap::new();
+    for (name, spec) in &config.upstreams {
+        let Some(tls) = &spec.tls else { continue };
+        let system = system.get_or_insert_with(system_roots);
+        match upstream_entry(tls, system, &read) {
+            Ok(entry) => {
+                upstreams.insert(name.clone(), entry);
+            }
+            Err(e) => {
+                // only `ca_root` can be at fault: a certificate in it that rustls cannot use
+                let key = format!("upstream.{name}.ca_root");
+                let named = validated.files.iter().find(|n| n.key == key);
+                errors.extend(named.map(|n| validated.locate(n, e.to_string())));
+            }
+        }
+    }
+    Files {
+        pairs: read.pairs,
+        upstreams,
+    }
+}
+
+/// One TLS upstream's roots (the system's and its `ca_root`) and client certificate, with the
+/// stamps of its files (`ca_root`, then the pair).
+fn upstream_entry(
+    tls: &UpstreamTls,
+    system: &RootCertStore,
+    read: &Read,
+) -> Result<UpstreamFiles, TlsError> {
+    let mut roots = system.clone();
+    let mut stamps = Vec::new();
+    let ca = tls
+        .ca_root
+        .as_ref()
+        .and_then(|p| Some((p, read.roots.get(p)?)));
+    if let Some((path, (stamp, certs))) = ca {
+        stamps.push(stamp.clone());
+        for cert in certs {
+            let bad = |source| TlsError::BadRoot {
+                path: path.clone(),
+                source,
+            };
+            roots.add(cert.clone()).map_err(bad)?;
+        }
+    }
+    let client = tls.client_cert.as_ref().and_then(|c| read.pairs.get(c));
+    stamps.extend(client.map(|pair| pair.stamp.clone()));
+    Ok(UpstreamFiles {
+        stamp: FileStamp::join(stamps),
+        roots: Arc::new(roots),
+        client: client.map(|pair| pair.key.clone()),
+    })
+}
+
+/// The operating system's trusted roots (`/etc/ssl/certs` and the like); the ones that do not
+/// parse are skipped, as every TLS client does.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SITE: &str = "\n[[site]]\nhosts = [\"HOST\"]\ntls = { cert = \"CERT.pem\", key = \"CERT.key\" }\n  [[site.route]]\n  path = \"/\"\n  upstream = \"api\"\n";
+
+    fn site(host: &str, cert: &str) -> String {
+        SITE.replace("HOST", host).replace("CERT", cert)
+    }
+
+    #[test]
+    fn reads_the_named_files_and_locates_what_fails_at_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        std::fs::write(dir.path().join("a.pem"), made.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("a.key"), made.key_pair.serialize_pem()).unwrap();
+        let head = "[listen]\nhttps = \"127.0.0.1:0\"\n\n[upstream.api]\nservers = [\"https://10.0.0.1:443\"]\nca_root = \"a.pem\"\n";
+        let path = dir.path().join("gatehouse.toml");
+        let good = format!("{head}{}{}", site("a.test", "a"), site("b.test", "a"));
+        std::fs::write(&path, &good).unwrap();
+        let loaded = load(&path).unwrap();
+        let Some(crate::config::SiteTls::Files(pair)) = &loaded.config.sites[0].tls else {
+            panic!("a site with certificate files");
+        };
+        assert!(loaded.files.pair(pair).is_some());
+        let api = loaded.files.upstream("api").unwrap();
+        assert_eq!(
+            api.stamp,
+            FileStamp::of_paths([dir.path().join("a.pem").as_path()])
+        );
+        assert!(api.client.is_none());
+
+        let bad = format!("{good}{}", site("c.test", "missing"));
+        std::fs::write(&path, &bad).unwrap();
+        let Err(ConfigError::Invalid(errors)) = load(&path) else {
+            panic!("a missing certificate file is a config error");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let line = bad.lines().position(|l| l.contains("missing.pem")).unwrap() + 1;
+        assert_eq!((errors[0].line, errors[0].key.as_str()), (line, "site.tls"));
+        assert!(errors[0].message.contains("missing.pem"), "{}", errors[0]);
+    }
+}
