@@ -7,6 +7,7 @@ pub mod hygiene;
 mod response;
 mod rewind;
 mod service;
+mod tunnel;
 
 pub use body::CountedBody;
 pub use response::ProxyError;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntGauge;
 use rewind::Rewind;
 use service::ProxyService;
 use std::future::Future;
@@ -125,12 +127,13 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (http, grace, state) = {
+    let (http, grace, tunnel_idle, state) = {
         let snapshot = cx.shared.load();
         let server = &snapshot.config.server;
         let t = &server.timeouts;
         let state = ConnState::new(t.header_read, t.idle, t.send);
-        (snapshot.http.clone(), server.shutdown_grace, state)
+        let http = snapshot.http.clone();
+        (http, server.shutdown_grace, t.tunnel_idle, state)
     };
     let mut io = WatchedIo::new(stream, state.clone());
     let svc = ProxyService {
@@ -145,6 +148,7 @@ pub async fn serve_connection<S>(
         watchdog: Watchdog::new(state.clone()),
         shutdown: &mut shutdown,
         grace,
+        drain: None,
         peer,
         state: &state,
     };
@@ -165,10 +169,18 @@ pub async fn serve_connection<S>(
     loop {
         let io_in = TokioIo::new(Rewind::new(pre, io));
         let mut conn = Box::new(http.h1.serve_connection(io_in, svc.clone()).with_upgrades());
-        if guard.drive(&mut *conn).await != End::Parked {
+        let end = guard.drive(&mut *conn).await;
+        if let Some(pending) = state.take_tunnel() {
+            // hyper has handed the socket over (or failed to): what is left of it is the tunnel's
+            drop(conn);
+            state.set_parking(false);
+            let tunnels = &cx.listener_metrics(transport).tunnels;
+            guard.tunnel(pending, tunnel_idle, tunnels).await;
             return;
         }
-        // upgraded connections are the tunnel's; `Parked` is only reached without one
+        if end != End::Parked {
+            return;
+        }
         let Some(parts) = conn.into_parts() else {
             return;
         };
@@ -263,6 +275,8 @@ struct Guard<'a> {
     watchdog: Watchdog,
     shutdown: &'a mut watch::Receiver<bool>,
     grace: Duration,
+    /// When a connection that was asked to wind down is closed regardless.
+    drain: Option<tokio::time::Instant>,
     peer: SocketAddr,
     state: &'a ConnState,
 }
@@ -271,8 +285,8 @@ impl Guard<'_> {
     /// Serves `conn` until it ends: closed (by either side, a deadline or shutdown), or parked.
     async fn drive<C: Graceful>(&mut self, conn: &mut C) -> End {
         let peer = self.peer;
-        let mut drain_deadline = None;
         loop {
+            let drain_deadline = self.drain;
             tokio::select! {
                 // the connection first: the watchdog must see the deadlines this very poll set
                 biased;
@@ -294,18 +308,40 @@ impl Guard<'_> {
                         }
                         Expiry::Idle => {
                             conn.graceful();
-                            drain_deadline = Some(tokio::time::Instant::now() + self.grace);
+                            self.drain = Some(tokio::time::Instant::now() + self.grace);
                         }
                     }
                 }
                 _ = self.shutdown.changed(), if drain_deadline.is_none() => {
                     self.state.set_parking(false);
                     conn.graceful();
-                    drain_deadline = Some(tokio::time::Instant::now() + self.grace);
+                    self.drain = Some(tokio::time::Instant::now() + self.grace);
                 }
                 _ = sleep_until(drain_deadline) => return End::Closed,
             }
         }
+    }
+
+    /// The tunnel an upgrade turned this connection into, counted in `tunnels` while it runs;
+    /// at shutdown it gets the grace period, as a request in flight would.
+    async fn tunnel(&mut self, pending: tunnel::Pending, idle: Duration, tunnels: &IntGauge) {
+        let (grace, drain, peer) = (self.grace, self.drain, self.peer);
+        let shutdown = &mut *self.shutdown;
+        let stop = async move {
+            let at = match drain {
+                Some(at) => at,
+                None => {
+                    // a listener whose sender is gone is shutting down too
+                    let _ = shutdown.changed().await;
+                    tokio::time::Instant::now() + grace
+                }
+            };
+            tokio::time::sleep_until(at).await
+        };
+        tunnels.inc();
+        let _open = Decrements(tunnels);
+        let end = tunnel::run(pending, idle, stop).await;
+        tracing::debug!(%peer, ?end, "tunnel ended");
     }
 
     /// A parked connection's wait for its next request, holding no buffer: the bytes that came,
@@ -328,6 +364,15 @@ impl Guard<'_> {
             _ = tokio::time::sleep(self.state.idle_left()) => None,
             _ = self.shutdown.changed() => None,
         }
+    }
+}
+
+/// Takes one off a gauge when dropped, however the task holding it ends.
+struct Decrements<'a>(&'a IntGauge);
+
+impl Drop for Decrements<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     connections_open: IntGaugeVec,
     connections_total: IntCounterVec,
+    tunnels_open: IntGaugeVec,
     request_bytes: IntCounter,
     response_bytes: IntCounter,
     tls_handshakes: IntCounterVec,
@@ -95,6 +96,10 @@ impl Metrics {
             )?,
             connections_total: IntCounterVec::new(
                 opts("gatehouse_connections_total", "Client connections accepted."),
+                &["listener"],
+            )?,
+            tunnels_open: IntGaugeVec::new(
+                opts("gatehouse_tunnels_open", "Client connections upgraded to a tunnel (WebSocket) open now; each is also in gatehouse_connections_open."),
                 &["listener"],
             )?,
             request_bytes: IntCounter::new("gatehouse_request_body_bytes_total", "Request body bytes received from clients.")?,
@@ -153,6 +158,7 @@ impl Metrics {
         r.register(Box::new(self.upstream_healthy.clone()))?;
         r.register(Box::new(self.connections_open.clone()))?;
         r.register(Box::new(self.connections_total.clone()))?;
+        r.register(Box::new(self.tunnels_open.clone()))?;
         r.register(Box::new(self.request_bytes.clone()))?;
         r.register(Box::new(self.response_bytes.clone()))?;
         r.register(Box::new(self.tls_handshakes.clone()))?;
@@ -192,6 +198,7 @@ impl Metrics {
         ListenerMetrics {
             open: self.connections_open.with_label_values(&[name]),
             total: self.connections_total.with_label_values(&[name]),
+            tunnels: self.tunnels_open.with_label_values(&[name]),
         }
     }
 
@@ -310,6 +317,8 @@ impl RouteMetrics {
 pub struct ListenerMetrics {
     pub open: IntGauge,
     pub total: IntCounter,
+    /// Connections of `open` that are tunnels now.
+    pub tunnels: IntGauge,
 }
 
 impl std::fmt::Debug for RouteMetrics {

@@ -22,7 +22,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -320,18 +319,12 @@ impl ProxyService {
         sent
     }
 
-    /// After a 101, copies bytes both ways between the two upgraded connections until either closes.
+    /// After a 101: the connection's own task copies bytes both ways between the two upgraded
+    /// connections once hyper hands the client's over (see `http::tunnel`), so the tunnel keeps
+    /// the connection's slot under the limits.
     fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-        self.cx.tracker.spawn(async move {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
-                Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
-            };
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(error = %e, "tunnel closed with error");
-            }
-        });
+        self.conn
+            .start_tunnel(super::tunnel::Pending { client, upstream });
     }
 }
 
