@@ -7,6 +7,7 @@ pub mod hygiene;
 mod response;
 mod rewind;
 mod service;
+mod stream;
 mod tunnel;
 
 pub use body::CountedBody;
@@ -21,7 +22,7 @@ use crate::state::Shared;
 use bytes::Bytes;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::IntGauge;
 use rewind::Rewind;
 use service::ProxyService;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use stream::StreamExec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -40,12 +42,18 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone)]
 pub struct Protocols {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    h2: http2::Builder<StreamExec>,
 }
 
+/// Response bytes h2 queues per stream for the client, beyond the piece of body in hand (hyper's
+/// default is 400 KiB). The queue only evens out the socket's pace; with `http2_max_streams` at
+/// 256, 256 x 64 KiB = 16 MiB is the most one connection queues.
+pub const H2_SEND_BUF: usize = 64 << 10;
+
 /// hyper's own limits are the outer fence (a head that cannot fit its buffer gets 431 from
-/// hyper); the exact `max_header_size` and `max_uri` checks are the service's.
-pub fn builder(limits: &ServerLimits) -> Protocols {
+/// hyper); the exact `max_header_size` and `max_uri` checks are the service's. `send` is the
+/// HTTP/2 streams' send deadline (see `stream`).
+pub fn builder(limits: &ServerLimits, send: Duration) -> Protocols {
     let mut h1 = http1::Builder::new();
     // hyper refuses a read buffer under 8 KiB
     let head_buf = (limits.max_header_size + limits.max_uri + 4096).max(8192);
@@ -55,9 +63,10 @@ pub fn builder(limits: &ServerLimits) -> Protocols {
         .max_buf_size(head_buf)
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    let mut h2 = http2::Builder::new(StreamExec { send });
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_streams)
+        .max_send_buf_size(H2_SEND_BUF)
         // HPACK-decoded size of one header block, CONTINUATION frames included
         .max_header_list_size(u32::try_from(head_buf).unwrap_or(u32::MAX))
         // rapid reset (CVE-2023-44487): streams a client opens and resets before we answer
