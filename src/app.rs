@@ -9,6 +9,7 @@ use crate::admin::client::{self, ClientError};
 use crate::config::{self, Config, ConfigError, SiteTls};
 use crate::http::ConnContext;
 use crate::listener::{BindError, Listeners};
+use crate::middleware::encode::budget::EncoderBudget;
 use crate::reload;
 use crate::state::{BuildError, Keep, RuntimeState, Shared};
 use std::net::SocketAddr;
@@ -72,6 +73,7 @@ pub async fn serve(path: &Path, config: Config) -> Result<(), AppError> {
             keep.metrics.listener("https"),
         ],
         metrics: keep.metrics.clone(),
+        encoders: EncoderBudget::new(&keep.metrics),
     });
     // watching starts before the listeners are up: a change made once they answer is seen
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);

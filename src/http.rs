@@ -17,6 +17,7 @@ use crate::acme::Challenges;
 use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::middleware::encode::budget::EncoderBudget;
 use crate::middleware::Rejections;
 use crate::state::Shared;
 use bytes::Bytes;
@@ -89,6 +90,8 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     /// Connection gauges and counters of the plain and the TLS listener.
     pub listeners: [ListenerMetrics; 2],
+    /// Response encoders alive, against `[server] max_encoders`.
+    pub encoders: Arc<EncoderBudget>,
 }
 
 impl ConnContext {

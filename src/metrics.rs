@@ -52,6 +52,8 @@ pub struct Metrics {
     pub acme_orders: IntCounterVec,
     rejected: IntCounterVec,
     access_log_dropped: IntCounter,
+    encode_skipped: IntCounterVec,
+    encoders_active: IntGauge,
     tasks_alive: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
@@ -124,6 +126,14 @@ impl Metrics {
                 "gatehouse_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind (the queue was full).",
             )?,
+            encode_skipped: IntCounterVec::new(
+                opts("gatehouse_encode_skipped_total", "Responses that would have been compressed, sent uncompressed instead, by reason (budget: max_encoders encoders were alive)."),
+                &["reason"],
+            )?,
+            encoders_active: IntGauge::new(
+                "gatehouse_encoders_active",
+                "Response encoders alive now (responses being compressed), against [server] max_encoders.",
+            )?,
             tasks_alive: IntGauge::new(
                 "gatehouse_runtime_tasks_alive",
                 "Tokio tasks alive (connections, health checkers, resolvers, certificate watchers...).",
@@ -167,6 +177,8 @@ impl Metrics {
         r.register(Box::new(self.rejected.clone()))?;
         r.register(Box::new(self.reloads.clone()))?;
         r.register(Box::new(self.access_log_dropped.clone()))?;
+        r.register(Box::new(self.encode_skipped.clone()))?;
+        r.register(Box::new(self.encoders_active.clone()))?;
         r.register(Box::new(self.tasks_alive.clone()))?;
         r.register(Box::new(self.last_reload_success.clone()))?;
         let build = IntGaugeVec::new(
@@ -200,6 +212,15 @@ impl Metrics {
             total: self.connections_total.with_label_values(&[name]),
             tunnels: self.tunnels_open.with_label_values(&[name]),
         }
+    }
+
+    /// The count of responses sent uncompressed for `reason`.
+    pub fn encode_skipped(&self, reason: &str) -> IntCounter {
+        self.encode_skipped.with_label_values(&[reason])
+    }
+
+    pub fn encoders_active(&self) -> IntGauge {
+        self.encoders_active.clone()
     }
 
     pub fn upstream_duration(&self, upstream: &str) -> Histogram {

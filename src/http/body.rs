@@ -23,6 +23,7 @@ use super::stream::SendClock;
 use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
 use crate::middleware::encode::body::{Compressed, Encoder};
+use crate::middleware::encode::budget::EncoderTicket;
 
 /// What the access log needs to know about a request; shared by its request and response bodies.
 #[derive(Debug)]
@@ -284,8 +285,12 @@ enum Source {
 #[derive(Debug)]
 enum Inner {
     Plain(Source),
-    /// Boxed: the encoder is large, and only routes with `encode` pay for it.
-    Compressed(Box<Compressed<Source>>),
+    /// Boxed: the encoder is large, and only routes with `encode` pay for it. The ticket is
+    /// the encoder's place under `max_encoders`, given back with the body.
+    Compressed {
+        body: Box<Compressed<Source>>,
+        _ticket: EncoderTicket,
+    },
 }
 
 /// An upstream response body with a limit on the wait between two frames (nginx's
@@ -476,10 +481,16 @@ impl ProxyBody {
 
     /// The same body compressed by `encoder` (the head must say so); the bytes counted for the
     /// access log and metrics are then the compressed ones, as sent.
-    pub fn compress(self, encoder: Encoder) -> Self {
+    pub fn compress(self, encoder: Encoder, ticket: EncoderTicket) -> Self {
         let inner = match self.inner {
-            Inner::Plain(source) => Inner::Compressed(Box::new(Compressed::new(source, encoder))),
-            compressed @ Inner::Compressed(_) => compressed,
+            Inner::Plain(source) => {
+                let body = Box::new(Compressed::new(source, encoder));
+                Inner::Compressed {
+                    body,
+                    _ticket: ticket,
+                }
+            }
+            compressed @ Inner::Compressed { .. } => compressed,
         };
         ProxyBody {
             inner,
@@ -528,7 +539,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Plain(source) => Pin::new(source).poll_frame(cx),
-            Inner::Compressed(body) => Pin::new(&mut **body).poll_frame(cx),
+            Inner::Compressed { body, .. } => Pin::new(&mut **body).poll_frame(cx),
         };
         let handed = match &polled {
             Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, Bytes::len),
@@ -548,14 +559,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Plain(source) => source.is_end_stream(),
-            Inner::Compressed(body) => body.is_end_stream(),
+            Inner::Compressed { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Plain(source) => source.size_hint(),
-            Inner::Compressed(body) => body.size_hint(),
+            Inner::Compressed { body, .. } => body.size_hint(),
         }
     }
 }
