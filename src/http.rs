@@ -1,5 +1,7 @@
 //! hyper serving glue: one client connection, HTTP/1.1 or HTTP/2 (prior knowledge), with its
-//! deadlines, its part in graceful shutdown, and idle HTTP/1.1 connections parked outside hyper.
+//! deadlines, its part in graceful shutdown, idle HTTP/1.1 connections parked outside hyper, the
+//! tunnel an upgrade turns a connection into (`tunnel`), and HTTP/2 streams' send deadline
+//! (`stream`).
 
 mod body;
 mod conn;
