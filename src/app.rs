@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError, SiteTls};
 use crate::http::ConnContext;
 use crate::listener::{BindError, Listeners};
 use crate::load::{self, Loaded};
+use crate::middleware::encode::budget::EncoderBudget;
 use crate::reload;
 use crate::state::{BuildError, Keep, RuntimeState, Shared};
 use std::net::SocketAddr;
@@ -77,6 +78,7 @@ pub async fn serve(path: &Path, loaded: Loaded) -> Result<(), AppError> {
             keep.metrics.listener("https"),
         ],
         metrics: keep.metrics.clone(),
+        encoders: EncoderBudget::new(&keep.metrics),
     });
     // watching starts before the listeners are up: a change made once they answer is seen
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);

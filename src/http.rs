@@ -1,5 +1,7 @@
 //! hyper serving glue: one client connection, HTTP/1.1 or HTTP/2 (prior knowledge), with its
-//! deadlines, its part in graceful shutdown, and idle HTTP/1.1 connections parked outside hyper.
+//! deadlines, its part in graceful shutdown, idle HTTP/1.1 connections parked outside hyper, the
+//! tunnel an upgrade turns a connection into (`tunnel`), and HTTP/2 streams' send deadline
+//! (`stream`).
 
 mod body;
 pub mod canonical;
@@ -8,6 +10,8 @@ pub mod hygiene;
 mod response;
 mod rewind;
 mod service;
+mod stream;
+mod tunnel;
 
 pub use body::CountedBody;
 pub use response::ProxyError;
@@ -16,12 +20,14 @@ use crate::acme::Challenges;
 use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::middleware::encode::budget::EncoderBudget;
 use crate::middleware::Rejections;
 use crate::state::Shared;
 use bytes::Bytes;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntGauge;
 use rewind::Rewind;
 use service::ProxyService;
 use std::future::Future;
@@ -31,6 +37,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use stream::StreamExec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -39,12 +46,18 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone)]
 pub struct Protocols {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    h2: http2::Builder<StreamExec>,
 }
 
+/// Response bytes h2 queues per stream for the client, beyond the piece of body in hand (hyper's
+/// default is 400 KiB). The queue only evens out the socket's pace; with `http2_max_streams` at
+/// 256, 256 x 64 KiB = 16 MiB is the most one connection queues.
+pub const H2_SEND_BUF: usize = 64 << 10;
+
 /// hyper's own limits are the outer fence (a head that cannot fit its buffer gets 431 from
-/// hyper); the exact `max_header_size` and `max_uri` checks are the service's.
-pub fn builder(limits: &ServerLimits) -> Protocols {
+/// hyper); the exact `max_header_size` and `max_uri` checks are the service's. `send` is the
+/// HTTP/2 streams' send deadline (see `stream`).
+pub fn builder(limits: &ServerLimits, send: Duration) -> Protocols {
     let mut h1 = http1::Builder::new();
     // hyper refuses a read buffer under 8 KiB
     let head_buf = (limits.max_header_size + limits.max_uri + 4096).max(8192);
@@ -54,9 +67,10 @@ pub fn builder(limits: &ServerLimits) -> Protocols {
         .max_buf_size(head_buf)
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    let mut h2 = http2::Builder::new(StreamExec { send });
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_streams)
+        .max_send_buf_size(H2_SEND_BUF)
         // HPACK-decoded size of one header block, CONTINUATION frames included
         .max_header_list_size(u32::try_from(head_buf).unwrap_or(u32::MAX))
         // rapid reset (CVE-2023-44487): streams a client opens and resets before we answer
@@ -79,6 +93,8 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     /// Connection gauges and counters of the plain and the TLS listener.
     pub listeners: [ListenerMetrics; 2],
+    /// Response encoders alive, against `[server] max_encoders`.
+    pub encoders: Arc<EncoderBudget>,
 }
 
 impl ConnContext {
@@ -141,12 +157,13 @@ pub async fn serve_connection<S>(
         addr: peer,
         vouches,
     } = peer;
-    let (http, grace, state) = {
+    let (http, grace, tunnel_idle, state) = {
         let snapshot = cx.shared.load();
         let server = &snapshot.config.server;
         let t = &server.timeouts;
         let state = ConnState::new(t.header_read, t.idle, t.send);
-        (snapshot.http.clone(), server.shutdown_grace, state)
+        let http = snapshot.http.clone();
+        (http, server.shutdown_grace, t.tunnel_idle, state)
     };
     let mut io = WatchedIo::new(stream, state.clone());
     let svc = ProxyService {
@@ -162,6 +179,7 @@ pub async fn serve_connection<S>(
         watchdog: Watchdog::new(state.clone()),
         shutdown: &mut shutdown,
         grace,
+        drain: None,
         peer,
         state: &state,
     };
@@ -182,10 +200,18 @@ pub async fn serve_connection<S>(
     loop {
         let io_in = TokioIo::new(Rewind::new(pre, io));
         let mut conn = Box::new(http.h1.serve_connection(io_in, svc.clone()).with_upgrades());
-        if guard.drive(&mut *conn).await != End::Parked {
+        let end = guard.drive(&mut *conn).await;
+        if let Some(pending) = state.take_tunnel() {
+            // hyper has handed the socket over (or failed to): what is left of it is the tunnel's
+            drop(conn);
+            state.set_parking(false);
+            let tunnels = &cx.listener_metrics(transport).tunnels;
+            guard.tunnel(pending, tunnel_idle, tunnels).await;
             return;
         }
-        // upgraded connections are the tunnel's; `Parked` is only reached without one
+        if end != End::Parked {
+            return;
+        }
         let Some(parts) = conn.into_parts() else {
             return;
         };
@@ -280,6 +306,8 @@ struct Guard<'a> {
     watchdog: Watchdog,
     shutdown: &'a mut watch::Receiver<bool>,
     grace: Duration,
+    /// When a connection that was asked to wind down is closed regardless.
+    drain: Option<tokio::time::Instant>,
     peer: SocketAddr,
     state: &'a ConnState,
 }
@@ -288,8 +316,8 @@ impl Guard<'_> {
     /// Serves `conn` until it ends: closed (by either side, a deadline or shutdown), or parked.
     async fn drive<C: Graceful>(&mut self, conn: &mut C) -> End {
         let peer = self.peer;
-        let mut drain_deadline = None;
         loop {
+            let drain_deadline = self.drain;
             tokio::select! {
                 // the connection first: the watchdog must see the deadlines this very poll set
                 biased;
@@ -311,18 +339,40 @@ impl Guard<'_> {
                         }
                         Expiry::Idle => {
                             conn.graceful();
-                            drain_deadline = Some(tokio::time::Instant::now() + self.grace);
+                            self.drain = Some(tokio::time::Instant::now() + self.grace);
                         }
                     }
                 }
                 _ = self.shutdown.changed(), if drain_deadline.is_none() => {
                     self.state.set_parking(false);
                     conn.graceful();
-                    drain_deadline = Some(tokio::time::Instant::now() + self.grace);
+                    self.drain = Some(tokio::time::Instant::now() + self.grace);
                 }
                 _ = sleep_until(drain_deadline) => return End::Closed,
             }
         }
+    }
+
+    /// The tunnel an upgrade turned this connection into, counted in `tunnels` while it runs;
+    /// at shutdown it gets the grace period, as a request in flight would.
+    async fn tunnel(&mut self, pending: tunnel::Pending, idle: Duration, tunnels: &IntGauge) {
+        let (grace, drain, peer) = (self.grace, self.drain, self.peer);
+        let shutdown = &mut *self.shutdown;
+        let stop = async move {
+            let at = match drain {
+                Some(at) => at,
+                None => {
+                    // a listener whose sender is gone is shutting down too
+                    let _ = shutdown.changed().await;
+                    tokio::time::Instant::now() + grace
+                }
+            };
+            tokio::time::sleep_until(at).await
+        };
+        tunnels.inc();
+        let _open = Decrements(tunnels);
+        let end = tunnel::run(pending, idle, stop).await;
+        tracing::debug!(%peer, ?end, "tunnel ended");
     }
 
     /// A parked connection's wait for its next request, holding no buffer: the bytes that came,
@@ -345,6 +395,15 @@ impl Guard<'_> {
             _ = tokio::time::sleep(self.state.idle_left()) => None,
             _ = self.shutdown.changed() => None,
         }
+    }
+}
+
+/// Takes one off a gauge when dropped, however the task holding it ends.
+struct Decrements<'a>(&'a IntGauge);
+
+impl Drop for Decrements<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

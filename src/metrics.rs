@@ -44,6 +44,7 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     connections_open: IntGaugeVec,
     connections_total: IntCounterVec,
+    tunnels_open: IntGaugeVec,
     request_bytes: IntCounter,
     response_bytes: IntCounter,
     tls_handshakes: IntCounterVec,
@@ -51,6 +52,8 @@ pub struct Metrics {
     pub acme_orders: IntCounterVec,
     rejected: IntCounterVec,
     access_log_dropped: IntCounter,
+    encode_skipped: IntCounterVec,
+    encoders_active: IntGauge,
     tasks_alive: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
@@ -97,6 +100,10 @@ impl Metrics {
                 opts("gatehouse_connections_total", "Client connections accepted."),
                 &["listener"],
             )?,
+            tunnels_open: IntGaugeVec::new(
+                opts("gatehouse_tunnels_open", "Client connections upgraded to a tunnel (WebSocket) open now; each is also in gatehouse_connections_open."),
+                &["listener"],
+            )?,
             request_bytes: IntCounter::new("gatehouse_request_body_bytes_total", "Request body bytes received from clients.")?,
             response_bytes: IntCounter::new("gatehouse_response_body_bytes_total", "Response body bytes sent to clients.")?,
             tls_handshakes: IntCounterVec::new(
@@ -118,6 +125,14 @@ impl Metrics {
             access_log_dropped: IntCounter::new(
                 "gatehouse_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind (the queue was full).",
+            )?,
+            encode_skipped: IntCounterVec::new(
+                opts("gatehouse_encode_skipped_total", "Responses that would have been compressed, sent uncompressed instead, by reason (budget: max_encoders encoders were alive)."),
+                &["reason"],
+            )?,
+            encoders_active: IntGauge::new(
+                "gatehouse_encoders_active",
+                "Response encoders alive now (responses being compressed), against [server] max_encoders.",
             )?,
             tasks_alive: IntGauge::new(
                 "gatehouse_runtime_tasks_alive",
@@ -153,6 +168,7 @@ impl Metrics {
         r.register(Box::new(self.upstream_healthy.clone()))?;
         r.register(Box::new(self.connections_open.clone()))?;
         r.register(Box::new(self.connections_total.clone()))?;
+        r.register(Box::new(self.tunnels_open.clone()))?;
         r.register(Box::new(self.request_bytes.clone()))?;
         r.register(Box::new(self.response_bytes.clone()))?;
         r.register(Box::new(self.tls_handshakes.clone()))?;
@@ -161,6 +177,8 @@ impl Metrics {
         r.register(Box::new(self.rejected.clone()))?;
         r.register(Box::new(self.reloads.clone()))?;
         r.register(Box::new(self.access_log_dropped.clone()))?;
+        r.register(Box::new(self.encode_skipped.clone()))?;
+        r.register(Box::new(self.encoders_active.clone()))?;
         r.register(Box::new(self.tasks_alive.clone()))?;
         r.register(Box::new(self.last_reload_success.clone()))?;
         let build = IntGaugeVec::new(
@@ -192,7 +210,17 @@ impl Metrics {
         ListenerMetrics {
             open: self.connections_open.with_label_values(&[name]),
             total: self.connections_total.with_label_values(&[name]),
+            tunnels: self.tunnels_open.with_label_values(&[name]),
         }
+    }
+
+    /// The count of responses sent uncompressed for `reason`.
+    pub fn encode_skipped(&self, reason: &str) -> IntCounter {
+        self.encode_skipped.with_label_values(&[reason])
+    }
+
+    pub fn encoders_active(&self) -> IntGauge {
+        self.encoders_active.clone()
     }
 
     pub fn upstream_duration(&self, upstream: &str) -> Histogram {
@@ -310,6 +338,8 @@ impl RouteMetrics {
 pub struct ListenerMetrics {
     pub open: IntGauge,
     pub total: IntCounter,
+    /// Connections of `open` that are tunnels now.
+    pub tunnels: IntGauge,
 }
 
 impl std::fmt::Debug for RouteMetrics {

@@ -287,7 +287,10 @@ impl RuntimeState {
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
         Ok(RuntimeState {
             access_log,
-            http: Arc::new(crate::http::builder(&config.server.limits)),
+            http: Arc::new(crate::http::builder(
+                &config.server.limits,
+                config.server.timeouts.send,
+            )),
             route_metrics,
             unrouted_metrics,
             metrics: keep.metrics.clone(),

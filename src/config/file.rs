@@ -62,6 +62,8 @@ pub struct FileServer {
     pub max_headers: Option<Spanned<i64>>,
     pub max_uri: Option<Str>,
     pub http2_max_streams: Option<Spanned<i64>>,
+    /// Response encoders alive at once, all routes together.
+    pub max_encoders: Option<Spanned<i64>>,
     /// Client addresses each rate limit tracks at most.
     pub rate_limit_keys: Option<Spanned<i64>>,
     /// Record per-request metrics (the counters and histograms of `/metrics`).
@@ -104,6 +106,7 @@ pub struct FileTimeouts {
     pub upstream_response: Option<Str>,
     pub send: Option<Str>,
     pub tls_handshake: Option<Str>,
+    pub tunnel_idle: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -165,6 +165,9 @@ pub struct ServerLimits {
     pub ipv6_prefix: u8,
     /// Client addresses one rate limit tracks at most; beyond, new clients share one budget.
     pub rate_limit_keys: usize,
+    /// Response encoders (`encode`) alive at once, all routes together; beyond, responses go
+    /// out uncompressed. 0 is no limit.
+    pub max_encoders: usize,
 }
 
 impl Default for ServerLimits {
@@ -178,9 +181,14 @@ impl Default for ServerLimits {
             http2_max_streams: 256,
             ipv6_prefix: 64,
             rate_limit_keys: 100_000,
+            max_encoders: DEFAULT_MAX_ENCODERS,
         }
     }
 }
+
+/// 64 encoders at brotli's measured 4.4 MiB each is at most ~280 MiB (zstd 2.0 MiB: ~130 MiB,
+/// gzip 0.34 MiB: ~22 MiB); see the README's `max_encoders`.
+pub const DEFAULT_MAX_ENCODERS: usize = 64;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timeouts {
@@ -191,6 +199,8 @@ pub struct Timeouts {
     /// A client that takes no bytes of the response for this long is cut (nginx `send_timeout`).
     pub send: Duration,
     pub tls_handshake: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -202,6 +212,8 @@ impl Default for Timeouts {
             upstream_response: Duration::from_secs(60),
             send: Duration::from_secs(60),
             tls_handshake: Duration::from_secs(10),
+            // above the 20-60 s pings of WebSocket servers (browsers send none of their own)
+            tunnel_idle: Duration::from_secs(120),
         }
     }
 }

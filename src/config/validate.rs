@@ -486,6 +486,7 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
                 "server.timeouts.tls_handshake",
                 d.tls_handshake,
             ),
+            tunnel_idle: cx.duration(&t.tunnel_idle, "server.timeouts.tunnel_idle", d.tunnel_idle),
         },
         limits: server_limits(cx, raw),
         metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
@@ -616,6 +617,12 @@ fn server_limits(cx: &mut Ctx, raw: &FileServer) -> ServerLimits {
             "server.rate_limit_keys",
             1..=10_000_000,
             d.rate_limit_keys,
+        ),
+        max_encoders: cx.count(
+            &raw.max_encoders,
+            "server.max_encoders",
+            0..=1_000_000,
+            d.max_encoders,
         ),
     }
 }

@@ -19,9 +19,11 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use super::conn::InFlight;
+use super::stream::SendClock;
 use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
 use crate::middleware::encode::body::{Compressed, Encoder};
+use crate::middleware::encode::budget::EncoderTicket;
 
 /// What the access log needs to know about a request; shared by its request and response bodies.
 #[derive(Debug)]
@@ -283,17 +285,24 @@ enum Source {
 #[derive(Debug)]
 enum Inner {
     Plain(Source),
-    /// Boxed: the encoder is large, and only routes with `encode` pay for it.
-    Compressed(Box<Compressed<Source>>),
+    /// Boxed: the encoder is large, and only routes with `encode` pay for it. The ticket is
+    /// the encoder's place under `max_encoders`, given back with the body.
+    Compressed {
+        body: Box<Compressed<Source>>,
+        _ticket: EncoderTicket,
+    },
 }
 
 /// An upstream response body with a limit on the wait between two frames (nginx's
 /// `proxy_read_timeout`); the timer exists only while a read is pending. It holds the connection
-/// it comes on: back to the backend's idle ones once the body has ended (compressed or not),
-/// dropped (closed) if the body is dropped before.
+/// it comes on: back to the backend's idle ones once the body has ended (compressed or not). A
+/// body dropped before its end (the client went away, or an HTTP/2 stream was reset) leaves
+/// the connection mid-response: with at most `DRAIN_MAX` known bytes left, they are read off
+/// in the background (within `DRAIN_WITHIN`) and the connection is reused; else it is closed.
 #[derive(Debug)]
 struct UpstreamBody {
-    body: Incoming,
+    /// `None` once handed to a drain.
+    body: Option<Incoming>,
     read_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
     /// `None` when the connection cannot be reused (the response closes it, or upgraded it).
@@ -302,15 +311,24 @@ struct UpstreamBody {
 
 type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
 
+/// The most a dropped response may still have to come for its connection to be kept: about
+/// what one read takes off a socket, so a response cut short near its end costs no reconnect.
+const DRAIN_MAX: u64 = 64 << 10;
+/// How long reading that rest may take; a healthy upstream has usually sent it already.
+const DRAIN_WITHIN: Duration = Duration::from_secs(1);
+
 impl UpstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled {
-        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
             self.stalled = None;
             match &frame {
                 Some(Err(_)) => self.conn = None,
                 // the last frame: the connection can take the next request at once
                 None => self.give_back(),
-                Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
+                Some(Ok(_)) if body.is_end_stream() => self.give_back(),
                 Some(Ok(_)) => {}
             }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream)));
@@ -330,14 +348,43 @@ impl UpstreamBody {
             backend.reuse(conn);
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().map_or(true, Incoming::is_end_stream)
+    }
 }
 
 impl Drop for UpstreamBody {
-    /// A body with nothing to read (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
+    /// A body with nothing to read (HEAD, 204, 304, `Content-Length: 0`) may never be polled;
+    /// one dropped before its end may leave a short rest to read off (see `DRAIN_MAX`).
     fn drop(&mut self) {
-        if self.conn.is_some() && self.body.is_end_stream() {
-            self.give_back();
+        if self.conn.is_none() {
+            return;
         }
+        if self.is_end_stream() {
+            return self.give_back();
+        }
+        let short = self.body.as_ref().and_then(|b| b.size_hint().exact());
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (Some(..=DRAIN_MAX), Ok(runtime), Some(body), Some(conn)) =
+            (short, runtime, self.body.take(), self.conn.take())
+        {
+            runtime.spawn(drain(body, conn));
+        }
+    }
+}
+
+/// Reads off the rest of a response nobody wants, then gives its connection back.
+async fn drain(mut body: Incoming, (conn, backend): (Sender, Arc<Backend>)) {
+    use http_body_util::BodyExt;
+    let rest = async {
+        while let Some(frame) = body.frame().await {
+            frame?;
+        }
+        Ok::<_, hyper::Error>(())
+    };
+    if let Ok(Ok(())) = tokio::time::timeout(DRAIN_WITHIN, rest).await {
+        backend.reuse(conn);
     }
 }
 
@@ -357,6 +404,8 @@ pub enum BodyError {
 pub struct ProxyBody {
     inner: Inner,
     done: Completion,
+    /// On HTTP/2, the stream's send clock (see `stream`): told when a frame is handed over.
+    clock: Option<Arc<SendClock>>,
 }
 
 /// Everything held until the response is finished.
@@ -410,7 +459,7 @@ impl ProxyBody {
     ) -> Self {
         let backend = done._active.as_ref().map(|a| a.backend().clone());
         let body = UpstreamBody {
-            body,
+            body: Some(body),
             read_timeout,
             stalled: None,
             conn: conn.zip(backend),
@@ -418,6 +467,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Plain(Source::Upstream(body)),
             done,
+            clock: SendClock::current(),
         }
     }
 
@@ -425,19 +475,27 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Plain(Source::Full(Some(bytes).filter(|b| !b.is_empty()))),
             done,
+            clock: SendClock::current(),
         }
     }
 
     /// The same body compressed by `encoder` (the head must say so); the bytes counted for the
     /// access log and metrics are then the compressed ones, as sent.
-    pub fn compress(self, encoder: Encoder) -> Self {
+    pub fn compress(self, encoder: Encoder, ticket: EncoderTicket) -> Self {
         let inner = match self.inner {
-            Inner::Plain(source) => Inner::Compressed(Box::new(Compressed::new(source, encoder))),
-            compressed @ Inner::Compressed(_) => compressed,
+            Inner::Plain(source) => {
+                let body = Box::new(Compressed::new(source, encoder));
+                Inner::Compressed {
+                    body,
+                    _ticket: ticket,
+                }
+            }
+            compressed @ Inner::Compressed { .. } => compressed,
         };
         ProxyBody {
             inner,
             done: self.done,
+            clock: self.clock,
         }
     }
 }
@@ -455,14 +513,17 @@ impl Body for Source {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Source::Upstream(up) => up.body.is_end_stream(),
+            Source::Upstream(up) => up.is_end_stream(),
             Source::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Source::Upstream(up) => up.body.size_hint(),
+            Source::Upstream(up) => up
+                .body
+                .as_ref()
+                .map_or_else(SizeHint::default, Incoming::size_hint),
             Source::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -478,11 +539,18 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Plain(source) => Pin::new(source).poll_frame(cx),
-            Inner::Compressed(body) => Pin::new(&mut **body).poll_frame(cx),
+            Inner::Compressed { body, .. } => Pin::new(&mut **body).poll_frame(cx),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.done.bytes_out += data.len() as u64;
+        let handed = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, Bytes::len),
+            _ => 0,
+        };
+        this.done.bytes_out += handed as u64;
+        if let Some(clock) = &this.clock {
+            // hyper is back for more: the previous frame went out (or into h2's bounded queue)
+            match handed {
+                0 => clock.progressing(),
+                _ => clock.handed(),
             }
         }
         polled
@@ -491,14 +559,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Plain(source) => source.is_end_stream(),
-            Inner::Compressed(body) => body.is_end_stream(),
+            Inner::Compressed { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Plain(source) => source.size_hint(),
-            Inner::Compressed(body) => body.size_hint(),
+            Inner::Compressed { body, .. } => body.size_hint(),
         }
     }
 }

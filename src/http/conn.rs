@@ -10,12 +10,13 @@
 //! cost ~1.9 us of CPU, 10% of a proxied request). HTTP/2 streams run in tasks of their own: for
 //! them a deadline change wakes the watchdog explicitly.
 
+use super::tunnel;
 use atomic_waker::AtomicWaker;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,7 +28,7 @@ const ACTIVE: u8 = 2;
 const NO_DEADLINE: u64 = u64::MAX;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
@@ -70,6 +71,9 @@ pub struct ConnState {
     /// `X-Forwarded-Port` for the port this connection's requests name, made once: a header
     /// value made from a number is an allocation, and a connection's requests name one port.
     forwarded_port: std::sync::OnceLock<(u16, http::HeaderValue)>,
+    /// An upgrade the service agreed to (a `101` on its way): the connection's task runs the
+    /// tunnel once hyper hands the socket over (see `tunnel`).
+    tunnel: Mutex<Option<tunnel::Pending>>,
 }
 
 impl ConnState {
@@ -89,6 +93,7 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             parking: AtomicBool::new(false),
             forwarded_port: std::sync::OnceLock::new(),
+            tunnel: Mutex::new(None),
         })
     }
 
@@ -175,6 +180,16 @@ impl ConnState {
 
     pub fn is_parking(&self) -> bool {
         self.parking.load(Ordering::Relaxed)
+    }
+
+    /// Hands an upgrade to the connection's task, which runs it once hyper lets go of the socket.
+    pub fn start_tunnel(&self, pending: tunnel::Pending) {
+        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending);
+    }
+
+    /// The upgrade agreed on this connection, if any.
+    pub fn take_tunnel(&self) -> Option<tunnel::Pending> {
+        self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

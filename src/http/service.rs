@@ -10,8 +10,9 @@ use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
-use crate::config::{Redirect, Respond, ServerLimits, TemplatePart};
+use crate::config::{Coding, Redirect, Respond, ServerLimits, TemplatePart};
 use crate::middleware::cors::Verdict;
+use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
@@ -23,7 +24,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -142,7 +142,8 @@ impl ProxyService {
             Err(err) => self.refuse(&err, log, in_flight, version),
         };
         if let Some(negotiated) = encode {
-            response = compress(response, &negotiated);
+            let max = state.config.server.limits.max_encoders;
+            response = compress(response, &negotiated, (&self.cx.encoders, max));
         }
         response
             .headers_mut()
@@ -343,18 +344,12 @@ impl ProxyService {
         sent
     }
 
-    /// After a 101, copies bytes both ways between the two upgraded connections until either closes.
+    /// After a 101: the connection's own task copies bytes both ways between the two upgraded
+    /// connections once hyper hands the client's over (see `http::tunnel`), so the tunnel keeps
+    /// the connection's slot under the limits.
     fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-        self.cx.tracker.spawn(async move {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
-                Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
-            };
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(error = %e, "tunnel closed with error");
-            }
-        });
+        self.conn
+            .start_tunnel(super::tunnel::Pending { client, upstream });
     }
 }
 
@@ -634,33 +629,54 @@ impl ProxyService {
     }
 }
 
-/// The response compressed as `negotiated` asks, if it is a candidate (see `middleware::encode`).
-fn compress(response: Response<ProxyBody>, negotiated: &Negotiated<'_>) -> Response<ProxyBody> {
+/// The response compressed as `negotiated` asks, if it is a candidate (see `middleware::encode`)
+/// and an encoder fits the budget (`max_encoders`; else it goes as it is, with `Vary`). The
+/// answer to a `HEAD` gets the head a `GET` would get now, and nothing to compress.
+fn compress(
+    response: Response<ProxyBody>,
+    negotiated: &Negotiated<'_>,
+    (budget, max): (&Arc<EncoderBudget>, usize),
+) -> Response<ProxyBody> {
     use http_body::Body;
     let (mut parts, body) = response.into_parts();
-    let shape = BodyShape {
-        len: body.size_hint().exact(),
-        empty: body.is_end_stream(),
+    let shape = match negotiated.head {
+        true => BodyShape::declared(&parts.headers),
+        false => BodyShape {
+            len: body.size_hint().exact(),
+            empty: body.is_end_stream(),
+        },
     };
     let decision = encode::decide(negotiated, parts.status, &parts.headers, shape);
-    let body = match decision {
-        Decision::Compress(coding) => match Encoder::new(coding) {
-            Ok(encoder) => {
-                encode::rewrite_head(&mut parts.headers, decision);
-                body.compress(encoder)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, coding = coding.token(), "cannot start an encoder; response sent as it is");
-                encode::rewrite_head(&mut parts.headers, Decision::VaryOnly);
-                body
-            }
-        },
-        _ => {
-            encode::rewrite_head(&mut parts.headers, decision);
-            body
+    let (decision, body) = match decision {
+        Decision::Compress(_) if negotiated.head && budget.is_full(max) => {
+            (Decision::VaryOnly, body)
         }
+        Decision::Compress(_) if negotiated.head => (decision, body),
+        Decision::Compress(coding) => match start_encoder(coding, budget, max) {
+            Some((encoder, ticket)) => (decision, body.compress(encoder, ticket)),
+            None => (Decision::VaryOnly, body),
+        },
+        _ => (decision, body),
     };
+    encode::rewrite_head(&mut parts.headers, decision);
     Response::from_parts(parts, body)
+}
+
+/// An encoder for `coding` with its place in the budget; `None` over the budget (counted) or
+/// when the encoder cannot start (logged).
+fn start_encoder(
+    coding: Coding,
+    budget: &Arc<EncoderBudget>,
+    max: usize,
+) -> Option<(Encoder, EncoderTicket)> {
+    let ticket = budget.take(max)?;
+    match Encoder::new(coding) {
+        Ok(encoder) => Some((encoder, ticket)),
+        Err(e) => {
+            tracing::warn!(error = %e, coding = coding.token(), "cannot start an encoder; response sent as it is");
+            None
+        }
+    }
 }
 
 /// Requests refused on their head alone, before routing: malformed framing (400), a target or

@@ -3,6 +3,7 @@
 //! `body::Compressed`. A route without `encode` never reaches this module.
 
 pub mod body;
+pub mod budget;
 pub mod negotiate;
 
 use super::{has_token, vary};
@@ -19,16 +20,20 @@ pub struct Negotiated<'a> {
     pub rule: &'a Encode,
     /// `None`: the client takes none of the route's codings (the response may still vary).
     pub coding: Option<Coding>,
+    /// A `HEAD` request: its answer gets the head a `GET` would (`Content-Encoding`, `Vary`),
+    /// with no body to compress.
+    pub head: bool,
 }
 
 impl<'a> Negotiated<'a> {
-    /// `None` for a HEAD request: its answer is left as the upstream sent it.
+    /// `None` for `CONNECT`, whose successful answer is a tunnel.
     pub fn new(rule: &'a Encode, method: &Method, headers: &HeaderMap) -> Option<Negotiated<'a>> {
-        if method == Method::HEAD {
+        if method == Method::CONNECT {
             return None;
         }
         let coding = negotiate::negotiate(headers.get_all(ACCEPT_ENCODING), &rule.codings);
-        Some(Negotiated { rule, coding })
+        let head = method == Method::HEAD;
+        Some(Negotiated { rule, coding, head })
     }
 }
 
@@ -48,6 +53,17 @@ pub enum Decision {
 pub struct BodyShape {
     pub len: Option<u64>,
     pub empty: bool,
+}
+
+impl BodyShape {
+    /// The body a `GET` would get, as the answer to a `HEAD` declares it (`Content-Length`).
+    pub fn declared(headers: &HeaderMap) -> BodyShape {
+        let len = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        BodyShape { len, empty: false }
+    }
 }
 
 /// Whether and how the response with `status` and `headers` is compressed for `neg`.

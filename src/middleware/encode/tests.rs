@@ -129,10 +129,31 @@ fn non_candidates_are_untouched() {
 }
 
 #[test]
-fn head_requests_are_not_negotiated() {
+fn head_requests_are_negotiated_as_get_and_judged_on_their_declared_length() {
     let rule = rule(&[Coding::Gzip]);
     let request = head(&[("accept-encoding", "gzip")]);
-    assert!(Negotiated::new(&rule, &Method::HEAD, &request).is_none());
+    let neg = Negotiated::new(&rule, &Method::HEAD, &request).unwrap();
+    assert!(neg.head);
+    assert_eq!(neg.coding, Some(Coding::Gzip));
+    let get = Negotiated::new(&rule, &Method::GET, &request).unwrap();
+    assert!(!get.head);
+    assert!(Negotiated::new(&rule, &Method::CONNECT, &request).is_none());
+    let ok = StatusCode::OK;
+    for (length, want) in [
+        ("100000", Decision::Compress(Coding::Gzip)),
+        ("10", Decision::Untouched),
+        ("0", Decision::Untouched),
+    ] {
+        let answer = head(&[JSON, ("content-length", length)]);
+        let shape = BodyShape::declared(&answer);
+        assert_eq!(decide(&neg, ok, &answer, shape), want, "{length}");
+    }
+    let chunked = head(&[JSON]);
+    let shape = BodyShape::declared(&chunked);
+    assert_eq!(
+        decide(&neg, ok, &chunked, shape),
+        Decision::Compress(Coding::Gzip)
+    );
 }
 
 #[test]

@@ -1,0 +1,167 @@
+//! The tunnel after a `101 Switching Protocols` (WebSocket): bytes copied both ways between the
+//! client's upgraded connection and the upstream's until either side closes, nothing passes
+//! either way for `timeouts.tunnel_idle`, or the listener shuts down and `shutdown_grace` has
+//! passed. It runs in the client connection's own task (`serve_connection` picks it up once
+//! hyper has handed the socket over), so the connection keeps its slot under `max_connections`
+//! and `max_connections_per_ip` and its place in `connections_open` for as long as it lasts.
+//! Tunnel bytes are not HTTP: `max_body`, `body_timeout` and compression do not apply to them.
+
+use super::conn::now_ms;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// How long closing both sides may take (a TLS `close_notify`, a FIN on a full socket).
+const CLOSE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Both halves of an upgrade, handed from the service to the connection's task.
+#[derive(Debug)]
+pub struct Pending {
+    pub client: OnUpgrade,
+    pub upstream: OnUpgrade,
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// One side closed (or failed); the other was closed after it.
+    Closed,
+    /// No byte either way for the idle period.
+    Idle,
+    /// The listener shut down and the grace period passed.
+    Shutdown,
+    /// A side never completed its upgrade.
+    NotUpgraded,
+}
+
+/// Runs the tunnel until it ends; `stop` resolves when it must end for shutdown.
+pub async fn run(pending: Pending, idle: Duration, stop: impl Future<Output = ()>) -> End {
+    let last = AtomicU64::new(now_ms());
+    let upgraded = async { tokio::try_join!(pending.client, pending.upstream) };
+    tokio::pin!(stop);
+    let (client, upstream) = tokio::select! {
+        pair = upgraded => match pair {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return End::NotUpgraded;
+            }
+        },
+        () = &mut stop => return End::Shutdown,
+    };
+    let mut client = Activity::new(TokioIo::new(client), &last);
+    let mut upstream = Activity::new(TokioIo::new(upstream), &last);
+    let end = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = copied {
+                tracing::debug!(error = %e, "tunnel closed with error");
+            }
+            End::Closed
+        }
+        () = idle_for(&last, idle) => End::Idle,
+        () = &mut stop => End::Shutdown,
+    };
+    let close = async {
+        let _ = client.shutdown().await;
+        let _ = upstream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_WITHIN, close).await;
+    end
+}
+
+/// Resolves once nothing was read from either side for `idle`. Re-arms its timer at most once
+/// per idle period, however many bytes pass.
+async fn idle_for(last: &AtomicU64, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let quiet = now_ms().saturating_sub(last.load(Ordering::Relaxed));
+        if quiet >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+    }
+}
+
+/// One side of the tunnel, noting when it last delivered bytes.
+struct Activity<'a, T> {
+    io: T,
+    last: &'a AtomicU64,
+}
+
+impl<'a, T> Activity<'a, T> {
+    fn new(io: T, last: &'a AtomicU64) -> Self {
+        Activity { io, last }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.store(now_ms(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_for_the_idle_period_resolves_and_traffic_pushes_it_back() {
+        let last = AtomicU64::new(now_ms());
+        let start = tokio::time::Instant::now();
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut watched = Activity::new(b, &last);
+        let traffic = async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                a.write_all(b"x").await.unwrap();
+                let mut byte = [0u8; 1];
+                watched.read_exact(&mut byte).await.unwrap();
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = idle_for(&last, Duration::from_secs(1)) => {}
+            () = traffic => unreachable!(),
+        }
+        // the last byte came at 2.1 s; quiet for 1 s after it
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(3090) && took <= Duration::from_millis(3200),
+            "{took:?}"
+        );
+    }
+}
