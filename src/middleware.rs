@@ -19,7 +19,7 @@ use crate::config::Policy;
 use body_limit::TooLarge;
 use http::{HeaderMap, HeaderValue, Method};
 use ipnet::IpNet;
-use rate_limit::{Limiter, Limiters, RetryAfter};
+use rate_limit::{KeyCaps, Limiter, Limiters, RetryAfter};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,12 +42,12 @@ pub enum Refusal {
 }
 
 impl RoutePolicy {
-    pub fn compile(policy: &Policy, limiters: &Limiters, key_cap: usize) -> RoutePolicy {
+    pub fn compile(policy: &Policy, limiters: &Limiters, key_caps: KeyCaps) -> RoutePolicy {
         RoutePolicy {
             limiters: policy
                 .rate_limits
                 .iter()
-                .map(|spec| limiters.get(spec, key_cap))
+                .map(|spec| limiters.get(spec, key_caps))
                 .collect(),
             allow: policy.allow.clone(),
             deny: policy.deny.clone(),

@@ -686,6 +686,12 @@ fn protection_config_errors_are_reported_with_key_and_hint() {
             &["`server.ipv6_prefix`", "from 1 to 128"],
         ),
         (
+            "no header values per address",
+            limits_config("rate_limit_keys_per_ip = 0", "", ""),
+            "rate_limit_keys_per_ip",
+            &["`server.rate_limit_keys_per_ip`", "from 1 to 1000000"],
+        ),
+        (
             "header size too small",
             limits_config(r#"max_header_size = "100B""#, "", ""),
             "max_header_size",
@@ -712,6 +718,7 @@ max_uri = "4KB"
 http2_max_streams = 128
 ipv6_prefix = 56
 rate_limit_keys = 50000
+rate_limit_keys_per_ip = 20
 max_body = "1MB"
 body_timeout = "30s"
 rate_limit = { requests = 5000, per = "1m" }

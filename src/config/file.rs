@@ -62,6 +62,8 @@ pub struct FileServer {
     pub http2_max_streams: Option<Spanned<i64>>,
     /// Client addresses each rate limit tracks at most.
     pub rate_limit_keys: Option<Spanned<i64>>,
+    /// Header values one client address may bring into a header-keyed limit's table.
+    pub rate_limit_keys_per_ip: Option<Spanned<i64>>,
     /// Record per-request metrics (the counters and histograms of `/metrics`).
     pub metrics: Option<Spanned<bool>>,
     /// Request policy, inherited by routes unless they set their own (see `FilePolicy`).

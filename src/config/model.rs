@@ -91,8 +91,12 @@ pub struct ServerLimits {
     pub http2_max_streams: u32,
     /// IPv6 clients are keyed by this prefix (a host usually owns a whole /64).
     pub ipv6_prefix: u8,
-    /// Client addresses one rate limit tracks at most; beyond, new clients share one budget.
+    /// Keys (client addresses, header values) one rate limit tracks at most; a new key on a
+    /// full table evicts the keys with the most budget left.
     pub rate_limit_keys: usize,
+    /// Header values one client address brings into a header-keyed limit's table at most; a
+    /// new one beyond evicts that address's value with the most budget left.
+    pub rate_limit_keys_per_ip: usize,
 }
 
 impl Default for ServerLimits {
@@ -106,6 +110,7 @@ impl Default for ServerLimits {
             http2_max_streams: 256,
             ipv6_prefix: 64,
             rate_limit_keys: 100_000,
+            rate_limit_keys_per_ip: 100,
         }
     }
 }

@@ -501,6 +501,12 @@ fn server_limits(cx: &mut Ctx, raw: &FileServer) -> ServerLimits {
             1..=10_000_000,
             d.rate_limit_keys,
         ),
+        rate_limit_keys_per_ip: cx.count(
+            &raw.rate_limit_keys_per_ip,
+            "server.rate_limit_keys_per_ip",
+            1..=1_000_000,
+            d.rate_limit_keys_per_ip,
+        ),
     }
 }
 
