@@ -4,6 +4,7 @@
 mod body;
 mod conn;
 pub mod hygiene;
+mod pace;
 mod response;
 mod rewind;
 mod service;
@@ -15,7 +16,7 @@ use crate::acme::Challenges;
 use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::middleware::Rejections;
+use crate::middleware::{Reason, Rejections};
 use crate::state::Shared;
 use bytes::Bytes;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
@@ -130,7 +131,13 @@ pub async fn serve_connection<S>(
         let server = &snapshot.config.server;
         let t = &server.timeouts;
         let state = ConnState::new(t.header_read, t.idle, t.send);
+        state.set_default_send_rate(server.send_min_rate);
         (snapshot.http.clone(), server.shutdown_grace, state)
+    };
+    let _counted = SlowSendCount {
+        state: state.clone(),
+        rejections: cx.rejections.clone(),
+        peer,
     };
     let mut io = WatchedIo::new(stream, state.clone());
     let svc = ProxyService {
@@ -185,6 +192,25 @@ pub async fn serve_connection<S>(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Counts (and logs) a connection cut for taking a response slower than `send_min_rate` when
+/// its task ends, whichever way it ends.
+struct SlowSendCount {
+    state: Arc<ConnState>,
+    rejections: Arc<Rejections>,
+    peer: SocketAddr,
+}
+
+impl Drop for SlowSendCount {
+    fn drop(&mut self) {
+        if self.state.cut_too_slow() {
+            let ip = self.peer.ip().to_canonical();
+            let detail =
+                "connection closed: the client took the response slower than send_min_rate";
+            self.rejections.record(Reason::SendTooSlow, ip, detail);
         }
     }
 }

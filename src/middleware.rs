@@ -15,7 +15,7 @@ pub mod vary;
 
 pub use reject::{Reason, Rejections};
 
-use crate::config::Policy;
+use crate::config::{MinRate, Policy};
 use body_limit::TooLarge;
 use http::{HeaderMap, HeaderValue, Method};
 use ipnet::IpNet;
@@ -31,6 +31,8 @@ pub struct RoutePolicy {
     pub deny: Vec<IpNet>,
     pub max_body: Option<u64>,
     pub body_timeout: Duration,
+    pub body_min_rate: Option<MinRate>,
+    pub send_min_rate: Option<MinRate>,
 }
 
 /// Why a request is refused before its action runs.
@@ -53,6 +55,8 @@ impl RoutePolicy {
             deny: policy.deny.clone(),
             max_body: policy.max_body,
             body_timeout: policy.body_timeout,
+            body_min_rate: policy.body_min_rate,
+            send_min_rate: policy.send_min_rate,
         }
     }
 

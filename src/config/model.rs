@@ -52,6 +52,9 @@ pub struct Server {
     pub metrics: bool,
     /// The oldest TLS version the HTTPS listener accepts.
     pub tls_min_version: TlsVersion,
+    /// `[server] send_min_rate` (the policy every route inherits unless told otherwise), kept
+    /// here for what no route claims: a connection before its first request, a `404`.
+    pub send_min_rate: Option<MinRate>,
 }
 
 /// The oldest TLS version the HTTPS listener accepts (`[server] tls_min_version`). Older than 1.2
@@ -402,9 +405,34 @@ pub struct Policy {
     pub max_body: Option<u64>,
     /// The longest wait for the next piece of a request body (nginx `client_body_timeout`).
     pub body_timeout: Duration,
+    /// The slowest a request body may come; `None` is no minimum.
+    pub body_min_rate: Option<MinRate>,
+    /// The slowest a client may take the response; `None` is no minimum.
+    pub send_min_rate: Option<MinRate>,
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+
+/// A minimum transfer rate (`body_min_rate`, `send_min_rate`), held as a budget of waiting
+/// time (`http::pace`): each byte earns `1 / bytes_per_sec` seconds of waiting on the client,
+/// up to `window`, which is also what a client starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_sec: u32,
+    pub window: Duration,
+}
+
+/// 512 B/s over 60 s, for both directions. 512 B/s (4 kbit/s) is below any mobile link in use
+/// (GPRS's slowest coding is 9 kbit/s), and leaves room for a photo app uploading 8 files at
+/// once over a 5 KB/s uplink; Apache's `mod_reqtimeout` has held request bodies to 500 B/s by
+/// default for years. The 60 s window equals `body_timeout` and `timeouts.send`: a pause is
+/// never cut sooner than those already cut it, and a client that has kept up may pause for up
+/// to a minute. What it cuts is what the timeouts cannot see: a trickle (1 byte every 2 s is
+/// cut after ~60 s, a 64 B/s reader after ~69 s).
+pub const DEFAULT_MIN_RATE: MinRate = MinRate {
+    bytes_per_sec: 512,
+    window: Duration::from_secs(60),
+};
 
 impl Default for Policy {
     fn default() -> Self {
@@ -414,6 +442,8 @@ impl Default for Policy {
             deny: Vec::new(),
             max_body: Some(DEFAULT_MAX_BODY),
             body_timeout: Duration::from_secs(60),
+            body_min_rate: Some(DEFAULT_MIN_RATE),
+            send_min_rate: Some(DEFAULT_MIN_RATE),
         }
     }
 }

@@ -211,7 +211,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
         errors: Vec::new(),
     };
     let listen = listen(&mut cx, raw.listen.as_ref());
-    let server = server(&mut cx, &raw.server);
+    let mut server = server(&mut cx, &raw.server);
     proxy_protocol_check(&mut cx, &raw);
     let server_policy = policy::resolve(
         &mut cx,
@@ -220,6 +220,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Vec<
         "server",
         "server",
     );
+    server.send_min_rate = server_policy.send_min_rate;
     let server_encode = encode::resolve(
         &mut cx,
         raw.server.encode_keys(),
@@ -423,6 +424,8 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
         metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
         resolver: resolver::resolver(cx, raw.resolver.as_ref()),
         tls_min_version: tls_min_version(cx, raw.tls_min_version.as_ref()),
+        // `validate` sets it from the server's policy once that is read
+        send_min_rate: None,
     }
 }
 

@@ -19,6 +19,8 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use super::conn::InFlight;
+use super::pace::Pace;
+use crate::config::MinRate;
 use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
 use crate::middleware::encode::body::{Compressed, Encoder};
@@ -51,6 +53,8 @@ pub enum BodyFault {
     TooLarge = 1,
     Stalled = 2,
     Malformed = 3,
+    /// Slower than the route's `body_min_rate`.
+    TooSlow = 4,
 }
 
 impl RequestLog {
@@ -85,6 +89,7 @@ impl RequestLog {
             1 => Some(BodyFault::TooLarge),
             2 => Some(BodyFault::Stalled),
             3 => Some(BodyFault::Malformed),
+            4 => Some(BodyFault::TooSlow),
             _ => None,
         }
     }
@@ -115,10 +120,11 @@ impl RequestLog {
     }
 }
 
-/// The client's request body on its way upstream: counted, held to the route's size limit and
-/// to its body timeout (the longest wait for the next piece; the timer exists only while a read
-/// is pending). A body that breaks one of them ends with an error, which aborts the upstream
-/// request; the fault is noted in the `RequestLog` for the answer to the client.
+/// The client's request body on its way upstream: counted, held to the route's size limit, to
+/// its body timeout (the longest wait for the next piece) and to its minimum rate (`pace`); the
+/// timer exists only while a read is pending. A body that breaks one of them ends with an
+/// error, which aborts the upstream request; the fault is noted in the `RequestLog` for the
+/// answer to the client.
 #[derive(Debug)]
 pub struct CountedBody {
     inner: Option<Incoming>,
@@ -128,7 +134,16 @@ pub struct CountedBody {
     log: Arc<RequestLog>,
     budget: Option<Budget>,
     timeout: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
+    pace: Option<Pace>,
+    /// Running while a read is pending; `Stall::slow` says which limit it was set for.
+    stalled: Option<Stall>,
+}
+
+/// The timer of a pending read: the body timeout's, or the minimum rate's if that is sooner.
+#[derive(Debug)]
+struct Stall {
+    timer: Pin<Box<Sleep>>,
+    slow: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +154,8 @@ pub enum RequestBodyError {
     TooLarge(TooLarge),
     #[error("client sent no body bytes for {0:?}")]
     Stalled(Duration),
+    #[error("client sent its body slower than {0} bytes/s")]
+    TooSlow(u32),
 }
 
 /// A request body kept aside until an attempt first reads it: while it is still here, the
@@ -150,6 +167,7 @@ pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
 pub struct BodyRules {
     pub limit: Option<u64>,
     pub timeout: Duration,
+    pub min_rate: Option<MinRate>,
 }
 
 impl CountedBody {
@@ -185,6 +203,7 @@ impl CountedBody {
             log,
             budget: rules.limit.map(Budget::new),
             timeout: rules.timeout,
+            pace: rules.min_rate.map(Pace::new),
             stalled: None,
         }
     }
@@ -197,6 +216,41 @@ impl CountedBody {
             }
         }
         self.inner.as_mut()
+    }
+
+    /// A read is pending: the client is being waited on, until the body timeout or the
+    /// minimum rate's budget runs out, whichever is sooner.
+    fn wait(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let stall = match &mut self.stalled {
+            Some(stall) => stall,
+            None => {
+                let now = tokio::time::Instant::now();
+                let timeout = now + self.timeout;
+                let slow = self
+                    .pace
+                    .as_mut()
+                    .map(|p| p.waiting(now))
+                    .filter(|at| *at < timeout);
+                let timer = Box::pin(tokio::time::sleep_until(slow.unwrap_or(timeout)));
+                self.stalled.insert(Stall {
+                    timer,
+                    slow: slow.is_some(),
+                })
+            }
+        };
+        if stall.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match &self.pace {
+            Some(pace) if stall.slow => {
+                let rate = pace.rate().bytes_per_sec;
+                self.fail(BodyFault::TooSlow, RequestBodyError::TooSlow(rate))
+            }
+            _ => self.fail(BodyFault::Stalled, RequestBodyError::Stalled(self.timeout)),
+        }
     }
 
     fn fail(
@@ -223,24 +277,22 @@ impl Body for CountedBody {
             return Poll::Ready(None);
         };
         let polled = match Pin::new(inner).poll_frame(cx) {
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let stalled = this
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if stalled.as_mut().poll(cx).is_ready() {
-                    return this.fail(BodyFault::Stalled, RequestBodyError::Stalled(timeout));
-                }
-                return Poll::Pending;
-            }
+            Poll::Pending => return this.wait(cx),
             Poll::Ready(polled) => polled,
         };
-        this.stalled = None;
+        if this.stalled.take().is_some() {
+            if let Some(pace) = &mut this.pace {
+                pace.waited(tokio::time::Instant::now());
+            }
+        }
         match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len();
                     this.log.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+                    if let Some(pace) = &mut this.pace {
+                        pace.moved(len);
+                    }
                     if let Some(Err(e)) = this.budget.as_mut().map(|b| b.take(len)) {
                         return this.fail(BodyFault::TooLarge, RequestBodyError::TooLarge(e));
                     }

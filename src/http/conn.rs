@@ -1,4 +1,5 @@
-//! Per-connection timing: the header-read deadline (slowloris) and the idle keep-alive deadline.
+//! Per-connection timing: the header-read deadline (slowloris), the idle keep-alive deadline,
+//! and the send timeout and minimum send rate (`send_min_rate`, see `pace`) on writes.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
 //! request, which would make `idle` meaningless, so the deadlines live here: the IO wrapper notices
@@ -10,6 +11,8 @@
 //! cost ~1.9 us of CPU, 10% of a proxied request). HTTP/2 streams run in tasks of their own: for
 //! them a deadline change wakes the watchdog explicitly.
 
+use super::pace::Pace;
+use crate::config::MinRate;
 use atomic_waker::AtomicWaker;
 use std::future::Future;
 use std::io;
@@ -26,6 +29,25 @@ const READING_HEAD: u8 = 1;
 const ACTIVE: u8 = 2;
 const NO_DEADLINE: u64 = u64::MAX;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// No route has set a send rate since the connection was last idle: the default applies.
+const UNSET_RATE: u64 = u64::MAX;
+
+/// A send rate in one atomic: bytes per second above, the window's milliseconds below (a
+/// window is at most an hour); 0 is none. Lower is more lenient in rate, so the lowest of
+/// several is the one that cuts least.
+fn pack_rate(rate: Option<MinRate>) -> u64 {
+    rate.map_or(0, |r| {
+        let window_ms = u64::try_from(r.window.as_millis()).unwrap_or(u64::MAX);
+        u64::from(r.bytes_per_sec) << 32 | window_ms.min(u64::from(u32::MAX))
+    })
+}
+
+fn unpack_rate(packed: u64) -> Option<MinRate> {
+    (packed != 0).then(|| MinRate {
+        bytes_per_sec: (packed >> 32) as u32,
+        window: Duration::from_millis(packed & u64::from(u32::MAX)),
+    })
+}
 
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -67,6 +89,13 @@ pub struct ConnState {
     /// Set while an idle HTTP/1.1 connection is being taken out of hyper (see `Expiry::Park`):
     /// the IO is not shut down then, it is kept.
     parking: AtomicBool,
+    /// The `send_min_rate` writes are held to (`pack_rate`): the lowest that the routes of the
+    /// requests in flight set (HTTP/2 may have several), else `UNSET_RATE`.
+    send_rate: AtomicU64,
+    /// For what no route claims (`[server] send_min_rate`).
+    default_send_rate: AtomicU64,
+    /// The connection was cut for taking a response slower than its `send_min_rate`.
+    too_slow: AtomicBool,
 }
 
 impl ConnState {
@@ -85,7 +114,34 @@ impl ConnState {
             send_timeout: send,
             idle_since_ms: AtomicU64::new(0),
             parking: AtomicBool::new(false),
+            send_rate: AtomicU64::new(UNSET_RATE),
+            default_send_rate: AtomicU64::new(0),
+            too_slow: AtomicBool::new(false),
         })
+    }
+
+    /// The send rate for what no route claims (a `404`, the first bytes of a connection).
+    pub fn set_default_send_rate(&self, rate: Option<MinRate>) {
+        self.default_send_rate
+            .store(pack_rate(rate), Ordering::Relaxed);
+    }
+
+    /// A request's route holds the connection's writes to `rate` (or to a lower one another
+    /// request in flight set) until the connection is next idle.
+    pub fn hold_to_send_rate(&self, rate: Option<MinRate>) {
+        self.send_rate.fetch_min(pack_rate(rate), Ordering::Relaxed);
+    }
+
+    fn send_min_rate(&self) -> Option<MinRate> {
+        match self.send_rate.load(Ordering::Relaxed) {
+            UNSET_RATE => unpack_rate(self.default_send_rate.load(Ordering::Relaxed)),
+            packed => unpack_rate(packed),
+        }
+    }
+
+    /// Whether the connection was cut for taking a response slower than its `send_min_rate`.
+    pub fn cut_too_slow(&self) -> bool {
+        self.too_slow.load(Ordering::Relaxed)
     }
 
     /// The connection closes after an answer sent while the client may still be sending a
@@ -125,7 +181,10 @@ impl ConnState {
 
     /// Marks a request in flight until the returned guard drops (when its response body ends).
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            // the routes of the requests before have no say in this one's
+            self.send_rate.store(UNSET_RATE, Ordering::Relaxed);
+        }
         self.phase.store(ACTIVE, Ordering::Relaxed);
         self.deadline_ms.store(NO_DEADLINE, Ordering::Relaxed);
         InFlight(self.clone())
@@ -239,13 +298,22 @@ impl Drop for InFlight {
 const LINGER: Duration = Duration::from_secs(5);
 
 /// The client socket: reports reads to its `ConnState`, cuts a client that takes no response
-/// bytes for `send_timeout`, and closes by lingering when asked to.
+/// bytes for `send_timeout` or takes them slower than its `send_min_rate`, and closes by
+/// lingering when asked to.
 pub struct WatchedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     /// Running while a write is pending.
-    send_stalled: Option<Pin<Box<Sleep>>>,
+    send_stalled: Option<Stall>,
+    /// Made at the first pending write with a send rate on.
+    send_pace: Option<Pace>,
     linger: Option<Pin<Box<Sleep>>>,
+}
+
+/// The timer of a pending write: the send timeout's, or the send rate's if that is sooner.
+struct Stall {
+    timer: Pin<Box<Sleep>>,
+    slow: bool,
 }
 
 impl<T> WatchedIo<T> {
@@ -254,7 +322,15 @@ impl<T> WatchedIo<T> {
             inner,
             state,
             send_stalled: None,
+            send_pace: None,
             linger: None,
+        }
+    }
+
+    /// Bytes the client took: they earn it waiting time under its send rate.
+    fn sent(&mut self, polled: &Poll<io::Result<usize>>) {
+        if let (Some(pace), Poll::Ready(Ok(n))) = (&mut self.send_pace, polled) {
+            pace.moved(*n);
         }
     }
 
@@ -264,19 +340,48 @@ impl<T> WatchedIo<T> {
         polled: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
         if polled.is_ready() {
-            self.send_stalled = None;
+            if self.send_stalled.take().is_some() {
+                if let Some(pace) = &mut self.send_pace {
+                    pace.waited(Instant::now());
+                }
+            }
             return polled;
         }
-        let timeout = self.state.send_timeout;
-        let stalled = self
-            .send_stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client took no response bytes within the send timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+        let stall = match &mut self.send_stalled {
+            Some(stall) => stall,
+            None => {
+                let stall = self.stall();
+                self.send_stalled.insert(stall)
+            }
+        };
+        if stall.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let message = if stall.slow {
+            self.state.too_slow.store(true, Ordering::Relaxed);
+            "client took the response slower than its send_min_rate"
+        } else {
+            "client took no response bytes within the send timeout"
+        };
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)))
+    }
+
+    /// A write is pending: the client is waited on until the send timeout or its send rate's
+    /// budget runs out, whichever is sooner.
+    fn stall(&mut self) -> Stall {
+        let now = Instant::now();
+        let timeout = now + self.state.send_timeout;
+        let slow = self.state.send_min_rate().map(|rate| {
+            let pace = self.send_pace.get_or_insert_with(|| Pace::new(rate));
+            if pace.rate() != rate {
+                pace.set_rate(rate);
+            }
+            pace.waiting(now)
+        });
+        let slow = slow.filter(|at| *at < timeout);
+        Stall {
+            timer: Box::pin(tokio::time::sleep_until(slow.unwrap_or(timeout))),
+            slow: slow.is_some(),
         }
     }
 }
@@ -324,6 +429,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.sent(&polled);
         self.written(cx, polled)
     }
 
@@ -333,6 +439,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.sent(&polled);
         self.written(cx, polled)
     }
 

@@ -18,10 +18,14 @@ pub enum Reason {
     BadRequest,
     /// A CORS preflight for an origin, method or header the route does not allow.
     Cors,
+    /// A request body slower than the route's `body_min_rate`.
+    BodyTooSlow,
+    /// A connection closed because its client took a response slower than `send_min_rate`.
+    SendTooSlow,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::RateLimit,
         Reason::BodyTooLarge,
         Reason::HeaderTooLarge,
@@ -31,6 +35,8 @@ impl Reason {
         Reason::BodyTimeout,
         Reason::BadRequest,
         Reason::Cors,
+        Reason::BodyTooSlow,
+        Reason::SendTooSlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +50,8 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::BadRequest => "bad_request",
             Reason::Cors => "cors",
+            Reason::BodyTooSlow => "body_too_slow",
+            Reason::SendTooSlow => "send_too_slow",
         }
     }
 }
