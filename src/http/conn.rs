@@ -537,6 +537,86 @@ mod tests {
         );
     }
 
+    const KB_PER_SEC: MinRate = MinRate {
+        bytes_per_sec: 1024,
+        window: Duration::from_secs(5),
+    };
+
+    /// Writes 1 MB through a `WatchedIo` held to `rate` (send timeout 60 s) to a reader taking
+    /// `chunk` bytes every `gap`: how long until the write failed, if it did within 2 minutes.
+    async fn cut_after(rate: Option<MinRate>, chunk: usize, gap: Duration) -> Option<Duration> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(4096);
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        state.set_default_send_rate(rate);
+        let mut io = WatchedIo::new(near, state.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; chunk];
+            while far.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                tokio::time::sleep(gap).await;
+            }
+        });
+        let start = Instant::now();
+        let body = vec![b'x'; 1 << 20];
+        let written = tokio::time::timeout(Duration::from_secs(120), io.write_all(&body)).await;
+        match written {
+            Ok(Err(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+                assert_eq!(state.cut_too_slow(), rate.is_some());
+                Some(start.elapsed())
+            }
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_slower_than_the_send_rate_is_cut_and_a_faster_one_is_not() {
+        let crawl = cut_after(Some(KB_PER_SEC), 64, Duration::from_secs(1)).await;
+        let crawl = crawl.expect("64 B/s is cut");
+        assert!((5..=6).contains(&crawl.as_secs()), "{crawl:?}");
+        // without a rate only the send timeout could: not while bytes keep being taken
+        assert_eq!(cut_after(None, 64, Duration::from_secs(1)).await, None);
+        let fast = cut_after(Some(KB_PER_SEC), 2048, Duration::from_millis(100)).await;
+        assert_eq!(fast, None, "20 KB/s is not cut");
+    }
+
+    #[test]
+    fn the_lowest_send_rate_in_flight_holds_until_the_connection_is_next_idle() {
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        state.set_default_send_rate(Some(KB_PER_SEC));
+        assert_eq!(state.send_min_rate(), Some(KB_PER_SEC));
+        let slower = MinRate {
+            bytes_per_sec: 512,
+            ..KB_PER_SEC
+        };
+        let a = state.begin();
+        state.hold_to_send_rate(Some(KB_PER_SEC));
+        let b = state.begin();
+        state.hold_to_send_rate(Some(slower));
+        assert_eq!(state.send_min_rate(), Some(slower));
+        state.hold_to_send_rate(None);
+        assert_eq!(state.send_min_rate(), None, "a route without a rate");
+        drop((a, b));
+        let c = state.begin();
+        assert_eq!(
+            state.send_min_rate(),
+            Some(KB_PER_SEC),
+            "unrouted: the default"
+        );
+        state.hold_to_send_rate(Some(slower));
+        assert_eq!(state.send_min_rate(), Some(slower));
+        drop(c);
+        assert_eq!(unpack_rate(pack_rate(Some(slower))), Some(slower));
+    }
+
     #[test]
     fn h2_preface_never_reads_head() {
         let state = ConnState::new(

@@ -127,6 +127,40 @@ mod tests {
         }
     }
 
+    /// The default's reasoning (`config::DEFAULT_MIN_RATE`), checked.
+    #[test]
+    fn the_default_cuts_a_trickle_and_a_64_byte_reader_in_about_a_minute_and_never_a_phone() {
+        use crate::config::DEFAULT_MIN_RATE;
+        let cut_after = |bytes: usize, gap: Duration| {
+            let mut pace = Pace::new(DEFAULT_MIN_RATE);
+            let start = Instant::now();
+            let mut now = start;
+            loop {
+                let deadline = pace.waiting(now);
+                if deadline < now + gap {
+                    return deadline - start;
+                }
+                now += gap;
+                pace.waited(now);
+                pace.moved(bytes);
+            }
+        };
+        let trickle = cut_after(1, Duration::from_secs(2));
+        assert!((60..=61).contains(&trickle.as_secs()), "{trickle:?}");
+        let reader = cut_after(64, Duration::from_secs(1));
+        assert!((68..=69).contains(&reader.as_secs()), "{reader:?}");
+        // 20 KB/s for 1 s, then 5 s of nothing, for an hour
+        let mut pace = Pace::new(DEFAULT_MIN_RATE);
+        let mut now = Instant::now();
+        for _ in 0..600 {
+            now += Duration::from_secs(1);
+            pace.moved(20 << 10);
+            assert!(pace.waiting(now) >= now + Duration::from_secs(5));
+            now += Duration::from_secs(5);
+            pace.waited(now);
+        }
+    }
+
     #[test]
     fn credit_is_capped_at_the_window() {
         let mut pace = Pace::new(RATE);
