@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use super::conn::InFlight;
-use super::pace::Pace;
+use super::pace::{Pace, Stall};
 use crate::config::MinRate;
 use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
@@ -135,15 +135,8 @@ pub struct CountedBody {
     budget: Option<Budget>,
     timeout: Duration,
     pace: Option<Pace>,
-    /// Running while a read is pending; `Stall::slow` says which limit it was set for.
+    /// Running while a read is pending.
     stalled: Option<Stall>,
-}
-
-/// The timer of a pending read: the body timeout's, or the minimum rate's if that is sooner.
-#[derive(Debug)]
-struct Stall {
-    timer: Pin<Box<Sleep>>,
-    slow: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,22 +219,11 @@ impl CountedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let stall = match &mut self.stalled {
             Some(stall) => stall,
-            None => {
-                let now = tokio::time::Instant::now();
-                let timeout = now + self.timeout;
-                let slow = self
-                    .pace
-                    .as_mut()
-                    .map(|p| p.waiting(now))
-                    .filter(|at| *at < timeout);
-                let timer = Box::pin(tokio::time::sleep_until(slow.unwrap_or(timeout)));
-                self.stalled.insert(Stall {
-                    timer,
-                    slow: slow.is_some(),
-                })
-            }
+            None => self
+                .stalled
+                .insert(Stall::arm(self.timeout, self.pace.as_mut())),
         };
-        if stall.timer.as_mut().poll(cx).is_pending() {
+        if stall.poll(cx).is_pending() {
             return Poll::Pending;
         }
         match &self.pace {

@@ -11,7 +11,7 @@
 //! cost ~1.9 us of CPU, 10% of a proxied request). HTTP/2 streams run in tasks of their own: for
 //! them a deadline change wakes the watchdog explicitly.
 
-use super::pace::Pace;
+use super::pace::{Pace, Stall};
 use crate::config::MinRate;
 use atomic_waker::AtomicWaker;
 use std::future::Future;
@@ -310,12 +310,6 @@ pub struct WatchedIo<T> {
     linger: Option<Pin<Box<Sleep>>>,
 }
 
-/// The timer of a pending write: the send timeout's, or the send rate's if that is sooner.
-struct Stall {
-    timer: Pin<Box<Sleep>>,
-    slow: bool,
-}
-
 impl<T> WatchedIo<T> {
     pub fn new(inner: T, state: Arc<ConnState>) -> Self {
         WatchedIo {
@@ -354,7 +348,7 @@ impl<T> WatchedIo<T> {
                 self.send_stalled.insert(stall)
             }
         };
-        if stall.timer.as_mut().poll(cx).is_pending() {
+        if stall.poll(cx).is_pending() {
             return Poll::Pending;
         }
         let message = if stall.slow {
@@ -369,20 +363,14 @@ impl<T> WatchedIo<T> {
     /// A write is pending: the client is waited on until the send timeout or its send rate's
     /// budget runs out, whichever is sooner.
     fn stall(&mut self) -> Stall {
-        let now = Instant::now();
-        let timeout = now + self.state.send_timeout;
-        let slow = self.state.send_min_rate().map(|rate| {
+        let pace = self.state.send_min_rate().map(|rate| {
             let pace = self.send_pace.get_or_insert_with(|| Pace::new(rate));
             if pace.rate() != rate {
                 pace.set_rate(rate);
             }
-            pace.waiting(now)
+            pace
         });
-        let slow = slow.filter(|at| *at < timeout);
-        Stall {
-            timer: Box::pin(tokio::time::sleep_until(slow.unwrap_or(timeout))),
-            slow: slow.is_some(),
-        }
+        Stall::arm(self.state.send_timeout, pace)
     }
 }
 

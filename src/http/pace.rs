@@ -11,11 +11,15 @@
 //! of pause per second at 512 B/s and never runs out; 1 byte every 2 s earns 2 ms per 2 s and
 //! runs out one `window` after it started. A timeout, by contrast, is reset by every byte.
 //!
-//! Pure bookkeeping: the caller owns the timer and the clock.
+//! `Pace` is pure bookkeeping; `Stall` is the one timer of a wait, shared by the request body
+//! (`body::CountedBody`) and the client socket (`conn::WatchedIo`).
 
 use crate::config::MinRate;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 #[derive(Debug)]
 pub struct Pace {
@@ -68,6 +72,31 @@ impl Pace {
             let spent = u64::try_from(spent).unwrap_or(u64::MAX);
             self.credit_us = self.credit_us.saturating_sub(spent);
         }
+    }
+}
+
+/// The timer of one wait on the client: until `timeout`, or until the client's rate budget
+/// runs out if that is sooner.
+#[derive(Debug)]
+pub struct Stall {
+    timer: Pin<Box<Sleep>>,
+    /// The rate's budget, not the timeout, is what this timer ends.
+    pub slow: bool,
+}
+
+impl Stall {
+    pub fn arm(timeout: Duration, pace: Option<&mut Pace>) -> Stall {
+        let now = Instant::now();
+        let timeout = now + timeout;
+        let slow = pace.map(|p| p.waiting(now)).filter(|at| *at < timeout);
+        Stall {
+            timer: Box::pin(tokio::time::sleep_until(slow.unwrap_or(timeout))),
+            slow: slow.is_some(),
+        }
+    }
+
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.timer.as_mut().poll(cx)
     }
 }
 
