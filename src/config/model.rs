@@ -415,23 +415,25 @@ pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
 
 /// A minimum transfer rate (`body_min_rate`, `send_min_rate`), held as a budget of waiting
 /// time (`http::pace`): each byte earns `1 / bytes_per_sec` seconds of waiting on the client,
-/// up to `window`, which is also what a client starts with.
+/// up to the window, which is also what a client starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MinRate {
     pub bytes_per_sec: u32,
-    pub window: Duration,
+    /// `None`: as long as the timeout of the same wait (`body_timeout`, `timeouts.send`).
+    pub window: Option<Duration>,
 }
 
-/// 512 B/s over 60 s, for both directions. 512 B/s (4 kbit/s) is below any mobile link in use
-/// (GPRS's slowest coding is 9 kbit/s), and leaves room for a photo app uploading 8 files at
-/// once over a 5 KB/s uplink; Apache's `mod_reqtimeout` has held request bodies to 500 B/s by
-/// default for years. The 60 s window equals `body_timeout` and `timeouts.send`: a pause is
-/// never cut sooner than those already cut it, and a client that has kept up may pause for up
-/// to a minute. What it cuts is what the timeouts cannot see: a trickle (1 byte every 2 s is
-/// cut after ~60 s, a 64 B/s reader after ~69 s).
+/// 512 B/s, for both directions, over a window as long as the matching timeout. 512 B/s
+/// (4 kbit/s) is below any mobile link in use (GPRS's slowest coding is 9 kbit/s), and leaves
+/// room for a photo app uploading 8 files at once over a 5 KB/s uplink; Apache's
+/// `mod_reqtimeout` has held request bodies to 500 B/s by default for years. A window equal to
+/// `body_timeout` (or `timeouts.send`) means a pause is never cut sooner than the timeout
+/// already cut it, whatever the timeout is set to. What the rate cuts is what the timeouts
+/// cannot see: a trickle (with the 60 s defaults, 1 byte every 2 s is cut after ~60 s, a 64 B/s
+/// reader after ~69 s).
 pub const DEFAULT_MIN_RATE: MinRate = MinRate {
     bytes_per_sec: 512,
-    window: Duration::from_secs(60),
+    window: None,
 };
 
 impl Default for Policy {

@@ -196,7 +196,7 @@ impl CountedBody {
             log,
             budget: rules.limit.map(Budget::new),
             timeout: rules.timeout,
-            pace: rules.min_rate.map(Pace::new),
+            pace: rules.min_rate.map(|rate| Pace::new(rate, rules.timeout)),
             stalled: None,
         }
     }

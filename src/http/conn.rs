@@ -33,19 +33,22 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 const UNSET_RATE: u64 = u64::MAX;
 
 /// A send rate in one atomic: bytes per second above, the window's milliseconds below (a
-/// window is at most an hour); 0 is none. Lower is more lenient in rate, so the lowest of
-/// several is the one that cuts least.
+/// window is at least a second and at most an hour, so 0 is free for "the send timeout's");
+/// 0 is no rate. Lower is more lenient in rate, so the lowest of several is the one that cuts
+/// least.
 fn pack_rate(rate: Option<MinRate>) -> u64 {
     rate.map_or(0, |r| {
-        let window_ms = u64::try_from(r.window.as_millis()).unwrap_or(u64::MAX);
+        let window_ms = r.window.map_or(0, |w| w.as_millis());
+        let window_ms = u64::try_from(window_ms).unwrap_or(u64::MAX);
         u64::from(r.bytes_per_sec) << 32 | window_ms.min(u64::from(u32::MAX))
     })
 }
 
 fn unpack_rate(packed: u64) -> Option<MinRate> {
+    let window_ms = packed & u64::from(u32::MAX);
     (packed != 0).then(|| MinRate {
         bytes_per_sec: (packed >> 32) as u32,
-        window: Duration::from_millis(packed & u64::from(u32::MAX)),
+        window: (window_ms != 0).then(|| Duration::from_millis(window_ms)),
     })
 }
 
@@ -363,14 +366,17 @@ impl<T> WatchedIo<T> {
     /// A write is pending: the client is waited on until the send timeout or its send rate's
     /// budget runs out, whichever is sooner.
     fn stall(&mut self) -> Stall {
+        let timeout = self.state.send_timeout;
         let pace = self.state.send_min_rate().map(|rate| {
-            let pace = self.send_pace.get_or_insert_with(|| Pace::new(rate));
+            let pace = self
+                .send_pace
+                .get_or_insert_with(|| Pace::new(rate, timeout));
             if pace.rate() != rate {
-                pace.set_rate(rate);
+                pace.set_rate(rate, timeout);
             }
             pace
         });
-        Stall::arm(self.state.send_timeout, pace)
+        Stall::arm(timeout, pace)
     }
 }
 
@@ -527,7 +533,7 @@ mod tests {
 
     const KB_PER_SEC: MinRate = MinRate {
         bytes_per_sec: 1024,
-        window: Duration::from_secs(5),
+        window: Some(Duration::from_secs(5)),
     };
 
     /// Writes 1 MB through a `WatchedIo` held to `rate` (send timeout 60 s) to a reader taking
@@ -603,6 +609,11 @@ mod tests {
         assert_eq!(state.send_min_rate(), Some(slower));
         drop(c);
         assert_eq!(unpack_rate(pack_rate(Some(slower))), Some(slower));
+        let timeouts = MinRate {
+            window: None,
+            ..slower
+        };
+        assert_eq!(unpack_rate(pack_rate(Some(timeouts))), Some(timeouts));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Minimum transfer rates (`body_min_rate`, `send_min_rate`) kept as a budget of waiting time.
 //!
-//! Every byte the client moves earns `1 / rate` seconds of waiting, up to `window`; a client
-//! starts with `window` (its grace period). Only time spent waiting *on the client* is charged:
+//! Every byte the client moves earns `1 / rate` seconds of waiting, up to `window` (the rate's
+//! own, else as long as the timeout of the same wait: `body_timeout`, `timeouts.send`); a
+//! client starts with `window` (its grace period). Only time spent waiting *on the client* is charged:
 //! for a request body, while a read of it is pending; for a response, while a write to the
 //! client's socket is pending. Time spent on a slow upstream, or with nothing to send, costs
 //! nothing. When the budget runs out during a wait, the client is too slow.
@@ -24,6 +25,8 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug)]
 pub struct Pace {
     rate: MinRate,
+    /// The window, in microseconds (the rate's own, else the timeout's).
+    window_us: u64,
     /// Waiting the client may still cost, in microseconds.
     credit_us: u64,
     /// When the current wait on the client began.
@@ -31,10 +34,13 @@ pub struct Pace {
 }
 
 impl Pace {
-    pub fn new(rate: MinRate) -> Pace {
+    /// `timeout`: the plain timeout of the same wait, the window when `rate` has none.
+    pub fn new(rate: MinRate, timeout: Duration) -> Pace {
+        let window_us = window_us(rate, timeout);
         Pace {
             rate,
-            credit_us: window_us(rate),
+            window_us,
+            credit_us: window_us,
             waiting_since: None,
         }
     }
@@ -44,19 +50,17 @@ impl Pace {
     }
 
     /// Holds the client to `rate` from now on, with what it had earned (up to the new window).
-    pub fn set_rate(&mut self, rate: MinRate) {
+    pub fn set_rate(&mut self, rate: MinRate, timeout: Duration) {
         self.rate = rate;
-        self.credit_us = self.credit_us.min(window_us(rate));
+        self.window_us = window_us(rate, timeout);
+        self.credit_us = self.credit_us.min(self.window_us);
     }
 
     /// `bytes` moved: each earns `1 / rate` seconds, up to the window.
     pub fn moved(&mut self, bytes: usize) {
         let per_sec = u64::from(self.rate.bytes_per_sec.max(1));
         let earned = (bytes as u64).saturating_mul(1_000_000) / per_sec;
-        self.credit_us = self
-            .credit_us
-            .saturating_add(earned)
-            .min(window_us(self.rate));
+        self.credit_us = self.credit_us.saturating_add(earned).min(self.window_us);
     }
 
     /// A wait on the client begins at `now`, or goes on: when its budget runs out.
@@ -100,8 +104,9 @@ impl Stall {
     }
 }
 
-fn window_us(rate: MinRate) -> u64 {
-    u64::try_from(rate.window.as_micros()).unwrap_or(u64::MAX)
+fn window_us(rate: MinRate, timeout: Duration) -> u64 {
+    let window = rate.window.unwrap_or(timeout);
+    u64::try_from(window.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -110,12 +115,15 @@ mod tests {
 
     const RATE: MinRate = MinRate {
         bytes_per_sec: 1024,
-        window: Duration::from_secs(10),
+        window: Some(WINDOW),
     };
+    const WINDOW: Duration = Duration::from_secs(10);
+    /// The timeouts' default.
+    const MINUTE: Duration = Duration::from_secs(60);
 
     /// A client that sends `bytes` every `gap` for `rounds`; the wait at which it ran out, if any.
     fn runs_out(bytes: usize, gap: Duration, rounds: u32) -> Option<u32> {
-        let mut pace = Pace::new(RATE);
+        let mut pace = Pace::new(RATE, MINUTE);
         let mut now = Instant::now();
         for round in 0..rounds {
             let deadline = pace.waiting(now);
@@ -141,7 +149,7 @@ mod tests {
     #[test]
     fn a_slow_link_with_pauses_never_runs_out() {
         // 20 KB/s in 1 s bursts, each followed by a 5 s pause: 4 KB/s on average
-        let mut pace = Pace::new(RATE);
+        let mut pace = Pace::new(RATE, MINUTE);
         let mut now = Instant::now();
         for _ in 0..1000 {
             for _ in 0..10 {
@@ -161,7 +169,7 @@ mod tests {
     fn the_default_cuts_a_trickle_and_a_64_byte_reader_in_about_a_minute_and_never_a_phone() {
         use crate::config::DEFAULT_MIN_RATE;
         let cut_after = |bytes: usize, gap: Duration| {
-            let mut pace = Pace::new(DEFAULT_MIN_RATE);
+            let mut pace = Pace::new(DEFAULT_MIN_RATE, MINUTE);
             let start = Instant::now();
             let mut now = start;
             loop {
@@ -179,7 +187,7 @@ mod tests {
         let reader = cut_after(64, Duration::from_secs(1));
         assert!((68..=69).contains(&reader.as_secs()), "{reader:?}");
         // 20 KB/s for 1 s, then 5 s of nothing, for an hour
-        let mut pace = Pace::new(DEFAULT_MIN_RATE);
+        let mut pace = Pace::new(DEFAULT_MIN_RATE, MINUTE);
         let mut now = Instant::now();
         for _ in 0..600 {
             now += Duration::from_secs(1);
@@ -191,25 +199,34 @@ mod tests {
     }
 
     #[test]
+    fn without_a_window_of_its_own_the_rate_takes_the_timeouts() {
+        let rate = MinRate {
+            window: None,
+            ..RATE
+        };
+        let now = Instant::now();
+        let five_minutes = Duration::from_secs(300);
+        let mut pace = Pace::new(rate, five_minutes);
+        assert_eq!(pace.waiting(now), now + five_minutes);
+    }
+
+    #[test]
     fn credit_is_capped_at_the_window() {
-        let mut pace = Pace::new(RATE);
+        let mut pace = Pace::new(RATE, MINUTE);
         pace.moved(100 << 20);
         let now = Instant::now();
-        assert_eq!(pace.waiting(now), now + RATE.window);
+        assert_eq!(pace.waiting(now), now + WINDOW);
         // the deadline of a wait in progress stays where it was
-        assert_eq!(
-            pace.waiting(now + Duration::from_secs(3)),
-            now + RATE.window
-        );
+        assert_eq!(pace.waiting(now + Duration::from_secs(3)), now + WINDOW);
         pace.waited(now + Duration::from_secs(4));
         let later = now + Duration::from_secs(4);
         assert_eq!(pace.waiting(later), later + Duration::from_secs(6));
         let tighter = MinRate {
-            window: Duration::from_secs(2),
+            window: Some(Duration::from_secs(2)),
             ..RATE
         };
         pace.waited(later);
-        pace.set_rate(tighter);
+        pace.set_rate(tighter, MINUTE);
         assert_eq!(pace.waiting(later), later + Duration::from_secs(2));
     }
 }

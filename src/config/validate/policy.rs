@@ -11,7 +11,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 const RATE_HINT: &str = "expected `rate_limit = { requests = 60, per = \"1m\", burst = 20 }` (optionally with `methods = [\"POST\", \"PUT\"]` and `key = \"header:X-Tenant\"`), a list of such tables, or \"off\"";
-const MIN_RATE_HINT: &str = "expected a rate like \"512B/s\" or \"1KB/s\" (from 1B/s to 1GB/s), a table like `{ rate = \"1KB/s\", window = \"30s\" }` (window from 1s to 1h, default 60s), or \"off\"";
+const MIN_RATE_HINT: &str = "expected a rate like \"512B/s\" or \"1KB/s\" (from 1B/s to 1GB/s), a table like `{ rate = \"1KB/s\", window = \"30s\" }` (window from 1s to 1h, default as long as `body_timeout` or `timeouts.send`), or \"off\"";
 const KEY_HINT: &str = "expected `key = \"ip\"` (per client address, the default) or `key = \"header:NAME\"` (per value of that request header, e.g. \"header:X-Tenant\")";
 
 /// `inherited` with whatever `keys` sets; `key` is the config path prefix for errors
@@ -104,12 +104,12 @@ fn min_rate(cx: &mut Ctx, value: &Spanned<toml::Value>, key: &str) -> Option<Min
         return refuse(cx, format!("`{rate}` is not a rate"));
     };
     let window = match window {
-        None => DEFAULT_MIN_RATE.window,
+        None => None,
         Some(toml::Value::String(text)) => {
             let text = cx.expand(&Spanned::new(span.clone(), text.clone()), key)?;
             let valid = |d: &Duration| (1..=3600).contains(&d.as_secs());
             match parse_duration(&text).filter(valid) {
-                Some(d) => d,
+                Some(d) => Some(d),
                 None => return refuse(cx, format!("`window = \"{text}\"` is not a window")),
             }
         }
