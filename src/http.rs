@@ -135,8 +135,8 @@ pub async fn serve_connection<S>(
         (snapshot.http.clone(), server.shutdown_grace, state)
     };
     let _counted = SlowSendCount {
-        state: state.clone(),
-        rejections: cx.rejections.clone(),
+        state: &state,
+        rejections: &cx.rejections,
         peer,
     };
     let mut io = WatchedIo::new(stream, state.clone());
@@ -198,13 +198,13 @@ pub async fn serve_connection<S>(
 
 /// Counts (and logs) a connection cut for taking a response slower than `send_min_rate` when
 /// its task ends, whichever way it ends.
-struct SlowSendCount {
-    state: Arc<ConnState>,
-    rejections: Arc<Rejections>,
+struct SlowSendCount<'a> {
+    state: &'a ConnState,
+    rejections: &'a Rejections,
     peer: SocketAddr,
 }
 
-impl Drop for SlowSendCount {
+impl Drop for SlowSendCount<'_> {
     fn drop(&mut self) {
         if self.state.cut_too_slow() {
             let ip = self.peer.ip().to_canonical();
