@@ -302,7 +302,7 @@ mod headers {
 /// The rate-limit check a route with a limit makes on every request.
 mod rate_limit {
     use super::*;
-    use gatehouse::middleware::rate_limit::{client_key, Limiters};
+    use gatehouse::middleware::rate_limit::{client_key, KeyCaps, Limiters};
     use gatehouse::middleware::RoutePolicy;
     use http::{HeaderMap, HeaderValue, Method};
     use std::net::{IpAddr, Ipv4Addr};
@@ -317,7 +317,7 @@ mod rate_limit {
         let limits = &config.server.limits;
         let route = &config.sites[0].routes[0];
         let policy =
-            RoutePolicy::compile(&route.policy, &Limiters::default(), limits.rate_limit_keys);
+            RoutePolicy::compile(&route.policy, &Limiters::default(), KeyCaps::from(limits));
         assert_eq!(policy.limiters.len(), 1);
         (policy, limits.ipv6_prefix)
     }

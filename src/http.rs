@@ -7,6 +7,7 @@ mod body;
 pub mod canonical;
 mod conn;
 pub mod hygiene;
+mod pace;
 mod response;
 mod rewind;
 mod service;
@@ -21,7 +22,7 @@ use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::middleware::encode::budget::EncoderBudget;
-use crate::middleware::Rejections;
+use crate::middleware::{Reason, Rejections};
 use crate::state::Shared;
 use bytes::Bytes;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
@@ -162,8 +163,14 @@ pub async fn serve_connection<S>(
         let server = &snapshot.config.server;
         let t = &server.timeouts;
         let state = ConnState::new(t.header_read, t.idle, t.send);
+        state.set_default_send_rate(server.send_min_rate);
         let http = snapshot.http.clone();
         (http, server.shutdown_grace, t.tunnel_idle, state)
+    };
+    let _counted = SlowSendCount {
+        state: &state,
+        rejections: &cx.rejections,
+        peer,
     };
     let mut io = WatchedIo::new(stream, state.clone());
     let svc = ProxyService {
@@ -228,6 +235,25 @@ pub async fn serve_connection<S>(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Counts (and logs) a connection cut for taking a response slower than `send_min_rate` when
+/// its task ends, whichever way it ends.
+struct SlowSendCount<'a> {
+    state: &'a ConnState,
+    rejections: &'a Rejections,
+    peer: SocketAddr,
+}
+
+impl Drop for SlowSendCount<'_> {
+    fn drop(&mut self) {
+        if self.state.cut_too_slow() {
+            let ip = self.peer.ip().to_canonical();
+            let detail =
+                "connection closed: the client took the response slower than send_min_rate";
+            self.rejections.record(Reason::SendTooSlow, ip, detail);
         }
     }
 }

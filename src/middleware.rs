@@ -15,11 +15,11 @@ pub mod vary;
 
 pub use reject::{Reason, Rejections};
 
-use crate::config::Policy;
+use crate::config::{MinRate, Policy};
 use body_limit::TooLarge;
 use http::{HeaderMap, HeaderValue, Method};
 use ipnet::IpNet;
-use rate_limit::{Limiter, Limiters, RetryAfter};
+use rate_limit::{KeyCaps, Limiter, Limiters, RetryAfter};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,8 @@ pub struct RoutePolicy {
     pub deny: Vec<IpNet>,
     pub max_body: Option<u64>,
     pub body_timeout: Duration,
+    pub body_min_rate: Option<MinRate>,
+    pub send_min_rate: Option<MinRate>,
 }
 
 /// Why a request is refused before its action runs.
@@ -42,17 +44,19 @@ pub enum Refusal {
 }
 
 impl RoutePolicy {
-    pub fn compile(policy: &Policy, limiters: &Limiters, key_cap: usize) -> RoutePolicy {
+    pub fn compile(policy: &Policy, limiters: &Limiters, key_caps: KeyCaps) -> RoutePolicy {
         RoutePolicy {
             limiters: policy
                 .rate_limits
                 .iter()
-                .map(|spec| limiters.get(spec, key_cap))
+                .map(|spec| limiters.get(spec, key_caps))
                 .collect(),
             allow: policy.allow.clone(),
             deny: policy.deny.clone(),
             max_body: policy.max_body,
             body_timeout: policy.body_timeout,
+            body_min_rate: policy.body_min_rate,
+            send_min_rate: policy.send_min_rate,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Tim
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
-use crate::middleware::rate_limit::Limiters;
+use crate::middleware::rate_limit::{KeyCaps, Limiters};
 use crate::middleware::RoutePolicy;
 use crate::routing::Router;
 use crate::tls::{self, TlsError};
@@ -258,9 +258,9 @@ impl RuntimeState {
         let routes = all_routes()
             .map(|route| compile(&route.action, &kept))
             .collect();
-        let key_cap = config.server.limits.rate_limit_keys;
+        let key_caps = KeyCaps::from(&config.server.limits);
         let policies = all_routes()
-            .map(|route| RoutePolicy::compile(&route.policy, &keep.limiters, key_cap))
+            .map(|route| RoutePolicy::compile(&route.policy, &keep.limiters, key_caps))
             .collect();
         let cors = all_routes()
             .map(|route| route.cors.as_ref().map(CorsPolicy::compile))

@@ -674,6 +674,48 @@ fn protection_config_errors_are_reported_with_key_and_hint() {
             &["`server.body_timeout`", "greater than zero"],
         ),
         (
+            "body rate without a unit of time",
+            limits_config("", "", r#"  body_min_rate = "1KB""#),
+            "body_min_rate",
+            &[
+                "`site.route.body_min_rate`",
+                "`1KB` is not a rate",
+                "\"512B/s\"",
+                "window",
+                "\"off\"",
+            ],
+        ),
+        (
+            "send rate window too long",
+            limits_config(
+                r#"send_min_rate = { rate = "1KB/s", window = "2h" }"#,
+                "",
+                "",
+            ),
+            "send_min_rate",
+            &[
+                "`server.send_min_rate`",
+                "`window = \"2h\"` is not a window",
+                "1s to 1h",
+            ],
+        ),
+        (
+            "send rate with an unknown key",
+            limits_config(
+                "",
+                r#"send_min_rate = { rate = "1KB/s", grace = "5s" }"#,
+                "",
+            ),
+            "send_min_rate",
+            &["`site.send_min_rate`", "unknown key `grace`"],
+        ),
+        (
+            "body rate as a number",
+            limits_config("body_min_rate = 1024", "", ""),
+            "body_min_rate",
+            &["`server.body_min_rate`", "`1024` is not a minimum rate"],
+        ),
+        (
             "bad allow entry",
             limits_config("", "", r#"  allow = ["10.0.0.0/33"]"#),
             "allow",
@@ -684,6 +726,12 @@ fn protection_config_errors_are_reported_with_key_and_hint() {
             limits_config("ipv6_prefix = 129", "", ""),
             "ipv6_prefix",
             &["`server.ipv6_prefix`", "from 1 to 128"],
+        ),
+        (
+            "no header values per address",
+            limits_config("rate_limit_keys_per_ip = 0", "", ""),
+            "rate_limit_keys_per_ip",
+            &["`server.rate_limit_keys_per_ip`", "from 1 to 1000000"],
         ),
         (
             "header size too small",
@@ -712,8 +760,11 @@ max_uri = "4KB"
 http2_max_streams = 128
 ipv6_prefix = 56
 rate_limit_keys = 50000
+rate_limit_keys_per_ip = 20
 max_body = "1MB"
 body_timeout = "30s"
+body_min_rate = "1KB/s"
+send_min_rate = { rate = "256B/s", window = "2m" }
 rate_limit = { requests = 5000, per = "1m" }
 [server.timeouts]
 send = "30s"
@@ -723,8 +774,11 @@ tls_handshake = "5s""#,
   { requests = 100, per = "1m", methods = ["POST", "PUT", "PATCH", "DELETE"] },
   { requests = 5000, per = "1m", key = "header:X-Tenant" },
 ]
-deny = ["192.0.2.0/24"]"#,
+deny = ["192.0.2.0/24"]
+body_min_rate = { rate = "2KB/s" }"#,
         r#"  max_body = "off"
+  body_min_rate = "off"
+  send_min_rate = "off"
   rate_limit = "off"
   allow = ["10.0.0.0/8", "2001:db8::/32"]"#,
     );

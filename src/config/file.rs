@@ -66,12 +66,17 @@ pub struct FileServer {
     pub max_encoders: Option<Spanned<i64>>,
     /// Client addresses each rate limit tracks at most.
     pub rate_limit_keys: Option<Spanned<i64>>,
+    /// Header values one client address may bring into a header-keyed limit's table.
+    pub rate_limit_keys_per_ip: Option<Spanned<i64>>,
     /// Record per-request metrics (the counters and histograms of `/metrics`).
     pub metrics: Option<Spanned<bool>>,
     /// Request policy, inherited by routes unless they set their own (see `FilePolicy`).
     pub rate_limit: Option<Spanned<toml::Value>>,
     pub max_body: Option<Str>,
     pub body_timeout: Option<Str>,
+    /// `"512B/s"`, `{ rate = "512B/s", window = "60s" }` or `"off"`; read raw for a precise hint.
+    pub body_min_rate: Option<Spanned<toml::Value>>,
+    pub send_min_rate: Option<Spanned<toml::Value>>,
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
     /// Response compression, inherited by routes unless they set their own (see `EncodeKeys`).
@@ -121,6 +126,9 @@ pub struct FileSite {
     pub rate_limit: Option<Spanned<toml::Value>>,
     pub max_body: Option<Str>,
     pub body_timeout: Option<Str>,
+    /// `"512B/s"`, `{ rate = "512B/s", window = "60s" }` or `"off"`; read raw for a precise hint.
+    pub body_min_rate: Option<Spanned<toml::Value>>,
+    pub send_min_rate: Option<Spanned<toml::Value>>,
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
     /// CORS for the site's routes, unless a route sets its own (or `"off"`).
@@ -146,6 +154,9 @@ pub struct FileRoute {
     pub rate_limit: Option<Spanned<toml::Value>>,
     pub max_body: Option<Str>,
     pub body_timeout: Option<Str>,
+    /// `"512B/s"`, `{ rate = "512B/s", window = "60s" }` or `"off"`; read raw for a precise hint.
+    pub body_min_rate: Option<Spanned<toml::Value>>,
+    pub send_min_rate: Option<Spanned<toml::Value>>,
     pub allow: Option<Spanned<Vec<Str>>>,
     pub deny: Option<Spanned<Vec<Str>>>,
     pub cors: Option<Spanned<FileCorsSetting>>,
@@ -295,6 +306,8 @@ pub struct PolicyKeys<'a> {
     pub rate_limit: Option<&'a Spanned<toml::Value>>,
     pub max_body: Option<&'a Str>,
     pub body_timeout: Option<&'a Str>,
+    pub body_min_rate: Option<&'a Spanned<toml::Value>>,
+    pub send_min_rate: Option<&'a Spanned<toml::Value>>,
     pub allow: Option<&'a Spanned<Vec<Str>>>,
     pub deny: Option<&'a Spanned<Vec<Str>>>,
 }
@@ -323,6 +336,8 @@ macro_rules! policy_keys {
                     rate_limit: self.rate_limit.as_ref(),
                     max_body: self.max_body.as_ref(),
                     body_timeout: self.body_timeout.as_ref(),
+                    body_min_rate: self.body_min_rate.as_ref(),
+                    send_min_rate: self.send_min_rate.as_ref(),
                     allow: self.allow.as_ref(),
                     deny: self.deny.as_ref(),
                 }

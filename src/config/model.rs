@@ -64,6 +64,9 @@ pub struct Server {
     /// The name (lower case) whose certificate a TLS client without SNI is served; it names a
     /// TLS site's host. `None`: the only TLS site's, or a catch-all TLS site's, else none.
     pub default_sni: Option<String>,
+    /// `[server] send_min_rate` (the policy every route inherits unless told otherwise), kept
+    /// here for what no route claims: a connection before its first request, a `404`.
+    pub send_min_rate: Option<MinRate>,
 }
 
 /// What to do with `%2F` in a path (`[server] encoded_slashes`).
@@ -163,11 +166,15 @@ pub struct ServerLimits {
     pub http2_max_streams: u32,
     /// IPv6 clients are keyed by this prefix (a host usually owns a whole /64).
     pub ipv6_prefix: u8,
-    /// Client addresses one rate limit tracks at most; beyond, new clients share one budget.
+    /// Keys (client addresses, header values) one rate limit tracks at most; a new key on a
+    /// full table evicts the keys with the most budget left.
     pub rate_limit_keys: usize,
     /// Response encoders (`encode`) alive at once, all routes together; beyond, responses go
     /// out uncompressed. 0 is no limit.
     pub max_encoders: usize,
+    /// Header values one client address brings into a header-keyed limit's table at most; a
+    /// new one beyond evicts that address's value with the most budget left.
+    pub rate_limit_keys_per_ip: usize,
 }
 
 impl Default for ServerLimits {
@@ -182,6 +189,7 @@ impl Default for ServerLimits {
             ipv6_prefix: 64,
             rate_limit_keys: 100_000,
             max_encoders: DEFAULT_MAX_ENCODERS,
+            rate_limit_keys_per_ip: 100,
         }
     }
 }
@@ -492,9 +500,36 @@ pub struct Policy {
     pub max_body: Option<u64>,
     /// The longest wait for the next piece of a request body (nginx `client_body_timeout`).
     pub body_timeout: Duration,
+    /// The slowest a request body may come; `None` is no minimum.
+    pub body_min_rate: Option<MinRate>,
+    /// The slowest a client may take the response; `None` is no minimum.
+    pub send_min_rate: Option<MinRate>,
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+
+/// A minimum transfer rate (`body_min_rate`, `send_min_rate`), held as a budget of waiting
+/// time (`http::pace`): each byte earns `1 / bytes_per_sec` seconds of waiting on the client,
+/// up to the window, which is also what a client starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_sec: u32,
+    /// `None`: as long as the timeout of the same wait (`body_timeout`, `timeouts.send`).
+    pub window: Option<Duration>,
+}
+
+/// 512 B/s, for both directions, over a window as long as the matching timeout. 512 B/s
+/// (4 kbit/s) is below any mobile link in use (GPRS's slowest coding is 9 kbit/s), and leaves
+/// room for a photo app uploading 8 files at once over a 5 KB/s uplink; Apache's
+/// `mod_reqtimeout` has held request bodies to 500 B/s by default for years. A window equal to
+/// `body_timeout` (or `timeouts.send`) means a pause is never cut sooner than the timeout
+/// already cut it, whatever the timeout is set to. What the rate cuts is what the timeouts
+/// cannot see: a trickle (with the 60 s defaults, 1 byte every 2 s is cut after ~60 s, a 64 B/s
+/// reader after ~69 s).
+pub const DEFAULT_MIN_RATE: MinRate = MinRate {
+    bytes_per_sec: 512,
+    window: None,
+};
 
 impl Default for Policy {
     fn default() -> Self {
@@ -504,6 +539,8 @@ impl Default for Policy {
             deny: Vec::new(),
             max_body: Some(DEFAULT_MAX_BODY),
             body_timeout: Duration::from_secs(60),
+            body_min_rate: Some(DEFAULT_MIN_RATE),
+            send_min_rate: Some(DEFAULT_MIN_RATE),
         }
     }
 }

@@ -250,7 +250,7 @@ pub fn validate(
         files: Vec::new(),
     };
     let listen = listen(&mut cx, raw.listen.as_ref());
-    let server = server(&mut cx, &raw.server);
+    let mut server = server(&mut cx, &raw.server);
     proxy_protocol_check(&mut cx, &raw);
     let server_policy = policy::resolve(
         &mut cx,
@@ -259,6 +259,7 @@ pub fn validate(
         "server",
         "server",
     );
+    server.send_min_rate = server_policy.send_min_rate;
     let server_encode = encode::resolve(
         &mut cx,
         raw.server.encode_keys(),
@@ -526,6 +527,8 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ],
         ),
         default_sni: raw.default_sni.as_ref().and_then(|v| default_sni(cx, v)),
+        // `validate` sets it from the server's policy once that is read
+        send_min_rate: None,
     }
 }
 
@@ -623,6 +626,12 @@ fn server_limits(cx: &mut Ctx, raw: &FileServer) -> ServerLimits {
             "server.max_encoders",
             0..=1_000_000,
             d.max_encoders,
+        ),
+        rate_limit_keys_per_ip: cx.count(
+            &raw.rate_limit_keys_per_ip,
+            "server.rate_limit_keys_per_ip",
+            1..=1_000_000,
+            d.rate_limit_keys_per_ip,
         ),
     }
 }

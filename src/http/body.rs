@@ -19,7 +19,9 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use super::conn::InFlight;
+use super::pace::{Pace, Stall};
 use super::stream::SendClock;
+use crate::config::MinRate;
 use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
 use crate::middleware::encode::body::{Compressed, Encoder};
@@ -53,6 +55,8 @@ pub enum BodyFault {
     TooLarge = 1,
     Stalled = 2,
     Malformed = 3,
+    /// Slower than the route's `body_min_rate`.
+    TooSlow = 4,
 }
 
 impl RequestLog {
@@ -87,6 +91,7 @@ impl RequestLog {
             1 => Some(BodyFault::TooLarge),
             2 => Some(BodyFault::Stalled),
             3 => Some(BodyFault::Malformed),
+            4 => Some(BodyFault::TooSlow),
             _ => None,
         }
     }
@@ -117,10 +122,11 @@ impl RequestLog {
     }
 }
 
-/// The client's request body on its way upstream: counted, held to the route's size limit and
-/// to its body timeout (the longest wait for the next piece; the timer exists only while a read
-/// is pending). A body that breaks one of them ends with an error, which aborts the upstream
-/// request; the fault is noted in the `RequestLog` for the answer to the client.
+/// The client's request body on its way upstream: counted, held to the route's size limit, to
+/// its body timeout (the longest wait for the next piece) and to its minimum rate (`pace`); the
+/// timer exists only while a read is pending. A body that breaks one of them ends with an
+/// error, which aborts the upstream request; the fault is noted in the `RequestLog` for the
+/// answer to the client.
 #[derive(Debug)]
 pub struct CountedBody {
     inner: Option<Incoming>,
@@ -130,7 +136,9 @@ pub struct CountedBody {
     log: Arc<RequestLog>,
     budget: Option<Budget>,
     timeout: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
+    pace: Option<Pace>,
+    /// Running while a read is pending.
+    stalled: Option<Stall>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +149,8 @@ pub enum RequestBodyError {
     TooLarge(TooLarge),
     #[error("client sent no body bytes for {0:?}")]
     Stalled(Duration),
+    #[error("client sent its body slower than {0} bytes/s")]
+    TooSlow(u32),
 }
 
 /// A request body kept aside until an attempt first reads it: while it is still here, the
@@ -152,6 +162,7 @@ pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
 pub struct BodyRules {
     pub limit: Option<u64>,
     pub timeout: Duration,
+    pub min_rate: Option<MinRate>,
 }
 
 impl CountedBody {
@@ -187,6 +198,7 @@ impl CountedBody {
             log,
             budget: rules.limit.map(Budget::new),
             timeout: rules.timeout,
+            pace: rules.min_rate.map(|rate| Pace::new(rate, rules.timeout)),
             stalled: None,
         }
     }
@@ -199,6 +211,30 @@ impl CountedBody {
             }
         }
         self.inner.as_mut()
+    }
+
+    /// A read is pending: the client is being waited on, until the body timeout or the
+    /// minimum rate's budget runs out, whichever is sooner.
+    fn wait(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let stall = match &mut self.stalled {
+            Some(stall) => stall,
+            None => self
+                .stalled
+                .insert(Stall::arm(self.timeout, self.pace.as_mut())),
+        };
+        if stall.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match &self.pace {
+            Some(pace) if stall.slow => {
+                let rate = pace.rate().bytes_per_sec;
+                self.fail(BodyFault::TooSlow, RequestBodyError::TooSlow(rate))
+            }
+            _ => self.fail(BodyFault::Stalled, RequestBodyError::Stalled(self.timeout)),
+        }
     }
 
     fn fail(
@@ -225,24 +261,22 @@ impl Body for CountedBody {
             return Poll::Ready(None);
         };
         let polled = match Pin::new(inner).poll_frame(cx) {
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let stalled = this
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if stalled.as_mut().poll(cx).is_ready() {
-                    return this.fail(BodyFault::Stalled, RequestBodyError::Stalled(timeout));
-                }
-                return Poll::Pending;
-            }
+            Poll::Pending => return this.wait(cx),
             Poll::Ready(polled) => polled,
         };
-        this.stalled = None;
+        if this.stalled.take().is_some() {
+            if let Some(pace) = &mut this.pace {
+                pace.waited(tokio::time::Instant::now());
+            }
+        }
         match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len();
                     this.log.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+                    if let Some(pace) = &mut this.pace {
+                        pace.moved(len);
+                    }
                     if let Some(Err(e)) = this.budget.as_mut().map(|b| b.take(len)) {
                         return this.fail(BodyFault::TooLarge, RequestBodyError::TooLarge(e));
                     }

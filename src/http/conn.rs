@@ -1,4 +1,5 @@
-//! Per-connection timing: the header-read deadline (slowloris) and the idle keep-alive deadline.
+//! Per-connection timing: the header-read deadline (slowloris), the idle keep-alive deadline,
+//! and the send timeout and minimum send rate (`send_min_rate`, see `pace`) on writes.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
 //! request, which would make `idle` meaningless, so the deadlines live here: the IO wrapper notices
@@ -10,7 +11,9 @@
 //! cost ~1.9 us of CPU, 10% of a proxied request). HTTP/2 streams run in tasks of their own: for
 //! them a deadline change wakes the watchdog explicitly.
 
+use super::pace::{Pace, Stall};
 use super::tunnel;
+use crate::config::MinRate;
 use atomic_waker::AtomicWaker;
 use std::future::Future;
 use std::io;
@@ -27,6 +30,28 @@ const READING_HEAD: u8 = 1;
 const ACTIVE: u8 = 2;
 const NO_DEADLINE: u64 = u64::MAX;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// No route has set a send rate since the connection was last idle: the default applies.
+const UNSET_RATE: u64 = u64::MAX;
+
+/// A send rate in one atomic: bytes per second above, the window's milliseconds below (a
+/// window is at least a second and at most an hour, so 0 is free for "the send timeout's");
+/// 0 is no rate. Lower is more lenient in rate, so the lowest of several is the one that cuts
+/// least.
+fn pack_rate(rate: Option<MinRate>) -> u64 {
+    rate.map_or(0, |r| {
+        let window_ms = r.window.map_or(0, |w| w.as_millis());
+        let window_ms = u64::try_from(window_ms).unwrap_or(u64::MAX);
+        u64::from(r.bytes_per_sec) << 32 | window_ms.min(u64::from(u32::MAX))
+    })
+}
+
+fn unpack_rate(packed: u64) -> Option<MinRate> {
+    let window_ms = packed & u64::from(u32::MAX);
+    (packed != 0).then(|| MinRate {
+        bytes_per_sec: (packed >> 32) as u32,
+        window: (window_ms != 0).then(|| Duration::from_millis(window_ms)),
+    })
+}
 
 pub(super) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -74,6 +99,13 @@ pub struct ConnState {
     /// An upgrade the service agreed to (a `101` on its way): the connection's task runs the
     /// tunnel once hyper hands the socket over (see `tunnel`).
     tunnel: Mutex<Option<tunnel::Pending>>,
+    /// The `send_min_rate` writes are held to (`pack_rate`): the lowest that the routes of the
+    /// requests in flight set (HTTP/2 may have several), else `UNSET_RATE`.
+    send_rate: AtomicU64,
+    /// For what no route claims (`[server] send_min_rate`).
+    default_send_rate: AtomicU64,
+    /// The connection was cut for taking a response slower than its `send_min_rate`.
+    too_slow: AtomicBool,
 }
 
 impl ConnState {
@@ -94,6 +126,9 @@ impl ConnState {
             parking: AtomicBool::new(false),
             forwarded_port: std::sync::OnceLock::new(),
             tunnel: Mutex::new(None),
+            send_rate: AtomicU64::new(UNSET_RATE),
+            default_send_rate: AtomicU64::new(0),
+            too_slow: AtomicBool::new(false),
         })
     }
 
@@ -107,6 +142,30 @@ impl ConnState {
         } else {
             http::HeaderValue::from(port)
         }
+    }
+
+    /// The send rate for what no route claims (a `404`, the first bytes of a connection).
+    pub fn set_default_send_rate(&self, rate: Option<MinRate>) {
+        self.default_send_rate
+            .store(pack_rate(rate), Ordering::Relaxed);
+    }
+
+    /// A request's route holds the connection's writes to `rate` (or to a lower one another
+    /// request in flight set) until the connection is next idle.
+    pub fn hold_to_send_rate(&self, rate: Option<MinRate>) {
+        self.send_rate.fetch_min(pack_rate(rate), Ordering::Relaxed);
+    }
+
+    fn send_min_rate(&self) -> Option<MinRate> {
+        match self.send_rate.load(Ordering::Relaxed) {
+            UNSET_RATE => unpack_rate(self.default_send_rate.load(Ordering::Relaxed)),
+            packed => unpack_rate(packed),
+        }
+    }
+
+    /// Whether the connection was cut for taking a response slower than its `send_min_rate`.
+    pub fn cut_too_slow(&self) -> bool {
+        self.too_slow.load(Ordering::Relaxed)
     }
 
     /// The connection closes after an answer sent while the client may still be sending a
@@ -146,7 +205,10 @@ impl ConnState {
 
     /// Marks a request in flight until the returned guard drops (when its response body ends).
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            // the routes of the requests before have no say in this one's
+            self.send_rate.store(UNSET_RATE, Ordering::Relaxed);
+        }
         self.phase.store(ACTIVE, Ordering::Relaxed);
         self.deadline_ms.store(NO_DEADLINE, Ordering::Relaxed);
         InFlight(self.clone())
@@ -270,12 +332,15 @@ impl Drop for InFlight {
 const LINGER: Duration = Duration::from_secs(5);
 
 /// The client socket: reports reads to its `ConnState`, cuts a client that takes no response
-/// bytes for `send_timeout`, and closes by lingering when asked to.
+/// bytes for `send_timeout` or takes them slower than its `send_min_rate`, and closes by
+/// lingering when asked to.
 pub struct WatchedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     /// Running while a write is pending.
-    send_stalled: Option<Pin<Box<Sleep>>>,
+    send_stalled: Option<Stall>,
+    /// Made at the first pending write with a send rate on.
+    send_pace: Option<Pace>,
     linger: Option<Pin<Box<Sleep>>>,
 }
 
@@ -285,7 +350,15 @@ impl<T> WatchedIo<T> {
             inner,
             state,
             send_stalled: None,
+            send_pace: None,
             linger: None,
+        }
+    }
+
+    /// Bytes the client took: they earn it waiting time under its send rate.
+    fn sent(&mut self, polled: &Poll<io::Result<usize>>) {
+        if let (Some(pace), Poll::Ready(Ok(n))) = (&mut self.send_pace, polled) {
+            pace.moved(*n);
         }
     }
 
@@ -295,20 +368,46 @@ impl<T> WatchedIo<T> {
         polled: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
         if polled.is_ready() {
-            self.send_stalled = None;
+            if self.send_stalled.take().is_some() {
+                if let Some(pace) = &mut self.send_pace {
+                    pace.waited(Instant::now());
+                }
+            }
             return polled;
         }
-        let timeout = self.state.send_timeout;
-        let stalled = self
-            .send_stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client took no response bytes within the send timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+        let stall = match &mut self.send_stalled {
+            Some(stall) => stall,
+            None => {
+                let stall = self.stall();
+                self.send_stalled.insert(stall)
+            }
+        };
+        if stall.poll(cx).is_pending() {
+            return Poll::Pending;
         }
+        let message = if stall.slow {
+            self.state.too_slow.store(true, Ordering::Relaxed);
+            "client took the response slower than its send_min_rate"
+        } else {
+            "client took no response bytes within the send timeout"
+        };
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)))
+    }
+
+    /// A write is pending: the client is waited on until the send timeout or its send rate's
+    /// budget runs out, whichever is sooner.
+    fn stall(&mut self) -> Stall {
+        let timeout = self.state.send_timeout;
+        let pace = self.state.send_min_rate().map(|rate| {
+            let pace = self
+                .send_pace
+                .get_or_insert_with(|| Pace::new(rate, timeout));
+            if pace.rate() != rate {
+                pace.set_rate(rate, timeout);
+            }
+            pace
+        });
+        Stall::arm(timeout, pace)
     }
 }
 
@@ -355,6 +454,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.sent(&polled);
         self.written(cx, polled)
     }
 
@@ -364,6 +464,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.sent(&polled);
         self.written(cx, polled)
     }
 
@@ -459,6 +560,91 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    const KB_PER_SEC: MinRate = MinRate {
+        bytes_per_sec: 1024,
+        window: Some(Duration::from_secs(5)),
+    };
+
+    /// Writes 1 MB through a `WatchedIo` held to `rate` (send timeout 60 s) to a reader taking
+    /// `chunk` bytes every `gap`: how long until the write failed, if it did within 2 minutes.
+    async fn cut_after(rate: Option<MinRate>, chunk: usize, gap: Duration) -> Option<Duration> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(4096);
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        state.set_default_send_rate(rate);
+        let mut io = WatchedIo::new(near, state.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; chunk];
+            while far.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                tokio::time::sleep(gap).await;
+            }
+        });
+        let start = Instant::now();
+        let body = vec![b'x'; 1 << 20];
+        let written = tokio::time::timeout(Duration::from_secs(120), io.write_all(&body)).await;
+        match written {
+            Ok(Err(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+                assert_eq!(state.cut_too_slow(), rate.is_some());
+                Some(start.elapsed())
+            }
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_slower_than_the_send_rate_is_cut_and_a_faster_one_is_not() {
+        let crawl = cut_after(Some(KB_PER_SEC), 64, Duration::from_secs(1)).await;
+        let crawl = crawl.expect("64 B/s is cut");
+        assert!((5..=6).contains(&crawl.as_secs()), "{crawl:?}");
+        // without a rate only the send timeout could: not while bytes keep being taken
+        assert_eq!(cut_after(None, 64, Duration::from_secs(1)).await, None);
+        let fast = cut_after(Some(KB_PER_SEC), 2048, Duration::from_millis(100)).await;
+        assert_eq!(fast, None, "20 KB/s is not cut");
+    }
+
+    #[test]
+    fn the_lowest_send_rate_in_flight_holds_until_the_connection_is_next_idle() {
+        let state = ConnState::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        state.set_default_send_rate(Some(KB_PER_SEC));
+        assert_eq!(state.send_min_rate(), Some(KB_PER_SEC));
+        let slower = MinRate {
+            bytes_per_sec: 512,
+            ..KB_PER_SEC
+        };
+        let a = state.begin();
+        state.hold_to_send_rate(Some(KB_PER_SEC));
+        let b = state.begin();
+        state.hold_to_send_rate(Some(slower));
+        assert_eq!(state.send_min_rate(), Some(slower));
+        state.hold_to_send_rate(None);
+        assert_eq!(state.send_min_rate(), None, "a route without a rate");
+        drop((a, b));
+        let c = state.begin();
+        assert_eq!(
+            state.send_min_rate(),
+            Some(KB_PER_SEC),
+            "unrouted: the default"
+        );
+        state.hold_to_send_rate(Some(slower));
+        assert_eq!(state.send_min_rate(), Some(slower));
+        drop(c);
+        assert_eq!(unpack_rate(pack_rate(Some(slower))), Some(slower));
+        let timeouts = MinRate {
+            window: None,
+            ..slower
+        };
+        assert_eq!(unpack_rate(pack_rate(Some(timeouts))), Some(timeouts));
     }
 
     #[test]

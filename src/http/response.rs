@@ -39,6 +39,8 @@ pub enum ProxyError {
     BodyTooLarge(u64),
     #[error("request body did not arrive in time")]
     BodyTimeout,
+    #[error("request body arrived slower than {0} bytes/s")]
+    BodyTooSlow(u32),
     #[error("malformed request body")]
     BadBody,
     #[error("request target longer than {0} bytes")]
@@ -84,7 +86,7 @@ impl ProxyError {
             ProxyError::Forbidden | ProxyError::CorsRefused(_) => StatusCode::FORBIDDEN,
             ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTimeout | ProxyError::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadBody => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -102,6 +104,7 @@ impl ProxyError {
             self,
             ProxyError::BodyTooLarge(_)
                 | ProxyError::BodyTimeout
+                | ProxyError::BodyTooSlow(_)
                 | ProxyError::BadBody
                 | ProxyError::Malformed(_)
                 | ProxyError::UriTooLong(_)
@@ -117,6 +120,7 @@ impl ProxyError {
             ProxyError::TooManyRequests(_) => Reason::RateLimit,
             ProxyError::BodyTooLarge(_) => Reason::BodyTooLarge,
             ProxyError::BodyTimeout => Reason::BodyTimeout,
+            ProxyError::BodyTooSlow(_) => Reason::BodyTooSlow,
             ProxyError::BadBody | ProxyError::Malformed(_) => Reason::BadRequest,
             ProxyError::UriTooLong(_) => Reason::UriTooLong,
             ProxyError::HeadersTooLarge(_) => Reason::HeaderTooLarge,

@@ -196,6 +196,7 @@ impl ProxyService {
             let _ = log.metrics.set(metrics.clone());
         }
         let policy = &state.policies[matched.route];
+        self.conn.hold_to_send_rate(policy.send_min_rate);
         *cors = state
             .cors
             .get(matched.route)
@@ -328,6 +329,7 @@ impl ProxyService {
             sent = hop.pool.send(active.backend(), upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                 Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
+                Some(BodyFault::TooSlow) => ProxyError::BodyTooSlow(hop.policy.body_min_rate.map_or(0, |r| r.bytes_per_sec)),
                 Some(BodyFault::Malformed) => ProxyError::BadBody,
                 None => ProxyError::from_send(e),
             }),
@@ -392,6 +394,7 @@ impl Retry {
         let rules = BodyRules {
             limit: policy.max_body,
             timeout: policy.body_timeout,
+            min_rate: policy.body_min_rate,
         };
         match self.direct.take() {
             Some(body) => CountedBody::new(body, log.clone(), rules),

@@ -26,10 +26,14 @@ pub enum Reason {
     BadMethod,
     /// A header name with `_` under `underscore_headers = "reject"`.
     BadHeader,
+    /// A request body slower than the route's `body_min_rate`.
+    BodyTooSlow,
+    /// A connection closed because its client took a response slower than `send_min_rate`.
+    SendTooSlow,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::RateLimit,
         Reason::BodyTooLarge,
         Reason::HeaderTooLarge,
@@ -43,6 +47,8 @@ impl Reason {
         Reason::BadHost,
         Reason::BadMethod,
         Reason::BadHeader,
+        Reason::BodyTooSlow,
+        Reason::SendTooSlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +66,8 @@ impl Reason {
             Reason::BadHost => "bad_host",
             Reason::BadMethod => "bad_method",
             Reason::BadHeader => "bad_header",
+            Reason::BodyTooSlow => "body_too_slow",
+            Reason::SendTooSlow => "send_too_slow",
         }
     }
 }

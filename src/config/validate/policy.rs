@@ -1,9 +1,9 @@
-//! The request-policy keys (`rate_limit`, `max_body`, `body_timeout`, `allow`, `deny`), read at
-//! three levels: `[server]`, `[[site]]` and `[[site.route]]`, each key overriding the level above.
+//! The request-policy keys (`rate_limit`, `max_body`, `body_timeout`, `body_min_rate`,
+//! `send_min_rate`, `allow`, `deny`), read at three levels: `[server]`, `[[site]]` and `[[site.route]]`, each key overriding the level above.
 
 use super::{cidr, Ctx};
 use crate::config::file::{PolicyKeys, Str};
-use crate::config::model::{Policy, RateKey, RateLimit};
+use crate::config::model::{MinRate, Policy, RateKey, RateLimit, DEFAULT_MIN_RATE};
 use crate::config::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use http::Method;
 use std::ops::Range;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 const RATE_HINT: &str = "expected `rate_limit = { requests = 60, per = \"1m\", burst = 20 }` (optionally with `methods = [\"POST\", \"PUT\"]` and `key = \"header:X-Tenant\"`), a list of such tables, or \"off\"";
+const MIN_RATE_HINT: &str = "expected a rate like \"512B/s\" or \"1KB/s\" (from 1B/s to 1GB/s), a table like `{ rate = \"1KB/s\", window = \"30s\" }` (window from 1s to 1h, default as long as `body_timeout` or `timeouts.send`), or \"off\"";
 const KEY_HINT: &str = "expected `key = \"ip\"` (per client address, the default) or `key = \"header:NAME\"` (per value of that request header, e.g. \"header:X-Tenant\")";
 
 /// `inherited` with whatever `keys` sets; `key` is the config path prefix for errors
@@ -32,6 +33,12 @@ pub(super) fn resolve(
     if keys.body_timeout.is_some() {
         let name = format!("{key}.body_timeout");
         policy.body_timeout = cx.duration(&keys.body_timeout.cloned(), &name, policy.body_timeout);
+    }
+    if let Some(value) = keys.body_min_rate {
+        policy.body_min_rate = min_rate(cx, value, &format!("{key}.body_min_rate"));
+    }
+    if let Some(value) = keys.send_min_rate {
+        policy.send_min_rate = min_rate(cx, value, &format!("{key}.send_min_rate"));
     }
     if let Some(list) = keys.allow {
         policy.allow = cidrs(cx, list, &format!("{key}.allow"));
@@ -63,6 +70,55 @@ fn max_body(cx: &mut Ctx, value: &Str, key: &str, fallback: Option<u64>) -> Opti
             fallback
         }
     }
+}
+
+/// `"off"`, a rate (`"512B/s"`), or `{ rate, window }`. An error leaves the default.
+fn min_rate(cx: &mut Ctx, value: &Spanned<toml::Value>, key: &str) -> Option<MinRate> {
+    let span = value.span();
+    let refuse = |cx: &mut Ctx, what: String| {
+        cx.error(span.clone(), key, format!("{what}; {MIN_RATE_HINT}"));
+        Some(DEFAULT_MIN_RATE)
+    };
+    let (rate, window) = match value.get_ref() {
+        toml::Value::String(text) => (text, None),
+        toml::Value::Table(table) => {
+            if let Some(unknown) = table
+                .keys()
+                .find(|k| !matches!(k.as_str(), "rate" | "window"))
+            {
+                return refuse(cx, format!("unknown key `{unknown}`"));
+            }
+            let Some(toml::Value::String(rate)) = table.get("rate") else {
+                return refuse(cx, "`rate` is missing or not a string".into());
+            };
+            (rate, table.get("window"))
+        }
+        other => return refuse(cx, format!("`{other}` is not a minimum rate")),
+    };
+    let rate = cx.expand(&Spanned::new(span.clone(), rate.clone()), key)?;
+    if rate == "off" && window.is_none() {
+        return None;
+    }
+    let per_sec = rate.strip_suffix("/s").and_then(parse_size);
+    let Some(bytes_per_sec) = per_sec.filter(|n| (1..=1 << 30).contains(n)) else {
+        return refuse(cx, format!("`{rate}` is not a rate"));
+    };
+    let window = match window {
+        None => None,
+        Some(toml::Value::String(text)) => {
+            let text = cx.expand(&Spanned::new(span.clone(), text.clone()), key)?;
+            let valid = |d: &Duration| (1..=3600).contains(&d.as_secs());
+            match parse_duration(&text).filter(valid) {
+                Some(d) => Some(d),
+                None => return refuse(cx, format!("`window = \"{text}\"` is not a window")),
+            }
+        }
+        Some(other) => return refuse(cx, format!("`window = {other}` is not a window")),
+    };
+    Some(MinRate {
+        bytes_per_sec: bytes_per_sec as u32,
+        window,
+    })
 }
 
 fn rate_limits(

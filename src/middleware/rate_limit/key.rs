@@ -45,6 +45,11 @@ impl KeyBy {
         }
     }
 
+    /// Whether keys may be header values (and so need bounding per address).
+    pub fn reads_headers(&self) -> bool {
+        matches!(self, KeyBy::Header(..))
+    }
+
     /// `client` is the grouped address (`client_key`). The header's first value, whole: its
     /// length is already bounded by `max_header_size`. Missing or blank: the address.
     pub fn budget_key(&self, client: IpAddr, headers: &HeaderMap) -> BudgetKey {
