@@ -572,11 +572,18 @@ async fn http01_issues_a_certificate_served_over_h1_and_h2() {
             .send()
             .await
             .expect("plain HTTP challenge request");
-        assert_ne!(
+        // only a token an order is waiting on is served over plain HTTP (issue 17): any other
+        // path under the challenge prefix is redirected like every other path
+        assert_eq!(
             resp.status(),
             308,
-            "an (unknown) ACME challenge token must not be redirected to HTTPS"
+            "an unknown ACME challenge token is redirected to HTTPS"
         );
+        let want = format!(
+            "https://{APP}:{}/.well-known/acme-challenge/xyz",
+            proxy.https().port()
+        );
+        assert_eq!(header(&resp, "location"), Some(want));
     })
     .await;
 }

@@ -54,9 +54,16 @@ pub struct Canonical {
 impl Canonical {
     /// The canonical host without the port: what selects the site and fills `{host}`.
     pub fn host(&self) -> &str {
-        let text = self.authority.as_ref().and_then(|a| a.to_str().ok());
-        text.and_then(|a| a.get(..self.host_len)).unwrap_or("")
+        host_of(self.authority.as_ref(), self.host_len)
     }
+}
+
+/// The host part of a canonical authority (all ASCII: checked when it was made canonical).
+pub fn host_of(authority: Option<&HeaderValue>, host_len: usize) -> &str {
+    let bytes = authority.and_then(|a| a.as_bytes().get(..host_len));
+    bytes
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("")
 }
 
 /// Makes the request canonical in place: method checked, authority in `Host` (from the
@@ -79,6 +86,16 @@ pub fn request<B>(
 /// from `Host`; written back as the only `Host`.
 fn request_authority<B>(req: &mut Request<B>) -> Result<Canonical, BadHost> {
     let host_header = req.headers().get(header::HOST);
+    // the common case, an origin-form request whose Host is canonical already: one scan
+    if let (None, Some(host)) = (req.uri().authority(), host_header) {
+        if let Some((host_len, port)) = canonical_as_is(host.as_bytes()) {
+            return Ok(Canonical {
+                authority: Some(host.clone()),
+                host_len,
+                port,
+            });
+        }
+    }
     let host_text = host_header
         .map(|h| h.to_str().map_err(|_| BadHost::Character))
         .transpose()?;
@@ -160,14 +177,18 @@ fn screen_headers(
     let mut remove: Option<Vec<HeaderName>> = None;
     for name in headers.keys() {
         let text = name.as_str();
-        let removed = if text.as_bytes().contains(&b'_') {
+        let bytes = text.as_bytes();
+        let removed = if bytes.contains(&b'_') {
             match underscores {
                 UnderscoreHeaders::Reject => return Err(Uncanonical::Underscore),
                 UnderscoreHeaders::Drop => true,
                 UnderscoreHeaders::Keep => false,
             }
         } else {
-            !peer_trusted && claims_to_be_edge(text)
+            // every name on the list starts with one of these
+            !peer_trusted
+                && matches!(bytes.first(), Some(b'x' | b'f' | b't' | b'c'))
+                && claims_to_be_edge(text)
         };
         if removed {
             remove.get_or_insert_with(Vec::new).push(name.clone());
@@ -411,6 +432,13 @@ impl Authority<'_> {
 /// Parses and canonicalises an authority (no userinfo: RFC 9110 forbids it in `http` URIs, and
 /// `user@host` is a classic way to make two parsers disagree).
 pub fn authority(raw: &str) -> Result<Authority<'_>, BadHost> {
+    if let Some((host_len, port)) = canonical_as_is(raw.as_bytes()) {
+        return Ok(Authority {
+            value: Cow::Borrowed(raw),
+            host_len,
+            port,
+        });
+    }
     if raw.is_empty() {
         return Err(BadHost::Empty);
     }
@@ -443,6 +471,44 @@ pub fn authority(raw: &str) -> Result<Authority<'_>, BadHost> {
         value,
         port,
     })
+}
+
+/// An authority that needs no change, found in one pass: a lower-case name or IPv4 address
+/// (no empty label, no trailing dot), then perhaps a port in its shortest form. Returns the
+/// host's length and the port; `None` sends the authority through the full parse, which
+/// decides (so this may say `None` to anything it is unsure of).
+fn canonical_as_is(raw: &[u8]) -> Option<(usize, Option<u16>)> {
+    let mut previous = b'.';
+    let mut host_len = raw.len();
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'.' if previous != b'.' => {}
+            b':' => {
+                host_len = i;
+                break;
+            }
+            _ => return None,
+        }
+        previous = b;
+    }
+    if host_len == 0 || previous == b'.' {
+        return None;
+    }
+    let Some(digits) = raw.get(host_len + 1..) else {
+        return Some((host_len, None));
+    };
+    if digits.is_empty() || digits.len() > 5 || digits[0] == b'0' {
+        return None;
+    }
+    let mut port: u32 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        port = port * 10 + u32::from(d - b'0');
+    }
+    u16::try_from(port).ok().map(|port| (host_len, Some(port)))
 }
 
 /// `("host", Some("8080"))`; the port text is `Some("")` for `host:`.

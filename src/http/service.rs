@@ -82,7 +82,12 @@ impl ProxyService {
             Ok(c) => (Some(c), Ok(())),
             Err(e) => (None, Err(e)),
         };
-        let authority = canonical.as_ref().and_then(|c| c.authority.clone());
+        // the authority moves into the log; the host is read back from there
+        let (authority, host_len, port) = match canonical {
+            Some(c) => (c.authority, c.host_len, c.port),
+            None => (None, 0, None),
+        };
+        let routable = screened.is_ok();
         let log = Arc::new(RequestLog::new(
             addrs.client,
             &req,
@@ -90,9 +95,8 @@ impl ProxyService {
             request_id.clone(),
             state.access_log.clone(),
         ));
-        let host = canonical.as_ref().map_or("", |c| c.host());
-        let port = canonical.as_ref().and_then(|c| c.port);
-        let site = canonical.as_ref().and_then(|_| state.router.site_for(host));
+        let host = canonical::host_of(log.host.as_ref(), host_len);
+        let site = routable.then(|| state.router.site_for(host)).flatten();
         let hsts = match (self.transport, site) {
             (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
             _ => None,
