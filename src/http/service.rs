@@ -229,11 +229,6 @@ impl ProxyService {
             RouteAction::Redirect(r) => Answer::Local(redirect(r, req.uri(), host)),
             RouteAction::Proxy(route) => {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
-                let port = match (port, self.transport) {
-                    (Some(port), _) => self.conn.port_header(port),
-                    (None, Transport::Tls) => HeaderValue::from_static("443"),
-                    (None, Transport::Plain) => HeaderValue::from_static("80"),
-                };
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     port,
@@ -261,7 +256,12 @@ impl ProxyService {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         hygiene::regenerate_framing(&mut parts.headers, &http_body::Body::size_hint(&body));
-        prepare_request_headers(&mut parts.headers, &hop, upgrade.clone());
+        let port = match (hop.port, self.transport) {
+            (Some(port), _) => self.conn.port_header(port),
+            (None, Transport::Tls) => HeaderValue::from_static("443"),
+            (None, Transport::Plain) => HeaderValue::from_static("80"),
+        };
+        prepare_request_headers(&mut parts.headers, &hop, upgrade.clone(), port);
         parts.version = Version::HTTP_11;
         let retries = if upgrade.is_some() {
             0
@@ -438,8 +438,8 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
 
 struct Hop<'a> {
     proto: &'static str,
-    /// `X-Forwarded-Port`: the canonical authority's port, else the scheme's.
-    port: HeaderValue,
+    /// The canonical authority's port, if it names one (`X-Forwarded-Port`).
+    port: Option<u16>,
     state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
@@ -449,10 +449,12 @@ struct Hop<'a> {
     log: &'a Arc<RequestLog>,
 }
 
+/// `port` is `X-Forwarded-Port`'s value.
 fn prepare_request_headers(
     headers: &mut http::HeaderMap,
     hop: &Hop<'_>,
     upgrade: Option<HeaderValue>,
+    port: HeaderValue,
 ) {
     forward::strip_hop_by_hop(headers);
     if let Some(proto) = upgrade {
@@ -474,7 +476,7 @@ fn prepare_request_headers(
         (true, false) => Some(hop.peer_ip.clone()),
         (true, true) => Some(forward::ip_header(addrs.client)),
     };
-    forward::set_client(headers, real_ip, hop.port.clone(), addrs.peer_trusted);
+    forward::set_client(headers, real_ip, port, addrs.peer_trusted);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
