@@ -2,6 +2,7 @@
 //! deadlines, its part in graceful shutdown, and idle HTTP/1.1 connections parked outside hyper.
 
 mod body;
+pub mod canonical;
 mod conn;
 pub mod hygiene;
 mod response;
