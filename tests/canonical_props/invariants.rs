@@ -3,6 +3,7 @@
 //! fuzz/, so both check one definition. Each check panics (naming the input) on a violation.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::net::IpAddr;
 
 use gatehouse::http::canonical::{
@@ -26,10 +27,24 @@ const fn rules(merge_slashes: bool, encoded_slashes: EncodedSlashes) -> PathRule
     }
 }
 
+/// What an assertion names when it fails, formatted only then (the fuzz targets run these checks
+/// millions of times).
+pub struct Ctx<F>(F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Ctx<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
+}
+
+fn ctx<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result>(write: F) -> Ctx<F> {
+    Ctx(write)
+}
+
 /// The canonical path of `raw` under `rules`, checked against every property and the model.
 pub fn check_path(raw: &str, rules: PathRules) -> Result<String, BadPath> {
     let result = path(raw, rules);
-    let ctx = format!("path({raw:?}, {rules:?}) = {result:?}");
+    let ctx = ctx(|f| write!(f, "path({raw:?}, {rules:?}) = {result:?}"));
     let reference = model::canonical_path(raw, rules);
     assert_eq!(
         result.as_deref().map_err(|_| ()),
@@ -49,7 +64,7 @@ pub fn check_path(raw: &str, rules: PathRules) -> Result<String, BadPath> {
 
 /// The canonical text itself: absolute, visible ASCII, percent-encodings upper-case and only for
 /// what must stay encoded, no dot segment in any spelling, no empty segment when merging.
-fn check_canonical_text(out: &str, rules: PathRules, ctx: &str) {
+fn check_canonical_text(out: &str, rules: PathRules, ctx: &dyn fmt::Display) {
     assert!(out.starts_with('/'), "{ctx}: not absolute");
     assert!(
         out.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'),
@@ -108,7 +123,7 @@ pub fn is_dot_segment(segment: &str) -> bool {
 
 /// Canonicalising the canonical path changes nothing, and costs no allocation when there is no
 /// percent-encoding left to look at (the fast path the request path relies on).
-fn check_path_fixed_point(out: &str, rules: PathRules, ctx: &str) {
+fn check_path_fixed_point(out: &str, rules: PathRules, ctx: &dyn fmt::Display) {
     let again = path(out, rules);
     assert_eq!(again.as_deref(), Ok(out), "{ctx}: not idempotent");
     if !out.contains('%') {
@@ -125,7 +140,7 @@ fn check_encoded_separators(
     raw: &str,
     rules: PathRules,
     result: &Result<Cow<'_, str>, BadPath>,
-    ctx: &str,
+    ctx: &dyn fmt::Display,
 ) {
     let lower = raw.to_ascii_lowercase();
     if lower.contains("%5c") {
@@ -153,7 +168,7 @@ fn check_encoded_separators(
 /// IPv6 literal in its compressed form, a port that matches the text, and a fixed point.
 pub fn check_authority(raw: &str) {
     let Ok(auth) = authority(raw) else { return };
-    let ctx = format!("authority({raw:?}) = {auth:?}");
+    let ctx = ctx(|f| write!(f, "authority({raw:?}) = {auth:?}"));
     let value: &str = &auth.value;
     let host = auth.host();
     assert!(!host.is_empty(), "{ctx}: empty host");
@@ -181,7 +196,7 @@ pub fn check_authority(raw: &str) {
     );
 }
 
-fn check_host_shape(host: &str, ctx: &str) {
+fn check_host_shape(host: &str, ctx: &dyn fmt::Display) {
     if let Some(inner) = host.strip_prefix('[') {
         let inner = inner.strip_suffix(']').unwrap_or_default();
         let ip: Option<std::net::Ipv6Addr> = inner.parse().ok();
@@ -206,7 +221,7 @@ fn check_host_shape(host: &str, ctx: &str) {
 /// <= 65535.
 pub fn check_hop(hop: &str) -> Option<IpAddr> {
     let ip = forwarded_hop(hop)?;
-    let ctx = format!("forwarded_hop({hop:?}) = {ip}");
+    let ctx = ctx(|f| write!(f, "forwarded_hop({hop:?}) = {ip}"));
     let text = hop.trim_matches([' ', '\t']);
     // the port text after the `:` that separates it, if there is one
     let (address, port) = match text.strip_prefix('[') {
