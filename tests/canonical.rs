@@ -719,8 +719,9 @@ async fn encoded_slashes_keep_passes_them_encoded() {
         let probes = vec![
             probe(b"/a%2fb", h, reaches("/a%2Fb")),
             probe(b"/a%2Fb", h, reaches("/a%2Fb")),
-            probe(b"/a%2F..%2Fb", h, reaches("/a%2F..%2Fb")),
-            probe(b"/a/%2e%2e%2fb", h, reaches("/a/..%2Fb")),
+            // a kept %2F never hides a dot segment (an origin decoding it would climb)
+            probe(b"/a%2F..%2Fb", h, refused(400)),
+            probe(b"/a/%2e%2e%2fb", h, refused(400)),
             probe(b"/x/%61/../y%2f", h, reaches("/x/y%2F")),
             probe(b"/a%5Cb", h, refused(400)),
             probe(b"/a%5cb", h, refused(400)),

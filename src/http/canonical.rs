@@ -271,7 +271,10 @@ fn is_canonical(bytes: &[u8], rules: PathRules) -> bool {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%' || b == b'\\' || b == b';' || b <= b' ' || b >= 0x7f {
+        if b == b'%' || b == b'\\' || b <= b' ' || b >= 0x7f {
+            return false;
+        }
+        if b == b';' && rules.parameters == PathParameters::Reject {
             return false;
         }
         if b == b'/' {
@@ -305,6 +308,9 @@ fn rebuild(raw: &str, rules: PathRules) -> Result<String, BadPath> {
         let mark = out.len();
         out.push('/');
         decode_segment(segment, rules, &mut out)?;
+        if hides_dot_segment(&out[mark + 1..], rules) {
+            return Err(BadPath::EncodedSlash);
+        }
         match dot_kind(&out[mark + 1..]) {
             Some(Dot::One) => out.truncate(mark),
             Some(Dot::Two) => {
@@ -328,6 +334,15 @@ fn rebuild(raw: &str, rules: PathRules) -> Result<String, BadPath> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// With `encoded_slashes = "keep"`, a segment such as `..%2Fadmin`: an origin that decodes `%2F`
+/// before resolving dot segments (Tomcat's `encodedSolidusHandling="decode"`) would climb where
+/// the edge saw one plain segment, so such a path is refused.
+fn hides_dot_segment(segment: &str, rules: PathRules) -> bool {
+    rules.encoded_slashes == EncodedSlashes::Keep
+        && segment.contains("%2F")
+        && segment.split("%2F").any(|part| dot_kind(part).is_some())
 }
 
 enum Dot {

@@ -7,23 +7,32 @@ use std::fmt;
 use std::net::IpAddr;
 
 use gatehouse::http::canonical::{
-    authority, forwarded_hop, path, BadPath, EncodedSlashes, PathRules,
+    authority, forwarded_hop, path, BadPath, EncodedSlashes, PathParameters, PathRules,
 };
 
 use crate::model;
 
-/// Every combination of `[server] merge_slashes` and `encoded_slashes`.
-pub const ALL_RULES: [PathRules; 4] = [
-    rules(true, EncodedSlashes::Reject),
-    rules(true, EncodedSlashes::Keep),
-    rules(false, EncodedSlashes::Reject),
-    rules(false, EncodedSlashes::Keep),
+/// Every combination of `[server] merge_slashes`, `encoded_slashes` and `path_parameters`.
+pub const ALL_RULES: [PathRules; 8] = [
+    rules(true, EncodedSlashes::Reject, PathParameters::Reject),
+    rules(true, EncodedSlashes::Keep, PathParameters::Reject),
+    rules(false, EncodedSlashes::Reject, PathParameters::Reject),
+    rules(false, EncodedSlashes::Keep, PathParameters::Reject),
+    rules(true, EncodedSlashes::Reject, PathParameters::Keep),
+    rules(true, EncodedSlashes::Keep, PathParameters::Keep),
+    rules(false, EncodedSlashes::Reject, PathParameters::Keep),
+    rules(false, EncodedSlashes::Keep, PathParameters::Keep),
 ];
 
-const fn rules(merge_slashes: bool, encoded_slashes: EncodedSlashes) -> PathRules {
+const fn rules(
+    merge_slashes: bool,
+    encoded_slashes: EncodedSlashes,
+    parameters: PathParameters,
+) -> PathRules {
     PathRules {
         merge_slashes,
         encoded_slashes,
+        parameters,
     }
 }
 
@@ -135,7 +144,8 @@ fn check_path_fixed_point(out: &str, rules: PathRules, ctx: &dyn fmt::Display) {
 }
 
 /// `%2F` and `%5C` never become separators: `%5C` is always refused, `%2F` too unless kept, and a
-/// kept `%2F` behaves exactly as an opaque encoded byte (`%FF`) would, wherever it stands.
+/// kept `%2F` behaves exactly as an opaque encoded byte (`%FF`) would, wherever it stands, except
+/// that a path where it would hide a dot segment (`..%2Fadmin`) is refused.
 fn check_encoded_separators(
     raw: &str,
     rules: PathRules,
@@ -151,6 +161,20 @@ fn check_encoded_separators(
     }
     match rules.encoded_slashes {
         EncodedSlashes::Reject => assert!(result.is_err(), "{ctx}: %2F accepted"),
+        EncodedSlashes::Keep if matches!(result, Err(BadPath::EncodedSlash)) => {
+            if lower.contains("%5c") {
+                return;
+            }
+            // refused only because some segment's %2F-separated part is a dot segment
+            let hides = raw.split('/').any(|segment| {
+                let lower = segment.to_ascii_lowercase();
+                lower.contains("%2f") && lower.split("%2f").any(is_dot_segment)
+            });
+            assert!(
+                hides,
+                "{ctx}: a kept %2F refused though it hides no dot segment"
+            );
+        }
         EncodedSlashes::Keep if !lower.contains("%ff") => {
             let opaque = raw.replace("%2f", "%FF").replace("%2F", "%FF");
             let expected = result.as_deref().map(|out| out.replace("%2F", "%FF"));

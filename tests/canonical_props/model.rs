@@ -4,15 +4,31 @@
 //! the RFC writes it (string buffers, rules A to E). It is slow and allocates freely; it only has
 //! to be obviously right. Shared by tests/canonical_props.rs and the fuzz targets (fuzz/).
 
-use gatehouse::http::canonical::{EncodedSlashes, PathRules};
+use gatehouse::http::canonical::{EncodedSlashes, PathParameters, PathRules};
 
 /// The canonical form of `raw`, or `Err(())` when Gatehouse must refuse it (400).
 pub fn canonical_path(raw: &str, rules: PathRules) -> Result<String, ()> {
     let rest = raw.strip_prefix('/').ok_or(())?;
+    // `path_parameters = "reject"`: any raw `;` is refused
+    if rules.parameters == PathParameters::Reject && raw.contains(';') {
+        return Err(());
+    }
     let mut segments = rest
         .split('/')
         .map(|segment| render(segment, rules))
         .collect::<Result<Vec<_>, ()>>()?;
+    // a kept `%2F` must not hide a dot segment from the edge
+    let hides_dot = |s: &String| {
+        s.contains("%2F")
+            && s.split("%2F").any(|part| {
+                let name = part.split(';').next().unwrap_or_default();
+                let name = name.split("%3B").next().unwrap_or_default();
+                name == "." || name == ".."
+            })
+    };
+    if segments.iter().any(hides_dot) {
+        return Err(());
+    }
     if rules.merge_slashes {
         merge_empty(&mut segments);
     }
