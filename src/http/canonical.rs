@@ -10,6 +10,7 @@
 
 use crate::config::Server;
 pub use crate::config::{EncodedSlashes, PathParameters, PathRules, UnderscoreHeaders};
+use crate::upstream::forward;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
@@ -49,6 +50,9 @@ pub struct Canonical {
     /// Length of the host part of `authority`.
     pub host_len: usize,
     pub port: Option<u16>,
+    /// Whether a hop-by-hop header is present (seen in the same pass over the names), so that
+    /// forwarding skips the removal pass when there is none, as for most requests.
+    pub hop_by_hop: bool,
 }
 
 impl Canonical {
@@ -75,9 +79,10 @@ pub fn request<B>(
     peer_trusted: bool,
 ) -> Result<Canonical, Uncanonical> {
     method(req.method())?;
-    let canonical = request_authority(req)?;
+    let mut canonical = request_authority(req)?;
     target(req, server.paths)?;
-    screen_headers(req.headers_mut(), server.underscore_headers, peer_trusted)?;
+    canonical.hop_by_hop =
+        screen_headers(req.headers_mut(), server.underscore_headers, peer_trusted)?;
     Ok(canonical)
 }
 
@@ -92,6 +97,7 @@ fn request_authority<B>(req: &mut Request<B>) -> Result<Canonical, BadHost> {
                 authority: Some(host.clone()),
                 host_len,
                 port,
+                hop_by_hop: false,
             });
         }
     }
@@ -113,6 +119,7 @@ fn request_authority<B>(req: &mut Request<B>) -> Result<Canonical, BadHost> {
                 authority: None,
                 host_len: 0,
                 port: None,
+                hop_by_hop: false,
             })
         }
         (None, None) => return Err(BadHost::Missing),
@@ -127,6 +134,7 @@ fn request_authority<B>(req: &mut Request<B>) -> Result<Canonical, BadHost> {
         authority: Some(value.clone()),
         host_len: parsed.host_len,
         port: parsed.port,
+        hop_by_hop: false,
     };
     if !unchanged {
         req.headers_mut().insert(header::HOST, value);
@@ -167,14 +175,16 @@ fn target<B>(req: &mut Request<B>, rules: PathRules) -> Result<(), BadPath> {
 }
 
 /// One pass over the header names: `_` names and, from an untrusted peer, names only the edge
-/// may set. Allocates only when something is removed.
+/// may set. Allocates only when something is removed. Says whether a hop-by-hop header is left.
 fn screen_headers(
     headers: &mut HeaderMap,
     underscores: UnderscoreHeaders,
     peer_trusted: bool,
-) -> Result<(), Uncanonical> {
+) -> Result<bool, Uncanonical> {
     let mut remove: Option<Vec<HeaderName>> = None;
+    let mut hop_by_hop = false;
     for name in headers.keys() {
+        hop_by_hop = hop_by_hop || forward::is_hop_by_hop(name);
         let text = name.as_str();
         let bytes = text.as_bytes();
         let removed = if has_underscore(bytes) {
@@ -196,7 +206,7 @@ fn screen_headers(
     for name in remove.iter().flatten() {
         headers.remove(name);
     }
-    Ok(())
+    Ok(hop_by_hop)
 }
 
 /// Why a path cannot be made canonical (answered 400, counted as `bad_path`).

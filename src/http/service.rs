@@ -54,6 +54,8 @@ struct Dispatch<'s, 'r> {
     site: usize,
     host: &'r str,
     port: Option<u16>,
+    /// A hop-by-hop header is present (`Canonical::hop_by_hop`).
+    hop_by_hop: bool,
     log: &'r Arc<RequestLog>,
 }
 
@@ -83,9 +85,9 @@ impl ProxyService {
             Err(e) => (None, Err(e)),
         };
         // the authority moves into the log; the host is read back from there
-        let (authority, host_len, port) = match canonical {
-            Some(c) => (c.authority, c.host_len, c.port),
-            None => (None, 0, None),
+        let (authority, host_len, port, hop_by_hop) = match canonical {
+            Some(c) => (c.authority, c.host_len, c.port, c.hop_by_hop),
+            None => (None, 0, None, false),
         };
         let routable = screened.is_ok();
         let log = Arc::new(RequestLog::new(
@@ -115,6 +117,7 @@ impl ProxyService {
                     site,
                     host,
                     port,
+                    hop_by_hop,
                     log: &log,
                 };
                 self.dispatch(to, req, addrs, &mut cors).await
@@ -178,6 +181,7 @@ impl ProxyService {
             site,
             host,
             port,
+            hop_by_hop,
             log,
         } = to;
         let path = req.uri().path();
@@ -232,6 +236,7 @@ impl ProxyService {
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     port,
+                    hop_by_hop,
                     state,
                     policy,
                     pool: &route.pool,
@@ -440,6 +445,8 @@ struct Hop<'a> {
     proto: &'static str,
     /// The canonical authority's port, if it names one (`X-Forwarded-Port`).
     port: Option<u16>,
+    /// A hop-by-hop header is present: only then is the removal pass made.
+    hop_by_hop: bool,
     state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
@@ -456,7 +463,9 @@ fn prepare_request_headers(
     upgrade: Option<HeaderValue>,
     port: HeaderValue,
 ) {
-    forward::strip_hop_by_hop(headers);
+    if hop.hop_by_hop {
+        forward::strip_hop_by_hop(headers);
+    }
     if let Some(proto) = upgrade {
         forward::restore_upgrade(headers, proto);
     }

@@ -53,6 +53,12 @@ impl ConnectionSays {
     }
 }
 
+/// Whether `name` is one of the fixed hop-by-hop fields (a `Connection` header is one, so the
+/// names it lists are found through it).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name)
+}
+
 /// Removes the hop-by-hop fields; returns what `Connection` said (read while removing what it
 /// lists, so a response's keep-alive verdict costs no second look).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> ConnectionSays {
