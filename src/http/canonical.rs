@@ -184,7 +184,12 @@ fn screen_headers(
     let mut remove: Option<Vec<HeaderName>> = None;
     let mut hop_by_hop = false;
     for name in headers.keys() {
-        hop_by_hop = hop_by_hop || forward::is_hop_by_hop(name);
+        // every hop-by-hop name starts with one of these
+        hop_by_hop = hop_by_hop
+            || matches!(
+                name.as_str().as_bytes().first(),
+                Some(b'c' | b'k' | b'p' | b't' | b'u')
+            ) && forward::is_hop_by_hop(name);
         let text = name.as_str();
         let bytes = text.as_bytes();
         let removed = if has_underscore(bytes) {

@@ -466,6 +466,9 @@ fn prepare_request_headers(
     if hop.hop_by_hop {
         forward::strip_hop_by_hop(headers);
     }
+    // the six headers set below, room made at once: a map grown one insert at a time may
+    // rehash twice
+    headers.reserve(6);
     if let Some(proto) = upgrade {
         forward::restore_upgrade(headers, proto);
     }
