@@ -10,7 +10,6 @@
 //! redirects that request to the prefix; here it is routed there, so the route's rules apply).
 
 use crate::config::{HostPattern, PathMatch, Site};
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Index of a route in the flattened route table, in config order (site by site).
@@ -103,9 +102,10 @@ impl Router {
             })
     }
 
+    /// `host` is canonical (`http::canonical`: lower-case, no port, no trailing dot), so it is
+    /// looked up as it is.
     pub fn site_for(&self, host: &str) -> Option<usize> {
-        let host = normalize_host(host);
-        if let Some(&site) = self.exact_hosts.get(host.as_ref()) {
+        if let Some(&site) = self.exact_hosts.get(host) {
             return Some(site);
         }
         self.wildcard_hosts
@@ -121,22 +121,6 @@ fn without_slash(path: &str) -> &str {
     match path.strip_suffix('/') {
         Some(rest) if !rest.is_empty() => rest,
         _ => path,
-    }
-}
-
-/// Lower-cases and drops the port and a trailing dot; borrows when nothing changes.
-pub fn normalize_host(host: &str) -> Cow<'_, str> {
-    let without_port = match host.rfind(':') {
-        // "[::1]:8080" or "[::1]": keep the bracketed IPv6 literal
-        _ if host.starts_with('[') => host.find(']').map_or(host, |end| &host[..=end]),
-        Some(colon) => &host[..colon],
-        None => host,
-    };
-    let trimmed = without_port.trim_end_matches('.');
-    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(trimmed.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(trimmed)
     }
 }
 
@@ -197,7 +181,6 @@ mod tests {
     fn hosts_by_precedence() {
         let r = Router::new(&sites());
         assert_eq!(r.route("app.example.com", "/").unwrap().site, 0);
-        assert_eq!(r.route("APP.Example.com:8080", "/").unwrap().site, 0);
         assert_eq!(r.route("x.example.com", "/").unwrap().site, 1);
         assert_eq!(r.route("a.b.example.com", "/").unwrap().site, 1);
         assert_eq!(r.route("x.deep.example.com", "/").unwrap().site, 2);
@@ -223,12 +206,5 @@ mod tests {
         assert_eq!(at("/api"), Some((1, 4)));
         assert_eq!(at("/api/v2"), Some((2, 7)));
         assert_eq!(at("/apix"), Some((0, 1)));
-    }
-
-    #[test]
-    fn host_normalization() {
-        assert_eq!(normalize_host("Example.COM.:80"), "example.com");
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
-        assert!(matches!(normalize_host("plain"), Cow::Borrowed("plain")));
     }
 }

@@ -55,13 +55,6 @@ pub struct Canonical {
     pub hop_by_hop: bool,
 }
 
-impl Canonical {
-    /// The canonical host without the port: what selects the site and fills `{host}`.
-    pub fn host(&self) -> &str {
-        host_of(self.authority.as_ref(), self.host_len)
-    }
-}
-
 /// The host part of a canonical authority (all ASCII: checked when it was made canonical).
 pub fn host_of(authority: Option<&HeaderValue>, host_len: usize) -> &str {
     // `to_str` is a plain visible-ASCII loop, cheaper on a short value than `from_utf8`

@@ -566,7 +566,6 @@ fn acme_answer(key_auth: String) -> Response<Bytes> {
 
 fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
     let mut location = String::with_capacity(64);
-    let host = crate::routing::normalize_host(host);
     for part in &r.to.parts {
         match part {
             TemplatePart::Literal(s) => location.push_str(s),
@@ -575,7 +574,7 @@ fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
             TemplatePart::Uri => {
                 location.push_str(uri.path_and_query().map_or("/", |pq| pq.as_str()))
             }
-            TemplatePart::Host => location.push_str(&host),
+            TemplatePart::Host => location.push_str(host),
         }
     }
     location_response(r.status, location)
@@ -583,7 +582,6 @@ fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
 
 /// 308 to the same host and URI over HTTPS (with the HTTPS port unless it is 443).
 fn https_redirect(uri: &Uri, host: &str, https_port: Option<u16>) -> Response<Bytes> {
-    let host = crate::routing::normalize_host(host);
     let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let location = match https_port {
         Some(443) | None => format!("https://{host}{pq}"),
