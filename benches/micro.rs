@@ -116,19 +116,16 @@ mod routing {
         Router::new(&config.sites)
     });
 
-    const HOSTS: [(&str, &str, usize); 5] = [
+    /// Hosts as `http::canonical` hands them over: lower-case, no port.
+    const HOSTS: [(&str, &str, usize); 3] = [
         ("exact", "site42.example.com", 42),
-        // the port is cut off without allocating
-        ("exact_port", "site42.example.com:8080", 42),
-        // lower-casing allocates
-        ("exact_uppercase", "Site42.Example.com", 42),
         // the exact table misses, then the wildcards are scanned (the last of 4 matches)
         ("wildcard", "eu.tenant3.example.net", 98),
         // both miss, the catch-all answers
         ("catch_all", "unknown.example.org", 99),
     ];
 
-    #[divan::bench(args = ["exact", "exact_port", "exact_uppercase", "wildcard", "catch_all"])]
+    #[divan::bench(args = ["exact", "wildcard", "catch_all"])]
     fn site_for_100_sites(bencher: Bencher, case: &str) {
         let router = &*SITES_100;
         let (_, host, site) = HOSTS.iter().find(|(name, ..)| *name == case).unwrap();
