@@ -420,7 +420,7 @@ servers = ["{}"]
     )
 }
 
-/// The README's example: `/api/admin/` allowed to 10.0.0.0/8 only (the test client is
+/// docs/config.md's example: `/api/admin/` allowed to 10.0.0.0/8 only (the test client is
 /// 127.0.0.1), next to `/api/` and `/`, all three proxied to the recorder.
 const ADMIN_SITE: &str = r#"
 [[site]]

@@ -1,5 +1,5 @@
 //! `docs/migrating.md`: every whole-config `toml` block passes `gatehouse check`, every
-//! `toml fragment` block is TOML, and every key the guide writes is one the README's config
+//! `toml fragment` block is TOML, and every key the guide writes is one docs/config.md's config
 //! reference documents, so the guide cannot drift from what Gatehouse accepts.
 
 // Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
@@ -62,7 +62,7 @@ fn keys(value: &toml::Value, parent: &str, out: &mut Vec<String>) {
     }
 }
 
-/// The README mentions `key` as a whole word inside a code span.
+/// docs/config.md mentions `key` as a whole word inside a code span.
 fn documented(readme: &str, key: &str) -> bool {
     let span = format!(r"`[^`\n]*\b{}\b[^`\n]*`", regex::escape(key));
     regex::Regex::new(&span).unwrap().is_match(readme)
@@ -107,7 +107,7 @@ fn fragments_are_toml() {
 #[test]
 fn every_key_in_the_guide_is_in_the_config_reference() {
     let guide = read("docs/migrating.md");
-    let readme = read("README.md");
+    let readme = read("docs/config.md");
     let mut missing = Vec::new();
     for snippet in snippets(&guide) {
         let value: toml::Value = toml::Value::Table(snippet.text.parse().unwrap());
@@ -119,7 +119,7 @@ fn every_key_in_the_guide_is_in_the_config_reference() {
             }
         }
     }
-    assert!(missing.is_empty(), "not in the README: {missing:?}");
+    assert!(missing.is_empty(), "not in docs/config.md: {missing:?}");
 }
 
 #[test]

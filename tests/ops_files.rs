@@ -536,7 +536,7 @@ fn every_required_alert_exists_with_severity_annotations_and_a_promtool_test() {
         );
     }
     // Each alert rule (from its `- alert:` line to the next rule) has a severity and both
-    // annotations the README promises.
+    // annotations docs/operations.md promises.
     let rules: Vec<&str> = alerts.split("- alert: ").skip(1).collect();
     assert_eq!(rules.len(), names.len());
     for rule in rules {

@@ -247,7 +247,7 @@ async fn prompt_request_is_answered_under_header_read() {
     .await;
 }
 
-/// README: `header_read` is the time to send a complete head "once it started one", so it applies
+/// docs/config.md: `header_read` is the time to send a complete head "once it started one", so it applies
 /// to every request on a kept-alive connection, not just the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_head_on_kept_alive_connection_is_cut_after_header_read() {

@@ -195,7 +195,7 @@ impl Default for ServerLimits {
 }
 
 /// 64 encoders at brotli's measured 4.4 MiB each is at most ~280 MiB (zstd 2.0 MiB: ~130 MiB,
-/// gzip 0.34 MiB: ~22 MiB); see the README's `max_encoders`.
+/// gzip 0.34 MiB: ~22 MiB); see docs/config.md's `max_encoders`.
 pub const DEFAULT_MAX_ENCODERS: usize = 64;
 
 #[derive(Clone, Debug, PartialEq)]

@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Levels chosen for a proxy: fast, most of the gain (see the README's `encode` section for the
+/// Levels chosen for a proxy: fast, most of the gain (see docs/config.md's `encode` section for the
 /// measurement behind them).
 const GZIP_LEVEL: u32 = 4;
 const BROTLI_QUALITY: u32 = 5;
