@@ -1,6 +1,7 @@
 //! Validated, immutable configuration. Everything here has already been checked; the request path
 //! and the state builder can trust it. All types are `Clone + Debug + PartialEq` so reloads can diff.
 
+use crate::template::Template;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
@@ -606,24 +607,9 @@ pub struct Respond {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Redirect {
-    pub to: RedirectTemplate,
+    /// With placeholders (`crate::template`).
+    pub to: Template,
     pub status: StatusCode,
-}
-
-/// A redirect target with `{path}`, `{query}`, `{uri}` and `{host}` placeholders, pre-split so the
-/// request path only concatenates.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RedirectTemplate {
-    pub parts: Vec<TemplatePart>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum TemplatePart {
-    Literal(String),
-    Path,
-    Query,
-    Uri,
-    Host,
 }
 
 #[derive(Clone, Debug, PartialEq)]

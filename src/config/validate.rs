@@ -4,6 +4,7 @@ use super::file::*;
 use super::model::*;
 use super::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use super::{FileKind, Located, NamedFile};
+use crate::template::{Captures, Template};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
@@ -1180,7 +1181,7 @@ fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> 
         )?,
     };
     let to = cx.expand(&r.to, "site.route.redirect.to")?;
-    match parse_template(&to) {
+    match Template::parse(&to, Captures::default()) {
         Ok(to) => Some(Action::Redirect(Redirect { to, status })),
         Err(message) => {
             cx.error(r.to.span(), "site.route.redirect.to", message);
@@ -1208,32 +1209,6 @@ fn status(
             None
         }
     }
-}
-
-fn parse_template(text: &str) -> Result<RedirectTemplate, String> {
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(TemplatePart::Literal(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or("unclosed `{` in redirect target")?
-            + open;
-        parts.push(match &rest[open + 1..close] {
-            "path" => TemplatePart::Path,
-            "query" => TemplatePart::Query,
-            "uri" => TemplatePart::Uri,
-            "host" => TemplatePart::Host,
-            other => return Err(format!("unknown placeholder `{{{other}}}`; expected {{path}}, {{query}}, {{uri}} or {{host}}")),
-        });
-        rest = &rest[close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(TemplatePart::Literal(rest.to_string()));
-    }
-    Ok(RedirectTemplate { parts })
 }
 
 /// `${NAME}` and `${NAME:-default}` expansion; `$$` is a literal `$`.
@@ -1322,21 +1297,6 @@ mod tests {
             .unwrap_err()
             .contains("MISSING"));
         assert!(expand_env("${OPEN", env).is_err());
-    }
-
-    #[test]
-    fn templates() {
-        let t = parse_template("https://{host}{uri}").unwrap();
-        assert_eq!(
-            t.parts,
-            vec![
-                TemplatePart::Literal("https://".into()),
-                TemplatePart::Host,
-                TemplatePart::Uri
-            ]
-        );
-        assert!(parse_template("{nope}").is_err());
-        assert!(parse_template("x{path").is_err());
     }
 
     /// A `Ctx` over `text`, and its `l` (a list), `d` and `s` keys.

@@ -10,12 +10,13 @@ use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
-use crate::config::{Coding, Redirect, Respond, ServerLimits, TemplatePart};
+use crate::config::{Coding, Redirect, Respond, ServerLimits};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
+use crate::template::Vars;
 use crate::upstream::conn::Sender;
 use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
 use bytes::Bytes;
@@ -200,15 +201,15 @@ impl ProxyService {
             .router
             .route_in(site, path)
             .ok_or(ProxyError::NoRoute)?;
-        if let Some(metrics) = state.route_metrics.get(matched.route) {
+        let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
+        if let Some(metrics) = &route.metrics {
             let _ = log.metrics.set(metrics.clone());
         }
-        let policy = &state.policies[matched.route];
+        let policy = &route.policy;
         self.conn.hold_to_send_rate(policy.send_min_rate);
-        *cors = state
+        *cors = route
             .cors
-            .get(matched.route)
-            .and_then(Option::as_ref)
+            .as_ref()
             .map(|c| c.judge(req.method(), req.headers()));
         let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
         let client = addrs.known.then_some(addrs.client);
@@ -225,12 +226,25 @@ impl ProxyService {
                 .map(|()| (Answer::Local(no_content()), None))
                 .map_err(ProxyError::CorsRefused);
         }
-        let encode = state.encodings[matched.route]
+        let encode = route
+            .encode
             .as_ref()
             .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
-        let answer = match &state.routes[matched.route] {
+        let answer = match &route.action {
             RouteAction::Respond(r) => Answer::Local(respond(r)),
-            RouteAction::Redirect(r) => Answer::Local(redirect(r, req.uri(), host)),
+            RouteAction::Redirect(r) => {
+                let vars = Vars {
+                    client_ip: addrs.client,
+                    host,
+                    port: port.unwrap_or(self.transport.default_port()),
+                    scheme: self.transport.scheme(),
+                    uri: req.uri(),
+                    request_id: &log.request_id,
+                    headers: req.headers(),
+                    captures: None,
+                };
+                Answer::Local(redirect(r, &vars))
+            }
             RouteAction::Proxy(route) => {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
@@ -564,19 +578,11 @@ fn acme_answer(key_auth: String) -> Response<Bytes> {
     resp
 }
 
-fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
-    let mut location = String::with_capacity(64);
-    for part in &r.to.parts {
-        match part {
-            TemplatePart::Literal(s) => location.push_str(s),
-            TemplatePart::Path => location.push_str(uri.path()),
-            TemplatePart::Query => location.push_str(uri.query().unwrap_or("")),
-            TemplatePart::Uri => {
-                location.push_str(uri.path_and_query().map_or("/", |pq| pq.as_str()))
-            }
-            TemplatePart::Host => location.push_str(host),
-        }
-    }
+/// The route's redirect, its placeholders expanded; a target that is no valid header value (a
+/// placeholder's value with a control byte) is a 400 (`location_response`).
+fn redirect(r: &Redirect, vars: &Vars<'_>) -> Response<Bytes> {
+    let mut location = Vec::with_capacity(64);
+    r.to.render(vars, &mut location);
     location_response(r.status, location)
 }
 
@@ -591,9 +597,9 @@ fn https_redirect(uri: &Uri, host: &str, https_port: Option<u16>) -> Response<By
 }
 
 /// A redirect; a target that is no valid header value (from a hostile Host) is a 400 instead.
-fn location_response(status: StatusCode, location: String) -> Response<Bytes> {
+fn location_response(status: StatusCode, location: impl Into<Bytes>) -> Response<Bytes> {
     let mut resp = Response::new(Bytes::new());
-    match HeaderValue::try_from(location) {
+    match HeaderValue::from_maybe_shared(location.into()) {
         Ok(value) => {
             *resp.status_mut() = status;
             resp.headers_mut().insert(header::LOCATION, value);
