@@ -813,11 +813,16 @@ async fn synapse_nginx_client_and_federation_ports() {
             for path in ["/_synapse/admin/v1/users", "/", "/_matrixx"] {
                 assert_eq!(fetch(&client, &url(path)).await.0, 404, "{path}");
             }
-            // Host: the host and the port the request came to, even when the client left it out
-            let head = format!("GET /_matrix/key/v2/server HTTP/1.1\r\nHost: {MATRIX}\r\nConnection: close\r\n\r\n");
-            let resp = tls_raw(*addr, MATRIX, &head).await;
-            let got = Echo::parse(&resp.body_text());
-            assert_eq!(got.header("host"), Some(format!("{MATRIX}:{port}")));
+            // Host: the host with the port the client addressed, 443 when it named none
+            for (sent, want) in [
+                (format!("{MATRIX}:{port}"), format!("{MATRIX}:{port}")),
+                (MATRIX.to_string(), format!("{MATRIX}:443")),
+            ] {
+                let head = format!("GET /_matrix/key/v2/server HTTP/1.1\r\nHost: {sent}\r\nConnection: close\r\n\r\n");
+                let resp = tls_raw(*addr, MATRIX, &head).await;
+                let got = Echo::parse(&resp.body_text());
+                assert_eq!(got.header("host"), Some(want), "Host: {sent}");
+            }
             // signed federation paths go on as they came: %24, %3A and %2F (a base64 event id)
             let path = "/_matrix/federation/v1/event/%24Rqnc%2Fgqz2Y6U%2BzWg%3Aexample.org";
             let got = seen(get(&client, &url(path)).await).await;
