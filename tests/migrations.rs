@@ -1134,6 +1134,10 @@ async fn gitea_nginx_static_resources_sub_path_registry_and_cdn() {
             ),
             ("/gitea/", "/"),
             (
+                "/gitea/o/r/src/branch/main/my%20notes.md",
+                "/o/r/src/branch/main/my%20notes.md",
+            ),
+            (
                 "/v2/o/image/manifests/latest",
                 "/v2/o/image/manifests/latest",
             ),
@@ -1178,6 +1182,10 @@ async fn gitea_traefik_strip_prefix_with_forwarded_prefix() {
                 "/api/v1/repos/o/r/contents/docs%2Freadme.md",
             ),
             ("/gitea", "/"),
+            (
+                "/gitea/o/r/raw/branch/main/my%20notes.md",
+                "/o/r/raw/branch/main/my%20notes.md",
+            ),
         ] {
             let got = seen(get(&http, &url(path)).await).await;
             assert_eq!(got.uri, want, "{path}");
@@ -1466,18 +1474,18 @@ async fn seafile_nginx_seahub_fileserver_media_and_timeouts() {
             .set("SEAFILE_FILESERVER", echo.addr)
             .start("seafile-nginx", false)
             .await;
-        let got = seen(
-            get(
-                &http_client(&[SEAFILE], proxy.addr),
-                &url("/seafhttp/files/a1b2/report.pdf"),
-            )
-            .await,
-        )
-        .await;
-        assert_eq!(got.uri, "/files/a1b2/report.pdf");
+        let http = http_client(&[SEAFILE], proxy.addr);
+        for (path, want) in [
+            ("/seafhttp/files/a1b2/report.pdf", "/files/a1b2/report.pdf"),
+            (
+                "/seafhttp/files/a1b2/Q3%20report.pdf",
+                "/files/a1b2/Q3%20report.pdf",
+            ),
+        ] {
+            assert_eq!(seen(get(&http, &url(path)).await).await.uri, want, "{path}");
+        }
 
         // /media from disk
-        let http = http_client(&[SEAFILE], proxy.addr);
         assert_file(&http, &url("/media/css/seahub.min.css"), &css).await;
 
         // the timeouts, as Gatehouse read them: 20 minutes for Seahub, 10 hours for the file server
