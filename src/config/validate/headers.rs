@@ -49,6 +49,10 @@ pub(super) fn route(
 ) -> RouteHeaders {
     let rules = resolve(cx, raw.header_keys(), &site.rules, "site.route", captures);
     let proxies = matches!(action, Action::Proxy { .. });
+    if let Some(own) = raw.request_headers.as_ref().filter(|_| !proxies) {
+        let msg = "`request_headers` only apply to a route with an `upstream` (they change what is sent there); a site's or the server's are inherited by those routes alone";
+        cx.error(own.span(), "site.route.request_headers", msg);
+    }
     let upstream_host = match &raw.upstream_host {
         None => site.upstream_host.clone(),
         Some(value) if !proxies => {

@@ -312,6 +312,15 @@ http = "127.0.0.1:0"
         err.contains("only applies to a route with an `upstream`"),
         "{err}"
     );
+    let text = text.replace(
+        "upstream_host = \"api.internal\"",
+        "request_headers = { add = { \"X-A\" = \"1\" } }",
+    );
+    let err = errors(&text);
+    assert!(
+        err.contains("`site.route.request_headers`: `request_headers` only apply to a route with an `upstream`"),
+        "{err}"
+    );
 }
 
 #[test]
