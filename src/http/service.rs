@@ -225,18 +225,21 @@ impl ProxyService {
         if let Some(metrics) = &route.metrics {
             let _ = log.metrics.set(metrics.clone());
         }
-        let headers = &route.headers;
+        // made only for rules with placeholders
+        let vars = || {
+            template_vars(
+                &req,
+                addrs.client,
+                (host, port),
+                self.transport,
+                &log.request_id,
+            )
+        };
+        let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
         if !headers.response_as_site {
             *response_rules = ResponseRules::new(&headers.response);
             if response_rules.needs_vars() {
-                let vars = template_vars(
-                    &req,
-                    addrs.client,
-                    (host, port),
-                    self.transport,
-                    &log.request_id,
-                );
-                response_rules.expand(&vars, &state.metrics.header_values_dropped);
+                response_rules.expand(&vars(), dropped);
             }
         }
         let policy = &route.policy;
@@ -285,20 +288,7 @@ impl ProxyService {
                 // Gatehouse's own headers are set
                 let expanded = match headers.request.templates {
                     0 => Vec::new(),
-                    _ => {
-                        let vars = template_vars(
-                            &req,
-                            addrs.client,
-                            (host, port),
-                            self.transport,
-                            &log.request_id,
-                        );
-                        header_rules::expand(
-                            &headers.request,
-                            &vars,
-                            &state.metrics.header_values_dropped,
-                        )
-                    }
+                    _ => header_rules::expand(&headers.request, &vars(), dropped),
                 };
                 let hop = Hop {
                     proto: self.transport.scheme(),

@@ -62,24 +62,27 @@ pub(super) fn route(
         }
         Some(value) => upstream_host(cx, value, "site.route.upstream_host"),
     };
-    let forwarded_prefix = match (matcher, action) {
-        (
-            PathMatch::Prefix(prefix),
-            Action::Proxy {
-                strip_prefix: true, ..
-            },
-        ) => Some(prefix.trim_end_matches('/'))
-            .filter(|p| !p.is_empty())
-            .and_then(|p| HeaderValue::from_str(p).ok()),
-        _ => None,
-    };
     RouteHeaders {
         response_as_site: rules.response == site.rules.response,
         request: rules.request,
         response: rules.response,
         upstream_host,
-        forwarded_prefix,
+        forwarded_prefix: forwarded_prefix(matcher, action),
     }
+}
+
+/// What a `strip_prefix` route removes, as `X-Forwarded-Prefix` says it: without the trailing
+/// slash (Spring and ASP.NET append the path to it), none for `/`.
+fn forwarded_prefix(matcher: &PathMatch, action: &Action) -> Option<HeaderValue> {
+    let (PathMatch::Prefix(prefix), Action::Proxy { strip_prefix, .. }) = (matcher, action) else {
+        return None;
+    };
+    let prefix = prefix.trim_end_matches('/');
+    if !strip_prefix || prefix.is_empty() {
+        return None;
+    }
+    // a route path holds no control byte or space (`route_path`)
+    HeaderValue::from_str(prefix).ok()
 }
 
 /// `inherited` with the rules written at this level (`keys`): per header name, this level's
@@ -124,7 +127,7 @@ pub(super) fn resolve(
 
 /// `parent`'s rules for the names `own` does not name, then `own`'s; template slots numbered
 /// afresh.
-pub(super) fn inherit(parent: &HeaderRules, own: Option<Vec<HeaderRule>>) -> HeaderRules {
+fn inherit(parent: &HeaderRules, own: Option<Vec<HeaderRule>>) -> HeaderRules {
     let Some(own) = own.filter(|o| !o.is_empty()) else {
         return parent.clone();
     };
