@@ -183,7 +183,10 @@ pub type FileHeaderValues = BTreeMap<Str, Spanned<toml::Value>>;
 
 /// `request_headers = { set = {...}, add = {...}, remove = [...] }`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ set = { \"X-Env\" = \"prod\" }, add = { \"X-Tag\" = \"a\" }, remove = [\"X-Debug\"] }` (each key optional)"
+)]
 pub struct FileRequestHeaders {
     pub set: Option<Spanned<FileHeaderValues>>,
     pub add: Option<Spanned<FileHeaderValues>>,
@@ -192,7 +195,10 @@ pub struct FileRequestHeaders {
 
 /// `response_headers`: as `request_headers`, and `default` (set only when the answer has none).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ set = { \"X-Frame-Options\" = \"DENY\" }, add = { ... }, remove = [\"Server\"], default = { \"Cache-Control\" = \"no-store\" } }` (each key optional)"
+)]
 pub struct FileResponseHeaders {
     pub set: Option<Spanned<FileHeaderValues>>,
     pub add: Option<Spanned<FileHeaderValues>>,

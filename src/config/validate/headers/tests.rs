@@ -270,6 +270,13 @@ fn bad_names_values_and_keys_say_what_is_valid() {
         r#"request_headers = { default = { "X" = "1" } }"#,
     ));
     assert!(err.contains("unknown field `default`"), "{err}");
+    let err = errors(&config(r#"request_headers = "X-A: 1""#, "", ""));
+    assert!(
+        err.contains(
+            "`request_headers`: invalid type: string \"X-A: 1\", expected a table like `{ set = {"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
