@@ -143,6 +143,7 @@ mod tests {
             policy: Default::default(),
             cors: None,
             encode: Default::default(),
+            headers: Default::default(),
         }
     }
 
@@ -154,6 +155,7 @@ mod tests {
             redirect_https: false,
             hsts: None,
             routes,
+            response_headers: Default::default(),
         };
         vec![
             site(

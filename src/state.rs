@@ -4,7 +4,10 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
-use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::config::{
+    Action, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders, SiteTls, Timeouts,
+    Upstream,
+};
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
@@ -46,6 +49,8 @@ pub struct SiteState {
     /// Plain-HTTP requests are redirected to HTTPS.
     pub redirect_https: bool,
     pub hsts: Option<HeaderValue>,
+    /// The site's `response_headers` (over the server's), for answers no route claims.
+    pub response_headers: HeaderRules,
 }
 
 /// One route as the request path uses it: everything compiled from its config entry.
@@ -58,6 +63,8 @@ pub struct Route {
     pub encode: Option<Encode>,
     /// `None` with `[server] metrics = false`.
     pub metrics: Option<Arc<RouteMetrics>>,
+    /// Header rules both ways, `upstream_host`, `X-Forwarded-Prefix` (`middleware::header_rules`).
+    pub headers: RouteHeaders,
 }
 
 pub enum RouteAction {
@@ -267,6 +274,7 @@ impl RuntimeState {
                 tls: s.tls.is_some(),
                 redirect_https: s.tls.is_some() && s.redirect_https,
                 hsts: s.hsts.clone().filter(|_| s.tls.is_some()),
+                response_headers: s.response_headers.clone(),
             })
             .collect();
         let unrouted_metrics = if config.server.metrics {
@@ -339,6 +347,7 @@ fn routes(
                 cors: route.cors.as_ref().map(CorsPolicy::compile),
                 encode: Some(route.encode.clone()).filter(|e| !e.codings.is_empty()),
                 metrics,
+                headers: route.headers.clone(),
             });
         }
     }

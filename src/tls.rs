@@ -402,6 +402,7 @@ mod tests {
             redirect_https: false,
             hsts: None,
             routes: Vec::new(),
+            response_headers: Default::default(),
         }
     }
 

@@ -100,6 +100,9 @@ pub struct FileServer {
     pub underscore_headers: Option<Str>,
     /// The name whose certificate answers a TLS client that sends no SNI.
     pub default_sni: Option<Str>,
+    /// Header rules, inherited per header name by sites and routes (see `FileRequestHeaders`).
+    pub request_headers: Option<Spanned<FileRequestHeaders>>,
+    pub response_headers: Option<Spanned<FileResponseHeaders>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +140,11 @@ pub struct FileSite {
     pub encode: Option<Spanned<Vec<Str>>>,
     pub encode_min_size: Option<Str>,
     pub encode_types: Option<Spanned<Vec<Str>>>,
+    /// Header rules over the server's, inherited per header name by the routes.
+    pub request_headers: Option<Spanned<FileRequestHeaders>>,
+    pub response_headers: Option<Spanned<FileResponseHeaders>>,
+    /// The `Host` sent upstream, for the routes unless they set their own.
+    pub upstream_host: Option<Str>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -164,6 +172,44 @@ pub struct FileRoute {
     pub encode: Option<Spanned<Vec<Str>>>,
     pub encode_min_size: Option<Str>,
     pub encode_types: Option<Spanned<Vec<Str>>>,
+    pub request_headers: Option<Spanned<FileRequestHeaders>>,
+    pub response_headers: Option<Spanned<FileResponseHeaders>>,
+    pub upstream_host: Option<Str>,
+}
+
+/// A table of header rules by header name: a value is a string or a list of strings (read raw
+/// for a precise hint).
+pub type FileHeaderValues = BTreeMap<Str, Spanned<toml::Value>>;
+
+/// `request_headers = { set = {...}, add = {...}, remove = [...] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ set = { \"X-Env\" = \"prod\" }, add = { \"X-Tag\" = \"a\" }, remove = [\"X-Debug\"] }` (each key optional)"
+)]
+pub struct FileRequestHeaders {
+    pub set: Option<Spanned<FileHeaderValues>>,
+    pub add: Option<Spanned<FileHeaderValues>>,
+    pub remove: Option<Spanned<Vec<Str>>>,
+}
+
+/// `response_headers`: as `request_headers`, and `default` (set only when the answer has none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ set = { \"X-Frame-Options\" = \"DENY\" }, add = { ... }, remove = [\"Server\"], default = { \"Cache-Control\" = \"no-store\" } }` (each key optional)"
+)]
+pub struct FileResponseHeaders {
+    pub set: Option<Spanned<FileHeaderValues>>,
+    pub add: Option<Spanned<FileHeaderValues>>,
+    pub remove: Option<Spanned<Vec<Str>>>,
+    pub default: Option<Spanned<FileHeaderValues>>,
+}
+
+/// The header-rule keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept.
+pub struct HeaderKeys<'a> {
+    pub request: Option<&'a Spanned<FileRequestHeaders>>,
+    pub response: Option<&'a Spanned<FileResponseHeaders>>,
 }
 
 /// `cors = "off"` or `cors = { origins = [...], ... }`.
@@ -330,6 +376,13 @@ macro_rules! policy_keys {
                 }
             }
 
+
+            pub fn header_keys(&self) -> HeaderKeys<'_> {
+                HeaderKeys {
+                    request: self.request_headers.as_ref(),
+                    response: self.response_headers.as_ref(),
+                }
+            }
 
             pub fn policy(&self) -> PolicyKeys<'_> {
                 PolicyKeys {

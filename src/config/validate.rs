@@ -17,6 +17,7 @@ use toml::Spanned;
 
 mod cors;
 mod encode;
+mod headers;
 mod log;
 mod policy;
 mod resolver;
@@ -267,6 +268,14 @@ pub fn validate(
         &Encode::default(),
         "server",
     );
+    let server_headers = headers::resolve(
+        &mut cx,
+        raw.server.header_keys(),
+        &headers::Inherited::default(),
+        "server",
+        Captures::default(),
+    );
+    server.response_headers = server_headers.response.clone();
     let upstreams: BTreeMap<String, Upstream> = raw
         .upstreams
         .iter()
@@ -285,6 +294,7 @@ pub fn validate(
             index: i,
             policy: &server_policy,
             encode: &server_encode,
+            headers: &server_headers,
         };
         if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
             sites.push(site);
@@ -528,8 +538,9 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ],
         ),
         default_sni: raw.default_sni.as_ref().and_then(|v| default_sni(cx, v)),
-        // `validate` sets it from the server's policy once that is read
+        // `validate` sets these from the server's policy and header rules once they are read
         send_min_rate: None,
+        response_headers: HeaderRules::default(),
     }
 }
 
@@ -694,6 +705,7 @@ struct SiteCtx<'a> {
     index: usize,
     policy: &'a Policy,
     encode: &'a Encode,
+    headers: &'a headers::Inherited,
 }
 
 fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<Site> {
@@ -729,7 +741,20 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     let policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
     let cors = cors::resolve(cx, site.cors.as_ref(), None, "site.cors");
     let encode = encode::resolve(cx, site.encode_keys(), sc.encode, "site");
-    let inherited = (&name[..], &policy, cors.as_ref(), &encode);
+    let site_headers = headers::SiteHeaders {
+        rules: headers::resolve(
+            cx,
+            site.header_keys(),
+            sc.headers,
+            "site",
+            Captures::default(),
+        ),
+        upstream_host: site
+            .upstream_host
+            .as_ref()
+            .and_then(|v| headers::upstream_host(cx, v, "site.upstream_host")),
+    };
+    let inherited = (&name[..], &policy, cors.as_ref(), &encode, &site_headers);
     let routes = routes(cx, raw, upstreams, inherited);
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
@@ -755,16 +780,16 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
         redirect_https,
         hsts,
         routes,
+        response_headers: site_headers.rules.response,
     })
 }
 
-/// `site` is the site's name (for rate-limit scopes), its resolved policy, its `cors` and
-/// compression.
+/// `site`: what the routes inherit (see `Inherited`).
 fn routes(
     cx: &mut Ctx,
     raw: &Spanned<FileSite>,
     upstreams: &[&str],
-    site: (&str, &Policy, Option<&Cors>, &Encode),
+    site: Inherited<'_>,
 ) -> Vec<Route> {
     if raw.get_ref().routes.is_empty() {
         let msg =
@@ -1040,11 +1065,21 @@ fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
     None
 }
 
+/// What a route inherits from its site: the site's name (for rate-limit scopes), its resolved
+/// policy, its `cors`, compression and headers.
+type Inherited<'a> = (
+    &'a str,
+    &'a Policy,
+    Option<&'a Cors>,
+    &'a Encode,
+    &'a headers::SiteHeaders,
+);
+
 fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited, site_cors, encode): (&str, &Policy, Option<&Cors>, &Encode),
+    (site, inherited, site_cors, encode, site_headers): Inherited<'_>,
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
@@ -1069,12 +1104,20 @@ fn route(
     let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
     let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
+    let headers = headers::route(
+        cx,
+        r,
+        (&matcher, &action),
+        site_headers,
+        Captures::default(),
+    );
     Some(Route {
         matcher,
         action,
         policy,
         cors,
         encode,
+        headers,
     })
 }
 

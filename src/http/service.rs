@@ -10,10 +10,12 @@ use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
+use crate::config::RouteHeaders;
 use crate::config::{Coding, Redirect, Respond, ServerLimits};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
+use crate::middleware::header_rules::{self, Expanded, ResponseRules};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
@@ -27,7 +29,7 @@ use http_body::SizeHint;
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// The standard methods Gatehouse forwards (any upper-case extension method passes too).
@@ -106,6 +108,21 @@ impl ProxyService {
         };
         // set once a route with `cors` is found; it then decorates whatever answer follows
         let mut cors = None;
+        // the site's (or the server's) response rules, until `dispatch` finds the route
+        let mut response_rules = ResponseRules::new(match site {
+            Some(site) => &state.sites[site].response_headers,
+            None => &server.response_headers,
+        });
+        if response_rules.needs_vars() {
+            let vars = template_vars(
+                &req,
+                addrs.client,
+                (host, port),
+                self.transport,
+                &request_id,
+            );
+            response_rules.expand(&vars, &state.metrics.header_values_dropped);
+        }
         let answer = match (screened, site) {
             (Err(refused), _) => Err(refused),
             // a plain site asked for through another site's TLS connection (SNI != Host)
@@ -121,7 +138,8 @@ impl ProxyService {
                     hop_by_hop,
                     log: &log,
                 };
-                self.dispatch(to, req, addrs, &mut cors).await
+                self.dispatch(to, req, addrs, (&mut cors, &mut response_rules))
+                    .await
             }
             (_, None) => Err(ProxyError::NoRoute),
         };
@@ -164,18 +182,20 @@ impl ProxyService {
         if let Some(cors) = &cors {
             cors.apply(&mut response);
         }
+        response_rules.apply(response.headers_mut());
         Ok(response)
     }
 
     /// Routes the request and runs its route's checks and action; the answer comes with what the
     /// request asked for in compression if the route does it. `cors` is set when the route has
-    /// `cors`, before any check can refuse, so refusals carry the route's CORS headers too.
+    /// `cors`, and the response rules become the route's, before any check can refuse, so
+    /// refusals carry the route's CORS headers and header rules too.
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
         req: Request<Incoming>,
         addrs: Addrs,
-        cors: &mut Option<Verdict<'s>>,
+        (cors, response_rules): (&mut Option<Verdict<'s>>, &mut ResponseRules<'s>),
     ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let Dispatch {
             state,
@@ -204,6 +224,23 @@ impl ProxyService {
         let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
         if let Some(metrics) = &route.metrics {
             let _ = log.metrics.set(metrics.clone());
+        }
+        // made only for rules with placeholders
+        let vars = || {
+            template_vars(
+                &req,
+                addrs.client,
+                (host, port),
+                self.transport,
+                &log.request_id,
+            )
+        };
+        let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
+        if !headers.response_as_site {
+            *response_rules = ResponseRules::new(&headers.response);
+            if response_rules.needs_vars() {
+                response_rules.expand(&vars(), dropped);
+            }
         }
         let policy = &route.policy;
         self.conn.hold_to_send_rate(policy.send_min_rate);
@@ -247,6 +284,12 @@ impl ProxyService {
             }
             RouteAction::Proxy(route) => {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
+                // placeholders take the request as the client sent it (nginx `$http_*`), before
+                // Gatehouse's own headers are set
+                let expanded = match headers.request.templates {
+                    0 => Vec::new(),
+                    _ => header_rules::expand(&headers.request, &vars(), dropped),
+                };
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     port,
@@ -258,6 +301,8 @@ impl ProxyService {
                     peer_ip: &self.peer_ip,
                     strip,
                     log,
+                    headers,
+                    expanded,
                 };
                 // boxed: hyper keeps one slot per connection sized for this service's future,
                 // idle connections included; the proxying part is the bulk of it
@@ -468,6 +513,10 @@ struct Hop<'a> {
     peer_ip: &'a HeaderValue,
     strip: Option<usize>,
     log: &'a Arc<RequestLog>,
+    /// The route's header rules, `upstream_host`, `X-Forwarded-Prefix`.
+    headers: &'a RouteHeaders,
+    /// The request rules' placeholders, expanded (empty when they have none).
+    expanded: Expanded,
 }
 
 /// `port` is `X-Forwarded-Port`'s value.
@@ -504,6 +553,29 @@ fn prepare_request_headers(
     };
     forward::set_client(headers, real_ip, port, addrs.peer_trusted);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
+    // last: a rule may override any of the above but `Host` (`upstream_host`)
+    header_rules::upstream_request(headers, hop.headers, &hop.expanded, addrs.peer_trusted);
+}
+
+/// What placeholders expand to for `req` (canonical by now) from `client` at `host` and `port`
+/// (the authority's, else the scheme's default).
+fn template_vars<'a>(
+    req: &'a Request<Incoming>,
+    client: IpAddr,
+    (host, port): (&'a str, Option<u16>),
+    transport: Transport,
+    request_id: &'a HeaderValue,
+) -> Vars<'a> {
+    Vars {
+        client_ip: client,
+        host,
+        port: port.unwrap_or(transport.default_port()),
+        scheme: transport.scheme(),
+        uri: req.uri(),
+        request_id,
+        headers: req.headers(),
+        captures: None,
+    }
 }
 
 /// The request target as the backend gets it: origin-form (`/path?query`, minus the prefix with
