@@ -143,6 +143,7 @@ mod tests {
             policy: Default::default(),
             cors: None,
             encode: Default::default(),
+            internal: false,
         }
     }
 

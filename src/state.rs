@@ -31,6 +31,8 @@ pub struct RuntimeState {
     pub cors: Vec<Option<CorsPolicy>>,
     /// Indexed by `RouteId`; `None` for a route that compresses nothing.
     pub encodings: Vec<Option<Encode>>,
+    /// Indexed by `RouteId`: reachable only through `X-Accel-Redirect` (`internal`).
+    pub internal: Vec<bool>,
     /// Indexed by `RouteId`; empty with `[server] metrics = false`.
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// Requests no route took, per site, then one for no site; empty with metrics off.
@@ -61,12 +63,16 @@ pub enum RouteAction {
     Proxy(Box<ProxyRoute>),
     Respond(Respond),
     Redirect(Redirect),
+    /// An `Arc`: each request hands it to the blocking pool, where the files are read.
+    Files(Arc<crate::files::FilesRoute>),
 }
 
 pub struct ProxyRoute {
     /// The upstream's servers, with their keep-alive connections (TLS ones for a TLS upstream).
     pub pool: Arc<UpstreamPool>,
     pub strip_prefix: bool,
+    /// `X-Accel-Redirect` in the upstream's answer is followed (`crate::files::accel`).
+    pub accel_redirect: bool,
 }
 
 /// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
@@ -268,6 +274,7 @@ impl RuntimeState {
         let encodings = all_routes()
             .map(|route| Some(route.encode.clone()).filter(|e| !e.codings.is_empty()))
             .collect();
+        let internal = all_routes().map(|route| route.internal).collect();
         let sites = config
             .sites
             .iter()
@@ -302,6 +309,7 @@ impl RuntimeState {
             policies,
             cors,
             encodings,
+            internal,
             upstreams,
             config: Arc::new(config),
         })
@@ -358,10 +366,12 @@ fn compile(action: &Action, upstreams: &HashMap<String, KeptUpstream>) -> RouteA
         Action::Proxy {
             upstream,
             strip_prefix,
+            accel_redirect,
         } => match upstreams.get(upstream) {
             Some(kept) => RouteAction::Proxy(Box::new(ProxyRoute {
                 pool: kept.pool.clone(),
                 strip_prefix: *strip_prefix,
+                accel_redirect: *accel_redirect,
             })),
             // unreachable after validation; kept total so route ids stay aligned
             None => RouteAction::Respond(Respond {
@@ -372,6 +382,7 @@ fn compile(action: &Action, upstreams: &HashMap<String, KeptUpstream>) -> RouteA
         },
         Action::Respond(respond) => RouteAction::Respond(respond.clone()),
         Action::Redirect(redirect) => RouteAction::Redirect(redirect.clone()),
+        Action::Files(files) => RouteAction::Files(Arc::new(crate::files::FilesRoute::new(files))),
     }
 }
 
