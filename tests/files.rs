@@ -253,7 +253,10 @@ async fn nothing_outside_the_root_nor_hidden() {
             (format!("/{secret}"), 404),
             (format!("/{}", secret.to_string().replace('/', "%2F")), 404),
             (format!("/follow/{secret}"), 404),
-            (format!("/follow/{}", secret.to_string().replace('/', "%2F")), 404),
+            (
+                format!("/follow/{}", secret.to_string().replace('/', "%2F")),
+                404,
+            ),
             // a prefix without its slash leaves `..` behind (nginx's `alias` trap)
             ("/static../secret.txt".into(), 404),
             ("/static..".into(), 404),
@@ -267,12 +270,15 @@ async fn nothing_outside_the_root_nor_hidden() {
             ("/static/.env".into(), 404),
             ("/follow/.env".into(), 404),
         ];
+        let mut wrong = Vec::new();
         for (target, status) in &cases {
             let resp = raw_get(&proxy, target).await;
-            assert_eq!(resp.status, *status, "GET {target}: {}", resp.body_text());
-            assert!(!resp.body_text().contains(SECRET), "GET {target} leaked");
-            assert!(!resp.body_text().contains("hunter2"), "GET {target} leaked");
+            let body = resp.body_text();
+            if resp.status != *status || body.contains(SECRET) || body.contains("hunter2") {
+                wrong.push(format!("GET {target}: {} {body}", resp.status));
+            }
         }
+        assert!(wrong.is_empty(), "{wrong:#?}");
         // what is allowed: a listed dotfile, a link inside the root, links with follow_symlinks
         let ok = [
             (
