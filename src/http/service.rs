@@ -265,7 +265,11 @@ impl ProxyService {
                 Answer::File(serve_file(files, file).await?)
             }
             RouteAction::Proxy(route) => {
-                let kept = route.accel_redirect.then(|| accel::Kept::of(&req));
+                // boxed: it waits across the upstream exchange, in a future every connection
+                // holds room for
+                let kept = route
+                    .accel_redirect
+                    .then(|| Box::new(accel::Kept::of(&req)));
                 let strip = route.strip_prefix.then_some(matched.matched_len);
                 let hop = Hop {
                     proto: self.transport.scheme(),
@@ -602,7 +606,7 @@ async fn serve_file(
 /// snapshot, the site and the request's host.
 async fn follow_accel<'s>(
     (state, site, host): (&'s RuntimeState, usize, &str),
-    kept: accel::Kept,
+    kept: Box<accel::Kept>,
     answer: Answer,
     encode: Option<Negotiated<'s>>,
 ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
