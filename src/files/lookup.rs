@@ -82,18 +82,33 @@ pub fn find(files: &StaticFiles, target: &Target, wants: &[Coding]) -> io::Resul
         return Ok(Found::Missing);
     }
     let path = files.root.join(&target.rel);
-    let meta = match std::fs::metadata(&path) {
-        Ok(meta) => meta,
-        Err(e) if is_missing(&e) => return Ok(Found::Missing),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        // `/a.txt/` names a folder, which `a.txt` is not
-        if target.dir {
-            return Ok(Found::Missing);
+    if !target.dir {
+        if let Some(sibling) = sibling(&root, &path, wants)? {
+            return Ok(Found::File(sibling));
         }
-        return Ok(open(&root, &path, wants)?.map_or(Found::Missing, Found::File));
     }
+    // opened before it is known to be a file: one `fstat` tells what it is
+    let Some((file, meta)) = open_any(&root, &path)? else {
+        return Ok(Found::Missing);
+    };
+    if meta.is_file() {
+        // `/a.txt/` names a folder, which `a.txt` is not
+        let opened = Opened {
+            file,
+            meta,
+            coding: None,
+            path,
+        };
+        return Ok(if target.dir {
+            Found::Missing
+        } else {
+            Found::File(opened)
+        });
+    }
+    if !meta.is_dir() {
+        return Ok(Found::Missing);
+    }
+    drop(file);
     if !target.dir {
         let has_index = files
             .index
@@ -124,10 +139,28 @@ pub fn fallback(files: &StaticFiles, wants: &[Coding]) -> io::Result<Option<Open
 /// `path` opened, or the sibling of the best coding in `wants` that is there; `None` when
 /// neither is a regular file inside `root`.
 fn open(root: &Root<'_>, path: &Path, wants: &[Coding]) -> io::Result<Option<Opened>> {
+    if let Some(sibling) = sibling(root, path, wants)? {
+        return Ok(Some(sibling));
+    }
+    let opened = open_any(root, path)?
+        .filter(|(_, meta)| meta.is_file())
+        .map(|(file, meta)| Opened {
+            file,
+            meta,
+            coding: None,
+            path: path.to_path_buf(),
+        });
+    Ok(opened)
+}
+
+/// The sibling of `path` for the best coding in `wants` that has one (a regular file inside
+/// `root`).
+fn sibling(root: &Root<'_>, path: &Path, wants: &[Coding]) -> io::Result<Option<Opened>> {
     for &coding in wants {
         let mut sibling = path.as_os_str().to_owned();
         sibling.push(extension(coding));
-        if let Some((file, meta)) = open_regular(root, Path::new(&sibling))? {
+        let found = open_any(root, Path::new(&sibling))?.filter(|(_, meta)| meta.is_file());
+        if let Some((file, meta)) = found {
             let path = path.to_path_buf();
             let coding = Some(coding);
             return Ok(Some(Opened {
@@ -138,13 +171,7 @@ fn open(root: &Root<'_>, path: &Path, wants: &[Coding]) -> io::Result<Option<Ope
             }));
         }
     }
-    let opened = open_regular(root, path)?.map(|(file, meta)| Opened {
-        file,
-        meta,
-        coding: None,
-        path: path.to_path_buf(),
-    });
-    Ok(opened)
+    Ok(None)
 }
 
 /// The name `path` is opened by: its real path when confined (links resolved and checked),
@@ -161,11 +188,14 @@ fn located(root: &Root<'_>, path: &Path) -> io::Result<Option<PathBuf>> {
     }
 }
 
-fn open_regular(root: &Root<'_>, path: &Path) -> io::Result<Option<(File, Metadata)>> {
+/// `path` opened (a file or a folder, or anything else: the caller looks), if it is there and
+/// inside `root`.
+fn open_any(root: &Root<'_>, path: &Path) -> io::Result<Option<(File, Metadata)>> {
     let Some(name) = located(root, path)? else {
         return Ok(None);
     };
-    let mut flags = libc::O_NONBLOCK;
+    // a FIFO must not hold the thread, a terminal must not become ours
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
     if root.real.is_some() {
         // the real path has no link left: one put in its place since is not followed
         flags |= libc::O_NOFOLLOW;
@@ -180,7 +210,7 @@ fn open_regular(root: &Root<'_>, path: &Path) -> io::Result<Option<(File, Metada
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
-    Ok(meta.is_file().then_some((file, meta)))
+    Ok(Some((file, meta)))
 }
 
 /// The sibling's suffix: `app.js.br`, `app.js.zst`, `app.js.gz`.
