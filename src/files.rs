@@ -29,7 +29,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use lookup::{Found, Opened};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::sync::Arc;
 
 /// A `files` route as the snapshot holds it.
@@ -167,9 +167,12 @@ fn respond(opened: Opened, ask: &Ask, varies: bool) -> io::Result<Response<FileB
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(count));
     if !ask.head && count > 0 {
-        let first_chunk =
-            body::read_at(&opened.file, first, count.min(body::CHUNK as u64) as usize)?;
-        *resp.body_mut() = FileBody::stream(opened.file, first, count, first_chunk);
+        let mut file = opened.file;
+        if first > 0 {
+            file.seek(SeekFrom::Start(first))?;
+        }
+        let first_chunk = body::read(&file, count.min(body::CHUNK as u64) as usize)?;
+        *resp.body_mut() = FileBody::stream(file, count, first_chunk);
     }
     Ok(resp)
 }

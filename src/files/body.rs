@@ -4,12 +4,11 @@
 //! writes the last one out, so a response holds at most two chunks at a time, whatever the
 //! file's size.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::fs::File;
 use std::future::Future;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,10 +30,9 @@ struct Stream {
     file: Arc<File>,
     /// Read, waiting to be handed over.
     ready: Option<Bytes>,
-    /// The read in progress.
+    /// The read in progress (one at a time: the reads follow the file's own position).
     reading: Option<JoinHandle<io::Result<Bytes>>>,
-    /// Where the next read starts, and how much is left to read from there.
-    offset: u64,
+    /// What is left to read from the file's position.
     unread: u64,
     /// Bytes not handed over yet (ready, being read or unread).
     left: u64,
@@ -45,15 +43,15 @@ impl FileBody {
         FileBody::default()
     }
 
-    /// `len` bytes of `file` from `offset`, of which `first` (read already) are the first.
-    pub fn stream(file: File, offset: u64, len: u64, first: Bytes) -> FileBody {
+    /// `len` bytes of `file`, of which `first` were read already; the rest follows from the
+    /// file's position.
+    pub fn stream(file: File, len: u64, first: Bytes) -> FileBody {
         let read = first.len() as u64;
         FileBody {
             stream: Some(Box::new(Stream {
                 file: Arc::new(file),
                 ready: Some(first).filter(|b| !b.is_empty()),
                 reading: None,
-                offset: offset + read,
                 unread: len.saturating_sub(read),
                 left: len,
             })),
@@ -68,10 +66,9 @@ impl Stream {
             return Ok(());
         }
         let len = self.unread.min(CHUNK as u64) as usize;
-        let (file, offset) = (self.file.clone(), self.offset);
+        let file = self.file.clone();
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        self.reading = Some(runtime.spawn_blocking(move || read_at(&file, offset, len)));
-        self.offset += len as u64;
+        self.reading = Some(runtime.spawn_blocking(move || read(&file, len)));
         self.unread -= len as u64;
         Ok(())
     }
@@ -113,23 +110,19 @@ impl Stream {
     }
 }
 
-/// `len` bytes at `offset`, all of them: a file that got shorter since it was looked up is an
-/// error, not a short body under a `Content-Length` that promised more.
-pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => {
-                let msg = "the file got shorter while it was being sent";
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg));
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// The next `len` bytes of `file`, all of them: a file that got shorter since it was looked up
+/// is an error, not a short body under a `Content-Length` that promised more. Read into memory
+/// that is not zeroed first (`read_to_end` on a `Vec` with room for exactly `len`).
+pub fn read(mut file: &File, len: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    Read::by_ref(&mut file)
+        .take(len as u64)
+        .read_to_end(&mut buf)?;
+    if buf.len() < len {
+        let msg = "the file got shorter while it was being sent";
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg));
     }
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 impl Body for FileBody {
@@ -176,9 +169,10 @@ mod tests {
     async fn streams_a_range_in_bounded_chunks() {
         let (tmp, bytes) = sample(3 * CHUNK + 100);
         let (offset, len) = (10u64, 2 * CHUNK as u64 + 50);
-        let file = tmp.reopen().unwrap();
-        let first = read_at(&file, offset, CHUNK).unwrap();
-        let mut body = FileBody::stream(file, offset, len, first);
+        let mut file = tmp.reopen().unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).unwrap();
+        let first = read(&file, CHUNK).unwrap();
+        let mut body = FileBody::stream(file, len, first);
         assert_eq!(body.size_hint().exact(), Some(len));
         let mut got = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -194,9 +188,9 @@ mod tests {
     async fn a_file_cut_short_is_an_error() {
         let (tmp, _) = sample(CHUNK + 10);
         let file = tmp.reopen().unwrap();
-        let first = read_at(&file, 0, CHUNK).unwrap();
+        let first = read(&file, CHUNK).unwrap();
         tmp.as_file().set_len(CHUNK as u64).unwrap();
-        let body = FileBody::stream(file, 0, CHUNK as u64 + 10, first);
+        let body = FileBody::stream(file, CHUNK as u64 + 10, first);
         let err = collect(body).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
