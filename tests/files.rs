@@ -586,3 +586,68 @@ fn a_root_that_is_no_folder_is_a_config_error() {
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("is not a folder"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_too() {
+    with_timeout(60, async {
+        let tree = Tree::new();
+        let proxy = tree.start().await;
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .no_proxy()
+            .build()
+            .unwrap();
+        let resp = h2.get(proxy.url("/big.bin")).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(header(&resp, "content-length"), Some(BIG.to_string()));
+        assert!(resp.bytes().await.unwrap() == big());
+        let resp = h2
+            .get(proxy.url("/big.bin"))
+            .header("range", "bytes=-70000")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 206);
+        assert!(resp.bytes().await.unwrap() == big()[BIG - 70000..]);
+        let resp = h2.head(proxy.url("/app.js")).send().await.unwrap();
+        assert_eq!(
+            header(&resp, "content-length"),
+            Some(js().len().to_string())
+        );
+    })
+    .await;
+}
+
+/// Clients that stop reading a large file hold the proxy to a few chunks each, not the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_stream_in_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    with_timeout(60, async {
+        let tree = Tree::new();
+        // sparse: 256 MiB of zeros that take no disk
+        let huge = std::fs::File::create(tree.root().join("huge.bin")).unwrap();
+        huge.set_len(256 << 20).unwrap();
+        let proxy = tree.start().await;
+        assert_eq!(get(&proxy, "/app.js", &[]).await.status(), 200);
+        let before = support::proc_status_kb(proxy.pid, "VmRSS");
+        let mut conns = Vec::new();
+        for _ in 0..20 {
+            let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+            let req = "GET /huge.bin HTTP/1.1\r\nHost: files.test\r\n\r\n";
+            conn.write_all(req.as_bytes()).await.unwrap();
+            let mut head = [0u8; 1024];
+            let n = conn.read(&mut head).await.unwrap();
+            assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+            conns.push(conn);
+        }
+        // the socket buffers fill, then each response waits with its chunks in hand
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let grown_kib = support::proc_status_kb(proxy.pid, "VmRSS").saturating_sub(before);
+        assert!(
+            grown_kib < 32 << 10,
+            "RSS grew by {grown_kib} KiB for 20 stalled 256 MiB downloads"
+        );
+        eprintln!("RSS grew by {grown_kib} KiB for 20 stalled 256 MiB downloads");
+    })
+    .await;
+}
