@@ -224,12 +224,13 @@ fn extension(coding: Coding) -> &'static str {
 
 /// Errors that mean "no such file here": it does not exist, a part of the path is no folder,
 /// the name is too long, or it may not be read (nginx answers that `403`; here it is as
-/// missing, and logged, so a probe learns nothing).
+/// missing, so a probe learns nothing; logged at `debug`, as a request could repeat it at any
+/// rate).
 fn is_missing(e: &io::Error) -> bool {
     match e.kind() {
         io::ErrorKind::NotFound => true,
         io::ErrorKind::PermissionDenied => {
-            tracing::warn!(error = %e, "a file under a `files` root cannot be read; answered 404");
+            tracing::debug!(error = %e, "a file under a `files` root cannot be read; answered 404");
             true
         }
         _ => matches!(
