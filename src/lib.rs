@@ -12,6 +12,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod fds;
+pub mod files;
 pub mod http;
 pub mod listener;
 pub mod load;

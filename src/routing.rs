@@ -144,6 +144,7 @@ mod tests {
             cors: None,
             encode: Default::default(),
             headers: Default::default(),
+            internal: false,
         }
     }
 
