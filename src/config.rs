@@ -218,7 +218,7 @@ not_a_key = 1
         assert!(parse(Path::new(PATH), text).is_err());
         let listen = parse_listen(Path::new(PATH), text).unwrap();
         assert_eq!(listen.admin, Some("127.0.0.1:9901".parse().unwrap()));
-        assert_eq!(listen.http, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(listen.http, ["0.0.0.0:8080".parse().unwrap()]);
     }
 
     #[test]

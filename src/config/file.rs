@@ -34,14 +34,52 @@ pub struct FileListenOnly {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListen {
-    pub http: Option<Str>,
-    pub https: Option<Str>,
+    /// One address or a list of them.
+    pub http: Option<Spanned<FileAddrs>>,
+    pub https: Option<Spanned<FileAddrs>>,
     pub public_https_port: Option<Spanned<i64>>,
     pub proxy_protocol: Option<Spanned<bool>>,
     pub admin: Option<Str>,
     pub admin_allow: Option<Spanned<Vec<Str>>>,
     /// Names (or addresses) the admin listener answers to besides its own address and loopback.
     pub admin_hosts: Option<Spanned<Vec<Str>>>,
+}
+
+/// `http = "0.0.0.0:80"` or `http = ["0.0.0.0:80", "[::]:80"]`.
+#[derive(Debug)]
+pub enum FileAddrs {
+    /// Located by the key's own span.
+    One(String),
+    List(Vec<Str>),
+}
+
+/// By hand, as `FileCorsSetting`: an untagged enum would lose the entries' spans.
+impl<'de> Deserialize<'de> for FileAddrs {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FileAddrs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an address like \"0.0.0.0:80\" or a list like [\"0.0.0.0:80\", \"[::]:80\"]",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileAddrs, E> {
+                Ok(FileAddrs::One(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FileAddrs, A::Error> {
+                let mut list = Vec::new();
+                while let Some(entry) = seq.next_element::<Str>()? {
+                    list.push(entry);
+                }
+                Ok(FileAddrs::List(list))
+            }
+        }
+        de.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,10 +23,14 @@ pub struct Config {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listen {
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
+    /// Plain HTTP listeners, in config order (`http` takes one address or a list); no two
+    /// listeners share an address, except port 0 (each gets a free port of its own).
+    pub http: Vec<SocketAddr>,
+    /// HTTPS listeners, in config order; all serve the same sites and certificates.
+    pub https: Vec<SocketAddr>,
     /// The port clients reach `https` on when something in between maps it (`docker run -p
-    /// 443:8443`, a NAT): HTTP->HTTPS redirects name it. `None`: the listener's own port.
+    /// 443:8443`, a NAT): HTTP->HTTPS redirects name it. `None`: the first HTTPS listener's own
+    /// port.
     pub public_https_port: Option<u16>,
     /// Both listeners expect a PROXY protocol v1/v2 header first, from `trusted_proxies` only.
     pub proxy_protocol: bool,
@@ -37,6 +41,24 @@ pub struct Listen {
     /// `Host` names the admin listener answers to besides its own address and the loopback
     /// names: lower case, no port, IP addresses without brackets.
     pub admin_hosts: Vec<String>,
+}
+
+impl Listen {
+    /// Whether `addr` (one of the listeners) is bound IPv6-only: `[::]:P` when an IPv4 listener
+    /// on port P is configured too (as nginx binds `[::]` always), so both can be bound; alone,
+    /// `[::]:P` also takes IPv4 clients as the system allows (Linux: `bindv6only = 0`).
+    pub fn v6_only(&self, addr: SocketAddr) -> bool {
+        let all = || {
+            self.http
+                .iter()
+                .chain(&self.https)
+                .chain(self.admin.as_ref())
+        };
+        addr.is_ipv6()
+            && addr.ip().is_unspecified()
+            && addr.port() != 0
+            && all().any(|a| a.is_ipv4() && a.port() == addr.port())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -16,6 +16,7 @@ use toml::Spanned;
 
 mod cors;
 mod encode;
+mod listen;
 mod log;
 mod policy;
 mod resolver;
@@ -312,8 +313,8 @@ pub fn validate(
 
 fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
     let none = Listen {
-        http: None,
-        https: None,
+        http: Vec::new(),
+        https: Vec::new(),
         public_https_port: None,
         proxy_protocol: false,
         admin: None,
@@ -335,25 +336,26 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
         cx.error(raw.span(), "listen.http", msg);
         return none;
     }
+    let http = listen::addrs(cx, l.http.as_ref(), "listen.http");
+    let https = listen::addrs(cx, l.https.as_ref(), "listen.https");
+    let admin = l.admin.as_ref().and_then(|a| {
+        Some(listen::Placed {
+            addr: socket_addr(cx, a, "listen.admin")?,
+            span: a.span(),
+            key: "listen.admin",
+        })
+    });
+    listen::no_overlap(cx, &[&http, &https, admin.as_slice()]);
     Listen {
-        http: l
-            .http
-            .as_ref()
-            .and_then(|a| socket_addr(cx, a, "listen.http")),
-        https: l
-            .https
-            .as_ref()
-            .and_then(|a| socket_addr(cx, a, "listen.https")),
+        http: http.into_iter().map(|p| p.addr).collect(),
+        https: https.into_iter().map(|p| p.addr).collect(),
         public_https_port: l.public_https_port.as_ref().map(|p| {
             let port = cx.count(&Some(p.clone()), "listen.public_https_port", 1..=65535, 443);
             // in range: count fell back to 443 otherwise
             port as u16
         }),
         proxy_protocol: l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
-        admin: l
-            .admin
-            .as_ref()
-            .and_then(|a| socket_addr(cx, a, "listen.admin")),
+        admin: admin.map(|p| p.addr),
         admin_allow: admin_allow(cx, l),
         admin_hosts: admin_hosts(cx, l),
     }
@@ -948,7 +950,7 @@ fn eab(cx: &mut Ctx, raw: &Spanned<FileAcme>) -> Option<Eab> {
 /// TLS site, see `https_cross_check`).
 fn acme_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], acme: &Acme, raw: &FileConfig) {
     let any_acme = sites.iter().any(|s| s.tls == Some(SiteTls::Acme));
-    if any_acme && acme.challenge == Challenge::Http01 && listen.http.is_none() {
+    if any_acme && acme.challenge == Challenge::Http01 && listen.http.is_empty() {
         let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
         let msg = "`tls = \"acme\"` with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
         cx.error(span, "listen.http", msg);
@@ -967,10 +969,10 @@ fn https_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], raw: &FileCo
         .or_else(|| listen_raw.map(|l| l.span()))
         .unwrap_or(0..0);
     let any_tls = sites.iter().any(|s| s.tls.is_some());
-    if any_tls && listen.https.is_none() {
+    if any_tls && listen.https.is_empty() {
         let msg = "a site has `tls` but there is no HTTPS listener; add `https = \"0.0.0.0:443\"` to [listen]";
         cx.error(https_span, "listen.https", msg);
-    } else if !any_tls && listen.https.is_some() {
+    } else if !any_tls && !listen.https.is_empty() {
         let msg =
             "an HTTPS listener needs at least one site with `tls = \"acme\"` or `tls = { cert = ..., key = ... }`";
         cx.error(https_span, "listen.https", msg);
