@@ -194,8 +194,8 @@ impl Keep {
     ) -> Result<(String, KeptUpstream), TlsError> {
         let (spec, timeouts, metrics, _) = &made_from;
         let tls = files.upstream(name);
-        let handshake = upstream::tls::Handshake::new(name, spec, timeouts, tls)?;
-        let pool = UpstreamPool::new(name, spec, timeouts, handshake.clone());
+        let handshake = upstream::tls::Handshake::new(name, spec, tls)?;
+        let pool = UpstreamPool::new(name, spec, handshake.clone());
         if *metrics {
             pool.set_metrics(&self.metrics);
         }

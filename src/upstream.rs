@@ -107,13 +107,9 @@ const RETRY_BANK_MAX: i64 = 10_000;
 
 impl UpstreamPool {
     /// Builds the pool with the servers that are IP literals; names are filled in by `resolve`.
-    /// Connections to them follow `timeouts` and, for a TLS upstream, `tls`.
-    pub fn new(
-        name: &str,
-        spec: &Upstream,
-        timeouts: &Timeouts,
-        tls: Option<Arc<tls::Handshake>>,
-    ) -> Arc<UpstreamPool> {
+    /// Connections to them are TLS for a TLS upstream (`tls`); how long one may take is the
+    /// route's to say (`send`).
+    pub fn new(name: &str, spec: &Upstream, tls: Option<Arc<tls::Handshake>>) -> Arc<UpstreamPool> {
         let checks = spec.health.is_some();
         let literal: Vec<Arc<Backend>> = spec
             .servers
@@ -133,21 +129,23 @@ impl UpstreamPool {
             retry_tokens: AtomicI64::new(3_000),
             metrics: OnceLock::new(),
             dialer: Dialer::new(
-                tls::Connector::new(http_connector(timeouts), tls.clone()),
+                tls::Connector::new(http_connector(None), tls.clone()),
                 tls.is_some(),
             ),
             sweeper: OnceLock::new(),
         })
     }
 
-    /// Sends `req` to `backend` over one of its keep-alive connections (or a new one); the
-    /// connection comes back with the response, for `Backend::reuse` once the body has ended.
+    /// Sends `req` to `backend` over one of its keep-alive connections (or a new one, made
+    /// within `connect`: the route's `upstream_connect`); the connection comes back with the
+    /// response, for `Backend::reuse` once the body has ended.
     pub async fn send(
         &self,
         backend: &Backend,
         req: Request<CountedBody>,
+        connect: Duration,
     ) -> Result<(Response<Incoming>, Sender), SendError> {
-        self.dialer.send(backend, req).await
+        self.dialer.send(backend, req, connect).await
     }
 
     fn needs_dns(&self) -> bool {
@@ -372,11 +370,12 @@ impl UpstreamPool {
     }
 }
 
-/// TCP to the servers: connect timeout, nodelay, keepalive probes after 60 s.
-fn http_connector(timeouts: &Timeouts) -> HttpConnector {
+/// TCP to the servers: nodelay, keepalive probes after 60 s, and `connect` as the connect
+/// timeout if given (the request path bounds connect and handshake together itself).
+fn http_connector(connect: Option<Duration>) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeouts.upstream_connect));
+    connector.set_connect_timeout(connect);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     connector
 }
@@ -388,7 +387,7 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let connector = http_connector(timeouts);
+    let connector = http_connector(Some(timeouts.upstream_connect));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(hyper_util::rt::TokioTimer::new())

@@ -175,6 +175,8 @@ pub struct FileSite {
     pub encode: Option<Spanned<Vec<Str>>>,
     pub encode_min_size: Option<Str>,
     pub encode_types: Option<Spanned<Vec<Str>>>,
+    /// Upstream timeouts for the site's routes, unless a route sets its own, key by key.
+    pub timeouts: Option<Spanned<FileRouteTimeouts>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -202,6 +204,17 @@ pub struct FileRoute {
     pub encode: Option<Spanned<Vec<Str>>>,
     pub encode_min_size: Option<Str>,
     pub encode_types: Option<Spanned<Vec<Str>>>,
+    pub timeouts: Option<Spanned<FileRouteTimeouts>>,
+}
+
+/// `timeouts = { upstream_connect = "2s", upstream_response = "5m" }` on a site or a route: the
+/// upstream side of `[server] timeouts`, which the connection side cannot be (a connection is
+/// not yet routed).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteTimeouts {
+    pub upstream_connect: Option<Str>,
+    pub upstream_response: Option<Str>,
 }
 
 /// `cors = "off"` or `cors = { origins = [...], ... }`.

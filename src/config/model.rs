@@ -526,6 +526,12 @@ pub struct Policy {
     pub body_min_rate: Option<MinRate>,
     /// The slowest a client may take the response; `None` is no minimum.
     pub send_min_rate: Option<MinRate>,
+    /// TCP connect and, for a TLS upstream, its handshake, together (nginx
+    /// `proxy_connect_timeout`); `[server] timeouts` unless a site or route sets `timeouts`.
+    pub upstream_connect: Duration,
+    /// The longest wait for the response head once the request is sent, and between two reads
+    /// of its body (nginx `proxy_read_timeout`); inherited as `upstream_connect`.
+    pub upstream_response: Duration,
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
@@ -563,6 +569,8 @@ impl Default for Policy {
             body_timeout: Duration::from_secs(60),
             body_min_rate: Some(DEFAULT_MIN_RATE),
             send_min_rate: Some(DEFAULT_MIN_RATE),
+            upstream_connect: Timeouts::default().upstream_connect,
+            upstream_response: Timeouts::default().upstream_response,
         }
     }
 }

@@ -253,7 +253,7 @@ pub fn validate(
     let listen = listen(&mut cx, raw.listen.as_ref());
     let mut server = server(&mut cx, &raw.server);
     proxy_protocol_check(&mut cx, &raw);
-    let server_policy = policy::resolve(
+    let mut server_policy = policy::resolve(
         &mut cx,
         raw.server.policy(),
         &Policy::default(),
@@ -261,6 +261,9 @@ pub fn validate(
         "server",
     );
     server.send_min_rate = server_policy.send_min_rate;
+    // `[server] timeouts` holds the upstream ones too; routes inherit them from here
+    server_policy.upstream_connect = server.timeouts.upstream_connect;
+    server_policy.upstream_response = server.timeouts.upstream_response;
     let server_encode = encode::resolve(
         &mut cx,
         raw.server.encode_keys(),
@@ -727,7 +730,8 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     let site = raw.get_ref();
     let name = hosts.first().map_or("*".to_string(), |h| h.to_string());
     let scope = format!("site {name}");
-    let policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
+    let mut policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
+    policy::timeouts(cx, site.timeouts.as_ref(), &mut policy, "site");
     let cors = cors::resolve(cx, site.cors.as_ref(), None, "site.cors");
     let encode = encode::resolve(cx, site.encode_keys(), sc.encode, "site");
     let inherited = (&name[..], &policy, cors.as_ref(), &encode);
@@ -1067,7 +1071,8 @@ fn route(
         }
     }
     let scope = format!("route {site} {}", matcher.as_str());
-    let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
+    let mut policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
+    policy::timeouts(cx, r.timeouts.as_ref(), &mut policy, "site.route");
     let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
     Some(Route {

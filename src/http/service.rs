@@ -28,6 +28,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The standard methods Gatehouse forwards (any upper-case extension method passes too).
 const PASSED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
@@ -61,8 +62,9 @@ struct Dispatch<'s, 'r> {
 
 /// What a route's action produced, before it is wrapped for the client.
 enum Answer {
-    /// With the connection it came on, unless that one must not be reused.
-    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>),
+    /// With the connection it came on, unless that one must not be reused, and the route's
+    /// `upstream_response` for the reads of its body.
+    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>, Duration),
     Local(Response<Bytes>),
 }
 
@@ -135,10 +137,9 @@ impl ProxyService {
             }
         }
         let mut response = match answer {
-            Ok(Answer::Upstream(resp, active, conn)) => {
+            Ok(Answer::Upstream(resp, active, conn, read_timeout)) => {
                 let (parts, body) = resp.into_parts();
                 let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
-                let read_timeout = state.config.server.timeouts.upstream_response;
                 Response::from_parts(parts, ProxyBody::upstream(body, conn, read_timeout, done))
             }
             Ok(Answer::Local(resp)) => {
@@ -237,7 +238,6 @@ impl ProxyService {
                     proto: self.transport.scheme(),
                     port,
                     hop_by_hop,
-                    state,
                     policy,
                     pool: &route.pool,
                     addrs,
@@ -313,7 +313,13 @@ impl ProxyService {
             forward::restore_upgrade(resp.headers_mut(), proto);
             self.tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
         }
-        Ok(Answer::Upstream(resp, active, reusable.then_some(conn)))
+        let read_timeout = hop.policy.upstream_response;
+        Ok(Answer::Upstream(
+            resp,
+            active,
+            reusable.then_some(conn),
+            read_timeout,
+        ))
     }
 
     /// One attempt on `active`, its outcome reported to passive health.
@@ -326,7 +332,7 @@ impl ProxyService {
     ) -> Result<(Response<Incoming>, Sender), ProxyError> {
         head.uri = upstream_uri(&head.uri, &head.method, active, hop.strip)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
-        let timeout = hop.state.config.server.timeouts.upstream_response;
+        let timeout = hop.policy.upstream_response;
         let log = hop.log.clone();
         // the clock starts once the whole body is sent: a slow upload is not a slow upstream
         let too_late = async move {
@@ -335,7 +341,7 @@ impl ProxyService {
         };
         let started = std::time::Instant::now();
         let sent = tokio::select! {
-            sent = hop.pool.send(active.backend(), upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+            sent = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                 Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
                 Some(BodyFault::TooSlow) => ProxyError::BodyTooSlow(hop.policy.body_min_rate.map_or(0, |r| r.bytes_per_sec)),
@@ -447,7 +453,6 @@ struct Hop<'a> {
     port: Option<u16>,
     /// A hop-by-hop header is present: only then is the removal pass made.
     hop_by_hop: bool,
-    state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
     addrs: Addrs,

@@ -146,11 +146,12 @@ impl Dialer {
         &self,
         backend: &Backend,
         req: Request<CountedBody>,
+        connect: Duration,
     ) -> Result<(Response<Incoming>, Sender), SendError> {
         let (mut sender, reused) = match backend.idle.take() {
             Some(sender) => (sender, true),
             // boxed: connecting is rare, the common path's future stays small
-            None => (Box::pin(self.open(backend)).await?, false),
+            None => (Box::pin(self.open(backend, connect)).await?, false),
         };
         let req = match sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, sender)),
@@ -162,27 +163,27 @@ impl Dialer {
                 _ => return Err(SendError::Request(err.into_error())),
             },
         };
-        let mut sender = Box::pin(self.open(backend)).await?;
+        let mut sender = Box::pin(self.open(backend, connect)).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, sender)),
             Err(err) => Err(SendError::Request(err.into_error())),
         }
     }
 
-    /// A new connection to `backend`, its task spawned.
-    async fn open(&self, backend: &Backend) -> Result<Sender, SendError> {
+    /// A new connection to `backend`, its task spawned; connecting (TCP and, for a TLS
+    /// upstream, the handshake) must be done within `connect`.
+    async fn open(&self, backend: &Backend, connect: Duration) -> Result<Sender, SendError> {
         let dst = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(backend.authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|e| SendError::Connect(e.into()))?;
-        let io: UpstreamStream = self
-            .connector
-            .clone()
-            .call(dst)
-            .await
-            .map_err(SendError::Connect)?;
+        let connecting = self.connector.clone().call(dst);
+        let io: UpstreamStream = match tokio::time::timeout(connect, connecting).await {
+            Ok(io) => io.map_err(SendError::Connect)?,
+            Err(_) => return Err(connect_timed_out(connect)),
+        };
         let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
         let server = backend.addr;
         tokio::spawn(async move {
@@ -192,6 +193,15 @@ impl Dialer {
         });
         Ok(sender)
     }
+}
+
+/// A timed-out I/O error as the source: `ProxyError::from_send` makes it a 504.
+fn connect_timed_out(connect: Duration) -> SendError {
+    let msg = format!("no connection within {connect:?} (`timeouts.upstream_connect`)");
+    SendError::Connect(Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        msg,
+    )))
 }
 
 #[cfg(test)]
