@@ -683,7 +683,7 @@ pub struct Upstream {
 /// One `servers` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UpstreamServer {
-    pub addr: ServerAddr,
+    pub addr: Endpoint,
     /// Relative share of requests, 1 to 100.
     pub weight: u32,
 }
@@ -750,6 +750,34 @@ pub enum Balance {
     RoundRobin,
     LeastConn,
     IpHash,
+}
+
+/// Where an upstream server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `HOST:PORT`, `http://HOST:PORT`, `https://HOST:PORT`.
+    Tcp(ServerAddr),
+    /// `unix:PATH`: a Unix domain socket (plain HTTP), resolved against the config's folder.
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// The TCP address, unless it is a Unix socket.
+    pub fn tcp(&self) -> Option<&ServerAddr> {
+        match self {
+            Endpoint::Tcp(addr) => Some(addr),
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => addr.fmt(f),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// An upstream server as written: an IP literal or a DNS name, and a port.

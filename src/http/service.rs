@@ -17,7 +17,7 @@ use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negoti
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
 use crate::upstream::conn::Sender;
-use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
+use crate::upstream::{forward, ActiveGuard, BackendAddr, Outcome, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -275,7 +275,7 @@ impl ProxyService {
         };
         let mut retry = Retry::new(&parts.method, body, retries);
         hop.pool.deposit_retry_share();
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut tried: Vec<BackendAddr> = Vec::new();
         let mut failed = None;
         let (mut resp, conn, active) = loop {
             let active = match hop.pool.pick(hop.addrs.client, &tried) {
@@ -297,7 +297,7 @@ impl ProxyService {
                 Ok((resp, conn)) => break (resp, conn, active),
                 Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
                     tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
-                    tried.push(active.backend().addr);
+                    tried.push(active.backend().addr.clone());
                     failed = Some(err);
                 }
                 Err(err) => return Err(err),

@@ -10,12 +10,13 @@
 //! is no lock but the backend's own stack's, and no task per request.
 
 use super::tls::{Connector, UpstreamStream};
-use super::Backend;
+use super::{Backend, BackendAddr};
 use crate::http::CountedBody;
 use http::uri::Scheme;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -171,8 +172,16 @@ impl Dialer {
     }
 
     /// A new connection to `backend`, its task spawned; connecting (TCP and, for a TLS
-    /// upstream, the handshake) must be done within `connect`.
+    /// upstream, the handshake; or a Unix socket's) must be done within `connect`.
     async fn open(&self, backend: &Backend, connect: Duration) -> Result<Sender, SendError> {
+        if let BackendAddr::Unix(path) = &backend.addr {
+            let connecting = tokio::net::UnixStream::connect(path);
+            let io = match tokio::time::timeout(connect, connecting).await {
+                Ok(io) => io.map_err(|e| SendError::Connect(Box::new(e)))?,
+                Err(_) => return Err(connect_timed_out(connect)),
+            };
+            return handshake(TokioIo::new(io), &backend.addr).await;
+        }
         let dst = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(backend.authority.clone())
@@ -184,15 +193,24 @@ impl Dialer {
             Ok(io) => io.map_err(SendError::Connect)?,
             Err(_) => return Err(connect_timed_out(connect)),
         };
-        let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
-        let server = backend.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%server, error = %e, "upstream connection ended with error");
-            }
-        });
-        Ok(sender)
+        handshake(io, &backend.addr).await
     }
+}
+
+/// hyper's HTTP/1.1 client over `io`, the connection driven by a task of its own (upgrades
+/// included) until it closes.
+async fn handshake<I>(io: I, server: &BackendAddr) -> Result<Sender, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
+    let server = server.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%server, error = %e, "upstream connection ended with error");
+        }
+    });
+    Ok(sender)
 }
 
 /// A timed-out I/O error as the source: `ProxyError::from_send` makes it a 504.
@@ -207,7 +225,6 @@ fn connect_timed_out(connect: Duration) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper_util::rt::TokioIo;
     use tokio::io::DuplexStream;
 
     /// A real HTTP/1.1 client connection over an in-memory pipe, its task running and idle;

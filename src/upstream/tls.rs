@@ -105,7 +105,13 @@ impl Handshake {
         let files = files.ok_or_else(|| TlsError::NotLoaded(format!("upstream `{upstream}`")))?;
         let names = match &tls.sni {
             Some(name) => Names::Fixed(name.clone()),
-            None => Names::Servers(spec.servers.iter().map(|s| s.addr.clone()).collect()),
+            // a TLS upstream has TCP servers only (validation)
+            None => Names::Servers(
+                spec.servers
+                    .iter()
+                    .filter_map(|s| s.addr.tcp().cloned())
+                    .collect(),
+            ),
         };
         Ok(Some(Arc::new(Handshake {
             upstream: upstream.to_string(),
