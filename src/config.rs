@@ -170,6 +170,8 @@ pub enum FileKind {
     CertPair(TlsFiles),
     /// CA roots in PEM: `acme.ca_root`, `upstream.NAME.ca_root`.
     Roots(PathBuf),
+    /// An error page (`error_pages`), kept in memory as it is.
+    Page(PathBuf),
 }
 
 /// Reads and validates only the `[listen]` section of a config file: the addresses a client of

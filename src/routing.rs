@@ -143,6 +143,8 @@ mod tests {
             policy: Default::default(),
             cors: None,
             encode: Default::default(),
+            error_pages: Default::default(),
+            intercept_errors: false,
         }
     }
 
@@ -154,6 +156,7 @@ mod tests {
             redirect_https: false,
             hsts: None,
             routes,
+            error_pages: Default::default(),
         };
         vec![
             site(

@@ -5,6 +5,7 @@
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
 use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::error_pages::ErrorPages;
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
@@ -47,6 +48,8 @@ pub struct RuntimeState {
     pub access_log: AccessLog,
     /// hyper's connection settings (head and HTTP/2 limits) for connections accepted now.
     pub http: Arc<crate::http::Protocols>,
+    /// `error_pages` per route, site and server, with their files' contents.
+    pub error_pages: ErrorPages,
 }
 
 pub struct SiteState {
@@ -282,6 +285,7 @@ impl RuntimeState {
         } else {
             (Vec::new(), Vec::new())
         };
+        let error_pages = ErrorPages::build(&config, files.pages());
         keep.keep_access_log(&config.log, &access_log);
         keep.acme
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
@@ -303,6 +307,7 @@ impl RuntimeState {
             cors,
             encodings,
             upstreams,
+            error_pages,
             config: Arc::new(config),
         })
     }

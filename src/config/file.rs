@@ -138,6 +138,9 @@ pub struct FileServer {
     pub underscore_headers: Option<Str>,
     /// The name whose certificate answers a TLS client that sends no SNI.
     pub default_sni: Option<Str>,
+    /// Pages for Gatehouse's own error answers, inherited by sites and routes (see
+    /// `FileErrorPages`).
+    pub error_pages: Option<Spanned<FileErrorPages>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +180,7 @@ pub struct FileSite {
     pub encode_types: Option<Spanned<Vec<Str>>>,
     /// Upstream timeouts for the site's routes, unless a route sets its own, key by key.
     pub timeouts: Option<Spanned<FileRouteTimeouts>>,
+    pub error_pages: Option<Spanned<FileErrorPages>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -205,6 +209,9 @@ pub struct FileRoute {
     pub encode_min_size: Option<Str>,
     pub encode_types: Option<Spanned<Vec<Str>>>,
     pub timeouts: Option<Spanned<FileRouteTimeouts>>,
+    pub error_pages: Option<Spanned<FileErrorPages>>,
+    /// The upstream's error answers are replaced by the route's error pages too.
+    pub intercept_errors: Option<Spanned<bool>>,
 }
 
 /// `timeouts = { upstream_connect = "2s", upstream_response = "5m" }` on a site or a route: the
@@ -215,6 +222,43 @@ pub struct FileRoute {
 pub struct FileRouteTimeouts {
     pub upstream_connect: Option<Str>,
     pub upstream_response: Option<Str>,
+}
+
+/// `error_pages = { 404 = "errors/404.html", "5xx" = "errors/5xx.html" }`, or `"off"` (none of
+/// the inherited ones). Keys stay `Spanned` so a bad status is located at itself.
+#[derive(Debug)]
+pub enum FileErrorPages {
+    Off,
+    Pages(BTreeMap<Str, Str>),
+}
+
+/// By hand, as `FileCorsSetting`, to keep the spans of keys and values.
+impl<'de> Deserialize<'de> for FileErrorPages {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FileErrorPages;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a table like `error_pages = { 404 = \"errors/404.html\", \"5xx\" = \"errors/5xx.html\" }`, or \"off\"",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileErrorPages, E> {
+                match s {
+                    "off" => Ok(FileErrorPages::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileErrorPages, A::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                BTreeMap::deserialize(de).map(FileErrorPages::Pages)
+            }
+        }
+        de.deserialize_any(Visit)
+    }
 }
 
 /// `cors = "off"` or `cors = { origins = [...], ... }`.

@@ -89,6 +89,9 @@ pub struct Server {
     /// `[server] send_min_rate` (the policy every route inherits unless told otherwise), kept
     /// here for what no route claims: a connection before its first request, a `404`.
     pub send_min_rate: Option<MinRate>,
+    /// `[server] error_pages`: for answers no site claims (a request refused before routing,
+    /// a host no site serves), and inherited by every site.
+    pub error_pages: ErrorPages,
 }
 
 /// What to do with `%2F` in a path (`[server] encoded_slashes`).
@@ -257,6 +260,8 @@ pub struct Site {
     /// `Strict-Transport-Security` value for HTTPS responses.
     pub hsts: Option<HeaderValue>,
     pub routes: Vec<Route>,
+    /// Resolved: the site's own over `[server]`'s; for a path no route takes (`404`).
+    pub error_pages: ErrorPages,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -326,6 +331,63 @@ pub struct Route {
     pub cors: Option<Cors>,
     /// Resolved the same way as `policy`, key by key.
     pub encode: Encode,
+    /// Resolved: the route's own over its site's (see `ErrorPages::over`).
+    pub error_pages: ErrorPages,
+    /// The upstream's answers with a status that has a page get the page instead.
+    pub intercept_errors: bool,
+}
+
+/// Files whose contents replace the body of an error answer, by status: an exact code, or a
+/// class (`4xx`, `5xx`). Paths resolved against the config's folder; `crate::load` reads them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ErrorPages {
+    pub pages: Vec<(StatusMatch, PathBuf)>,
+}
+
+/// An `error_pages` key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusMatch {
+    /// 400 to 599.
+    Code(u16),
+    /// 4 or 5: every code of `4xx` or `5xx`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    fn covers(self, code: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => c == code,
+            StatusMatch::Class(k) => code / 100 == k,
+        }
+    }
+}
+
+impl ErrorPages {
+    /// The file for `status`: its exact code's, else its class's.
+    pub fn page_for(&self, status: u16) -> Option<&PathBuf> {
+        let exact = self
+            .pages
+            .iter()
+            .find(|(m, _)| *m == StatusMatch::Code(status));
+        let class = || self.pages.iter().find(|(m, _)| m.covers(status));
+        exact.or_else(class).map(|(_, path)| path)
+    }
+
+    /// `inner` (a site's or route's own) over these (inherited): an inner key replaces the same
+    /// key, and an inner class also the exact codes of that class, so the nearer level always
+    /// decides (a route's `5xx` is not shadowed by the server's `502`).
+    pub fn over(&self, inner: ErrorPages) -> ErrorPages {
+        let shadowed = |m: &StatusMatch| {
+            inner.pages.iter().any(|(i, _)| match (i, m) {
+                (StatusMatch::Class(k), StatusMatch::Code(c)) => c / 100 == *k,
+                _ => i == m,
+            })
+        };
+        let kept = self.pages.iter().filter(|(m, _)| !shadowed(m)).cloned();
+        let mut pages = inner.pages.clone();
+        pages.extend(kept);
+        ErrorPages { pages }
+    }
 }
 
 /// Cross-origin resource sharing, answered by Gatehouse for the route: preflights never go
@@ -893,6 +955,35 @@ pub enum AccessFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pages(entries: &[(StatusMatch, &str)]) -> ErrorPages {
+        ErrorPages {
+            pages: entries
+                .iter()
+                .map(|(m, p)| (*m, PathBuf::from(p)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn error_pages_exact_codes_win_within_a_level_and_the_nearer_level_decides() {
+        use StatusMatch::{Class, Code};
+        let server = pages(&[(Code(502), "s502"), (Class(5), "s5xx"), (Code(404), "s404")]);
+        let page = |p: &ErrorPages, s| p.page_for(s).and_then(|p| p.to_str()).map(String::from);
+        assert_eq!(page(&server, 502).as_deref(), Some("s502"));
+        assert_eq!(page(&server, 503).as_deref(), Some("s5xx"));
+        assert_eq!(page(&server, 403), None);
+        // a route's 5xx shadows the server's 502 too; its 403 adds to the server's 404
+        let route = server.over(pages(&[(Class(5), "r5xx"), (Code(403), "r403")]));
+        assert_eq!(page(&route, 502).as_deref(), Some("r5xx"));
+        assert_eq!(page(&route, 404).as_deref(), Some("s404"));
+        assert_eq!(page(&route, 403).as_deref(), Some("r403"));
+        // a route's exact code leaves the server's class for the rest
+        let route = server.over(pages(&[(Code(503), "r503")]));
+        assert_eq!(page(&route, 503).as_deref(), Some("r503"));
+        assert_eq!(page(&route, 504).as_deref(), Some("s5xx"));
+        assert_eq!(page(&route, 502).as_deref(), Some("s502"));
+    }
 
     #[test]
     fn media_ranges_parse_in_three_forms() {

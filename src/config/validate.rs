@@ -16,6 +16,7 @@ use toml::Spanned;
 
 mod cors;
 mod encode;
+mod error_pages;
 mod listen;
 mod log;
 mod policy;
@@ -261,6 +262,9 @@ pub fn validate(
         "server",
     );
     server.send_min_rate = server_policy.send_min_rate;
+    let none = ErrorPages::default();
+    let pages = raw.server.error_pages.as_ref();
+    server.error_pages = error_pages::resolve(&mut cx, pages, &none, "server");
     // `[server] timeouts` holds the upstream ones too; routes inherit them from here
     server_policy.upstream_connect = server.timeouts.upstream_connect;
     server_policy.upstream_response = server.timeouts.upstream_response;
@@ -288,6 +292,7 @@ pub fn validate(
             index: i,
             policy: &server_policy,
             encode: &server_encode,
+            error_pages: &server.error_pages,
         };
         if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
             sites.push(site);
@@ -532,8 +537,9 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ],
         ),
         default_sni: raw.default_sni.as_ref().and_then(|v| default_sni(cx, v)),
-        // `validate` sets it from the server's policy once that is read
+        // `validate` sets these once the server's policy and pages are read
         send_min_rate: None,
+        error_pages: ErrorPages::default(),
     }
 }
 
@@ -698,6 +704,7 @@ struct SiteCtx<'a> {
     index: usize,
     policy: &'a Policy,
     encode: &'a Encode,
+    error_pages: &'a ErrorPages,
 }
 
 fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<Site> {
@@ -734,7 +741,8 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     policy::timeouts(cx, site.timeouts.as_ref(), &mut policy, "site");
     let cors = cors::resolve(cx, site.cors.as_ref(), None, "site.cors");
     let encode = encode::resolve(cx, site.encode_keys(), sc.encode, "site");
-    let inherited = (&name[..], &policy, cors.as_ref(), &encode);
+    let pages = error_pages::resolve(cx, site.error_pages.as_ref(), sc.error_pages, "site");
+    let inherited = (&name[..], &policy, cors.as_ref(), &encode, &pages);
     let routes = routes(cx, raw, upstreams, inherited);
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
@@ -760,16 +768,17 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
         redirect_https,
         hsts,
         routes,
+        error_pages: pages,
     })
 }
 
-/// `site` is the site's name (for rate-limit scopes), its resolved policy, its `cors` and
-/// compression.
+/// `site` is the site's name (for rate-limit scopes), its resolved policy, its `cors`,
+/// compression and error pages.
 fn routes(
     cx: &mut Ctx,
     raw: &Spanned<FileSite>,
     upstreams: &[&str],
-    site: (&str, &Policy, Option<&Cors>, &Encode),
+    site: (&str, &Policy, Option<&Cors>, &Encode, &ErrorPages),
 ) -> Vec<Route> {
     if raw.get_ref().routes.is_empty() {
         let msg =
@@ -1049,7 +1058,13 @@ fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited, site_cors, encode): (&str, &Policy, Option<&Cors>, &Encode),
+    (site, inherited, site_cors, encode, site_pages): (
+        &str,
+        &Policy,
+        Option<&Cors>,
+        &Encode,
+        &ErrorPages,
+    ),
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
@@ -1075,12 +1090,16 @@ fn route(
     policy::timeouts(cx, r.timeouts.as_ref(), &mut policy, "site.route");
     let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
+    let pages = error_pages::resolve(cx, r.error_pages.as_ref(), site_pages, "site.route");
+    let intercept_errors = error_pages::intercept(cx, r, &action, &pages);
     Some(Route {
         matcher,
         action,
         policy,
         cors,
         encode,
+        error_pages: pages,
+        intercept_errors,
     })
 }
 

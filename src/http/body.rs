@@ -414,6 +414,17 @@ impl Drop for UpstreamBody {
     }
 }
 
+/// Drops an upstream response body nobody will read (an answer replaced by an error page) as
+/// one dropped early is: with a short rest its connection is kept, else closed.
+pub fn discard(body: Incoming, conn: Option<Sender>, backend: Arc<Backend>) {
+    drop(UpstreamBody {
+        body: Some(body),
+        read_timeout: Duration::ZERO,
+        stalled: None,
+        conn: conn.map(|conn| (conn, backend)),
+    });
+}
+
 /// Reads off the rest of a response nobody wants, then gives its connection back.
 async fn drain(mut body: Incoming, (conn, backend): (Sender, Arc<Backend>)) {
     use http_body_util::BodyExt;

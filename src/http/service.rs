@@ -3,14 +3,17 @@
 //! proxy), or for a preflight on a route with `cors` the CORS answer; that route's CORS headers
 //! then go on whatever answer resulted.
 
-use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
+use super::body::{
+    discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog,
+};
 use super::canonical::{self, Addrs, EncodedSlashes, PathParameters, PathRules};
-use super::conn::ConnState;
+use super::conn::{ConnState, InFlight};
 use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::{Coding, Redirect, Respond, ServerLimits, TemplatePart};
+use crate::error_pages::{self, Page, Pages};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
@@ -107,6 +110,8 @@ impl ProxyService {
         };
         // set once a route with `cors` is found; it then decorates whatever answer follows
         let mut cors = None;
+        // the route matched, whose error pages an error answer gets
+        let mut routed = None;
         let answer = match (screened, site) {
             (Err(refused), _) => Err(refused),
             // a plain site asked for through another site's TLS connection (SNI != Host)
@@ -122,7 +127,7 @@ impl ProxyService {
                     hop_by_hop,
                     log: &log,
                 };
-                self.dispatch(to, req, addrs, &mut cors).await
+                self.dispatch(to, req, addrs, &mut cors, &mut routed).await
             }
             (_, None) => Err(ProxyError::NoRoute),
         };
@@ -138,16 +143,26 @@ impl ProxyService {
         }
         let mut response = match answer {
             Ok(Answer::Upstream(resp, active, conn, read_timeout)) => {
-                let (parts, body) = resp.into_parts();
-                let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
-                Response::from_parts(parts, ProxyBody::upstream(body, conn, read_timeout, done))
+                match intercepts(&state, routed, resp.status()) {
+                    Some(page) => intercept(resp, page, (active, conn), log, in_flight),
+                    None => {
+                        let (parts, body) = resp.into_parts();
+                        let status = parts.status.as_u16();
+                        let done = Completion::new(log, status, Some(active), in_flight);
+                        let body = ProxyBody::upstream(body, conn, read_timeout, done);
+                        Response::from_parts(parts, body)
+                    }
+                }
             }
             Ok(Answer::Local(resp)) => {
                 let (parts, body) = resp.into_parts();
                 let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
                 Response::from_parts(parts, ProxyBody::full(body, done))
             }
-            Err(err) => self.refuse(&err, log, in_flight, version),
+            Err(err) => {
+                let pages = state.error_pages.for_answer(site, routed);
+                self.refuse(&err, (log, in_flight), version, pages)
+            }
         };
         if let Some(negotiated) = encode {
             let max = state.config.server.limits.max_encoders;
@@ -169,13 +184,15 @@ impl ProxyService {
 
     /// Routes the request and runs its route's checks and action; the answer comes with what the
     /// request asked for in compression if the route does it. `cors` is set when the route has
-    /// `cors`, before any check can refuse, so refusals carry the route's CORS headers too.
+    /// `cors`, before any check can refuse, so refusals carry the route's CORS headers too;
+    /// `routed` to the route matched, whose error pages refusals get.
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
         req: Request<Incoming>,
         addrs: Addrs,
         cors: &mut Option<Verdict<'s>>,
+        routed: &mut Option<usize>,
     ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let Dispatch {
             state,
@@ -201,6 +218,7 @@ impl ProxyService {
             .router
             .route_in(site, path)
             .ok_or(ProxyError::NoRoute)?;
+        *routed = Some(matched.route);
         if let Some(metrics) = state.route_metrics.get(matched.route) {
             let _ = log.metrics.set(metrics.clone());
         }
@@ -611,12 +629,14 @@ fn location_response(status: StatusCode, location: String) -> Response<Bytes> {
 impl ProxyService {
     /// The answer for a request that goes no further; refusals are counted, and a connection
     /// whose request body was left unread or cut ends after the answer.
+    /// `pages` are the error pages that apply (the route's, else the site's, else the
+    /// server's): one for the status replaces the body, the head stays as it is.
     fn refuse(
         &self,
         err: &ProxyError,
-        log: Arc<RequestLog>,
-        in_flight: super::conn::InFlight,
+        (log, in_flight): (Arc<RequestLog>, InFlight),
         version: Version,
+        pages: Option<&Pages>,
     ) -> Response<ProxyBody> {
         let request_id = log.request_id.to_str().unwrap_or("-");
         if err.is_upstream() {
@@ -628,16 +648,23 @@ impl ProxyService {
                 .rejections
                 .record(reason, log.client, log.uri.path());
         }
-        let body = err.body(request_id);
         let status = err.status();
+        let page = pages.and_then(|pages| pages.get(status));
+        let (body, content_type) = match page {
+            Some(page) => (
+                page.body(request_id.as_bytes()),
+                page.content_type().clone(),
+            ),
+            None => (
+                err.body(request_id),
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+        };
         let done = Completion::new(log, status.as_u16(), None, in_flight);
         let mut resp = Response::new(ProxyBody::full(body, done));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        headers.insert(header::CONTENT_TYPE, content_type);
         if let ProxyError::TooManyRequests(secs) | ProxyError::NoHealthy(_, secs) = err {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
@@ -651,6 +678,36 @@ impl ProxyService {
         }
         resp
     }
+}
+
+/// The page that replaces an upstream answer with `status` on the route matched, if that route
+/// has `intercept_errors` (an answer under 400 is never looked at).
+fn intercepts(state: &RuntimeState, routed: Option<usize>, status: StatusCode) -> Option<&Page> {
+    if status.as_u16() < 400 {
+        return None;
+    }
+    state.error_pages.intercepted(routed?, status)
+}
+
+/// An upstream's error answer replaced by the route's page (`intercept_errors`): the same
+/// status, the page's body and type, of the upstream's head only what acting on the status needs
+/// (`error_pages::intercepted_head`). The upstream body is dropped unread: its connection is kept
+/// only if the rest is short and comes at once (`body::discard`).
+fn intercept(
+    resp: Response<Incoming>,
+    page: &Page,
+    (active, conn): (ActiveGuard, Option<Sender>),
+    log: Arc<RequestLog>,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let (parts, body) = resp.into_parts();
+    discard(body, conn, active.backend().clone());
+    let bytes = page.body(log.request_id.as_bytes());
+    let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
+    let mut out = Response::new(ProxyBody::full(bytes, done));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = error_pages::intercepted_head(&parts.headers, page);
+    out
 }
 
 /// The response compressed as `negotiated` asks, if it is a candidate (see `middleware::encode`)
