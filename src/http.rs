@@ -141,6 +141,14 @@ impl Transport {
             Transport::Tls => "https",
         }
     }
+
+    /// The port a client reaches this scheme on when its authority names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Plain => 80,
+            Transport::Tls => 443,
+        }
+    }
 }
 
 /// One client connection: HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1, which is

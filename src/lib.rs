@@ -21,6 +21,7 @@ pub mod middleware;
 pub mod reload;
 pub mod routing;
 pub mod state;
+pub mod template;
 pub mod tls;
 pub mod upstream;
 

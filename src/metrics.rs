@@ -53,6 +53,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     access_log_dropped: IntCounter,
     encode_skipped: IntCounterVec,
+    /// Header-rule values left out because a placeholder expanded to a control character.
+    pub header_values_dropped: IntCounter,
     encoders_active: IntGauge,
     tasks_alive: IntGauge,
     pub reloads: IntCounterVec,
@@ -130,6 +132,10 @@ impl Metrics {
                 opts("gatehouse_encode_skipped_total", "Responses that would have been compressed, sent uncompressed instead, by reason (budget: max_encoders encoders were alive)."),
                 &["reason"],
             )?,
+            header_values_dropped: IntCounter::new(
+                "gatehouse_header_values_dropped_total",
+                "Header-rule values left out because a placeholder expanded to a control character (CR, LF, NUL...).",
+            )?,
             encoders_active: IntGauge::new(
                 "gatehouse_encoders_active",
                 "Response encoders alive now (responses being compressed), against [server] max_encoders.",
@@ -179,6 +185,7 @@ impl Metrics {
         r.register(Box::new(self.access_log_dropped.clone()))?;
         r.register(Box::new(self.encode_skipped.clone()))?;
         r.register(Box::new(self.encoders_active.clone()))?;
+        r.register(Box::new(self.header_values_dropped.clone()))?;
         r.register(Box::new(self.tasks_alive.clone()))?;
         r.register(Box::new(self.last_reload_success.clone()))?;
         let build = IntGaugeVec::new(

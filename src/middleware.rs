@@ -3,12 +3,14 @@
 //! the rate limits (429), the declared body size (413). The body limit and the body timeout then
 //! travel with the request body (`body_limit`). A route with `cors` then has its preflights
 //! answered and its responses decorated by `cors`. On the way back, `encode` compresses the
-//! response of a route that asks for it. Both add to `Vary` through `vary`.
+//! response of a route that asks for it. Both add to `Vary` through `vary`. `header_rules`
+//! applies a route's `request_headers` and `response_headers`, last on each side.
 
 pub mod access;
 pub mod body_limit;
 pub mod cors;
 pub mod encode;
+pub mod header_rules;
 pub mod rate_limit;
 pub mod reject;
 pub mod vary;

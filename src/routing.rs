@@ -145,6 +145,7 @@ mod tests {
             encode: Default::default(),
             error_pages: Default::default(),
             intercept_errors: false,
+            headers: Default::default(),
         }
     }
 
@@ -157,6 +158,7 @@ mod tests {
             hsts: None,
             routes,
             error_pages: Default::default(),
+            response_headers: Default::default(),
         };
         vec![
             site(

@@ -4,7 +4,10 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
-use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::config::{
+    Action, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders, SiteTls, Timeouts,
+    Upstream,
+};
 use crate::error_pages::ErrorPages;
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
@@ -15,8 +18,7 @@ use crate::routing::Router;
 use crate::tls::{self, TlsError};
 use crate::upstream::{self, UpstreamPool};
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -24,16 +26,8 @@ use std::sync::Arc;
 pub struct RuntimeState {
     pub config: Arc<Config>,
     pub router: Router,
-    /// Indexed by `RouteId`.
-    pub routes: Vec<RouteAction>,
-    /// Indexed by `RouteId`.
-    pub policies: Vec<RoutePolicy>,
-    /// Indexed by `RouteId`; `None` for a route without `cors` (the upstream's CORS passes).
-    pub cors: Vec<Option<CorsPolicy>>,
-    /// Indexed by `RouteId`; `None` for a route that compresses nothing.
-    pub encodings: Vec<Option<Encode>>,
-    /// Indexed by `RouteId`; empty with `[server] metrics = false`.
-    pub route_metrics: Vec<Arc<RouteMetrics>>,
+    /// Indexed by `RouteId` (the router's): every route of every site, in config order.
+    pub routes: Vec<Route>,
     /// Requests no route took, per site, then one for no site; empty with metrics off.
     pub unrouted_metrics: Vec<Arc<RouteMetrics>>,
     pub metrics: Arc<Metrics>,
@@ -58,6 +52,22 @@ pub struct SiteState {
     /// Plain-HTTP requests are redirected to HTTPS.
     pub redirect_https: bool,
     pub hsts: Option<HeaderValue>,
+    /// The site's `response_headers` (over the server's), for answers no route claims.
+    pub response_headers: HeaderRules,
+}
+
+/// One route as the request path uses it: everything compiled from its config entry.
+pub struct Route {
+    pub action: RouteAction,
+    pub policy: RoutePolicy,
+    /// `None` for a route without `cors` (the upstream's CORS passes).
+    pub cors: Option<CorsPolicy>,
+    /// `None` for a route that compresses nothing.
+    pub encode: Option<Encode>,
+    /// `None` with `[server] metrics = false`.
+    pub metrics: Option<Arc<RouteMetrics>>,
+    /// Header rules both ways, `upstream_host`, `X-Forwarded-Prefix` (`middleware::header_rules`).
+    pub headers: RouteHeaders,
 }
 
 pub enum RouteAction {
@@ -97,6 +107,9 @@ pub enum BuildError {
     AccessLog(#[from] AccessLogError),
     #[error("{0}")]
     Metrics(#[from] MetricsError),
+    /// A route names an upstream the config does not define (validation rules that out).
+    #[error("route {0}: upstream {1:?} is not defined")]
+    NoUpstream(String, String),
 }
 
 /// Everything an upstream's pool and its connections are built from: its spec, the server timeouts,
@@ -256,21 +269,7 @@ impl RuntimeState {
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
             .collect();
-        // every table below is indexed by `RouteId`: the routes in config order
-        let all_routes = || config.sites.iter().flat_map(|site| site.routes.iter());
-        let routes = all_routes()
-            .map(|route| compile(&route.action, &kept))
-            .collect();
-        let key_caps = KeyCaps::from(&config.server.limits);
-        let policies = all_routes()
-            .map(|route| RoutePolicy::compile(&route.policy, &keep.limiters, key_caps))
-            .collect();
-        let cors = all_routes()
-            .map(|route| route.cors.as_ref().map(CorsPolicy::compile))
-            .collect();
-        let encodings = all_routes()
-            .map(|route| Some(route.encode.clone()).filter(|e| !e.codings.is_empty()))
-            .collect();
+        let routes = routes(&config, &kept, keep)?;
         let sites = config
             .sites
             .iter()
@@ -278,12 +277,13 @@ impl RuntimeState {
                 tls: s.tls.is_some(),
                 redirect_https: s.tls.is_some() && s.redirect_https,
                 hsts: s.hsts.clone().filter(|_| s.tls.is_some()),
+                response_headers: s.response_headers.clone(),
             })
             .collect();
-        let (route_metrics, unrouted_metrics) = if config.server.metrics {
-            route_metrics(&config, &keep.metrics)
+        let unrouted_metrics = if config.server.metrics {
+            unrouted_metrics(&config, &keep.metrics)
         } else {
-            (Vec::new(), Vec::new())
+            Vec::new()
         };
         let error_pages = ErrorPages::build(&config, files.pages());
         keep.keep_access_log(&config.log, &access_log);
@@ -295,7 +295,6 @@ impl RuntimeState {
                 &config.server.limits,
                 config.server.timeouts.send,
             )),
-            route_metrics,
             unrouted_metrics,
             metrics: keep.metrics.clone(),
             certs,
@@ -303,9 +302,6 @@ impl RuntimeState {
             sites,
             tls,
             routes,
-            policies,
-            cors,
-            encodings,
             upstreams,
             error_pages,
             config: Arc::new(config),
@@ -335,49 +331,65 @@ fn site_label(site: &crate::config::Site) -> String {
         .map_or("*".to_string(), ToString::to_string)
 }
 
-fn route_metrics(
+/// Every route of every site in config order (the router's `RouteId`s), compiled.
+fn routes(
     config: &Config,
-    metrics: &Arc<Metrics>,
-) -> (Vec<Arc<RouteMetrics>>, Vec<Arc<RouteMetrics>>) {
-    let routes = config
-        .sites
-        .iter()
-        .flat_map(|site| {
-            let label = site_label(site);
-            site.routes
-                .iter()
-                .map(move |route| metrics.route(&label, route.matcher.as_str()))
-        })
-        .collect();
+    upstreams: &HashMap<String, KeptUpstream>,
+    keep: &Keep,
+) -> Result<Vec<Route>, BuildError> {
+    let key_caps = KeyCaps::from(&config.server.limits);
+    let mut routes = Vec::new();
+    for site in &config.sites {
+        let label = site_label(site);
+        for route in &site.routes {
+            let metrics = config
+                .server
+                .metrics
+                .then(|| keep.metrics.route(&label, route.matcher.as_str()));
+            routes.push(Route {
+                action: compile(route, upstreams)?,
+                policy: RoutePolicy::compile(&route.policy, &keep.limiters, key_caps),
+                cors: route.cors.as_ref().map(CorsPolicy::compile),
+                encode: Some(route.encode.clone()).filter(|e| !e.codings.is_empty()),
+                metrics,
+                headers: route.headers.clone(),
+            });
+        }
+    }
+    Ok(routes)
+}
+
+/// Requests no route took: one per site, then one for no site.
+fn unrouted_metrics(config: &Config, metrics: &Arc<Metrics>) -> Vec<Arc<RouteMetrics>> {
     let mut unrouted: Vec<_> = config
         .sites
         .iter()
         .map(|site| metrics.route(&site_label(site), "-"))
         .collect();
     unrouted.push(metrics.route("-", "-"));
-    (routes, unrouted)
+    unrouted
 }
 
-fn compile(action: &Action, upstreams: &HashMap<String, KeptUpstream>) -> RouteAction {
-    match action {
+fn compile(
+    route: &crate::config::Route,
+    upstreams: &HashMap<String, KeptUpstream>,
+) -> Result<RouteAction, BuildError> {
+    Ok(match &route.action {
         Action::Proxy {
             upstream,
             strip_prefix,
-        } => match upstreams.get(upstream) {
-            Some(kept) => RouteAction::Proxy(Box::new(ProxyRoute {
+        } => {
+            let kept = upstreams.get(upstream).ok_or_else(|| {
+                BuildError::NoUpstream(route.matcher.as_str().to_string(), upstream.clone())
+            })?;
+            RouteAction::Proxy(Box::new(ProxyRoute {
                 pool: kept.pool.clone(),
                 strip_prefix: *strip_prefix,
-            })),
-            // unreachable after validation; kept total so route ids stay aligned
-            None => RouteAction::Respond(Respond {
-                status: StatusCode::BAD_GATEWAY,
-                body: Bytes::from_static(b"upstream not configured\n"),
-                content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
-            }),
-        },
+            }))
+        }
         Action::Respond(respond) => RouteAction::Respond(respond.clone()),
         Action::Redirect(redirect) => RouteAction::Redirect(redirect.clone()),
-    }
+    })
 }
 
 /// The one place the current snapshot lives.

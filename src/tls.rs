@@ -403,6 +403,7 @@ mod tests {
             hsts: None,
             routes: Vec::new(),
             error_pages: Default::default(),
+            response_headers: Default::default(),
         }
     }
 

@@ -141,6 +141,9 @@ pub struct FileServer {
     /// Pages for Gatehouse's own error answers, inherited by sites and routes (see
     /// `FileErrorPages`).
     pub error_pages: Option<Spanned<FileErrorPages>>,
+    /// Header rules, inherited per header name by sites and routes (see `FileRequestHeaders`).
+    pub request_headers: Option<Spanned<FileRequestHeaders>>,
+    pub response_headers: Option<Spanned<FileResponseHeaders>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +184,11 @@ pub struct FileSite {
     /// Upstream timeouts for the site's routes, unless a route sets its own, key by key.
     pub timeouts: Option<Spanned<FileRouteTimeouts>>,
     pub error_pages: Option<Spanned<FileErrorPages>>,
+    /// Header rules over the server's, inherited per header name by the routes.
+    pub request_headers: Option<Spanned<FileRequestHeaders>>,
+    pub response_headers: Option<Spanned<FileResponseHeaders>>,
+    /// The `Host` sent upstream, for the routes unless they set their own.
+    pub upstream_host: Option<Str>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -212,6 +220,9 @@ pub struct FileRoute {
     pub error_pages: Option<Spanned<FileErrorPages>>,
     /// The upstream's error answers are replaced by the route's error pages too.
     pub intercept_errors: Option<Spanned<bool>>,
+    pub request_headers: Option<Spanned<FileRequestHeaders>>,
+    pub response_headers: Option<Spanned<FileResponseHeaders>>,
+    pub upstream_host: Option<Str>,
 }
 
 /// `timeouts = { upstream_connect = "2s", upstream_response = "5m" }` on a site or a route: the
@@ -259,6 +270,41 @@ impl<'de> Deserialize<'de> for FileErrorPages {
         }
         de.deserialize_any(Visit)
     }
+}
+
+/// A table of header rules by header name: a value is a string or a list of strings (read raw
+/// for a precise hint).
+pub type FileHeaderValues = BTreeMap<Str, Spanned<toml::Value>>;
+
+/// `request_headers = { set = {...}, add = {...}, remove = [...] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ set = { \"X-Env\" = \"prod\" }, add = { \"X-Tag\" = \"a\" }, remove = [\"X-Debug\"] }` (each key optional)"
+)]
+pub struct FileRequestHeaders {
+    pub set: Option<Spanned<FileHeaderValues>>,
+    pub add: Option<Spanned<FileHeaderValues>>,
+    pub remove: Option<Spanned<Vec<Str>>>,
+}
+
+/// `response_headers`: as `request_headers`, and `default` (set only when the answer has none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ set = { \"X-Frame-Options\" = \"DENY\" }, add = { ... }, remove = [\"Server\"], default = { \"Cache-Control\" = \"no-store\" } }` (each key optional)"
+)]
+pub struct FileResponseHeaders {
+    pub set: Option<Spanned<FileHeaderValues>>,
+    pub add: Option<Spanned<FileHeaderValues>>,
+    pub remove: Option<Spanned<Vec<Str>>>,
+    pub default: Option<Spanned<FileHeaderValues>>,
+}
+
+/// The header-rule keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept.
+pub struct HeaderKeys<'a> {
+    pub request: Option<&'a Spanned<FileRequestHeaders>>,
+    pub response: Option<&'a Spanned<FileResponseHeaders>>,
 }
 
 /// `cors = "off"` or `cors = { origins = [...], ... }`.
@@ -425,6 +471,13 @@ macro_rules! policy_keys {
                 }
             }
 
+
+            pub fn header_keys(&self) -> HeaderKeys<'_> {
+                HeaderKeys {
+                    request: self.request_headers.as_ref(),
+                    response: self.response_headers.as_ref(),
+                }
+            }
 
             pub fn policy(&self) -> PolicyKeys<'_> {
                 PolicyKeys {

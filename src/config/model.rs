@@ -1,6 +1,7 @@
 //! Validated, immutable configuration. Everything here has already been checked; the request path
 //! and the state builder can trust it. All types are `Clone + Debug + PartialEq` so reloads can diff.
 
+use crate::template::Template;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
@@ -92,6 +93,8 @@ pub struct Server {
     /// `[server] error_pages`: for answers no site claims (a request refused before routing,
     /// a host no site serves), and inherited by every site.
     pub error_pages: ErrorPages,
+    /// `[server] response_headers`, for answers to requests no site takes.
+    pub response_headers: HeaderRules,
 }
 
 /// What to do with `%2F` in a path (`[server] encoded_slashes`).
@@ -262,6 +265,8 @@ pub struct Site {
     pub routes: Vec<Route>,
     /// Resolved: the site's own over `[server]`'s; for a path no route takes (`404`).
     pub error_pages: ErrorPages,
+    /// The site's `response_headers` over the server's, for answers to requests no route takes.
+    pub response_headers: HeaderRules,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -335,6 +340,80 @@ pub struct Route {
     pub error_pages: ErrorPages,
     /// The upstream's answers with a status that has a page get the page instead.
     pub intercept_errors: bool,
+    /// Header rules (resolved per header name), `upstream_host`, `X-Forwarded-Prefix`.
+    pub headers: RouteHeaders,
+}
+
+/// What a route does to headers, everything inherited already resolved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteHeaders {
+    /// `request_headers`: applied to what goes upstream, after Gatehouse's own headers.
+    pub request: HeaderRules,
+    /// `response_headers`: applied to every answer of the route, the upstream's and Gatehouse's.
+    pub response: HeaderRules,
+    /// The same rules as the site's (the route and nothing between adds its own): an answer
+    /// keeps what the site's rules already prepared.
+    pub response_as_site: bool,
+    /// `upstream_host`: the `Host` sent upstream instead of the client's.
+    pub upstream_host: Option<HeaderValue>,
+    /// With `strip_prefix`: the prefix removed, without its trailing slash (`/api`).
+    pub forwarded_prefix: Option<HeaderValue>,
+}
+
+/// `request_headers` or `response_headers` resolved down to one route (or a site, the server):
+/// each header name at most once, with the rule of the closest level that names it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeaderRules {
+    pub rules: Vec<HeaderRule>,
+    /// Values with a placeholder, numbered `0..templates` (`RuleValue::Template::slot`); none:
+    /// applying the rules needs nothing from the request.
+    pub templates: usize,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderRule {
+    pub name: http::HeaderName,
+    pub op: HeaderOp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeaderOp {
+    /// Replaces every value the message has.
+    Set(Vec<RuleValue>),
+    /// Appends to what the message has.
+    Add(Vec<RuleValue>),
+    /// Sets, only when the message has none.
+    Default(Vec<RuleValue>),
+    Remove,
+}
+
+impl HeaderOp {
+    /// The word the config uses.
+    pub fn word(&self) -> &'static str {
+        match self {
+            HeaderOp::Set(_) => "set",
+            HeaderOp::Add(_) => "add",
+            HeaderOp::Default(_) => "default",
+            HeaderOp::Remove => "remove",
+        }
+    }
+}
+
+/// A rule's value: ready as it is, or expanded per request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RuleValue {
+    Literal(HeaderValue),
+    /// `slot`: where its expansion goes among the rules' (`HeaderRules::templates`).
+    Template {
+        template: Template,
+        slot: usize,
+    },
 }
 
 /// Files whose contents replace the body of an error answer, by status: an exact code, or a
@@ -698,24 +777,9 @@ pub struct Respond {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Redirect {
-    pub to: RedirectTemplate,
+    /// With placeholders (`crate::template`).
+    pub to: Template,
     pub status: StatusCode,
-}
-
-/// A redirect target with `{path}`, `{query}`, `{uri}` and `{host}` placeholders, pre-split so the
-/// request path only concatenates.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RedirectTemplate {
-    pub parts: Vec<TemplatePart>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum TemplatePart {
-    Literal(String),
-    Path,
-    Query,
-    Uri,
-    Host,
 }
 
 #[derive(Clone, Debug, PartialEq)]

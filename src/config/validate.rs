@@ -4,6 +4,7 @@ use super::file::*;
 use super::model::*;
 use super::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use super::{FileKind, Located, NamedFile};
+use crate::template::{Captures, Template};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
@@ -17,6 +18,7 @@ use toml::Spanned;
 mod cors;
 mod encode;
 mod error_pages;
+mod headers;
 mod listen;
 mod log;
 mod policy;
@@ -274,6 +276,14 @@ pub fn validate(
         &Encode::default(),
         "server",
     );
+    let server_headers = headers::resolve(
+        &mut cx,
+        raw.server.header_keys(),
+        &headers::Inherited::default(),
+        "server",
+        Captures::default(),
+    );
+    server.response_headers = server_headers.response.clone();
     let upstreams: BTreeMap<String, Upstream> = raw
         .upstreams
         .iter()
@@ -293,6 +303,7 @@ pub fn validate(
             policy: &server_policy,
             encode: &server_encode,
             error_pages: &server.error_pages,
+            headers: &server_headers,
         };
         if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
             sites.push(site);
@@ -537,8 +548,9 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ],
         ),
         default_sni: raw.default_sni.as_ref().and_then(|v| default_sni(cx, v)),
-        // `validate` sets these once the server's policy and pages are read
+        // `validate` sets these from the server's policy, header rules and pages once they are read
         send_min_rate: None,
+        response_headers: HeaderRules::default(),
         error_pages: ErrorPages::default(),
     }
 }
@@ -705,6 +717,7 @@ struct SiteCtx<'a> {
     policy: &'a Policy,
     encode: &'a Encode,
     error_pages: &'a ErrorPages,
+    headers: &'a headers::Inherited,
 }
 
 fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<Site> {
@@ -742,7 +755,27 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     let cors = cors::resolve(cx, site.cors.as_ref(), None, "site.cors");
     let encode = encode::resolve(cx, site.encode_keys(), sc.encode, "site");
     let pages = error_pages::resolve(cx, site.error_pages.as_ref(), sc.error_pages, "site");
-    let inherited = (&name[..], &policy, cors.as_ref(), &encode, &pages);
+    let site_headers = headers::SiteHeaders {
+        rules: headers::resolve(
+            cx,
+            site.header_keys(),
+            sc.headers,
+            "site",
+            Captures::default(),
+        ),
+        upstream_host: site
+            .upstream_host
+            .as_ref()
+            .and_then(|v| headers::upstream_host(cx, v, "site.upstream_host")),
+    };
+    let inherited = (
+        &name[..],
+        &policy,
+        cors.as_ref(),
+        &encode,
+        &site_headers,
+        &pages,
+    );
     let routes = routes(cx, raw, upstreams, inherited);
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
@@ -769,16 +802,16 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
         hsts,
         routes,
         error_pages: pages,
+        response_headers: site_headers.rules.response,
     })
 }
 
-/// `site` is the site's name (for rate-limit scopes), its resolved policy, its `cors`,
-/// compression and error pages.
+/// `site`: what the routes inherit (see `Inherited`).
 fn routes(
     cx: &mut Ctx,
     raw: &Spanned<FileSite>,
     upstreams: &[&str],
-    site: (&str, &Policy, Option<&Cors>, &Encode, &ErrorPages),
+    site: Inherited<'_>,
 ) -> Vec<Route> {
     if raw.get_ref().routes.is_empty() {
         let msg =
@@ -1054,17 +1087,22 @@ fn host_pattern(cx: &mut Ctx, value: &Str) -> Option<HostPattern> {
     None
 }
 
+/// What a route inherits from its site: the site's name (for rate-limit scopes), its resolved
+/// policy, its `cors`, compression and headers.
+type Inherited<'a> = (
+    &'a str,
+    &'a Policy,
+    Option<&'a Cors>,
+    &'a Encode,
+    &'a headers::SiteHeaders,
+    &'a ErrorPages,
+);
+
 fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited, site_cors, encode, site_pages): (
-        &str,
-        &Policy,
-        Option<&Cors>,
-        &Encode,
-        &ErrorPages,
-    ),
+    (site, inherited, site_cors, encode, site_headers, site_pages): Inherited<'_>,
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
@@ -1092,6 +1130,13 @@ fn route(
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
     let pages = error_pages::resolve(cx, r.error_pages.as_ref(), site_pages, "site.route");
     let intercept_errors = error_pages::intercept(cx, r, &action, &pages);
+    let headers = headers::route(
+        cx,
+        r,
+        (&matcher, &action),
+        site_headers,
+        Captures::default(),
+    );
     Some(Route {
         matcher,
         action,
@@ -1100,6 +1145,7 @@ fn route(
         encode,
         error_pages: pages,
         intercept_errors,
+        headers,
     })
 }
 
@@ -1206,7 +1252,7 @@ fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> 
         )?,
     };
     let to = cx.expand(&r.to, "site.route.redirect.to")?;
-    match parse_template(&to) {
+    match Template::parse(&to, Captures::default()) {
         Ok(to) => Some(Action::Redirect(Redirect { to, status })),
         Err(message) => {
             cx.error(r.to.span(), "site.route.redirect.to", message);
@@ -1234,32 +1280,6 @@ fn status(
             None
         }
     }
-}
-
-fn parse_template(text: &str) -> Result<RedirectTemplate, String> {
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(TemplatePart::Literal(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or("unclosed `{` in redirect target")?
-            + open;
-        parts.push(match &rest[open + 1..close] {
-            "path" => TemplatePart::Path,
-            "query" => TemplatePart::Query,
-            "uri" => TemplatePart::Uri,
-            "host" => TemplatePart::Host,
-            other => return Err(format!("unknown placeholder `{{{other}}}`; expected {{path}}, {{query}}, {{uri}} or {{host}}")),
-        });
-        rest = &rest[close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(TemplatePart::Literal(rest.to_string()));
-    }
-    Ok(RedirectTemplate { parts })
 }
 
 /// `${NAME}` and `${NAME:-default}` expansion; `$$` is a literal `$`.
@@ -1348,21 +1368,6 @@ mod tests {
             .unwrap_err()
             .contains("MISSING"));
         assert!(expand_env("${OPEN", env).is_err());
-    }
-
-    #[test]
-    fn templates() {
-        let t = parse_template("https://{host}{uri}").unwrap();
-        assert_eq!(
-            t.parts,
-            vec![
-                TemplatePart::Literal("https://".into()),
-                TemplatePart::Host,
-                TemplatePart::Uri
-            ]
-        );
-        assert!(parse_template("{nope}").is_err());
-        assert!(parse_template("x{path").is_err());
     }
 
     /// A `Ctx` over `text`, and its `l` (a list), `d` and `s` keys.

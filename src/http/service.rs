@@ -12,13 +12,16 @@ use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
-use crate::config::{Coding, Redirect, Respond, ServerLimits, TemplatePart};
+use crate::config::RouteHeaders;
+use crate::config::{Coding, Redirect, Respond, ServerLimits};
 use crate::error_pages::{self, Page, Pages};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
+use crate::middleware::header_rules::{self, Expanded, ResponseRules};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
+use crate::template::Vars;
 use crate::upstream::conn::Sender;
 use crate::upstream::{forward, ActiveGuard, BackendAddr, Outcome, UpstreamPool};
 use bytes::Bytes;
@@ -29,7 +32,7 @@ use http_body::SizeHint;
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +115,21 @@ impl ProxyService {
         let mut cors = None;
         // the route matched, whose error pages an error answer gets
         let mut routed = None;
+        // the site's (or the server's) response rules, until `dispatch` finds the route
+        let mut response_rules = ResponseRules::new(match site {
+            Some(site) => &state.sites[site].response_headers,
+            None => &server.response_headers,
+        });
+        if response_rules.needs_vars() {
+            let vars = template_vars(
+                &req,
+                addrs.client,
+                (host, port),
+                self.transport,
+                &request_id,
+            );
+            response_rules.expand(&vars, &state.metrics.header_values_dropped);
+        }
         let answer = match (screened, site) {
             (Err(refused), _) => Err(refused),
             // a plain site asked for through another site's TLS connection (SNI != Host)
@@ -127,7 +145,13 @@ impl ProxyService {
                     hop_by_hop,
                     log: &log,
                 };
-                self.dispatch(to, req, addrs, &mut cors, &mut routed).await
+                self.dispatch(
+                    to,
+                    req,
+                    addrs,
+                    (&mut cors, &mut response_rules, &mut routed),
+                )
+                .await
             }
             (_, None) => Err(ProxyError::NoRoute),
         };
@@ -179,20 +203,25 @@ impl ProxyService {
         if let Some(cors) = &cors {
             cors.apply(&mut response);
         }
+        response_rules.apply(response.headers_mut());
         Ok(response)
     }
 
     /// Routes the request and runs its route's checks and action; the answer comes with what the
     /// request asked for in compression if the route does it. `cors` is set when the route has
-    /// `cors`, before any check can refuse, so refusals carry the route's CORS headers too;
-    /// `routed` to the route matched, whose error pages refusals get.
+    /// `cors`, and the response rules become the route's, before any check can refuse, so
+    /// refusals carry the route's CORS headers and header rules too.
+    /// `routed` is set to the route matched, whose error pages refusals get.
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
         req: Request<Incoming>,
         addrs: Addrs,
-        cors: &mut Option<Verdict<'s>>,
-        routed: &mut Option<usize>,
+        (cors, response_rules, routed): (
+            &mut Option<Verdict<'s>>,
+            &mut ResponseRules<'s>,
+            &mut Option<usize>,
+        ),
     ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let Dispatch {
             state,
@@ -218,16 +247,33 @@ impl ProxyService {
             .router
             .route_in(site, path)
             .ok_or(ProxyError::NoRoute)?;
+        let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
         *routed = Some(matched.route);
-        if let Some(metrics) = state.route_metrics.get(matched.route) {
+        if let Some(metrics) = &route.metrics {
             let _ = log.metrics.set(metrics.clone());
         }
-        let policy = &state.policies[matched.route];
+        // made only for rules with placeholders
+        let vars = || {
+            template_vars(
+                &req,
+                addrs.client,
+                (host, port),
+                self.transport,
+                &log.request_id,
+            )
+        };
+        let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
+        if !headers.response_as_site {
+            *response_rules = ResponseRules::new(&headers.response);
+            if response_rules.needs_vars() {
+                response_rules.expand(&vars(), dropped);
+            }
+        }
+        let policy = &route.policy;
         self.conn.hold_to_send_rate(policy.send_min_rate);
-        *cors = state
+        *cors = route
             .cors
-            .get(matched.route)
-            .and_then(Option::as_ref)
+            .as_ref()
             .map(|c| c.judge(req.method(), req.headers()));
         let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
         let client = addrs.known.then_some(addrs.client);
@@ -244,14 +290,33 @@ impl ProxyService {
                 .map(|()| (Answer::Local(no_content()), None))
                 .map_err(ProxyError::CorsRefused);
         }
-        let encode = state.encodings[matched.route]
+        let encode = route
+            .encode
             .as_ref()
             .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
-        let answer = match &state.routes[matched.route] {
+        let answer = match &route.action {
             RouteAction::Respond(r) => Answer::Local(respond(r)),
-            RouteAction::Redirect(r) => Answer::Local(redirect(r, req.uri(), host)),
+            RouteAction::Redirect(r) => {
+                let vars = Vars {
+                    client_ip: addrs.client,
+                    host,
+                    port: port.unwrap_or(self.transport.default_port()),
+                    scheme: self.transport.scheme(),
+                    uri: req.uri(),
+                    request_id: &log.request_id,
+                    headers: req.headers(),
+                    captures: None,
+                };
+                Answer::Local(redirect(r, &vars))
+            }
             RouteAction::Proxy(route) => {
                 let strip = route.strip_prefix.then_some(matched.matched_len);
+                // placeholders take the request as the client sent it (nginx `$http_*`), before
+                // Gatehouse's own headers are set
+                let expanded = match headers.request.templates {
+                    0 => Vec::new(),
+                    _ => header_rules::expand(&headers.request, &vars(), dropped),
+                };
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     port,
@@ -262,6 +327,8 @@ impl ProxyService {
                     peer_ip: &self.peer_ip,
                     strip,
                     log,
+                    headers,
+                    expanded,
                 };
                 // boxed: hyper keeps one slot per connection sized for this service's future,
                 // idle connections included; the proxying part is the bulk of it
@@ -477,6 +544,10 @@ struct Hop<'a> {
     peer_ip: &'a HeaderValue,
     strip: Option<usize>,
     log: &'a Arc<RequestLog>,
+    /// The route's header rules, `upstream_host`, `X-Forwarded-Prefix`.
+    headers: &'a RouteHeaders,
+    /// The request rules' placeholders, expanded (empty when they have none).
+    expanded: Expanded,
 }
 
 /// `port` is `X-Forwarded-Port`'s value.
@@ -513,6 +584,29 @@ fn prepare_request_headers(
     };
     forward::set_client(headers, real_ip, port, addrs.peer_trusted);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
+    // last: a rule may override any of the above but `Host` (`upstream_host`)
+    header_rules::upstream_request(headers, hop.headers, &hop.expanded, addrs.peer_trusted);
+}
+
+/// What placeholders expand to for `req` (canonical by now) from `client` at `host` and `port`
+/// (the authority's, else the scheme's default).
+fn template_vars<'a>(
+    req: &'a Request<Incoming>,
+    client: IpAddr,
+    (host, port): (&'a str, Option<u16>),
+    transport: Transport,
+    request_id: &'a HeaderValue,
+) -> Vars<'a> {
+    Vars {
+        client_ip: client,
+        host,
+        port: port.unwrap_or(transport.default_port()),
+        scheme: transport.scheme(),
+        uri: req.uri(),
+        request_id,
+        headers: req.headers(),
+        captures: None,
+    }
 }
 
 /// The request target as the backend gets it: origin-form (`/path?query`, minus the prefix with
@@ -587,19 +681,11 @@ fn acme_answer(key_auth: String) -> Response<Bytes> {
     resp
 }
 
-fn redirect(r: &Redirect, uri: &Uri, host: &str) -> Response<Bytes> {
-    let mut location = String::with_capacity(64);
-    for part in &r.to.parts {
-        match part {
-            TemplatePart::Literal(s) => location.push_str(s),
-            TemplatePart::Path => location.push_str(uri.path()),
-            TemplatePart::Query => location.push_str(uri.query().unwrap_or("")),
-            TemplatePart::Uri => {
-                location.push_str(uri.path_and_query().map_or("/", |pq| pq.as_str()))
-            }
-            TemplatePart::Host => location.push_str(host),
-        }
-    }
+/// The route's redirect, its placeholders expanded; a target that is no valid header value (a
+/// placeholder's value with a control byte) is a 400 (`location_response`).
+fn redirect(r: &Redirect, vars: &Vars<'_>) -> Response<Bytes> {
+    let mut location = Vec::with_capacity(64);
+    r.to.render(vars, &mut location);
     location_response(r.status, location)
 }
 
@@ -614,9 +700,9 @@ fn https_redirect(uri: &Uri, host: &str, https_port: Option<u16>) -> Response<By
 }
 
 /// A redirect; a target that is no valid header value (from a hostile Host) is a 400 instead.
-fn location_response(status: StatusCode, location: String) -> Response<Bytes> {
+fn location_response(status: StatusCode, location: impl Into<Bytes>) -> Response<Bytes> {
     let mut resp = Response::new(Bytes::new());
-    match HeaderValue::try_from(location) {
+    match HeaderValue::from_maybe_shared(location.into()) {
         Ok(value) => {
             *resp.status_mut() = status;
             resp.headers_mut().insert(header::LOCATION, value);
