@@ -172,6 +172,8 @@ pub enum FileKind {
     Roots(PathBuf),
     /// An error page (`error_pages`), kept in memory as it is.
     Page(PathBuf),
+    /// A folder files are served from (`site.route.files.root`): it must exist.
+    Folder(PathBuf),
 }
 
 /// Reads and validates only the `[listen]` section of a config file: the addresses a client of

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod error_pages;
 pub mod fds;
+pub mod files;
 pub mod http;
 pub mod listener;
 pub mod load;

@@ -167,12 +167,33 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
                     read.pages.insert(path.clone(), page);
                 })
                 .map_err(|e| e.to_string()),
+            FileKind::Folder(path) => {
+                if let Err(message) = folder(path) {
+                    errors.push(validated.locate(named, message));
+                }
+                Ok(())
+            }
         };
         if let Err(e) = result {
             errors.push(validated.locate(named, e));
         }
     }
     (read, errors)
+}
+
+/// A `files` route's `root` must be a folder that exists now (it is read at each request; one
+/// that goes away later answers `404`).
+fn folder(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "`{shown}` is not a folder; `root` names the folder whose files are served"
+        )),
+        Err(e) => Err(format!(
+            "cannot read the folder `{shown}`: {e}; `root` names an existing folder (a relative path starts at the config file's folder)"
+        )),
+    }
 }
 
 fn read_pair(files: &TlsFiles) -> Result<Pair, TlsError> {

@@ -146,6 +146,7 @@ mod tests {
             error_pages: Default::default(),
             intercept_errors: false,
             headers: Default::default(),
+            internal: false,
         }
     }
 

@@ -68,18 +68,24 @@ pub struct Route {
     pub metrics: Option<Arc<RouteMetrics>>,
     /// Header rules both ways, `upstream_host`, `X-Forwarded-Prefix` (`middleware::header_rules`).
     pub headers: RouteHeaders,
+    /// Reachable only through `X-Accel-Redirect` (`internal`): to a client, no route.
+    pub internal: bool,
 }
 
 pub enum RouteAction {
     Proxy(Box<ProxyRoute>),
     Respond(Respond),
     Redirect(Redirect),
+    /// An `Arc`: each request hands it to the blocking pool, where the files are read.
+    Files(Arc<crate::files::FilesRoute>),
 }
 
 pub struct ProxyRoute {
     /// The upstream's servers, with their keep-alive connections (TLS ones for a TLS upstream).
     pub pool: Arc<UpstreamPool>,
     pub strip_prefix: bool,
+    /// `X-Accel-Redirect` in the upstream's answer is followed (`crate::files::accel`).
+    pub accel_redirect: bool,
 }
 
 /// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
@@ -353,6 +359,7 @@ fn routes(
                 encode: Some(route.encode.clone()).filter(|e| !e.codings.is_empty()),
                 metrics,
                 headers: route.headers.clone(),
+                internal: route.internal,
             });
         }
     }
@@ -378,6 +385,7 @@ fn compile(
         Action::Proxy {
             upstream,
             strip_prefix,
+            accel_redirect,
         } => {
             let kept = upstreams.get(upstream).ok_or_else(|| {
                 BuildError::NoUpstream(route.matcher.as_str().to_string(), upstream.clone())
@@ -385,10 +393,12 @@ fn compile(
             RouteAction::Proxy(Box::new(ProxyRoute {
                 pool: kept.pool.clone(),
                 strip_prefix: *strip_prefix,
+                accel_redirect: *accel_redirect,
             }))
         }
         Action::Respond(respond) => RouteAction::Respond(respond.clone()),
         Action::Redirect(redirect) => RouteAction::Redirect(redirect.clone()),
+        Action::Files(files) => RouteAction::Files(Arc::new(crate::files::FilesRoute::new(files))),
     })
 }
 

@@ -202,6 +202,13 @@ pub struct FileRoute {
     pub strip_prefix: Option<Spanned<bool>>,
     pub respond: Option<Spanned<FileRespond>>,
     pub redirect: Option<Spanned<FileRedirect>>,
+    /// Files served from a folder (the fourth action).
+    pub files: Option<Spanned<FileFiles>>,
+    /// On an `upstream` route: an answer carrying `X-Accel-Redirect` is served from the site's
+    /// route for that path instead.
+    pub accel_redirect: Option<Spanned<bool>>,
+    /// Reachable only through `X-Accel-Redirect`, never by a client's own request.
+    pub internal: Option<Spanned<bool>>,
     /// Request policy, inherited by routes unless they set their own (see `FilePolicy`).
     pub rate_limit: Option<Spanned<toml::Value>>,
     pub max_body: Option<Str>,
@@ -368,6 +375,19 @@ pub struct FileRespond {
 pub struct FileRedirect {
     pub to: Str,
     pub status: Option<Spanned<i64>>,
+}
+
+/// `files = { root = "dist", index = ["index.html"], fallback = "/index.html", ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFiles {
+    /// Optional here so that its absence is a located error with a hint, not serde's.
+    pub root: Option<Str>,
+    pub index: Option<Spanned<Vec<Str>>>,
+    pub fallback: Option<Str>,
+    pub precompressed: Option<Spanned<Vec<Str>>>,
+    pub follow_symlinks: Option<Spanned<bool>>,
+    pub dotfiles: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Deserialize)]

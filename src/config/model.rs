@@ -342,6 +342,9 @@ pub struct Route {
     pub intercept_errors: bool,
     /// Header rules (resolved per header name), `upstream_host`, `X-Forwarded-Prefix`.
     pub headers: RouteHeaders,
+    /// Only `X-Accel-Redirect` answers reach it; a client's request for it is a `404` (nginx
+    /// `internal`).
+    pub internal: bool,
 }
 
 /// What a route does to headers, everything inherited already resolved.
@@ -762,10 +765,38 @@ pub enum Action {
     Proxy {
         upstream: String,
         strip_prefix: bool,
+        /// An upstream answer carrying `X-Accel-Redirect` is served from the site's route for
+        /// that path (nginx's internal redirect).
+        accel_redirect: bool,
     },
     Respond(Respond),
     Redirect(Redirect),
+    Files(StaticFiles),
 }
+
+/// A folder served as it is (`files`): nginx's `root`/`alias` with `try_files`, Caddy's
+/// `file_server`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticFiles {
+    /// Resolved against the config file's folder; `load` checks that it is a folder.
+    pub root: PathBuf,
+    /// Tried in order for a path ending in `/`; empty: a folder is never served.
+    pub index: Vec<String>,
+    /// Below `root`, without its leading `/`: served (`200`) when nothing else is.
+    pub fallback: Option<String>,
+    /// Siblings (`app.js.br`, `.zst`, `.gz`) looked for, in this order of preference.
+    pub precompressed: Vec<Coding>,
+    /// Symbolic links may lead outside `root`.
+    pub follow_symlinks: bool,
+    /// Path segments starting with `.` that may be served (`.well-known`); every other is not.
+    pub dotfiles: Vec<String>,
+    /// The route's prefix is taken off the path before it is looked up (nginx `alias`); else
+    /// the whole path is (nginx `root`).
+    pub strip_prefix: bool,
+}
+
+/// `index` unless set: what nginx and Caddy look for first.
+pub const DEFAULT_INDEX: &str = "index.html";
 
 /// A built-in answer.
 #[derive(Clone, Debug, PartialEq)]

@@ -18,6 +18,7 @@ use toml::Spanned;
 mod cors;
 mod encode;
 mod error_pages;
+mod files;
 mod headers;
 mod listen;
 mod log;
@@ -1116,13 +1117,14 @@ fn route(
     };
     let action = action(cx, raw, upstreams)?;
     if let Some(strip) = &r.strip_prefix {
-        let proxies_prefix =
-            matches!(action, Action::Proxy { .. }) && matches!(matcher, PathMatch::Prefix(_));
-        if *strip.get_ref() && !proxies_prefix {
-            let msg = "`strip_prefix` only applies to a `path` route with an `upstream`";
+        let takes_prefix = matches!(action, Action::Proxy { .. } | Action::Files(_))
+            && matches!(matcher, PathMatch::Prefix(_));
+        if *strip.get_ref() && !takes_prefix {
+            let msg = "`strip_prefix` only applies to a `path` route with an `upstream` or `files`";
             cx.error(strip.span(), "site.route.strip_prefix", msg);
         }
     }
+    files::accel_check(cx, r, &action);
     let scope = format!("route {site} {}", matcher.as_str());
     let mut policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
     policy::timeouts(cx, r.timeouts.as_ref(), &mut policy, "site.route");
@@ -1146,6 +1148,7 @@ fn route(
         error_pages: pages,
         intercept_errors,
         headers,
+        internal: r.internal.as_ref().is_some_and(|i| *i.get_ref()),
     })
 }
 
@@ -1168,12 +1171,13 @@ fn route_path(cx: &mut Ctx, value: &Str, key: &str) -> Option<String> {
 
 fn action(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<Action> {
     let r = raw.get_ref();
-    match (&r.upstream, &r.respond, &r.redirect) {
-        (Some(up), None, None) => proxy_action(cx, r, up, upstreams),
-        (None, Some(resp), None) => respond_action(cx, resp),
-        (None, None, Some(redir)) => redirect_action(cx, redir),
+    match (&r.upstream, &r.respond, &r.redirect, &r.files) {
+        (Some(up), None, None, None) => proxy_action(cx, r, up, upstreams),
+        (None, Some(resp), None, None) => respond_action(cx, resp),
+        (None, None, Some(redir), None) => redirect_action(cx, redir),
+        (None, None, None, Some(files)) => files::files_action(cx, r, files),
         _ => {
-            let msg = "a route needs exactly one of `upstream`, `respond` or `redirect`";
+            let msg = "a route needs exactly one of `upstream`, `respond`, `redirect` or `files`";
             cx.error(raw.span(), "site.route", msg);
             None
         }
@@ -1198,6 +1202,7 @@ fn proxy_action(cx: &mut Ctx, r: &FileRoute, up: &Str, upstreams: &[&str]) -> Op
     Some(Action::Proxy {
         upstream: name,
         strip_prefix: r.strip_prefix.as_ref().is_some_and(|s| *s.get_ref()),
+        accel_redirect: r.accel_redirect.as_ref().is_some_and(|a| *a.get_ref()),
     })
 }
 

@@ -23,6 +23,7 @@ use super::conn::InFlight;
 use super::pace::{Pace, Stall};
 use super::stream::SendClock;
 use crate::config::MinRate;
+use crate::files::FileBody;
 use crate::metrics::RouteMetrics;
 use crate::middleware::body_limit::{Budget, TooLarge};
 use crate::middleware::encode::body::{Compressed, Encoder};
@@ -320,6 +321,8 @@ impl Body for CountedBody {
 enum Source {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
+    /// A `files` route's answer, read off the runtime's threads (`crate::files`).
+    File(FileBody),
 }
 
 #[derive(Debug)]
@@ -414,14 +417,15 @@ impl Drop for UpstreamBody {
     }
 }
 
-/// Drops an upstream response body nobody will read (an answer replaced by an error page) as
-/// one dropped early is: with a short rest its connection is kept, else closed.
-pub fn discard(body: Incoming, conn: Option<Sender>, backend: Arc<Backend>) {
+/// An upstream answer nobody will read (one that carried `X-Accel-Redirect`): its connection
+/// goes back at once if the body is empty, after reading off a short rest (`DRAIN_MAX`), or is
+/// closed, exactly as for a body the client stopped reading.
+pub fn discard(body: Incoming, conn: Option<Sender>, active: &ActiveGuard) {
     drop(UpstreamBody {
         body: Some(body),
-        read_timeout: Duration::ZERO,
+        read_timeout: DRAIN_WITHIN,
         stalled: None,
-        conn: conn.map(|conn| (conn, backend)),
+        conn: conn.map(|conn| (conn, active.backend().clone())),
     });
 }
 
@@ -448,6 +452,8 @@ pub enum BodyError {
     ReadTimeout(Duration),
     #[error("compressing the response body: {0}")]
     Encode(#[from] std::io::Error),
+    #[error("reading the file served: {0}")]
+    File(std::io::Error),
 }
 
 /// The response body sent to the client.
@@ -529,6 +535,15 @@ impl ProxyBody {
         }
     }
 
+    /// A file's bytes (or none, for a `files` answer without a body).
+    pub fn file(body: FileBody, done: Completion) -> Self {
+        ProxyBody {
+            inner: Inner::Plain(Source::File(body)),
+            done,
+            clock: SendClock::current(),
+        }
+    }
+
     /// The same body compressed by `encoder` (the head must say so); the bytes counted for the
     /// access log and metrics are then the compressed ones, as sent.
     pub fn compress(self, encoder: Encoder, ticket: EncoderTicket) -> Self {
@@ -558,6 +573,7 @@ impl Body for Source {
         match &mut *self {
             Source::Upstream(body) => body.poll_frame(cx),
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::File(file) => Pin::new(file).poll_frame(cx).map_err(BodyError::File),
         }
     }
 
@@ -565,6 +581,7 @@ impl Body for Source {
         match self {
             Source::Upstream(up) => up.is_end_stream(),
             Source::Full(bytes) => bytes.is_none(),
+            Source::File(file) => file.is_end_stream(),
         }
     }
 
@@ -577,6 +594,7 @@ impl Body for Source {
             Source::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Source::File(file) => file.size_hint(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::canonical::{BadMethod, Uncanonical};
 use super::hygiene::Malformed;
+use crate::files::accel::BadRedirect;
 use crate::middleware::cors::PreflightRefusal;
 use crate::middleware::Reason;
 use crate::upstream::conn::SendError;
@@ -51,6 +52,12 @@ pub enum ProxyError {
     Malformed(#[from] Malformed),
     #[error("{0}")]
     Uncanonical(#[from] Uncanonical),
+    #[error("no file for this path")]
+    NoFile,
+    #[error("reading a file failed")]
+    FileFailed,
+    #[error("the upstream's X-Accel-Redirect is not followed: {0}")]
+    BadAccelRedirect(#[from] BadRedirect),
 }
 
 impl ProxyError {
@@ -77,7 +84,9 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoRoute | ProxyError::NoFile => StatusCode::NOT_FOUND,
+            ProxyError::FileFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::BadAccelRedirect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoHealthy(..) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -146,7 +155,11 @@ impl ProxyError {
     pub fn is_upstream(&self) -> bool {
         !matches!(
             self,
-            ProxyError::NoRoute | ProxyError::BadTarget | ProxyError::Misdirected
+            ProxyError::NoRoute
+                | ProxyError::BadTarget
+                | ProxyError::Misdirected
+                | ProxyError::NoFile
+                | ProxyError::FileFailed
         ) && self.rejection().is_none()
     }
 }

@@ -1,7 +1,8 @@
 //! The root service: one request from arrival to response head. Order: snapshot, request id,
-//! client address, route, the route's checks, then the route's action (respond, redirect or
-//! proxy), or for a preflight on a route with `cors` the CORS answer; that route's CORS headers
-//! then go on whatever answer resulted.
+//! client address, route, the route's checks, then the route's action (respond, redirect,
+//! files or proxy, and for a proxy route with `accel_redirect` the route its upstream's
+//! `X-Accel-Redirect` names), or for a preflight on a route with `cors` the CORS answer; that
+//! route's CORS headers then go on whatever answer resulted.
 
 use super::body::{
     discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog,
@@ -15,6 +16,7 @@ use crate::acme;
 use crate::config::RouteHeaders;
 use crate::config::{Coding, Redirect, Respond, ServerLimits};
 use crate::error_pages::{self, Page, Pages};
+use crate::files::{self, accel, FileBody, FileError, FileRequest, FilesRoute};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
@@ -72,6 +74,18 @@ enum Answer {
     /// `upstream_response` for the reads of its body.
     Upstream(Response<Incoming>, ActiveGuard, Option<Sender>, Duration),
     Local(Response<Bytes>),
+    /// From a `files` route.
+    File(Response<FileBody>),
+}
+
+impl Answer {
+    fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        match self {
+            Answer::Upstream(resp, ..) => resp.headers_mut(),
+            Answer::Local(resp) => resp.headers_mut(),
+            Answer::File(resp) => resp.headers_mut(),
+        }
+    }
 }
 
 impl ProxyService {
@@ -183,6 +197,11 @@ impl ProxyService {
                 let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
                 Response::from_parts(parts, ProxyBody::full(body, done))
             }
+            Ok(Answer::File(resp)) => {
+                let (parts, body) = resp.into_parts();
+                let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
+                Response::from_parts(parts, ProxyBody::file(body, done))
+            }
             Err(err) => {
                 let pages = state.error_pages.for_answer(site, routed);
                 self.refuse(&err, (log, in_flight), version, pages)
@@ -248,6 +267,10 @@ impl ProxyService {
             .route_in(site, path)
             .ok_or(ProxyError::NoRoute)?;
         let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
+        // reachable only through `X-Accel-Redirect` (nginx `internal`): to a client, no route
+        if route.internal {
+            return Err(ProxyError::NoRoute);
+        }
         *routed = Some(matched.route);
         if let Some(metrics) = &route.metrics {
             let _ = log.metrics.set(metrics.clone());
@@ -296,20 +319,24 @@ impl ProxyService {
             .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
         let answer = match &route.action {
             RouteAction::Respond(r) => Answer::Local(respond(r)),
-            RouteAction::Redirect(r) => {
-                let vars = Vars {
-                    client_ip: addrs.client,
-                    host,
-                    port: port.unwrap_or(self.transport.default_port()),
-                    scheme: self.transport.scheme(),
-                    uri: req.uri(),
-                    request_id: &log.request_id,
+            RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars())),
+            RouteAction::Files(files) => {
+                let file = FileRequest {
+                    method: req.method(),
                     headers: req.headers(),
-                    captures: None,
+                    path,
+                    query: req.uri().query(),
+                    matched_len: matched.matched_len,
                 };
-                Answer::Local(redirect(r, &vars))
+                Answer::File(serve_file(files, file).await?)
             }
             RouteAction::Proxy(route) => {
+                // boxed: it waits across the upstream exchange, in a future every connection
+                // holds room for
+                let kept = route
+                    .accel_redirect
+                    .then(|| Box::new(accel::Kept::of(&req)));
+                let addrs_client = addrs.client;
                 let strip = route.strip_prefix.then_some(matched.matched_len);
                 // placeholders take the request as the client sent it (nginx `$http_*`), before
                 // Gatehouse's own headers are set
@@ -332,7 +359,15 @@ impl ProxyService {
                 };
                 // boxed: hyper keeps one slot per connection sized for this service's future,
                 // idle connections included; the proxying part is the bulk of it
-                Box::pin(self.proxy(hop, req)).await?
+                let answer = Box::pin(self.proxy(hop, req)).await?;
+                match kept {
+                    Some(kept) => {
+                        let at = (state, site, host);
+                        let client = (addrs_client, port, self.transport, &log.request_id);
+                        return Box::pin(follow_accel(at, client, kept, answer, encode)).await;
+                    }
+                    None => answer,
+                }
             }
         };
         Ok((answer, encode))
@@ -656,6 +691,95 @@ fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyErro
     PathAndQuery::try_from(out).map_err(|_| ProxyError::BadTarget)
 }
 
+/// A `files` route's answer; boxed for the same reason as the proxying part (the lookup waits
+/// on the blocking pool). Nothing to serve is a `404`; a read that failed is logged and a `500`.
+async fn serve_file(
+    files: &Arc<FilesRoute>,
+    req: FileRequest<'_>,
+) -> Result<Response<FileBody>, ProxyError> {
+    match Box::pin(files::serve(files, req)).await {
+        Ok(resp) => Ok(resp),
+        Err(FileError::NotFound) => Err(ProxyError::NoFile),
+        Err(FileError::Io(e)) => {
+            tracing::warn!(error = %e, path = req.path, "cannot serve a file");
+            Err(ProxyError::FileFailed)
+        }
+    }
+}
+
+/// With `accel_redirect`: an upstream answer carrying `X-Accel-Redirect` is replaced by what
+/// the site's route for that path serves (see `files::accel`), with the upstream's body
+/// discarded and a few of its headers kept; any other answer goes as it is. `at` is the
+/// snapshot, the site and the request's host; `client` what a redirect's placeholders need of
+/// the request besides its kept headers.
+async fn follow_accel<'s>(
+    (state, site, host): (&'s RuntimeState, usize, &str),
+    client: (IpAddr, Option<u16>, Transport, &HeaderValue),
+    kept: Box<accel::Kept>,
+    answer: Answer,
+    encode: Option<Negotiated<'s>>,
+) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
+    let Answer::Upstream(resp, active, conn, read_timeout) = answer else {
+        return Ok((answer, encode));
+    };
+    let target = match accel::target(resp.headers(), state.config.server.paths) {
+        Some(target) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => target,
+        _ => {
+            let answer = Answer::Upstream(resp, active, conn, read_timeout);
+            return Ok((answer, encode));
+        }
+    };
+    let (upstream, body) = resp.into_parts();
+    super::body::discard(body, conn, &active);
+    drop(active);
+    let target = target?;
+    let matched = state
+        .router
+        .route_in(site, &target.path)
+        .ok_or(ProxyError::NoRoute)?;
+    let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
+    let encode = route
+        .encode
+        .as_ref()
+        .and_then(|rule| Negotiated::new(rule, &kept.method, &kept.headers));
+    let mut answer = match &route.action {
+        RouteAction::Files(files) => {
+            let req = FileRequest {
+                method: &kept.method,
+                headers: &kept.headers,
+                path: &target.path,
+                query: target.query.as_deref(),
+                matched_len: matched.matched_len,
+            };
+            Answer::File(serve_file(files, req).await?)
+        }
+        RouteAction::Respond(r) => Answer::Local(respond(r)),
+        RouteAction::Redirect(r) => {
+            let uri = match &target.query {
+                Some(query) => Uri::try_from(format!("{}?{query}", target.path)),
+                None => Uri::try_from(target.path.as_str()),
+            };
+            let uri =
+                uri.map_err(|_| ProxyError::BadAccelRedirect(accel::BadRedirect::NotAPath))?;
+            let (client_ip, port, transport, request_id) = client;
+            let vars = Vars {
+                client_ip,
+                host,
+                port: port.unwrap_or(transport.default_port()),
+                scheme: transport.scheme(),
+                uri: &uri,
+                request_id,
+                headers: &kept.headers,
+                captures: None,
+            };
+            Answer::Local(redirect(r, &vars))
+        }
+        RouteAction::Proxy(_) => return Err(accel::BadRedirect::ToProxy.into()),
+    };
+    accel::carry(&upstream.headers, answer.headers_mut());
+    Ok((answer, encode))
+}
+
 /// The answer to an allowed CORS preflight; `cors::Verdict::apply` adds the grant.
 fn no_content() -> Response<Bytes> {
     let mut resp = Response::new(Bytes::new());
@@ -787,7 +911,7 @@ fn intercept(
     in_flight: InFlight,
 ) -> Response<ProxyBody> {
     let (parts, body) = resp.into_parts();
-    discard(body, conn, active.backend().clone());
+    discard(body, conn, &active);
     let bytes = page.body(log.request_id.as_bytes());
     let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
     let mut out = Response::new(ProxyBody::full(bytes, done));
