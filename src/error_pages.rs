@@ -107,22 +107,24 @@ impl Pages {
     }
 }
 
-/// The snapshot's pages: per route (by `RouteId`), per site, and the server's.
+/// The snapshot's pages for answers no route claimed: per site, and the server's (a route's own
+/// are on its `state::Route`, from `ErrorPages::build`).
 #[derive(Debug, Default)]
 pub struct ErrorPages {
     server: Option<Arc<Pages>>,
     sites: Vec<Option<Arc<Pages>>>,
-    routes: Vec<Option<Arc<Pages>>>,
-    /// By `RouteId`: the route's pages also replace its upstream's error answers.
-    intercept: Vec<bool>,
     /// The files as read, so a reload notices a page changed under the same config.
     files: HashMap<PathBuf, Bytes>,
 }
 
 impl ErrorPages {
-    /// From the config and the pages `crate::load` read for it (every page it names). Levels
-    /// that resolve to the same files share one table.
-    pub fn build(config: &Config, files: &HashMap<PathBuf, Bytes>) -> ErrorPages {
+    /// From the config and the pages `crate::load` read for it (every page it names), with each
+    /// route's pages in route order (`RouteId`), for its `state::Route`. Levels that resolve
+    /// to the same files share one table.
+    pub fn build(
+        config: &Config,
+        files: &HashMap<PathBuf, Bytes>,
+    ) -> (ErrorPages, Vec<Option<Arc<Pages>>>) {
         let mut pages: HashMap<&Path, Arc<Page>> = HashMap::new();
         for (path, bytes) in files {
             pages.insert(path, Arc::new(Page::new(path, bytes)));
@@ -142,35 +144,21 @@ impl ErrorPages {
         let server = table(&config.server.error_pages);
         let sites = config.sites.iter().map(|s| table(&s.error_pages)).collect();
         let routes = config.sites.iter().flat_map(|s| &s.routes);
-        let intercept = routes.clone().map(|r| r.intercept_errors).collect();
         let routes = routes.map(|r| table(&r.error_pages)).collect();
-        ErrorPages {
+        let pages = ErrorPages {
             server,
             sites,
-            routes,
-            intercept,
             files: files.clone(),
-        }
-    }
-
-    /// The pages for an answer: the route's if one was matched, else the site's, else the
-    /// server's.
-    pub fn for_answer(&self, site: Option<usize>, route: Option<usize>) -> Option<&Pages> {
-        let table = match (route, site) {
-            (Some(route), _) => self.routes.get(route),
-            (None, Some(site)) => self.sites.get(site),
-            (None, None) => Some(&self.server),
         };
-        table?.as_deref()
+        (pages, routes)
     }
 
-    /// The page that replaces an upstream answer with `status` on `route`, if the route has
-    /// `intercept_errors` and a page for it.
-    pub fn intercepted(&self, route: usize, status: StatusCode) -> Option<&Page> {
-        if !self.intercept.get(route).copied().unwrap_or(false) {
-            return None;
+    /// The pages for an answer no route claimed: the site's, else the server's.
+    pub fn unrouted(&self, site: Option<usize>) -> Option<&Pages> {
+        match site {
+            Some(site) => self.sites.get(site)?.as_deref(),
+            None => self.server.as_deref(),
         }
-        self.routes.get(route)?.as_deref()?.get(status)
     }
 
     /// Whether `files` (read by a reload of the same config) differ from the pages held.

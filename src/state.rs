@@ -8,7 +8,7 @@ use crate::config::{
     Action, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders, SiteTls, Timeouts,
     Upstream,
 };
-use crate::error_pages::ErrorPages;
+use crate::error_pages::{ErrorPages, Page, Pages};
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
@@ -70,6 +70,21 @@ pub struct Route {
     pub headers: RouteHeaders,
     /// Reachable only through `X-Accel-Redirect` (`internal`): to a client, no route.
     pub internal: bool,
+    /// `error_pages` as resolved for the route; `None` when it has none.
+    pub error_pages: Option<Arc<Pages>>,
+    /// `intercept_errors`: the upstream's error answers get the route's pages too.
+    pub intercept_errors: bool,
+}
+
+impl Route {
+    /// The page that replaces an upstream answer with `status`, if the route has
+    /// `intercept_errors` and a page for it (an answer under 400 is never looked at).
+    pub fn intercepts(&self, status: http::StatusCode) -> Option<&Page> {
+        if !self.intercept_errors || status.as_u16() < 400 {
+            return None;
+        }
+        self.error_pages.as_deref()?.get(status)
+    }
 }
 
 pub enum RouteAction {
@@ -275,7 +290,8 @@ impl RuntimeState {
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
             .collect();
-        let routes = routes(&config, &kept, keep)?;
+        let (error_pages, route_pages) = ErrorPages::build(&config, files.pages());
+        let routes = routes(&config, &kept, keep, route_pages)?;
         let sites = config
             .sites
             .iter()
@@ -291,7 +307,6 @@ impl RuntimeState {
         } else {
             Vec::new()
         };
-        let error_pages = ErrorPages::build(&config, files.pages());
         keep.keep_access_log(&config.log, &access_log);
         keep.acme
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
@@ -342,7 +357,9 @@ fn routes(
     config: &Config,
     upstreams: &HashMap<String, KeptUpstream>,
     keep: &Keep,
+    pages: Vec<Option<Arc<Pages>>>,
 ) -> Result<Vec<Route>, BuildError> {
+    let mut pages = pages.into_iter();
     let key_caps = KeyCaps::from(&config.server.limits);
     let mut routes = Vec::new();
     for site in &config.sites {
@@ -360,6 +377,8 @@ fn routes(
                 metrics,
                 headers: route.headers.clone(),
                 internal: route.internal,
+                error_pages: pages.next().flatten(),
+                intercept_errors: route.intercept_errors,
             });
         }
     }

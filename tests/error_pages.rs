@@ -237,8 +237,11 @@ async fn intercept_errors_replaces_the_upstreams_error_answers_on_its_route_only
         let resp = get(&proxy, "a.test", "/on/fine").await;
         assert_eq!((resp.status, resp.body_text().as_str()), (200, "fine"));
         assert_eq!(resp.header("x-secret"), Some("stack trace"));
-        // short bodies were read off: the one upstream connection was never closed
-        assert_eq!((backend.connections(), backend.closed()), (1, 0));
+        // short bodies were read off: no upstream connection was closed (the read-off happens
+        // beside the answer, so the next request may find it not yet back in the pool and open
+        // a second one: three requests on at most two connections)
+        assert_eq!(backend.closed(), 0);
+        assert!(backend.connections() <= 2, "{}", backend.connections());
 
         // without intercept_errors the upstream's answer passes
         let resp = get(&proxy, "a.test", "/off/missing").await;

@@ -203,7 +203,10 @@ impl ProxyService {
                 Response::from_parts(parts, ProxyBody::file(body, done))
             }
             Err(err) => {
-                let pages = state.error_pages.for_answer(site, routed);
+                let pages = match routed.and_then(|id| state.routes.get(id)) {
+                    Some(route) => route.error_pages.as_deref(),
+                    None => state.error_pages.unrouted(site),
+                };
                 self.refuse(&err, (log, in_flight), version, pages)
             }
         };
@@ -891,12 +894,9 @@ impl ProxyService {
 }
 
 /// The page that replaces an upstream answer with `status` on the route matched, if that route
-/// has `intercept_errors` (an answer under 400 is never looked at).
+/// has `intercept_errors` (`state::Route::intercepts`).
 fn intercepts(state: &RuntimeState, routed: Option<usize>, status: StatusCode) -> Option<&Page> {
-    if status.as_u16() < 400 {
-        return None;
-    }
-    state.error_pages.intercepted(routed?, status)
+    state.routes.get(routed?)?.intercepts(status)
 }
 
 /// An upstream's error answer replaced by the route's page (`intercept_errors`): the same
