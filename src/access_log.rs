@@ -15,9 +15,10 @@ mod format;
 mod writer;
 
 use crate::config::{AccessFormat, AccessTarget, Log};
+use crate::upstream::BackendAddr;
 use http::{HeaderValue, Method, Uri, Version};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,8 +42,9 @@ pub struct Entry<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration: Duration,
-    /// The server that answered; `None` for local answers and refusals.
-    pub upstream: Option<SocketAddr>,
+    /// The server that answered (its address, or a Unix socket's path); `None` for local
+    /// answers and refusals.
+    pub upstream: Option<&'a BackendAddr>,
     pub request_id: &'a HeaderValue,
     pub user_agent: Option<&'a HeaderValue>,
     pub referer: Option<&'a HeaderValue>,

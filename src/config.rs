@@ -170,6 +170,8 @@ pub enum FileKind {
     CertPair(TlsFiles),
     /// CA roots in PEM: `acme.ca_root`, `upstream.NAME.ca_root`.
     Roots(PathBuf),
+    /// An error page (`error_pages`), kept in memory as it is.
+    Page(PathBuf),
     /// A folder files are served from (`site.route.files.root`): it must exist.
     Folder(PathBuf),
 }
@@ -220,7 +222,7 @@ not_a_key = 1
         assert!(parse(Path::new(PATH), text).is_err());
         let listen = parse_listen(Path::new(PATH), text).unwrap();
         assert_eq!(listen.admin, Some("127.0.0.1:9901".parse().unwrap()));
-        assert_eq!(listen.http, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(listen.http, ["0.0.0.0:8080".parse().unwrap()]);
     }
 
     #[test]

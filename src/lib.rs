@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod error_pages;
 pub mod fds;
 pub mod files;
 pub mod http;

@@ -1,7 +1,7 @@
 //! Loading a config: the step between validation and the snapshot. `config` validates without
 //! reading any file the config names; this step reads them all (site certificates and keys,
 //! upstream `ca_root` and `client_cert`, the system root store when an upstream speaks TLS,
-//! `acme.ca_root`), reports what is wrong with one at the key that names it, as validation
+//! `acme.ca_root`, error pages), reports what is wrong with one at the key that names it, as validation
 //! reports its own problems (all of them together, in file order), and hands what it read to
 //! `state::RuntimeState::build`, which reads no file.
 //!
@@ -14,6 +14,7 @@ use crate::config::{
     self, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Validated,
 };
 use crate::tls::{self, FileStamp, TlsError};
+use bytes::Bytes;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
@@ -33,6 +34,8 @@ pub struct Loaded {
 pub struct Files {
     pairs: HashMap<TlsFiles, Pair>,
     upstreams: HashMap<String, UpstreamFiles>,
+    /// Error pages (`error_pages`) as read, by path.
+    pages: HashMap<PathBuf, Bytes>,
 }
 
 /// A certificate chain and its key, checked to belong together.
@@ -61,6 +64,11 @@ impl Files {
     /// A TLS upstream's files; `None` for a plain one.
     pub fn upstream(&self, name: &str) -> Option<&UpstreamFiles> {
         self.upstreams.get(name)
+    }
+
+    /// The error pages as read, by path.
+    pub fn pages(&self) -> &HashMap<PathBuf, Bytes> {
+        &self.pages
     }
 
     /// The stamp of the files upstream `name` was made from (empty for a plain upstream).
@@ -101,6 +109,35 @@ pub async fn load_off_runtime(path: PathBuf) -> Result<Loaded, ConfigError> {
 struct Read {
     pairs: HashMap<TlsFiles, Pair>,
     roots: HashMap<PathBuf, (FileStamp, Vec<CertificateDer<'static>>)>,
+    pages: HashMap<PathBuf, Bytes>,
+}
+
+/// The largest error page kept in memory: a page is sent whole, from memory, with every answer
+/// it replaces.
+pub const PAGE_MAX: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+enum PageError {
+    #[error("cannot read error page {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("error page {} is {len} bytes; at most {PAGE_MAX} (1 MiB) are kept in memory", path.display())]
+    TooLarge { path: PathBuf, len: u64 },
+}
+
+fn read_page(path: &Path) -> Result<Bytes, PageError> {
+    let read = |source| PageError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > PAGE_MAX {
+        let path = path.to_path_buf();
+        return Err(PageError::TooLarge { path, len });
+    }
+    std::fs::read(path).map(Bytes::from).map_err(read)
 }
 
 /// Reads each file the config names once; a problem is located where the config names it.
@@ -110,16 +147,26 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
     for named in &validated.files {
         let result = match &named.file {
             FileKind::CertPair(files) if read.pairs.contains_key(files) => Ok(()),
-            FileKind::CertPair(files) => read_pair(files).map(|pair| {
-                read.pairs.insert(files.clone(), pair);
-            }),
+            FileKind::CertPair(files) => read_pair(files)
+                .map(|pair| {
+                    read.pairs.insert(files.clone(), pair);
+                })
+                .map_err(|e| e.to_string()),
             FileKind::Roots(path) if read.roots.contains_key(path) => Ok(()),
             FileKind::Roots(path) => {
                 let stamp = FileStamp::of_paths([path.as_path()]);
-                tls::read_roots(path).map(|roots| {
-                    read.roots.insert(path.clone(), (stamp, roots));
-                })
+                tls::read_roots(path)
+                    .map(|roots| {
+                        read.roots.insert(path.clone(), (stamp, roots));
+                    })
+                    .map_err(|e| e.to_string())
             }
+            FileKind::Page(path) if read.pages.contains_key(path) => Ok(()),
+            FileKind::Page(path) => read_page(path)
+                .map(|page| {
+                    read.pages.insert(path.clone(), page);
+                })
+                .map_err(|e| e.to_string()),
             FileKind::Folder(path) => {
                 if let Err(message) = folder(path) {
                     errors.push(validated.locate(named, message));
@@ -128,7 +175,7 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
             }
         };
         if let Err(e) = result {
-            errors.push(validated.locate(named, e.to_string()));
+            errors.push(validated.locate(named, e));
         }
     }
     (read, errors)
@@ -183,6 +230,7 @@ fn upstream_files(
     Files {
         pairs: read.pairs,
         upstreams,
+        pages: read.pages,
     }
 }
 

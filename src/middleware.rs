@@ -35,6 +35,10 @@ pub struct RoutePolicy {
     pub body_timeout: Duration,
     pub body_min_rate: Option<MinRate>,
     pub send_min_rate: Option<MinRate>,
+    /// For the upstream connection (`Policy::upstream_connect`).
+    pub upstream_connect: Duration,
+    /// For the upstream's response head and each read of its body (`Policy::upstream_response`).
+    pub upstream_response: Duration,
 }
 
 /// Why a request is refused before its action runs.
@@ -59,6 +63,8 @@ impl RoutePolicy {
             body_timeout: policy.body_timeout,
             body_min_rate: policy.body_min_rate,
             send_min_rate: policy.send_min_rate,
+            upstream_connect: policy.upstream_connect,
+            upstream_response: policy.upstream_response,
         }
     }
 

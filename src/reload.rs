@@ -78,11 +78,16 @@ async fn attempt(
     let current = shared.load();
     let old = &current.config;
     let mut summary = if **old == *new {
-        // the file is the same, but a CA or client certificate it names may have been replaced
-        if !keep.tls_files_changed(new, &loaded.files).await {
+        // the file is the same, but a CA or client certificate, or an error page, it names may
+        // have been replaced
+        let tls = keep.tls_files_changed(new, &loaded.files).await;
+        let pages = current.error_pages.changed(loaded.files.pages());
+        if !tls && !pages {
             return Outcome::Unchanged;
         }
-        vec!["upstream TLS files read again".to_string()]
+        let again = [(tls, "upstream TLS files"), (pages, "error pages")];
+        let again: Vec<&str> = again.iter().filter(|(c, _)| *c).map(|(_, w)| *w).collect();
+        vec![format!("{} read again", again.join(" and "))]
     } else {
         summarize(old, new)
     };

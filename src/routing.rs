@@ -143,6 +143,8 @@ mod tests {
             policy: Default::default(),
             cors: None,
             encode: Default::default(),
+            error_pages: Default::default(),
+            intercept_errors: false,
             headers: Default::default(),
             internal: false,
         }
@@ -156,6 +158,7 @@ mod tests {
             redirect_https: false,
             hsts: None,
             routes,
+            error_pages: Default::default(),
             response_headers: Default::default(),
         };
         vec![

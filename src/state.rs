@@ -8,6 +8,7 @@ use crate::config::{
     Action, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders, SiteTls, Timeouts,
     Upstream,
 };
+use crate::error_pages::{ErrorPages, Page, Pages};
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
@@ -41,6 +42,8 @@ pub struct RuntimeState {
     pub access_log: AccessLog,
     /// hyper's connection settings (head and HTTP/2 limits) for connections accepted now.
     pub http: Arc<crate::http::Protocols>,
+    /// `error_pages` per route, site and server, with their files' contents.
+    pub error_pages: ErrorPages,
 }
 
 pub struct SiteState {
@@ -67,6 +70,21 @@ pub struct Route {
     pub headers: RouteHeaders,
     /// Reachable only through `X-Accel-Redirect` (`internal`): to a client, no route.
     pub internal: bool,
+    /// `error_pages` as resolved for the route; `None` when it has none.
+    pub error_pages: Option<Arc<Pages>>,
+    /// `intercept_errors`: the upstream's error answers get the route's pages too.
+    pub intercept_errors: bool,
+}
+
+impl Route {
+    /// The page that replaces an upstream answer with `status`, if the route has
+    /// `intercept_errors` and a page for it (an answer under 400 is never looked at).
+    pub fn intercepts(&self, status: http::StatusCode) -> Option<&Page> {
+        if !self.intercept_errors || status.as_u16() < 400 {
+            return None;
+        }
+        self.error_pages.as_deref()?.get(status)
+    }
 }
 
 pub enum RouteAction {
@@ -213,8 +231,8 @@ impl Keep {
     ) -> Result<(String, KeptUpstream), TlsError> {
         let (spec, timeouts, metrics, _) = &made_from;
         let tls = files.upstream(name);
-        let handshake = upstream::tls::Handshake::new(name, spec, timeouts, tls)?;
-        let pool = UpstreamPool::new(name, spec, timeouts, handshake.clone());
+        let handshake = upstream::tls::Handshake::new(name, spec, tls)?;
+        let pool = UpstreamPool::new(name, spec, handshake.clone());
         if *metrics {
             pool.set_metrics(&self.metrics);
         }
@@ -272,7 +290,8 @@ impl RuntimeState {
             .iter()
             .map(|(name, k)| (name.clone(), k.pool.clone()))
             .collect();
-        let routes = routes(&config, &kept, keep)?;
+        let (error_pages, route_pages) = ErrorPages::build(&config, files.pages());
+        let routes = routes(&config, &kept, keep, route_pages)?;
         let sites = config
             .sites
             .iter()
@@ -305,6 +324,7 @@ impl RuntimeState {
             tls,
             routes,
             upstreams,
+            error_pages,
             config: Arc::new(config),
         })
     }
@@ -337,7 +357,9 @@ fn routes(
     config: &Config,
     upstreams: &HashMap<String, KeptUpstream>,
     keep: &Keep,
+    pages: Vec<Option<Arc<Pages>>>,
 ) -> Result<Vec<Route>, BuildError> {
+    let mut pages = pages.into_iter();
     let key_caps = KeyCaps::from(&config.server.limits);
     let mut routes = Vec::new();
     for site in &config.sites {
@@ -355,6 +377,8 @@ fn routes(
                 metrics,
                 headers: route.headers.clone(),
                 internal: route.internal,
+                error_pages: pages.next().flatten(),
+                intercept_errors: route.intercept_errors,
             });
         }
     }

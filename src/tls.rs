@@ -402,6 +402,7 @@ mod tests {
             redirect_https: false,
             hsts: None,
             routes: Vec::new(),
+            error_pages: Default::default(),
             response_headers: Default::default(),
         }
     }

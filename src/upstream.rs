@@ -1,6 +1,7 @@
 //! Upstream pools: the servers behind a name, kept resolved, each with its keep-alive
 //! connections (`conn`).
 
+mod addr;
 mod balance;
 pub mod conn;
 pub mod forward;
@@ -8,10 +9,11 @@ pub mod health;
 mod resolve;
 pub mod tls;
 
+pub use addr::BackendAddr;
 pub use balance::ActiveGuard;
 pub use health::counter::Outcome;
 
-use crate::config::{AllDown, Balance, Timeouts, Upstream};
+use crate::config::{AllDown, Balance, Endpoint, Timeouts, Upstream, UpstreamServer};
 use crate::http::CountedBody;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
@@ -29,10 +31,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-/// One resolved address of an upstream server.
+/// One resolved address of an upstream server, or its Unix socket.
 #[derive(Debug)]
 pub struct Backend {
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
+    /// The address as a URI authority (for a CONNECT target and the connector); `localhost`
+    /// for a Unix socket.
     pub authority: Authority,
     /// The weight of the `servers` entry it was resolved from.
     pub weight: u32,
@@ -46,8 +50,11 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(addr: SocketAddr, weight: u32, active_checks: bool) -> Option<Backend> {
-        let authority = Authority::try_from(addr.to_string()).ok()?;
+    fn new(addr: BackendAddr, weight: u32, active_checks: bool) -> Option<Backend> {
+        let authority = match &addr {
+            BackendAddr::Tcp(tcp) => Authority::try_from(tcp.to_string()).ok()?,
+            BackendAddr::Unix(_) => Authority::from_static("localhost"),
+        };
         Some(Backend {
             addr,
             authority,
@@ -106,22 +113,16 @@ pub struct NoServer {
 const RETRY_BANK_MAX: i64 = 10_000;
 
 impl UpstreamPool {
-    /// Builds the pool with the servers that are IP literals; names are filled in by `resolve`.
-    /// Connections to them follow `timeouts` and, for a TLS upstream, `tls`.
-    pub fn new(
-        name: &str,
-        spec: &Upstream,
-        timeouts: &Timeouts,
-        tls: Option<Arc<tls::Handshake>>,
-    ) -> Arc<UpstreamPool> {
+    /// Builds the pool with the servers that are IP literals or Unix sockets; names are filled
+    /// in by `resolve`.
+    /// Connections to them are TLS for a TLS upstream (`tls`); how long one may take is the
+    /// route's to say (`send`).
+    pub fn new(name: &str, spec: &Upstream, tls: Option<Arc<tls::Handshake>>) -> Arc<UpstreamPool> {
         let checks = spec.health.is_some();
         let literal: Vec<Arc<Backend>> = spec
             .servers
             .iter()
-            .filter_map(|s| {
-                let ip = s.addr.host.parse::<IpAddr>().ok()?;
-                Backend::new(SocketAddr::new(ip, s.addr.port), s.weight, checks).map(Arc::new)
-            })
+            .filter_map(|s| Backend::new(known_addr(s)?, s.weight, checks).map(Arc::new))
             .collect();
         Arc::new(UpstreamPool {
             name: name.to_string(),
@@ -133,28 +134,27 @@ impl UpstreamPool {
             retry_tokens: AtomicI64::new(3_000),
             metrics: OnceLock::new(),
             dialer: Dialer::new(
-                tls::Connector::new(http_connector(timeouts), tls.clone()),
+                tls::Connector::new(http_connector(None), tls.clone()),
                 tls.is_some(),
             ),
             sweeper: OnceLock::new(),
         })
     }
 
-    /// Sends `req` to `backend` over one of its keep-alive connections (or a new one); the
-    /// connection comes back with the response, for `Backend::reuse` once the body has ended.
+    /// Sends `req` to `backend` over one of its keep-alive connections (or a new one, made
+    /// within `connect`: the route's `upstream_connect`); the connection comes back with the
+    /// response, for `Backend::reuse` once the body has ended.
     pub async fn send(
         &self,
         backend: &Backend,
         req: Request<CountedBody>,
+        connect: Duration,
     ) -> Result<(Response<Incoming>, Sender), SendError> {
-        self.dialer.send(backend, req).await
+        self.dialer.send(backend, req, connect).await
     }
 
     fn needs_dns(&self) -> bool {
-        self.spec
-            .servers
-            .iter()
-            .any(|s| s.addr.host.parse::<IpAddr>().is_err())
+        self.spec.servers.iter().any(|s| known_addr(s).is_none())
     }
 
     pub fn backends(&self) -> Vec<Arc<Backend>> {
@@ -173,7 +173,7 @@ impl UpstreamPool {
     /// Picks a server that may take the request and was not `tried` for it yet, counting it
     /// active until the guard drops. With none: all servers anyway under `when_all_down =
     /// "try_all"` (if any is untried), else `NoServer`.
-    pub fn pick(&self, client: IpAddr, tried: &[SocketAddr]) -> Result<ActiveGuard, NoServer> {
+    pub fn pick(&self, client: IpAddr, tried: &[BackendAddr]) -> Result<ActiveGuard, NoServer> {
         let members = self.members.load();
         let mut ask = Ask {
             client,
@@ -282,10 +282,16 @@ impl UpstreamPool {
         let spec = &self.spec;
         let budget = spec.resolve_timeout.min(spec.resolve_every);
         let lookups = spec.servers.iter().map(|entry| async move {
-            let found = resolve::lookup(&spec.resolver, &entry.addr, budget).await;
+            let found = match (&entry.addr, known_addr(entry)) {
+                (_, Some(known)) => Ok(vec![known]),
+                (Endpoint::Tcp(server), None) => resolve::lookup(&spec.resolver, server, budget)
+                    .await
+                    .map(|found| found.into_iter().map(BackendAddr::Tcp).collect()),
+                (Endpoint::Unix(_), None) => Ok(Vec::new()),
+            };
             (entry, found)
         });
-        let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
+        let mut addrs: Vec<(BackendAddr, u32)> = Vec::new();
         let mut failed = false;
         for (entry, found) in futures_util::future::join_all(lookups).await {
             let server = &entry.addr;
@@ -305,10 +311,10 @@ impl UpstreamPool {
         let members = self.members.load();
         let current = &members.backends;
         if failed {
-            addrs.extend(current.iter().map(|b| (b.addr, b.weight)));
+            addrs.extend(current.iter().map(|b| (b.addr.clone(), b.weight)));
         }
         addrs.sort();
-        addrs.dedup_by_key(|(a, _)| *a);
+        addrs.dedup_by(|(a, _), (b, _)| a == b);
         let same = current.len() == addrs.len()
             && current
                 .iter()
@@ -323,11 +329,11 @@ impl UpstreamPool {
             .filter_map(
                 |(a, w)| match current.iter().find(|b| b.addr == *a && b.weight == *w) {
                     Some(existing) => Some(existing.clone()),
-                    None => Backend::new(*a, *w, checks).map(Arc::new),
+                    None => Backend::new(a.clone(), *w, checks).map(Arc::new),
                 },
             )
             .collect();
-        let servers: Vec<SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
+        let servers: Vec<&BackendAddr> = addrs.iter().map(|(a, _)| a).collect();
         tracing::info!(upstream = %self.name, servers = ?servers, "upstream servers resolved");
         self.members.store(Arc::new(Members::new(next)));
     }
@@ -372,11 +378,23 @@ impl UpstreamPool {
     }
 }
 
-/// TCP to the servers: connect timeout, nodelay, keepalive probes after 60 s.
-fn http_connector(timeouts: &Timeouts) -> HttpConnector {
+/// A server's address when no lookup is needed: an IP literal or a Unix socket.
+fn known_addr(server: &UpstreamServer) -> Option<BackendAddr> {
+    match &server.addr {
+        Endpoint::Tcp(tcp) => {
+            let ip = tcp.host.parse::<IpAddr>().ok()?;
+            Some(BackendAddr::Tcp(SocketAddr::new(ip, tcp.port)))
+        }
+        Endpoint::Unix(path) => Some(BackendAddr::unix(path)),
+    }
+}
+
+/// TCP to the servers: nodelay, keepalive probes after 60 s, and `connect` as the connect
+/// timeout if given (the request path bounds connect and handshake together itself).
+fn http_connector(connect: Option<Duration>) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeouts.upstream_connect));
+    connector.set_connect_timeout(connect);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     connector
 }
@@ -388,7 +406,7 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let connector = http_connector(timeouts);
+    let connector = http_connector(Some(timeouts.upstream_connect));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(hyper_util::rt::TokioTimer::new())

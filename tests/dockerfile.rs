@@ -430,7 +430,7 @@ fn the_container_config_passes_check_and_matches_healthcheck_ports_and_volume() 
         "HEALTHCHECK asks {admin}, {source} has [listen] admin = {:?}",
         config.listen.admin
     );
-    let http = config.listen.http.expect("http listener");
+    let http = *config.listen.http.first().expect("http listener");
     assert!(
         http.ip().is_unspecified(),
         "{source}: a container must bind all interfaces, not {http}"
@@ -441,9 +441,12 @@ fn the_container_config_passes_check_and_matches_healthcheck_ports_and_volume() 
         .split_whitespace()
         .map(|p| p.trim_end_matches("/tcp").parse().unwrap())
         .collect();
-    for port in [Some(http.port()), config.listen.https.map(|a| a.port())]
-        .into_iter()
-        .flatten()
+    for port in [
+        Some(http.port()),
+        config.listen.https.first().map(|a| a.port()),
+    ]
+    .into_iter()
+    .flatten()
     {
         assert!(
             exposed.contains(&port),

@@ -465,3 +465,155 @@ async fn steady_slow_upstream_body_is_not_cut() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// per-route upstream timeouts (`timeouts` on a site or route)
+// ---------------------------------------------------------------------------------------------
+
+/// `[server]` waits 60 s for an upstream; the first site 3 s, its `/fast` route 1 s; the second
+/// site inherits the server's.
+fn route_timeouts_config(upstream: &str, key: &str) -> String {
+    format!(
+        r#"
+[listen]
+http = "127.0.0.1:0"
+
+[server]
+workers = 2
+timeouts = {{ {key} = "60s" }}
+
+[[site]]
+hosts = ["a.test"]
+timeouts = {{ {key} = "3s" }}
+  [[site.route]]
+  path = "/fast"
+  upstream = "backend"
+  timeouts = {{ {key} = "1s" }}
+
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[[site]]
+hosts = ["b.test"]
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[upstream.backend]
+servers = ["{upstream}"]
+"#
+    )
+}
+
+/// `GET path` for `host` with `Connection: close`: the status and how long it took; `None` for
+/// no answer within `max`.
+async fn timed(
+    proxy: &TestProxy,
+    host: &str,
+    path: &str,
+    max: Duration,
+) -> Option<(u16, Duration)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let started = Instant::now();
+    let answer = support::raw_request(proxy.addr, &request);
+    let resp = tokio::time::timeout(max, answer).await.ok()?;
+    Some((resp.status, started.elapsed()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_upstream_response_beats_its_site_and_the_server() {
+    with_timeout(40, async {
+        let backend = sleepy_backend(Duration::from_secs(5)).await;
+        let config = route_timeouts_config(&backend.addr.to_string(), "upstream_response");
+        let proxy = TestProxy::start(&config).await;
+        let long = Duration::from_secs(20);
+        let (fast, site, server) = tokio::join!(
+            timed(&proxy, "a.test", "/fast", long),
+            timed(&proxy, "a.test", "/other", long),
+            timed(&proxy, "b.test", "/", long),
+        );
+        let (status, took) = fast.expect("an answer on /fast");
+        assert_eq!(status, 504);
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "the route's 1s: {took:?}"
+        );
+        let (status, took) = site.expect("an answer on /other");
+        assert_eq!(status, 504, "the route inherits its site's 3s");
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_millis(4800),
+            "the site's 3s: {took:?}"
+        );
+        let (status, took) = server.expect("an answer on b.test");
+        assert_eq!(
+            status, 200,
+            "the server's 60s: the 5s backend answers ({took:?})"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_upstream_connect_bounds_connect_and_handshake() {
+    with_timeout(40, async {
+        // accepts TCP and holds the sockets without a byte of TLS: the handshake never ends
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let upstream = format!("https://{addr}");
+        let config = route_timeouts_config(&upstream, "upstream_connect");
+        let proxy = TestProxy::start(&config).await;
+        let (fast, server) = tokio::join!(
+            timed(&proxy, "a.test", "/fast", Duration::from_secs(20)),
+            timed(&proxy, "b.test", "/", Duration::from_secs(5)),
+        );
+        let (status, took) = fast.expect("an answer on /fast");
+        assert_eq!(status, 504);
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "the route's 1s: {took:?}"
+        );
+        assert_eq!(server, None, "the server's 60s: still connecting after 5s");
+        silent.abort();
+    })
+    .await;
+}
+
+#[test]
+fn route_timeouts_are_checked_key_by_key() {
+    let check = |timeouts: &str| {
+        let config = route_timeouts_config("127.0.0.1:9", "upstream_connect")
+            .replace("timeouts = { upstream_connect = \"1s\" }", timeouts);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, &config).unwrap();
+        let out = support::run_gatehouse(&["check", "--config", path.to_str().unwrap()], &[], &[]);
+        assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+        let line = config.lines().position(|l| l.contains(timeouts)).unwrap() + 1;
+        assert!(
+            out.stderr.contains(&format!("gatehouse.toml:{line}:")),
+            "not at line {line}: {}",
+            out.stderr
+        );
+        out.stderr
+    };
+    let err = check("timeouts = { upstream_response = \"soon\" }");
+    assert!(
+        err.contains("`site.route.timeouts.upstream_response`"),
+        "{err}"
+    );
+    assert!(err.contains("`soon` is not a valid duration"), "{err}");
+    // the connection side is the server's: a route's connection is not its own
+    let err = check("timeouts = { idle = \"5s\" }");
+    assert!(err.contains("unknown field `idle`"), "{err}");
+    assert!(
+        err.contains("`upstream_connect` or `upstream_response`"),
+        "{err}"
+    );
+}

@@ -2,12 +2,13 @@
 
 use super::Entry;
 use crate::clock::Civil;
+use crate::upstream::BackendAddr;
 use http::{HeaderValue, Version};
 use serde::{Serialize, Serializer};
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 /// Lines are sized to fit most requests in their first allocation.
@@ -73,7 +74,7 @@ struct JsonLine<'a> {
     bytes_in: u64,
     bytes_out: u64,
     duration_ms: f64,
-    upstream: Shown<Dash<SocketAddr>>,
+    upstream: Shown<Dash<&'a BackendAddr>>,
     request_id: Cow<'a, str>,
     user_agent: Cow<'a, str>,
     referer: Cow<'a, str>,
@@ -192,7 +193,13 @@ impl fmt::Display for Clf {
 mod tests {
     use super::*;
     use http::{Method, Uri};
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Duration;
+
+    static UPSTREAM: BackendAddr = BackendAddr::Tcp(SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(127, 0, 0, 1),
+        9000,
+    )));
 
     fn entry<'a>(
         method: &'a Method,
@@ -211,7 +218,7 @@ mod tests {
             bytes_in: 3,
             bytes_out: 21,
             duration: Duration::from_micros(1234),
-            upstream: Some("127.0.0.1:9000".parse().unwrap()),
+            upstream: Some(&UPSTREAM),
             request_id: id,
             user_agent: ua,
             referer: None,

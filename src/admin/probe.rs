@@ -110,9 +110,14 @@ pub fn health(
     probe(target, endpoint, timeout)
 }
 
-/// The address to ask, from a config's listeners (a validated config has `http` or `https`).
+/// The address to ask, from a config's listeners (a validated config has `http` or `https`;
+/// of a list, the first).
 pub fn target_of(listen: &Listen) -> Option<Target> {
-    match (listen.admin, listen.http, listen.https) {
+    match (
+        listen.admin,
+        listen.http.first().copied(),
+        listen.https.first().copied(),
+    ) {
         (Some(addr), _, _) => Some(Target::Admin(addr)),
         (None, Some(addr), _) => Some(Target::Listener { name: "http", addr }),
         (None, None, Some(addr)) => Some(Target::Listener {

@@ -34,14 +34,52 @@ pub struct FileListenOnly {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListen {
-    pub http: Option<Str>,
-    pub https: Option<Str>,
+    /// One address or a list of them.
+    pub http: Option<Spanned<FileAddrs>>,
+    pub https: Option<Spanned<FileAddrs>>,
     pub public_https_port: Option<Spanned<i64>>,
     pub proxy_protocol: Option<Spanned<bool>>,
     pub admin: Option<Str>,
     pub admin_allow: Option<Spanned<Vec<Str>>>,
     /// Names (or addresses) the admin listener answers to besides its own address and loopback.
     pub admin_hosts: Option<Spanned<Vec<Str>>>,
+}
+
+/// `http = "0.0.0.0:80"` or `http = ["0.0.0.0:80", "[::]:80"]`.
+#[derive(Debug)]
+pub enum FileAddrs {
+    /// Located by the key's own span.
+    One(String),
+    List(Vec<Str>),
+}
+
+/// By hand, as `FileCorsSetting`: an untagged enum would lose the entries' spans.
+impl<'de> Deserialize<'de> for FileAddrs {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FileAddrs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an address like \"0.0.0.0:80\" or a list like [\"0.0.0.0:80\", \"[::]:80\"]",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileAddrs, E> {
+                Ok(FileAddrs::One(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FileAddrs, A::Error> {
+                let mut list = Vec::new();
+                while let Some(entry) = seq.next_element::<Str>()? {
+                    list.push(entry);
+                }
+                Ok(FileAddrs::List(list))
+            }
+        }
+        de.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +138,9 @@ pub struct FileServer {
     pub underscore_headers: Option<Str>,
     /// The name whose certificate answers a TLS client that sends no SNI.
     pub default_sni: Option<Str>,
+    /// Pages for Gatehouse's own error answers, inherited by sites and routes (see
+    /// `FileErrorPages`).
+    pub error_pages: Option<Spanned<FileErrorPages>>,
     /// Header rules, inherited per header name by sites and routes (see `FileRequestHeaders`).
     pub request_headers: Option<Spanned<FileRequestHeaders>>,
     pub response_headers: Option<Spanned<FileResponseHeaders>>,
@@ -140,6 +181,9 @@ pub struct FileSite {
     pub encode: Option<Spanned<Vec<Str>>>,
     pub encode_min_size: Option<Str>,
     pub encode_types: Option<Spanned<Vec<Str>>>,
+    /// Upstream timeouts for the site's routes, unless a route sets its own, key by key.
+    pub timeouts: Option<Spanned<FileRouteTimeouts>>,
+    pub error_pages: Option<Spanned<FileErrorPages>>,
     /// Header rules over the server's, inherited per header name by the routes.
     pub request_headers: Option<Spanned<FileRequestHeaders>>,
     pub response_headers: Option<Spanned<FileResponseHeaders>>,
@@ -179,9 +223,60 @@ pub struct FileRoute {
     pub encode: Option<Spanned<Vec<Str>>>,
     pub encode_min_size: Option<Str>,
     pub encode_types: Option<Spanned<Vec<Str>>>,
+    pub timeouts: Option<Spanned<FileRouteTimeouts>>,
+    pub error_pages: Option<Spanned<FileErrorPages>>,
+    /// The upstream's error answers are replaced by the route's error pages too.
+    pub intercept_errors: Option<Spanned<bool>>,
     pub request_headers: Option<Spanned<FileRequestHeaders>>,
     pub response_headers: Option<Spanned<FileResponseHeaders>>,
     pub upstream_host: Option<Str>,
+}
+
+/// `timeouts = { upstream_connect = "2s", upstream_response = "5m" }` on a site or a route: the
+/// upstream side of `[server] timeouts`, which the connection side cannot be (a connection is
+/// not yet routed).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteTimeouts {
+    pub upstream_connect: Option<Str>,
+    pub upstream_response: Option<Str>,
+}
+
+/// `error_pages = { 404 = "errors/404.html", "5xx" = "errors/5xx.html" }`, or `"off"` (none of
+/// the inherited ones). Keys stay `Spanned` so a bad status is located at itself.
+#[derive(Debug)]
+pub enum FileErrorPages {
+    Off,
+    Pages(BTreeMap<Str, Str>),
+}
+
+/// By hand, as `FileCorsSetting`, to keep the spans of keys and values.
+impl<'de> Deserialize<'de> for FileErrorPages {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FileErrorPages;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a table like `error_pages = { 404 = \"errors/404.html\", \"5xx\" = \"errors/5xx.html\" }`, or \"off\"",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileErrorPages, E> {
+                match s {
+                    "off" => Ok(FileErrorPages::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileErrorPages, A::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                BTreeMap::deserialize(de).map(FileErrorPages::Pages)
+            }
+        }
+        de.deserialize_any(Visit)
+    }
 }
 
 /// A table of header rules by header name: a value is a string or a list of strings (read raw

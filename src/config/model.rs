@@ -24,10 +24,14 @@ pub struct Config {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listen {
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
+    /// Plain HTTP listeners, in config order (`http` takes one address or a list); no two
+    /// listeners share an address, except port 0 (each gets a free port of its own).
+    pub http: Vec<SocketAddr>,
+    /// HTTPS listeners, in config order; all serve the same sites and certificates.
+    pub https: Vec<SocketAddr>,
     /// The port clients reach `https` on when something in between maps it (`docker run -p
-    /// 443:8443`, a NAT): HTTP->HTTPS redirects name it. `None`: the listener's own port.
+    /// 443:8443`, a NAT): HTTP->HTTPS redirects name it. `None`: the first HTTPS listener's own
+    /// port.
     pub public_https_port: Option<u16>,
     /// Both listeners expect a PROXY protocol v1/v2 header first, from `trusted_proxies` only.
     pub proxy_protocol: bool,
@@ -38,6 +42,24 @@ pub struct Listen {
     /// `Host` names the admin listener answers to besides its own address and the loopback
     /// names: lower case, no port, IP addresses without brackets.
     pub admin_hosts: Vec<String>,
+}
+
+impl Listen {
+    /// Whether `addr` (one of the listeners) is bound IPv6-only: `[::]:P` when an IPv4 listener
+    /// on port P is configured too (as nginx binds `[::]` always), so both can be bound; alone,
+    /// `[::]:P` also takes IPv4 clients as the system allows (Linux: `bindv6only = 0`).
+    pub fn v6_only(&self, addr: SocketAddr) -> bool {
+        let all = || {
+            self.http
+                .iter()
+                .chain(&self.https)
+                .chain(self.admin.as_ref())
+        };
+        addr.is_ipv6()
+            && addr.ip().is_unspecified()
+            && addr.port() != 0
+            && all().any(|a| a.is_ipv4() && a.port() == addr.port())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +90,9 @@ pub struct Server {
     /// `[server] send_min_rate` (the policy every route inherits unless told otherwise), kept
     /// here for what no route claims: a connection before its first request, a `404`.
     pub send_min_rate: Option<MinRate>,
+    /// `[server] error_pages`: for answers no site claims (a request refused before routing,
+    /// a host no site serves), and inherited by every site.
+    pub error_pages: ErrorPages,
     /// `[server] response_headers`, for answers to requests no site takes.
     pub response_headers: HeaderRules,
 }
@@ -238,6 +263,8 @@ pub struct Site {
     /// `Strict-Transport-Security` value for HTTPS responses.
     pub hsts: Option<HeaderValue>,
     pub routes: Vec<Route>,
+    /// Resolved: the site's own over `[server]`'s; for a path no route takes (`404`).
+    pub error_pages: ErrorPages,
     /// The site's `response_headers` over the server's, for answers to requests no route takes.
     pub response_headers: HeaderRules,
 }
@@ -309,6 +336,10 @@ pub struct Route {
     pub cors: Option<Cors>,
     /// Resolved the same way as `policy`, key by key.
     pub encode: Encode,
+    /// Resolved: the route's own over its site's (see `ErrorPages::over`).
+    pub error_pages: ErrorPages,
+    /// The upstream's answers with a status that has a page get the page instead.
+    pub intercept_errors: bool,
     /// Header rules (resolved per header name), `upstream_host`, `X-Forwarded-Prefix`.
     pub headers: RouteHeaders,
     /// Only `X-Accel-Redirect` answers reach it; a client's request for it is a `404` (nginx
@@ -386,6 +417,59 @@ pub enum RuleValue {
         template: Template,
         slot: usize,
     },
+}
+
+/// Files whose contents replace the body of an error answer, by status: an exact code, or a
+/// class (`4xx`, `5xx`). Paths resolved against the config's folder; `crate::load` reads them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ErrorPages {
+    pub pages: Vec<(StatusMatch, PathBuf)>,
+}
+
+/// An `error_pages` key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusMatch {
+    /// 400 to 599.
+    Code(u16),
+    /// 4 or 5: every code of `4xx` or `5xx`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    fn covers(self, code: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => c == code,
+            StatusMatch::Class(k) => code / 100 == k,
+        }
+    }
+}
+
+impl ErrorPages {
+    /// The file for `status`: its exact code's, else its class's.
+    pub fn page_for(&self, status: u16) -> Option<&PathBuf> {
+        let exact = self
+            .pages
+            .iter()
+            .find(|(m, _)| *m == StatusMatch::Code(status));
+        let class = || self.pages.iter().find(|(m, _)| m.covers(status));
+        exact.or_else(class).map(|(_, path)| path)
+    }
+
+    /// `inner` (a site's or route's own) over these (inherited): an inner key replaces the same
+    /// key, and an inner class also the exact codes of that class, so the nearer level always
+    /// decides (a route's `5xx` is not shadowed by the server's `502`).
+    pub fn over(&self, inner: ErrorPages) -> ErrorPages {
+        let shadowed = |m: &StatusMatch| {
+            inner.pages.iter().any(|(i, _)| match (i, m) {
+                (StatusMatch::Class(k), StatusMatch::Code(c)) => c / 100 == *k,
+                _ => i == m,
+            })
+        };
+        let kept = self.pages.iter().filter(|(m, _)| !shadowed(m)).cloned();
+        let mut pages = inner.pages.clone();
+        pages.extend(kept);
+        ErrorPages { pages }
+    }
 }
 
 /// Cross-origin resource sharing, answered by Gatehouse for the route: preflights never go
@@ -586,6 +670,12 @@ pub struct Policy {
     pub body_min_rate: Option<MinRate>,
     /// The slowest a client may take the response; `None` is no minimum.
     pub send_min_rate: Option<MinRate>,
+    /// TCP connect and, for a TLS upstream, its handshake, together (nginx
+    /// `proxy_connect_timeout`); `[server] timeouts` unless a site or route sets `timeouts`.
+    pub upstream_connect: Duration,
+    /// The longest wait for the response head once the request is sent, and between two reads
+    /// of its body (nginx `proxy_read_timeout`); inherited as `upstream_connect`.
+    pub upstream_response: Duration,
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
@@ -623,6 +713,8 @@ impl Default for Policy {
             body_timeout: Duration::from_secs(60),
             body_min_rate: Some(DEFAULT_MIN_RATE),
             send_min_rate: Some(DEFAULT_MIN_RATE),
+            upstream_connect: Timeouts::default().upstream_connect,
+            upstream_response: Timeouts::default().upstream_response,
         }
     }
 }
@@ -748,7 +840,7 @@ pub struct Upstream {
 /// One `servers` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UpstreamServer {
-    pub addr: ServerAddr,
+    pub addr: Endpoint,
     /// Relative share of requests, 1 to 100.
     pub weight: u32,
 }
@@ -815,6 +907,34 @@ pub enum Balance {
     RoundRobin,
     LeastConn,
     IpHash,
+}
+
+/// Where an upstream server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `HOST:PORT`, `http://HOST:PORT`, `https://HOST:PORT`.
+    Tcp(ServerAddr),
+    /// `unix:PATH`: a Unix domain socket (plain HTTP), resolved against the config's folder.
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// The TCP address, unless it is a Unix socket.
+    pub fn tcp(&self) -> Option<&ServerAddr> {
+        match self {
+            Endpoint::Tcp(addr) => Some(addr),
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => addr.fmt(f),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// An upstream server as written: an IP literal or a DNS name, and a port.
@@ -930,6 +1050,35 @@ pub enum AccessFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pages(entries: &[(StatusMatch, &str)]) -> ErrorPages {
+        ErrorPages {
+            pages: entries
+                .iter()
+                .map(|(m, p)| (*m, PathBuf::from(p)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn error_pages_exact_codes_win_within_a_level_and_the_nearer_level_decides() {
+        use StatusMatch::{Class, Code};
+        let server = pages(&[(Code(502), "s502"), (Class(5), "s5xx"), (Code(404), "s404")]);
+        let page = |p: &ErrorPages, s| p.page_for(s).and_then(|p| p.to_str()).map(String::from);
+        assert_eq!(page(&server, 502).as_deref(), Some("s502"));
+        assert_eq!(page(&server, 503).as_deref(), Some("s5xx"));
+        assert_eq!(page(&server, 403), None);
+        // a route's 5xx shadows the server's 502 too; its 403 adds to the server's 404
+        let route = server.over(pages(&[(Class(5), "r5xx"), (Code(403), "r403")]));
+        assert_eq!(page(&route, 502).as_deref(), Some("r5xx"));
+        assert_eq!(page(&route, 404).as_deref(), Some("s404"));
+        assert_eq!(page(&route, 403).as_deref(), Some("r403"));
+        // a route's exact code leaves the server's class for the rest
+        let route = server.over(pages(&[(Code(503), "r503")]));
+        assert_eq!(page(&route, 503).as_deref(), Some("r503"));
+        assert_eq!(page(&route, 504).as_deref(), Some("s5xx"));
+        assert_eq!(page(&route, 502).as_deref(), Some("s502"));
+    }
 
     #[test]
     fn media_ranges_parse_in_three_forms() {

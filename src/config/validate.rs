@@ -17,8 +17,10 @@ use toml::Spanned;
 
 mod cors;
 mod encode;
+mod error_pages;
 mod files;
 mod headers;
+mod listen;
 mod log;
 mod policy;
 mod resolver;
@@ -255,7 +257,7 @@ pub fn validate(
     let listen = listen(&mut cx, raw.listen.as_ref());
     let mut server = server(&mut cx, &raw.server);
     proxy_protocol_check(&mut cx, &raw);
-    let server_policy = policy::resolve(
+    let mut server_policy = policy::resolve(
         &mut cx,
         raw.server.policy(),
         &Policy::default(),
@@ -263,6 +265,12 @@ pub fn validate(
         "server",
     );
     server.send_min_rate = server_policy.send_min_rate;
+    let none = ErrorPages::default();
+    let pages = raw.server.error_pages.as_ref();
+    server.error_pages = error_pages::resolve(&mut cx, pages, &none, "server");
+    // `[server] timeouts` holds the upstream ones too; routes inherit them from here
+    server_policy.upstream_connect = server.timeouts.upstream_connect;
+    server_policy.upstream_response = server.timeouts.upstream_response;
     let server_encode = encode::resolve(
         &mut cx,
         raw.server.encode_keys(),
@@ -295,6 +303,7 @@ pub fn validate(
             index: i,
             policy: &server_policy,
             encode: &server_encode,
+            error_pages: &server.error_pages,
             headers: &server_headers,
         };
         if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
@@ -324,8 +333,8 @@ pub fn validate(
 
 fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
     let none = Listen {
-        http: None,
-        https: None,
+        http: Vec::new(),
+        https: Vec::new(),
         public_https_port: None,
         proxy_protocol: false,
         admin: None,
@@ -347,25 +356,26 @@ fn listen(cx: &mut Ctx, raw: Option<&Spanned<FileListen>>) -> Listen {
         cx.error(raw.span(), "listen.http", msg);
         return none;
     }
+    let http = listen::addrs(cx, l.http.as_ref(), "listen.http");
+    let https = listen::addrs(cx, l.https.as_ref(), "listen.https");
+    let admin = l.admin.as_ref().and_then(|a| {
+        Some(listen::Placed {
+            addr: socket_addr(cx, a, "listen.admin")?,
+            span: a.span(),
+            key: "listen.admin",
+        })
+    });
+    listen::no_overlap(cx, &[&http, &https, admin.as_slice()]);
     Listen {
-        http: l
-            .http
-            .as_ref()
-            .and_then(|a| socket_addr(cx, a, "listen.http")),
-        https: l
-            .https
-            .as_ref()
-            .and_then(|a| socket_addr(cx, a, "listen.https")),
+        http: http.into_iter().map(|p| p.addr).collect(),
+        https: https.into_iter().map(|p| p.addr).collect(),
         public_https_port: l.public_https_port.as_ref().map(|p| {
             let port = cx.count(&Some(p.clone()), "listen.public_https_port", 1..=65535, 443);
             // in range: count fell back to 443 otherwise
             port as u16
         }),
         proxy_protocol: l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
-        admin: l
-            .admin
-            .as_ref()
-            .and_then(|a| socket_addr(cx, a, "listen.admin")),
+        admin: admin.map(|p| p.addr),
         admin_allow: admin_allow(cx, l),
         admin_hosts: admin_hosts(cx, l),
     }
@@ -539,9 +549,10 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ],
         ),
         default_sni: raw.default_sni.as_ref().and_then(|v| default_sni(cx, v)),
-        // `validate` sets these from the server's policy and header rules once they are read
+        // `validate` sets these from the server's policy, header rules and pages once they are read
         send_min_rate: None,
         response_headers: HeaderRules::default(),
+        error_pages: ErrorPages::default(),
     }
 }
 
@@ -706,6 +717,7 @@ struct SiteCtx<'a> {
     index: usize,
     policy: &'a Policy,
     encode: &'a Encode,
+    error_pages: &'a ErrorPages,
     headers: &'a headers::Inherited,
 }
 
@@ -739,9 +751,11 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     let site = raw.get_ref();
     let name = hosts.first().map_or("*".to_string(), |h| h.to_string());
     let scope = format!("site {name}");
-    let policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
+    let mut policy = policy::resolve(cx, site.policy(), sc.policy, "site", &scope);
+    policy::timeouts(cx, site.timeouts.as_ref(), &mut policy, "site");
     let cors = cors::resolve(cx, site.cors.as_ref(), None, "site.cors");
     let encode = encode::resolve(cx, site.encode_keys(), sc.encode, "site");
+    let pages = error_pages::resolve(cx, site.error_pages.as_ref(), sc.error_pages, "site");
     let site_headers = headers::SiteHeaders {
         rules: headers::resolve(
             cx,
@@ -755,7 +769,14 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
             .as_ref()
             .and_then(|v| headers::upstream_host(cx, v, "site.upstream_host")),
     };
-    let inherited = (&name[..], &policy, cors.as_ref(), &encode, &site_headers);
+    let inherited = (
+        &name[..],
+        &policy,
+        cors.as_ref(),
+        &encode,
+        &site_headers,
+        &pages,
+    );
     let routes = routes(cx, raw, upstreams, inherited);
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
     if tls == Some(SiteTls::Acme) {
@@ -781,6 +802,7 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
         redirect_https,
         hsts,
         routes,
+        error_pages: pages,
         response_headers: site_headers.rules.response,
     })
 }
@@ -975,7 +997,7 @@ fn eab(cx: &mut Ctx, raw: &Spanned<FileAcme>) -> Option<Eab> {
 /// TLS site, see `https_cross_check`).
 fn acme_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], acme: &Acme, raw: &FileConfig) {
     let any_acme = sites.iter().any(|s| s.tls == Some(SiteTls::Acme));
-    if any_acme && acme.challenge == Challenge::Http01 && listen.http.is_none() {
+    if any_acme && acme.challenge == Challenge::Http01 && listen.http.is_empty() {
         let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
         let msg = "`tls = \"acme\"` with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
         cx.error(span, "listen.http", msg);
@@ -994,10 +1016,10 @@ fn https_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], raw: &FileCo
         .or_else(|| listen_raw.map(|l| l.span()))
         .unwrap_or(0..0);
     let any_tls = sites.iter().any(|s| s.tls.is_some());
-    if any_tls && listen.https.is_none() {
+    if any_tls && listen.https.is_empty() {
         let msg = "a site has `tls` but there is no HTTPS listener; add `https = \"0.0.0.0:443\"` to [listen]";
         cx.error(https_span, "listen.https", msg);
-    } else if !any_tls && listen.https.is_some() {
+    } else if !any_tls && !listen.https.is_empty() {
         let msg =
             "an HTTPS listener needs at least one site with `tls = \"acme\"` or `tls = { cert = ..., key = ... }`";
         cx.error(https_span, "listen.https", msg);
@@ -1074,13 +1096,14 @@ type Inherited<'a> = (
     Option<&'a Cors>,
     &'a Encode,
     &'a headers::SiteHeaders,
+    &'a ErrorPages,
 );
 
 fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited, site_cors, encode, site_headers): Inherited<'_>,
+    (site, inherited, site_cors, encode, site_headers, site_pages): Inherited<'_>,
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = match (&r.path, &r.exact) {
@@ -1103,9 +1126,12 @@ fn route(
     }
     files::accel_check(cx, r, &action);
     let scope = format!("route {site} {}", matcher.as_str());
-    let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
+    let mut policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
+    policy::timeouts(cx, r.timeouts.as_ref(), &mut policy, "site.route");
     let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
+    let pages = error_pages::resolve(cx, r.error_pages.as_ref(), site_pages, "site.route");
+    let intercept_errors = error_pages::intercept(cx, r, &action, &pages);
     let headers = headers::route(
         cx,
         r,
@@ -1119,6 +1145,8 @@ fn route(
         policy,
         cors,
         encode,
+        error_pages: pages,
+        intercept_errors,
         headers,
         internal: r.internal.as_ref().is_some_and(|i| *i.get_ref()),
     })

@@ -3,13 +3,14 @@
 
 use crate::access_log::{AccessLog, Entry};
 use crate::upstream::conn::Sender;
+use crate::upstream::BackendAddr;
 use crate::upstream::{ActiveGuard, Backend};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -98,7 +99,12 @@ impl RequestLog {
     }
 
     /// The access-log line's facts, with what only the response knows.
-    fn entry(&self, status: u16, upstream: Option<SocketAddr>, bytes_out: u64) -> Entry<'_> {
+    fn entry<'a>(
+        &'a self,
+        status: u16,
+        upstream: Option<&'a BackendAddr>,
+        bytes_out: u64,
+    ) -> Entry<'a> {
         Entry {
             time: SystemTime::now(),
             client: self.client,
@@ -464,7 +470,6 @@ pub struct ProxyBody {
 pub struct Completion {
     pub log: Arc<RequestLog>,
     pub status: u16,
-    pub upstream: Option<SocketAddr>,
     bytes_out: u64,
     _active: Option<ActiveGuard>,
     _in_flight: InFlight,
@@ -480,7 +485,6 @@ impl Completion {
         Completion {
             log,
             status,
-            upstream: active.as_ref().map(|a| a.backend().addr),
             bytes_out: 0,
             _active: active,
             _in_flight: in_flight,
@@ -491,7 +495,8 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let log = &self.log;
-        let entry = log.entry(self.status, self.upstream, self.bytes_out);
+        let upstream = self._active.as_ref().map(|a| &a.backend().addr);
+        let entry = log.entry(self.status, upstream, self.bytes_out);
         if let Some(metrics) = log.metrics.get() {
             let (method, took, bytes_in) = (&log.method, entry.duration, entry.bytes_in);
             metrics.record(method, self.status, took, bytes_in, self.bytes_out);

@@ -4,15 +4,18 @@
 //! `X-Accel-Redirect` names), or for a preflight on a route with `cors` the CORS answer; that
 //! route's CORS headers then go on whatever answer resulted.
 
-use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
+use super::body::{
+    discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog,
+};
 use super::canonical::{self, Addrs, EncodedSlashes, PathParameters, PathRules};
-use super::conn::ConnState;
+use super::conn::{ConnState, InFlight};
 use super::hygiene;
 use super::response::ProxyError;
 use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::RouteHeaders;
 use crate::config::{Coding, Redirect, Respond, ServerLimits};
+use crate::error_pages::{self, Page, Pages};
 use crate::files::{self, accel, FileBody, FileError, FileRequest, FilesRoute};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
@@ -22,7 +25,7 @@ use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
 use crate::upstream::conn::Sender;
-use crate::upstream::{forward, ActiveGuard, Outcome, UpstreamPool};
+use crate::upstream::{forward, ActiveGuard, BackendAddr, Outcome, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -33,6 +36,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The standard methods Gatehouse forwards (any upper-case extension method passes too).
 const PASSED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
@@ -66,8 +70,9 @@ struct Dispatch<'s, 'r> {
 
 /// What a route's action produced, before it is wrapped for the client.
 enum Answer {
-    /// With the connection it came on, unless that one must not be reused.
-    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>),
+    /// With the connection it came on, unless that one must not be reused, and the route's
+    /// `upstream_response` for the reads of its body.
+    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>, Duration),
     Local(Response<Bytes>),
     /// From a `files` route.
     File(Response<FileBody>),
@@ -122,6 +127,8 @@ impl ProxyService {
         };
         // set once a route with `cors` is found; it then decorates whatever answer follows
         let mut cors = None;
+        // the route matched, whose error pages an error answer gets
+        let mut routed = None;
         // the site's (or the server's) response rules, until `dispatch` finds the route
         let mut response_rules = ResponseRules::new(match site {
             Some(site) => &state.sites[site].response_headers,
@@ -152,8 +159,13 @@ impl ProxyService {
                     hop_by_hop,
                     log: &log,
                 };
-                self.dispatch(to, req, addrs, (&mut cors, &mut response_rules))
-                    .await
+                self.dispatch(
+                    to,
+                    req,
+                    addrs,
+                    (&mut cors, &mut response_rules, &mut routed),
+                )
+                .await
             }
             (_, None) => Err(ProxyError::NoRoute),
         };
@@ -168,11 +180,17 @@ impl ProxyService {
             }
         }
         let mut response = match answer {
-            Ok(Answer::Upstream(resp, active, conn)) => {
-                let (parts, body) = resp.into_parts();
-                let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
-                let read_timeout = state.config.server.timeouts.upstream_response;
-                Response::from_parts(parts, ProxyBody::upstream(body, conn, read_timeout, done))
+            Ok(Answer::Upstream(resp, active, conn, read_timeout)) => {
+                match intercepts(&state, routed, resp.status()) {
+                    Some(page) => intercept(resp, page, (active, conn), log, in_flight),
+                    None => {
+                        let (parts, body) = resp.into_parts();
+                        let status = parts.status.as_u16();
+                        let done = Completion::new(log, status, Some(active), in_flight);
+                        let body = ProxyBody::upstream(body, conn, read_timeout, done);
+                        Response::from_parts(parts, body)
+                    }
+                }
             }
             Ok(Answer::Local(resp)) => {
                 let (parts, body) = resp.into_parts();
@@ -184,7 +202,13 @@ impl ProxyService {
                 let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
                 Response::from_parts(parts, ProxyBody::file(body, done))
             }
-            Err(err) => self.refuse(&err, log, in_flight, version),
+            Err(err) => {
+                let pages = match routed.and_then(|id| state.routes.get(id)) {
+                    Some(route) => route.error_pages.as_deref(),
+                    None => state.error_pages.unrouted(site),
+                };
+                self.refuse(&err, (log, in_flight), version, pages)
+            }
         };
         if let Some(negotiated) = encode {
             let max = state.config.server.limits.max_encoders;
@@ -209,12 +233,17 @@ impl ProxyService {
     /// request asked for in compression if the route does it. `cors` is set when the route has
     /// `cors`, and the response rules become the route's, before any check can refuse, so
     /// refusals carry the route's CORS headers and header rules too.
+    /// `routed` is set to the route matched, whose error pages refusals get.
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
         req: Request<Incoming>,
         addrs: Addrs,
-        (cors, response_rules): (&mut Option<Verdict<'s>>, &mut ResponseRules<'s>),
+        (cors, response_rules, routed): (
+            &mut Option<Verdict<'s>>,
+            &mut ResponseRules<'s>,
+            &mut Option<usize>,
+        ),
     ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let Dispatch {
             state,
@@ -245,6 +274,7 @@ impl ProxyService {
         if route.internal {
             return Err(ProxyError::NoRoute);
         }
+        *routed = Some(matched.route);
         if let Some(metrics) = &route.metrics {
             let _ = log.metrics.set(metrics.clone());
         }
@@ -321,7 +351,6 @@ impl ProxyService {
                     proto: self.transport.scheme(),
                     port,
                     hop_by_hop,
-                    state,
                     policy,
                     pool: &route.pool,
                     addrs,
@@ -369,7 +398,7 @@ impl ProxyService {
         };
         let mut retry = Retry::new(&parts.method, body, retries);
         hop.pool.deposit_retry_share();
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut tried: Vec<BackendAddr> = Vec::new();
         let mut failed = None;
         let (mut resp, conn, active) = loop {
             let active = match hop.pool.pick(hop.addrs.client, &tried) {
@@ -391,7 +420,7 @@ impl ProxyService {
                 Ok((resp, conn)) => break (resp, conn, active),
                 Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
                     tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
-                    tried.push(active.backend().addr);
+                    tried.push(active.backend().addr.clone());
                     failed = Some(err);
                 }
                 Err(err) => return Err(err),
@@ -407,7 +436,13 @@ impl ProxyService {
             forward::restore_upgrade(resp.headers_mut(), proto);
             self.tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
         }
-        Ok(Answer::Upstream(resp, active, reusable.then_some(conn)))
+        let read_timeout = hop.policy.upstream_response;
+        Ok(Answer::Upstream(
+            resp,
+            active,
+            reusable.then_some(conn),
+            read_timeout,
+        ))
     }
 
     /// One attempt on `active`, its outcome reported to passive health.
@@ -420,7 +455,7 @@ impl ProxyService {
     ) -> Result<(Response<Incoming>, Sender), ProxyError> {
         head.uri = upstream_uri(&head.uri, &head.method, active, hop.strip)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
-        let timeout = hop.state.config.server.timeouts.upstream_response;
+        let timeout = hop.policy.upstream_response;
         let log = hop.log.clone();
         // the clock starts once the whole body is sent: a slow upload is not a slow upstream
         let too_late = async move {
@@ -429,7 +464,7 @@ impl ProxyService {
         };
         let started = std::time::Instant::now();
         let sent = tokio::select! {
-            sent = hop.pool.send(active.backend(), upstream_req) => sent.map_err(|e| match hop.log.body_fault() {
+            sent = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                 Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
                 Some(BodyFault::TooSlow) => ProxyError::BodyTooSlow(hop.policy.body_min_rate.map_or(0, |r| r.bytes_per_sec)),
@@ -541,7 +576,6 @@ struct Hop<'a> {
     port: Option<u16>,
     /// A hop-by-hop header is present: only then is the removal pass made.
     hop_by_hop: bool,
-    state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
     addrs: Addrs,
@@ -688,12 +722,15 @@ async fn follow_accel<'s>(
     answer: Answer,
     encode: Option<Negotiated<'s>>,
 ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
-    let Answer::Upstream(resp, active, conn) = answer else {
+    let Answer::Upstream(resp, active, conn, read_timeout) = answer else {
         return Ok((answer, encode));
     };
     let target = match accel::target(resp.headers(), state.config.server.paths) {
         Some(target) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => target,
-        _ => return Ok((Answer::Upstream(resp, active, conn), encode)),
+        _ => {
+            let answer = Answer::Upstream(resp, active, conn, read_timeout);
+            return Ok((answer, encode));
+        }
     };
     let (upstream, body) = resp.into_parts();
     super::body::discard(body, conn, &active);
@@ -805,12 +842,14 @@ fn location_response(status: StatusCode, location: impl Into<Bytes>) -> Response
 impl ProxyService {
     /// The answer for a request that goes no further; refusals are counted, and a connection
     /// whose request body was left unread or cut ends after the answer.
+    /// `pages` are the error pages that apply (the route's, else the site's, else the
+    /// server's): one for the status replaces the body, the head stays as it is.
     fn refuse(
         &self,
         err: &ProxyError,
-        log: Arc<RequestLog>,
-        in_flight: super::conn::InFlight,
+        (log, in_flight): (Arc<RequestLog>, InFlight),
         version: Version,
+        pages: Option<&Pages>,
     ) -> Response<ProxyBody> {
         let request_id = log.request_id.to_str().unwrap_or("-");
         if err.is_upstream() {
@@ -822,16 +861,23 @@ impl ProxyService {
                 .rejections
                 .record(reason, log.client, log.uri.path());
         }
-        let body = err.body(request_id);
         let status = err.status();
+        let page = pages.and_then(|pages| pages.get(status));
+        let (body, content_type) = match page {
+            Some(page) => (
+                page.body(request_id.as_bytes()),
+                page.content_type().clone(),
+            ),
+            None => (
+                err.body(request_id),
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+        };
         let done = Completion::new(log, status.as_u16(), None, in_flight);
         let mut resp = Response::new(ProxyBody::full(body, done));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        headers.insert(header::CONTENT_TYPE, content_type);
         if let ProxyError::TooManyRequests(secs) | ProxyError::NoHealthy(_, secs) = err {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
@@ -845,6 +891,33 @@ impl ProxyService {
         }
         resp
     }
+}
+
+/// The page that replaces an upstream answer with `status` on the route matched, if that route
+/// has `intercept_errors` (`state::Route::intercepts`).
+fn intercepts(state: &RuntimeState, routed: Option<usize>, status: StatusCode) -> Option<&Page> {
+    state.routes.get(routed?)?.intercepts(status)
+}
+
+/// An upstream's error answer replaced by the route's page (`intercept_errors`): the same
+/// status, the page's body and type, of the upstream's head only what acting on the status needs
+/// (`error_pages::intercepted_head`). The upstream body is dropped unread: its connection is kept
+/// only if the rest is short and comes at once (`body::discard`).
+fn intercept(
+    resp: Response<Incoming>,
+    page: &Page,
+    (active, conn): (ActiveGuard, Option<Sender>),
+    log: Arc<RequestLog>,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let (parts, body) = resp.into_parts();
+    discard(body, conn, &active);
+    let bytes = page.body(log.request_id.as_bytes());
+    let done = Completion::new(log, parts.status.as_u16(), Some(active), in_flight);
+    let mut out = Response::new(ProxyBody::full(bytes, done));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = error_pages::intercepted_head(&parts.headers, page);
+    out
 }
 
 /// The response compressed as `negotiated` asks, if it is a candidate (see `middleware::encode`)

@@ -6,7 +6,6 @@
 use crate::config::Listen;
 use crate::http::{ConnContext, Transport};
 use crate::reload::Trigger;
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,23 +40,36 @@ pub struct BindError {
     pub held_by: Option<(Role, SocketAddr)>,
 }
 
-/// The addresses `listen` asks for, by role.
-fn wanted(listen: &Listen) -> impl Iterator<Item = (Role, SocketAddr)> {
-    [
-        (Role::Http, listen.http),
-        (Role::Https, listen.https),
-        (Role::Admin, listen.admin),
-    ]
-    .into_iter()
-    .filter_map(|(role, addr)| Some((role, addr?)))
+/// One listener a config asks for. Two configs asking for equal ones share the running one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Wanted {
+    role: Role,
+    /// As configured (port 0 stays 0), which is what the next config is compared with.
+    addr: SocketAddr,
+    /// Bound IPv6-only (`Listen::v6_only`).
+    v6_only: bool,
+}
+
+/// The listeners `listen` asks for, in config order: `http`, then `https`, then `admin`.
+fn wanted(listen: &Listen) -> Vec<Wanted> {
+    let http = listen.http.iter().map(|a| (Role::Http, *a));
+    let https = listen.https.iter().map(|a| (Role::Https, *a));
+    let admin = listen.admin.iter().map(|a| (Role::Admin, *a));
+    http.chain(https)
+        .chain(admin)
+        .map(|(role, addr)| Wanted {
+            role,
+            addr,
+            v6_only: listen.v6_only(addr),
+        })
+        .collect()
 }
 
 /// Sockets bound for a config and not accepting yet; dropping them closes them.
-pub struct Bound(Vec<(Role, SocketAddr, TcpListener)>);
+pub struct Bound(Vec<(Wanted, TcpListener)>);
 
 struct Running {
-    /// As configured (port 0 stays 0), which is what the next config is compared with.
-    configured: SocketAddr,
+    wanted: Wanted,
     local: SocketAddr,
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -66,7 +78,8 @@ struct Running {
 pub struct Listeners {
     cx: Arc<ConnContext>,
     reload: mpsc::Sender<Trigger>,
-    running: HashMap<Role, Running>,
+    /// In config order.
+    running: Vec<Running>,
 }
 
 /// What `Listeners::apply` did, for the reload summary: "listeners +https 0.0.0.0:443".
@@ -85,92 +98,111 @@ impl fmt::Display for Changes {
     }
 }
 
+/// A listener of the next config: one running already, or one just bound.
+enum Slot {
+    Kept(Running),
+    New(Wanted, TcpListener),
+}
+
+/// Takes the first entry of `from` that `matches`, leaving `None` in its place (so an address
+/// listed twice, port 0, pairs with two entries).
+fn claim<T>(from: &mut [Option<T>], matches: impl Fn(&T) -> bool) -> Option<T> {
+    from.iter_mut()
+        .find(|entry| entry.as_ref().is_some_and(&matches))
+        .and_then(Option::take)
+}
+
 impl Listeners {
     pub fn new(cx: Arc<ConnContext>, reload: mpsc::Sender<Trigger>) -> Listeners {
         Listeners {
             cx,
             reload,
-            running: HashMap::new(),
+            running: Vec::new(),
         }
     }
 
-    /// Binds every address `listen` names that no listener of the same role runs on yet.
+    /// Binds every listener `listen` asks for that does not run yet (same role, same configured
+    /// address).
     pub async fn bind_new(&self, listen: &Listen) -> Result<Bound, BindError> {
+        let mut running: Vec<Option<Wanted>> =
+            self.running.iter().map(|r| Some(r.wanted)).collect();
         let mut bound = Vec::new();
-        for (role, addr) in wanted(listen) {
-            if self
-                .running
-                .get(&role)
-                .is_some_and(|r| r.configured == addr)
-            {
+        for wanted in wanted(listen) {
+            if claim(&mut running, |r| *r == wanted).is_some() {
                 continue;
             }
-            let listener = TcpListener::bind(addr).await.map_err(|source| {
+            let listener = bind(wanted).await.map_err(|source| {
                 let held_by = self
                     .running
                     .iter()
-                    .find(|(_, r)| r.local.port() == addr.port())
-                    .map(|(role, r)| (*role, r.local));
+                    .find(|r| r.local.port() == wanted.addr.port())
+                    .map(|r| (r.wanted.role, r.local));
                 BindError {
-                    role,
-                    addr,
+                    role: wanted.role,
+                    addr: wanted.addr,
                     source,
                     held_by,
                 }
             })?;
-            bound.push((role, addr, listener));
+            bound.push((wanted, listener));
         }
         Ok(Bound(bound))
     }
 
-    /// Starts the bound listeners and stops those `listen` no longer names (or names at another
-    /// address). Call after the snapshot with `listen` is published.
+    /// Starts the bound listeners and stops those `listen` no longer asks for. Call after the
+    /// snapshot with `listen` is published.
     pub fn apply(&mut self, bound: Bound, listen: &Listen) -> Changes {
         let mut changes = Changes::default();
-        let wanted: HashMap<Role, SocketAddr> = wanted(listen).collect();
-        let mut gone: Vec<Role> = self
-            .running
-            .iter()
-            .filter(|(role, r)| wanted.get(role) != Some(&r.configured))
-            .map(|(role, _)| *role)
+        let mut old: Vec<Option<Running>> = self.running.drain(..).map(Some).collect();
+        let mut new: Vec<Option<(Wanted, TcpListener)>> = bound.0.into_iter().map(Some).collect();
+        let slots: Vec<Slot> = wanted(listen)
+            .into_iter()
+            .filter_map(|w| match claim(&mut old, |r| r.wanted == w) {
+                Some(running) => Some(Slot::Kept(running)),
+                None => claim(&mut new, |(b, _)| *b == w).map(|(w, l)| Slot::New(w, l)),
+            })
             .collect();
-        gone.sort();
-        for role in gone {
-            if let Some(old) = self.running.remove(&role) {
-                let _ = old.stop.send(true);
-                tracing::info!(listener = role.name(), addr = %old.local, "listener removed: no new connections, open ones drain");
-                changes.0.push(format!("-{} {}", role.name(), old.local));
-            }
+        for gone in old.into_iter().flatten() {
+            let _ = gone.stop.send(true);
+            let role = gone.wanted.role.name();
+            tracing::info!(listener = role, addr = %gone.local, "listener removed: no new connections, open ones drain");
+            changes.0.push(format!("-{role} {}", gone.local));
         }
-        // The HTTPS port goes into redirects from the HTTP listener: publish it before any
-        // listener starts accepting, or the first requests are sent to port 443. The public
-        // port, when set, replaces the listener's own (a reload may set or unset it).
-        let new_https = bound.0.iter().find(|(role, ..)| *role == Role::Https);
-        let https_port = match new_https {
-            Some((_, configured, listener)) => Some(
-                listener
-                    .local_addr()
-                    .map_or(configured.port(), |a| a.port()),
-            ),
-            None => self.running.get(&Role::Https).map(|r| r.local.port()),
-        };
+        // The HTTPS port goes into redirects from the HTTP listeners: publish it before any
+        // listener starts accepting, or the first requests are sent to port 443. It is the first
+        // HTTPS listener's; the public port, when set, replaces it (a reload may set or unset it).
+        let https_port = slots.iter().find_map(|slot| match slot {
+            Slot::Kept(r) if r.wanted.role == Role::Https => Some(r.local.port()),
+            Slot::New(w, l) if w.role == Role::Https => {
+                Some(l.local_addr().map_or(w.addr.port(), |a| a.port()))
+            }
+            _ => None,
+        });
         self.cx
             .set_https_port(https_port.map(|own| listen.public_https_port.unwrap_or(own)));
-        for (role, configured, listener) in bound.0 {
-            let local = listener.local_addr().unwrap_or(configured);
-            tracing::info!(listener = role.name(), addr = %local, "listening");
-            changes.0.push(format!("+{} {local}", role.name()));
-            let (stop, stopped) = watch::channel(false);
-            let accept = self.spawn(role, listener, stopped);
-            let running = Running {
-                configured,
-                local,
-                stop,
-                accept,
+        for slot in slots {
+            let running = match slot {
+                Slot::Kept(running) => running,
+                Slot::New(wanted, listener) => self.start(wanted, listener, &mut changes),
             };
-            self.running.insert(role, running);
+            self.running.push(running);
         }
         changes
+    }
+
+    fn start(&self, wanted: Wanted, listener: TcpListener, changes: &mut Changes) -> Running {
+        let role = wanted.role;
+        let local = listener.local_addr().unwrap_or(wanted.addr);
+        tracing::info!(listener = role.name(), addr = %local, "listening");
+        changes.0.push(format!("+{} {local}", role.name()));
+        let (stop, stopped) = watch::channel(false);
+        let accept = self.spawn(role, listener, stopped);
+        Running {
+            wanted,
+            local,
+            stop,
+            accept,
+        }
     }
 
     fn spawn(
@@ -204,7 +236,7 @@ impl Listeners {
     /// Shutdown: every listener stops accepting (its connections start draining); returns once
     /// every accept loop has ended.
     pub async fn stop_all(&mut self) {
-        let running: Vec<Running> = self.running.drain().map(|(_, r)| r).collect();
+        let running: Vec<Running> = std::mem::take(&mut self.running);
         for r in &running {
             let _ = r.stop.send(true);
         }
@@ -212,4 +244,20 @@ impl Listeners {
             let _ = r.accept.await;
         }
     }
+}
+
+/// A listening socket for `wanted`: as `TcpListener::bind` makes it (`SO_REUSEADDR`, backlog
+/// 1024), and IPv6-only when asked.
+async fn bind(wanted: Wanted) -> std::io::Result<TcpListener> {
+    if !wanted.v6_only {
+        return TcpListener::bind(wanted.addr).await;
+    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&wanted.addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }

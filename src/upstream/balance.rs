@@ -2,9 +2,9 @@
 //! weighted, never one already tried for this request. Pure apart from the atomics they read.
 
 use super::health::Availability;
-use super::Backend;
+use super::{Backend, BackendAddr};
 use crate::config::Balance;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ impl Members {
 /// The request being placed: who asks, and which servers it already failed on.
 pub struct Ask<'a> {
     pub client: IpAddr,
-    pub tried: &'a [SocketAddr],
+    pub tried: &'a [BackendAddr],
     /// Active checks decide when an ejected server returns (no trial requests).
     pub active_checks: bool,
     /// Ignore health (every server down and `when_all_down = "try_all"`).
@@ -160,21 +160,21 @@ impl Drop for ActiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddr};
 
     fn members(weights: &[u32]) -> Members {
         let backends = weights
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let addr = SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16));
+                let addr = SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16)).into();
                 Arc::new(Backend::new(addr, *w, false).unwrap())
             })
             .collect();
         Members::new(backends)
     }
 
-    fn ask(tried: &[SocketAddr]) -> Ask<'_> {
+    fn ask(tried: &[BackendAddr]) -> Ask<'_> {
         Ask {
             client: IpAddr::V4(Ipv4Addr::LOCALHOST),
             tried,
@@ -203,7 +203,7 @@ mod tests {
     fn tried_and_down_servers_are_skipped() {
         let m = members(&[1, 1, 1]);
         let cursor = AtomicUsize::new(0);
-        let tried = [m.backends[0].addr];
+        let tried = [m.backends[0].addr.clone()];
         for _ in 0..4 {
             assert_ne!(
                 choose(Balance::RoundRobin, &m, &cursor, &ask(&tried)),
@@ -215,7 +215,7 @@ mod tests {
             );
             assert_ne!(choose(Balance::IpHash, &m, &cursor, &ask(&tried)), Some(0));
         }
-        let all: Vec<_> = m.backends.iter().map(|b| b.addr).collect();
+        let all: Vec<_> = m.backends.iter().map(|b| b.addr.clone()).collect();
         assert_eq!(choose(Balance::RoundRobin, &m, &cursor, &ask(&all)), None);
     }
 

@@ -10,12 +10,13 @@
 //! is no lock but the backend's own stack's, and no task per request.
 
 use super::tls::{Connector, UpstreamStream};
-use super::Backend;
+use super::{Backend, BackendAddr};
 use crate::http::CountedBody;
 use http::uri::Scheme;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -146,11 +147,12 @@ impl Dialer {
         &self,
         backend: &Backend,
         req: Request<CountedBody>,
+        connect: Duration,
     ) -> Result<(Response<Incoming>, Sender), SendError> {
         let (mut sender, reused) = match backend.idle.take() {
             Some(sender) => (sender, true),
             // boxed: connecting is rare, the common path's future stays small
-            None => (Box::pin(self.open(backend)).await?, false),
+            None => (Box::pin(self.open(backend, connect)).await?, false),
         };
         let req = match sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, sender)),
@@ -162,42 +164,67 @@ impl Dialer {
                 _ => return Err(SendError::Request(err.into_error())),
             },
         };
-        let mut sender = Box::pin(self.open(backend)).await?;
+        let mut sender = Box::pin(self.open(backend, connect)).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, sender)),
             Err(err) => Err(SendError::Request(err.into_error())),
         }
     }
 
-    /// A new connection to `backend`, its task spawned.
-    async fn open(&self, backend: &Backend) -> Result<Sender, SendError> {
+    /// A new connection to `backend`, its task spawned; connecting (TCP and, for a TLS
+    /// upstream, the handshake; or a Unix socket's) must be done within `connect`.
+    async fn open(&self, backend: &Backend, connect: Duration) -> Result<Sender, SendError> {
+        if let BackendAddr::Unix(path) = &backend.addr {
+            let connecting = tokio::net::UnixStream::connect(path);
+            let io = match tokio::time::timeout(connect, connecting).await {
+                Ok(io) => io.map_err(|e| SendError::Connect(Box::new(e)))?,
+                Err(_) => return Err(connect_timed_out(connect)),
+            };
+            return handshake(TokioIo::new(io), &backend.addr).await;
+        }
         let dst = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(backend.authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|e| SendError::Connect(e.into()))?;
-        let io: UpstreamStream = self
-            .connector
-            .clone()
-            .call(dst)
-            .await
-            .map_err(SendError::Connect)?;
-        let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
-        let server = backend.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%server, error = %e, "upstream connection ended with error");
-            }
-        });
-        Ok(sender)
+        let connecting = self.connector.clone().call(dst);
+        let io: UpstreamStream = match tokio::time::timeout(connect, connecting).await {
+            Ok(io) => io.map_err(SendError::Connect)?,
+            Err(_) => return Err(connect_timed_out(connect)),
+        };
+        handshake(io, &backend.addr).await
     }
+}
+
+/// hyper's HTTP/1.1 client over `io`, the connection driven by a task of its own (upgrades
+/// included) until it closes.
+async fn handshake<I>(io: I, server: &BackendAddr) -> Result<Sender, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
+    let server = server.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%server, error = %e, "upstream connection ended with error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A timed-out I/O error as the source: `ProxyError::from_send` makes it a 504.
+fn connect_timed_out(connect: Duration) -> SendError {
+    let msg = format!("no connection within {connect:?} (`timeouts.upstream_connect`)");
+    SendError::Connect(Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        msg,
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper_util::rt::TokioIo;
     use tokio::io::DuplexStream;
 
     /// A real HTTP/1.1 client connection over an in-memory pipe, its task running and idle;

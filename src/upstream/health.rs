@@ -4,7 +4,7 @@
 
 pub mod counter;
 
-use super::{Backend, UpstreamPool};
+use super::{Backend, BackendAddr, UpstreamPool};
 use crate::clock;
 use crate::config::{Eject, HealthCheck, Timeouts};
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -180,19 +181,19 @@ async fn round(
     check: &HealthCheck,
     client: &CheckClient,
     scheme: &'static str,
-    counters: &mut HashMap<SocketAddr, ActiveCounter>,
+    counters: &mut HashMap<BackendAddr, ActiveCounter>,
 ) {
     let backends = pool.backends();
     let mut probes = tokio::task::JoinSet::new();
     for backend in backends.iter() {
         let (client, check, backend) = (client.clone(), check.clone(), backend.clone());
         probes.spawn(async move {
-            let verdict = probe(&client, &check, scheme, backend.addr).await;
+            let verdict = probe(&client, &check, scheme, &backend.addr).await;
             (backend, verdict)
         });
     }
     while let Some(Ok((backend, verdict))) = probes.join_next().await {
-        let counter = counters.entry(backend.addr).or_default();
+        let counter = counters.entry(backend.addr.clone()).or_default();
         let passed = verdict.is_ok();
         let h = &backend.health;
         if passed && h.ejected_for_ms() == 0 && h.ejected_until.swap(0, Ordering::Relaxed) != 0 {
@@ -211,12 +212,30 @@ async fn round(
             }
         }
     }
-    let current: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    counters.retain(|addr, _| current.contains(addr));
+    counters.retain(|addr, _| backends.iter().any(|b| b.addr == *addr));
 }
 
 /// `Ok(status)` for a passing check, else why it failed.
 async fn probe(
+    client: &CheckClient,
+    check: &HealthCheck,
+    scheme: &str,
+    addr: &BackendAddr,
+) -> Result<u16, String> {
+    let status = match addr {
+        BackendAddr::Tcp(addr) => tcp_status(client, check, scheme, *addr).await?,
+        BackendAddr::Unix(path) => unix_status(check, path).await?,
+    };
+    let (lo, hi) = check.expect;
+    if (lo..=hi).contains(&status) {
+        Ok(status)
+    } else {
+        Err(format!("status {status}, expected {lo}-{hi}"))
+    }
+}
+
+/// The check's answer from a TCP server, through the pooled client.
+async fn tcp_status(
     client: &CheckClient,
     check: &HealthCheck,
     scheme: &str,
@@ -234,11 +253,37 @@ async fn probe(
         Ok(Err(e)) => return Err(crate::http::ProxyError::from_client(e).to_string()),
         Ok(Ok(resp)) => resp.status().as_u16(),
     };
-    let (lo, hi) = check.expect;
-    if (lo..=hi).contains(&status) {
-        Ok(status)
-    } else {
-        Err(format!("status {status}, expected {lo}-{hi}"))
+    Ok(status)
+}
+
+/// The check's answer from a Unix socket server: one connection per check, closed after it (a
+/// local connect costs next to nothing), `Host` the check's `host` or `localhost`.
+async fn unix_status(check: &HealthCheck, path: &Path) -> Result<u16, String> {
+    let ask = async {
+        let io = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let io = hyper_util::rt::TokioIo::new(io);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let host = check.host.as_deref().unwrap_or("localhost");
+        let req = http::Request::get(check.path.as_str())
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "gatehouse-health-check")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::new())
+            .map_err(|e| format!("bad check request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("the connection failed: {e}"))?;
+        Ok(resp.status().as_u16())
+    };
+    match tokio::time::timeout(check.timeout, ask).await {
+        Ok(status) => status,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
     }
 }
 

@@ -10,7 +10,7 @@
 //! trust or client certificates never mix, even towards the same address. We speak HTTP/1.1 upstream, so
 //! ALPN offers `http/1.1` only.
 
-use crate::config::{ServerAddr, Timeouts, Upstream};
+use crate::config::{ServerAddr, Upstream};
 use crate::load::UpstreamFiles;
 use crate::tls::TlsError;
 use http::uri::Scheme;
@@ -77,7 +77,6 @@ pub struct Handshake {
     upstream: String,
     connector: tokio_rustls::TlsConnector,
     names: Names,
-    timeout: Duration,
     /// For the rare lookup that tells which server a backend address came from.
     resolve_timeout: Duration,
 }
@@ -92,11 +91,12 @@ enum Names {
 
 impl Handshake {
     /// The handshake settings of a TLS upstream, from the roots and client certificate
-    /// `crate::load` read for it; `None` for a plain one.
+    /// `crate::load` read for it; `None` for a plain one. How long a handshake may take is the
+    /// caller's: the request path bounds TCP and TLS together by the route's `upstream_connect`,
+    /// a health check its whole probe by the check's `timeout`.
     pub fn new(
         upstream: &str,
         spec: &Upstream,
-        timeouts: &Timeouts,
         files: Option<&UpstreamFiles>,
     ) -> Result<Option<Arc<Handshake>>, TlsError> {
         let Some(tls) = &spec.tls else {
@@ -105,13 +105,18 @@ impl Handshake {
         let files = files.ok_or_else(|| TlsError::NotLoaded(format!("upstream `{upstream}`")))?;
         let names = match &tls.sni {
             Some(name) => Names::Fixed(name.clone()),
-            None => Names::Servers(spec.servers.iter().map(|s| s.addr.clone()).collect()),
+            // a TLS upstream has TCP servers only (validation)
+            None => Names::Servers(
+                spec.servers
+                    .iter()
+                    .filter_map(|s| s.addr.tcp().cloned())
+                    .collect(),
+            ),
         };
         Ok(Some(Arc::new(Handshake {
             upstream: upstream.to_string(),
             connector: tokio_rustls::TlsConnector::from(Arc::new(client_config(upstream, files)?)),
             names,
-            timeout: timeouts.upstream_connect,
             resolve_timeout: spec.resolve_timeout,
         })))
     }
@@ -138,19 +143,14 @@ impl Handshake {
             hint,
             source,
         };
-        match tokio::time::timeout(self.timeout, handshake).await {
-            Ok(Ok(stream)) => Ok(MaybeHttpsStream::Https(TokioIo::new(stream))),
-            Ok(Err(source)) => {
+        match handshake.await {
+            Ok(stream) => Ok(MaybeHttpsStream::Https(TokioIo::new(stream))),
+            Err(source) => {
                 let hint = source
                     .get_ref()
                     .and_then(|e| e.downcast_ref::<rustls::Error>())
                     .map_or("", hint);
                 Err(failed(source, hint).into())
-            }
-            // a timed-out I/O error as the source: `ProxyError::from_send` makes it a 504
-            Err(_) => {
-                let source = io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
-                Err(failed(source, " (no answer within `timeouts.upstream_connect`)").into())
             }
         }
     }

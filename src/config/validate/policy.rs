@@ -2,7 +2,7 @@
 //! `send_min_rate`, `allow`, `deny`), read at three levels: `[server]`, `[[site]]` and `[[site.route]]`, each key overriding the level above.
 
 use super::{cidr, Ctx};
-use crate::config::file::{PolicyKeys, Str};
+use crate::config::file::{FileRouteTimeouts, PolicyKeys, Str};
 use crate::config::model::{MinRate, Policy, RateKey, RateLimit, DEFAULT_MIN_RATE};
 use crate::config::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use http::Method;
@@ -47,6 +47,23 @@ pub(super) fn resolve(
         policy.deny = cidrs(cx, list, &format!("{key}.deny"));
     }
     policy
+}
+
+/// `timeouts = { upstream_connect, upstream_response }` of a site or route (`key`: "site",
+/// "site.route") over what `policy` inherited, key by key.
+pub(super) fn timeouts(
+    cx: &mut Ctx,
+    raw: Option<&Spanned<FileRouteTimeouts>>,
+    policy: &mut Policy,
+    key: &str,
+) {
+    let Some(raw) = raw else { return };
+    let t = raw.get_ref();
+    let connect = format!("{key}.timeouts.upstream_connect");
+    policy.upstream_connect = cx.duration(&t.upstream_connect, &connect, policy.upstream_connect);
+    let response = format!("{key}.timeouts.upstream_response");
+    policy.upstream_response =
+        cx.duration(&t.upstream_response, &response, policy.upstream_response);
 }
 
 fn cidrs(cx: &mut Ctx, list: &Spanned<Vec<Str>>, key: &str) -> Vec<ipnet::IpNet> {

@@ -9,7 +9,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 const SERVER_HINT: &str =
-    "expected \"HOST:PORT\", \"https://HOST:PORT\" or { addr = \"HOST:PORT\", weight = 3 }";
+    "expected \"HOST:PORT\", \"https://HOST:PORT\", \"unix:/run/app.sock\" or { addr = \"HOST:PORT\", weight = 3 }";
+
+/// The most a Unix socket address holds (`sun_path` is 108 bytes, with its NUL).
+const UNIX_PATH_MAX: usize = 107;
 
 pub(super) fn upstream(
     cx: &mut Ctx,
@@ -112,6 +115,10 @@ fn server(cx: &mut Ctx, value: &Spanned<toml::Value>, key: &str) -> Option<(Upst
             return None;
         }
     };
+    if let Some(path) = text.strip_prefix("unix:") {
+        let addr = unix_path(cx, &Spanned::new(span, path.to_string()), key)?;
+        return Some((UpstreamServer { addr, weight }, false));
+    }
     let (text, tls) = match text.strip_prefix("https://") {
         Some(rest) => (rest.to_string(), true),
         None => (
@@ -119,8 +126,31 @@ fn server(cx: &mut Ctx, value: &Spanned<toml::Value>, key: &str) -> Option<(Upst
             false,
         ),
     };
-    let addr = server_addr(cx, &Spanned::new(span, text), key)?;
+    if text.starts_with("unix:") {
+        let msg = format!("a Unix socket is written `unix:PATH` alone, e.g. \"unix:/run/app.sock\" (plain HTTP; nginx's `http://unix:/run/app.sock:` becomes that); not `{text}` after a scheme");
+        cx.error(span, key, msg);
+        return None;
+    }
+    let addr = Endpoint::Tcp(server_addr(cx, &Spanned::new(span, text), key)?);
     Some((UpstreamServer { addr, weight }, tls))
+}
+
+/// `unix:PATH`: a path (relative ones from the config's folder) a socket address can hold.
+fn unix_path(cx: &mut Ctx, value: &Spanned<String>, key: &str) -> Option<Endpoint> {
+    let text = cx.expand(value, key)?;
+    if text.is_empty() || text.contains('\0') {
+        let msg = format!("`unix:{text}` names no socket; expected a path like \"unix:/run/app.sock\" (relative to the config file's folder unless it starts with /)");
+        cx.error(value.span(), key, msg);
+        return None;
+    }
+    let path = cx.relative(&text);
+    let len = path.as_os_str().len();
+    if len > UNIX_PATH_MAX {
+        let msg = format!("`{}` is {len} bytes long; a Unix socket path holds at most {UNIX_PATH_MAX} (move the socket, or give a shorter path)", path.display());
+        cx.error(value.span(), key, msg);
+        return None;
+    }
+    Some(Endpoint::Unix(path))
 }
 
 fn balance(cx: &mut Ctx, value: &Str, key: &str) -> Option<Balance> {
