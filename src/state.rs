@@ -5,6 +5,7 @@
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
 use crate::config::{Action, Config, Encode, Log, Redirect, Respond, SiteTls, Timeouts, Upstream};
+use crate::http::rewrite::Rewrite;
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
@@ -69,7 +70,8 @@ pub enum RouteAction {
 pub struct ProxyRoute {
     /// The upstream's servers, with their keep-alive connections (TLS ones for a TLS upstream).
     pub pool: Arc<UpstreamPool>,
-    pub strip_prefix: bool,
+    /// The target sent upstream, and `Location` mapped back.
+    pub rewrite: Rewrite,
 }
 
 /// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
@@ -363,14 +365,15 @@ fn compile(
     Ok(match &route.action {
         Action::Proxy {
             upstream,
-            strip_prefix,
+            target,
+            rewrite_location,
         } => {
             let kept = upstreams.get(upstream).ok_or_else(|| {
                 BuildError::NoUpstream(route.matcher.as_str().to_string(), upstream.clone())
             })?;
             RouteAction::Proxy(Box::new(ProxyRoute {
                 pool: kept.pool.clone(),
-                strip_prefix: *strip_prefix,
+                rewrite: Rewrite::new(&route.matcher, target, *rewrite_location),
             }))
         }
         Action::Respond(respond) => RouteAction::Respond(respond.clone()),

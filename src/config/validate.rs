@@ -4,7 +4,6 @@ use super::file::*;
 use super::model::*;
 use super::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use super::{FileKind, Located, NamedFile};
-use crate::template::{Captures, Template};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
@@ -18,6 +17,7 @@ use toml::Spanned;
 mod cors;
 mod encode;
 mod log;
+mod matching;
 mod policy;
 mod resolver;
 mod upstream;
@@ -771,22 +771,14 @@ fn routes(
             "a site needs at least one [[site.route]], e.g. path = \"/\" with upstream = \"app\"";
         cx.error(raw.span(), "site.route", msg);
     }
-    let mut seen = HashMap::new();
     let mut out = Vec::new();
     for r in &raw.get_ref().routes {
-        let Some(route) = route(cx, r, upstreams, site) else {
-            continue;
-        };
-        if seen.insert(route.matcher.clone(), ()).is_some() {
-            let msg = format!(
-                "path `{}` appears twice in this site",
-                route.matcher.as_str()
-            );
-            cx.error(r.span(), "site.route.path", msg);
+        if let Some(route) = route(cx, r, upstreams, site) {
+            out.push((route, r.span()));
         }
-        out.push(route);
     }
-    out
+    matching::unreachable(cx, &out);
+    out.into_iter().map(|(route, _)| route).collect()
 }
 
 const TLS_HINT: &str =
@@ -1047,23 +1039,11 @@ fn route(
     (site, inherited, site_cors, encode): (&str, &Policy, Option<&Cors>, &Encode),
 ) -> Option<Route> {
     let r = raw.get_ref();
-    let matcher = match (&r.path, &r.exact) {
-        (Some(p), None) => PathMatch::Prefix(route_path(cx, p, "site.route.path")?),
-        (None, Some(e)) => PathMatch::Exact(route_path(cx, e, "site.route.exact")?),
-        _ => {
-            let msg = "a route needs exactly one of `path` (prefix match) or `exact` (exact match)";
-            cx.error(raw.span(), "site.route", msg);
-            return None;
-        }
-    };
-    let action = action(cx, raw, upstreams)?;
-    if let Some(strip) = &r.strip_prefix {
-        let proxies_prefix =
-            matches!(action, Action::Proxy { .. }) && matches!(matcher, PathMatch::Prefix(_));
-        if *strip.get_ref() && !proxies_prefix {
-            let msg = "`strip_prefix` only applies to a `path` route with an `upstream`";
-            cx.error(strip.span(), "site.route.strip_prefix", msg);
-        }
+    let matcher = matching::matcher(cx, raw)?;
+    let conditions = matching::conditions(cx, r);
+    let action = action(cx, raw, upstreams, &matcher)?;
+    if !matches!(action, Action::Proxy { .. }) {
+        matching::only_for_proxy(cx, r);
     }
     let scope = format!("route {site} {}", matcher.as_str());
     let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
@@ -1071,6 +1051,7 @@ fn route(
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
     Some(Route {
         matcher,
+        conditions,
         action,
         policy,
         cors,
@@ -1095,12 +1076,17 @@ fn route_path(cx: &mut Ctx, value: &Str, key: &str) -> Option<String> {
     None
 }
 
-fn action(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<Action> {
+fn action(
+    cx: &mut Ctx,
+    raw: &Spanned<FileRoute>,
+    upstreams: &[&str],
+    matcher: &PathMatch,
+) -> Option<Action> {
     let r = raw.get_ref();
     match (&r.upstream, &r.respond, &r.redirect) {
-        (Some(up), None, None) => proxy_action(cx, r, up, upstreams),
+        (Some(up), None, None) => proxy_action(cx, r, up, upstreams, matcher),
         (None, Some(resp), None) => respond_action(cx, resp),
-        (None, None, Some(redir)) => redirect_action(cx, redir),
+        (None, None, Some(redir)) => redirect_action(cx, redir, matcher),
         _ => {
             let msg = "a route needs exactly one of `upstream`, `respond` or `redirect`";
             cx.error(raw.span(), "site.route", msg);
@@ -1109,7 +1095,13 @@ fn action(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<
     }
 }
 
-fn proxy_action(cx: &mut Ctx, r: &FileRoute, up: &Str, upstreams: &[&str]) -> Option<Action> {
+fn proxy_action(
+    cx: &mut Ctx,
+    r: &FileRoute,
+    up: &Str,
+    upstreams: &[&str],
+    matcher: &PathMatch,
+) -> Option<Action> {
     let name = cx.expand(up, "site.route.upstream")?;
     if !upstreams.contains(&name.as_str()) {
         let defined = if upstreams.is_empty() {
@@ -1124,9 +1116,11 @@ fn proxy_action(cx: &mut Ctx, r: &FileRoute, up: &Str, upstreams: &[&str]) -> Op
         );
         return None;
     }
+    let (target, rewrite_location) = matching::upstream_target(cx, r, matcher)?;
     Some(Action::Proxy {
         upstream: name,
-        strip_prefix: r.strip_prefix.as_ref().is_some_and(|s| *s.get_ref()),
+        target,
+        rewrite_location,
     })
 }
 
@@ -1168,7 +1162,11 @@ fn respond_action(cx: &mut Ctx, raw: &Spanned<FileRespond>) -> Option<Action> {
     }))
 }
 
-fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> {
+fn redirect_action(
+    cx: &mut Ctx,
+    raw: &Spanned<FileRedirect>,
+    matcher: &PathMatch,
+) -> Option<Action> {
     let r = raw.get_ref();
     let status = match &r.status {
         None => StatusCode::PERMANENT_REDIRECT,
@@ -1180,14 +1178,10 @@ fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> 
             "one of 301, 302, 303, 307, 308",
         )?,
     };
-    let to = cx.expand(&r.to, "site.route.redirect.to")?;
-    match Template::parse(&to, Captures::default()) {
-        Ok(to) => Some(Action::Redirect(Redirect { to, status })),
-        Err(message) => {
-            cx.error(r.to.span(), "site.route.redirect.to", message);
-            None
-        }
-    }
+    let key = "site.route.redirect.to";
+    let to = cx.expand(&r.to, key)?;
+    let to = matching::route_template(cx, &to, r.to.span(), key, matcher)?;
+    Some(Action::Redirect(Redirect { to, status }))
 }
 
 fn status(

@@ -4,10 +4,11 @@
 //! then go on whatever answer resulted.
 
 use super::body::{BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog};
-use super::canonical::{self, Addrs, EncodedSlashes, PathParameters, PathRules};
+use super::canonical::{self, Addrs};
 use super::conn::ConnState;
 use super::hygiene;
 use super::response::ProxyError;
+use super::rewrite::{ClientOrigin, Rewrite, UpstreamSelf};
 use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::{Coding, Redirect, Respond, ServerLimits};
@@ -15,6 +16,7 @@ use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
+use crate::routing;
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
 use crate::upstream::conn::Sender;
@@ -25,7 +27,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use hyper::body::Incoming;
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,7 +174,7 @@ impl ProxyService {
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         addrs: Addrs,
         cors: &mut Option<Verdict<'s>>,
     ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
@@ -197,9 +198,10 @@ impl ProxyService {
                 return Ok((Answer::Local(redirect), None));
             }
         }
+        let by = routing::Request::new(req.method(), req.uri(), req.headers());
         let matched = state
             .router
-            .route_in(site, path)
+            .route_in(site, &by)
             .ok_or(ProxyError::NoRoute)?;
         let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
         if let Some(metrics) = &route.metrics {
@@ -230,23 +232,19 @@ impl ProxyService {
             .encode
             .as_ref()
             .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
+        let at = port.unwrap_or(self.transport.default_port());
+        let vars = |req| placeholders(req, addrs, (host, at, self.transport), log, &matched);
         let answer = match &route.action {
             RouteAction::Respond(r) => Answer::Local(respond(r)),
-            RouteAction::Redirect(r) => {
-                let vars = Vars {
-                    client_ip: addrs.client,
-                    host,
-                    port: port.unwrap_or(self.transport.default_port()),
-                    scheme: self.transport.scheme(),
-                    uri: req.uri(),
-                    request_id: &log.request_id,
-                    headers: req.headers(),
-                    captures: None,
-                };
-                Answer::Local(redirect(r, &vars))
-            }
+            RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars(&req))),
             RouteAction::Proxy(route) => {
-                let strip = route.strip_prefix.then_some(matched.matched_len);
+                let rewrite = &route.rewrite;
+                let vars = rewrite.uses_vars().then(|| vars(&req));
+                let rules = state.config.server.paths;
+                let target = rewrite.target(req.uri(), matched.matched_len, vars.as_ref(), rules);
+                if let Some(target) = target? {
+                    *req.uri_mut() = Uri::from(target);
+                }
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     port,
@@ -254,9 +252,9 @@ impl ProxyService {
                     state,
                     policy,
                     pool: &route.pool,
+                    rewrite,
                     addrs,
                     peer_ip: &self.peer_ip,
-                    strip,
                     log,
                 };
                 // boxed: hyper keeps one slot per connection sized for this service's future,
@@ -287,6 +285,12 @@ impl ProxyService {
         } else {
             hop.pool.spec().retries
         };
+        // what the upstream was told it is, for `Location`s naming it
+        let host_sent = hop
+            .rewrite
+            .maps_locations()
+            .then(|| parts.headers.get(header::HOST).cloned())
+            .flatten();
         let mut retry = Retry::new(&parts.method, body, retries);
         hop.pool.deposit_retry_share();
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -317,6 +321,7 @@ impl ProxyService {
                 Err(err) => return Err(err),
             }
         };
+        map_location(&hop, &mut resp, host_sent.as_ref(), &active);
         let says = forward::strip_hop_by_hop(resp.headers_mut());
         // an upgraded connection is the tunnel's; one the response closes is no use
         let reusable =
@@ -338,7 +343,7 @@ impl ProxyService {
         active: &ActiveGuard,
         retry: &mut Retry,
     ) -> Result<(Response<Incoming>, Sender), ProxyError> {
-        head.uri = upstream_uri(&head.uri, &head.method, active, hop.strip)?;
+        head.uri = upstream_uri(&head.uri, &head.method, active)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
         let timeout = hop.state.config.server.timeouts.upstream_response;
         let log = hop.log.clone();
@@ -464,9 +469,10 @@ struct Hop<'a> {
     state: &'a RuntimeState,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
+    /// The route's target rewriting, done already, and its `Location` mapping.
+    rewrite: &'a Rewrite,
     addrs: Addrs,
     peer_ip: &'a HeaderValue,
-    strip: Option<usize>,
     log: &'a Arc<RequestLog>,
 }
 
@@ -506,51 +512,67 @@ fn prepare_request_headers(
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
 }
 
-/// The request target as the backend gets it: origin-form (`/path?query`, minus the prefix with
-/// `strip_prefix`), authority-form (the backend's address) for CONNECT.
-fn upstream_uri(
-    uri: &Uri,
-    method: &Method,
-    active: &ActiveGuard,
-    strip: Option<usize>,
-) -> Result<Uri, ProxyError> {
+/// The request target as the backend gets it: origin-form (`/path?query`, as the route's
+/// `rewrite::Rewrite` made it), authority-form (the backend's address) for CONNECT.
+fn upstream_uri(uri: &Uri, method: &Method, active: &ActiveGuard) -> Result<Uri, ProxyError> {
     if method == Method::CONNECT {
         return Uri::builder()
             .authority(active.backend().authority.clone())
             .build()
             .map_err(|_| ProxyError::BadTarget);
     }
-    let path_and_query = match (strip, uri.path_and_query()) {
-        (Some(len), Some(pq)) => strip_prefix(pq, len)?,
-        (_, Some(pq)) => pq.clone(),
-        (_, None) => PathAndQuery::from_static("/"),
-    };
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or(PathAndQuery::from_static("/"));
     Ok(Uri::from(path_and_query))
 }
 
-/// "/api/users?x=1" minus "/api/" is "/users?x=1"; the result always starts with '/' and is a
-/// canonical path again: a prefix without a trailing slash (`/api`) leaves `..` of `/api..`
-/// behind, which would climb above `/` upstream, so that is a 400.
-fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyError> {
-    let path = pq.path();
-    let rest = path.get(len..).unwrap_or("");
-    let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let mut out = String::with_capacity(pq.as_str().len() + 1 - len.min(path.len()));
-    out.push('/');
-    out.push_str(rest);
-    let rules = PathRules {
-        merge_slashes: false,
-        encoded_slashes: EncodedSlashes::Keep,
-        parameters: PathParameters::Keep,
+/// What a route's templates (`redirect`, `rewrite`) expand from: the canonical request.
+fn placeholders<'v>(
+    req: &'v Request<Incoming>,
+    addrs: Addrs,
+    (host, port, transport): (&'v str, u16, Transport),
+    log: &'v RequestLog,
+    matched: &'v routing::RouteMatch,
+) -> Vars<'v> {
+    Vars {
+        client_ip: addrs.client,
+        host,
+        port,
+        scheme: transport.scheme(),
+        uri: req.uri(),
+        request_id: &log.request_id,
+        headers: req.headers(),
+        captures: matched.captures.as_ref(),
+    }
+}
+
+/// An upstream `Location` naming the upstream itself, mapped back to the client (see
+/// `rewrite::Rewrite::map_location`).
+fn map_location<B>(
+    hop: &Hop<'_>,
+    resp: &mut Response<B>,
+    host_sent: Option<&HeaderValue>,
+    active: &ActiveGuard,
+) {
+    let Some(authority) = hop.log.host.as_ref() else {
+        return;
     };
-    if !matches!(canonical::path(&out, rules), Ok(Cow::Borrowed(_))) {
-        return Err(ProxyError::BadTarget);
-    }
-    if let Some(query) = pq.query() {
-        out.push('?');
-        out.push_str(query);
-    }
-    PathAndQuery::try_from(out).map_err(|_| ProxyError::BadTarget)
+    let spec = hop.pool.spec();
+    let upstream = UpstreamSelf {
+        scheme: if spec.tls.is_some() { "https" } else { "http" },
+        host: host_sent,
+        server: active.backend().addr,
+        servers: &spec.servers,
+    };
+    let client = ClientOrigin {
+        scheme: hop.proto,
+        authority,
+    };
+    let status = resp.status();
+    hop.rewrite
+        .map_location(status, resp.headers_mut(), &upstream, &client);
 }
 
 /// The answer to an allowed CORS preflight; `cors::Verdict::apply` adds the grant.
@@ -750,30 +772,6 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strip_keeps_leading_slash_and_query() {
-        let pq = PathAndQuery::from_static("/api/users?x=1");
-        assert_eq!(strip_prefix(&pq, 5).unwrap().as_str(), "/users?x=1");
-        assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/users?x=1");
-        let pq = PathAndQuery::from_static("/api");
-        assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/");
-        let pq = PathAndQuery::from_static("/api/admin?x=/../");
-        assert_eq!(strip_prefix(&pq, 10).unwrap().as_str(), "/?x=/../");
-    }
-
-    #[test]
-    fn strip_never_leaves_a_dot_segment() {
-        for (raw, len) in [
-            ("/api..", 4),
-            ("/api.", 4),
-            ("/api..;x/y", 4),
-            ("/api../y?q", 4),
-        ] {
-            let pq = PathAndQuery::from_static(raw);
-            assert!(strip_prefix(&pq, len).is_err(), "{raw}");
-        }
-    }
 
     #[test]
     fn request_ids_are_kept_or_generated() {
