@@ -774,7 +774,7 @@ fn routes(
     let mut out = Vec::new();
     for r in &raw.get_ref().routes {
         if let Some(route) = route(cx, r, upstreams, site) {
-            out.push((route, r.span()));
+            out.push((route, matching::matcher_span(r)));
         }
     }
     matching::unreachable(cx, &out);
@@ -1045,7 +1045,8 @@ fn route(
     if !matches!(action, Action::Proxy { .. }) {
         matching::only_for_proxy(cx, r);
     }
-    let scope = format!("route {site} {}", matcher.as_str());
+    // routes on one path with other conditions are other routes
+    let scope = format!("route {site} {}{conditions}", matcher.as_str());
     let policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
     let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");

@@ -33,6 +33,13 @@ pub(super) fn matcher(cx: &mut Ctx, raw: &Spanned<FileRoute>) -> Option<PathMatc
     }
 }
 
+/// Where the route's `path`, `exact` or `regex` value is written.
+pub(super) fn matcher_span(raw: &Spanned<FileRoute>) -> Range<usize> {
+    let r = raw.get_ref();
+    let value = r.path.as_ref().or(r.exact.as_ref()).or(r.regex.as_ref());
+    value.map_or(raw.span(), Spanned::span)
+}
+
 fn pattern(cx: &mut Ctx, value: &Str, key: &str) -> Option<Pattern> {
     let text = cx.expand(value, key)?;
     compile(cx, &text, value.span(), key)
@@ -52,8 +59,8 @@ fn compile(cx: &mut Ctx, text: &str, span: Range<usize>, key: &str) -> Option<Pa
 fn regex_error(text: &str, e: &regex::Error) -> String {
     match e {
         regex::Error::CompiledTooBig(limit) => format!(
-            "`{text}` compiles to more than {} KiB, the limit for one regex; make it smaller: ASCII classes (`[0-9]`, `[a-z]`, `(?-u:\\w)`) rather than Unicode ones (`\\w`, `\\d`), fewer or smaller counted repetitions",
-            limit >> 10
+            "`{text}` compiles to more than {} MiB, the limit for one regex; make it smaller: ASCII classes (`[0-9]`, `[a-z]`, `(?-u:\\w)`) rather than Unicode ones (`\\w`, `\\d`), fewer or smaller counted repetitions",
+            limit >> 20
         ),
         regex::Error::Syntax(msg) => {
             let why = msg
@@ -347,3 +354,6 @@ fn exact_key(path: &str) -> &str {
         _ => path,
     }
 }
+
+#[cfg(test)]
+mod tests;
