@@ -5,6 +5,8 @@
 #   bash benches/callgrind.sh                      # target/release/gatehouse, HTTP/1.1 keep-alive
 #   MODE=h2 bash benches/callgrind.sh              # HTTP/2 over TLS, 4 connections x 16 streams
 #   bash benches/callgrind.sh /tmp/old-gatehouse   # another binary, same config and load
+#   ROUTES=5000 TARGET=/api/v1/resource4998/x bash benches/callgrind.sh
+#                                                  # 4,999 prefix routes before `/`, that path
 #
 # What it does: starts a one-worker nginx backend (`return 200 "ok\n"`) and Gatehouse under
 # `valgrind --tool=callgrind` (one worker, one route, keep-alive upstream, no limits), warms up
@@ -20,6 +22,10 @@ BIN=${1:-$ROOT/target/release/gatehouse}
 MODE=${MODE:-h1}
 REQUESTS=${REQUESTS:-5000}
 WARMUP=${WARMUP:-2000}
+# ROUTES - 1 routes `path = "/api/v1/resource{k}/"` go before the `/` route (routing cost by
+# number of routes); TARGET is the path requested (compare two ROUTES with the same TARGET)
+ROUTES=${ROUTES:-1}
+TARGET=${TARGET:-/}
 
 die() { echo "callgrind.sh: $*" >&2; exit 1; }
 case $MODE in h1 | h2) ;; *) die "MODE must be h1 or h2, not '$MODE'" ;; esac
@@ -86,6 +92,9 @@ timeouts = { idle = "300s" }
 [[site]]
 tls = { cert = "$TMP/cert.pem", key = "$TMP/key.pem" }
 redirect_https = false
+$(for ((k = 0; k < ROUTES - 1; k++)); do
+    printf '  [[site.route]]\n  path = "/api/v1/resource%d/"\n  upstream = "backend"\n  max_body = "off"\n' "$k"
+done)
   [[site.route]]
   path = "/"
   upstream = "backend"
@@ -100,10 +109,10 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" \
 VG=$!
 PIDS+=("$VG")
 if [[ $MODE == h1 ]]; then
-    URL=http://127.0.0.1:$HTTP/
+    URL=http://127.0.0.1:$HTTP$TARGET
     LOAD=(--h1 -c 1)
 else
-    URL=https://127.0.0.1:$HTTPS/
+    URL=https://127.0.0.1:$HTTPS$TARGET
     LOAD=(-c 4 -m 16)
 fi
 wait_for "$URL"
@@ -118,7 +127,7 @@ wait "$VG" 2>/dev/null || true
 dump=$(ls -S "$OUT".* 2>/dev/null | head -1)
 [[ -n $dump ]] || die "callgrind wrote no dump (see $TMP/gatehouse.log)"
 total=$(callgrind_annotate --auto=no "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "mode $MODE: $REQUESTS requests, $total instructions, $((total / REQUESTS)) per request"
+echo "mode $MODE, $ROUTES routes, $TARGET: $REQUESTS requests, $total instructions, $((total / REQUESTS)) per request"
 echo "profile: $dump   (callgrind_annotate --inclusive=yes $dump | less)"
 trap - EXIT
 cleanup
