@@ -105,6 +105,9 @@ async fn regex_routes_rewrite_and_redirect_with_their_captures() {
     .await;
 }
 
+/// Method, target, request headers, the backend that must get it.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditions_pass_a_route_over_for_the_next() {
     with_timeout(30, async {
@@ -149,7 +152,7 @@ async fn conditions_pass_a_route_over_for_the_next() {
             ],
         ))
         .await;
-        let cases: [(&str, &str, &[(&str, &str)], &str); 10] = [
+        let cases: [Case; 10] = [
             ("POST", "/items", &[], "writes"),
             ("PUT", "/items/", &[], "writes"),
             ("GET", "/items", &[], "rest"),
