@@ -146,30 +146,38 @@ impl<V> PrefixTree<V> {
         let mut depth = 0;
         let mut best = None;
         loop {
-            let rest = &path[depth..];
             // past the end of the path only a `/` may follow: `path = "/api/"` takes `/api`
-            let next = rest.first().copied().unwrap_or(b'/');
+            let next = path.get(depth).copied().unwrap_or(b'/');
             let Some(child) = self.child(node, next) else {
                 break;
             };
-            let child_node = &self.nodes[child as usize];
-            let label = &child_node.label[..];
-            if rest.starts_with(label) {
+            let n = &self.nodes[child as usize];
+            // the label's first byte is `next`: the child was found by it
+            let (label, left) = (&n.label[..], path.len() - depth);
+            if label.len() <= left && same(&label[1..], &path[depth + 1..depth + label.len()]) {
                 node = child;
                 depth += label.len();
-                if !child_node.values.is_empty() {
+                if !n.values.is_empty() {
                     best = Some(child);
                 }
                 continue;
             }
-            let slash_more = label.len() == rest.len() + 1 && label.ends_with(b"/");
-            if slash_more && label.starts_with(rest) && !child_node.values.is_empty() {
+            // the label is the rest of the path and a `/`
+            let rest = &path[depth..];
+            let slash_more = label.len() == left + 1 && label.ends_with(b"/");
+            if slash_more && !n.values.is_empty() && same(&label[..left], rest) {
                 best = Some(child);
             }
             break;
         }
         best
     }
+}
+
+/// Byte by byte: labels are short (a path segment or less), where a `memcmp` call costs more
+/// than the comparison.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// See [`PrefixTree::matches`].
