@@ -136,7 +136,8 @@ mod routing {
         };
         let (method, uri, headers) = get("/api/v1/resource4998/items/42");
         let req = Request::new(&method, &uri, &headers);
-        let want = routes - 1;
+        // `/` alone, or `/api/v1/resource4998/` (route 4998, `/` being 4999)
+        let want = if routes == 1 { 0 } else { 4_998 };
         assert_eq!(router.route_in(0, &req).map(|m| m.route), Some(want));
         warm(|| router.route_in(0, &req));
         bencher.bench_local(|| router.route_in(black_box(0), black_box(&req)));
