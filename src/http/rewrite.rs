@@ -59,7 +59,7 @@ struct PrefixMap {
 pub struct UpstreamSelf<'a> {
     /// `http` or `https`: the scheme of the connection to it.
     pub scheme: &'a str,
-    /// The `Host` sent to it.
+    /// The `Host` sent to it (a route that sends another than the client's gives that one).
     pub host: Option<&'a HeaderValue>,
     /// The server that answered.
     pub server: SocketAddr,
@@ -109,11 +109,6 @@ impl Rewrite {
         Rewrite { target, location }
     }
 
-    /// Whether upstream `Location`s are mapped back (`rewrite_location`).
-    pub fn maps_locations(&self) -> bool {
-        self.location.is_some()
-    }
-
     /// Whether `target` needs the request's placeholders (`Vars`).
     pub fn uses_vars(&self) -> bool {
         matches!(self.target, Target::Template { .. })
@@ -129,6 +124,9 @@ impl Rewrite {
         vars: Option<&Vars<'_>>,
         rules: PathRules,
     ) -> Result<Option<PathAndQuery>, ProxyError> {
+        if matches!(self.target, Target::AsIs) {
+            return Ok(None);
+        }
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let (path, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
         let made = match &self.target {

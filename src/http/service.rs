@@ -198,11 +198,13 @@ impl ProxyService {
                 return Ok((Answer::Local(redirect), None));
             }
         }
-        let by = routing::Request::new(req.method(), req.uri(), req.headers());
-        let matched = state
-            .router
-            .route_in(site, &by)
-            .ok_or(ProxyError::NoRoute)?;
+        let matched = {
+            let by = routing::Request::new(req.method(), req.uri(), req.headers());
+            state
+                .router
+                .route_in(site, &by)
+                .ok_or(ProxyError::NoRoute)?
+        };
         let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
         if let Some(metrics) = &route.metrics {
             let _ = log.metrics.set(metrics.clone());
@@ -233,15 +235,20 @@ impl ProxyService {
             .as_ref()
             .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
         let at = port.unwrap_or(self.transport.default_port());
-        let vars = |req| placeholders(req, addrs, (host, at, self.transport), log, &matched);
         let answer = match &route.action {
             RouteAction::Respond(r) => Answer::Local(respond(r)),
-            RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars(&req))),
+            RouteAction::Redirect(r) => {
+                let vars = placeholders(&req, addrs, (host, at, self.transport), log, &matched);
+                Answer::Local(redirect(r, &vars))
+            }
             RouteAction::Proxy(route) => {
                 let rewrite = &route.rewrite;
-                let vars = rewrite.uses_vars().then(|| vars(&req));
-                let rules = state.config.server.paths;
-                let target = rewrite.target(req.uri(), matched.matched_len, vars.as_ref(), rules);
+                // `matched` moves in: nothing of the routing is kept across the await below
+                let target = {
+                    let place = (host, at, self.transport);
+                    let rules = state.config.server.paths;
+                    upstream_target(rewrite, &req, matched, (addrs, place, log), rules)
+                };
                 if let Some(target) = target? {
                     *req.uri_mut() = Uri::from(target);
                 }
@@ -285,12 +292,6 @@ impl ProxyService {
         } else {
             hop.pool.spec().retries
         };
-        // what the upstream was told it is, for `Location`s naming it
-        let host_sent = hop
-            .rewrite
-            .maps_locations()
-            .then(|| parts.headers.get(header::HOST).cloned())
-            .flatten();
         let mut retry = Retry::new(&parts.method, body, retries);
         hop.pool.deposit_retry_share();
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -321,7 +322,7 @@ impl ProxyService {
                 Err(err) => return Err(err),
             }
         };
-        map_location(&hop, &mut resp, host_sent.as_ref(), &active);
+        map_location(&hop, &mut resp, &active);
         let says = forward::strip_hop_by_hop(resp.headers_mut());
         // an upgraded connection is the tunnel's; one the response closes is no use
         let reusable =
@@ -548,21 +549,32 @@ fn placeholders<'v>(
     }
 }
 
+/// The target `rewrite` sends upstream instead of the canonical one, if any (see
+/// `rewrite::Rewrite::target`); the placeholders are made only for a template.
+fn upstream_target(
+    rewrite: &Rewrite,
+    req: &Request<Incoming>,
+    matched: routing::RouteMatch,
+    (addrs, place, log): (Addrs, (&str, u16, Transport), &RequestLog),
+    rules: canonical::PathRules,
+) -> Result<Option<PathAndQuery>, ProxyError> {
+    let vars = rewrite
+        .uses_vars()
+        .then(|| placeholders(req, addrs, place, log, &matched));
+    rewrite.target(req.uri(), matched.matched_len, vars.as_ref(), rules)
+}
+
 /// An upstream `Location` naming the upstream itself, mapped back to the client (see
 /// `rewrite::Rewrite::map_location`).
-fn map_location<B>(
-    hop: &Hop<'_>,
-    resp: &mut Response<B>,
-    host_sent: Option<&HeaderValue>,
-    active: &ActiveGuard,
-) {
+fn map_location<B>(hop: &Hop<'_>, resp: &mut Response<B>, active: &ActiveGuard) {
     let Some(authority) = hop.log.host.as_ref() else {
         return;
     };
     let spec = hop.pool.spec();
     let upstream = UpstreamSelf {
         scheme: if spec.tls.is_some() { "https" } else { "http" },
-        host: host_sent,
+        // the `Host` sent upstream is the canonical authority (`prepare_request_headers`)
+        host: Some(authority),
         server: active.backend().addr,
         servers: &spec.servers,
     };
