@@ -384,7 +384,11 @@ impl ProxyService {
 
     /// Sends the request upstream, on another server when an attempt failed safely (see
     /// `Retry`), and reports each attempt's outcome to the pool's passive health.
-    async fn proxy(&self, hop: Hop<'_>, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
+    async fn proxy(
+        &self,
+        mut hop: Hop<'_>,
+        mut req: Request<Incoming>,
+    ) -> Result<Answer, ProxyError> {
         let upgrade =
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -395,7 +399,14 @@ impl ProxyService {
             (None, Transport::Tls) => HeaderValue::from_static("443"),
             (None, Transport::Plain) => HeaderValue::from_static("80"),
         };
-        prepare_request_headers(&mut parts.headers, &hop, upgrade.clone(), port);
+        let mut expanded = std::mem::take(&mut hop.expanded);
+        prepare_request_headers(
+            &mut parts.headers,
+            &hop,
+            upgrade.clone(),
+            port,
+            &mut expanded,
+        );
         parts.version = Version::HTTP_11;
         let retries = if upgrade.is_some() {
             0
@@ -602,6 +613,7 @@ fn prepare_request_headers(
     hop: &Hop<'_>,
     upgrade: Option<HeaderValue>,
     port: HeaderValue,
+    expanded: &mut Expanded,
 ) {
     if hop.hop_by_hop {
         forward::strip_hop_by_hop(headers);
@@ -631,7 +643,7 @@ fn prepare_request_headers(
     forward::set_client(headers, real_ip, port, addrs.peer_trusted);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
     // last: a rule may override any of the above but `Host` (`upstream_host`)
-    header_rules::upstream_request(headers, hop.headers, &hop.expanded, addrs.peer_trusted);
+    header_rules::upstream_request(headers, hop.headers, expanded, addrs.peer_trusted);
 }
 
 /// What placeholders expand to for `req` (canonical by now) from `client` at `host` and `port`
