@@ -6,6 +6,8 @@
 #   MODE=h2 bash benches/callgrind.sh              # HTTP/2 over TLS, 4 connections x 16 streams
 #   bash benches/callgrind.sh /tmp/old-gatehouse   # another binary, same config and load
 #   ROUTES=routes.toml bash benches/callgrind.sh   # the site's routes from a file (see below)
+#   ROUTES=5000 TARGET=/api/v1/resource4998/x bash benches/callgrind.sh
+#                                                  # 4,999 prefix routes before `/`, that path
 #
 # What it does: starts a one-worker nginx backend (`return 200 "ok\n"`) and Gatehouse under
 # `valgrind --tool=callgrind` (one worker, one route, keep-alive upstream, no limits), warms up
@@ -13,9 +15,11 @@
 # for h1; for h2: -c4 -m16), dumps the counters and prints total instructions / REQUESTS. User
 # space only (callgrind does not see the kernel, ~half of a request's CPU on loopback). Keeps the
 # callgrind file and prints its path, for `callgrind_annotate --inclusive=yes FILE`.
-# ROUTES names a TOML fragment put in place of the one route (`[[site.route]]` tables; the
-# upstream is called `backend`; the load asks for `/` unless URL_PATH says another path), to
-# price a feature: e.g. five header rules, a regex route, 5,000 prefix routes.
+# ROUTES is a number or a file. A number N: N - 1 routes `path = "/api/v1/resource{k}/"` go
+# before the `/` route (routing cost by number of routes). A file: a TOML fragment put in place
+# of the one route (`[[site.route]]` tables; the upstream is called `backend`), to price a
+# feature (header rules, a regex route). TARGET is the path requested (compare two ROUTES with
+# the same TARGET).
 # Needs: valgrind, nginx, nghttp2-client (h2load), openssl, curl (installed if missing).
 set -euo pipefail
 
@@ -23,9 +27,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/target/release/gatehouse}
 MODE=${MODE:-h1}
 REQUESTS=${REQUESTS:-5000}
-ROUTES=${ROUTES:-}
-URL_PATH=${URL_PATH:-/}
 WARMUP=${WARMUP:-2000}
+ROUTES=${ROUTES:-1}
+TARGET=${TARGET:-/}
 
 die() { echo "callgrind.sh: $*" >&2; exit 1; }
 case $MODE in h1 | h2) ;; *) die "MODE must be h1 or h2, not '$MODE'" ;; esac
@@ -80,11 +84,15 @@ HTTPS=$(free_port)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -keyout "$TMP/key.pem" -out "$TMP/cert.pem" -subj /CN=localhost \
     -addext "subjectAltName=IP:127.0.0.1" 2>/dev/null
-if [[ -n $ROUTES ]]; then
-    [[ -f $ROUTES ]] || die "no routes file at $ROUTES"
+if [[ -f $ROUTES ]]; then
     routes=$(cat "$ROUTES")
 else
-    routes='  [[site.route]]
+    [[ $ROUTES =~ ^[1-9][0-9]*$ ]] || die "ROUTES must be a number or a file, not '$ROUTES'"
+    routes=$(for ((k = 0; k < ROUTES - 1; k++)); do
+        printf '  [[site.route]]\n  path = "/api/v1/resource%d/"\n  upstream = "backend"\n  max_body = "off"\n\n' "$k"
+    done)
+    routes+='
+  [[site.route]]
   path = "/"
   upstream = "backend"
   max_body = "off"'
@@ -112,10 +120,10 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" \
 VG=$!
 PIDS+=("$VG")
 if [[ $MODE == h1 ]]; then
-    URL=http://127.0.0.1:$HTTP$URL_PATH
+    URL=http://127.0.0.1:$HTTP$TARGET
     LOAD=(--h1 -c 1)
 else
-    URL=https://127.0.0.1:$HTTPS$URL_PATH
+    URL=https://127.0.0.1:$HTTPS$TARGET
     LOAD=(-c 4 -m 16)
 fi
 wait_for "$URL"
@@ -130,7 +138,7 @@ wait "$VG" 2>/dev/null || true
 dump=$(ls -S "$OUT".* 2>/dev/null | head -1)
 [[ -n $dump ]] || die "callgrind wrote no dump (see $TMP/gatehouse.log)"
 total=$(callgrind_annotate --auto=no "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "mode $MODE: $REQUESTS requests, $total instructions, $((total / REQUESTS)) per request"
+echo "mode $MODE, $ROUTES routes, $TARGET: $REQUESTS requests, $total instructions, $((total / REQUESTS)) per request"
 echo "profile: $dump   (callgrind_annotate --inclusive=yes $dump | less)"
 trap - EXIT
 cleanup

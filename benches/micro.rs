@@ -38,10 +38,11 @@ fn parse(text: &str) -> Config {
     config::parse(Path::new("benches/micro.rs"), &text).expect("benchmark config is valid")
 }
 
-/// 1,000 routes on one site, and 100 sites: `Router::new`, `Router::route_in`, `Router::site_for`.
+/// 1,000 routes on one site, 1 or 5,000 prefix routes, a regex route, and 100 sites:
+/// `Router::new`, `Router::route_in`, `Router::site_for`.
 mod routing {
     use super::*;
-    use gatehouse::routing::Router;
+    use gatehouse::routing::{Request, Router};
     use std::sync::LazyLock;
 
     /// The catch-all site with 1,000 routes: for n in 0..998, `exact = "/api/v1/resource{n}"` when
@@ -66,23 +67,31 @@ mod routing {
         Router::new(&config.sites)
     });
 
-    /// Prefixes are scanned longest first (a stable sort, so config order within one length):
-    /// the 673 three-digit `/api/v1/resourceNNN/` first, then the two- and one-digit ones,
-    /// then `/static/`.
+    /// Prefixes are looked up in a radix tree (`routing::prefix`), a walk down the path's bytes:
+    /// `/api/v1/resource` is one edge, then one node per digit.
     const PATHS: [(&str, &str); 6] = [
         // the exact table (a HashMap)
         ("exact", "/api/v1/resource500"),
-        // the first prefix scanned
+        // a three-digit prefix
         ("prefix_first", "/api/v1/resource101/items"),
-        // the 673rd prefix scanned, after 672 misses
+        // another, deeper path
         ("prefix_deep", "/api/v1/resource997/items/42"),
-        // the last prefix scanned (749th), after 748 misses
+        // a prefix that shares only `/` with the others
         ("prefix_short", "/static/js/app.3f9c2b.js"),
-        // no route: every prefix tried, each compared (the path is longer than any prefix)
+        // no route: the walk ends inside `/api/v1/resource`'s subtree
         ("miss", "/api/v2/users/42/settings"),
-        // no route, and shorter than all but `/static/`: `starts_with` fails on the lengths alone
+        // no route, and no first byte after `/` in the tree
         ("miss_short", "/favicon.ico"),
     ];
+
+    /// A GET for `path` with no headers (no route here has conditions).
+    fn get(path: &str) -> (http::Method, http::Uri, http::HeaderMap) {
+        (
+            http::Method::GET,
+            path.parse().unwrap(),
+            http::HeaderMap::new(),
+        )
+    }
 
     #[divan::bench(args = [
         "exact", "prefix_first", "prefix_deep", "prefix_short", "miss", "miss_short",
@@ -90,10 +99,74 @@ mod routing {
     fn route_in_1000_routes(bencher: Bencher, case: &str) {
         let router = &*ROUTES_1000;
         let (_, path) = PATHS.iter().find(|(name, _)| *name == case).unwrap();
+        let (method, uri, headers) = get(path);
+        let req = Request::new(&method, &uri, &headers);
         let expected = !case.starts_with("miss");
-        assert_eq!(router.route_in(0, path).is_some(), expected, "{path}");
-        warm(|| router.route_in(0, path));
-        bencher.bench_local(|| router.route_in(black_box(0), black_box(path)));
+        assert_eq!(router.route_in(0, &req).is_some(), expected, "{path}");
+        warm(|| router.route_in(0, &req));
+        bencher.bench_local(|| router.route_in(black_box(0), black_box(&req)));
+    }
+
+    /// `n - 1` prefix routes `/api/v1/resource{k}/` (k < n - 1), then `path = "/"`.
+    fn prefix_routes(n: usize) -> Router {
+        let mut text = String::from("[[site]]\n");
+        let respond = "respond = { status = 200 }";
+        for k in 0..n - 1 {
+            let path = format!("/api/v1/resource{k}/");
+            let _ = writeln!(text, "[[site.route]]\npath = \"{path}\"\n{respond}");
+        }
+        let _ = writeln!(text, "[[site.route]]\npath = \"/\"\n{respond}");
+        let config = parse(&text);
+        assert_eq!(config.sites[0].routes.len(), n);
+        Router::new(&config.sites)
+    }
+
+    static PREFIXES_1: LazyLock<Router> = LazyLock::new(|| prefix_routes(1));
+    static PREFIXES_5000: LazyLock<Router> = LazyLock::new(|| prefix_routes(5_000));
+
+    /// The same request on a site with one route (`/`) and on one with 5,000 prefix routes,
+    /// where it takes `/api/v1/resource4998/` (the last one written): the lookup must not grow
+    /// with the number of routes.
+    #[divan::bench(args = [1, 5_000])]
+    fn prefix_lookup(bencher: Bencher, routes: usize) {
+        let router = if routes == 1 {
+            &*PREFIXES_1
+        } else {
+            &*PREFIXES_5000
+        };
+        let (method, uri, headers) = get("/api/v1/resource4998/items/42");
+        let req = Request::new(&method, &uri, &headers);
+        // `/` alone, or `/api/v1/resource4998/` (route 4998, `/` being 4999)
+        let want = if routes == 1 { 0 } else { 4_998 };
+        assert_eq!(router.route_in(0, &req).map(|m| m.route), Some(want));
+        warm(|| router.route_in(0, &req));
+        bencher.bench_local(|| router.route_in(black_box(0), black_box(&req)));
+    }
+
+    /// `regex = "^/u/(?<id>[0-9]+)/avatar$"` before `path = "/"`: `hit` takes the regex route
+    /// (two searches: `is_match`, then `captures_read` into a new `CaptureLocations`); `miss`
+    /// is searched and falls to `/`.
+    static REGEX: LazyLock<Router> = LazyLock::new(|| {
+        let config = parse(
+            "[[site]]\n[[site.route]]\nregex = \"^/u/(?<id>[0-9]+)/avatar$\"\nrespond = { status = 200 }\n\
+             [[site.route]]\npath = \"/\"\nrespond = { status = 200 }\n",
+        );
+        Router::new(&config.sites)
+    });
+
+    #[divan::bench(args = ["hit", "miss"])]
+    fn regex_route(bencher: Bencher, case: &str) {
+        let path = if case == "hit" {
+            "/u/1234/avatar"
+        } else {
+            "/static/app.js"
+        };
+        let (method, uri, headers) = get(path);
+        let req = Request::new(&method, &uri, &headers);
+        let want = if case == "hit" { 0 } else { 1 };
+        assert_eq!(REGEX.route_in(0, &req).map(|m| m.route), Some(want));
+        warm(|| REGEX.route_in(0, &req));
+        bencher.bench_local(|| REGEX.route_in(black_box(0), black_box(&req)));
     }
 
     /// 100 sites, one route `/` each: 95 with an exact host `site{n}.example.com`, 4 with a

@@ -10,6 +10,7 @@ pub mod hygiene;
 mod pace;
 mod response;
 mod rewind;
+pub mod rewrite;
 mod service;
 mod stream;
 mod tunnel;

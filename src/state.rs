@@ -9,6 +9,7 @@ use crate::config::{
     Upstream,
 };
 use crate::error_pages::{ErrorPages, Page, Pages};
+use crate::http::rewrite::Rewrite;
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
 use crate::middleware::cors::CorsPolicy;
@@ -98,7 +99,8 @@ pub enum RouteAction {
 pub struct ProxyRoute {
     /// The upstream's servers, with their keep-alive connections (TLS ones for a TLS upstream).
     pub pool: Arc<UpstreamPool>,
-    pub strip_prefix: bool,
+    /// The target sent upstream, and `Location` mapped back.
+    pub rewrite: Rewrite,
     /// `X-Accel-Redirect` in the upstream's answer is followed (`crate::files::accel`).
     pub accel_redirect: bool,
 }
@@ -403,7 +405,8 @@ fn compile(
     Ok(match &route.action {
         Action::Proxy {
             upstream,
-            strip_prefix,
+            target,
+            rewrite_location,
             accel_redirect,
         } => {
             let kept = upstreams.get(upstream).ok_or_else(|| {
@@ -411,7 +414,7 @@ fn compile(
             })?;
             RouteAction::Proxy(Box::new(ProxyRoute {
                 pool: kept.pool.clone(),
-                strip_prefix: *strip_prefix,
+                rewrite: Rewrite::new(&route.matcher, target, *rewrite_location),
                 accel_redirect: *accel_redirect,
             }))
         }

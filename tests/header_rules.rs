@@ -495,3 +495,51 @@ servers = ["127.0.0.1:9"]
     );
     assert!(err.contains("4 errors in config"), "{err}");
 }
+
+/// A regex route's captures reach its header rules both ways, by name and by number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rules_take_the_routes_regex_captures() {
+    with_timeout(30, async {
+        let backend = echo_backend("echo").await;
+        let text = config(
+            "",
+            &format!(
+                r#"
+[[site]]
+
+  [[site.route]]
+  regex = "^/u/(?<id>[0-9]+)/(avatar|banner)$"
+  upstream = "backend"
+  request_headers = {{ set = {{ "X-User" = "{{id}}", "X-Kind" = "{{2}}" }} }}
+  response_headers = {{ set = {{ "X-Served" = "{{id}}-{{2}}" }} }}
+
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[upstream.backend]
+servers = ["{}"]
+"#,
+                backend.addr
+            ),
+        );
+        let proxy = TestProxy::start(&text).await;
+        let resp = client()
+            .get(proxy.url("/u/42/banner"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-served").as_deref(), Some("42-banner"));
+        let echo = Echo::parse(&resp.text().await.unwrap());
+        assert_eq!(echo.all("x-user"), ["42"]);
+        assert_eq!(echo.all("x-kind"), ["banner"]);
+
+        // another route: no rules, nothing set
+        let resp = client().get(proxy.url("/u/x/banner")).send().await.unwrap();
+        assert_eq!(header(&resp, "x-served"), None);
+        let echo = Echo::parse(&resp.text().await.unwrap());
+        assert_eq!(echo.header("x-user"), None);
+    })
+    .await;
+}

@@ -198,8 +198,20 @@ pub struct FileSite {
 pub struct FileRoute {
     pub path: Option<Str>,
     pub exact: Option<Str>,
+    /// A regex searched in the canonical path (see `validate::matching`).
+    pub regex: Option<Str>,
+    /// Conditions that must all hold too: methods, header values, query argument values.
+    pub methods: Option<Spanned<Vec<Str>>>,
+    pub headers: Option<Spanned<BTreeMap<Spanned<String>, Str>>>,
+    pub query: Option<Spanned<BTreeMap<Spanned<String>, Str>>>,
     pub upstream: Option<Str>,
     pub strip_prefix: Option<Spanned<bool>>,
+    /// Replaces the matched prefix in the path sent upstream (`proxy_pass http://api/v2/;`).
+    pub upstream_path: Option<Str>,
+    /// The path and query sent upstream, with placeholders.
+    pub rewrite: Option<Str>,
+    /// Upstream `Location` headers naming the upstream mapped back to the client (default true).
+    pub rewrite_location: Option<Spanned<bool>>,
     pub respond: Option<Spanned<FileRespond>>,
     pub redirect: Option<Spanned<FileRedirect>>,
     /// Files served from a folder (the fourth action).

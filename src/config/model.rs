@@ -329,6 +329,8 @@ impl fmt::Display for HostPattern {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     pub matcher: PathMatch,
+    /// `methods`, `headers`, `query`: all must hold, else the router passes the route over.
+    pub conditions: Conditions,
     pub action: Action,
     /// Resolved: the route's own keys, else its site's, else `[server]`'s, else the defaults.
     pub policy: Policy,
@@ -750,21 +752,141 @@ pub enum RateKey {
 pub enum PathMatch {
     Prefix(String),
     Exact(String),
+    /// Searched in the canonical path (not anchored unless the pattern says so).
+    Regex(Pattern),
 }
 
 impl PathMatch {
+    /// The prefix, the exact path or the regex as written.
     pub fn as_str(&self) -> &str {
         match self {
             PathMatch::Prefix(p) | PathMatch::Exact(p) => p,
+            PathMatch::Regex(r) => r.as_str(),
         }
     }
+
+    /// The capture groups a template on this route may name (`template::Captures::names`):
+    /// the regex's, index 0 being the whole match; none for a route without `regex`.
+    pub fn capture_names(&self) -> Vec<Option<&str>> {
+        match self {
+            PathMatch::Regex(r) => r.regex().capture_names().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A compiled regex (the `regex` crate: linear time, no look-around or backreferences), equal to
+/// another when the pattern is, so reloads can diff and a repeated route is found.
+#[derive(Clone, Debug)]
+pub struct Pattern(regex::Regex);
+
+/// A compiled regex may take this much memory at most (`regex::RegexBuilder::size_limit`);
+/// beyond, the route is a config error. Route regexes are far below: `\.php$` compiles to
+/// 0.4 KiB, `^/u/(?<id>[0-9]+)/avatar$` to 0.7 KiB, a case-insensitive API path with two groups
+/// to 2.5 KiB; each Unicode `\w` costs ~50 KiB, so `\w{20}` (0.95 MiB) still fits and
+/// `(\w{100})+` (4.8 MiB) does not. The crate's own default is 10 MiB, too much to multiply by a
+/// few hundred routes.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+impl Pattern {
+    /// Compiles `pattern` under `REGEX_SIZE_LIMIT`.
+    pub fn new(pattern: &str) -> Result<Pattern, regex::Error> {
+        regex::RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map(Pattern)
+    }
+
+    pub fn regex(&self) -> &regex::Regex {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Pattern {}
+
+impl std::hash::Hash for Pattern {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// What a request must also have for its route to take it (`methods`, `headers`, `query`);
+/// empty lists ask nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Conditions {
+    /// One of these methods; empty: any.
+    pub methods: Vec<http::Method>,
+    /// Each header present with a value that matches.
+    pub headers: Vec<(http::HeaderName, ValueMatch)>,
+    /// Each query argument (by its name as sent) present with a value that matches.
+    pub query: Vec<(String, ValueMatch)>,
+}
+
+impl Conditions {
+    pub fn is_empty(&self) -> bool {
+        self.methods.is_empty() && self.headers.is_empty() && self.query.is_empty()
+    }
+}
+
+/// ` methods=GET,HEAD header.upgrade=websocket query.format=~^j` (empty without conditions):
+/// what tells apart routes on one path, in rate-limit scopes.
+impl fmt::Display for Conditions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.methods.is_empty() {
+            let methods: Vec<&str> = self.methods.iter().map(http::Method::as_str).collect();
+            write!(f, " methods={}", methods.join(","))?;
+        }
+        for (name, want) in &self.headers {
+            write!(f, " header.{name}={want}")?;
+        }
+        for (name, want) in &self.query {
+            write!(f, " query.{name}={want}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ValueMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueMatch::Present => f.write_str("*"),
+            ValueMatch::Exact(text) => f.write_str(text),
+            ValueMatch::Regex(r) => write!(f, "~{}", r.as_str()),
+        }
+    }
+}
+
+/// A `headers` or `query` condition's value: `"*"`, `"~regex"` or the exact text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ValueMatch {
+    /// Present, whatever its value (even empty).
+    Present,
+    /// Equal: ASCII case-insensitively for a header (`websocket`, `WebSocket`), exactly for a
+    /// query argument (its value as sent, percent-encoding included).
+    Exact(String),
+    /// The regex finds a match in the value (`(?i)` for case-insensitive).
+    Regex(Pattern),
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     Proxy {
         upstream: String,
-        strip_prefix: bool,
+        /// What path (and query) the upstream is sent.
+        target: UpstreamTarget,
+        /// An upstream `Location` naming the upstream itself is mapped back to the client's
+        /// scheme, host and prefix (`rewrite_location`, nginx `proxy_redirect default`).
+        rewrite_location: bool,
         /// An upstream answer carrying `X-Accel-Redirect` is served from the site's route for
         /// that path (nginx's internal redirect).
         accel_redirect: bool,
@@ -797,6 +919,23 @@ pub struct StaticFiles {
 
 /// `index` unless set: what nginx and Caddy look for first.
 pub const DEFAULT_INDEX: &str = "index.html";
+
+/// The target sent upstream, from the canonical one (`strip_prefix`, `upstream_path`,
+/// `rewrite`; at most one of them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum UpstreamTarget {
+    /// The canonical path and the query as sent.
+    #[default]
+    AsIs,
+    /// `strip_prefix = true`: the matched prefix removed, the rest still starting with `/`.
+    StripPrefix,
+    /// `upstream_path`: the matched prefix (the whole path on an `exact` route) replaced with
+    /// this path; the query kept.
+    ReplacePrefix(String),
+    /// `rewrite`: the path and query built from placeholders; without a `?` of its own the
+    /// client's query is kept.
+    Rewrite(Template),
+}
 
 /// A built-in answer.
 #[derive(Clone, Debug, PartialEq)]

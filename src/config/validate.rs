@@ -4,7 +4,7 @@ use super::file::*;
 use super::model::*;
 use super::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
 use super::{FileKind, Located, NamedFile};
-use crate::template::{Captures, Template};
+use crate::template::Captures;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
@@ -22,6 +22,7 @@ mod files;
 mod headers;
 mod listen;
 mod log;
+mod matching;
 mod policy;
 mod resolver;
 mod upstream;
@@ -819,22 +820,14 @@ fn routes(
             "a site needs at least one [[site.route]], e.g. path = \"/\" with upstream = \"app\"";
         cx.error(raw.span(), "site.route", msg);
     }
-    let mut seen = HashMap::new();
     let mut out = Vec::new();
     for r in &raw.get_ref().routes {
-        let Some(route) = route(cx, r, upstreams, site) else {
-            continue;
-        };
-        if seen.insert(route.matcher.clone(), ()).is_some() {
-            let msg = format!(
-                "path `{}` appears twice in this site",
-                route.matcher.as_str()
-            );
-            cx.error(r.span(), "site.route.path", msg);
+        if let Some(route) = route(cx, r, upstreams, site) {
+            out.push((route, matching::matcher_span(r)));
         }
-        out.push(route);
     }
-    out
+    matching::unreachable(cx, &out);
+    out.into_iter().map(|(route, _)| route).collect()
 }
 
 const TLS_HINT: &str =
@@ -1106,41 +1099,37 @@ fn route(
     (site, inherited, site_cors, encode, site_headers, site_pages): Inherited<'_>,
 ) -> Option<Route> {
     let r = raw.get_ref();
-    let matcher = match (&r.path, &r.exact) {
-        (Some(p), None) => PathMatch::Prefix(route_path(cx, p, "site.route.path")?),
-        (None, Some(e)) => PathMatch::Exact(route_path(cx, e, "site.route.exact")?),
-        _ => {
-            let msg = "a route needs exactly one of `path` (prefix match) or `exact` (exact match)";
-            cx.error(raw.span(), "site.route", msg);
-            return None;
+    let matcher = matching::matcher(cx, raw)?;
+    let conditions = matching::conditions(cx, r);
+    let action = action(cx, raw, upstreams, &matcher)?;
+    match &action {
+        Action::Proxy { .. } => {}
+        // a files route takes `strip_prefix` too (nginx `alias`), on a prefix
+        Action::Files(_) => {
+            matching::only_for_proxy(cx, r, false);
+            let strip = r.strip_prefix.as_ref().filter(|s| *s.get_ref());
+            if let Some(strip) = strip.filter(|_| !matches!(matcher, PathMatch::Prefix(_))) {
+                let msg = "`strip_prefix` only applies to a `path` route with an `upstream` or `files` (with `exact` or `regex`, say what goes upstream with `upstream_path` or `rewrite`)";
+                cx.error(strip.span(), "site.route.strip_prefix", msg);
+            }
         }
-    };
-    let action = action(cx, raw, upstreams)?;
-    if let Some(strip) = &r.strip_prefix {
-        let takes_prefix = matches!(action, Action::Proxy { .. } | Action::Files(_))
-            && matches!(matcher, PathMatch::Prefix(_));
-        if *strip.get_ref() && !takes_prefix {
-            let msg = "`strip_prefix` only applies to a `path` route with an `upstream` or `files`";
-            cx.error(strip.span(), "site.route.strip_prefix", msg);
-        }
+        _ => matching::only_for_proxy(cx, r, true),
     }
     files::accel_check(cx, r, &action);
-    let scope = format!("route {site} {}", matcher.as_str());
+    // routes on one path with other conditions are other routes
+    let scope = format!("route {site} {}{conditions}", matcher.as_str());
     let mut policy = policy::resolve(cx, r.policy(), inherited, "site.route", &scope);
     policy::timeouts(cx, r.timeouts.as_ref(), &mut policy, "site.route");
     let cors = cors::resolve(cx, r.cors.as_ref(), site_cors, "site.route.cors");
     let encode = encode::resolve(cx, r.encode_keys(), encode, "site.route");
     let pages = error_pages::resolve(cx, r.error_pages.as_ref(), site_pages, "site.route");
     let intercept_errors = error_pages::intercept(cx, r, &action, &pages);
-    let headers = headers::route(
-        cx,
-        r,
-        (&matcher, &action),
-        site_headers,
-        Captures::default(),
-    );
+    let names = matcher.capture_names();
+    let captures = Captures { names: &names };
+    let headers = headers::route(cx, r, (&matcher, &action), site_headers, captures);
     Some(Route {
         matcher,
+        conditions,
         action,
         policy,
         cors,
@@ -1169,12 +1158,17 @@ fn route_path(cx: &mut Ctx, value: &Str, key: &str) -> Option<String> {
     None
 }
 
-fn action(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<Action> {
+fn action(
+    cx: &mut Ctx,
+    raw: &Spanned<FileRoute>,
+    upstreams: &[&str],
+    matcher: &PathMatch,
+) -> Option<Action> {
     let r = raw.get_ref();
     match (&r.upstream, &r.respond, &r.redirect, &r.files) {
-        (Some(up), None, None, None) => proxy_action(cx, r, up, upstreams),
+        (Some(up), None, None, None) => proxy_action(cx, r, up, upstreams, matcher),
         (None, Some(resp), None, None) => respond_action(cx, resp),
-        (None, None, Some(redir), None) => redirect_action(cx, redir),
+        (None, None, Some(redir), None) => redirect_action(cx, redir, matcher),
         (None, None, None, Some(files)) => files::files_action(cx, r, files),
         _ => {
             let msg = "a route needs exactly one of `upstream`, `respond`, `redirect` or `files`";
@@ -1184,7 +1178,13 @@ fn action(cx: &mut Ctx, raw: &Spanned<FileRoute>, upstreams: &[&str]) -> Option<
     }
 }
 
-fn proxy_action(cx: &mut Ctx, r: &FileRoute, up: &Str, upstreams: &[&str]) -> Option<Action> {
+fn proxy_action(
+    cx: &mut Ctx,
+    r: &FileRoute,
+    up: &Str,
+    upstreams: &[&str],
+    matcher: &PathMatch,
+) -> Option<Action> {
     let name = cx.expand(up, "site.route.upstream")?;
     if !upstreams.contains(&name.as_str()) {
         let defined = if upstreams.is_empty() {
@@ -1199,9 +1199,11 @@ fn proxy_action(cx: &mut Ctx, r: &FileRoute, up: &Str, upstreams: &[&str]) -> Op
         );
         return None;
     }
+    let (target, rewrite_location) = matching::upstream_target(cx, r, matcher)?;
     Some(Action::Proxy {
         upstream: name,
-        strip_prefix: r.strip_prefix.as_ref().is_some_and(|s| *s.get_ref()),
+        target,
+        rewrite_location,
         accel_redirect: r.accel_redirect.as_ref().is_some_and(|a| *a.get_ref()),
     })
 }
@@ -1244,7 +1246,11 @@ fn respond_action(cx: &mut Ctx, raw: &Spanned<FileRespond>) -> Option<Action> {
     }))
 }
 
-fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> {
+fn redirect_action(
+    cx: &mut Ctx,
+    raw: &Spanned<FileRedirect>,
+    matcher: &PathMatch,
+) -> Option<Action> {
     let r = raw.get_ref();
     let status = match &r.status {
         None => StatusCode::PERMANENT_REDIRECT,
@@ -1256,14 +1262,10 @@ fn redirect_action(cx: &mut Ctx, raw: &Spanned<FileRedirect>) -> Option<Action> 
             "one of 301, 302, 303, 307, 308",
         )?,
     };
-    let to = cx.expand(&r.to, "site.route.redirect.to")?;
-    match Template::parse(&to, Captures::default()) {
-        Ok(to) => Some(Action::Redirect(Redirect { to, status })),
-        Err(message) => {
-            cx.error(r.to.span(), "site.route.redirect.to", message);
-            None
-        }
-    }
+    let key = "site.route.redirect.to";
+    let to = cx.expand(&r.to, key)?;
+    let to = matching::route_template(cx, &to, r.to.span(), key, matcher)?;
+    Some(Action::Redirect(Redirect { to, status }))
 }
 
 fn status(

@@ -7,10 +7,11 @@
 use super::body::{
     discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog,
 };
-use super::canonical::{self, Addrs, EncodedSlashes, PathParameters, PathRules};
+use super::canonical::{self, Addrs};
 use super::conn::{ConnState, InFlight};
 use super::hygiene;
 use super::response::ProxyError;
+use super::rewrite::{ClientOrigin, Rewrite, UpstreamSelf};
 use super::{ConnContext, Transport};
 use crate::acme;
 use crate::config::RouteHeaders;
@@ -22,6 +23,7 @@ use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
 use crate::middleware::header_rules::{self, Expanded, ResponseRules};
 use crate::middleware::{rate_limit, Refusal, RoutePolicy};
+use crate::routing;
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
 use crate::upstream::conn::Sender;
@@ -32,7 +34,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use hyper::body::Incoming;
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -237,7 +238,7 @@ impl ProxyService {
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         addrs: Addrs,
         (cors, response_rules, routed): (
             &mut Option<Verdict<'s>>,
@@ -265,10 +266,13 @@ impl ProxyService {
                 return Ok((Answer::Local(redirect), None));
             }
         }
-        let matched = state
-            .router
-            .route_in(site, path)
-            .ok_or(ProxyError::NoRoute)?;
+        let matched = {
+            let by = routing::Request::new(req.method(), req.uri(), req.headers());
+            state
+                .router
+                .route_in(site, &by)
+                .ok_or(ProxyError::NoRoute)?
+        };
         let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
         // reachable only through `X-Accel-Redirect` (nginx `internal`): to a client, no route
         if route.internal {
@@ -279,15 +283,8 @@ impl ProxyService {
             let _ = log.metrics.set(metrics.clone());
         }
         // made only for rules with placeholders
-        let vars = || {
-            template_vars(
-                &req,
-                addrs.client,
-                (host, port),
-                self.transport,
-                &log.request_id,
-            )
-        };
+        let at = port.unwrap_or(self.transport.default_port());
+        let vars = || placeholders(&req, addrs, (host, at, self.transport), log, &matched);
         let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
         if !headers.response_as_site {
             *response_rules = ResponseRules::new(&headers.response);
@@ -340,22 +337,31 @@ impl ProxyService {
                     .accel_redirect
                     .then(|| Box::new(accel::Kept::of(&req)));
                 let addrs_client = addrs.client;
-                let strip = route.strip_prefix.then_some(matched.matched_len);
                 // placeholders take the request as the client sent it (nginx `$http_*`), before
-                // Gatehouse's own headers are set
+                // Gatehouse's own headers are set and before its target is rewritten
                 let expanded = match headers.request.templates {
                     0 => Vec::new(),
                     _ => header_rules::expand(&headers.request, &vars(), dropped),
                 };
+                let rewrite = &route.rewrite;
+                // `matched` moves in: nothing of the routing is kept across the await below
+                let target = {
+                    let place = (host, at, self.transport);
+                    let rules = state.config.server.paths;
+                    upstream_target(rewrite, &req, matched, (addrs, place, log), rules)
+                };
+                if let Some(target) = target? {
+                    *req.uri_mut() = Uri::from(target);
+                }
                 let hop = Hop {
                     proto: self.transport.scheme(),
                     port,
                     hop_by_hop,
                     policy,
                     pool: &route.pool,
+                    rewrite,
                     addrs,
                     peer_ip: &self.peer_ip,
-                    strip,
                     log,
                     headers,
                     expanded,
@@ -378,7 +384,11 @@ impl ProxyService {
 
     /// Sends the request upstream, on another server when an attempt failed safely (see
     /// `Retry`), and reports each attempt's outcome to the pool's passive health.
-    async fn proxy(&self, hop: Hop<'_>, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
+    async fn proxy(
+        &self,
+        mut hop: Hop<'_>,
+        mut req: Request<Incoming>,
+    ) -> Result<Answer, ProxyError> {
         let upgrade =
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -389,7 +399,14 @@ impl ProxyService {
             (None, Transport::Tls) => HeaderValue::from_static("443"),
             (None, Transport::Plain) => HeaderValue::from_static("80"),
         };
-        prepare_request_headers(&mut parts.headers, &hop, upgrade.clone(), port);
+        let mut expanded = std::mem::take(&mut hop.expanded);
+        prepare_request_headers(
+            &mut parts.headers,
+            &hop,
+            upgrade.clone(),
+            port,
+            &mut expanded,
+        );
         parts.version = Version::HTTP_11;
         let retries = if upgrade.is_some() {
             0
@@ -426,6 +443,7 @@ impl ProxyService {
                 Err(err) => return Err(err),
             }
         };
+        map_location(&hop, &mut resp, &active);
         let says = forward::strip_hop_by_hop(resp.headers_mut());
         // an upgraded connection is the tunnel's; one the response closes is no use
         let reusable =
@@ -453,7 +471,7 @@ impl ProxyService {
         active: &ActiveGuard,
         retry: &mut Retry,
     ) -> Result<(Response<Incoming>, Sender), ProxyError> {
-        head.uri = upstream_uri(&head.uri, &head.method, active, hop.strip)?;
+        head.uri = upstream_uri(&head.uri, &head.method, active)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
         let timeout = hop.policy.upstream_response;
         let log = hop.log.clone();
@@ -578,9 +596,10 @@ struct Hop<'a> {
     hop_by_hop: bool,
     policy: &'a RoutePolicy,
     pool: &'a UpstreamPool,
+    /// The route's target rewriting, done already, and its `Location` mapping.
+    rewrite: &'a Rewrite,
     addrs: Addrs,
     peer_ip: &'a HeaderValue,
-    strip: Option<usize>,
     log: &'a Arc<RequestLog>,
     /// The route's header rules, `upstream_host`, `X-Forwarded-Prefix`.
     headers: &'a RouteHeaders,
@@ -594,6 +613,7 @@ fn prepare_request_headers(
     hop: &Hop<'_>,
     upgrade: Option<HeaderValue>,
     port: HeaderValue,
+    expanded: &mut Expanded,
 ) {
     if hop.hop_by_hop {
         forward::strip_hop_by_hop(headers);
@@ -623,7 +643,7 @@ fn prepare_request_headers(
     forward::set_client(headers, real_ip, port, addrs.peer_trusted);
     headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
     // last: a rule may override any of the above but `Host` (`upstream_host`)
-    header_rules::upstream_request(headers, hop.headers, &hop.expanded, addrs.peer_trusted);
+    header_rules::upstream_request(headers, hop.headers, expanded, addrs.peer_trusted);
 }
 
 /// What placeholders expand to for `req` (canonical by now) from `client` at `host` and `port`
@@ -647,51 +667,82 @@ fn template_vars<'a>(
     }
 }
 
-/// The request target as the backend gets it: origin-form (`/path?query`, minus the prefix with
-/// `strip_prefix`), authority-form (the backend's address) for CONNECT.
-fn upstream_uri(
-    uri: &Uri,
-    method: &Method,
-    active: &ActiveGuard,
-    strip: Option<usize>,
-) -> Result<Uri, ProxyError> {
+/// The request target as the backend gets it: origin-form (`/path?query`, as the route's
+/// `rewrite::Rewrite` made it), authority-form (the backend's address) for CONNECT.
+fn upstream_uri(uri: &Uri, method: &Method, active: &ActiveGuard) -> Result<Uri, ProxyError> {
     if method == Method::CONNECT {
         return Uri::builder()
             .authority(active.backend().authority.clone())
             .build()
             .map_err(|_| ProxyError::BadTarget);
     }
-    let path_and_query = match (strip, uri.path_and_query()) {
-        (Some(len), Some(pq)) => strip_prefix(pq, len)?,
-        (_, Some(pq)) => pq.clone(),
-        (_, None) => PathAndQuery::from_static("/"),
-    };
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or(PathAndQuery::from_static("/"));
     Ok(Uri::from(path_and_query))
 }
 
-/// "/api/users?x=1" minus "/api/" is "/users?x=1"; the result always starts with '/' and is a
-/// canonical path again: a prefix without a trailing slash (`/api`) leaves `..` of `/api..`
-/// behind, which would climb above `/` upstream, so that is a 400.
-fn strip_prefix(pq: &PathAndQuery, len: usize) -> Result<PathAndQuery, ProxyError> {
-    let path = pq.path();
-    let rest = path.get(len..).unwrap_or("");
-    let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let mut out = String::with_capacity(pq.as_str().len() + 1 - len.min(path.len()));
-    out.push('/');
-    out.push_str(rest);
-    let rules = PathRules {
-        merge_slashes: false,
-        encoded_slashes: EncodedSlashes::Keep,
-        parameters: PathParameters::Keep,
+/// What a route's templates (`redirect`, `rewrite`) expand from: the canonical request.
+fn placeholders<'v>(
+    req: &'v Request<Incoming>,
+    addrs: Addrs,
+    (host, port, transport): (&'v str, u16, Transport),
+    log: &'v RequestLog,
+    matched: &'v routing::RouteMatch,
+) -> Vars<'v> {
+    Vars {
+        client_ip: addrs.client,
+        host,
+        port,
+        scheme: transport.scheme(),
+        uri: req.uri(),
+        request_id: &log.request_id,
+        headers: req.headers(),
+        captures: matched.captures.as_ref(),
+    }
+}
+
+/// The target `rewrite` sends upstream instead of the canonical one, if any (see
+/// `rewrite::Rewrite::target`); the placeholders are made only for a template.
+fn upstream_target(
+    rewrite: &Rewrite,
+    req: &Request<Incoming>,
+    matched: routing::RouteMatch,
+    (addrs, place, log): (Addrs, (&str, u16, Transport), &RequestLog),
+    rules: canonical::PathRules,
+) -> Result<Option<PathAndQuery>, ProxyError> {
+    let vars = rewrite
+        .uses_vars()
+        .then(|| placeholders(req, addrs, place, log, &matched));
+    rewrite.target(req.uri(), matched.matched_len, vars.as_ref(), rules)
+}
+
+/// An upstream `Location` naming the upstream itself, mapped back to the client (see
+/// `rewrite::Rewrite::map_location`).
+fn map_location<B>(hop: &Hop<'_>, resp: &mut Response<B>, active: &ActiveGuard) {
+    let Some(authority) = hop.log.host.as_ref() else {
+        return;
     };
-    if !matches!(canonical::path(&out, rules), Ok(Cow::Borrowed(_))) {
-        return Err(ProxyError::BadTarget);
-    }
-    if let Some(query) = pq.query() {
-        out.push('?');
-        out.push_str(query);
-    }
-    PathAndQuery::try_from(out).map_err(|_| ProxyError::BadTarget)
+    let spec = hop.pool.spec();
+    let upstream = UpstreamSelf {
+        scheme: if spec.tls.is_some() { "https" } else { "http" },
+        // the `Host` sent upstream: `upstream_host`, else the canonical authority
+        // (`prepare_request_headers`)
+        host: Some(hop.headers.upstream_host.as_ref().unwrap_or(authority)),
+        server: match active.backend().addr {
+            BackendAddr::Tcp(addr) => Some(addr),
+            BackendAddr::Unix(_) => None,
+        },
+        servers: &spec.servers,
+    };
+    let client = ClientOrigin {
+        scheme: hop.proto,
+        authority,
+    };
+    let status = resp.status();
+    hop.rewrite
+        .map_location(status, resp.headers_mut(), &upstream, &client);
 }
 
 /// A `files` route's answer; boxed for the same reason as the proxying part (the lookup waits
@@ -738,7 +789,15 @@ async fn follow_accel<'s>(
     let target = target?;
     let matched = state
         .router
-        .route_in(site, &target.path)
+        .route_in(
+            site,
+            &routing::Request {
+                path: &target.path,
+                query: target.query.as_deref(),
+                method: &kept.method,
+                headers: &kept.headers,
+            },
+        )
         .ok_or(ProxyError::NoRoute)?;
     let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
     let encode = route
@@ -1016,30 +1075,6 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strip_keeps_leading_slash_and_query() {
-        let pq = PathAndQuery::from_static("/api/users?x=1");
-        assert_eq!(strip_prefix(&pq, 5).unwrap().as_str(), "/users?x=1");
-        assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/users?x=1");
-        let pq = PathAndQuery::from_static("/api");
-        assert_eq!(strip_prefix(&pq, 4).unwrap().as_str(), "/");
-        let pq = PathAndQuery::from_static("/api/admin?x=/../");
-        assert_eq!(strip_prefix(&pq, 10).unwrap().as_str(), "/?x=/../");
-    }
-
-    #[test]
-    fn strip_never_leaves_a_dot_segment() {
-        for (raw, len) in [
-            ("/api..", 4),
-            ("/api.", 4),
-            ("/api..;x/y", 4),
-            ("/api../y?q", 4),
-        ] {
-            let pq = PathAndQuery::from_static(raw);
-            assert!(strip_prefix(&pq, len).is_err(), "{raw}");
-        }
-    }
 
     #[test]
     fn request_ids_are_kept_or_generated() {

@@ -42,8 +42,9 @@ pub fn expand(rules: &HeaderRules, vars: &Vars<'_>, dropped: &IntCounter) -> Exp
 }
 
 /// Applies `rules` to `headers`; `expanded` holds their placeholders' values (`expand`), empty
-/// when they have none.
-pub fn apply(rules: &HeaderRules, headers: &mut HeaderMap, expanded: &[Option<HeaderValue>]) {
+/// when they have none. They are moved out, not cloned: a clone of a freshly made value costs an
+/// allocation (`bytes` turns a unique buffer into a shared one on its first clone).
+pub fn apply(rules: &HeaderRules, headers: &mut HeaderMap, expanded: &mut [Option<HeaderValue>]) {
     for rule in &rules.rules {
         let name = &rule.name;
         match &rule.op {
@@ -72,7 +73,7 @@ fn set(
     headers: &mut HeaderMap,
     name: &HeaderName,
     values: &[RuleValue],
-    expanded: &[Option<HeaderValue>],
+    expanded: &mut [Option<HeaderValue>],
 ) {
     let mut values = values.iter().filter_map(|v| value(v, expanded));
     match values.next() {
@@ -88,10 +89,10 @@ fn set(
     }
 }
 
-fn value(value: &RuleValue, expanded: &[Option<HeaderValue>]) -> Option<HeaderValue> {
+fn value(value: &RuleValue, expanded: &mut [Option<HeaderValue>]) -> Option<HeaderValue> {
     match value {
         RuleValue::Literal(v) => Some(v.clone()),
-        RuleValue::Template { slot, .. } => expanded.get(*slot).cloned().flatten(),
+        RuleValue::Template { slot, .. } => expanded.get_mut(*slot)?.take(),
     }
 }
 
@@ -108,7 +109,7 @@ fn values(op: &HeaderOp) -> &[RuleValue] {
 pub fn upstream_request(
     headers: &mut HeaderMap,
     route: &RouteHeaders,
-    expanded: &[Option<HeaderValue>],
+    expanded: &mut [Option<HeaderValue>],
     peer_trusted: bool,
 ) {
     if let Some(prefix) = &route.forwarded_prefix {
@@ -175,9 +176,9 @@ impl<'s> ResponseRules<'s> {
 
     /// Last on every answer, after the request id, HSTS and CORS, so a rule has the last word
     /// (the framing headers it cannot name are hyper's to write).
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub fn apply(&mut self, headers: &mut HeaderMap) {
         if !self.rules.is_empty() {
-            apply(self.rules, headers, &self.expanded);
+            apply(self.rules, headers, &mut self.expanded);
         }
     }
 }

@@ -9,7 +9,7 @@
 use super::{ipv6_host, is_hostname, Ctx};
 use crate::config::file::{FileHeaderValues, FileRoute, HeaderKeys, Str};
 use crate::config::model::{
-    Action, HeaderOp, HeaderRule, HeaderRules, PathMatch, RouteHeaders, RuleValue,
+    Action, HeaderOp, HeaderRule, HeaderRules, PathMatch, RouteHeaders, RuleValue, UpstreamTarget,
 };
 use crate::template::{Captures, Part, Template};
 use http::{HeaderName, HeaderValue};
@@ -74,11 +74,11 @@ pub(super) fn route(
 /// What a `strip_prefix` route removes, as `X-Forwarded-Prefix` says it: without the trailing
 /// slash (Spring and ASP.NET append the path to it), none for `/`.
 fn forwarded_prefix(matcher: &PathMatch, action: &Action) -> Option<HeaderValue> {
-    let (PathMatch::Prefix(prefix), Action::Proxy { strip_prefix, .. }) = (matcher, action) else {
+    let (PathMatch::Prefix(prefix), Action::Proxy { target, .. }) = (matcher, action) else {
         return None;
     };
     let prefix = prefix.trim_end_matches('/');
-    if !strip_prefix || prefix.is_empty() {
+    if *target != UpstreamTarget::StripPrefix || prefix.is_empty() {
         return None;
     }
     // a route path holds no control byte or space (`route_path`)
