@@ -121,6 +121,25 @@ impl Tls {
         (cert.display().to_string(), key.display().to_string())
     }
 
+    /// Waits until `proxy` has loaded the stored certificate of each of this state dir's sites
+    /// (ACME sites answer handshakes only from then on).
+    async fn loaded(&self, proxy: &TestProxy) {
+        let want = self.pems.len();
+        support::eventually(
+            Duration::from_secs(5),
+            "the stored certificates loaded",
+            || {
+                proxy
+                    .logs()
+                    .iter()
+                    .filter(|l| l.contains("certificate loaded"))
+                    .count()
+                    >= want
+            },
+        )
+        .await;
+    }
+
     /// `env` with the ACME state dir and the unreachable CA.
     fn acme(&self, env: Env) -> Env {
         env.set("GATEHOUSE_STATE_DIR", self.dir.path().display())
@@ -222,6 +241,25 @@ async fn app_answer(name: String, req: Request<Incoming>) -> Resp {
 async fn app(name: &str) -> Backend {
     let label = name.to_string();
     serve(name, move |req| app_answer(label.clone(), req)).await
+}
+
+/// [`app`] that closes each connection after its answer, so that once it is dropped nothing of it
+/// is left to answer (no kept-alive connection in the proxy's pool): the next request finds it
+/// down.
+async fn app_closing(name: &str) -> Backend {
+    let label = name.to_string();
+    serve(name, move |req| {
+        let label = label.clone();
+        async move {
+            let mut resp = app_answer(label, req).await;
+            resp.headers_mut().insert(
+                "connection",
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            resp
+        }
+    })
+    .await
 }
 
 /// A recording backend on a Unix socket at `path`; stops on drop.
@@ -476,7 +514,7 @@ fn mastodon_public() -> Files {
 async fn mastodon_nginx_files_rails_streaming_and_error_page() {
     with_timeout(30, async {
         let public = mastodon_public();
-        let (web, streaming) = (app("rails").await, app("streaming").await);
+        let (web, streaming) = (app_closing("rails").await, app("streaming").await);
         let mut tls = Tls::new();
         tls.site(&[MASTODON]);
         let env = tls
@@ -486,6 +524,7 @@ async fn mastodon_nginx_files_rails_streaming_and_error_page() {
             .set("MASTODON_WEB", web.addr)
             .set("MASTODON_STREAMING", streaming.addr);
         let proxy = env.start("mastodon-nginx", true).await;
+        tls.loaded(&proxy).await;
         let https = tls.client(&[MASTODON], proxy.https());
         let url = |path: &str| format!("https://{MASTODON}{path}");
 
@@ -602,7 +641,7 @@ async fn mastodon_nginx_files_rails_streaming_and_error_page() {
 async fn mastodon_caddy_headers_cache_control_and_handle_errors() {
     with_timeout(30, async {
         let public = mastodon_public();
-        let (web, streaming) = (app("rails").await, app("streaming").await);
+        let (web, streaming) = (app_closing("rails").await, app("streaming").await);
         let mut tls = Tls::new();
         tls.site(&[MASTODON]);
         let env = tls
@@ -612,6 +651,7 @@ async fn mastodon_caddy_headers_cache_control_and_handle_errors() {
             .set("MASTODON_WEB", web.addr)
             .set("MASTODON_STREAMING", streaming.addr);
         let proxy = env.start("mastodon-caddy", true).await;
+        tls.loaded(&proxy).await;
         let https = tls.client(&[MASTODON], proxy.https());
         let url = |path: &str| format!("https://{MASTODON}{path}");
         const HSTS: &str = "max-age=63072000; includeSubDomains; preload";
@@ -810,7 +850,7 @@ async fn synapse_nginx_client_and_federation_ports() {
                 assert_eq!(got.header("x-forwarded-proto").as_deref(), Some("https"));
             }
             // anything else, /_synapse/admin included, is not Synapse's
-            for path in ["/_synapse/admin/v1/users", "/", "/_matrixx"] {
+            for path in ["/_synapse/admin/v1/users", "/", "/.well-known/matrix/server"] {
                 assert_eq!(fetch(&client, &url(path)).await.0, 404, "{path}");
             }
             // Host as the client sent it (nginx's `$host:$server_port` has no equivalent)
@@ -851,6 +891,7 @@ async fn synapse_caddy_well_known_delegation_and_client_api() {
             .set("SYNAPSE_DOMAIN", MATRIX)
             .set("SYNAPSE_SERVER", synapse.addr);
         let proxy = env.start("synapse-caddy", true).await;
+        tls.loaded(&proxy).await;
         let https = tls.client(&[MATRIX_NAME, MATRIX], proxy.https());
 
         // example.com answers the .well-known documents itself, as JSON any web client may read
@@ -1029,6 +1070,7 @@ async fn jellyfin_traefik_headers_middleware_on_port_9999() {
             .set("JELLYFIN_PARENT_DOMAIN", "example.org")
             .set("JELLYFIN_SERVER", jellyfin.addr);
         let proxy = env.start("jellyfin-traefik", true).await;
+        tls.loaded(&proxy).await;
         let https = tls.client(&[JELLYFIN], proxy.https());
         let want = [
             (
@@ -1608,7 +1650,11 @@ async fn hoppscotch_caddy_spa_fallbacks_sub_paths_and_mock_rewrite() {
         // the admin app under /admin, with its own fallback
         let resp = get(&http, &url("/admin/assets/admin-9c1d.js")).await;
         assert_eq!(resp.bytes().await.unwrap().as_ref(), b"admin();");
-        for path in ["/admin", "/admin/", "/admin/users/42"] {
+        // (/admin is the folder without its slash: redirected to /admin/, as Caddy's file_server does)
+        let resp = get(&http, &url("/admin?tab=1")).await;
+        assert_eq!(resp.status(), 301);
+        assert_eq!(header(&resp, "location").as_deref(), Some("/admin/?tab=1"));
+        for path in ["/admin/", "/admin/users/42"] {
             let resp = get(&http, &url(path)).await;
             assert_eq!(resp.status(), 200, "{path}");
             assert_eq!(
@@ -1760,6 +1806,7 @@ async fn fastapi_template_traefik_hosts_https_and_health() {
             .set("GATEHOUSE_HEALTH_INTERVAL", "100ms")
             .set("GATEHOUSE_HEALTH_TIMEOUT", "100ms");
         let proxy = env.start("fastapi-template-traefik", true).await;
+        tls.loaded(&proxy).await;
         let https = tls.client(&[api, dashboard, db], proxy.https());
         let http = http_client(&[api, dashboard, db], proxy.addr);
 
