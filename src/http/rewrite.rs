@@ -322,7 +322,9 @@ fn finish(target: Vec<u8>, rules: PathRules) -> Result<PathAndQuery, ProxyError>
         .position(|b| *b == b'?')
         .unwrap_or(target.len());
     let path = std::str::from_utf8(&target[..path_end]).map_err(|_| ProxyError::BadTarget)?;
-    if !matches!(canonical::path(path, rules), Ok(Cow::Borrowed(_))) {
+    // Unchanged by the canonical pass, not merely borrowed by it: a path with a `%` escape is
+    // always rebuilt (`/my%20file`, a kept `%2F`), though already canonical.
+    if !matches!(canonical::path(path, rules), Ok(canonical) if canonical == path) {
         return Err(ProxyError::BadTarget);
     }
     if target.contains(&b'#') {

@@ -31,6 +31,31 @@ fn strip_keeps_leading_slash_and_query() {
 }
 
 #[test]
+fn strip_and_replace_keep_percent_escapes() {
+    // canonical already: an escaped space, an encoded slash the server keeps, a reserved `%3A`
+    for (raw, want) in [
+        ("/api/my%20notes.md", "/my%20notes.md"),
+        ("/api/contents/a%2Fb?x=%20", "/contents/a%2Fb?x=%20"),
+        ("/api/event/%24a%3Ab", "/event/%24a%3Ab"),
+    ] {
+        assert_eq!(
+            sent(&strip("/api/"), raw, 5).unwrap().unwrap(),
+            want,
+            "{raw}"
+        );
+    }
+    let r = Rewrite::new(
+        &prefix("/api/"),
+        &UpstreamTarget::ReplacePrefix("/v2/".into()),
+        true,
+    );
+    assert_eq!(
+        sent(&r, "/api/my%20notes.md", 5).unwrap().unwrap(),
+        "/v2/my%20notes.md"
+    );
+}
+
+#[test]
 fn strip_never_leaves_a_dot_segment() {
     for (raw, len) in [
         ("/api..", 4),
@@ -164,6 +189,10 @@ fn a_rewrite_that_is_no_canonical_target_is_refused() {
     assert_eq!(
         rewritten(any, "/files/{1}", "/f/a/b").unwrap(),
         "/files/a/b"
+    );
+    assert_eq!(
+        rewritten(any, "/files/{1}", "/f/my%20notes.md").unwrap(),
+        "/files/my%20notes.md"
     );
 }
 
