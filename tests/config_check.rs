@@ -201,6 +201,28 @@ fn valid_config_with_env_var_passes_check() {
     );
 }
 
+/// The whole server address may come from the environment, its scheme or `unix:` included
+/// (`"${APP:-https://app:443}"`), as any other address does.
+#[test]
+fn server_address_with_its_scheme_from_env_var_passes_check() {
+    for value in [
+        "https://avatars.example:443",
+        "http://127.0.0.1:8080",
+        "unix:/run/app.sock",
+    ] {
+        let config = format!(
+            "{LISTEN}\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"app\"\n\n[upstream.app]\nservers = [\"${{GATEHOUSE_TEST_APP}}\"]\n"
+        );
+        let (_, out) = check(&config, &[("GATEHOUSE_TEST_APP", value)], &[]);
+        assert!(
+            out.status.success(),
+            "{value} rejected ({:?}):\n{}",
+            out.status,
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn shipped_config_passes_check() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatehouse.toml");

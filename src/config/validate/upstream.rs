@@ -115,8 +115,13 @@ fn server(cx: &mut Ctx, value: &Spanned<toml::Value>, key: &str) -> Option<(Upst
             return None;
         }
     };
+    // The scheme or `unix:` may come from the environment (`"${APP:-https://app:443}"`): they
+    // are read off the expanded text; what is left is passed on with `$` escaped, as its parsers
+    // expand again.
+    let text = cx.expand(&Spanned::new(span.clone(), text), key)?;
+    let escaped = |rest: &str| Spanned::new(span.clone(), rest.replace('$', "$$"));
     if let Some(path) = text.strip_prefix("unix:") {
-        let addr = unix_path(cx, &Spanned::new(span, path.to_string()), key)?;
+        let addr = unix_path(cx, &escaped(path), key)?;
         return Some((UpstreamServer { addr, weight }, false));
     }
     let (text, tls) = match text.strip_prefix("https://") {
@@ -131,7 +136,7 @@ fn server(cx: &mut Ctx, value: &Spanned<toml::Value>, key: &str) -> Option<(Upst
         cx.error(span, key, msg);
         return None;
     }
-    let addr = Endpoint::Tcp(server_addr(cx, &Spanned::new(span, text), key)?);
+    let addr = Endpoint::Tcp(server_addr(cx, &escaped(&text), key)?);
     Some((UpstreamServer { addr, weight }, tls))
 }
 
