@@ -395,12 +395,12 @@ async fn assert_file(
         .await
         .unwrap();
     assert_eq!(resp.status(), 206, "{url} with Range");
-    let total = body.len();
+    let (total, last) = (body.len(), 9.min(body.len() - 1));
     assert_eq!(
         header(&resp, "content-range").as_deref(),
-        Some(format!("bytes 2-9/{total}").as_str())
+        Some(format!("bytes 2-{last}/{total}").as_str())
     );
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[2..10]);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[2..=last]);
     headers
 }
 
