@@ -609,6 +609,10 @@ async fn mastodon_nginx_files_rails_streaming_and_error_page() {
             None,
             "httpoxy: no Proxy header upstream"
         );
+        // proxy_redirect off: a Location naming the app's own address is passed on as written
+        let own = format!("http://{}/auth/sign_in", web.addr);
+        let resp = get(&https, &url(&format!("/auth?status=302&location={own}"))).await;
+        assert_eq!(header(&resp, "location"), Some(own));
         // the app's own 404 is passed on as it is (no proxy_intercept_errors)
         let resp = get(&https, &url("/@nobody?status=404")).await;
         assert_eq!(
