@@ -142,8 +142,8 @@ pub struct FileServer {
     /// `FileErrorPages`).
     pub error_pages: Option<Spanned<FileErrorPages>>,
     /// Header rules, inherited per header name by sites and routes (see `FileRequestHeaders`).
-    pub request_headers: Option<Spanned<FileRequestHeaders>>,
-    pub response_headers: Option<Spanned<FileResponseHeaders>>,
+    pub request_headers: Option<FileRequestHeaders>,
+    pub response_headers: Option<FileResponseHeaders>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,8 +185,8 @@ pub struct FileSite {
     pub timeouts: Option<Spanned<FileRouteTimeouts>>,
     pub error_pages: Option<Spanned<FileErrorPages>>,
     /// Header rules over the server's, inherited per header name by the routes.
-    pub request_headers: Option<Spanned<FileRequestHeaders>>,
-    pub response_headers: Option<Spanned<FileResponseHeaders>>,
+    pub request_headers: Option<FileRequestHeaders>,
+    pub response_headers: Option<FileResponseHeaders>,
     /// The `Host` sent upstream, for the routes unless they set their own.
     pub upstream_host: Option<Str>,
     #[serde(default, rename = "route")]
@@ -239,8 +239,8 @@ pub struct FileRoute {
     pub error_pages: Option<Spanned<FileErrorPages>>,
     /// The upstream's error answers are replaced by the route's error pages too.
     pub intercept_errors: Option<Spanned<bool>>,
-    pub request_headers: Option<Spanned<FileRequestHeaders>>,
-    pub response_headers: Option<Spanned<FileResponseHeaders>>,
+    pub request_headers: Option<FileRequestHeaders>,
+    pub response_headers: Option<FileResponseHeaders>,
     pub upstream_host: Option<Str>,
 }
 
@@ -295,15 +295,18 @@ impl<'de> Deserialize<'de> for FileErrorPages {
 /// for a precise hint).
 pub type FileHeaderValues = BTreeMap<Str, Spanned<toml::Value>>;
 
-/// `request_headers = { set = {...}, add = {...}, remove = [...] }`.
+/// `request_headers = { set = {...}, add = {...}, remove = [...] }`. Neither these tables nor
+/// `set`/`add`/`default` are `Spanned`: toml cannot give a span to a table that exists only
+/// implicitly (`[site.response_headers.set]` alone, or dotted keys `set."X-A" = "1"`), and
+/// refused such configs; errors point at the header names inside, which carry theirs.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a table like `{ set = { \"X-Env\" = \"prod\" }, add = { \"X-Tag\" = \"a\" }, remove = [\"X-Debug\"] }` (each key optional)"
 )]
 pub struct FileRequestHeaders {
-    pub set: Option<Spanned<FileHeaderValues>>,
-    pub add: Option<Spanned<FileHeaderValues>>,
+    pub set: Option<FileHeaderValues>,
+    pub add: Option<FileHeaderValues>,
     pub remove: Option<Spanned<Vec<Str>>>,
 }
 
@@ -314,16 +317,16 @@ pub struct FileRequestHeaders {
     expecting = "a table like `{ set = { \"X-Frame-Options\" = \"DENY\" }, add = { ... }, remove = [\"Server\"], default = { \"Cache-Control\" = \"no-store\" } }` (each key optional)"
 )]
 pub struct FileResponseHeaders {
-    pub set: Option<Spanned<FileHeaderValues>>,
-    pub add: Option<Spanned<FileHeaderValues>>,
+    pub set: Option<FileHeaderValues>,
+    pub add: Option<FileHeaderValues>,
     pub remove: Option<Spanned<Vec<Str>>>,
-    pub default: Option<Spanned<FileHeaderValues>>,
+    pub default: Option<FileHeaderValues>,
 }
 
 /// The header-rule keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept.
 pub struct HeaderKeys<'a> {
-    pub request: Option<&'a Spanned<FileRequestHeaders>>,
-    pub response: Option<&'a Spanned<FileResponseHeaders>>,
+    pub request: Option<&'a FileRequestHeaders>,
+    pub response: Option<&'a FileResponseHeaders>,
 }
 
 /// `cors = "off"` or `cors = { origins = [...], ... }`.

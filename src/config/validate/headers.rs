@@ -7,7 +7,7 @@
 //! error, so the request path only ever copies or expands what was checked.
 
 use super::{ipv6_host, is_hostname, Ctx};
-use crate::config::file::{FileHeaderValues, FileRoute, HeaderKeys, Str};
+use crate::config::file::{FileHeaderValues, FileRequestHeaders, FileRoute, HeaderKeys, Str};
 use crate::config::model::{
     Action, HeaderOp, HeaderRule, HeaderRules, PathMatch, RouteHeaders, RuleValue, UpstreamTarget,
 };
@@ -49,9 +49,10 @@ pub(super) fn route(
 ) -> RouteHeaders {
     let rules = resolve(cx, raw.header_keys(), &site.rules, "site.route", captures);
     let proxies = matches!(action, Action::Proxy { .. });
-    if let Some(own) = raw.request_headers.as_ref().filter(|_| !proxies) {
+    let own = raw.request_headers.as_ref().filter(|_| !proxies);
+    if let Some(span) = own.and_then(first_span) {
         let msg = "`request_headers` only apply to a route with an `upstream` (they change what is sent there); a site's or the server's are inherited by those routes alone";
-        cx.error(own.span(), "site.route.request_headers", msg);
+        cx.error(span, "site.route.request_headers", msg);
     }
     let upstream_host = match &raw.upstream_host {
         None => site.upstream_host.clone(),
@@ -95,8 +96,7 @@ pub(super) fn resolve(
     key: &str,
     captures: Captures<'_>,
 ) -> Inherited {
-    let request = keys.request.map(|raw| {
-        let r = raw.get_ref();
+    let request = keys.request.map(|r| {
         let ops = [(Op::Set, r.set.as_ref()), (Op::Add, r.add.as_ref())];
         let level = Level {
             side: Side::Request,
@@ -105,8 +105,7 @@ pub(super) fn resolve(
         };
         level.rules(cx, &ops, r.remove.as_ref())
     });
-    let response = keys.response.map(|raw| {
-        let r = raw.get_ref();
+    let response = keys.response.map(|r| {
         let ops = [
             (Op::Set, r.set.as_ref()),
             (Op::Add, r.add.as_ref()),
@@ -179,6 +178,17 @@ impl Op {
     }
 }
 
+/// Where a `request_headers` table says something: its first header name, else its `remove`
+/// list; `None` for an empty table (which does nothing).
+fn first_span(table: &FileRequestHeaders) -> Option<Range<usize>> {
+    let names = [&table.set, &table.add]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.keys());
+    let first = names.map(Spanned::span).min_by_key(|s| s.start);
+    first.or_else(|| table.remove.as_ref().map(Spanned::span))
+}
+
 /// One `request_headers` or `response_headers` table being read.
 struct Level<'k, 'c> {
     side: Side,
@@ -186,7 +196,7 @@ struct Level<'k, 'c> {
     captures: Captures<'c>,
 }
 
-type Tables<'a> = [(Op, Option<&'a Spanned<FileHeaderValues>>)];
+type Tables<'a> = [(Op, Option<&'a FileHeaderValues>)];
 
 impl Level<'_, '_> {
     /// The table's rules, each name at most once (in whichever of its keys).
@@ -200,7 +210,7 @@ impl Level<'_, '_> {
         for (op, table) in tables {
             let Some(table) = table else { continue };
             let key = format!("{}.{}", self.key, op.word());
-            for (written, value) in table.get_ref() {
+            for (written, value) in *table {
                 let Some(name) = self.name(cx, written, &key, &rules) else {
                     continue;
                 };

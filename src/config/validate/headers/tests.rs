@@ -359,3 +359,41 @@ servers = ["127.0.0.1:9"]
     assert_eq!(prefix("/", true), None);
     assert_eq!(prefix("/api/", false), None);
 }
+
+/// The tables written as TOML tables and dotted keys, not inline: toml gives no span to a table
+/// that exists only implicitly, and a `Spanned` one refused these configs.
+#[test]
+fn rules_written_as_tables_and_dotted_keys() {
+    let route = r#"
+  [site.route.request_headers.set]
+  "X-Env" = "prod"
+
+  [site.route.response_headers]
+  set."X-Frame-Options" = "DENY"
+  remove = ["Server"]
+"#;
+    let text = config(
+        "",
+        r#"response_headers.default."Cache-Control" = "no-store""#,
+        "",
+    )
+    .replace(
+        "  [[site.route]]\n  path = \"/b/\"",
+        &format!("{route}\n  [[site.route]]\n  path = \"/b/\""),
+    );
+    let config = load(&text);
+    let (a, b) = routes(&config);
+    assert_eq!(show(&a.headers.request), ["x-env: set prod"]);
+    assert_eq!(
+        show(&a.headers.response),
+        [
+            "cache-control: default no-store",
+            "server: remove",
+            "x-frame-options: set DENY"
+        ]
+    );
+    assert_eq!(
+        show(&b.headers.response),
+        ["cache-control: default no-store"]
+    );
+}
