@@ -197,7 +197,12 @@ pub fn parse_listen(path: &Path, text: &str) -> Result<Listen, ConfigError> {
 fn syntax(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
     let key = validate::key_at(text, &span);
-    let message = e.message().trim_end().to_string();
+    let mut message = e.message().trim_end().to_string();
+    if message.ends_with("expected a borrowed string") {
+        // toml cannot locate a table that exists only through dotted keys or a sub-table's
+        // header, and says so in its own words
+        message = format!("{message}: this table is written with dotted keys (`files.root = ...`) or only through a sub-table's header; write it as an inline table (`files = {{ root = ... }}`) or under its own header (`[site.route.files]`)");
+    }
     ConfigError::Invalid(vec![Located::new(path, text, span, key, message)])
 }
 
@@ -206,6 +211,13 @@ mod tests {
     use super::*;
 
     const PATH: &str = "/etc/gatehouse/gatehouse.toml";
+
+    #[test]
+    fn a_table_toml_cannot_locate_gets_a_way_out() {
+        let text = "[[site]]\n  [[site.route]]\n  path = \"/\"\n  files.root = \"/srv\"\n";
+        let err = parse(Path::new(PATH), text).unwrap_err().to_string();
+        assert!(err.contains("write it as an inline table"), "{err}");
+    }
 
     #[test]
     fn parse_listen_reads_listen_and_skips_the_rest() {
