@@ -399,14 +399,12 @@ impl ProxyService {
             (None, Transport::Tls) => HeaderValue::from_static("443"),
             (None, Transport::Plain) => HeaderValue::from_static("80"),
         };
-        let mut expanded = std::mem::take(&mut hop.expanded);
-        prepare_request_headers(
-            &mut parts.headers,
-            &hop,
-            upgrade.clone(),
-            port,
-            &mut expanded,
-        );
+        {
+            // dropped here, not kept in this future across its awaits
+            let mut expanded = std::mem::take(&mut hop.expanded);
+            let headers = &mut parts.headers;
+            prepare_request_headers(headers, &hop, upgrade.clone(), port, &mut expanded);
+        }
         parts.version = Version::HTTP_11;
         let retries = if upgrade.is_some() {
             0
