@@ -250,7 +250,7 @@ async fn tcp_status(
     let sent = tokio::time::timeout(check.timeout, client.request(req)).await;
     let status = match sent {
         Err(_) => return Err(format!("no answer within {:?}", check.timeout)),
-        Ok(Err(e)) => return Err(crate::http::ProxyError::from_client(e).to_string()),
+        Ok(Err(e)) => return Err(check_failure(&e).to_string()),
         Ok(Ok(resp)) => resp.status().as_u16(),
     };
     Ok(status)
@@ -291,4 +291,20 @@ impl Backend {
     pub fn health(&self) -> &Health {
         &self.health
     }
+}
+/// What a failed check says, in the words the proxy uses for the same failure (the
+/// `http` module's errors are not this module's to build).
+fn check_failure(err: &hyper_util::client::legacy::Error) -> &'static str {
+    if !err.is_connect() {
+        return "upstream closed or reset the connection";
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let io = e.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return "upstream did not accept the connection in time";
+        }
+        next = e.source();
+    }
+    "upstream refused or failed the connection"
 }
