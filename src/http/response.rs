@@ -71,17 +71,6 @@ impl ProxyError {
         }
     }
 
-    /// The same sorting for hyper-util's client (the active health checks).
-    pub fn from_client(err: hyper_util::client::legacy::Error) -> ProxyError {
-        if !err.is_connect() {
-            return ProxyError::UpstreamFailed(Box::new(err));
-        }
-        if timed_out(&err) {
-            return ProxyError::ConnectTimeout;
-        }
-        ProxyError::ConnectFailed(Box::new(err))
-    }
-
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute | ProxyError::NoFile => StatusCode::NOT_FOUND,
