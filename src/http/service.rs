@@ -136,12 +136,13 @@ impl ProxyService {
             None => &server.response_headers,
         });
         if response_rules.needs_vars() {
-            let vars = template_vars(
-                &req,
+            let on = (host, port, self.transport);
+            let vars = placeholders(
+                (req.uri(), req.headers()),
                 addrs.client,
-                (host, port),
-                self.transport,
+                on,
                 &request_id,
+                None,
             );
             response_rules.expand(&vars, &state.metrics.header_values_dropped);
         }
@@ -283,8 +284,17 @@ impl ProxyService {
             let _ = log.metrics.set(metrics.clone());
         }
         // made only for rules with placeholders
-        let at = port.unwrap_or(self.transport.default_port());
-        let vars = || placeholders(&req, addrs, (host, at, self.transport), log, &matched);
+        let vars = || {
+            let on = (host, port, self.transport);
+            let captures = matched.captures.as_ref();
+            placeholders(
+                (req.uri(), req.headers()),
+                addrs.client,
+                on,
+                &log.request_id,
+                captures,
+            )
+        };
         let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
         if !headers.response_as_site {
             *response_rules = ResponseRules::new(&headers.response);
@@ -346,7 +356,7 @@ impl ProxyService {
                 let rewrite = &route.rewrite;
                 // `matched` moves in: nothing of the routing is kept across the await below
                 let target = {
-                    let place = (host, at, self.transport);
+                    let place = (host, port, self.transport);
                     let rules = state.config.server.paths;
                     upstream_target(rewrite, &req, matched, (addrs, place, log), rules)
                 };
@@ -644,27 +654,6 @@ fn prepare_request_headers(
     header_rules::upstream_request(headers, hop.headers, expanded, addrs.peer_trusted);
 }
 
-/// What placeholders expand to for `req` (canonical by now) from `client` at `host` and `port`
-/// (the authority's, else the scheme's default).
-fn template_vars<'a>(
-    req: &'a Request<Incoming>,
-    client: IpAddr,
-    (host, port): (&'a str, Option<u16>),
-    transport: Transport,
-    request_id: &'a HeaderValue,
-) -> Vars<'a> {
-    Vars {
-        client_ip: client,
-        host,
-        port: port.unwrap_or(transport.default_port()),
-        scheme: transport.scheme(),
-        uri: req.uri(),
-        request_id,
-        headers: req.headers(),
-        captures: None,
-    }
-}
-
 /// The request target as the backend gets it: origin-form (`/path?query`, as the route's
 /// `rewrite::Rewrite` made it), authority-form (the backend's address) for CONNECT.
 fn upstream_uri(uri: &Uri, method: &Method, active: &ActiveGuard) -> Result<Uri, ProxyError> {
@@ -681,23 +670,25 @@ fn upstream_uri(uri: &Uri, method: &Method, active: &ActiveGuard) -> Result<Uri,
     Ok(Uri::from(path_and_query))
 }
 
-/// What a route's templates (`redirect`, `rewrite`) expand from: the canonical request.
+/// What placeholders expand to for a request (canonical by now) with `uri` and `headers`, from
+/// `client` at `host` and `port` (the authority's, else the scheme's default); `captures` are a
+/// regex route's. The one place a `Vars` is made.
 fn placeholders<'v>(
-    req: &'v Request<Incoming>,
-    addrs: Addrs,
-    (host, port, transport): (&'v str, u16, Transport),
-    log: &'v RequestLog,
-    matched: &'v routing::RouteMatch,
+    (uri, headers): (&'v Uri, &'v http::HeaderMap),
+    client: IpAddr,
+    (host, port, transport): (&'v str, Option<u16>, Transport),
+    request_id: &'v HeaderValue,
+    captures: Option<&'v regex::CaptureLocations>,
 ) -> Vars<'v> {
     Vars {
-        client_ip: addrs.client,
+        client_ip: client,
         host,
-        port,
+        port: port.unwrap_or(transport.default_port()),
         scheme: transport.scheme(),
-        uri: req.uri(),
-        request_id: &log.request_id,
-        headers: req.headers(),
-        captures: matched.captures.as_ref(),
+        uri,
+        request_id,
+        headers,
+        captures,
     }
 }
 
@@ -707,12 +698,13 @@ fn upstream_target(
     rewrite: &Rewrite,
     req: &Request<Incoming>,
     matched: routing::RouteMatch,
-    (addrs, place, log): (Addrs, (&str, u16, Transport), &RequestLog),
+    (addrs, on, log): (Addrs, (&str, Option<u16>, Transport), &RequestLog),
     rules: canonical::PathRules,
 ) -> Result<Option<PathAndQuery>, ProxyError> {
-    let vars = rewrite
-        .uses_vars()
-        .then(|| placeholders(req, addrs, place, log, &matched));
+    let vars = rewrite.uses_vars().then(|| {
+        let (message, captures) = ((req.uri(), req.headers()), matched.captures.as_ref());
+        placeholders(message, addrs.client, on, &log.request_id, captures)
+    });
     rewrite.target(req.uri(), matched.matched_len, vars.as_ref(), rules)
 }
 
@@ -822,16 +814,8 @@ async fn follow_accel<'s>(
             let uri =
                 uri.map_err(|_| ProxyError::BadAccelRedirect(accel::BadRedirect::NotAPath))?;
             let (client_ip, port, transport, request_id) = client;
-            let vars = Vars {
-                client_ip,
-                host,
-                port: port.unwrap_or(transport.default_port()),
-                scheme: transport.scheme(),
-                uri: &uri,
-                request_id,
-                headers: &kept.headers,
-                captures: None,
-            };
+            let on = (host, port, transport);
+            let vars = placeholders((&uri, &kept.headers), client_ip, on, request_id, None);
             Answer::Local(redirect(r, &vars))
         }
         RouteAction::Proxy(_) => return Err(accel::BadRedirect::ToProxy.into()),
