@@ -19,6 +19,7 @@ pub mod listener;
 pub mod load;
 pub mod metrics;
 pub mod middleware;
+pub mod read_notice;
 pub mod reload;
 pub mod routing;
 pub mod state;

@@ -8,13 +8,12 @@
 //! polled right after the connection, in its task: every phase change happens while hyper polls
 //! the connection (its reads, its calls of the service), so the watchdog sees each one then.
 
+use crate::read_notice::OnRead;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// Why a connection was closed.
@@ -121,47 +120,11 @@ impl Future for Watchdog {
 }
 
 /// The socket, telling its `Deadlines` when bytes arrive.
-pub struct Noticed<T> {
-    inner: T,
-    deadlines: Arc<Deadlines>,
-}
+pub type Noticed<T> = crate::read_notice::Noticed<T, Arc<Deadlines>>;
 
-impl<T> Noticed<T> {
-    pub fn new(inner: T, deadlines: Arc<Deadlines>) -> Noticed<T> {
-        Noticed { inner, deadlines }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Noticed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.deadlines.on_read();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Noticed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl OnRead for Arc<Deadlines> {
+    fn on_read(&self) {
+        Deadlines::on_read(self);
     }
 }
 

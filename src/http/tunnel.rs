@@ -7,15 +7,13 @@
 //! Tunnel bytes are not HTTP: `max_body`, `body_timeout` and compression do not apply to them.
 
 use super::conn::now_ms;
+use crate::read_notice::{Noticed, OnRead};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 
 /// How long closing both sides may take (a TLS `close_notify`, a FIN on a full socket).
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
@@ -55,8 +53,8 @@ pub async fn run(pending: Pending, idle: Duration, stop: impl Future<Output = ()
         },
         () = &mut stop => return End::Shutdown,
     };
-    let mut client = Activity::new(TokioIo::new(client), &last);
-    let mut upstream = Activity::new(TokioIo::new(upstream), &last);
+    let mut client = Noticed::new(TokioIo::new(client), LastRead(&last));
+    let mut upstream = Noticed::new(TokioIo::new(upstream), LastRead(&last));
     let end = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = copied {
@@ -88,48 +86,14 @@ async fn idle_for(last: &AtomicU64, idle: Duration) {
     }
 }
 
-/// One side of the tunnel, noting when it last delivered bytes.
-struct Activity<'a, T> {
-    io: T,
-    last: &'a AtomicU64,
-}
+/// A tunnel's clock of its last delivered bytes: each side is a `Noticed` with one, both
+/// sharing the same clock.
+#[derive(Clone, Copy)]
+struct LastRead<'a>(&'a AtomicU64);
 
-impl<'a, T> Activity<'a, T> {
-    fn new(io: T, last: &'a AtomicU64) -> Self {
-        Activity { io, last }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Activity<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.last.store(now_ms(), Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+impl OnRead for LastRead<'_> {
+    fn on_read(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -143,7 +107,7 @@ mod tests {
         let last = AtomicU64::new(now_ms());
         let start = tokio::time::Instant::now();
         let (mut a, b) = tokio::io::duplex(64);
-        let mut watched = Activity::new(b, &last);
+        let mut watched = Noticed::new(b, LastRead(&last));
         let traffic = async {
             for _ in 0..3 {
                 tokio::time::sleep(Duration::from_millis(700)).await;
