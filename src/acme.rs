@@ -1,6 +1,7 @@
-//! Automatic certificates: for every `tls = "acme"` site a background task loads the stored
-//! certificate or orders one, publishes it in the site's `CertSlot`, and renews it when a third of
-//! its lifetime is left. Failures are retried with capped exponential backoff and jitter; the site
+//! Automatic certificates: every `tls = "acme"` site's `CertSlot` starts with the stored
+//! certificate (read while the snapshot is built, before it serves), and a background task
+//! orders one if there is none, publishes it in the slot, and renews it when a third of its
+//! lifetime is left. Failures are retried with capped exponential backoff and jitter; the site
 //! keeps its last good certificate meanwhile, and other sites never wait on it.
 //!
 //! The `Manager` outlives config snapshots: building a snapshot asks it for slots, and a name set
@@ -212,19 +213,27 @@ impl Manager {
         let _ = self.metrics.set(metrics);
     }
 
-    /// The slot for these names; the first request starts the task that fills and renews it.
-    /// Changed `[acme]` settings or `state_dir` start a new task (which first loads what the
-    /// store holds) in place of the old one.
-    pub fn slot(&self, settings: &config::Acme, state_dir: &Path, names: Vec<String>) -> CertSlot {
-        let mut certs = self.certs.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The slot for these names. A name set not managed yet has its stored certificate read
+    /// (off the runtime) and put in the slot before this returns, so a start or reload never
+    /// serves a moment of failed handshakes for a certificate that is on disk; then its task
+    /// starts, to order and renew. Changed `[acme]` settings or `state_dir` start a new task
+    /// in place of the old one.
+    pub async fn slot(
+        &self,
+        settings: &config::Acme,
+        state_dir: &Path,
+        names: Vec<String>,
+    ) -> CertSlot {
         let store = Store::new(state_dir);
         let key = (settings.directory.clone(), names);
-        if let Some(kept) = certs
-            .get(&key)
-            .filter(|k| k.issuer.serves(settings, &store))
-        {
-            return kept.slot.clone();
+        if let Some(slot) = self.kept_slot(&key, settings, &store) {
+            return slot;
         }
+        let list = key.1.join(",");
+        let dir = store.cert_dir(&settings.directory, &key.1);
+        let slot: CertSlot = Arc::new(ArcSwapOption::empty());
+        let current = load_stored(&dir, &key.1, &slot, &list).await;
+        let mut certs = self.certs.lock().unwrap_or_else(PoisonError::into_inner);
         // the account of another name set with the same settings, else a new one
         let shared = certs
             .values()
@@ -238,12 +247,12 @@ impl Manager {
                 self.challenges.clone(),
             ))
         });
-        let slot: CertSlot = Arc::new(ArcSwapOption::empty());
         let metrics = self.metrics.get().cloned();
         let task = tokio::spawn(maintain(
             issuer.clone(),
             key.1.clone(),
             slot.clone(),
+            current,
             metrics,
         ));
         let maintained = Maintained {
@@ -251,8 +260,24 @@ impl Manager {
             slot: slot.clone(),
             task: task.abort_handle(),
         };
+        // snapshots are built one at a time, so nothing took this key meanwhile; were it
+        // otherwise, the newer entry simply replaces (and stops) the other
         certs.insert(key, maintained);
         slot
+    }
+
+    /// The slot of a name set already managed with these settings.
+    fn kept_slot(
+        &self,
+        key: &(String, Vec<String>),
+        settings: &config::Acme,
+        store: &Store,
+    ) -> Option<CertSlot> {
+        let certs = self.certs.lock().unwrap_or_else(PoisonError::into_inner);
+        certs
+            .get(key)
+            .filter(|k| k.issuer.serves(settings, store))
+            .map(|kept| kept.slot.clone())
     }
 
     /// Stops the work for every name set whose slot is not in `used` (the snapshot just
@@ -270,11 +295,13 @@ impl Manager {
     }
 }
 
-/// The life of one certificate: stored copy first, then order, renew, retry, forever.
+/// The life of one certificate after its stored copy (`current`) was read: order, renew, retry,
+/// forever.
 async fn maintain(
     issuer: Arc<Issuer>,
     names: Vec<String>,
     slot: CertSlot,
+    mut current: Option<CertInfo>,
     metrics: Option<Arc<Metrics>>,
 ) {
     let count = |result: &str| {
@@ -284,7 +311,6 @@ async fn maintain(
     };
     let list = names.join(",");
     let dir = issuer.store.cert_dir(&issuer.settings.directory, &names);
-    let mut current = load_stored(&dir, &names, &slot, &list).await;
     let mut backoff = Backoff::new(issuer.settings.retry_initial, issuer.settings.retry_max);
     loop {
         if let Some(info) = &current {
@@ -450,6 +476,31 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_secs(10));
+    }
+
+    /// A start or reload serves a stored certificate from its first handshake: the slot is
+    /// filled when `slot` returns, not some time later by the background task.
+    #[tokio::test]
+    async fn a_new_slot_holds_the_stored_certificate_when_it_is_handed_out() {
+        let state = tempfile::tempdir().expect("state dir");
+        // a CA nobody answers at: the task must not be what fills the slot
+        let settings = config::Acme {
+            directory: "https://127.0.0.1:9/directory".into(),
+            ..config::Acme::default()
+        };
+        let names = vec!["stored.example".to_string()];
+        let made = rcgen::generate_simple_self_signed(names.clone()).expect("certificate");
+        let dir = Store::new(state.path()).cert_dir(&settings.directory, &names);
+        let (chain, key) = (made.cert.pem(), made.key_pair.serialize_pem());
+        store::save_cert(&dir, chain.as_bytes(), key.as_bytes()).expect("store");
+
+        let manager = Manager::default();
+        let slot = manager.slot(&settings, state.path(), names.clone()).await;
+        let served = slot.load_full().expect("the stored certificate, at once");
+        assert_eq!(served.cert[0].as_ref(), made.cert.der().as_ref());
+        // the same name set again: the same slot, not a second read and task
+        let again = manager.slot(&settings, state.path(), names).await;
+        assert!(Arc::ptr_eq(&slot, &again));
     }
 
     #[test]

@@ -256,26 +256,22 @@ impl RuntimeState {
         let Loaded { config, files } = loaded;
         let access_log = keep.access_log(&config.log).await?;
         let acme = &keep.acme;
-        let slots = config
-            .sites
-            .iter()
-            .map(|site| match &site.tls {
-                None => Ok(None),
+        let mut slots = Vec::with_capacity(config.sites.len());
+        for site in &config.sites {
+            slots.push(match &site.tls {
+                None => None,
                 Some(SiteTls::Files(tls)) => match files.pair(tls) {
-                    Some(pair) => Ok(Some(tls::watched_slot(
-                        tls,
-                        pair.stamp.clone(),
-                        pair.key.clone(),
-                    ))),
-                    None => Err(TlsError::NotLoaded(tls.cert.display().to_string())),
+                    Some(pair) => {
+                        Some(tls::watched_slot(tls, pair.stamp.clone(), pair.key.clone()))
+                    }
+                    None => return Err(TlsError::NotLoaded(tls.cert.display().to_string()).into()),
                 },
-                Some(SiteTls::Acme) => Ok(Some(acme.slot(
-                    &config.acme,
-                    &config.server.state_dir,
-                    site.names(),
-                ))),
-            })
-            .collect::<Result<Vec<_>, TlsError>>()?;
+                Some(SiteTls::Acme) => Some(
+                    acme.slot(&config.acme, &config.server.state_dir, site.names())
+                        .await,
+                ),
+            });
+        }
         let (min, default_sni) = (
             config.server.tls_min_version,
             config.server.default_sni.as_deref(),
