@@ -131,6 +131,16 @@ impl AccessLog {
 
     /// Writes (or queues) the line for a finished request. Never blocks on the queue: when it is
     /// full the line is dropped and counted.
+    /// Whether a line would be written anywhere (`access = "off"` writes none).
+    pub fn is_on(&self) -> bool {
+        match self.0.sink {
+            Sink::Off => false,
+            // through tracing: nothing to write when its filter drops the event anyway
+            Sink::Stderr => tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO),
+            Sink::Queue { .. } => true,
+        }
+    }
+
     pub fn record(&self, entry: &Entry<'_>) {
         match &self.0.sink {
             Sink::Off => {}

@@ -49,6 +49,10 @@ pub enum Part {
 /// What placeholders expand to for one request.
 pub struct Vars<'a> {
     pub client_ip: IpAddr,
+    /// `client_ip` already formatted as a header value, when Gatehouse has one (the
+    /// connection's peer's, made once per connection): a value that is only `{client_ip}`
+    /// (`X-Real-IP`, the most common rule) is then a shared copy of it, not a new one.
+    pub client_ip_value: Option<&'a HeaderValue>,
     /// The canonical host (lower-case, no port).
     pub host: &'a str,
     pub port: u16,
@@ -138,6 +142,9 @@ impl Template {
     /// The expansion as a header value; `None` when it holds a byte no header value may (CR, LF,
     /// NUL or another control byte): a placeholder's value never splits a header.
     pub fn render_header(&self, vars: &Vars<'_>) -> Option<HeaderValue> {
+        if let ([Part::ClientIp], Some(value)) = (&self.parts[..], vars.client_ip_value) {
+            return Some(value.clone());
+        }
         // rendered into this thread's scratch buffer, then copied once into the value: one
         // allocation per value, not two
         SCRATCH.with(|scratch| {
@@ -275,19 +282,36 @@ fn render_part(part: &Part, vars: &Vars<'_>, out: &mut Vec<u8>) {
 /// per call, on every request of a route with `{client_ip}`), IPv6 through `Display`.
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_decimal(out, u32::from(octet));
-            }
-        }
+        IpAddr::V4(v4) => push_ipv4(out, v4.octets()),
         IpAddr::V6(v6) => {
             use std::io::Write;
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// Dotted decimal, made on the stack and copied once: a push per digit costs a capacity check
+/// each, `fmt` a good deal more.
+fn push_ipv4(out: &mut Vec<u8>, octets: [u8; 4]) {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in octets.into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    out.extend_from_slice(&text[..len]);
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
@@ -324,6 +348,7 @@ mod tests {
     ) -> Vars<'a> {
         Vars {
             client_ip: "203.0.113.7".parse().unwrap(),
+            client_ip_value: None,
             host: "app.example.com",
             port: 8443,
             scheme: "https",
@@ -416,11 +441,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_client_ip_is_the_connections_formatted_value() {
+        let (uri, headers, id) = (
+            Uri::from_static("/"),
+            HeaderMap::new(),
+            HeaderValue::from_static("r"),
+        );
+        let made = HeaderValue::from_static("198.51.100.1");
+        let mut v = vars(&uri, &headers, &id, None);
+        v.client_ip_value = Some(&made);
+        let lone = Template::parse("{client_ip}", Captures::default()).unwrap();
+        // the formatted value is taken as it is (here on purpose another address than client_ip)
+        assert_eq!(lone.render_header(&v).unwrap(), "198.51.100.1");
+        let within = Template::parse("for={client_ip}", Captures::default()).unwrap();
+        assert_eq!(within.render_header(&v).unwrap(), "for=203.0.113.7");
+        v.client_ip_value = None;
+        assert_eq!(lone.render_header(&v).unwrap(), "203.0.113.7");
+    }
+
+    #[test]
     fn addresses_and_ports_by_hand() {
         for (ip, port) in [
             ("0.0.0.0", 0u16),
             ("255.255.255.255", 65535),
             ("10.0.7.19", 80),
+            ("192.168.100.9", 443),
+            ("1.20.255.0", 8),
             ("2001:db8::1", 8443),
         ] {
             let ip: IpAddr = ip.parse().unwrap();

@@ -6,6 +6,7 @@ mod balance;
 pub mod conn;
 pub mod forward;
 pub mod health;
+mod io;
 mod resolve;
 pub mod tls;
 
@@ -230,6 +231,11 @@ impl UpstreamPool {
 
     /// Passive health and metrics: what an attempt said about the server it went to, and how
     /// long the response head took (`None` when there was no response).
+    /// Whether attempts are timed (for the latency histogram, once metrics are on).
+    pub fn timed(&self) -> bool {
+        self.metrics.get().is_some()
+    }
+
     pub fn report(&self, backend: &Backend, outcome: Outcome, took: Option<std::time::Duration>) {
         health::report(self, backend, outcome);
         let Some(m) = self.metrics.get() else { return };

@@ -103,7 +103,8 @@ impl RequestLog {
         &'a self,
         status: u16,
         upstream: Option<&'a BackendAddr>,
-        bytes_out: u64,
+        (bytes_in, bytes_out): (u64, u64),
+        duration: Duration,
     ) -> Entry<'a> {
         Entry {
             time: SystemTime::now(),
@@ -113,9 +114,9 @@ impl RequestLog {
             version: self.version,
             host: self.host.as_ref(),
             status,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_in,
             bytes_out,
-            duration: self.start.elapsed(),
+            duration,
             upstream,
             request_id: &self.request_id,
             user_agent: self.user_agent.as_ref(),
@@ -493,15 +494,23 @@ impl Completion {
 }
 
 impl Drop for Completion {
+    /// The clock is read once, and the wall clock only for a log line.
     fn drop(&mut self) {
         let log = &self.log;
-        let upstream = self._active.as_ref().map(|a| &a.backend().addr);
-        let entry = log.entry(self.status, upstream, self.bytes_out);
-        if let Some(metrics) = log.metrics.get() {
-            let (method, took, bytes_in) = (&log.method, entry.duration, entry.bytes_in);
-            metrics.record(method, self.status, took, bytes_in, self.bytes_out);
+        let (metrics, logged) = (log.metrics.get(), log.access_log.is_on());
+        if metrics.is_none() && !logged {
+            return;
         }
-        log.access_log.record(&entry);
+        let took = log.start.elapsed();
+        let bytes_in = log.bytes_in.load(Ordering::Relaxed);
+        if let Some(metrics) = metrics {
+            metrics.record(&log.method, self.status, took, bytes_in, self.bytes_out);
+        }
+        if logged {
+            let upstream = self._active.as_ref().map(|a| &a.backend().addr);
+            let entry = log.entry(self.status, upstream, (bytes_in, self.bytes_out), took);
+            log.access_log.record(&entry);
+        }
     }
 }
 

@@ -115,6 +115,13 @@ impl Rewrite {
         matches!(self.target, Target::Template { .. })
     }
 
+    /// Whether the canonical target goes upstream as it is (no `strip_prefix`,
+    /// `upstream_path` or `rewrite`): the common case, checked without a call.
+    #[inline]
+    pub fn keeps_target(&self) -> bool {
+        matches!(self.target, Target::AsIs)
+    }
+
     /// The target to send upstream instead of `uri` (canonical), `None` to send it as it is.
     /// `matched_len` is the router's; `vars` are given when `uses_vars`; `rules` are the server's
     /// path rules, which a template's result must pass as a request's path would.
@@ -148,6 +155,13 @@ impl Rewrite {
         finish(made, RELAXED).map(Some)
     }
 
+    /// Whether an answer with `status` may have its `Location` mapped: checked before the
+    /// mapping's inputs are gathered, so the common `200` costs one comparison.
+    #[inline]
+    pub fn maps_location(&self, status: StatusCode) -> bool {
+        self.location.is_some() && (status.is_redirection() || status == StatusCode::CREATED)
+    }
+
     /// Rewrites `Location` in an upstream's redirect (`3xx`) or `201` when it is an absolute URL
     /// naming the upstream (its `Host`, the server that answered, or a `servers` entry, with the
     /// upstream's scheme): to the client's scheme and authority, and the upstream prefix back to
@@ -160,7 +174,7 @@ impl Rewrite {
         client: &ClientOrigin<'_>,
     ) {
         let Some(map) = &self.location else { return };
-        if !status.is_redirection() && status != StatusCode::CREATED {
+        if !self.maps_location(status) {
             return;
         }
         let Some(location) = headers.get(LOCATION).and_then(|v| v.to_str().ok()) else {

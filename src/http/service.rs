@@ -137,13 +137,8 @@ impl ProxyService {
         });
         if response_rules.needs_vars() {
             let on = (host, port, self.transport);
-            let vars = placeholders(
-                (req.uri(), req.headers()),
-                addrs.client,
-                on,
-                &request_id,
-                None,
-            );
+            let client = (addrs.client, self.client_value(addrs.client));
+            let vars = placeholders((req.uri(), req.headers()), client, on, &request_id, None);
             response_rules.expand(&vars, &state.metrics.header_values_dropped);
         }
         let answer = match (screened, site) {
@@ -231,6 +226,12 @@ impl ProxyService {
         Ok(response)
     }
 
+    /// The connection's formatted peer address when `client` is the peer (not a client a
+    /// trusted proxy spoke for), for `{client_ip}` without formatting it again.
+    fn client_value(&self, client: IpAddr) -> Option<&HeaderValue> {
+        (client == self.peer.ip().to_canonical()).then_some(&self.peer_ip)
+    }
+
     /// Routes the request and runs its route's checks and action; the answer comes with what the
     /// request asked for in compression if the route does it. `cors` is set when the route has
     /// `cors`, and the response rules become the route's, before any check can refuse, so
@@ -287,9 +288,10 @@ impl ProxyService {
         let vars = || {
             let on = (host, port, self.transport);
             let captures = matched.captures.as_ref();
+            let client = (addrs.client, self.client_value(addrs.client));
             placeholders(
                 (req.uri(), req.headers()),
-                addrs.client,
+                client,
                 on,
                 &log.request_id,
                 captures,
@@ -350,7 +352,7 @@ impl ProxyService {
                 // placeholders take the request as the client sent it (nginx `$http_*`), before
                 // Gatehouse's own headers are set and before its target is rewritten
                 let expanded = match headers.request.templates {
-                    0 => Vec::new(),
+                    0 => Expanded::new(),
                     _ => header_rules::expand(&headers.request, &vars(), dropped),
                 };
                 let rewrite = &route.rewrite;
@@ -376,9 +378,11 @@ impl ProxyService {
                     headers,
                     expanded,
                 };
-                // boxed: hyper keeps one slot per connection sized for this service's future,
-                // idle connections included; the proxying part is the bulk of it
-                let answer = Box::pin(self.proxy(hop, req)).await?;
+                // not boxed: hyper's slot for this service's future is held only while a
+                // request is in flight (an idle HTTP/1.1 connection is parked out of hyper
+                // after `PARK_AFTER_MS`, an HTTP/2 stream's task ends with it), and a box per
+                // request cost an allocation, a free and a copy of the future
+                let answer = self.proxy(hop, req).await?;
                 match kept {
                     Some(kept) => {
                         let at = (state, site, host);
@@ -488,7 +492,8 @@ impl ProxyService {
             log.body_sent().await;
             tokio::time::sleep(timeout).await;
         };
-        let started = std::time::Instant::now();
+        // timed only for the upstream's latency histogram
+        let started = hop.pool.timed().then(std::time::Instant::now);
         let sent = tokio::select! {
             sent = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect) => sent.map_err(|e| match hop.log.body_fault() {
                 Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
@@ -505,7 +510,7 @@ impl ProxyService {
             Err(e) if e.is_upstream() => Outcome::Failure,
             Err(_) => Outcome::Success,
         };
-        let took = sent.as_ref().ok().map(|_| started.elapsed());
+        let took = started.filter(|_| sent.is_ok()).map(|at| at.elapsed());
         hop.pool.report(active.backend(), outcome, took);
         sent
     }
@@ -675,13 +680,14 @@ fn upstream_uri(uri: &Uri, method: &Method, active: &ActiveGuard) -> Result<Uri,
 /// regex route's. The one place a `Vars` is made.
 fn placeholders<'v>(
     (uri, headers): (&'v Uri, &'v http::HeaderMap),
-    client: IpAddr,
+    (client, client_value): (IpAddr, Option<&'v HeaderValue>),
     (host, port, transport): (&'v str, Option<u16>, Transport),
     request_id: &'v HeaderValue,
     captures: Option<&'v regex::CaptureLocations>,
 ) -> Vars<'v> {
     Vars {
         client_ip: client,
+        client_ip_value: client_value,
         host,
         port: port.unwrap_or(transport.default_port()),
         scheme: transport.scheme(),
@@ -701,9 +707,12 @@ fn upstream_target(
     (addrs, on, log): (Addrs, (&str, Option<u16>, Transport), &RequestLog),
     rules: canonical::PathRules,
 ) -> Result<Option<PathAndQuery>, ProxyError> {
+    if rewrite.keeps_target() {
+        return Ok(None);
+    }
     let vars = rewrite.uses_vars().then(|| {
         let (message, captures) = ((req.uri(), req.headers()), matched.captures.as_ref());
-        placeholders(message, addrs.client, on, &log.request_id, captures)
+        placeholders(message, (addrs.client, None), on, &log.request_id, captures)
     });
     rewrite.target(req.uri(), matched.matched_len, vars.as_ref(), rules)
 }
@@ -714,6 +723,9 @@ fn map_location<B>(hop: &Hop<'_>, resp: &mut Response<B>, active: &ActiveGuard) 
     let Some(authority) = hop.log.host.as_ref() else {
         return;
     };
+    if !hop.rewrite.maps_location(resp.status()) {
+        return;
+    }
     let spec = hop.pool.spec();
     let upstream = UpstreamSelf {
         scheme: if spec.tls.is_some() { "https" } else { "http" },
@@ -815,7 +827,8 @@ async fn follow_accel<'s>(
                 uri.map_err(|_| ProxyError::BadAccelRedirect(accel::BadRedirect::NotAPath))?;
             let (client_ip, port, transport, request_id) = client;
             let on = (host, port, transport);
-            let vars = placeholders((&uri, &kept.headers), client_ip, on, request_id, None);
+            let client = (client_ip, None);
+            let vars = placeholders((&uri, &kept.headers), client, on, request_id, None);
             Answer::Local(redirect(r, &vars))
         }
         RouteAction::Proxy(_) => return Err(accel::BadRedirect::ToProxy.into()),

@@ -13,16 +13,18 @@ use crate::config::{HeaderOp, HeaderRules, RouteHeaders, RuleValue};
 use crate::template::Vars;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounter;
+use smallvec::SmallVec;
 
 /// The expansions of a rule list's placeholders for one request, by slot
-/// (`RuleValue::Template::slot`); `None` for one that cannot be a header value.
-pub type Expanded = Vec<Option<HeaderValue>>;
+/// (`RuleValue::Template::slot`); `None` for one that cannot be a header value. A route has one
+/// or two as a rule (`X-Real-IP`, `X-Request-Start`): those live inline, no allocation.
+pub type Expanded = SmallVec<[Option<HeaderValue>; 2]>;
 
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// Expands every value of `rules` that has a placeholder; `dropped` counts those left out.
 pub fn expand(rules: &HeaderRules, vars: &Vars<'_>, dropped: &IntCounter) -> Expanded {
-    let mut out = vec![None; rules.templates];
+    let mut out: Expanded = smallvec::smallvec![None; rules.templates];
     for rule in &rules.rules {
         for value in values(&rule.op) {
             let RuleValue::Template { template, slot } = value else {
@@ -162,7 +164,7 @@ impl<'s> ResponseRules<'s> {
     pub fn new(rules: &'s HeaderRules) -> ResponseRules<'s> {
         ResponseRules {
             rules,
-            expanded: Vec::new(),
+            expanded: Expanded::new(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! dropped early drops the connection instead (hyper then closes it). Nothing is hashed, there
 //! is no lock but the backend's own stack's, and no task per request.
 
+use super::io::UpstreamIo;
 use super::tls::{Connector, UpstreamStream};
 use super::{Backend, BackendAddr};
 use crate::http::CountedBody;
@@ -180,7 +181,7 @@ impl Dialer {
                 Ok(io) => io.map_err(|e| SendError::Connect(Box::new(e)))?,
                 Err(_) => return Err(connect_timed_out(connect)),
             };
-            return handshake(TokioIo::new(io), &backend.addr).await;
+            return handshake(UpstreamIo::Unix(TokioIo::new(io)), &backend.addr).await;
         }
         let dst = Uri::builder()
             .scheme(self.scheme.clone())
@@ -193,16 +194,13 @@ impl Dialer {
             Ok(io) => io.map_err(SendError::Connect)?,
             Err(_) => return Err(connect_timed_out(connect)),
         };
-        handshake(io, &backend.addr).await
+        handshake(UpstreamIo::Tcp(io), &backend.addr).await
     }
 }
 
 /// hyper's HTTP/1.1 client over `io`, the connection driven by a task of its own (upgrades
-/// included) until it closes.
-async fn handshake<I>(io: I, server: &BackendAddr) -> Result<Sender, SendError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+/// included) until it closes. One stream type for every kind of upstream: see `upstream::io`.
+async fn handshake(io: UpstreamIo, server: &BackendAddr) -> Result<Sender, SendError> {
     let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
     let server = server.clone();
     tokio::spawn(async move {

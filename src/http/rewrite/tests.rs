@@ -108,6 +108,7 @@ fn vars<'a>(
     captures: Option<&'a regex::CaptureLocations>,
 ) -> Vars<'a> {
     Vars {
+        client_ip_value: None,
         client_ip: "192.0.2.1".parse().unwrap(),
         host: "app.example.com",
         port: 443,

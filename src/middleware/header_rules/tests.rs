@@ -89,6 +89,7 @@ impl Request {
 
     fn vars(&self) -> Vars<'_> {
         Vars {
+            client_ip_value: None,
             client_ip: "203.0.113.7".parse().unwrap(),
             host: "app.example.com",
             port: 443,
