@@ -116,6 +116,7 @@ fn vars<'a>(
         request_id: id,
         headers,
         captures,
+        client_cert: None,
     }
 }
 
