@@ -507,6 +507,9 @@ async fn a_client_auth_site_on_a_connection_not_verified_for_it_is_misdirected()
                 let mut sender = open(&proxy, sni, cert, proto).await.unwrap();
                 let (status, body) = get(&mut sender, host).await.unwrap();
                 assert_eq!(status, want, "{proto:?}: SNI {sni}, Host {host}: {body}");
+                if want == 421 {
+                    assert!(body.contains("client certificate"), "{body}");
+                }
                 // the connection serves its own site still
                 let (status, _) = get(&mut sender, sni).await.unwrap();
                 assert_eq!(status, 200, "{proto:?}: SNI {sni}, then its own Host");

@@ -167,7 +167,10 @@ impl ProxyService {
                 if self.transport == Transport::Tls
                     && !state.sites[site].served_over(self.client.as_deref()) =>
             {
-                Err(ProxyError::Misdirected)
+                Err(match state.sites[site].tls {
+                    true => ProxyError::MisdirectedCert,
+                    false => ProxyError::Misdirected,
+                })
             }
             (_, Some(site)) => {
                 let to = Dispatch {
