@@ -695,3 +695,51 @@ fn check_reports_client_auth_errors_at_their_line() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cost (run by hand: `cargo test --test mtls handshake_cost -- --ignored --nocapture`)
+// ---------------------------------------------------------------------------------------------
+
+/// The proxy's CPU time so far (user + system), from /proc.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks * 10 // USER_HZ = 100
+}
+
+/// CPU ms per full handshake (TLS 1.3, no resumption) plus one HTTP/1.1 request, over `n`.
+async fn per_handshake(proxy: &TestProxy, sni: &str, cert: Option<&ClientCert>, n: u32) -> f64 {
+    let before = cpu_ms(proxy.pid);
+    for _ in 0..n {
+        let answer = get_new(proxy, sni, cert, Proto::H1).await;
+        assert_eq!(answer.map(|(s, _)| s), Ok(200), "{sni}");
+    }
+    (cpu_ms(proxy.pid) - before) as f64 / f64::from(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn handshake_cost() {
+    let pki = Pki::new();
+    let backend = echo_backend("echo").await;
+    let with = config(&pki, &backend);
+    let without = with
+        .lines()
+        .filter(|l| !l.starts_with("client_auth"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let n = 400;
+    let plain = TestProxy::start_tls(&without).await;
+    per_handshake(&plain, "www.test", None, 20).await;
+    let base = per_handshake(&plain, "www.test", None, n).await;
+    drop(plain);
+    let proxy = TestProxy::start_tls(&with).await;
+    per_handshake(&proxy, "www.test", None, 20).await;
+    let other = per_handshake(&proxy, "www.test", None, n).await;
+    let mtls = per_handshake(&proxy, "api.test", Some(&pki.svc), n).await;
+    println!(
+        "CPU per handshake + request: no client_auth anywhere {base:.2} ms; a site without it next to client_auth sites {other:.2} ms; a client_auth site with a certificate {mtls:.2} ms"
+    );
+}
