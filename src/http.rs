@@ -25,6 +25,7 @@ use crate::metrics::{ListenerMetrics, Metrics};
 use crate::middleware::encode::budget::EncoderBudget;
 use crate::middleware::{Reason, Rejections};
 use crate::state::Shared;
+use crate::tls::client::ClientTls;
 use bytes::Bytes;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper::server::conn::{http1, http2};
@@ -154,10 +155,12 @@ impl Transport {
 
 /// One client connection: HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1, which is
 /// parked between requests once idle (see `Expiry::Park`) and served again when bytes arrive.
+/// A TLS connection made with a `client_auth` site's config comes with what its handshake
+/// verified (`client`).
 pub async fn serve_connection<S>(
     stream: S,
     peer: Peer,
-    transport: Transport,
+    (transport, client): (Transport, Option<Arc<ClientTls>>),
     cx: Arc<ConnContext>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -189,6 +192,7 @@ pub async fn serve_connection<S>(
         vouches,
         conn: state.clone(),
         transport,
+        client,
     };
     let svc = hyper::service::service_fn(move |req| svc.clone().call(req));
     let mut guard = Guard {

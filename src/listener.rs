@@ -12,6 +12,7 @@ pub use set::{BindError, Listeners};
 use crate::acme::ACME_TLS_ALPN;
 use crate::http::{serve_connection, ConnContext, Peer, Transport};
 use crate::middleware::{rate_limit, Reason};
+use crate::tls::client::{ClientCert, ClientTls};
 use crate::upstream::forward;
 use conn_limit::ConnSlot;
 use proxy_protocol::Header;
@@ -75,7 +76,7 @@ async fn serve(
     counted.open.inc();
     let _open = OpenGuard(counted.open.clone());
     match transport {
-        Transport::Plain => serve_connection(stream, peer, transport, cx, shutdown).await,
+        Transport::Plain => serve_connection(stream, peer, (transport, None), cx, shutdown).await,
         // boxed: the handshake and TLS stream would otherwise size every connection's task,
         // plain ones included (6.3 KiB instead of ~2.4 KiB each)
         Transport::Tls => Box::pin(serve_tls(stream, peer, cx, shutdown)).await,
@@ -164,7 +165,9 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 /// The TLS handshake, bounded by `tls_handshake`, then HTTP on the decrypted stream. The server
-/// config comes from the current snapshot, so a new certificate applies to the next handshake.
+/// config comes from the current snapshot, so a new certificate applies to the next handshake;
+/// a name served by a `client_auth` site gets that site group's config, which asks for (and
+/// verifies) a client certificate, and what it verified goes with the connection.
 /// A ClientHello offering `acme-tls/1` is a CA validating TLS-ALPN-01: it gets the challenge
 /// certificate and the connection ends after the handshake.
 async fn serve_tls(
@@ -174,15 +177,15 @@ async fn serve_tls(
     shutdown: watch::Receiver<bool>,
 ) {
     let state = cx.shared.load();
-    let Some(config) = state.tls.clone() else {
+    let Some(configs) = state.tls.clone() else {
         return;
     };
     let timeout = state.config.server.timeouts.tls_handshake;
     drop(state);
     let handshake = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
-        let offers_acme = start
-            .client_hello()
+        let hello = start.client_hello();
+        let offers_acme = hello
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if offers_acme {
@@ -191,12 +194,22 @@ async fn serve_tls(
             let _ = tls.shutdown().await;
             return Ok(None);
         }
-        start.into_stream(config).await.map(Some)
+        let (config, client_ca) = configs.pick(hello.server_name());
+        let tls = start.into_stream(config.clone()).await?;
+        let client = client_ca.map(|ca| {
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            Arc::new(ClientTls {
+                ca,
+                cert: leaf.map(|leaf| ClientCert::of(leaf)),
+            })
+        });
+        Ok::<_, io::Error>(Some((tls, client)))
     };
     match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(Some(tls))) => {
+        Ok(Ok(Some((tls, client)))) => {
             cx.metrics.tls_handshake(true);
-            serve_connection(tls, peer, Transport::Tls, cx, shutdown).await
+            let transport = (Transport::Tls, client);
+            serve_connection(tls, peer, transport, cx, shutdown).await
         }
         Ok(Ok(None)) => tracing::debug!(peer = %peer.addr, "answered a TLS-ALPN-01 challenge"),
         Ok(Err(e)) => {

@@ -1,7 +1,7 @@
 //! Loading a config: the step between validation and the snapshot. `config` validates without
 //! reading any file the config names; this step reads them all (site certificates and keys,
-//! upstream `ca_root` and `client_cert`, the system root store when an upstream speaks TLS,
-//! `acme.ca_root`, error pages), reports what is wrong with one at the key that names it, as validation
+//! a site's `client_auth` CA, upstream `ca_root` and `client_cert`, the system root store when
+//! an upstream speaks TLS, `acme.ca_root`, error pages), reports what is wrong with one at the key that names it, as validation
 //! reports its own problems (all of them together, in file order), and hands what it read to
 //! `state::RuntimeState::build`, which reads no file.
 //!
@@ -11,8 +11,9 @@
 //! threads serving traffic never wait for it.
 
 use crate::config::{
-    self, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Validated,
+    self, ClientAuth, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Validated,
 };
+use crate::tls::client::ClientCa;
 use crate::tls::{self, FileStamp, TlsError};
 use bytes::Bytes;
 use rustls::sign::CertifiedKey;
@@ -36,6 +37,8 @@ pub struct Files {
     upstreams: HashMap<String, UpstreamFiles>,
     /// Error pages (`error_pages`) as read, by path.
     pages: HashMap<PathBuf, Bytes>,
+    /// The sites' `client_auth`, each with the verifier made from its CA file.
+    client_cas: HashMap<ClientAuth, ClientCa>,
 }
 
 /// A certificate chain and its key, checked to belong together.
@@ -66,6 +69,11 @@ impl Files {
         self.upstreams.get(name)
     }
 
+    /// A site's `client_auth` as read (every one a loaded config names was read).
+    pub fn client_ca(&self, auth: &ClientAuth) -> Option<&ClientCa> {
+        self.client_cas.get(auth)
+    }
+
     /// The error pages as read, by path.
     pub fn pages(&self) -> &HashMap<PathBuf, Bytes> {
         &self.pages
@@ -85,7 +93,9 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let (read, mut errors) = read_named(&validated);
     let mut files = Files::default();
     if let (Ok(config), true) = (&validated.config, errors.is_empty()) {
+        let client_cas = client_cas(config, &read, &validated, &mut errors);
         files = upstream_files(config, read, &validated, &mut errors);
+        files.client_cas = client_cas;
     }
     let config = validated.finish(errors)?;
     Ok(Loaded { config, files })
@@ -231,7 +241,38 @@ fn upstream_files(
         pairs: read.pairs,
         upstreams,
         pages: read.pages,
+        client_cas: HashMap::new(),
     }
+}
+
+/// Each site's `client_auth`: a verifier from its CA file's certificates. A certificate rustls
+/// cannot use as a trust anchor is an error at the `ca` key that names the file.
+fn client_cas(
+    config: &Config,
+    read: &Read,
+    validated: &Validated,
+    errors: &mut Vec<Located>,
+) -> HashMap<ClientAuth, ClientCa> {
+    let mut cas = HashMap::new();
+    for auth in config.sites.iter().filter_map(|s| s.client_auth.as_ref()) {
+        if cas.contains_key(auth) {
+            continue;
+        }
+        let Some((_, certs)) = read.roots.get(&auth.ca) else {
+            continue;
+        };
+        match ClientCa::new(&auth.ca, certs, auth.mode) {
+            Ok(ca) => {
+                cas.insert(auth.clone(), ca);
+            }
+            Err(e) => {
+                let file = FileKind::Roots(auth.ca.clone());
+                let named = validated.files.iter().find(|n| n.file == file);
+                errors.extend(named.map(|n| validated.locate(n, e.to_string())));
+            }
+        }
+    }
+    cas
 }
 
 /// One TLS upstream's roots (the system's and its `ca_root`) and client certificate, with the

@@ -5,8 +5,8 @@
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
 use crate::config::{
-    Action, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders, SiteTls, Timeouts,
-    Upstream,
+    Action, ClientAuthMode, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders,
+    SiteTls, Timeouts, Upstream,
 };
 use crate::error_pages::{ErrorPages, Page, Pages};
 use crate::http::rewrite::Rewrite;
@@ -16,6 +16,7 @@ use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::{KeyCaps, Limiters};
 use crate::middleware::RoutePolicy;
 use crate::routing::Router;
+use crate::tls::client::{CaId, ClientCa, ClientCert, ClientTls};
 use crate::tls::{self, TlsError};
 use crate::upstream::{self, UpstreamPool};
 use arc_swap::ArcSwap;
@@ -38,7 +39,7 @@ pub struct RuntimeState {
     /// Per site, in config order (the router's site index).
     pub sites: Vec<SiteState>,
     /// For the HTTPS listener; `None` when no site has TLS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Arc<tls::ServerConfigs>>,
     /// Where finished requests are logged (`[log]`).
     pub access_log: AccessLog,
     /// hyper's connection settings (head and HTTP/2 limits) for connections accepted now.
@@ -55,6 +56,27 @@ pub struct SiteState {
     pub hsts: Option<HeaderValue>,
     /// The site's `response_headers` (over the server's), for answers no route claims.
     pub response_headers: HeaderRules,
+    /// `client_auth`: the CA a request's connection must have been verified against.
+    pub client_auth: Option<(CaId, ClientAuthMode)>,
+}
+
+impl SiteState {
+    /// Whether a request for this site may be served on a TLS connection whose handshake left
+    /// `client` (`None` for one made with the config of sites without `client_auth`): a plain
+    /// site never, a `client_auth` site only when the handshake was made for its CA.
+    pub fn served_over(&self, client: Option<&ClientTls>) -> bool {
+        match self.client_auth {
+            None => self.tls,
+            Some((ca, mode)) => ClientTls::admits(client, ca, mode),
+        }
+    }
+
+    /// The client certificate a request for this site shows its placeholders: only a
+    /// `client_auth` site's, and only one verified against its CA.
+    pub fn client_cert<'c>(&self, client: Option<&'c ClientTls>) -> Option<&'c ClientCert> {
+        let (ca, _) = self.client_auth?;
+        client.filter(|c| c.ca == ca)?.cert.as_ref()
+    }
 }
 
 /// One route as the request path uses it: everything compiled from its config entry.
@@ -109,8 +131,8 @@ pub struct ProxyRoute {
 /// the metrics registry.
 pub struct Keep {
     pub acme: acme::Manager,
-    /// TLS session tickets and cache: a client resumes across reloads.
-    pub resumption: tls::Resumption,
+    /// TLS session tickets and caches: a client resumes across reloads.
+    pub resumption: tls::Resumptions,
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
     /// Pools (with their health state, resolved members and their keep-alive connections) of
@@ -154,7 +176,7 @@ impl Keep {
         acme.set_metrics(metrics.clone());
         Ok(Keep {
             acme,
-            resumption: tls::Resumption::new()?,
+            resumption: tls::Resumptions::new()?,
             limiters: Arc::default(),
             metrics,
             upstreams: tokio::sync::Mutex::default(),
@@ -276,7 +298,14 @@ impl RuntimeState {
             config.server.tls_min_version,
             config.server.default_sni.as_deref(),
         );
-        let tls = tls::server_config(&config.sites, &slots, &keep.resumption, min, default_sni)?;
+        let cas = client_cas(&config, &files)?;
+        let tls = tls::server_configs(
+            &config.sites,
+            &slots,
+            &cas,
+            &keep.resumption,
+            (min, default_sni),
+        )?;
         let certs = config
             .sites
             .iter()
@@ -293,11 +322,13 @@ impl RuntimeState {
         let sites = config
             .sites
             .iter()
-            .map(|s| SiteState {
+            .zip(&cas)
+            .map(|(s, ca)| SiteState {
                 tls: s.tls.is_some(),
                 redirect_https: s.tls.is_some() && s.redirect_https,
                 hsts: s.hsts.clone().filter(|_| s.tls.is_some()),
                 response_headers: s.response_headers.clone(),
+                client_auth: ca.as_ref().map(|ca| (ca.id, ca.mode)),
             })
             .collect();
         let unrouted_metrics = if config.server.metrics {
@@ -326,6 +357,33 @@ impl RuntimeState {
             config: Arc::new(config),
         })
     }
+}
+
+impl RuntimeState {
+    /// Whether a site's `client_auth` CA file holds other certificates than when this snapshot
+    /// was built (`files` were read just now for `config`): then a reload of an unchanged config
+    /// still rebuilds.
+    pub fn client_cas_changed(&self, config: &Config, files: &Files) -> bool {
+        let now = config.sites.iter().map(|s| {
+            let ca = s.client_auth.as_ref().and_then(|a| files.client_ca(a));
+            ca.map(|ca| (ca.id, ca.mode))
+        });
+        !now.eq(self.sites.iter().map(|s| s.client_auth))
+    }
+}
+
+/// Each site's `client_auth` as read, in config order.
+fn client_cas(config: &Config, files: &Files) -> Result<Vec<Option<ClientCa>>, TlsError> {
+    let read = |auth: &crate::config::ClientAuth| {
+        files
+            .client_ca(auth)
+            .cloned()
+            .ok_or_else(|| TlsError::NotLoaded(auth.ca.display().to_string()))
+    };
+    let sites = config.sites.iter();
+    sites
+        .map(|s| s.client_auth.as_ref().map(read).transpose())
+        .collect()
 }
 
 /// `AccessLog::start` on the blocking pool: opening a file may wait on its disk.

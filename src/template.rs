@@ -4,11 +4,14 @@
 //!
 //! A placeholder is `{name}` where `name` is an identifier (letters, digits, `_`, `.`, `-`):
 //! `{client_ip}`, `{host}`, `{port}`, `{scheme}`, `{path}`, `{uri}`, `{query}`, `{request_id}`,
-//! `{header.NAME}`, `{query.NAME}`, and a route's regex captures by name (`{id}`) or number
-//! (`{1}`). Any other brace is literal text, so JSON in a header value (`Report-To`, `NEL`) needs
+//! `{header.NAME}`, `{query.NAME}`, `{tls.client.subject}`, `{tls.client.san}`,
+//! `{tls.client.fingerprint}`, `{tls.client.serial}`, `{tls.client.verified}` (the client
+//! certificate of a `client_auth` site's request: empty, and `false`, without one), and a
+//! route's regex captures by name (`{id}`) or number (`{1}`). Any other brace is literal text, so JSON in a header value (`Report-To`, `NEL`) needs
 //! no escaping. Values come from the canonical request (`http::canonical`): the path is the one
 //! the router matched, the host is lower-case without its port.
 
+use crate::tls::client::ClientCert;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 use std::net::IpAddr;
@@ -44,6 +47,52 @@ pub enum Part {
     QueryArg(String),
     /// A capture group of the route's `regex`, by index.
     Capture(usize),
+    /// Of the client certificate verified for a `client_auth` site.
+    TlsClient(CertField),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertField {
+    Subject,
+    San,
+    Fingerprint,
+    Serial,
+    /// `true` or `false`.
+    Verified,
+}
+
+impl CertField {
+    const ALL: [(CertField, &'static str); 5] = [
+        (CertField::Subject, "subject"),
+        (CertField::San, "san"),
+        (CertField::Fingerprint, "fingerprint"),
+        (CertField::Serial, "serial"),
+        (CertField::Verified, "verified"),
+    ];
+
+    fn name(self) -> &'static str {
+        CertField::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map_or("", |(_, name)| name)
+    }
+
+    fn value(self, cert: Option<&ClientCert>) -> &str {
+        match (self, cert) {
+            (CertField::Verified, cert) => {
+                if cert.is_some() {
+                    "true"
+                } else {
+                    "false"
+                }
+            }
+            (_, None) => "",
+            (CertField::Subject, Some(c)) => &c.subject,
+            (CertField::San, Some(c)) => &c.san,
+            (CertField::Fingerprint, Some(c)) => &c.fingerprint,
+            (CertField::Serial, Some(c)) => &c.serial,
+        }
+    }
 }
 
 /// What placeholders expand to for one request.
@@ -64,6 +113,8 @@ pub struct Vars<'a> {
     pub headers: &'a HeaderMap,
     /// The route's regex captures, as positions in `uri.path()`.
     pub captures: Option<&'a regex::CaptureLocations>,
+    /// The client certificate verified for the request's site (only a `client_auth` site's).
+    pub client_cert: Option<&'a ClientCert>,
 }
 
 /// The names a template may use besides the fixed ones: the route regex's capture groups, as
@@ -74,7 +125,8 @@ pub struct Captures<'a> {
 }
 
 const FIXED: &str = "{client_ip}, {host}, {port}, {scheme}, {path}, {uri}, {query}, {request_id}, \
-                     {header.NAME}, {query.NAME}";
+                     {header.NAME}, {query.NAME}, {tls.client.subject}, {tls.client.san}, \
+                     {tls.client.fingerprint}, {tls.client.serial}, {tls.client.verified}";
 
 impl Template {
     /// Parses `text`; an unknown placeholder is an error naming the valid ones.
@@ -177,6 +229,7 @@ impl std::fmt::Display for Template {
                 Part::Header(name) => write!(f, "{{header.{name}}}")?,
                 Part::QueryArg(name) => write!(f, "{{query.{name}}}")?,
                 Part::Capture(index) => write!(f, "{{{index}}}")?,
+                Part::TlsClient(field) => write!(f, "{{tls.client.{}}}", field.name())?,
             }
         }
         Ok(())
@@ -206,6 +259,9 @@ fn placeholder(name: &str, captures: Captures<'_>) -> Result<Part, String> {
                     .map_err(|_| format!("`{{{name}}}`: `{header}` is not a header name"))?;
                 return Ok(Part::Header(header));
             }
+            if let Some(field) = name.strip_prefix("tls.client.") {
+                return cert_field(name, field);
+            }
             if let Some(arg) = name.strip_prefix("query.") {
                 if arg.is_empty() {
                     return Err(format!("`{{{name}}}` names no query argument"));
@@ -214,6 +270,13 @@ fn placeholder(name: &str, captures: Captures<'_>) -> Result<Part, String> {
             }
             return capture(name, captures);
         }
+    })
+}
+
+fn cert_field(name: &str, field: &str) -> Result<Part, String> {
+    let found = CertField::ALL.iter().find(|(_, n)| *n == field);
+    found.map(|(f, _)| Part::TlsClient(*f)).ok_or_else(|| {
+        format!("unknown placeholder `{{{name}}}`; expected {{tls.client.subject}}, {{tls.client.san}}, {{tls.client.fingerprint}}, {{tls.client.serial}} or {{tls.client.verified}}")
     })
 }
 
@@ -274,6 +337,9 @@ fn render_part(part: &Part, vars: &Vars<'_>, out: &mut Vec<u8>) {
             if let Some(text) = span.and_then(|(start, end)| vars.uri.path().get(start..end)) {
                 out.extend_from_slice(text.as_bytes());
             }
+        }
+        Part::TlsClient(field) => {
+            out.extend_from_slice(field.value(vars.client_cert).as_bytes());
         }
     }
 }
@@ -356,6 +422,7 @@ mod tests {
             request_id: id,
             headers,
             captures,
+            client_cert: None,
         }
     }
 
@@ -476,6 +543,38 @@ mod tests {
             push_decimal(&mut out, u32::from(port));
             assert_eq!(String::from_utf8(out).unwrap(), format!("{ip}:{port}"));
         }
+    }
+
+    #[test]
+    fn client_certificate_fields() {
+        let t = Template::parse(
+            "{tls.client.verified}|{tls.client.subject}|{tls.client.san}|{tls.client.fingerprint}|{tls.client.serial}",
+            Captures::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            t.to_string(),
+            "{tls.client.verified}|{tls.client.subject}|{tls.client.san}|{tls.client.fingerprint}|{tls.client.serial}"
+        );
+        let (uri, headers, id) = (
+            Uri::from_static("/"),
+            HeaderMap::new(),
+            HeaderValue::from_static("-"),
+        );
+        let mut v = vars(&uri, &headers, &id, None);
+        assert_eq!(expand(&t, &v), "false||||");
+        let cert = ClientCert {
+            subject: "CN=a,O=B".into(),
+            san: "a.internal".into(),
+            fingerprint: "ab12".into(),
+            serial: "01".into(),
+        };
+        v.client_cert = Some(&cert);
+        assert_eq!(expand(&t, &v), "true|CN=a,O=B|a.internal|ab12|01");
+        let err = Template::parse("{tls.client.issuer}", Captures::default()).unwrap_err();
+        assert!(err.contains("{tls.client.fingerprint}"), "{err}");
+        let err = Template::parse("{nope}", Captures::default()).unwrap_err();
+        assert!(err.contains("{tls.client.subject}"), "{err}");
     }
 
     #[test]

@@ -14,10 +14,19 @@
 //! Every certificate sits in a `CertSlot` that outlives nothing but its snapshot: certificate files
 //! are polled and a changed pair is swapped in; ACME slots are filled and renewed by `acme`. A slot
 //! that is still empty (an ACME certificate not issued yet) fails the handshake cleanly.
+//!
+//! Sites with `client_auth` are served by configs of their own (`ServerConfigs`), one per CA and
+//! mode, chosen from the ClientHello's SNI before the handshake goes on; without `client_auth`
+//! anywhere there is one config and no lookup (see `client` for what a verified handshake
+//! leaves on its connection).
 
-use crate::config::{HostPattern, Site, TlsFiles, TlsVersion};
+pub mod client;
+
+use crate::config::{ClientAuthMode, HostPattern, Site, TlsFiles, TlsVersion};
 use arc_swap::ArcSwapOption;
+use client::{CaId, ClientCa};
 use rustls::crypto::ring;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedProtocolVersion};
@@ -70,6 +79,11 @@ pub enum TlsError {
     BadRoot {
         path: PathBuf,
         source: rustls::Error,
+    },
+    #[error("client CA {}: {source}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
     },
     /// A bug, not a config problem: `crate::load` reads every file a config names.
     #[error("{0}: not read with the config")]
@@ -221,124 +235,230 @@ impl FileStamp {
     }
 }
 
-/// Picks the certificate for an SNI name: exact, longest wildcard, then a catch-all site's; for
-/// no name, the default one.
-#[derive(Default)]
+/// Which TLS site answers an SNI name: exact, longest wildcard, then a catch-all site; for no
+/// name, the default one (see the module doc). The certificate resolver and the choice of a
+/// `client_auth` config read the same answer, so a handshake's certificate and its client
+/// verification always come from one site.
+#[derive(Debug, Default)]
+struct Names {
+    exact: HashMap<String, usize>,
+    wildcard: Vec<(String, usize)>,
+    any: Option<usize>,
+    /// For handshakes without SNI.
+    default: Option<usize>,
+}
+
+/// The longest name a lookup lower-cases on the stack (a DNS name has at most 253 bytes).
+const NAME_MAX: usize = 256;
+
+impl Names {
+    /// The TLS sites (`slots` holds one entry per site, `None` for plain ones); `default_sni`
+    /// (validated to name a TLS site's host) picks the site for clients without SNI.
+    fn new(sites: &[Site], slots: &[Option<CertSlot>], default_sni: Option<&str>) -> Names {
+        let mut names = Names::default();
+        for (index, (site, slot)) in sites.iter().zip(slots).enumerate() {
+            if slot.is_none() {
+                continue;
+            }
+            for host in &site.hosts {
+                match host {
+                    HostPattern::Any => names.any = Some(index),
+                    HostPattern::Exact(h) => {
+                        names.exact.insert(h.clone(), index);
+                    }
+                    HostPattern::Wildcard(s) => names.wildcard.push((s.clone(), index)),
+                }
+            }
+        }
+        names
+            .wildcard
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        names.default = match default_sni {
+            Some(name) => names.site(Some(name)),
+            None => only_one(slots),
+        }
+        .or(names.any);
+        names
+    }
+
+    /// The site answering `name` (as the client sent it; no allocation for a DNS name).
+    fn site(&self, name: Option<&str>) -> Option<usize> {
+        let Some(name) = name else {
+            return self.default;
+        };
+        let name = name.trim_end_matches('.');
+        let mut buf = [0u8; NAME_MAX];
+        let Some(lower) = buf.get_mut(..name.len()) else {
+            return self.site_lower(&name.to_ascii_lowercase());
+        };
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        match std::str::from_utf8(lower) {
+            Ok(lower) => self.site_lower(lower),
+            Err(_) => None,
+        }
+    }
+
+    fn site_lower(&self, name: &str) -> Option<usize> {
+        if let Some(&site) = self.exact.get(name) {
+            return Some(site);
+        }
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map(|&(_, site)| site)
+            .or(self.any)
+    }
+}
+
+/// The index of the only TLS site, if there is exactly one.
+fn only_one(slots: &[Option<CertSlot>]) -> Option<usize> {
+    let mut tls = slots.iter().enumerate().filter(|(_, s)| s.is_some());
+    let (first, _) = tls.next()?;
+    tls.next().is_none().then_some(first)
+}
+
+/// Picks the certificate for an SNI name: the slot of the site `Names` picks.
 pub struct CertResolver {
-    exact: HashMap<String, CertSlot>,
-    wildcard: Vec<(String, CertSlot)>,
-    any: Option<CertSlot>,
-    /// For handshakes without SNI (see the module doc).
-    default: Option<CertSlot>,
+    names: Arc<Names>,
+    /// Per site, in config order; `None` for plain sites.
+    slots: Vec<Option<CertSlot>>,
 }
 
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertResolver")
-            .field("exact", &self.exact.keys().collect::<Vec<_>>())
-            .field(
-                "wildcard",
-                &self.wildcard.iter().map(|(s, _)| s).collect::<Vec<_>>(),
-            )
-            .field("any", &self.any.is_some())
-            .field("default", &self.default.is_some())
+            .field("names", &self.names)
             .finish()
     }
 }
 
 impl CertResolver {
-    /// `slots` holds one entry per site (config order), `None` for plain sites; `default_sni`
-    /// (validated to name a TLS site's host) picks the certificate for clients without SNI.
-    pub fn new(
-        sites: &[Site],
-        slots: &[Option<CertSlot>],
-        default_sni: Option<&str>,
-    ) -> CertResolver {
-        let mut resolver = CertResolver::default();
-        for (site, slot) in sites.iter().zip(slots) {
-            let Some(key) = slot else { continue };
-            for host in &site.hosts {
-                match host {
-                    HostPattern::Any => resolver.any = Some(key.clone()),
-                    HostPattern::Exact(h) => {
-                        resolver.exact.insert(h.clone(), key.clone());
-                    }
-                    HostPattern::Wildcard(s) => resolver.wildcard.push((s.clone(), key.clone())),
-                }
-            }
-        }
-        resolver
-            .wildcard
-            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        resolver.default = match default_sni {
-            Some(name) => resolver.slot(Some(name)).cloned(),
-            None => only_one(slots).cloned(),
-        }
-        .or_else(|| resolver.any.clone());
-        resolver
-    }
-
-    fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        self.slot(name)?.load_full()
-    }
-
     fn slot(&self, name: Option<&str>) -> Option<&CertSlot> {
-        let Some(name) = name else {
-            return self.default.as_ref();
-        };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(slot) = self.exact.get(&name) {
-            return Some(slot);
-        }
-        self.wildcard
-            .iter()
-            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map(|(_, slot)| slot)
-            .or(self.any.as_ref())
+        self.slots.get(self.names.site(name)?)?.as_ref()
     }
-}
-
-/// The slot of the only TLS site, if there is exactly one.
-fn only_one(slots: &[Option<CertSlot>]) -> Option<&CertSlot> {
-    let mut tls = slots.iter().flatten();
-    let first = tls.next()?;
-    tls.next().is_none().then_some(first)
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.find(hello.server_name())
+        self.slot(hello.server_name())?.load_full()
     }
 }
 
-/// The server config for one snapshot; `None` when no site has TLS. One config serves every
-/// site (the certificate is picked by SNI inside the handshake), so `min` and `default_sni`
-/// are server-wide.
-pub fn server_config(
+/// The server configs of one snapshot: one for the sites without `client_auth` (and names no
+/// site serves), and one per group of `client_auth` sites that trust the same CA in the same
+/// mode, chosen by the ClientHello's SNI before the handshake goes on (client verification is
+/// set per `ServerConfig`). Every config shares the certificate resolver, so a site's
+/// certificate is the same whichever config serves it.
+pub struct ServerConfigs {
+    base: Arc<ServerConfig>,
+    /// `None` when no site has `client_auth`: every handshake takes `base` without a lookup.
+    client_auth: Option<Box<ClientAuthConfigs>>,
+}
+
+struct ClientAuthConfigs {
+    names: Arc<Names>,
+    /// Per site, in config order: the index of its group in `groups`.
+    site_group: Vec<Option<usize>>,
+    groups: Vec<(Arc<ServerConfig>, CaId)>,
+}
+
+impl ServerConfigs {
+    /// The config for a ClientHello naming `sni`, and for a `client_auth` site's config the CA
+    /// it verifies client certificates against.
+    pub fn pick(&self, sni: Option<&str>) -> (&Arc<ServerConfig>, Option<CaId>) {
+        let Some(groups) = &self.client_auth else {
+            return (&self.base, None);
+        };
+        let group = groups
+            .names
+            .site(sni)
+            .and_then(|site| *groups.site_group.get(site)?);
+        match group.and_then(|g| groups.groups.get(g)) {
+            Some((config, ca)) => (config, Some(*ca)),
+            None => (&self.base, None),
+        }
+    }
+}
+
+/// The server configs for one snapshot; `None` when no site has TLS. `cas` holds one entry per
+/// site (config order), the site's `client_auth` as read. `min` and `default_sni` are
+/// server-wide.
+pub fn server_configs(
     sites: &[Site],
     slots: &[Option<CertSlot>],
-    resumption: &Resumption,
-    min: TlsVersion,
-    default_sni: Option<&str>,
-) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    cas: &[Option<ClientCa>],
+    resumption: &Resumptions,
+    (min, default_sni): (TlsVersion, Option<&str>),
+) -> Result<Option<Arc<ServerConfigs>>, TlsError> {
     if slots.iter().all(Option::is_none) {
         return Ok(None);
     }
-    let resolver = Arc::new(CertResolver::new(sites, slots, default_sni));
+    let names = Arc::new(Names::new(sites, slots, default_sni));
+    let resolver = Arc::new(CertResolver {
+        names: names.clone(),
+        slots: slots.to_vec(),
+    });
+    let base = server_config(resolver.clone(), &resumption.base, min, None)?;
+    let mut client_auth = None;
+    if cas.iter().any(Option::is_some) {
+        let mut groups: Vec<(Arc<ServerConfig>, CaId)> = Vec::new();
+        let mut keys = Vec::new();
+        let mut site_group = Vec::with_capacity(cas.len());
+        for ca in cas {
+            let Some(ca) = ca else {
+                site_group.push(None);
+                continue;
+            };
+            let key = (ca.id, ca.mode);
+            let index = match keys.iter().position(|k| *k == key) {
+                Some(index) => index,
+                None => {
+                    let resumed = resumption.group(key)?;
+                    let config = server_config(resolver.clone(), &resumed, min, Some(ca))?;
+                    groups.push((config, ca.id));
+                    keys.push(key);
+                    groups.len() - 1
+                }
+            };
+            site_group.push(Some(index));
+        }
+        resumption.retain(&keys);
+        client_auth = Some(Box::new(ClientAuthConfigs {
+            names,
+            site_group,
+            groups,
+        }));
+    } else {
+        resumption.retain(&[]);
+    }
+    Ok(Some(Arc::new(ServerConfigs { base, client_auth })))
+}
+
+/// One config: every site's certificate, ALPN `h2` and `http/1.1`, and client certificates
+/// verified against `ca` if given.
+fn server_config(
+    resolver: Arc<CertResolver>,
+    resumption: &Resumption,
+    min: TlsVersion,
+    ca: Option<&ClientCa>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let protocols = [b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut config = builder(resolver, protocols.into(), versions(min))?;
+    let verifier = ca.map(|ca| ca.verifier.clone());
+    let mut config = builder(resolver, protocols.into(), versions(min), verifier)?;
     config.ticketer = resumption.ticketer.clone();
     config.session_storage = resumption.sessions.clone();
     // one ticket per handshake, as nginx sends: a client resumes with one, and each costs an
     // encryption on every handshake
     config.send_tls13_tickets = 1;
-    Ok(Some(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// What lets a client resume a TLS session instead of a full handshake, kept across reloads
 /// (a reload builds a new `ServerConfig`; a new ticket key would make every ticket useless):
 /// stateless tickets (TLS 1.3, and TLS 1.2 clients that ask), keys rotated every 6 hours, and
 /// a session-id cache for TLS 1.2 clients without ticket support.
+#[derive(Clone)]
 pub struct Resumption {
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     sessions: Arc<dyn rustls::server::StoresServerSessions>,
@@ -356,13 +476,49 @@ impl Resumption {
     }
 }
 
+/// Resumption for the sites without `client_auth`, and one of its own for each `client_auth`
+/// group (CA and mode). A resumed session keeps the client certificate of the handshake that
+/// made it, and rustls only checks that the SNI is the same: with one ticket key for all, a
+/// ticket from a handshake that verified nothing (or verified against another CA) would resume
+/// on a `client_auth` config as if it had been verified there.
+pub struct Resumptions {
+    base: Resumption,
+    groups: std::sync::Mutex<HashMap<(CaId, ClientAuthMode), Resumption>>,
+}
+
+impl Resumptions {
+    pub fn new() -> Result<Resumptions, TlsError> {
+        Ok(Resumptions {
+            base: Resumption::new()?,
+            groups: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The group's, kept from the last snapshot that had it, else new.
+    fn group(&self, key: (CaId, ClientAuthMode)) -> Result<Resumption, TlsError> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = groups.get(&key) {
+            return Ok(kept.clone());
+        }
+        let new = Resumption::new()?;
+        groups.insert(key, new.clone());
+        Ok(new)
+    }
+
+    /// Forgets the groups not in `keys` (the snapshot just built has no site in them).
+    fn retain(&self, keys: &[(CaId, ClientAuthMode)]) {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.retain(|key, _| keys.contains(key));
+    }
+}
+
 /// TLS 1.2 and 1.3 with rustls's default (safe) suites, no client auth. For ACME TLS-ALPN-01
 /// validations, which come from the CA whatever `tls_min_version` says about clients.
 pub fn config_with(
     resolver: Arc<dyn ResolvesServerCert>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    builder(resolver, alpn, versions(TlsVersion::Tls12)).map(Arc::new)
+    builder(resolver, alpn, versions(TlsVersion::Tls12), None).map(Arc::new)
 }
 
 static TLS12_UP: [&SupportedProtocolVersion; 2] =
@@ -381,12 +537,16 @@ fn builder(
     resolver: Arc<dyn ResolvesServerCert>,
     alpn: Vec<Vec<u8>>,
     versions: &[&'static SupportedProtocolVersion],
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let builder = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_protocol_versions(versions)
-        .map_err(TlsError::Setup)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(TlsError::Setup)?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = alpn;
     Ok(config)
 }
@@ -404,6 +564,7 @@ mod tests {
             routes: Vec::new(),
             error_pages: Default::default(),
             response_headers: Default::default(),
+            client_auth: None,
         }
     }
 
@@ -415,13 +576,9 @@ mod tests {
         Some(Arc::new(ArcSwapOption::empty()))
     }
 
-    /// Which of `slots` the resolver picks for a client without SNI.
+    /// Which site answers a client without SNI.
     fn no_sni(sites: &[Site], slots: &[Option<CertSlot>], default: Option<&str>) -> Option<usize> {
-        let resolver = CertResolver::new(sites, slots, default);
-        let picked = resolver.slot(None)?;
-        slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| Arc::ptr_eq(s, picked)))
+        Names::new(sites, slots, default).site(None)
     }
 
     #[test]

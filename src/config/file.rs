@@ -189,8 +189,19 @@ pub struct FileSite {
     pub response_headers: Option<FileResponseHeaders>,
     /// The `Host` sent upstream, for the routes unless they set their own.
     pub upstream_host: Option<Str>,
+    /// Client certificates asked for in the TLS handshake (mTLS).
+    pub client_auth: Option<Spanned<FileClientAuth>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
+}
+
+/// `client_auth = { ca = "clients-ca.pem", mode = "require" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientAuth {
+    pub ca: Str,
+    /// `"require"` (the default) or `"optional"`.
+    pub mode: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -267,6 +267,26 @@ pub struct Site {
     pub error_pages: ErrorPages,
     /// The site's `response_headers` over the server's, for answers to requests no route takes.
     pub response_headers: HeaderRules,
+    /// Client certificates (`client_auth`); only on a TLS site that redirects plain HTTP.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// A site's `client_auth`: which CA its clients' certificates are verified against, and whether
+/// a client without one is let in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientAuth {
+    /// PEM file of the CA certificates (read with the config, by `crate::load`).
+    pub ca: PathBuf,
+    pub mode: ClientAuthMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientAuthMode {
+    /// No certificate, no handshake.
+    Require,
+    /// A certificate is asked for; without one the handshake completes and the request goes on
+    /// (a certificate that is sent must verify).
+    Optional,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod client_auth;
 mod cors;
 mod encode;
 mod error_pages;
@@ -797,6 +798,13 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
             }
         }
     });
+    let client_auth = site.client_auth.as_ref().and_then(|raw| {
+        let tls = client_auth::SiteTls {
+            tls: tls.is_some(),
+            redirect_https: site.redirect_https.clone(),
+        };
+        client_auth::resolve(cx, raw, tls)
+    });
     Some(Site {
         hosts,
         tls,
@@ -805,6 +813,7 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
         routes,
         error_pages: pages,
         response_headers: site_headers.rules.response,
+        client_auth,
     })
 }
 

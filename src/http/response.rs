@@ -30,6 +30,9 @@ pub enum ProxyError {
     BadTarget,
     #[error("this host is not served over HTTPS")]
     Misdirected,
+    /// A `client_auth` site on a connection whose handshake did not verify a certificate for it.
+    #[error("this host needs a client certificate verified for it: connect again with its name")]
+    MisdirectedCert,
     #[error("your address may not use this path")]
     Forbidden,
     #[error("CORS preflight refused: {0}")]
@@ -80,7 +83,9 @@ impl ProxyError {
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadTarget | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Misdirected | ProxyError::MisdirectedCert => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
             ProxyError::Forbidden | ProxyError::CorsRefused(_) => StatusCode::FORBIDDEN,
             ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -147,6 +152,7 @@ impl ProxyError {
             ProxyError::NoRoute
                 | ProxyError::BadTarget
                 | ProxyError::Misdirected
+                | ProxyError::MisdirectedCert
                 | ProxyError::NoFile
                 | ProxyError::FileFailed
         ) && self.rejection().is_none()

@@ -26,6 +26,7 @@ use crate::middleware::{rate_limit, Refusal, RoutePolicy};
 use crate::routing;
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
+use crate::tls::client::{ClientCert, ClientTls};
 use crate::upstream::conn::Sender;
 use crate::upstream::{forward, ActiveGuard, BackendAddr, Outcome, UpstreamPool};
 use bytes::Bytes;
@@ -55,7 +56,14 @@ pub struct ProxyService {
     pub vouches: bool,
     pub conn: Arc<ConnState>,
     pub transport: Transport,
+    /// What the TLS handshake verified, on a connection made with a `client_auth` site's
+    /// config; `None` for every other connection.
+    pub client: Option<Arc<ClientTls>>,
 }
+
+/// Where a request arrived: its canonical host and port, the listener, and the client
+/// certificate verified for its site (`None` unless the site has `client_auth`).
+type On<'a> = (&'a str, Option<u16>, Transport, Option<&'a ClientCert>);
 
 /// Where a routed request goes: the snapshot, the site the router chose, the request's
 /// canonical host and port.
@@ -67,6 +75,8 @@ struct Dispatch<'s, 'r> {
     /// A hop-by-hop header is present (`Canonical::hop_by_hop`).
     hop_by_hop: bool,
     log: &'r Arc<RequestLog>,
+    /// For the `{tls.client.*}` placeholders.
+    client_cert: Option<&'r ClientCert>,
 }
 
 /// What a route's action produced, before it is wrapped for the client.
@@ -122,6 +132,8 @@ impl ProxyService {
         ));
         let host = canonical::host_of(log.host.as_ref(), host_len);
         let site = routable.then(|| state.router.site_for(host)).flatten();
+        // only a `client_auth` site's requests see the certificate, and only one verified for it
+        let client_cert = site.and_then(|s| state.sites[s].client_cert(self.client.as_deref()));
         let hsts = match (self.transport, site) {
             (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
             _ => None,
@@ -136,16 +148,24 @@ impl ProxyService {
             None => &server.response_headers,
         });
         if response_rules.needs_vars() {
-            let on = (host, port, self.transport);
+            let on = (host, port, self.transport, client_cert);
             let client = (addrs.client, self.client_value(addrs.client));
             let vars = placeholders((req.uri(), req.headers()), client, on, &request_id, None);
             response_rules.expand(&vars, &state.metrics.header_values_dropped);
         }
         let answer = match (screened, site) {
             (Err(refused), _) => Err(refused),
-            // a plain site asked for through another site's TLS connection (SNI != Host)
-            (_, Some(site)) if self.transport == Transport::Tls && !state.sites[site].tls => {
-                Err(ProxyError::Misdirected)
+            // a plain site asked for through another site's TLS connection (SNI != Host), or a
+            // `client_auth` site on a connection whose handshake did not verify a certificate
+            // against its CA (another site's, coalesced by HTTP/2)
+            (_, Some(site))
+                if self.transport == Transport::Tls
+                    && !state.sites[site].served_over(self.client.as_deref()) =>
+            {
+                Err(match state.sites[site].tls {
+                    true => ProxyError::MisdirectedCert,
+                    false => ProxyError::Misdirected,
+                })
             }
             (_, Some(site)) => {
                 let to = Dispatch {
@@ -155,6 +175,7 @@ impl ProxyService {
                     port,
                     hop_by_hop,
                     log: &log,
+                    client_cert,
                 };
                 self.dispatch(
                     to,
@@ -255,6 +276,7 @@ impl ProxyService {
             port,
             hop_by_hop,
             log,
+            client_cert,
         } = to;
         let path = req.uri().path();
         if self.transport == Transport::Plain {
@@ -286,7 +308,7 @@ impl ProxyService {
         }
         // made only for rules with placeholders
         let vars = || {
-            let on = (host, port, self.transport);
+            let on = (host, port, self.transport, client_cert);
             let captures = matched.captures.as_ref();
             let client = (addrs.client, self.client_value(addrs.client));
             placeholders(
@@ -358,7 +380,7 @@ impl ProxyService {
                 let rewrite = &route.rewrite;
                 // `matched` moves in: nothing of the routing is kept across the await below
                 let target = {
-                    let place = (host, port, self.transport);
+                    let place = (host, port, self.transport, client_cert);
                     let rules = state.config.server.paths;
                     upstream_target(rewrite, &req, matched, (addrs, place, log), rules)
                 };
@@ -385,8 +407,9 @@ impl ProxyService {
                 let answer = self.proxy(hop, req).await?;
                 match kept {
                     Some(kept) => {
-                        let at = (state, site, host);
-                        let client = (addrs_client, port, self.transport, &log.request_id);
+                        let at = (state, site);
+                        let on = (host, port, self.transport, client_cert);
+                        let client = (addrs_client, on, &log.request_id);
                         return Box::pin(follow_accel(at, client, kept, answer, encode)).await;
                     }
                     None => answer,
@@ -681,7 +704,7 @@ fn upstream_uri(uri: &Uri, method: &Method, active: &ActiveGuard) -> Result<Uri,
 fn placeholders<'v>(
     (uri, headers): (&'v Uri, &'v http::HeaderMap),
     (client, client_value): (IpAddr, Option<&'v HeaderValue>),
-    (host, port, transport): (&'v str, Option<u16>, Transport),
+    (host, port, transport, client_cert): On<'v>,
     request_id: &'v HeaderValue,
     captures: Option<&'v regex::CaptureLocations>,
 ) -> Vars<'v> {
@@ -695,6 +718,7 @@ fn placeholders<'v>(
         request_id,
         headers,
         captures,
+        client_cert,
     }
 }
 
@@ -704,7 +728,7 @@ fn upstream_target(
     rewrite: &Rewrite,
     req: &Request<Incoming>,
     matched: routing::RouteMatch,
-    (addrs, on, log): (Addrs, (&str, Option<u16>, Transport), &RequestLog),
+    (addrs, on, log): (Addrs, On<'_>, &RequestLog),
     rules: canonical::PathRules,
 ) -> Result<Option<PathAndQuery>, ProxyError> {
     if rewrite.keeps_target() {
@@ -766,11 +790,11 @@ async fn serve_file(
 /// With `accel_redirect`: an upstream answer carrying `X-Accel-Redirect` is replaced by what
 /// the site's route for that path serves (see `files::accel`), with the upstream's body
 /// discarded and a few of its headers kept; any other answer goes as it is. `at` is the
-/// snapshot, the site and the request's host; `client` what a redirect's placeholders need of
+/// snapshot and the site; `client` what a redirect's placeholders need of
 /// the request besides its kept headers.
 async fn follow_accel<'s>(
-    (state, site, host): (&'s RuntimeState, usize, &str),
-    client: (IpAddr, Option<u16>, Transport, &HeaderValue),
+    (state, site): (&'s RuntimeState, usize),
+    client: (IpAddr, On<'_>, &HeaderValue),
     kept: Box<accel::Kept>,
     answer: Answer,
     encode: Option<Negotiated<'s>>,
@@ -825,8 +849,7 @@ async fn follow_accel<'s>(
             };
             let uri =
                 uri.map_err(|_| ProxyError::BadAccelRedirect(accel::BadRedirect::NotAPath))?;
-            let (client_ip, port, transport, request_id) = client;
-            let on = (host, port, transport);
+            let (client_ip, on, request_id) = client;
             let client = (client_ip, None);
             let vars = placeholders((&uri, &kept.headers), client, on, request_id, None);
             Answer::Local(redirect(r, &vars))

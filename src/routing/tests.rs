@@ -56,6 +56,7 @@ fn site(hosts: Vec<HostPattern>, routes: Vec<Route>) -> Site {
         routes,
         error_pages: Default::default(),
         response_headers: Default::default(),
+        client_auth: None,
     }
 }
 

@@ -117,6 +117,7 @@ fn vars<'a>(
         request_id: id,
         headers,
         captures,
+        client_cert: None,
     }
 }
 

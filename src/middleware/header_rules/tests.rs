@@ -98,6 +98,7 @@ impl Request {
             request_id: &self.id,
             headers: &self.headers,
             captures: None,
+            client_cert: None,
         }
     }
 }
