@@ -149,9 +149,10 @@ async fn get(proxy: &TestProxy, path: &str, auth: Option<&str>) -> reqwest::Resp
 #[tokio::test]
 async fn basic_auth_lets_its_users_through_and_no_one_else() {
     with_timeout(60, async {
-        let BasicSetup { proxy, .. } = basic_setup().await;
+        let setup = basic_setup().await;
+        let proxy = &setup.proxy;
 
-        let missing = get(&proxy, "/page", None).await;
+        let missing = get(proxy, "/page", None).await;
         assert_eq!(missing.status(), 401);
         assert_eq!(
             header(&missing, "www-authenticate").as_deref(),
@@ -178,7 +179,7 @@ async fn basic_auth_lets_its_users_through_and_no_one_else() {
         );
 
         for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
-            let ok = get(&proxy, "/page", Some(&basic(user, password))).await;
+            let ok = get(proxy, "/page", Some(&basic(user, password))).await;
             assert_eq!(ok.status(), 200, "{user}");
             let seen = Echo::parse(&ok.text().await.unwrap());
             assert_eq!(
@@ -193,38 +194,38 @@ async fn basic_auth_lets_its_users_through_and_no_one_else() {
             ("mallory", "alice-pw"),
             ("carol", "carol-pw"),
         ] {
-            let wrong = get(&proxy, "/page", Some(&basic(user, password))).await;
+            let wrong = get(proxy, "/page", Some(&basic(user, password))).await;
             assert_eq!(wrong.status(), 401, "{user}:{password}");
             assert!(header(&wrong, "www-authenticate").is_some());
         }
 
         // the users file's users, and only them, on its route
         assert_eq!(
-            get(&proxy, "/file/x", Some(&basic("carol", "carol-pw")))
+            get(proxy, "/file/x", Some(&basic("carol", "carol-pw")))
                 .await
                 .status(),
             200
         );
         assert_eq!(
-            get(&proxy, "/file/x", Some(&basic("alice", "alice-pw")))
+            get(proxy, "/file/x", Some(&basic("alice", "alice-pw")))
                 .await
                 .status(),
             401
         );
         assert_eq!(
-            header(&get(&proxy, "/file/x", None).await, "www-authenticate").as_deref(),
+            header(&get(proxy, "/file/x", None).await, "www-authenticate").as_deref(),
             Some("Basic realm=\"restricted\"")
         );
 
         // `forward_credentials`: the upstream sees them
         let creds = basic("alice", "alice-pw");
-        let fwd = get(&proxy, "/forwarded/x", Some(&creds)).await;
+        let fwd = get(proxy, "/forwarded/x", Some(&creds)).await;
         assert_eq!(fwd.status(), 200);
         let seen = Echo::parse(&fwd.text().await.unwrap());
         assert_eq!(seen.header("authorization"), Some(creds));
 
         // `"off"` on a route of a protected site
-        assert_eq!(get(&proxy, "/open/x", None).await.status(), 200);
+        assert_eq!(get(proxy, "/open/x", None).await.status(), 200);
     })
     .await;
 }
@@ -232,13 +233,14 @@ async fn basic_auth_lets_its_users_through_and_no_one_else() {
 #[tokio::test]
 async fn verified_credentials_are_cached_and_failures_are_not() {
     with_timeout(60, async {
-        let BasicSetup { proxy, .. } = basic_setup().await;
+        let setup = basic_setup().await;
+        let proxy = &setup.proxy;
         let admin = proxy.admin_addr().await;
         let hashes = "gatehouse_auth_hashes_total";
         let before = counter(admin, hashes).await;
         let creds = basic("alice", "alice-pw");
         for _ in 0..30 {
-            assert_eq!(get(&proxy, "/page", Some(&creds)).await.status(), 200);
+            assert_eq!(get(proxy, "/page", Some(&creds)).await.status(), 200);
         }
         assert_eq!(
             counter(admin, hashes).await - before,
@@ -250,10 +252,7 @@ async fn verified_credentials_are_cached_and_failures_are_not() {
             29.0
         );
         // a cached credential is one user's on one route: another route pays its own hash
-        assert_eq!(
-            get(&proxy, "/forwarded/x", Some(&creds)).await.status(),
-            200
-        );
+        assert_eq!(get(proxy, "/forwarded/x", Some(&creds)).await.status(), 200);
         assert_eq!(counter(admin, hashes).await - before, 2.0);
         // each failure costs a hash, an unknown user too (no cheap probing of names)
         for wrong in [
@@ -261,11 +260,11 @@ async fn verified_credentials_are_cached_and_failures_are_not() {
             basic("alice", "nope"),
             basic("nobody", "x"),
         ] {
-            assert_eq!(get(&proxy, "/page", Some(&wrong)).await.status(), 401);
+            assert_eq!(get(proxy, "/page", Some(&wrong)).await.status(), 401);
         }
         assert_eq!(counter(admin, hashes).await - before, 5.0);
         // no credentials at all cost nothing
-        assert_eq!(get(&proxy, "/page", None).await.status(), 401);
+        assert_eq!(get(proxy, "/page", None).await.status(), 401);
         assert_eq!(counter(admin, hashes).await - before, 5.0);
     })
     .await;
@@ -274,25 +273,27 @@ async fn verified_credentials_are_cached_and_failures_are_not() {
 #[tokio::test]
 async fn wrong_passwords_run_into_the_rate_limit() {
     with_timeout(60, async {
-        let BasicSetup { proxy, .. } = basic_setup().await;
+        let setup = basic_setup().await;
+        let proxy = &setup.proxy;
         // 10 requests an hour: a right password passes 10 times
         let creds = basic("alice", "alice-pw");
         let mut passed = 0;
         for _ in 0..10 {
-            passed += usize::from(get(&proxy, "/limited/x", Some(&creds)).await.status() == 200);
+            passed += usize::from(get(proxy, "/limited/x", Some(&creds)).await.status() == 200);
         }
         assert_eq!(passed, 10);
-        assert_eq!(get(&proxy, "/limited/x", Some(&creds)).await.status(), 429);
+        assert_eq!(get(proxy, "/limited/x", Some(&creds)).await.status(), 429);
     })
     .await;
     with_timeout(60, async {
-        let BasicSetup { proxy, .. } = basic_setup().await;
+        let setup = basic_setup().await;
+        let proxy = &setup.proxy;
         // a wrong one costs twice: the 6th guess meets the 429 (it would be the 11th otherwise)
         let mut statuses = Vec::new();
         for i in 0..6 {
             let guess = basic("alice", &format!("guess-{i}"));
             statuses.push(
-                get(&proxy, "/limited/x", Some(&guess))
+                get(proxy, "/limited/x", Some(&guess))
                     .await
                     .status()
                     .as_u16(),
@@ -301,7 +302,7 @@ async fn wrong_passwords_run_into_the_rate_limit() {
         assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
         // and the right password now waits too
         assert_eq!(
-            get(&proxy, "/limited/x", Some(&creds_alice()))
+            get(proxy, "/limited/x", Some(&creds_alice()))
                 .await
                 .status(),
             429
