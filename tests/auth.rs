@@ -118,7 +118,7 @@ response_headers = {{ set = {{ "X-Site" = "app" }} }}
 struct BasicSetup {
     proxy: TestProxy,
     _backend: Backend,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn basic_setup() -> BasicSetup {
@@ -134,7 +134,7 @@ async fn basic_setup() -> BasicSetup {
     BasicSetup {
         proxy,
         _backend: backend,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -226,6 +226,30 @@ async fn basic_auth_lets_its_users_through_and_no_one_else() {
 
         // `"off"` on a route of a protected site
         assert_eq!(get(proxy, "/open/x", None).await.status(), 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_users_file_again() {
+    with_timeout(60, async {
+        let setup = basic_setup().await;
+        let proxy = &setup.proxy;
+        let old = basic("carol", "carol-pw");
+        assert_eq!(get(proxy, "/file/x", Some(&old)).await.status(), 200);
+        let new = bcrypt::hash("carol-new", 4).unwrap();
+        let users = setup.dir.path().join("users.htpasswd");
+        std::fs::write(&users, format!("carol:{new}\n")).unwrap();
+        // the config itself is unchanged: only the users file is
+        proxy.send_signal("HUP");
+        let fresh = basic("carol", "carol-new");
+        let took = poll_until(Duration::from_secs(10), || async {
+            get(proxy, "/file/x", Some(&fresh)).await.status() == 200
+        })
+        .await;
+        assert!(took.is_some(), "the new password never worked");
+        // and the old one, although verified (and cached) a moment ago, no longer does
+        assert_eq!(get(proxy, "/file/x", Some(&old)).await.status(), 401);
     })
     .await;
 }
