@@ -1,11 +1,13 @@
 //! Configuration: the raw TOML shape (`file`), the validated model (`model`), the conversion between
 //! them with located errors (`validate`), and unit parsing (`units`).
 
+pub mod auth;
 pub mod file;
 pub mod model;
 pub mod units;
 mod validate;
 
+pub use auth::{BasicAuth, ForwardAuth, PasswordHash, UserSource, Users};
 pub use model::*;
 
 use std::fmt;
@@ -174,6 +176,8 @@ pub enum FileKind {
     Page(PathBuf),
     /// A folder files are served from (`site.route.files.root`): it must exist.
     Folder(PathBuf),
+    /// A `basic_auth` `users_file` (`user:hash` lines).
+    Users(PathBuf),
 }
 
 /// Reads and validates only the `[listen]` section of a config file: the addresses a client of

@@ -1,7 +1,8 @@
 //! Loading a config: the step between validation and the snapshot. `config` validates without
 //! reading any file the config names; this step reads them all (site certificates and keys,
 //! a site's `client_auth` CA, upstream `ca_root` and `client_cert`, the system root store when
-//! an upstream speaks TLS, `acme.ca_root`, error pages), reports what is wrong with one at the key that names it, as validation
+//! an upstream or a `forward_auth` service speaks TLS, `acme.ca_root`, error pages,
+//! `basic_auth` users files), reports what is wrong with one at the key that names it, as validation
 //! reports its own problems (all of them together, in file order), and hands what it read to
 //! `state::RuntimeState::build`, which reads no file.
 //!
@@ -10,8 +11,10 @@
 //! runtime exists, and a reload runs it on tokio's blocking pool ([`load_off_runtime`]), so the
 //! threads serving traffic never wait for it.
 
+use crate::config::auth::{parse_users_file, BadLine};
 use crate::config::{
-    self, ClientAuth, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Validated,
+    self, ClientAuth, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Users,
+    Validated,
 };
 use crate::tls::client::ClientCa;
 use crate::tls::{self, FileStamp, TlsError};
@@ -39,6 +42,10 @@ pub struct Files {
     pages: HashMap<PathBuf, Bytes>,
     /// The sites' `client_auth`, each with the verifier made from its CA file.
     client_cas: HashMap<ClientAuth, ClientCa>,
+    /// `basic_auth` users files as read and checked, by path.
+    users: HashMap<PathBuf, Arc<Users>>,
+    /// The system's roots, for a `forward_auth` service over `https://`; `None` when none is.
+    auth_roots: Option<Arc<RootCertStore>>,
 }
 
 /// A certificate chain and its key, checked to belong together.
@@ -77,6 +84,17 @@ impl Files {
     /// The error pages as read, by path.
     pub fn pages(&self) -> &HashMap<PathBuf, Bytes> {
         &self.pages
+    }
+
+    /// `basic_auth` users files as read, by path.
+    pub fn users(&self) -> &HashMap<PathBuf, Arc<Users>> {
+        &self.users
+    }
+
+    /// The roots a `forward_auth` service's certificate is checked against (the system's);
+    /// `None` when no such service speaks TLS.
+    pub fn auth_roots(&self) -> Option<&Arc<RootCertStore>> {
+        self.auth_roots.as_ref()
     }
 
     /// The stamp of the files upstream `name` was made from (empty for a plain upstream).
@@ -120,6 +138,7 @@ struct Read {
     pairs: HashMap<TlsFiles, Pair>,
     roots: HashMap<PathBuf, (FileStamp, Vec<CertificateDer<'static>>)>,
     pages: HashMap<PathBuf, Bytes>,
+    users: HashMap<PathBuf, Arc<Users>>,
 }
 
 /// The largest error page kept in memory: a page is sent whole, from memory, with every answer
@@ -177,6 +196,10 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
                     read.pages.insert(path.clone(), page);
                 })
                 .map_err(|e| e.to_string()),
+            FileKind::Users(path) if read.users.contains_key(path) => Ok(()),
+            FileKind::Users(path) => read_users(path).map(|users| {
+                read.users.insert(path.clone(), Arc::new(users));
+            }),
             FileKind::Folder(path) => {
                 if let Err(message) = folder(path) {
                     errors.push(validated.locate(named, message));
@@ -189,6 +212,28 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
         }
     }
     (read, errors)
+}
+
+/// The largest users file read: thousands of users are a job for an auth service.
+const USERS_MAX: u64 = 1 << 20;
+
+/// A `basic_auth` users file, every line checked; what is wrong names the file's line.
+fn read_users(path: &Path) -> Result<Users, String> {
+    let shown = path.display();
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the users file `{shown}`: {e}"))?
+        .len();
+    if len > USERS_MAX {
+        return Err(format!(
+            "the users file `{shown}` is {len} bytes; at most {USERS_MAX} (1 MiB) are read"
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the users file `{shown}`: {e}"))?;
+    parse_users_file(&text).map_err(|BadLine(line, msg)| match line {
+        0 => format!("{shown}: {msg}"),
+        n => format!("{shown}:{n}: {msg}"),
+    })
 }
 
 /// A `files` route's `root` must be a folder that exists now (it is read at each request; one
@@ -237,11 +282,19 @@ fn upstream_files(
             }
         }
     }
+    let auth_tls = config.sites.iter().flat_map(|s| &s.routes).any(|r| {
+        r.forward_auth
+            .as_ref()
+            .is_some_and(|f| f.url.scheme_str() == Some("https"))
+    });
+    let auth_roots = auth_tls.then(|| Arc::new(system.unwrap_or_else(system_roots)));
     Files {
         pairs: read.pairs,
         upstreams,
         pages: read.pages,
         client_cas: HashMap::new(),
+        users: read.users,
+        auth_roots,
     }
 }
 

@@ -66,6 +66,9 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Read a password from standard input (up to the first newline) and print its argon2id
+    /// hash, for `basic_auth` `users` or a `users_file` line (`alice:HASH`).
+    HashPassword,
     /// Print the version.
     Version,
 }
@@ -83,6 +86,16 @@ fn main() -> ExitCode {
         config: PathBuf::from(DEFAULT_CONFIG),
     });
     match command {
+        Command::HashPassword => match hash_password() {
+            Ok(hash) => {
+                out(&format!("{hash}\n"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                err(&e);
+                ExitCode::FAILURE
+            }
+        },
         Command::Version => {
             out(&format!("gatehouse {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
@@ -156,6 +169,27 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The password on stdin (its first line, without the line end), hashed. An empty one is
+/// refused: it is a mistake far more often than a choice.
+fn hash_password() -> Result<String, String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(
+            "no password on standard input; e.g. `printf '%s' 's3cret' | gatehouse hash-password`"
+                .to_string(),
+        );
+    }
+    gatehouse::middleware::basic_auth::hash_password(password.as_bytes())
+        .map_err(|e| format!("cannot hash the password: {e}"))
 }
 
 /// `--timeout 2s`: the config's duration syntax.

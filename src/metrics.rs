@@ -55,6 +55,10 @@ pub struct Metrics {
     encode_skipped: IntCounterVec,
     /// Header-rule values left out because a placeholder expanded to a control character.
     pub header_values_dropped: IntCounter,
+    /// Password hashes `basic_auth` computed (a cache miss or a failed attempt each).
+    pub auth_hashes: IntCounter,
+    /// `basic_auth` checks answered from the cache of verified credentials.
+    pub auth_cache_hits: IntCounter,
     encoders_active: IntGauge,
     tasks_alive: IntGauge,
     pub reloads: IntCounterVec,
@@ -136,6 +140,14 @@ impl Metrics {
                 "gatehouse_header_values_dropped_total",
                 "Header-rule values left out because a placeholder expanded to a control character (CR, LF, NUL...).",
             )?,
+            auth_hashes: IntCounter::new(
+                "gatehouse_auth_hashes_total",
+                "Password hashes computed by basic_auth: credentials not in the cache, and failed attempts (an unknown user costs one too).",
+            )?,
+            auth_cache_hits: IntCounter::new(
+                "gatehouse_auth_cache_hits_total",
+                "basic_auth credentials accepted from the cache of recently verified ones, without a hash.",
+            )?,
             encoders_active: IntGauge::new(
                 "gatehouse_encoders_active",
                 "Response encoders alive now (responses being compressed), against [server] max_encoders.",
@@ -186,6 +198,8 @@ impl Metrics {
         r.register(Box::new(self.encode_skipped.clone()))?;
         r.register(Box::new(self.encoders_active.clone()))?;
         r.register(Box::new(self.header_values_dropped.clone()))?;
+        r.register(Box::new(self.auth_hashes.clone()))?;
+        r.register(Box::new(self.auth_cache_hits.clone()))?;
         r.register(Box::new(self.tasks_alive.clone()))?;
         r.register(Box::new(self.last_reload_success.clone()))?;
         let build = IntGaugeVec::new(

@@ -4,12 +4,17 @@
 //! travel with the request body (`body_limit`). A route with `cors` then has its preflights
 //! answered and its responses decorated by `cors`. On the way back, `encode` compresses the
 //! response of a route that asks for it. Both add to `Vary` through `vary`. `header_rules`
-//! applies a route's `request_headers` and `response_headers`, last on each side.
+//! applies a route's `request_headers` and `response_headers`, last on each side. A route with
+//! `basic_auth` or `forward_auth` then has its requests authenticated (`basic_auth`,
+//! `forward_auth`), after the CORS preflight (which carries no credentials) and before the
+//! action.
 
 pub mod access;
+pub mod basic_auth;
 pub mod body_limit;
 pub mod cors;
 pub mod encode;
+pub mod forward_auth;
 pub mod header_rules;
 pub mod rate_limit;
 pub mod reject;
@@ -39,6 +44,13 @@ pub struct RoutePolicy {
     pub upstream_connect: Duration,
     /// For the upstream's response head and each read of its body (`Policy::upstream_response`).
     pub upstream_response: Duration,
+}
+
+/// Who may pass a route, checked after its policy: `None` on a route without either, so such a
+/// route pays one `Option` check.
+pub struct RouteAuth {
+    pub basic: Option<basic_auth::BasicGuard>,
+    pub forward: Option<forward_auth::ForwardGuard>,
 }
 
 /// Why a request is refused before its action runs.
@@ -87,6 +99,17 @@ impl RoutePolicy {
             }
         }
         body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)
+    }
+
+    /// A failed password costs the client one more request from each of the route's budgets
+    /// that counts its method: a brute-forcer meets the route's `429` twice as fast, and a
+    /// user who typed the wrong password pays little.
+    pub fn charge_failure(&self, key: IpAddr, method: &Method, headers: &HeaderMap) {
+        for limiter in &self.limiters {
+            if limiter.applies_to(method) {
+                let _ = limiter.check(key, headers);
+            }
+        }
     }
 }
 

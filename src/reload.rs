@@ -78,18 +78,21 @@ async fn attempt(
     let current = shared.load();
     let old = &current.config;
     let mut summary = if **old == *new {
-        // the file is the same, but a CA or client certificate, a client CA, or an error page,
+        // the file is the same, but a CA or client certificate, a client CA, an error page or a
+        // users file
         // it names may have been replaced
         let tls = keep.tls_files_changed(new, &loaded.files).await;
         let cas = current.client_cas_changed(new, &loaded.files);
         let pages = current.error_pages.changed(loaded.files.pages());
-        if !tls && !cas && !pages {
+        let users = current.users_changed(loaded.files.users());
+        if !tls && !cas && !pages && !users {
             return Outcome::Unchanged;
         }
         let again = [
             (tls, "upstream TLS files"),
             (cas, "client CA files"),
             (pages, "error pages"),
+            (users, "users files"),
         ];
         let again: Vec<&str> = again.iter().filter(|(c, _)| *c).map(|(_, w)| *w).collect();
         vec![format!("{} read again", again.join(" and "))]

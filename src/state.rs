@@ -12,9 +12,11 @@ use crate::error_pages::{ErrorPages, Page, Pages};
 use crate::http::rewrite::Rewrite;
 use crate::load::{Files, Loaded};
 use crate::metrics::{Metrics, MetricsError, RouteMetrics};
+use crate::middleware::basic_auth::{BasicGuard, Verifier};
 use crate::middleware::cors::CorsPolicy;
+use crate::middleware::forward_auth::{AuthClient, ForwardGuard};
 use crate::middleware::rate_limit::{KeyCaps, Limiters};
-use crate::middleware::RoutePolicy;
+use crate::middleware::{RouteAuth, RoutePolicy};
 use crate::routing::Router;
 use crate::tls::client::{CaId, ClientCa, ClientCert, ClientTls};
 use crate::tls::{self, TlsError};
@@ -46,6 +48,8 @@ pub struct RuntimeState {
     pub http: Arc<crate::http::Protocols>,
     /// `error_pages` per route, site and server, with their files' contents.
     pub error_pages: ErrorPages,
+    /// `basic_auth` users files as read, by path: a reload of an unchanged config compares them.
+    pub users_files: HashMap<std::path::PathBuf, Arc<crate::config::Users>>,
 }
 
 pub struct SiteState {
@@ -97,6 +101,8 @@ pub struct Route {
     pub error_pages: Option<Arc<Pages>>,
     /// `intercept_errors`: the upstream's error answers get the route's pages too.
     pub intercept_errors: bool,
+    /// `basic_auth`, `forward_auth`; `None` for a route with neither.
+    pub auth: Option<Box<RouteAuth>>,
 }
 
 impl Route {
@@ -135,6 +141,8 @@ pub struct Keep {
     pub resumption: tls::Resumptions,
     pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
+    /// Runs `basic_auth`'s hashes and remembers verified credentials, across reloads.
+    pub verifier: Arc<Verifier>,
     /// Pools (with their health state, resolved members and their keep-alive connections) of
     /// the last snapshot built, reused by the next one when unchanged.
     upstreams: tokio::sync::Mutex<HashMap<String, KeptUpstream>>,
@@ -155,6 +163,11 @@ pub enum BuildError {
     /// A route names an upstream the config does not define (validation rules that out).
     #[error("route {0}: upstream {1:?} is not defined")]
     NoUpstream(String, String),
+    /// A `users_file` the load step did not read (it reads every one a valid config names).
+    #[error("users file {} was not read", .0.display())]
+    NoUsers(std::path::PathBuf),
+    #[error("forward_auth client: {0}")]
+    AuthTls(#[from] rustls::Error),
 }
 
 /// Everything an upstream's pool and its connections are built from: its spec, the server timeouts,
@@ -174,10 +187,12 @@ impl Keep {
         let metrics = Metrics::new()?;
         let acme = acme::Manager::default();
         acme.set_metrics(metrics.clone());
+        let verifier = Verifier::new(metrics.auth_hashes.clone(), metrics.auth_cache_hits.clone());
         Ok(Keep {
             acme,
             resumption: tls::Resumptions::new()?,
             limiters: Arc::default(),
+            verifier,
             metrics,
             upstreams: tokio::sync::Mutex::default(),
             access_log: std::sync::Mutex::default(),
@@ -272,6 +287,17 @@ impl Keep {
 }
 
 impl RuntimeState {
+    /// Whether the `basic_auth` users files `read` now differ from the ones this snapshot has.
+    pub fn users_changed(
+        &self,
+        read: &HashMap<std::path::PathBuf, Arc<crate::config::Users>>,
+    ) -> bool {
+        read.len() != self.users_files.len()
+            || read
+                .iter()
+                .any(|(path, users)| self.users_files.get(path) != Some(users))
+    }
+
     /// Compiles a snapshot. Must run inside a tokio runtime (pools start their DNS resolvers,
     /// certificate files get watchers, new ACME names get their task).
     pub async fn build(loaded: Loaded, keep: &Keep) -> Result<RuntimeState, BuildError> {
@@ -318,7 +344,7 @@ impl RuntimeState {
             .map(|(name, k)| (name.clone(), k.pool.clone()))
             .collect();
         let (error_pages, route_pages) = ErrorPages::build(&config, files.pages());
-        let routes = routes(&config, &kept, keep, route_pages)?;
+        let routes = routes(&config, &kept, keep, route_pages, &files)?;
         let sites = config
             .sites
             .iter()
@@ -354,6 +380,7 @@ impl RuntimeState {
             routes,
             upstreams,
             error_pages,
+            users_files: files.users().clone(),
             config: Arc::new(config),
         })
     }
@@ -414,10 +441,12 @@ fn routes(
     upstreams: &HashMap<String, KeptUpstream>,
     keep: &Keep,
     pages: Vec<Option<Arc<Pages>>>,
+    files: &Files,
 ) -> Result<Vec<Route>, BuildError> {
     let mut pages = pages.into_iter();
     let key_caps = KeyCaps::from(&config.server.limits);
     let mut routes = Vec::new();
+    let mut auth_client = None;
     for site in &config.sites {
         let label = site_label(site);
         for route in &site.routes {
@@ -425,6 +454,7 @@ fn routes(
                 .server
                 .metrics
                 .then(|| keep.metrics.route(&label, route.matcher.as_str()));
+            let auth = route_auth(route, routes.len(), (keep, files, &mut auth_client))?;
             routes.push(Route {
                 action: compile(route, upstreams)?,
                 policy: RoutePolicy::compile(&route.policy, &keep.limiters, key_caps),
@@ -435,10 +465,50 @@ fn routes(
                 internal: route.internal,
                 error_pages: pages.next().flatten(),
                 intercept_errors: route.intercept_errors,
+                auth,
             });
         }
     }
     Ok(routes)
+}
+
+/// A route's `basic_auth` and `forward_auth`, `None` for neither. `id` is the route's index;
+/// the one `AuthClient` of the snapshot is made for the first route that needs it.
+fn route_auth(
+    route: &crate::config::Route,
+    id: usize,
+    (keep, files, client): (&Keep, &Files, &mut Option<Arc<AuthClient>>),
+) -> Result<Option<Box<RouteAuth>>, BuildError> {
+    if route.basic_auth.is_none() && route.forward_auth.is_none() {
+        return Ok(None);
+    }
+    let basic = match &route.basic_auth {
+        None => None,
+        Some(spec) => {
+            let users = match &spec.users {
+                crate::config::UserSource::Inline(users) => Arc::new(users.clone()),
+                crate::config::UserSource::File(path) => files
+                    .users()
+                    .get(path)
+                    .cloned()
+                    .ok_or_else(|| BuildError::NoUsers(path.clone()))?,
+            };
+            Some(BasicGuard::new(spec, users, id, keep.verifier.clone()))
+        }
+    };
+    let forward = match &route.forward_auth {
+        None => None,
+        Some(spec) => {
+            let client = match client {
+                Some(client) => client.clone(),
+                None => client
+                    .insert(Arc::new(AuthClient::new(files.auth_roots().cloned())?))
+                    .clone(),
+            };
+            Some(ForwardGuard::new(spec, client))
+        }
+    };
+    Ok(Some(Box::new(RouteAuth { basic, forward })))
 }
 
 /// Requests no route took: one per site, then one for no site.

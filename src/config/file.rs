@@ -191,6 +191,9 @@ pub struct FileSite {
     pub upstream_host: Option<Str>,
     /// Client certificates asked for in the TLS handshake (mTLS).
     pub client_auth: Option<Spanned<FileClientAuth>>,
+    /// Who may pass, for the site's routes unless they set their own (or `"off"`).
+    pub basic_auth: Option<Spanned<FileOffOr<FileBasicAuth>>>,
+    pub forward_auth: Option<Spanned<FileOffOr<FileForwardAuth>>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -253,6 +256,65 @@ pub struct FileRoute {
     pub request_headers: Option<FileRequestHeaders>,
     pub response_headers: Option<FileResponseHeaders>,
     pub upstream_host: Option<Str>,
+    pub basic_auth: Option<Spanned<FileOffOr<FileBasicAuth>>>,
+    pub forward_auth: Option<Spanned<FileOffOr<FileForwardAuth>>>,
+}
+
+/// `basic_auth = { realm = "admin", users = { alice = "$argon2id$..." } }` (or `users_file`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBasicAuth {
+    pub realm: Option<Str>,
+    /// User name to password hash; keys keep their spans so a bad hash is located at its user.
+    pub users: Option<Spanned<BTreeMap<Str, Str>>>,
+    /// An htpasswd-style file of `user:hash` lines, read with the other files (`crate::load`).
+    pub users_file: Option<Str>,
+    /// Send the client's `Authorization` upstream too (default false).
+    pub forward_credentials: Option<Spanned<bool>>,
+}
+
+/// `forward_auth = { url = "http://authelia:9091/api/authz/forward-auth", copy_headers = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileForwardAuth {
+    /// Optional here so that its absence is a located error with a hint, not serde's.
+    pub url: Option<Str>,
+    pub copy_headers: Option<Spanned<Vec<Str>>>,
+    pub timeout: Option<Str>,
+}
+
+/// `"off"` (none of the inherited setting) or the setting's table.
+#[derive(Debug)]
+pub enum FileOffOr<T> {
+    Off,
+    On(Box<T>),
+}
+
+/// By hand, as `FileCorsSetting`, to keep the spans of the table's values.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for FileOffOr<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = FileOffOr<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table like `{ ... }`, or \"off\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileOffOr<T>, E> {
+                match s {
+                    "off" => Ok(FileOffOr::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileOffOr<T>, A::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                T::deserialize(de).map(|t| FileOffOr::On(Box::new(t)))
+            }
+        }
+        de.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 /// `timeouts = { upstream_connect = "2s", upstream_response = "5m" }` on a site or a route: the

@@ -367,6 +367,10 @@ pub struct Route {
     /// Only `X-Accel-Redirect` answers reach it; a client's request for it is a `404` (nginx
     /// `internal`).
     pub internal: bool,
+    /// The route's own `basic_auth`, else its site's.
+    pub basic_auth: Option<super::BasicAuth>,
+    /// The route's own `forward_auth`, else its site's.
+    pub forward_auth: Option<super::ForwardAuth>,
 }
 
 /// What a route does to headers, everything inherited already resolved.

@@ -3,7 +3,7 @@
 use super::file::*;
 use super::model::*;
 use super::units::{parse_duration, parse_size, DURATION_HINT, SIZE_HINT};
-use super::{FileKind, Located, NamedFile};
+use super::{BasicAuth, FileKind, ForwardAuth, Located, NamedFile};
 use crate::template::Captures;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod auth;
 mod client_auth;
 mod cors;
 mod encode;
@@ -771,6 +772,8 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
             .as_ref()
             .and_then(|v| headers::upstream_host(cx, v, "site.upstream_host")),
     };
+    let basic_auth = auth::basic(cx, site.basic_auth.as_ref(), None, "site");
+    let forward_auth = auth::forward(cx, site.forward_auth.as_ref(), None, "site");
     let inherited = (
         &name[..],
         &policy,
@@ -778,6 +781,7 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
         &encode,
         &site_headers,
         &pages,
+        (basic_auth.as_ref(), forward_auth.as_ref()),
     );
     let routes = routes(cx, raw, upstreams, inherited);
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
@@ -1099,13 +1103,14 @@ type Inherited<'a> = (
     &'a Encode,
     &'a headers::SiteHeaders,
     &'a ErrorPages,
+    (Option<&'a BasicAuth>, Option<&'a ForwardAuth>),
 );
 
 fn route(
     cx: &mut Ctx,
     raw: &Spanned<FileRoute>,
     upstreams: &[&str],
-    (site, inherited, site_cors, encode, site_headers, site_pages): Inherited<'_>,
+    (site, inherited, site_cors, encode, site_headers, site_pages, site_auth): Inherited<'_>,
 ) -> Option<Route> {
     let r = raw.get_ref();
     let matcher = matching::matcher(cx, raw)?;
@@ -1136,6 +1141,8 @@ fn route(
     let names = matcher.capture_names();
     let captures = Captures { names: &names };
     let headers = headers::route(cx, r, (&matcher, &action), site_headers, captures);
+    let basic_auth = auth::basic(cx, r.basic_auth.as_ref(), site_auth.0, "site.route");
+    let forward_auth = auth::forward(cx, r.forward_auth.as_ref(), site_auth.1, "site.route");
     Some(Route {
         matcher,
         conditions,
@@ -1147,6 +1154,8 @@ fn route(
         intercept_errors,
         headers,
         internal: r.internal.as_ref().is_some_and(|i| *i.get_ref()),
+        basic_auth,
+        forward_auth,
     })
 }
 

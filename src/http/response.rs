@@ -4,10 +4,11 @@ use super::canonical::{BadMethod, Uncanonical};
 use super::hygiene::Malformed;
 use crate::files::accel::BadRedirect;
 use crate::middleware::cors::PreflightRefusal;
+use crate::middleware::forward_auth::AuthError;
 use crate::middleware::Reason;
 use crate::upstream::conn::SendError;
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use std::error::Error as StdError;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -61,6 +62,14 @@ pub enum ProxyError {
     FileFailed,
     #[error("the upstream's X-Accel-Redirect is not followed: {0}")]
     BadAccelRedirect(#[from] BadRedirect),
+    /// `basic_auth`: the challenge for `WWW-Authenticate`; `wrong` when credentials were given
+    /// (counted as a refusal), not when they were missing (a browser's first request).
+    #[error("this path needs a user name and password")]
+    Unauthorized { challenge: HeaderValue, wrong: bool },
+    #[error("too many password checks are waiting; retry in 1 s")]
+    AuthBusy,
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 impl ProxyError {
@@ -97,6 +106,11 @@ impl ProxyError {
                 StatusCode::METHOD_NOT_ALLOWED
             }
             ProxyError::Uncanonical(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::AuthBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Auth(AuthError::Unreachable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Auth(AuthError::TimedOut(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Auth(AuthError::BadAnswer(_)) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -131,6 +145,7 @@ impl ProxyError {
             ProxyError::Uncanonical(Uncanonical::Host(_)) => Reason::BadHost,
             ProxyError::Uncanonical(Uncanonical::Method(_)) => Reason::BadMethod,
             ProxyError::Uncanonical(Uncanonical::Underscore) => Reason::BadHeader,
+            ProxyError::Unauthorized { wrong: true, .. } => Reason::Unauthorized,
             _ => return None,
         })
     }
@@ -155,6 +170,8 @@ impl ProxyError {
                 | ProxyError::MisdirectedCert
                 | ProxyError::NoFile
                 | ProxyError::FileFailed
+                | ProxyError::Unauthorized { .. }
+                | ProxyError::AuthBusy
         ) && self.rejection().is_none()
     }
 }

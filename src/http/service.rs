@@ -2,7 +2,8 @@
 //! client address, route, the route's checks, then the route's action (respond, redirect,
 //! files or proxy, and for a proxy route with `accel_redirect` the route its upstream's
 //! `X-Accel-Redirect` names), or for a preflight on a route with `cors` the CORS answer; that
-//! route's CORS headers then go on whatever answer resulted.
+//! route's CORS headers then go on whatever answer resulted. A route with `basic_auth` or
+//! `forward_auth` authenticates the request between its checks and its action.
 
 use super::body::{
     discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog,
@@ -18,11 +19,13 @@ use crate::config::RouteHeaders;
 use crate::config::{Coding, Redirect, Respond, ServerLimits};
 use crate::error_pages::{self, Page, Pages};
 use crate::files::{self, accel, FileBody, FileError, FileRequest, FilesRoute};
+use crate::middleware::basic_auth::{BasicGuard, Denied};
 use crate::middleware::cors::Verdict;
 use crate::middleware::encode::budget::{EncoderBudget, EncoderTicket};
 use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negotiated};
+use crate::middleware::forward_auth;
 use crate::middleware::header_rules::{self, Expanded, ResponseRules};
-use crate::middleware::{rate_limit, Refusal, RoutePolicy};
+use crate::middleware::{rate_limit, Refusal, RouteAuth, RoutePolicy};
 use crate::routing;
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
@@ -142,6 +145,8 @@ impl ProxyService {
         let mut cors = None;
         // the route matched, whose error pages an error answer gets
         let mut routed = None;
+        // `Set-Cookie`s of a `forward_auth` service that let the request through
+        let mut auth_cookies = Vec::new();
         // the site's (or the server's) response rules, until `dispatch` finds the route
         let mut response_rules = ResponseRules::new(match site {
             Some(site) => &state.sites[site].response_headers,
@@ -181,7 +186,12 @@ impl ProxyService {
                     to,
                     req,
                     addrs,
-                    (&mut cors, &mut response_rules, &mut routed),
+                    (
+                        &mut cors,
+                        &mut response_rules,
+                        &mut routed,
+                        &mut auth_cookies,
+                    ),
                 )
                 .await
             }
@@ -243,6 +253,9 @@ impl ProxyService {
         if let Some(cors) = &cors {
             cors.apply(&mut response);
         }
+        for cookie in auth_cookies {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         response_rules.apply(response.headers_mut());
         Ok(response)
     }
@@ -257,16 +270,18 @@ impl ProxyService {
     /// request asked for in compression if the route does it. `cors` is set when the route has
     /// `cors`, and the response rules become the route's, before any check can refuse, so
     /// refusals carry the route's CORS headers and header rules too.
-    /// `routed` is set to the route matched, whose error pages refusals get.
+    /// `routed` is set to the route matched, whose error pages refusals get; `auth_cookies` to
+    /// the cookies a `forward_auth` service set when it let the request through.
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
         mut req: Request<Incoming>,
         addrs: Addrs,
-        (cors, response_rules, routed): (
+        (cors, response_rules, routed, auth_cookies): (
             &mut Option<Verdict<'s>>,
             &mut ResponseRules<'s>,
             &mut Option<usize>,
+            &mut Vec<HeaderValue>,
         ),
     ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
         let Dispatch {
@@ -307,23 +322,24 @@ impl ProxyService {
             let _ = log.metrics.set(metrics.clone());
         }
         // made only for rules with placeholders
-        let vars = || {
-            let on = (host, port, self.transport, client_cert);
-            let captures = matched.captures.as_ref();
-            let client = (addrs.client, self.client_value(addrs.client));
-            placeholders(
-                (req.uri(), req.headers()),
-                client,
-                on,
-                &log.request_id,
-                captures,
-            )
-        };
+        // a macro, not a closure: the placeholders borrow from the request as it is when they
+        // are made, and `authenticate` may change its headers in between
+        macro_rules! vars {
+            ($req:expr) => {
+                placeholders(
+                    ($req.uri(), $req.headers()),
+                    (addrs.client, self.client_value(addrs.client)),
+                    (host, port, self.transport, client_cert),
+                    &log.request_id,
+                    matched.captures.as_ref(),
+                )
+            };
+        }
         let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
         if !headers.response_as_site {
             *response_rules = ResponseRules::new(&headers.response);
             if response_rules.needs_vars() {
-                response_rules.expand(&vars(), dropped);
+                response_rules.expand(&vars!(req), dropped);
             }
         }
         let policy = &route.policy;
@@ -347,18 +363,32 @@ impl ProxyService {
                 .map(|()| (Answer::Local(no_content()), None))
                 .map_err(ProxyError::CorsRefused);
         }
+        // after the preflight, which carries no credentials; boxed, as the proxying part below
+        if let Some(auth) = &route.auth {
+            let at = AuthAt {
+                policy,
+                key,
+                host: log.host.as_ref(),
+                client: addrs.client,
+                request_id: &log.request_id,
+            };
+            match Box::pin(self.authenticate(auth, &mut req, at)).await? {
+                Passed::Through(cookies) => *auth_cookies = cookies,
+                Passed::Answered(resp) => return Ok((Answer::Local(resp), None)),
+            }
+        }
         let encode = route
             .encode
             .as_ref()
             .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
         let answer = match &route.action {
             RouteAction::Respond(r) => Answer::Local(respond(r)),
-            RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars())),
+            RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars!(req))),
             RouteAction::Files(files) => {
                 let file = FileRequest {
                     method: req.method(),
                     headers: req.headers(),
-                    path,
+                    path: req.uri().path(),
                     query: req.uri().query(),
                     matched_len: matched.matched_len,
                 };
@@ -375,7 +405,7 @@ impl ProxyService {
                 // Gatehouse's own headers are set and before its target is rewritten
                 let expanded = match headers.request.templates {
                     0 => Expanded::new(),
-                    _ => header_rules::expand(&headers.request, &vars(), dropped),
+                    _ => header_rules::expand(&headers.request, &vars!(req), dropped),
                 };
                 let rewrite = &route.rewrite;
                 // `matched` moves in: nothing of the routing is kept across the await below
@@ -544,6 +574,97 @@ impl ProxyService {
     fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
         self.conn
             .start_tunnel(super::tunnel::Pending { client, upstream });
+    }
+}
+
+/// What `authenticate` needs of the request besides its head.
+struct AuthAt<'a> {
+    policy: &'a RoutePolicy,
+    /// The client's rate-limit key, charged for a wrong password.
+    key: IpAddr,
+    /// The canonical authority.
+    host: Option<&'a HeaderValue>,
+    client: IpAddr,
+    request_id: &'a HeaderValue,
+}
+
+/// A request `authenticate` let through, with the cookies for its answer; or the auth
+/// service's own answer to it.
+enum Passed {
+    Through(Vec<HeaderValue>),
+    Answered(Response<Bytes>),
+}
+
+impl ProxyService {
+    /// A route's `basic_auth`, then its `forward_auth`. Let through, the request loses the
+    /// headers its upstream must not trust from the client: `Authorization` (unless
+    /// `forward_credentials`), the `copy_headers` (replaced by the auth service's).
+    async fn authenticate(
+        &self,
+        auth: &RouteAuth,
+        req: &mut Request<Incoming>,
+        at: AuthAt<'_>,
+    ) -> Result<Passed, ProxyError> {
+        if let Some(basic) = &auth.basic {
+            if let Err(denied) = basic.check(req.headers()).await {
+                return Err(self.basic_denied(basic, denied, req, &at));
+            }
+        }
+        let mut cookies = Vec::new();
+        if let Some(forward) = &auth.forward {
+            let original = forward_auth::Original {
+                method: req.method(),
+                scheme: self.transport.scheme(),
+                authority: at.host,
+                uri: req.uri(),
+                client: at.client,
+                headers: req.headers(),
+                request_id: at.request_id,
+            };
+            let allowed = match forward.ask(&original).await? {
+                forward_auth::Verdict::Allow(allowed) => allowed,
+                forward_auth::Verdict::Refuse(resp) => return Ok(Passed::Answered(resp)),
+            };
+            let headers = req.headers_mut();
+            for name in forward.copy_headers() {
+                headers.remove(name);
+            }
+            for (name, value) in allowed.copied {
+                headers.append(name, value);
+            }
+            cookies = allowed.cookies;
+        }
+        if auth.basic.as_ref().is_some_and(|b| !b.forward_credentials) {
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        Ok(Passed::Through(cookies))
+    }
+
+    /// The refusal for a `basic_auth` check that failed; a wrong password is charged to the
+    /// client's rate limits.
+    fn basic_denied(
+        &self,
+        basic: &BasicGuard,
+        denied: Denied,
+        req: &Request<Incoming>,
+        at: &AuthAt<'_>,
+    ) -> ProxyError {
+        let challenge = basic.challenge().clone();
+        match denied {
+            Denied::NoCredentials => ProxyError::Unauthorized {
+                challenge,
+                wrong: false,
+            },
+            Denied::Wrong => {
+                at.policy
+                    .charge_failure(at.key, req.method(), req.headers());
+                ProxyError::Unauthorized {
+                    challenge,
+                    wrong: true,
+                }
+            }
+            Denied::Busy => ProxyError::AuthBusy,
+        }
     }
 }
 
@@ -957,6 +1078,15 @@ impl ProxyService {
         headers.insert(header::CONTENT_TYPE, content_type);
         if let ProxyError::TooManyRequests(secs) | ProxyError::NoHealthy(_, secs) = err {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        match err {
+            ProxyError::Unauthorized { challenge, .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            ProxyError::AuthBusy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             // RFC 9110 15.5.6; what the upstream allows is its to say, this is what passes

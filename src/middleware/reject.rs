@@ -30,10 +30,12 @@ pub enum Reason {
     BodyTooSlow,
     /// A connection closed because its client took a response slower than `send_min_rate`.
     SendTooSlow,
+    /// A wrong user name or password for a route's `basic_auth`.
+    Unauthorized,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::RateLimit,
         Reason::BodyTooLarge,
         Reason::HeaderTooLarge,
@@ -49,6 +51,7 @@ impl Reason {
         Reason::BadHeader,
         Reason::BodyTooSlow,
         Reason::SendTooSlow,
+        Reason::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Reason {
             Reason::BadHeader => "bad_header",
             Reason::BodyTooSlow => "body_too_slow",
             Reason::SendTooSlow => "send_too_slow",
+            Reason::Unauthorized => "unauthorized",
         }
     }
 }

@@ -20,6 +20,8 @@ fn route(m: PathMatch) -> Route {
         intercept_errors: false,
         headers: Default::default(),
         internal: false,
+        basic_auth: None,
+        forward_auth: None,
     }
 }
 
