@@ -47,6 +47,9 @@ pub struct Backend {
     outcomes: OnceLock<[IntCounter; 3]>,
     /// Keep-alive connections to it waiting for a request.
     idle: IdleConns,
+    /// Its HTTP/2 connections, shared by the requests on them (an `h2`, `h2c` or `auto`
+    /// upstream).
+    h2: conn::h2::H2Conns,
 }
 
 impl Backend {
@@ -63,6 +66,7 @@ impl Backend {
             health: Health::new(active_checks),
             outcomes: OnceLock::new(),
             idle: IdleConns::default(),
+            h2: conn::h2::H2Conns::default(),
         })
     }
 
@@ -70,9 +74,18 @@ impl Backend {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Keeps the connection of a response that ended cleanly for the next request.
+    /// Keeps the connection of a response that ended cleanly for the next request (an
+    /// HTTP/2 stream's place is simply freed).
     pub fn reuse(&self, conn: Sender) {
-        self.idle.put(conn);
+        match conn {
+            Sender::Http1(conn) => self.idle.put(conn),
+            Sender::Http2(stream) => drop(stream),
+        }
+    }
+
+    /// Its open HTTP/2 connections (for tests and the admin view).
+    pub fn h2_conns(&self) -> usize {
+        self.h2.count()
     }
 }
 
@@ -136,6 +149,8 @@ impl UpstreamPool {
             dialer: Dialer::new(
                 tls::Connector::new(http_connector(None), tls.clone()),
                 tls.is_some(),
+                spec.protocol,
+                spec.max_streams,
             ),
             sweeper: OnceLock::new(),
         })
@@ -355,6 +370,7 @@ impl UpstreamPool {
                 let Some(pool) = weak.upgrade() else { break };
                 for backend in pool.members.load().backends.iter() {
                     backend.idle.sweep();
+                    backend.h2.sweep(conn::IDLE_SWEEPS);
                 }
             }
         });

@@ -404,7 +404,9 @@ impl Drop for UpstreamBody {
         if self.conn.is_none() {
             return;
         }
-        if self.is_end_stream() {
+        // an HTTP/2 stream dropped early is reset (the backend sees the cancellation); the
+        // connection's other streams go on
+        if self.is_end_stream() || self.conn.as_ref().is_some_and(|(c, _)| c.is_multiplexed()) {
             return self.give_back();
         }
         let short = self.body.as_ref().and_then(|b| b.size_hint().exact());
