@@ -415,15 +415,22 @@ fn http_connector(connect: Option<Duration>) -> HttpConnector {
     connector
 }
 
-/// hyper-util's pooled client, over the same kind of connection as the traffic, for the active
-/// health checks (the request path uses the pools' own connections, `conn`).
-pub fn client<B>(timeouts: &Timeouts, tls: Option<Arc<tls::Handshake>>) -> Client<tls::Connector, B>
+/// hyper-util's pooled client, over the same kind of connection as the traffic (HTTP/2 only
+/// when `h2_only`), for the active health checks (the request path uses the pools' own
+/// connections, `conn`).
+pub fn client<B>(
+    timeouts: &Timeouts,
+    tls: Option<Arc<tls::Handshake>>,
+    h2_only: bool,
+) -> Client<tls::Connector, B>
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connector = http_connector(Some(timeouts.upstream_connect));
     Client::builder(TokioExecutor::new())
+        .http2_only(h2_only)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .retry_canceled_requests(true)

@@ -348,11 +348,23 @@ struct UpstreamBody {
     body: Option<Incoming>,
     read_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// A gRPC call's deadline: when it passes, the upstream stream is reset and the client's
+    /// call ends with `DEADLINE_EXCEEDED` trailers.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// `None` when the connection cannot be reused (the response closes it, or upgraded it).
     conn: Option<(Sender, Arc<Backend>)>,
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+
+/// The limits on reading an upstream response body.
+#[derive(Debug, Clone, Copy)]
+pub struct Reads {
+    /// The longest wait for the next frame (the route's `upstream_response`).
+    pub timeout: Duration,
+    /// A gRPC call's deadline (`grpc-timeout`), if it has one.
+    pub deadline: Option<tokio::time::Instant>,
+}
 
 /// The most a dropped response may still have to come for its connection to be kept: about
 /// what one read takes off a socket, so a response cut short near its end costs no reconnect.
@@ -362,6 +374,11 @@ const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 
 impl UpstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled {
+        if let Some(deadline) = &mut self.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return self.deadline_passed();
+            }
+        }
         let Some(body) = self.body.as_mut() else {
             return Poll::Ready(None);
         };
@@ -383,6 +400,17 @@ impl UpstreamBody {
         match stalled.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::ReadTimeout(timeout)))),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Resets the upstream stream (body and connection dropped: an HTTP/2 stream is reset, an
+    /// HTTP/1.1 connection closed) and ends the call with `DEADLINE_EXCEEDED`.
+    fn deadline_passed(&mut self) -> Polled {
+        self.deadline = None;
+        self.conn = None;
+        match self.body.take() {
+            Some(_) => Poll::Ready(Some(Ok(Frame::trailers(super::grpc::deadline_trailers())))),
+            None => Poll::Ready(None),
         }
     }
 
@@ -427,6 +455,7 @@ pub fn discard(body: Incoming, conn: Option<Sender>, active: &ActiveGuard) {
         body: Some(body),
         read_timeout: DRAIN_WITHIN,
         stalled: None,
+        deadline: None,
         conn: conn.map(|conn| (conn, active.backend().clone())),
     });
 }
@@ -509,17 +538,15 @@ impl Drop for Completion {
 
 impl ProxyBody {
     /// `conn` is the connection `body` comes on, `None` when it must not be reused.
-    pub fn upstream(
-        body: Incoming,
-        conn: Option<Sender>,
-        read_timeout: Duration,
-        done: Completion,
-    ) -> Self {
+    pub fn upstream(body: Incoming, conn: Option<Sender>, reads: Reads, done: Completion) -> Self {
         let backend = done._active.as_ref().map(|a| a.backend().clone());
         let body = UpstreamBody {
             body: Some(body),
-            read_timeout,
+            read_timeout: reads.timeout,
             stalled: None,
+            deadline: reads
+                .deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
             conn: conn.zip(backend),
         };
         ProxyBody {
