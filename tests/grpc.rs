@@ -150,10 +150,12 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let task = tokio::spawn(produce(tx));
     let abort = AbortOnDrop(task);
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
-        let _keep = &abort;
-        item
-    }))
+    Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+            let _keep = &abort;
+            item
+        }),
+    )
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -223,7 +225,10 @@ async fn route(
     req: http::Request<Incoming>,
     seen: Arc<Seen>,
 ) -> Result<http::Response<tonic::body::BoxBody>, Infallible> {
-    let te = req.headers().get("te").map(|v| v.to_str().unwrap().to_string());
+    let te = req
+        .headers()
+        .get("te")
+        .map(|v| v.to_str().unwrap().to_string());
     let path = req.uri().path().to_string();
     if path.starts_with("/test.Echo/") {
         seen.calls.fetch_add(1, Ordering::SeqCst);
@@ -323,7 +328,8 @@ fn pki() -> (String, String, String, Arc<rustls::ServerConfig>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "grpc test CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "grpc test CA");
     let ca = ca.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
@@ -390,9 +396,8 @@ async fn start_h2c(route_keys: &str, backend: &GrpcBackend, extra: &str) -> Test
 }
 
 type GrpcClient = tonic::client::Grpc<Client<HttpConnector, tonic::body::BoxBody>>;
-type TlsGrpcClient = tonic::client::Grpc<
-    Client<hyper_rustls::HttpsConnector<HttpConnector>, tonic::body::BoxBody>,
->;
+type TlsGrpcClient =
+    tonic::client::Grpc<Client<hyper_rustls::HttpsConnector<HttpConnector>, tonic::body::BoxBody>>;
 
 /// A gRPC client over h2c (prior knowledge) to `addr`.
 fn h2c_client(addr: SocketAddr) -> GrpcClient {
@@ -405,7 +410,8 @@ fn h2c_client(addr: SocketAddr) -> GrpcClient {
 
 /// A gRPC client over TLS (ALPN h2, any certificate) to `addr` as `localhost`.
 fn tls_client(addr: SocketAddr) -> TlsGrpcClient {
-    let tls = (*any_cert_client(rustls::DEFAULT_VERSIONS, &["h2"])).clone();
+    // ALPN `h2` comes from `enable_http2`
+    let tls = (*any_cert_client(rustls::DEFAULT_VERSIONS, &[])).clone();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -414,7 +420,9 @@ fn tls_client(addr: SocketAddr) -> TlsGrpcClient {
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(connector);
-    let origin = format!("https://localhost:{}", addr.port()).parse().unwrap();
+    let origin = format!("https://localhost:{}", addr.port())
+        .parse()
+        .unwrap();
     tonic::client::Grpc::with_origin(client, origin)
 }
 
@@ -539,14 +547,18 @@ async fn all_four_kinds_of_call_pass_over_tls_with_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_chooses_h2_by_alpn_for_a_tls_server() {
     with_timeout(60, async {
-        let (ca, _, _, server_tls) = pki();
+        let (ca, chain, key, server_tls) = pki();
         let backend = grpc_backend(Some(server_tls)).await;
         let upstream = format!(
             "servers = [\"https://{}\"]\nprotocol = \"auto\"\nca_root = \"ca.pem\"",
             backend.addr
         );
-        let files = [("ca.pem", ca.as_str())];
-        let proxy = TestProxy::start_tls_with_files(&config(false, "", &upstream), &files).await;
+        let files = [
+            ("ca.pem", ca.as_str()),
+            ("site.pem", chain.as_str()),
+            ("site.key", key.as_str()),
+        ];
+        let proxy = TestProxy::start_tls_with_files(&config(true, "", &upstream), &files).await;
         let mut grpc = h2c_client(proxy.addr);
         grpc.ready().await.unwrap();
         let resp = grpc
@@ -566,7 +578,11 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         let mut grpc = h2c_client(proxy.addr);
         grpc.ready().await.unwrap();
         let mut stream = grpc
-            .server_streaming(Request::new(msg("forever", 0)), path("ServerStream"), codec())
+            .server_streaming(
+                Request::new(msg("forever", 0)),
+                path("ServerStream"),
+                codec(),
+            )
             .await
             .unwrap()
             .into_inner();
@@ -581,7 +597,10 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
             async move { seen.cancelled.load(Ordering::SeqCst) == 1 }
         })
         .await;
-        assert!(noticed.is_some(), "the backend's stream was never cancelled");
+        assert!(
+            noticed.is_some(),
+            "the backend's stream was never cancelled"
+        );
     })
     .await;
 }
@@ -600,7 +619,11 @@ async fn grpc_timeout_ends_a_slow_call_with_deadline_exceeded() {
         let started = tokio::time::Instant::now();
         let err = grpc.unary(req, path("Unary"), codec()).await.unwrap_err();
         assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
 
         // a stream without end: cut when the deadline passes, with the status in trailers
         grpc.ready().await.unwrap();

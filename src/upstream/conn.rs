@@ -309,6 +309,10 @@ impl Dialer {
                 Ok(io) => io.map_err(|e| SendError::Connect(Box::new(e)))?,
                 Err(_) => return Err(connect_timed_out(connect)),
             };
+            // no ALPN on a socket: `auto` is HTTP/1.1 there
+            if self.protocol == Protocol::Auto {
+                backend.h2.learn(Learned::Http1);
+            }
             let h2 = self.protocol == Protocol::H2c;
             return self.handshake(TokioIo::new(io), h2, backend).await;
         }
