@@ -778,3 +778,63 @@ async fn plain_requests_share_h2c_connections_up_to_max_streams() {
     })
     .await;
 }
+
+/// `gatehouse check` on `[upstream.grpc]` with `keys`: its stderr, asserting it is a config error
+/// located at the line holding `marker`.
+fn refused_at(keys: &str, marker: &str) -> String {
+    let config = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"grpc\"\n\n[upstream.grpc]\n{keys}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = support::run_gatehouse(&["check", "--config", path.to_str().unwrap()], &[], &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+    let line = config.lines().position(|l| l.contains(marker)).unwrap() + 1;
+    let location = format!("{}:{line}:", path.display());
+    assert!(
+        out.stderr.contains(&location),
+        "{location} in:\n{}",
+        out.stderr
+    );
+    out.stderr
+}
+
+#[test]
+fn protocols_that_cannot_work_are_config_errors() {
+    let err = refused_at(
+        "servers = [\"10.0.0.1:50051\"]\nprotocol = \"h2\"",
+        "protocol",
+    );
+    assert!(err.contains("\"h2c\"") && err.contains("https://"), "{err}");
+    let err = refused_at(
+        "servers = [\"https://10.0.0.1:50051\"]\nprotocol = \"h2c\"",
+        "protocol",
+    );
+    assert!(err.contains("\"h2\""), "{err}");
+    let err = refused_at(
+        "servers = [\"10.0.0.1:50051\"]\nprotocol = \"http2\"",
+        "protocol",
+    );
+    for valid in ["\"http1\"", "\"h2\"", "\"h2c\"", "\"auto\""] {
+        assert!(err.contains(valid), "{valid} in {err}");
+    }
+    let err = refused_at(
+        "servers = [\"10.0.0.1:50051\"]\nmax_streams = 0",
+        "max_streams",
+    );
+    assert!(err.contains("1 to 10000"), "{err}");
+    let err = refused_at(
+        "servers = [\"10.0.0.1:50051\"]\nhealth = { grpc = \"my.Service\" }",
+        "health",
+    );
+    assert!(
+        err.contains("protocol = \\\"h2c\\\"") || err.contains("h2c"),
+        "{err}"
+    );
+    let err = refused_at(
+        "servers = [\"10.0.0.1:50051\"]\nprotocol = \"h2c\"\nhealth = { path = \"/\", grpc = \"a\" }",
+        "health",
+    );
+    assert!(err.contains("not both"), "{err}");
+}
