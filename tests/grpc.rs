@@ -142,6 +142,7 @@ impl tonic::server::ServerStreamingService<Msg> for ServerStream {
 }
 
 /// A stream fed by a task; the task (and what it holds) is dropped with the stream.
+#[allow(clippy::result_large_err, reason = "tonic's Status is the item type")]
 fn async_stream<F, Fut>(produce: F) -> BoxStream<Msg>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<Msg, Status>>) -> Fut,
