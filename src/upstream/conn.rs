@@ -267,7 +267,11 @@ impl Dialer {
                 },
             }
         }
-        let dialing = backend.h2.dialing.lock().await;
+        // a request waits for another's dial no longer than for its own: a server that does not
+        // answer fails the queue one `connect` at a time, not one after the other
+        let dialing = tokio::time::timeout(connect, backend.h2.dialing.lock())
+            .await
+            .map_err(|_| connect_timed_out(connect))?;
         if let Some(stream) = backend.h2.take(self.max_streams) {
             drop(dialing);
             return send_on(stream, req).await;
