@@ -646,9 +646,11 @@ fn prepare_request_headers(
     expanded: &mut Expanded,
 ) {
     if hop.hop_by_hop {
-        // `te: trailers` says the client takes trailers (gRPC needs them): it goes on, the
-        // one `te` value that is not about this hop alone (RFC 9110 10.1.4)
-        let trailers = forward::takes_trailers(headers);
+        // `te: trailers` says the client takes trailers (gRPC needs them): it goes on to an
+        // HTTP/2 upstream, the one `te` value HTTP/2 carries (RFC 9113 8.2.2); an HTTP/1.1
+        // upstream gets the request as before
+        let h2 = hop.pool.spec().protocol != crate::config::Protocol::Http1;
+        let trailers = h2 && forward::takes_trailers(headers);
         forward::strip_hop_by_hop(headers);
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
