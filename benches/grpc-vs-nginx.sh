@@ -17,6 +17,8 @@
 # (shared, 2-core) machine is. Targets are interleaved over REPEATS rounds; medians reported.
 #
 # Usage: bash benches/grpc-vs-nginx.sh
+# nginx keeps 2 x H2_CONNS x H2_STREAMS idle upstream connections (`keepalive`): it sends one
+# call per upstream connection, so with fewer it would open and close connections all along.
 # Env knobs: DURATION [5s] REPEATS [3] WARMUP [1s] H2_CONNS [16] H2_STREAMS [32]
 #            PROXY_CPU [0] LOAD_CPU [1] SKIP_BUILD [0] OUT [bench-results/grpc-vs-nginx.md]
 #            CARGO_TARGET_DIR [target]
@@ -94,7 +96,16 @@ events { worker_connections 4096; }
 http {
     access_log off;
     client_body_temp_path $TMP/nginx;
-    upstream grpc_backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
+    # h2load does not reconnect: nginx's default of 1,000 requests per client connection would
+    # end each of its connections (and the run) after 1,000 calls
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    upstream grpc_backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        # nginx sends one call per upstream connection: room to keep one per call in flight
+        keepalive $((H2_CONNS * H2_STREAMS * 2));
+        keepalive_requests 100000000;
+    }
     server {
         listen 127.0.0.1:$NGINX_PORT http2;
         location / { grpc_pass grpc://grpc_backend; }
