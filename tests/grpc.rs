@@ -839,3 +839,67 @@ fn protocols_that_cannot_work_are_config_errors() {
     );
     assert!(err.contains("not both"), "{err}");
 }
+
+/// An h2c backend that answers one request per connection, then says GOAWAY and closes it.
+async fn one_request_per_connection() -> (SocketAddr, Arc<Seen>, Arc<AtomicUsize>, AbortOnDrop) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (seen2, closed2) = (seen.clone(), closed.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            seen2.conns.fetch_add(1, Ordering::SeqCst);
+            let closed = closed2.clone();
+            tokio::spawn(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let tx = Arc::new(Mutex::new(Some(tx)));
+                let svc = hyper::service::service_fn(move |_req| {
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    async { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok")))) }
+                });
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = rx => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, seen, closed, AbortOnDrop(task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_backend_closes_with_goaway_are_not_used_again() {
+    with_timeout(60, async {
+        let (addr, seen, closed, _task) = one_request_per_connection().await;
+        let upstream = format!("servers = [\"{addr}\"]\nprotocol = \"h2c\"");
+        let proxy = TestProxy::start(&config(false, "", &upstream)).await;
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        for i in 1..=5 {
+            let resp = http.get(proxy.url(&format!("/{i}"))).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "request {i}");
+            assert_eq!(resp.text().await.unwrap(), "ok");
+            let closed = closed.clone();
+            let gone = poll_until(Duration::from_secs(10), || {
+                let closed = closed.clone();
+                async move { closed.load(Ordering::SeqCst) == i }
+            })
+            .await;
+            assert!(gone.is_some(), "the backend did not close connection {i}");
+        }
+        assert_eq!(seen.conns.load(Ordering::SeqCst), 5);
+    })
+    .await;
+}
