@@ -6,6 +6,7 @@
 mod body;
 pub mod canonical;
 mod conn;
+pub mod grpc;
 pub mod hygiene;
 mod pace;
 mod response;

@@ -48,6 +48,9 @@ pub struct Backend {
     outcomes: OnceLock<[IntCounter; 3]>,
     /// Keep-alive connections to it waiting for a request.
     idle: IdleConns,
+    /// Its HTTP/2 connections, shared by the requests on them (an `h2`, `h2c` or `auto`
+    /// upstream).
+    h2: conn::h2::H2Conns,
 }
 
 impl Backend {
@@ -64,6 +67,7 @@ impl Backend {
             health: Health::new(active_checks),
             outcomes: OnceLock::new(),
             idle: IdleConns::default(),
+            h2: conn::h2::H2Conns::default(),
         })
     }
 
@@ -71,9 +75,18 @@ impl Backend {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Keeps the connection of a response that ended cleanly for the next request.
+    /// Keeps the connection of a response that ended cleanly for the next request (an
+    /// HTTP/2 stream's place is simply freed).
     pub fn reuse(&self, conn: Sender) {
-        self.idle.put(conn);
+        match conn {
+            Sender::Http1(conn) => self.idle.put(conn),
+            Sender::Http2(stream) => drop(stream),
+        }
+    }
+
+    /// Its open HTTP/2 connections (for tests and the admin view).
+    pub fn h2_conns(&self) -> usize {
+        self.h2.count()
     }
 }
 
@@ -137,6 +150,8 @@ impl UpstreamPool {
             dialer: Dialer::new(
                 tls::Connector::new(http_connector(None), tls.clone()),
                 tls.is_some(),
+                spec.protocol,
+                spec.max_streams,
             ),
             sweeper: OnceLock::new(),
         })
@@ -361,6 +376,7 @@ impl UpstreamPool {
                 let Some(pool) = weak.upgrade() else { break };
                 for backend in pool.members.load().backends.iter() {
                     backend.idle.sweep();
+                    backend.h2.sweep(conn::IDLE_SWEEPS);
                 }
             }
         });
@@ -405,15 +421,22 @@ fn http_connector(connect: Option<Duration>) -> HttpConnector {
     connector
 }
 
-/// hyper-util's pooled client, over the same kind of connection as the traffic, for the active
-/// health checks (the request path uses the pools' own connections, `conn`).
-pub fn client<B>(timeouts: &Timeouts, tls: Option<Arc<tls::Handshake>>) -> Client<tls::Connector, B>
+/// hyper-util's pooled client, over the same kind of connection as the traffic (HTTP/2 only
+/// when `h2_only`), for the active health checks (the request path uses the pools' own
+/// connections, `conn`).
+pub fn client<B>(
+    timeouts: &Timeouts,
+    tls: Option<Arc<tls::Handshake>>,
+    h2_only: bool,
+) -> Client<tls::Connector, B>
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connector = http_connector(Some(timeouts.upstream_connect));
     Client::builder(TokioExecutor::new())
+        .http2_only(h2_only)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .retry_canceled_requests(true)

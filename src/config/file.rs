@@ -495,12 +495,18 @@ pub struct FileUpstream {
     pub ca_root: Option<Str>,
     pub client_cert: Option<Spanned<FileClientCert>>,
     pub sni: Option<Str>,
+    /// `"http1"`, `"h2"`, `"h2c"` or `"auto"`.
+    pub protocol: Option<Str>,
+    /// HTTP/2 streams one upstream connection carries at once.
+    pub max_streams: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHealth {
-    pub path: Str,
+    pub path: Option<Str>,
+    /// The service the gRPC health protocol asks about (`""`: the server as a whole).
+    pub grpc: Option<Str>,
     pub interval: Option<Str>,
     pub timeout: Option<Str>,
     pub healthy: Option<Spanned<i64>>,

@@ -998,6 +998,30 @@ pub struct Upstream {
     pub required: bool,
     /// `https://` servers: TLS to the upstream.
     pub tls: Option<UpstreamTls>,
+    /// What the connections to the servers speak.
+    pub protocol: Protocol,
+    /// HTTP/2 streams one connection carries at once before another is opened.
+    pub max_streams: u32,
+}
+
+/// The HTTP version spoken to an upstream's servers (`protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, one request at a time per connection.
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over plain TCP or a Unix socket, by prior knowledge.
+    H2c,
+    /// ALPN offers `h2` and `http/1.1` to `https://` servers; plain ones get HTTP/1.1.
+    Auto,
+}
+
+impl Protocol {
+    /// Whether a new connection is HTTP/2 before any negotiation (`H2`, `H2c`).
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2 | Protocol::H2c)
+    }
 }
 
 /// One `servers` entry.
@@ -1011,6 +1035,9 @@ pub struct UpstreamServer {
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthCheck {
     pub path: String,
+    /// The gRPC health protocol's service name instead of a GET of `path` (`""`: the whole
+    /// server); `path` is then the protocol's method path.
+    pub grpc: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     /// Consecutive passes that bring a server in.

@@ -349,11 +349,23 @@ struct UpstreamBody {
     body: Option<Incoming>,
     read_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// A gRPC call's deadline: when it passes, the upstream stream is reset and the client's
+    /// call ends with `DEADLINE_EXCEEDED` trailers.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// `None` when the connection cannot be reused (the response closes it, or upgraded it).
     conn: Option<(Sender, Arc<Backend>)>,
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+
+/// The limits on reading an upstream response body.
+#[derive(Debug, Clone, Copy)]
+pub struct Reads {
+    /// The longest wait for the next frame (the route's `upstream_response`).
+    pub timeout: Duration,
+    /// A gRPC call's deadline (`grpc-timeout`), if it has one.
+    pub deadline: Option<tokio::time::Instant>,
+}
 
 /// The most a dropped response may still have to come for its connection to be kept: about
 /// what one read takes off a socket, so a response cut short near its end costs no reconnect.
@@ -363,6 +375,11 @@ const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 
 impl UpstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Polled {
+        if let Some(deadline) = &mut self.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return self.deadline_passed();
+            }
+        }
         let Some(body) = self.body.as_mut() else {
             return Poll::Ready(None);
         };
@@ -387,6 +404,17 @@ impl UpstreamBody {
         }
     }
 
+    /// Resets the upstream stream (body and connection dropped: an HTTP/2 stream is reset, an
+    /// HTTP/1.1 connection closed) and ends the call with `DEADLINE_EXCEEDED`.
+    fn deadline_passed(&mut self) -> Polled {
+        self.deadline = None;
+        self.conn = None;
+        match self.body.take() {
+            Some(_) => Poll::Ready(Some(Ok(Frame::trailers(super::grpc::deadline_trailers())))),
+            None => Poll::Ready(None),
+        }
+    }
+
     fn give_back(&mut self) {
         if let Some((conn, backend)) = self.conn.take() {
             backend.reuse(conn);
@@ -405,7 +433,9 @@ impl Drop for UpstreamBody {
         if self.conn.is_none() {
             return;
         }
-        if self.is_end_stream() {
+        // an HTTP/2 stream dropped early is reset (the backend sees the cancellation); the
+        // connection's other streams go on
+        if self.is_end_stream() || self.conn.as_ref().is_some_and(|(c, _)| c.is_multiplexed()) {
             return self.give_back();
         }
         let short = self.body.as_ref().and_then(|b| b.size_hint().exact());
@@ -426,6 +456,7 @@ pub fn discard(body: Incoming, conn: Option<Sender>, active: &ActiveGuard) {
         body: Some(body),
         read_timeout: DRAIN_WITHIN,
         stalled: None,
+        deadline: None,
         conn: conn.map(|conn| (conn, active.backend().clone())),
     });
 }
@@ -516,17 +547,15 @@ impl Drop for Completion {
 
 impl ProxyBody {
     /// `conn` is the connection `body` comes on, `None` when it must not be reused.
-    pub fn upstream(
-        body: Incoming,
-        conn: Option<Sender>,
-        read_timeout: Duration,
-        done: Completion,
-    ) -> Self {
+    pub fn upstream(body: Incoming, conn: Option<Sender>, reads: Reads, done: Completion) -> Self {
         let backend = done._active.as_ref().map(|a| a.backend().clone());
         let body = UpstreamBody {
             body: Some(body),
-            read_timeout,
+            read_timeout: reads.timeout,
             stalled: None,
+            deadline: reads
+                .deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
             conn: conn.zip(backend),
         };
         ProxyBody {

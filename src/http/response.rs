@@ -25,6 +25,8 @@ pub enum ProxyError {
     ConnectTimeout,
     #[error("upstream did not answer in time")]
     ResponseTimeout,
+    #[error("the call's deadline (grpc-timeout) passed before the upstream answered")]
+    DeadlineExceeded,
     #[error("upstream closed or reset the connection")]
     UpstreamFailed(#[source] BoxError),
     #[error("bad request target")]
@@ -90,7 +92,9 @@ impl ProxyError {
             ProxyError::BadAccelRedirect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoHealthy(..) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout
+            | ProxyError::ResponseTimeout
+            | ProxyError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadTarget | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected | ProxyError::MisdirectedCert => {
                 StatusCode::MISDIRECTED_REQUEST
@@ -172,6 +176,8 @@ impl ProxyError {
                 | ProxyError::FileFailed
                 | ProxyError::Unauthorized { .. }
                 | ProxyError::AuthBusy
+                // the client's own deadline, not the upstream's failure
+                | ProxyError::DeadlineExceeded
         ) && self.rejection().is_none()
     }
 }

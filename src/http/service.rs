@@ -6,10 +6,11 @@
 //! `forward_auth` authenticates the request between its checks and its action.
 
 use super::body::{
-    discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, RequestLog,
+    discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, Reads, RequestLog,
 };
 use super::canonical::{self, Addrs};
 use super::conn::{ConnState, InFlight};
+use super::grpc;
 use super::hygiene;
 use super::response::ProxyError;
 use super::rewrite::{ClientOrigin, Rewrite, UpstreamSelf};
@@ -41,7 +42,6 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The standard methods Gatehouse forwards (any upper-case extension method passes too).
 const PASSED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
@@ -84,9 +84,9 @@ struct Dispatch<'s, 'r> {
 
 /// What a route's action produced, before it is wrapped for the client.
 enum Answer {
-    /// With the connection it came on, unless that one must not be reused, and the route's
-    /// `upstream_response` for the reads of its body.
-    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>, Duration),
+    /// With the connection it came on, unless that one must not be reused, and the limits on
+    /// the reads of its body (the route's `upstream_response`, a gRPC call's deadline).
+    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>, Reads),
     Local(Response<Bytes>),
     /// From a `files` route.
     File(Response<FileBody>),
@@ -106,6 +106,8 @@ impl ProxyService {
     pub async fn call(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = self.conn.begin();
         let version = req.version();
+        // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look at its content type
+        let grpc = version == Version::HTTP_2 && grpc::is_call(req.headers());
         let state = self.cx.shared.load();
         let server = &state.config.server;
         let peer = self.peer.ip().to_canonical();
@@ -235,7 +237,7 @@ impl ProxyService {
                     Some(route) => route.error_pages.as_deref(),
                     None => state.error_pages.unrouted(site),
                 };
-                self.refuse(&err, (log, in_flight), version, pages)
+                self.refuse(&err, (log, in_flight), (version, grpc), pages)
             }
         };
         if let Some(negotiated) = encode {
@@ -429,6 +431,7 @@ impl ProxyService {
                     log,
                     headers,
                     expanded,
+                    deadline: None,
                 };
                 // not boxed: hyper's slot for this service's future is held only while a
                 // request is in flight (an idle HTTP/1.1 connection is parked out of hyper
@@ -461,6 +464,13 @@ impl ProxyService {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         hygiene::regenerate_framing(&mut parts.headers, &http_body::Body::size_hint(&body));
+        // a gRPC call's deadline caps the waits for its answer (only HTTP/2 carries one)
+        hop.deadline = match parts.version {
+            Version::HTTP_2 => {
+                grpc::timeout(&parts.headers).map(|t| tokio::time::Instant::now() + t)
+            }
+            _ => None,
+        };
         let port = match (hop.port, self.transport) {
             (Some(port), _) => self.conn.port_header(port),
             (None, Transport::Tls) => HeaderValue::from_static("443"),
@@ -519,7 +529,10 @@ impl ProxyService {
             forward::restore_upgrade(resp.headers_mut(), proto);
             self.tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
         }
-        let read_timeout = hop.policy.upstream_response;
+        let read_timeout = Reads {
+            timeout: hop.policy.upstream_response,
+            deadline: hop.deadline,
+        };
         Ok(Answer::Upstream(
             resp,
             active,
@@ -545,6 +558,12 @@ impl ProxyService {
             log.body_sent().await;
             tokio::time::sleep(timeout).await;
         };
+        let deadline = async {
+            match hop.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         // timed only for the upstream's latency histogram
         let started = hop.pool.timed().then(std::time::Instant::now);
         let sent = tokio::select! {
@@ -556,6 +575,7 @@ impl ProxyService {
                 None => ProxyError::from_send(e),
             }),
             () = too_late => Err(ProxyError::ResponseTimeout),
+            () = deadline => Err(ProxyError::DeadlineExceeded),
         };
         let outcome = match &sent {
             Ok((resp, _)) if resp.status().is_server_error() => Outcome::ServerError,
@@ -762,6 +782,8 @@ struct Hop<'a> {
     headers: &'a RouteHeaders,
     /// The request rules' placeholders, expanded (empty when they have none).
     expanded: Expanded,
+    /// When a gRPC call's `grpc-timeout` runs out.
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// `port` is `X-Forwarded-Port`'s value.
@@ -773,7 +795,15 @@ fn prepare_request_headers(
     expanded: &mut Expanded,
 ) {
     if hop.hop_by_hop {
+        // `te: trailers` says the client takes trailers (gRPC needs them): it goes on to an
+        // HTTP/2 upstream, the one `te` value HTTP/2 carries (RFC 9113 8.2.2); an HTTP/1.1
+        // upstream gets the request as before
+        let h2 = hop.pool.spec().protocol != crate::config::Protocol::Http1;
+        let trailers = h2 && forward::takes_trailers(headers);
         forward::strip_hop_by_hop(headers);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
     // the six headers set below, room made at once: a map grown one insert at a time may
     // rehash twice
@@ -1046,7 +1076,7 @@ impl ProxyService {
         &self,
         err: &ProxyError,
         (log, in_flight): (Arc<RequestLog>, InFlight),
-        version: Version,
+        (version, grpc): (Version, bool),
         pages: Option<&Pages>,
     ) -> Response<ProxyBody> {
         let request_id = log.request_id.to_str().unwrap_or("-");
@@ -1060,6 +1090,9 @@ impl ProxyService {
                 .record(reason, log.client, log.uri.path());
         }
         let status = err.status();
+        if grpc {
+            return grpc_refusal(err, status, log, in_flight);
+        }
         let page = pages.and_then(|pages| pages.get(status));
         let (body, content_type) = match page {
             Some(page) => (
@@ -1098,6 +1131,25 @@ impl ProxyService {
         }
         resp
     }
+}
+
+/// A refusal of a gRPC call, as gRPC clients read one: 200, no body, the code and message in
+/// the head (`grpc::refusal_head`); the access log keeps the HTTP status Gatehouse meant.
+fn grpc_refusal(
+    err: &ProxyError,
+    status: StatusCode,
+    log: Arc<RequestLog>,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let message = err.to_string();
+    let done = Completion::new(log, status.as_u16(), None, in_flight);
+    let mut resp = Response::new(ProxyBody::full(Bytes::new(), done));
+    grpc::refusal_head(resp.headers_mut(), grpc::code_for(status), &message);
+    if let ProxyError::TooManyRequests(secs) | ProxyError::NoHealthy(_, secs) = err {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+    }
+    resp
 }
 
 /// The page that replaces an upstream answer with `status` on the route matched, if that route

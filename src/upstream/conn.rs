@@ -1,5 +1,6 @@
-//! Keep-alive HTTP/1.1 connections to the backends, Gatehouse's own: each `Backend` keeps its
-//! idle connections in a small stack (`IdleConns`), the pool's `Dialer` opens new ones.
+//! Keep-alive connections to the backends, Gatehouse's own: each `Backend` keeps its idle
+//! HTTP/1.1 connections in a small stack (`IdleConns`) and its shared HTTP/2 ones in `h2`; the
+//! pool's `Dialer` opens new ones, speaking the upstream's `protocol`.
 //!
 //! A request takes the most recently used idle connection that is ready (LIFO keeps the hot ones
 //! hot and lets the cold ones age out), else opens one: TCP and, for a TLS upstream, the
@@ -8,23 +9,55 @@
 //! when the response body has ended and the response did not close it (`http::body`); a body
 //! dropped early drops the connection instead (hyper then closes it). Nothing is hashed, there
 //! is no lock but the backend's own stack's, and no task per request.
+//!
+//! An HTTP/2 upstream (`h2`, `h2c`, or `auto` where ALPN chose `h2`) sends each request as a
+//! stream on a connection the backend's other requests share (`h2`); the request goes in the
+//! form HTTP/2 wants (absolute URI, its `Host` as `:authority`).
+
+pub mod h2;
 
 use super::io::UpstreamIo;
 use super::tls::{Connector, UpstreamStream};
 use super::{Backend, BackendAddr};
+use crate::config::Protocol;
 use crate::http::CountedBody;
-use http::uri::Scheme;
-use http::{Request, Response, Uri};
+use h2::{H2Conn, Learned, Stream};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tower_service::Service;
 
-/// The sending half of one upstream connection.
-pub type Sender = http1::SendRequest<CountedBody>;
+/// The sending half of one upstream HTTP/1.1 connection, or one request's place on a shared
+/// HTTP/2 one.
+pub enum Sender {
+    Http1(http1::SendRequest<CountedBody>),
+    Http2(Stream),
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sender::Http1(_) => f.write_str("Sender(HTTP/1.1)"),
+            Sender::Http2(_) => f.write_str("Sender(HTTP/2)"),
+        }
+    }
+}
+
+impl Sender {
+    /// An HTTP/2 stream: nothing to read off when its response is dropped (the stream is reset,
+    /// the connection goes on).
+    pub fn is_multiplexed(&self) -> bool {
+        matches!(self, Sender::Http2(_))
+    }
+}
+
+type H1 = http1::SendRequest<CountedBody>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,7 +67,7 @@ pub const MAX_IDLE: usize = 1024;
 /// How often `UpstreamPool::spawn_sweeper` sweeps every backend's idle connections.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Sweeps an idle connection survives: it is closed after 90 to 100 s without use.
-const IDLE_SWEEPS: u32 = 9;
+pub const IDLE_SWEEPS: u32 = 9;
 
 /// A backend's idle connections, most recently used on top.
 #[derive(Default)]
@@ -45,7 +78,7 @@ pub struct IdleConns {
 }
 
 struct Idle {
-    sender: Sender,
+    sender: H1,
     sweeps: u32,
 }
 
@@ -63,7 +96,7 @@ impl IdleConns {
     /// The most recently used connection that can take a request now. Closed ones met on the way
     /// (the upstream closed them, their task ended) are dropped; one still finishing its last
     /// exchange (hyper not yet back to idle) stays for a later request.
-    pub fn take(&self) -> Option<Sender> {
+    pub fn take(&self) -> Option<H1> {
         let mut stack = self.stack();
         let mut i = stack.len();
         while i > 0 {
@@ -80,7 +113,7 @@ impl IdleConns {
     }
 
     /// Keeps a connection whose last exchange ended cleanly; over the cap it is dropped (closed).
-    pub fn put(&self, sender: Sender) {
+    pub fn put(&self, sender: H1) {
         let sweeps = self.sweeps.load(Ordering::Relaxed);
         let mut stack = self.stack();
         if stack.len() < MAX_IDLE {
@@ -124,19 +157,39 @@ pub enum SendError {
 pub struct Dialer {
     connector: Connector,
     scheme: Scheme,
+    protocol: Protocol,
+    /// HTTP/2 streams per connection (`max_streams`).
+    max_streams: u32,
+    h2: http2::Builder<TokioExecutor>,
 }
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Dialer({})", self.scheme)
+        write!(f, "Dialer({}, {:?})", self.scheme, self.protocol)
     }
 }
 
+/// A connection just opened.
+enum Opened {
+    Http1(H1),
+    Http2(Arc<H2Conn>),
+}
+
 impl Dialer {
-    pub fn new(connector: Connector, tls: bool) -> Dialer {
+    pub fn new(connector: Connector, tls: bool, protocol: Protocol, max_streams: u32) -> Dialer {
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            // a dead connection is noticed even while no request is on it
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .max_concurrent_reset_streams(1024);
         Dialer {
             connector,
             scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
+            protocol,
+            max_streams,
+            h2,
         }
     }
 
@@ -150,13 +203,31 @@ impl Dialer {
         req: Request<CountedBody>,
         connect: Duration,
     ) -> Result<(Response<Incoming>, Sender), SendError> {
+        match self.protocol {
+            Protocol::Http1 => self.send_h1(backend, req, connect).await,
+            Protocol::Auto if backend.h2.learned() == Learned::Http1 => {
+                self.send_h1(backend, req, connect).await
+            }
+            _ => Box::pin(self.send_h2(backend, req, connect)).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        backend: &Backend,
+        req: Request<CountedBody>,
+        connect: Duration,
+    ) -> Result<(Response<Incoming>, Sender), SendError> {
         let (mut sender, reused) = match backend.idle.take() {
             Some(sender) => (sender, true),
             // boxed: connecting is rare, the common path's future stays small
-            None => (Box::pin(self.open(backend, connect)).await?, false),
+            None => match Box::pin(self.open(backend, connect)).await? {
+                Opened::Http1(sender) => (sender, false),
+                Opened::Http2(conn) => return self.first_h2(backend, conn, req).await,
+            },
         };
         let req = match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, sender)),
+            Ok(resp) => return Ok((resp, Sender::Http1(sender))),
             Err(mut err) => match err.take_message() {
                 Some(req) if reused => {
                     tracing::debug!(server = %backend.addr, error = %err.error(), "idle upstream connection closed; sending on a new one");
@@ -165,23 +236,90 @@ impl Dialer {
                 _ => return Err(SendError::Request(err.into_error())),
             },
         };
-        let mut sender = Box::pin(self.open(backend, connect)).await?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, sender)),
-            Err(err) => Err(SendError::Request(err.into_error())),
+        match Box::pin(self.open(backend, connect)).await? {
+            Opened::Http1(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp, Sender::Http1(sender))),
+                Err(err) => Err(SendError::Request(err.into_error())),
+            },
+            Opened::Http2(conn) => self.first_h2(backend, conn, req).await,
         }
+    }
+
+    /// HTTP/2: a place on an open connection with room, else on a new one (opened by one
+    /// request at a time, see `H2Conns::dialing`). A request a shared connection hands back
+    /// unsent (it closed, or said GOAWAY) goes once more, on a new connection.
+    async fn send_h2(
+        &self,
+        backend: &Backend,
+        mut req: Request<CountedBody>,
+        connect: Duration,
+    ) -> Result<(Response<Incoming>, Sender), SendError> {
+        h2_form(&mut req, &self.scheme, &backend.authority);
+        if let Some(stream) = backend.h2.take(self.max_streams) {
+            match stream.sender().try_send_request(req).await {
+                Ok(resp) => return Ok((h1_head(resp), Sender::Http2(stream))),
+                Err(mut err) => match err.take_message() {
+                    Some(back) => {
+                        tracing::debug!(server = %backend.addr, error = %err.error(), "upstream HTTP/2 connection closed; sending on a new one");
+                        backend.h2.remove(stream.conn());
+                        req = back;
+                    }
+                    None => return Err(SendError::Request(err.into_error())),
+                },
+            }
+        }
+        // a request waits for another's dial no longer than for its own: a server that does not
+        // answer fails the queue one `connect` at a time, not one after the other
+        let dialing = tokio::time::timeout(connect, backend.h2.dialing.lock())
+            .await
+            .map_err(|_| connect_timed_out(connect))?;
+        if let Some(stream) = backend.h2.take(self.max_streams) {
+            drop(dialing);
+            return send_on(stream, req).await;
+        }
+        let opened = self.open(backend, connect).await;
+        drop(dialing);
+        match opened? {
+            Opened::Http2(conn) => self.first_h2(backend, conn, req).await,
+            // `auto` and the server chose HTTP/1.1
+            Opened::Http1(mut sender) => {
+                h1_form(&mut req);
+                match sender.try_send_request(req).await {
+                    Ok(resp) => Ok((resp, Sender::Http1(sender))),
+                    Err(err) => Err(SendError::Request(err.into_error())),
+                }
+            }
+        }
+    }
+
+    /// The first request on a connection just opened, which joins the backend's shared ones.
+    async fn first_h2(
+        &self,
+        backend: &Backend,
+        conn: Arc<H2Conn>,
+        mut req: Request<CountedBody>,
+    ) -> Result<(Response<Incoming>, Sender), SendError> {
+        if req.uri().scheme().is_none() {
+            h2_form(&mut req, &self.scheme, &backend.authority);
+        }
+        send_on(backend.h2.add(conn), req).await
     }
 
     /// A new connection to `backend`, its task spawned; connecting (TCP and, for a TLS
     /// upstream, the handshake; or a Unix socket's) must be done within `connect`.
-    async fn open(&self, backend: &Backend, connect: Duration) -> Result<Sender, SendError> {
+    async fn open(&self, backend: &Backend, connect: Duration) -> Result<Opened, SendError> {
         if let BackendAddr::Unix(path) = &backend.addr {
             let connecting = tokio::net::UnixStream::connect(path);
             let io = match tokio::time::timeout(connect, connecting).await {
                 Ok(io) => io.map_err(|e| SendError::Connect(Box::new(e)))?,
                 Err(_) => return Err(connect_timed_out(connect)),
             };
-            return handshake(UpstreamIo::Unix(TokioIo::new(io)), &backend.addr).await;
+            // no ALPN on a socket: `auto` is HTTP/1.1 there
+            if self.protocol == Protocol::Auto {
+                backend.h2.learn(Learned::Http1);
+            }
+            let h2 = self.protocol == Protocol::H2c;
+            return self.handshake(UpstreamIo::Unix(TokioIo::new(io)), h2, backend).await;
         }
         let dst = Uri::builder()
             .scheme(self.scheme.clone())
@@ -194,21 +332,118 @@ impl Dialer {
             Ok(io) => io.map_err(SendError::Connect)?,
             Err(_) => return Err(connect_timed_out(connect)),
         };
-        handshake(UpstreamIo::Tcp(io), &backend.addr).await
+        let h2 = match self.protocol {
+            Protocol::Http1 => false,
+            Protocol::H2 | Protocol::H2c => true,
+            Protocol::Auto => {
+                let h2 = negotiated_h2(&io);
+                let learned = if h2 { Learned::Http2 } else { Learned::Http1 };
+                backend.h2.learn(learned);
+                h2
+            }
+        };
+        self.handshake(UpstreamIo::Tcp(io), h2, backend).await
+    }
+
+    /// hyper's HTTP/1.1 (upgrades included) or HTTP/2 client over `io`, the connection driven
+    /// by a task of its own until it closes. One stream type for every kind of upstream, so
+    /// hyper's client is compiled once: see `upstream::io`.
+    async fn handshake(
+        &self,
+        io: UpstreamIo,
+        h2: bool,
+        backend: &Backend,
+    ) -> Result<Opened, SendError> {
+        let server = backend.addr.clone();
+        if h2 {
+            let (sender, conn) = self.h2.handshake(io).await.map_err(SendError::Request)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%server, error = %e, "upstream HTTP/2 connection ended with error");
+                }
+            });
+            return Ok(Opened::Http2(H2Conn::new(sender)));
+        }
+        let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%server, error = %e, "upstream connection ended with error");
+            }
+        });
+        Ok(Opened::Http1(sender))
     }
 }
 
-/// hyper's HTTP/1.1 client over `io`, the connection driven by a task of its own (upgrades
-/// included) until it closes. One stream type for every kind of upstream: see `upstream::io`.
-async fn handshake(io: UpstreamIo, server: &BackendAddr) -> Result<Sender, SendError> {
-    let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
-    let server = server.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%server, error = %e, "upstream connection ended with error");
+/// Sends on a place just claimed; the place comes back with the response.
+async fn send_on(
+    stream: Stream,
+    req: Request<CountedBody>,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    match stream.sender().send_request(req).await {
+        Ok(resp) => Ok((h1_head(resp), Sender::Http2(stream))),
+        Err(e) => Err(SendError::Request(e)),
+    }
+}
+
+/// Whether ALPN chose HTTP/2 on a TLS connection.
+fn negotiated_h2(io: &UpstreamStream) -> bool {
+    match io {
+        hyper_rustls::MaybeHttpsStream::Https(tls) => {
+            tls.inner().get_ref().1.alpn_protocol() == Some(b"h2")
         }
-    });
-    Ok(sender)
+        hyper_rustls::MaybeHttpsStream::Http(_) => false,
+    }
+}
+
+/// The request as HTTP/2 sends it (RFC 9113 8.3.1): `:scheme` and `:authority` (from `Host`,
+/// which an intermediary turns into `:authority`; the backend's address if there is none)
+/// instead of `Host`. CONNECT keeps its authority-form target.
+fn h2_form<B>(req: &mut Request<B>, scheme: &Scheme, backend: &Authority) {
+    *req.version_mut() = Version::HTTP_2;
+    let host = req.headers_mut().remove(header::HOST);
+    if req.method() == Method::CONNECT {
+        return;
+    }
+    let authority = host
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| backend.clone());
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or(PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// Back from `h2_form` for a server that chose HTTP/1.1 after all (`auto`).
+fn h1_form<B>(req: &mut Request<B>) {
+    *req.version_mut() = Version::HTTP_11;
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or(PathAndQuery::from_static("/"));
+    if req.method() != Method::CONNECT {
+        *req.uri_mut() = Uri::from(path);
+    }
+}
+
+/// An HTTP/2 response head as the rest of the proxy reads an HTTP/1.1 one that keeps its
+/// connection (it carries no `Connection` header; its stream ends with its body).
+fn h1_head<B>(mut resp: Response<B>) -> Response<B> {
+    *resp.version_mut() = Version::HTTP_11;
+    resp
 }
 
 /// A timed-out I/O error as the source: `ProxyError::from_send` makes it a 504.
@@ -227,7 +462,7 @@ mod tests {
 
     /// A real HTTP/1.1 client connection over an in-memory pipe, its task running and idle;
     /// dropping the returned server end closes it.
-    async fn idle_conn() -> (Sender, DuplexStream) {
+    async fn idle_conn() -> (H1, DuplexStream) {
         let (client, server) = tokio::io::duplex(4096);
         let (mut sender, conn) = http1::handshake(TokioIo::new(client)).await.unwrap();
         tokio::spawn(conn);

@@ -124,6 +124,18 @@ fn connection_tokens(headers: &HeaderMap, says: &mut ConnectionSays) -> Option<V
     extra
 }
 
+/// Whether the request's `TE` says it takes trailers.
+pub fn takes_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| {
+            let t = t.split(|b| *b == b';').next().unwrap_or_default();
+            t.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+}
+
 /// The `Upgrade` protocol when the request asks for one (`Connection: upgrade` + `Upgrade: x`).
 /// Never `h2c`: that would switch the upstream connection to HTTP/2 behind our back (clients
 /// reach our HTTP/2 by prior knowledge instead), so such a request goes up as plain HTTP/1.1.
@@ -280,6 +292,14 @@ mod tests {
         let mut plain = map(&[("host", "a.test"), ("accept", "*/*")]);
         strip_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 2);
+    }
+
+    #[test]
+    fn te_trailers_is_found_among_other_codings() {
+        assert!(takes_trailers(&map(&[("te", "trailers")])));
+        assert!(takes_trailers(&map(&[("te", "gzip;q=0.5, Trailers")])));
+        assert!(!takes_trailers(&map(&[("te", "gzip")])));
+        assert!(!takes_trailers(&HeaderMap::new()));
     }
 
     #[test]

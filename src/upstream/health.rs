@@ -1,15 +1,17 @@
 //! Whether a server may take traffic: its active-check verdict and its passive ejection, both in
 //! atomics on the `Backend` so the balancer reads them without a lock; the active checker task
-//! that probes every server of a pool; and the log line for every change, written once.
+//! that probes every server of a pool (a GET of the check's `path`, or the gRPC health
+//! protocol's `Check`, `grpc`); and the log line for every change, written once.
 
 pub mod counter;
+mod grpc;
 
 use super::{Backend, BackendAddr, UpstreamPool};
 use crate::clock;
 use crate::config::{Eject, HealthCheck, Timeouts};
 use bytes::Bytes;
 use counter::{ActiveCounter, Outcome, State};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -151,7 +153,7 @@ fn eject_backend(
     }
 }
 
-type CheckClient = Client<super::tls::Connector, Empty<Bytes>>;
+type CheckClient = Client<super::tls::Connector, Full<Bytes>>;
 
 /// Probes every server of `pool` now, then every `interval` (with jitter) while the pool lives.
 pub async fn start_checks(
@@ -161,7 +163,9 @@ pub async fn start_checks(
     tls: Option<Arc<super::tls::Handshake>>,
 ) {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let client: CheckClient = super::client(timeouts, tls);
+    // HTTP/2 for an `h2`/`h2c` upstream; an `auto` one's ALPN chooses
+    let h2_only = pool.spec().protocol.is_h2();
+    let client: CheckClient = super::client(timeouts, tls, h2_only);
     let mut counters = HashMap::new();
     round(pool, &check, &client, scheme, &mut counters).await;
     let weak: Weak<UpstreamPool> = Arc::downgrade(pool);
@@ -222,6 +226,26 @@ async fn probe(
     scheme: &str,
     addr: &BackendAddr,
 ) -> Result<u16, String> {
+    if let Some(service) = &check.grpc {
+        let asked = match addr {
+            BackendAddr::Tcp(addr) => {
+                let uri = format!("{scheme}://{addr}{}", check.path);
+                let req = grpc_request(uri, service)?;
+                let ask = async {
+                    let resp = client
+                        .request(req)
+                        .await
+                        .map_err(|e| check_failure(&e).to_string())?;
+                    grpc_answer(resp).await
+                };
+                tokio::time::timeout(check.timeout, ask).await
+            }
+            BackendAddr::Unix(path) => {
+                tokio::time::timeout(check.timeout, unix_grpc(check, service, path)).await
+            }
+        };
+        return asked.unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)));
+    }
     let status = match addr {
         BackendAddr::Tcp(addr) => tcp_status(client, check, scheme, *addr).await?,
         BackendAddr::Unix(path) => unix_status(check, path).await?,
@@ -245,7 +269,7 @@ async fn tcp_status(
     let req = http::Request::get(format!("{scheme}://{addr}{}", check.path))
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "gatehouse-health-check")
-        .body(Empty::new())
+        .body(Full::default())
         .map_err(|e| format!("bad check request: {e}"))?;
     let sent = tokio::time::timeout(check.timeout, client.request(req)).await;
     let status = match sent {
@@ -264,7 +288,7 @@ async fn unix_status(check: &HealthCheck, path: &Path) -> Result<u16, String> {
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         let io = hyper_util::rt::TokioIo::new(io);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
             .await
             .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
         tokio::spawn(conn);
@@ -273,7 +297,7 @@ async fn unix_status(check: &HealthCheck, path: &Path) -> Result<u16, String> {
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, "gatehouse-health-check")
             .header(http::header::CONNECTION, "close")
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| format!("bad check request: {e}"))?;
         let resp = sender
             .send_request(req)
@@ -285,6 +309,57 @@ async fn unix_status(check: &HealthCheck, path: &Path) -> Result<u16, String> {
         Ok(status) => status,
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
     }
+}
+
+/// `Check` for `service`, as a gRPC client sends it.
+fn grpc_request(uri: String, service: &str) -> Result<http::Request<Full<Bytes>>, String> {
+    http::Request::post(uri)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "gatehouse-health-check")
+        .body(Full::new(grpc::request_body(service)))
+        .map_err(|e| format!("bad check request: {e}"))
+}
+
+/// 200 for an answer saying `SERVING`, else why not.
+async fn grpc_answer<B>(resp: http::Response<B>) -> Result<u16, String>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!(
+            "status {}, expected 200 from a gRPC server",
+            resp.status().as_u16()
+        ));
+    }
+    let (head, body) = resp.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| format!("the answer broke off: {e}"))?;
+    // a trailers-only answer carries its status in the head
+    let trailers = collected.trailers().cloned().unwrap_or(head.headers);
+    grpc::verdict(&collected.to_bytes(), &trailers).map(|()| 200)
+}
+
+/// `Check` over HTTP/2 (h2c) on a Unix socket: one connection per check, as for a GET.
+async fn unix_grpc(check: &HealthCheck, service: &str, path: &Path) -> Result<u16, String> {
+    let io = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let io = hyper_util::rt::TokioIo::new(io);
+    let exec = hyper_util::rt::TokioExecutor::new();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(exec, io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = grpc_request(format!("http://localhost{}", check.path), service)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("the connection failed: {e}"))?;
+    grpc_answer(resp).await
 }
 
 impl Backend {

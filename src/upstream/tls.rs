@@ -7,10 +7,10 @@
 //! as SNI and verified never comes from the URI: it is `sni`, else the host of the server the address
 //! was resolved from (an IP literal is verified against the certificate's IP address SANs). Each
 //! upstream keeps its own keep-alive connections (on its backends): connections with different
-//! trust or client certificates never mix, even towards the same address. We speak HTTP/1.1 upstream, so
-//! ALPN offers `http/1.1` only.
+//! trust or client certificates never mix, even towards the same address. ALPN offers what the
+//! upstream's `protocol` speaks: `http/1.1`, `h2`, or both for `auto` (the server chooses).
 
-use crate::config::{ServerAddr, Upstream};
+use crate::config::{Protocol, ServerAddr, Upstream};
 use crate::load::UpstreamFiles;
 use crate::tls::TlsError;
 use http::uri::Scheme;
@@ -115,7 +115,11 @@ impl Handshake {
         };
         Ok(Some(Arc::new(Handshake {
             upstream: upstream.to_string(),
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client_config(upstream, files)?)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client_config(
+                upstream,
+                files,
+                spec.protocol,
+            )?)),
             names,
             resolve_timeout: spec.resolve_timeout,
         })))
@@ -171,8 +175,13 @@ impl Handshake {
     }
 }
 
-/// TLS 1.2 and 1.3 with ring; the system's roots plus `ca_root`; the client certificate if any.
-fn client_config(upstream: &str, files: &UpstreamFiles) -> Result<ClientConfig, TlsError> {
+/// TLS 1.2 and 1.3 with ring; the system's roots plus `ca_root`; the client certificate if any;
+/// ALPN as `protocol` says.
+fn client_config(
+    upstream: &str,
+    files: &UpstreamFiles,
+    protocol: Protocol,
+) -> Result<ClientConfig, TlsError> {
     let roots = files.roots.clone();
     if roots.is_empty() {
         tracing::warn!(upstream, "no trusted root certificates (install ca-certificates or set `ca_root`): every TLS handshake with this upstream will fail");
@@ -187,7 +196,11 @@ fn client_config(upstream: &str, files: &UpstreamFiles) -> Result<ClientConfig, 
             builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())))
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match protocol {
+        Protocol::H2 | Protocol::H2c => vec![b"h2".to_vec()],
+        Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocol::Http1 => vec![b"http/1.1".to_vec()],
+    };
     Ok(config)
 }
 

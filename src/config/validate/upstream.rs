@@ -67,6 +67,19 @@ pub(super) fn upstream(
         },
     };
     let tls = upstream_tls(cx, up, &key, https > 0);
+    let unix = entries
+        .iter()
+        .any(|(s, _)| matches!(s.addr, Endpoint::Unix(_)));
+    let protocol = protocol(cx, up.protocol.as_ref(), &key, https > 0, unix);
+    let max_streams = cx.count(
+        &up.max_streams,
+        &format!("{key}.max_streams"),
+        1..=10_000,
+        100,
+    );
+    if let (Some(check), Some(raw)) = (&health, &up.health) {
+        grpc_health_protocol(cx, check, raw, (&key, protocol, https > 0));
+    }
     Some(Upstream {
         servers: entries.into_iter().map(|(s, _)| s).collect(),
         balance: balance?,
@@ -80,7 +93,52 @@ pub(super) fn upstream(
         when_all_down,
         required: up.required.as_ref().is_some_and(|r| *r.get_ref()),
         tls,
+        protocol,
+        max_streams: max_streams as u32,
     })
+}
+
+/// `protocol`: HTTP/2 over TLS needs `https://` servers, h2c plain ones.
+fn protocol(cx: &mut Ctx, value: Option<&Str>, key: &str, https: bool, unix: bool) -> Protocol {
+    let Some(value) = value else {
+        return Protocol::Http1;
+    };
+    let key = format!("{key}.protocol");
+    let chosen = match value.get_ref().as_str() {
+        "http1" => Protocol::Http1,
+        "h2" => Protocol::H2,
+        "h2c" => Protocol::H2c,
+        "auto" => Protocol::Auto,
+        other => {
+            let msg = format!("`{other}` is not a protocol; expected \"http1\" (HTTP/1.1), \"h2\" (HTTP/2 over TLS: https:// servers), \"h2c\" (HTTP/2 without TLS) or \"auto\" (ALPN for https:// servers, else HTTP/1.1)");
+            cx.error(value.span(), &key, msg);
+            return Protocol::Http1;
+        }
+    };
+    let msg = match chosen {
+        Protocol::H2 if !https && unix => "\"h2\" is HTTP/2 over TLS, which a Unix socket server does not speak; use \"h2c\" for HTTP/2 without TLS",
+        Protocol::H2 if !https => "\"h2\" is HTTP/2 over TLS: write the servers as \"https://HOST:PORT\", or use \"h2c\" for HTTP/2 without TLS",
+        Protocol::H2c if https => "\"h2c\" is HTTP/2 without TLS, but the servers are https://; use \"h2\" (or \"auto\") for HTTP/2 over TLS",
+        _ => return chosen,
+    };
+    cx.error(value.span(), &key, msg);
+    chosen
+}
+
+/// A gRPC health check speaks HTTP/2: the upstream must too.
+fn grpc_health_protocol(
+    cx: &mut Ctx,
+    check: &HealthCheck,
+    raw: &Spanned<FileHealth>,
+    (key, protocol, https): (&str, Protocol, bool),
+) {
+    let speaks_h2 = protocol.is_h2() || (protocol == Protocol::Auto && https);
+    if check.grpc.is_none() || speaks_h2 {
+        return;
+    }
+    let span = raw.get_ref().grpc.as_ref().map_or(raw.span(), |g| g.span());
+    let msg = "the gRPC health protocol runs over HTTP/2: set `protocol = \"h2c\"` (or \"h2\" for https:// servers)";
+    cx.error(span, &format!("{key}.health.grpc"), msg);
 }
 
 /// A `servers` entry and whether it is `https://`.
@@ -176,11 +234,7 @@ fn balance(cx: &mut Ctx, value: &Str, key: &str) -> Option<Balance> {
 fn health(cx: &mut Ctx, raw: &Spanned<FileHealth>, key: &str) -> Option<HealthCheck> {
     let h = raw.get_ref();
     let key = format!("{key}.health");
-    let path = cx.expand(&h.path, &format!("{key}.path"))?;
-    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        let msg = format!("`{path}` is not a path; expected e.g. \"/health/ready\"");
-        cx.error(h.path.span(), &format!("{key}.path"), msg);
-    }
+    let (path, grpc) = check_target(cx, raw, &key)?;
     let interval = cx.duration(
         &h.interval,
         &format!("{key}.interval"),
@@ -211,6 +265,7 @@ fn health(cx: &mut Ctx, raw: &Spanned<FileHealth>, key: &str) -> Option<HealthCh
     };
     Some(HealthCheck {
         path,
+        grpc,
         interval,
         timeout,
         healthy,
@@ -219,6 +274,51 @@ fn health(cx: &mut Ctx, raw: &Spanned<FileHealth>, key: &str) -> Option<HealthCh
         host,
     })
 }
+
+/// What a check asks: `path` (a GET), or `grpc` (the gRPC health protocol's `Check` for that
+/// service); one of the two.
+fn check_target(
+    cx: &mut Ctx,
+    raw: &Spanned<FileHealth>,
+    key: &str,
+) -> Option<(String, Option<String>)> {
+    let h = raw.get_ref();
+    match (&h.path, &h.grpc) {
+        (Some(path), None) => {
+            let text = cx.expand(path, &format!("{key}.path"))?;
+            if !text.starts_with('/') || text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                let msg = format!("`{text}` is not a path; expected e.g. \"/health/ready\"");
+                cx.error(path.span(), &format!("{key}.path"), msg);
+            }
+            Some((text, None))
+        }
+        (None, Some(service)) => {
+            let name = cx.expand(service, &format!("{key}.grpc"))?;
+            if name
+                .bytes()
+                .any(|b| !(b.is_ascii_alphanumeric() || b"._-/".contains(&b)))
+            {
+                let msg = format!("`{name}` is not a gRPC service name; expected e.g. \"my.package.Service\" (or \"\" for the server as a whole)");
+                cx.error(service.span(), &format!("{key}.grpc"), msg);
+            }
+            Some((GRPC_HEALTH_CHECK.to_string(), Some(name)))
+        }
+        (Some(_), Some(service)) => {
+            let msg =
+                "a check is either a GET of `path` or the gRPC health protocol (`grpc`), not both";
+            cx.error(service.span(), &format!("{key}.grpc"), msg);
+            None
+        }
+        (None, None) => {
+            let msg = "a health check needs `path` (e.g. \"/health\") or `grpc` (a gRPC service name, e.g. \"my.Service\")";
+            cx.error(raw.span(), &format!("{key}.path"), msg);
+            None
+        }
+    }
+}
+
+/// The gRPC health protocol's method (grpc/grpc `doc/health-checking.md`).
+pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// "200", "200-399".
 fn status_range(cx: &mut Ctx, value: &Str, key: &str) -> Option<(u16, u16)> {
