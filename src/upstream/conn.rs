@@ -319,7 +319,9 @@ impl Dialer {
                 backend.h2.learn(Learned::Http1);
             }
             let h2 = self.protocol == Protocol::H2c;
-            return self.handshake(UpstreamIo::Unix(TokioIo::new(io)), h2, backend).await;
+            return self
+                .handshake(UpstreamIo::Unix(TokioIo::new(io)), h2, backend)
+                .await;
         }
         let dst = Uri::builder()
             .scheme(self.scheme.clone())
