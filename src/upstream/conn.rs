@@ -223,7 +223,8 @@ impl Dialer {
             // boxed: connecting is rare, the common path's future stays small
             None => match Box::pin(self.open(backend, connect)).await? {
                 Opened::Http1(sender) => (sender, false),
-                Opened::Http2(conn) => return self.first_h2(backend, conn, req).await,
+                // boxed, like the dial: HTTP/2 found by ALPN is the rare way here
+                Opened::Http2(conn) => return Box::pin(self.first_h2(backend, conn, req)).await,
             },
         };
         let req = match sender.try_send_request(req).await {
@@ -241,7 +242,7 @@ impl Dialer {
                 Ok(resp) => Ok((resp, Sender::Http1(sender))),
                 Err(err) => Err(SendError::Request(err.into_error())),
             },
-            Opened::Http2(conn) => self.first_h2(backend, conn, req).await,
+            Opened::Http2(conn) => Box::pin(self.first_h2(backend, conn, req)).await,
         }
     }
 
@@ -280,7 +281,7 @@ impl Dialer {
         let opened = self.open(backend, connect).await;
         drop(dialing);
         match opened? {
-            Opened::Http2(conn) => self.first_h2(backend, conn, req).await,
+            Opened::Http2(conn) => Box::pin(self.first_h2(backend, conn, req)).await,
             // `auto` and the server chose HTTP/1.1
             Opened::Http1(mut sender) => {
                 h1_form(&mut req);
