@@ -203,12 +203,16 @@ impl Dialer {
         req: Request<CountedBody>,
         connect: Duration,
     ) -> Result<(Response<Incoming>, Sender), SendError> {
-        match self.protocol {
-            Protocol::Http1 => self.send_h1(backend, req, connect).await,
-            Protocol::Auto if backend.h2.learned() == Learned::Http1 => {
-                self.send_h1(backend, req, connect).await
-            }
-            _ => Box::pin(self.send_h2(backend, req, connect)).await,
+        let http1 = match self.protocol {
+            Protocol::Http1 => true,
+            Protocol::Auto => backend.h2.learned() == Learned::Http1,
+            Protocol::H2 | Protocol::H2c => false,
+        };
+        // one place awaits the HTTP/1.1 path, so its poll stays inlined here
+        if http1 {
+            self.send_h1(backend, req, connect).await
+        } else {
+            Box::pin(self.send_h2(backend, req, connect)).await
         }
     }
 
