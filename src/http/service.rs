@@ -553,15 +553,25 @@ impl ProxyService {
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
         let timeout = hop.policy.upstream_response;
         let log = hop.log.clone();
-        // the clock starts once the whole body is sent: a slow upload is not a slow upstream
+        // the clock starts once the whole body is sent: a slow upload is not a slow upstream;
+        // a gRPC call's deadline runs from the start (boxed: only such calls pay for its timer)
+        let deadline = hop
+            .deadline
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         let too_late = async move {
-            log.body_sent().await;
-            tokio::time::sleep(timeout).await;
-        };
-        let deadline = async {
-            match hop.deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+            let answer_time = async {
+                log.body_sent().await;
+                tokio::time::sleep(timeout).await;
+            };
+            match deadline {
+                None => {
+                    answer_time.await;
+                    ProxyError::ResponseTimeout
+                }
+                Some(deadline) => tokio::select! {
+                    () = answer_time => ProxyError::ResponseTimeout,
+                    () = deadline => ProxyError::DeadlineExceeded,
+                },
             }
         };
         // timed only for the upstream's latency histogram
@@ -574,8 +584,7 @@ impl ProxyService {
                 Some(BodyFault::Malformed) => ProxyError::BadBody,
                 None => ProxyError::from_send(e),
             }),
-            () = too_late => Err(ProxyError::ResponseTimeout),
-            () = deadline => Err(ProxyError::DeadlineExceeded),
+            late = too_late => Err(late),
         };
         let outcome = match &sent {
             Ok((resp, _)) if resp.status().is_server_error() => Outcome::ServerError,
