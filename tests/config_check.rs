@@ -623,6 +623,38 @@ fn dns01_config_errors_are_reported_with_key_and_hint() {
             &["`acme.dns.command`", "present|cleanup"],
         ),
         (
+            "httpreq without endpoint",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(r#"dns = { provider = "httpreq" }"#),
+            ),
+            "httpreq",
+            &["`acme.dns.endpoint`", "/present"],
+        ),
+        (
+            "httpreq endpoint that is not a URL",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(r#"dns = { provider = "httpreq", endpoint = "dns-api.internal" }"#),
+            ),
+            "dns-api.internal",
+            &["`acme.dns.endpoint`", "https://"],
+        ),
+        (
+            "httpreq username without password",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(
+                    r#"dns = { provider = "httpreq", endpoint = "https://dns-api.internal", username = "acme" }"#,
+                ),
+            ),
+            "username",
+            &["`acme.dns`", "username", "password"],
+        ),
+        (
             "a key of another provider",
             acme_config(
                 ACME_LISTEN,

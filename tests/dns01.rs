@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{echo_backend, json_str_field, Backend, TestProxy};
+use support::{echo_backend, json_str_field, serve, text_response, Backend, TestProxy};
 use tokio::net::TcpStream;
 
 const ZONE: &str = "example.test";
@@ -36,6 +36,8 @@ const BASE_BAD_TSIG: u16 = 24210;
 const BASE_EXEC: u16 = 24220;
 const BASE_EXEC_FAILS: u16 = 24230;
 const BASE_RESTART: u16 = 24240;
+const BASE_HTTPREQ: u16 = 24250;
+const BASE_HTTPREQ_REFUSED: u16 = 24260;
 
 const ISSUANCE: Duration = Duration::from_secs(60);
 const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/acme-testbed");
@@ -568,6 +570,119 @@ async fn a_restart_in_the_middle_leaves_no_record_behind() {
     setup.wait_for_cert(&proxy, "app.example.test").await;
     setup.wait_for_cert(&proxy, "foo.example.test").await;
     setup.wait_records_gone(&proxy).await;
+}
+
+/// An HTTP DNS API in lego's `httpreq` protocol, writing to Knot with `knsupdate`; it wants
+/// basic authentication `acme:s3cret`. Every request is recorded as "action fqdn value".
+async fn httpreq_api(knot_port: u16, calls: Arc<std::sync::Mutex<Vec<String>>>) -> Backend {
+    use http_body_util::BodyExt;
+    serve(
+        "dns-api",
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let calls = calls.clone();
+            async move {
+                let action = req.uri().path().trim_start_matches("/acme/").to_string();
+                let authorized = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    == Some("Basic YWNtZTpzM2NyZXQ="); // acme:s3cret
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let (fqdn, value) = (
+                    json["fqdn"].as_str().unwrap(),
+                    json["value"].as_str().unwrap(),
+                );
+                calls
+                    .lock()
+                    .unwrap()
+                    .push(format!("{action} {fqdn} {value}"));
+                if !authorized {
+                    return text_response(401, "bad credentials for the DNS API");
+                }
+                let line = match action.as_str() {
+                    "present" => format!("update add {fqdn} 60 TXT \"{value}\""),
+                    "cleanup" => format!("update delete {fqdn} TXT \"{value}\""),
+                    _ => return text_response(404, "no such action"),
+                };
+                let script = format!("server 127.0.0.1 {knot_port}\nzone {ZONE}.\n{line}\nsend\n");
+                let ok = tokio::task::spawn_blocking(move || {
+                    let mut child = Command::new("knsupdate")
+                        .args(["-y", &format!("hmac-sha256:{KEY}:{SECRET}")])
+                        .stdin(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    use std::io::Write;
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(script.as_bytes())
+                        .unwrap();
+                    child.wait().unwrap().success()
+                })
+                .await
+                .unwrap();
+                if ok {
+                    text_response(200, "")
+                } else {
+                    text_response(500, "knsupdate failed")
+                }
+            }
+        },
+    )
+    .await
+}
+
+fn httpreq_dns(api: &Backend, password: &str) -> String {
+    format!(
+        r#"{{ provider = "httpreq", endpoint = "http://{}/acme/", username = "acme", password = "{password}", resolver = "127.0.0.1:{{KNOT}}", propagation_timeout = "30s" }}"#,
+        api.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_httpreq_provider_posts_lego_style_requests() {
+    let setup = Setup::start(BASE_HTTPREQ).await;
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let api = httpreq_api(setup.knot.port, calls.clone()).await;
+    let dns = httpreq_dns(&api, "s3cret").replace("{KNOT}", &setup.knot.port.to_string());
+    let (proxy, _dir) = setup.gatehouse(&setup.config(&dns), "").await;
+    setup.wait_for_cert(&proxy, "foo.example.test").await;
+    setup.wait_for_cert(&proxy, "app.example.test").await;
+    setup.wait_records_gone(&proxy).await;
+    let calls = calls.lock().unwrap().clone();
+    let presents = calls.iter().filter(|c| c.starts_with("present ")).count();
+    let cleanups = calls.iter().filter(|c| c.starts_with("cleanup ")).count();
+    assert!(
+        presents >= 2 && presents == cleanups,
+        "API calls: {calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("present _acme-challenge.example.test. ")),
+        "the wildcard's record, fqdn with its dot: {calls:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_httpreq_api_that_refuses_is_a_clear_error() {
+    let setup = Setup::start(BASE_HTTPREQ_REFUSED).await;
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let api = httpreq_api(setup.knot.port, calls.clone()).await;
+    let dns = httpreq_dns(&api, "wrong").replace("{KNOT}", &setup.knot.port.to_string());
+    let (proxy, _dir) = setup.gatehouse(&setup.config(&dns), "").await;
+    let error = setup.wait_order_error(&proxy).await;
+    let url = format!("http://{}/acme/present", api.addr);
+    assert!(
+        error.contains(&url) && error.contains("401") && error.contains("bad credentials"),
+        "unclear error: {error}"
+    );
+    let root = setup.pebble.root();
+    assert!(handshake(proxy.https(), "app.example.test", &root)
+        .await
+        .is_err());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

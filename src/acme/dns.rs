@@ -1,10 +1,11 @@
 //! DNS-01: publishes `_acme-challenge.<name>` TXT records through the configured provider
 //! (`rfc2136`: a TSIG-signed dynamic update; `exec`: lego's `command present|cleanup <fqdn>
-//! <value>`), waits until a DNS server answers them, and removes them again. Every record is
+//! <value>`; `httpreq`: lego's `POST <endpoint>/present|cleanup`), waits until a DNS server answers them, and removes them again. Every record is
 //! written to the certificate's folder (`dns-01-pending.json`) before it is published and
 //! struck from it once removed, so records left by a crash or a failed removal are removed at
 //! the next start or order ([`clean_leftovers`]).
 
+mod httpreq;
 mod wire;
 
 use super::store;
@@ -51,6 +52,14 @@ pub enum DnsError {
         /// "failed with exit status 1: <its stderr>", "could not start: ...", ...
         outcome: String,
     },
+    #[error("the DNS API {url} ({name} {value}) {outcome}")]
+    HttpReq {
+        url: String,
+        name: String,
+        value: String,
+        /// "answered 403 Forbidden: <its body>", "cannot be reached: ...", ...
+        outcome: String,
+    },
     #[error("the TXT record {name} was not answered by {server} within {waited:?} (`propagation_timeout`); last answer: {last}")]
     NotVisible {
         name: String,
@@ -84,6 +93,7 @@ pub async fn present(dns: &Dns, record: &Record) -> Result<(), DnsError> {
     match &dns.provider {
         DnsProvider::Rfc2136(r) => update(r, record, true).await,
         DnsProvider::Exec { command } => exec(command, "present", record).await,
+        DnsProvider::HttpReq(h) => httpreq::post(h, "present", record).await,
     }
 }
 
@@ -92,6 +102,7 @@ pub async fn cleanup(dns: &Dns, record: &Record) -> Result<(), DnsError> {
     match &dns.provider {
         DnsProvider::Rfc2136(r) => update(r, record, false).await,
         DnsProvider::Exec { command } => exec(command, "cleanup", record).await,
+        DnsProvider::HttpReq(h) => httpreq::post(h, "cleanup", record).await,
     }
 }
 
@@ -102,7 +113,9 @@ pub async fn wait_visible(dns: &Dns, record: &Record) -> Result<(), DnsError> {
     let (server, recurse) = match (&dns.resolver, &dns.provider) {
         (Some(r), _) => (*r, true),
         (None, DnsProvider::Rfc2136(r)) => (r.server, false),
-        (None, DnsProvider::Exec { .. }) => (system_resolver().await?, true),
+        (None, DnsProvider::Exec { .. } | DnsProvider::HttpReq(_)) => {
+            (system_resolver().await?, true)
+        }
     };
     let started = Instant::now();
     loop {

@@ -550,7 +550,7 @@ pub struct FileSiteAcme {
     pub dns: Option<Spanned<FileDns>>,
 }
 
-/// `dns = { provider = "rfc2136", ... }` or `{ provider = "exec", ... }`: every provider's keys
+/// `dns = { provider = "rfc2136" | "exec" | "httpreq", ... }`: every provider's keys
 /// (validation says which belong to which provider).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -562,6 +562,9 @@ pub struct FileDns {
     pub tsig_secret: Option<Str>,
     pub tsig_algorithm: Option<Str>,
     pub command: Option<Str>,
+    pub endpoint: Option<Str>,
+    pub username: Option<Str>,
+    pub password: Option<Str>,
     pub resolver: Option<Str>,
     pub propagation_timeout: Option<Str>,
 }

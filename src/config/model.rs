@@ -1202,6 +1202,26 @@ pub enum DnsProvider {
     Rfc2136(Rfc2136),
     /// lego's `exec` protocol: `command present|cleanup <fqdn.> <value>`.
     Exec { command: PathBuf },
+    /// lego's `httpreq` protocol: `POST <endpoint>/present|cleanup` with `{"fqdn", "value"}`.
+    HttpReq(HttpReq),
+}
+
+/// An HTTP endpoint taking lego's `httpreq` requests; the password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpReq {
+    /// `http://` or `https://`, without a trailing slash.
+    pub endpoint: String,
+    /// Basic authentication: user name and password.
+    pub auth: Option<(String, String)>,
+}
+
+impl fmt::Debug for HttpReq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpReq")
+            .field("endpoint", &self.endpoint)
+            .field("user", &self.auth.as_ref().map(|(user, _)| user))
+            .finish()
+    }
 }
 
 impl DnsProvider {
@@ -1209,6 +1229,7 @@ impl DnsProvider {
         match self {
             DnsProvider::Rfc2136(_) => "rfc2136",
             DnsProvider::Exec { .. } => "exec",
+            DnsProvider::HttpReq(_) => "httpreq",
         }
     }
 }

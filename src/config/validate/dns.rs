@@ -5,7 +5,7 @@
 use super::Ctx;
 use crate::config::file::{FileDns, FileSiteAcme, Str};
 use crate::config::model::{
-    Challenge, Dns, DnsProvider, HostPattern, Rfc2136, SiteAcme, Tsig, TsigAlgorithm,
+    Challenge, Dns, DnsProvider, HostPattern, HttpReq, Rfc2136, SiteAcme, Tsig, TsigAlgorithm,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -15,7 +15,7 @@ use toml::Spanned;
 /// A record is usually answered within seconds; a hidden primary that notifies slow secondaries
 /// may take a minute or two, and waiting longer mostly delays a failure the CA would report.
 pub(super) const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(120);
-const PROVIDERS: &str = "expected \"rfc2136\" (dynamic updates with TSIG: BIND, Knot, PowerDNS) or \"exec\" (a script run as `command present|cleanup <fqdn> <value>`, lego's protocol)";
+const PROVIDERS: &str = "expected \"rfc2136\" (dynamic updates with TSIG: BIND, Knot, PowerDNS), \"exec\" (a script run as `command present|cleanup <fqdn> <value>`, lego's protocol) or \"httpreq\" (POST <endpoint>/present|cleanup, lego's protocol)";
 const ALGORITHMS: &str =
     "expected \"hmac-sha256\" (the default), \"hmac-sha384\", \"hmac-sha512\" or \"hmac-sha1\"";
 
@@ -91,6 +91,7 @@ pub(super) fn dns(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<Dns
     let provider = match name.as_str() {
         "rfc2136" => rfc2136(cx, raw, key).map(DnsProvider::Rfc2136),
         "exec" => exec(cx, raw, key),
+        "httpreq" => httpreq(cx, raw, key).map(DnsProvider::HttpReq),
         _ => {
             let msg = format!("`{name}` is not a DNS provider; {PROVIDERS}");
             cx.error(provider_value.span(), &provider_key, msg);
@@ -116,7 +117,13 @@ fn foreign_keys(cx: &mut Ctx, key: &str, provider: &str, keys: &[(&str, Option<&
 
 fn rfc2136(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<Rfc2136> {
     let d = raw.get_ref();
-    foreign_keys(cx, key, "rfc2136", &[("command", d.command.as_ref())]);
+    let foreign = [
+        ("command", d.command.as_ref()),
+        ("endpoint", d.endpoint.as_ref()),
+        ("username", d.username.as_ref()),
+        ("password", d.password.as_ref()),
+    ];
+    foreign_keys(cx, key, "rfc2136", &foreign);
     let span = raw.span();
     let server = required(
         cx,
@@ -228,6 +235,9 @@ fn exec(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<DnsProvider> 
         ("tsig_key", d.tsig_key.as_ref()),
         ("tsig_secret", d.tsig_secret.as_ref()),
         ("tsig_algorithm", d.tsig_algorithm.as_ref()),
+        ("endpoint", d.endpoint.as_ref()),
+        ("username", d.username.as_ref()),
+        ("password", d.password.as_ref()),
     ];
     foreign_keys(cx, key, "exec", &foreign);
     let Some(value) = &d.command else {
@@ -246,6 +256,55 @@ fn exec(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<DnsProvider> 
     }
     Some(DnsProvider::Exec {
         command: cx.relative(&text),
+    })
+}
+
+fn httpreq(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<HttpReq> {
+    let d = raw.get_ref();
+    let foreign = [
+        ("server", d.server.as_ref()),
+        ("zone", d.zone.as_ref()),
+        ("tsig_key", d.tsig_key.as_ref()),
+        ("tsig_secret", d.tsig_secret.as_ref()),
+        ("tsig_algorithm", d.tsig_algorithm.as_ref()),
+        ("command", d.command.as_ref()),
+    ];
+    foreign_keys(cx, key, "httpreq", &foreign);
+    let endpoint_key = format!("{key}.endpoint");
+    let Some(value) = &d.endpoint else {
+        let msg = "the httpreq provider needs `endpoint`, e.g. `endpoint = \"https://dns-api.internal/acme\"` (it gets POST /present and /cleanup)";
+        cx.error(raw.span(), &endpoint_key, msg);
+        return None;
+    };
+    let text = cx.expand(value, &endpoint_key)?;
+    let uri = text.parse::<http::Uri>().ok();
+    let scheme_ok = uri
+        .as_ref()
+        .and_then(|u| u.scheme_str())
+        .is_some_and(|s| s == "http" || s == "https");
+    if !scheme_ok
+        || uri.as_ref().and_then(|u| u.host()).is_none()
+        || uri.as_ref().and_then(|u| u.query()).is_some()
+    {
+        let msg = format!("`{text}` is not an http:// or https:// URL without a query, like \"https://dns-api.internal/acme\"");
+        cx.error(value.span(), &endpoint_key, msg);
+        return None;
+    }
+    let auth = match (&d.username, &d.password) {
+        (None, None) => None,
+        (Some(user), Some(password)) => Some((
+            cx.expand(user, &format!("{key}.username"))?,
+            cx.expand(password, &format!("{key}.password"))?,
+        )),
+        (Some(v), None) | (None, Some(v)) => {
+            let msg = "basic authentication needs both `username` and `password`";
+            cx.error(v.span(), key, msg);
+            return None;
+        }
+    };
+    Some(HttpReq {
+        endpoint: text.trim_end_matches('/').to_string(),
+        auth,
     })
 }
 
