@@ -38,6 +38,7 @@ const BASE_EXEC_FAILS: u16 = 24230;
 const BASE_RESTART: u16 = 24240;
 const BASE_HTTPREQ: u16 = 24250;
 const BASE_HTTPREQ_REFUSED: u16 = 24260;
+const BASE_PER_SITE: u16 = 24270;
 
 const ISSUANCE: Duration = Duration::from_secs(60);
 const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/acme-testbed");
@@ -683,6 +684,32 @@ async fn an_httpreq_api_that_refuses_is_a_clear_error() {
     assert!(handshake(proxy.https(), "app.example.test", &root)
         .await
         .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_may_choose_dns01_itself() {
+    let setup = Setup::start(BASE_PER_SITE).await;
+    // [acme] keeps http-01 (nothing answers pebble on port 80 here): each site's own `acme`
+    // says DNS-01, the wildcard site by rfc2136 and the other through [acme]'s provider
+    let config = setup
+        .config(&setup.rfc2136(""))
+        .replace("challenge = \"dns-01\"\n", "")
+        .replacen(
+            "tls = \"acme\"",
+            &format!(
+                "tls = \"acme\"\nacme = {{ challenge = \"dns-01\", dns = {} }}",
+                setup.rfc2136("")
+            ),
+            1,
+        )
+        .replace(
+            "tls = \"acme\"\n  [[site.route]]",
+            "tls = \"acme\"\nacme = { challenge = \"dns-01\" }\n  [[site.route]]",
+        );
+    let (proxy, _dir) = setup.gatehouse(&config, SECRET).await;
+    setup.wait_for_cert(&proxy, "foo.example.test").await;
+    setup.wait_for_cert(&proxy, "app.example.test").await;
+    setup.wait_records_gone(&proxy).await;
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
