@@ -467,6 +467,15 @@ async fn a_wrong_tsig_secret_is_a_clear_error_and_no_certificate() {
         .await
         .is_err());
     assert!(setup.knot.challenge_records().is_empty());
+    // a refused update changed nothing: nothing is left to remove at the next start
+    let pending: Vec<_> = walk(setup.state.path())
+        .into_iter()
+        .filter(|p| p.ends_with("dns-01-pending.json"))
+        .collect();
+    assert!(
+        pending.is_empty(),
+        "refused records remembered: {pending:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
