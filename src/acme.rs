@@ -12,6 +12,7 @@
 //! ([`off_runtime`]): an fsync can wait behind a disk's whole queue, and the task that waits
 //! must not be a thread serving traffic.
 
+mod dns;
 mod order;
 pub mod store;
 
@@ -60,6 +61,8 @@ pub enum AcmeError {
     NoRoots,
     #[error("the order took longer than {0:?}")]
     Deadline(Duration),
+    #[error("DNS-01: {0}")]
+    Dns(#[from] dns::DnsError),
     #[error("file work stopped: {0}")]
     Stopped(#[from] tokio::task::JoinError),
 }
@@ -312,6 +315,10 @@ async fn maintain(
     let list = names.join(",");
     let dir = issuer.store.cert_dir(&issuer.settings.directory, &names);
     let mut backoff = Backoff::new(issuer.settings.retry_initial, issuer.settings.retry_max);
+    // records a crash (or a failed removal) left behind, even when no order is due
+    if let Some(dns) = issuer.dns() {
+        dns::clean_leftovers(dns, &dir).await;
+    }
     loop {
         if let Some(info) = &current {
             let wait = info
@@ -324,8 +331,13 @@ async fn maintain(
             }
             tracing::info!(names = %list, not_after = %rfc3339(info.not_after), "renewing certificate");
         }
-        let issued = tokio::time::timeout(ORDER_DEADLINE, issuer.issue(&names)).await;
-        let result = match issued.unwrap_or(Err(AcmeError::Deadline(ORDER_DEADLINE))) {
+        // DNS-01 waits for each record to be answered on top of the CA's work
+        let deadline = ORDER_DEADLINE
+            + issuer
+                .dns()
+                .map_or(Duration::ZERO, |d| d.propagation_timeout);
+        let issued = tokio::time::timeout(deadline, issuer.issue(&names, &dir)).await;
+        let result = match issued.unwrap_or(Err(AcmeError::Deadline(deadline))) {
             Ok(cert) => {
                 let (dir, slot) = (dir.clone(), slot.clone());
                 off_runtime(move || publish(&dir, cert, &slot)).await

@@ -315,8 +315,12 @@ impl RuntimeState {
                     None => return Err(TlsError::NotLoaded(tls.cert.display().to_string()).into()),
                 },
                 Some(SiteTls::Acme) => Some(
-                    acme.slot(&config.acme, &config.server.state_dir, site.names())
-                        .await,
+                    acme.slot(
+                        &config.acme.for_site(site),
+                        &config.server.state_dir,
+                        site.names(),
+                    )
+                    .await,
                 ),
             });
         }

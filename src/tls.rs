@@ -565,6 +565,7 @@ mod tests {
             error_pages: Default::default(),
             response_headers: Default::default(),
             client_auth: None,
+            acme: None,
         }
     }
 

@@ -428,8 +428,8 @@ fn acme_config_errors_are_reported_with_key_and_hint() {
         ),
         case(
             "unknown challenge",
-            acme_config(ACME_LISTEN, ACME_HOSTS, "challenge = \"dns-01\""),
-            "dns-01",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "challenge = \"dns-1\""),
+            "dns-1",
             &["`acme.challenge`", "dns-01", "http-01", "tls-alpn-01"],
         ),
         case(
@@ -521,6 +521,203 @@ fn acme_config_errors_are_reported_with_key_and_hint() {
             out.stderr.contains("\n1 error in config"),
             "case {:?}: exactly one error expected; got:\n{}",
             c.what,
+            out.stderr
+        );
+    }
+}
+
+const RFC2136: &str = r#"dns = { provider = "rfc2136", server = "10.0.0.53:53", zone = "example.com", tsig_key = "gatehouse", tsig_secret = "c2VjcmV0LXRzaWcta2V5", tsig_algorithm = "hmac-sha256" }"#;
+
+/// `[acme]` with DNS-01 and `dns` (one line, the errors' marker).
+fn dns01(dns: &str) -> String {
+    format!("challenge = \"dns-01\"\n{dns}")
+}
+
+#[test]
+fn dns01_config_errors_are_reported_with_key_and_hint() {
+    let wildcard = "hosts = [\"example.com\", \"*.example.com\"]";
+    let cases: Vec<(&str, String, &str, &[&str])> = vec![
+        (
+            "dns-01 without a provider",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "challenge = \"dns-01\""),
+            "dns-01",
+            &["`acme.dns`", "provider"],
+        ),
+        (
+            "unknown provider",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(r#"dns = { provider = "route53" }"#),
+            ),
+            "route53",
+            &["`acme.dns.provider`", "route53", "\"rfc2136\"", "\"exec\""],
+        ),
+        (
+            "rfc2136 without zone",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(r#"dns = { provider = "rfc2136", server = "10.0.0.53" }"#),
+            ),
+            "provider",
+            &["`acme.dns.zone`", "zone = \"example.com\""],
+        ),
+        (
+            "rfc2136 server that is a name",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(
+                    r#"dns = { provider = "rfc2136", server = "ns1.example.com", zone = "example.com" }"#,
+                ),
+            ),
+            "ns1.example.com",
+            &["`acme.dns.server`", "IP address", "10.0.0.53:53"],
+        ),
+        (
+            "unknown TSIG algorithm",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(&RFC2136.replace("hmac-sha256", "hmac-md5")),
+            ),
+            "hmac-md5",
+            &[
+                "`acme.dns.tsig_algorithm`",
+                "hmac-md5",
+                "hmac-sha256",
+                "hmac-sha512",
+            ],
+        ),
+        (
+            "TSIG key without its secret",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(
+                    r#"dns = { provider = "rfc2136", server = "10.0.0.53", zone = "example.com", tsig_key = "k" }"#,
+                ),
+            ),
+            "tsig_key",
+            &["`acme.dns`", "tsig_key", "tsig_secret"],
+        ),
+        (
+            "TSIG secret that is not base64",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(&RFC2136.replace("c2VjcmV0LXRzaWcta2V5", "not base64!")),
+            ),
+            "not base64!",
+            &["`acme.dns.tsig_secret`", "base64"],
+        ),
+        (
+            "exec without command",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(r#"dns = { provider = "exec" }"#),
+            ),
+            "exec",
+            &["`acme.dns.command`", "present|cleanup"],
+        ),
+        (
+            "httpreq without endpoint",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(r#"dns = { provider = "httpreq" }"#),
+            ),
+            "httpreq",
+            &["`acme.dns.endpoint`", "/present"],
+        ),
+        (
+            "httpreq endpoint that is not a URL",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(r#"dns = { provider = "httpreq", endpoint = "dns-api.internal" }"#),
+            ),
+            "dns-api.internal",
+            &["`acme.dns.endpoint`", "https://"],
+        ),
+        (
+            "httpreq username without password",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(
+                    r#"dns = { provider = "httpreq", endpoint = "https://dns-api.internal", username = "acme" }"#,
+                ),
+            ),
+            "username",
+            &["`acme.dns`", "username", "password"],
+        ),
+        (
+            "a key of another provider",
+            acme_config(
+                ACME_LISTEN,
+                ACME_HOSTS,
+                &dns01(
+                    r#"dns = { provider = "exec", command = "/bin/true", zone = "example.com" }"#,
+                ),
+            ),
+            "exec",
+            &["`acme.dns.zone`", "not a key of the `exec` provider"],
+        ),
+        (
+            "a name outside the rfc2136 zone",
+            acme_config(
+                ACME_LISTEN,
+                "hosts = [\"app.example.org\"]",
+                &dns01(RFC2136),
+            ),
+            "tls = \"acme\"",
+            &["`site.tls`", "app.example.org", "example.com"],
+        ),
+        (
+            "a wildcard whose site's own challenge is http-01",
+            acme_config(ACME_LISTEN, wildcard, &dns01(RFC2136)).replace(
+                "tls = \"acme\"",
+                "tls = \"acme\"\nacme = { challenge = \"http-01\" }",
+            ),
+            "tls = \"acme\"",
+            &["`site.tls`", "*.example.com", "DNS-01"],
+        ),
+        (
+            "a site's acme without tls = \"acme\"",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "").replace(
+                "tls = \"acme\"",
+                "tls = \"off\"\nacme = { challenge = \"dns-01\" }",
+            ),
+            "acme = {",
+            &["`site.acme`", "tls = \"acme\""],
+        ),
+    ];
+    assert_each_is_one_located_error(&cases);
+}
+
+#[test]
+fn wildcards_with_dns01_pass_check_globally_or_per_site() {
+    let wildcard = "hosts = [\"example.com\", \"*.example.com\"]";
+    let https_only = "[listen]\nhttps = \"127.0.0.1:0\"\n";
+    let per_site = acme_config(ACME_LISTEN, wildcard, "").replace(
+        "tls = \"acme\"",
+        &format!("tls = \"acme\"\nacme = {{ challenge = \"dns-01\", {RFC2136} }}"),
+    );
+    let exec = r#"dns = { provider = "exec", command = "/usr/local/bin/dns-hook", resolver = "10.0.0.53", propagation_timeout = "5m" }"#;
+    for config in [
+        // DNS-01 needs no HTTP listener
+        acme_config(https_only, wildcard, &dns01(RFC2136)),
+        acme_config(https_only, wildcard, &dns01(exec)),
+        per_site,
+    ] {
+        let (_, out) = check(&config, &[], &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "should pass:\n{config}\nstderr:\n{}",
             out.stderr
         );
     }

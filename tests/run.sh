@@ -14,6 +14,29 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${need[@]}"; }
 fi
+# knotd (package knot) and kdig/knsupdate (knot-dnsutils): the authoritative DNS server that
+# tests/dns01.rs starts on a loopback port for DNS-01. Installed like prometheus below, so the
+# package's own knot.service (port 53) is not started.
+if ! command -v knotd >/dev/null 2>&1 || ! command -v knsupdate >/dev/null 2>&1; then
+  echo "installing: knot knot-dnsutils (its service is not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -qq --no-install-recommends knot knot-dnsutils >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends knot knot-dnsutils; }
+  if [ -n "$own_policy" ]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now knot.service >/dev/null 2>&1 || true
+  fi
+fi
 # promtool (package prometheus): checks and unit-tests config/prometheus/. Only the tool is wanted:
 # no recommended exporters, and the prometheus service the package ships must not start. A
 # policy-rc.d that refuses (unless the machine has one, as Docker images do) stops the install

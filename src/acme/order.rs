@@ -1,6 +1,7 @@
 //! One certificate order with instant-acme: account (stored or new), authorizations answered by
 //! the shared `Challenges`, CSR with a fresh key, download of the chain.
 
+use super::dns::{self, Published, Record};
 use super::store::{self, Store};
 use super::{off_runtime, AcmeError, Challenges};
 use crate::config::{self, Challenge};
@@ -15,6 +16,7 @@ use instant_acme::{
 use rustls::crypto::ring;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -53,8 +55,32 @@ impl Issuer {
         self.settings == *settings && self.store == *store
     }
 
-    pub async fn issue(&self, names: &[String]) -> Result<Issued, AcmeError> {
-        match self.try_issue(names).await {
+    /// A certificate for `names`, whose folder is `dir` (where DNS-01 records in flight are
+    /// remembered).
+    pub async fn issue(&self, names: &[String], dir: &Path) -> Result<Issued, AcmeError> {
+        let Some(dns) = self.dns() else {
+            return self.issue_with(names, None).await;
+        };
+        dns::clean_leftovers(dns, dir).await;
+        let mut published = Published::new(dns.clone(), dir.to_path_buf());
+        let issued = self.issue_with(names, Some(&mut published)).await;
+        // after a failure too: a record left in the zone would be answered until removed
+        published.cleanup().await;
+        issued
+    }
+
+    /// The DNS provider, when this issuer answers DNS-01.
+    pub fn dns(&self) -> Option<&config::Dns> {
+        let dns01 = self.settings.challenge == Challenge::Dns01;
+        self.settings.dns.as_ref().filter(|_| dns01)
+    }
+
+    async fn issue_with(
+        &self,
+        names: &[String],
+        mut published: Option<&mut Published>,
+    ) -> Result<Issued, AcmeError> {
+        match self.try_issue(names, published.as_deref_mut()).await {
             // the CA forgot us (a test CA restarted, an account deactivated): register again
             Err(AcmeError::Acme(instant_acme::Error::Api(p)))
                 if p.r#type
@@ -65,13 +91,17 @@ impl Issuer {
                 *self.account.lock().await = None;
                 let path = self.store.account_path(&self.settings.directory);
                 let _ = off_runtime(move || Ok(std::fs::remove_file(path))).await;
-                self.try_issue(names).await
+                self.try_issue(names, published).await
             }
             other => other,
         }
     }
 
-    async fn try_issue(&self, names: &[String]) -> Result<Issued, AcmeError> {
+    async fn try_issue(
+        &self,
+        names: &[String],
+        mut published: Option<&mut Published>,
+    ) -> Result<Issued, AcmeError> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let mut order = account.new_order(&NewOrder::new(&ids)).await?;
@@ -80,6 +110,7 @@ impl Issuer {
         let kind = match self.settings.challenge {
             Challenge::Http01 => ChallengeType::Http01,
             Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            Challenge::Dns01 => ChallengeType::Dns01,
         };
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -94,15 +125,25 @@ impl Issuer {
                 .challenge(kind.clone())
                 .ok_or_else(|| AcmeError::NoChallenge(name.clone()))?;
             let key_auth = challenge.key_authorization();
-            answers.push(match kind {
-                ChallengeType::TlsAlpn01 => {
-                    let cert = alpn_certificate(&name, key_auth.digest().as_ref())?;
-                    self.challenges.answer_tls_alpn(name, cert)
+            match (&kind, published.as_deref_mut()) {
+                (ChallengeType::Dns01, Some(published)) => {
+                    // a wildcard's authorization names its base domain
+                    let domain = match &challenge.identifier().identifier {
+                        Identifier::Dns(domain) => domain.clone(),
+                        _ => name.clone(),
+                    };
+                    let record = Record::new(&domain, key_auth.dns_value());
+                    published.add(record).await?;
                 }
-                _ => self
-                    .challenges
-                    .answer_http01(challenge.token.clone(), key_auth.as_str().to_string()),
-            });
+                (ChallengeType::TlsAlpn01, _) => {
+                    let cert = alpn_certificate(&name, key_auth.digest().as_ref())?;
+                    answers.push(self.challenges.answer_tls_alpn(name, cert));
+                }
+                _ => answers.push(
+                    self.challenges
+                        .answer_http01(challenge.token.clone(), key_auth.as_str().to_string()),
+                ),
+            }
             challenge.set_ready().await?;
         }
         let status = order.poll_ready(&POLL).await?;

@@ -52,10 +52,16 @@ impl Store {
 
     pub fn cert_dir(&self, directory: &str, names: &[String]) -> PathBuf {
         let first = names.first().map_or("default", String::as_str);
+        // `*.example.com` must not share `example.com`'s folder; `_wildcard` is no host name
+        // a CA issues for, so no other name set's folder is called that
+        let first = match first.strip_prefix("*.") {
+            Some(base) => format!("_wildcard.{base}"),
+            None => first.to_string(),
+        };
         self.root
             .join("certs")
             .join(slug(directory))
-            .join(slug(first))
+            .join(slug(&first))
     }
 
     /// Every stored certificate folder, for `gatehouse certs`.
@@ -234,6 +240,14 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_has_a_folder_apart_from_its_base_name() {
+        let store = Store::new(Path::new("/state"));
+        let dir = |name: &str| store.cert_dir("https://ca/dir", &[name.to_string()]);
+        assert_ne!(dir("*.example.com"), dir("example.com"));
+        assert!(dir("*.example.com").ends_with("_wildcard.example.com"));
+    }
 
     #[test]
     fn slug_keeps_host_and_path_apart_from_other_cas() {

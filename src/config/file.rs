@@ -194,6 +194,8 @@ pub struct FileSite {
     /// Who may pass, for the site's routes unless they set their own (or `"off"`).
     pub basic_auth: Option<Spanned<FileOffOr<FileBasicAuth>>>,
     pub forward_auth: Option<Spanned<FileOffOr<FileForwardAuth>>>,
+    /// This site's ACME challenge (and DNS provider), over `[acme]`'s.
+    pub acme: Option<Spanned<FileSiteAcme>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<FileRoute>>,
 }
@@ -538,10 +540,39 @@ pub struct FileAcme {
     pub directory: Option<Str>,
     pub ca_root: Option<Str>,
     pub challenge: Option<Str>,
+    /// Where DNS-01 TXT records are published (`challenge = "dns-01"`).
+    pub dns: Option<Spanned<FileDns>>,
     pub eab_kid: Option<Str>,
     pub eab_hmac_key: Option<Str>,
     pub retry_initial: Option<Str>,
     pub retry_max: Option<Str>,
+}
+
+/// A site's own `acme = { challenge = "dns-01", dns = { ... } }`, over `[acme]`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSiteAcme {
+    pub challenge: Option<Str>,
+    pub dns: Option<Spanned<FileDns>>,
+}
+
+/// `dns = { provider = "rfc2136" | "exec" | "httpreq", ... }`: every provider's keys
+/// (validation says which belong to which provider).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    pub provider: Option<Str>,
+    pub server: Option<Str>,
+    pub zone: Option<Str>,
+    pub tsig_key: Option<Str>,
+    pub tsig_secret: Option<Str>,
+    pub tsig_algorithm: Option<Str>,
+    pub command: Option<Str>,
+    pub endpoint: Option<Str>,
+    pub username: Option<Str>,
+    pub password: Option<Str>,
+    pub resolver: Option<Str>,
+    pub propagation_timeout: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -269,6 +269,8 @@ pub struct Site {
     pub response_headers: HeaderRules,
     /// Client certificates (`client_auth`); only on a TLS site that redirects plain HTTP.
     pub client_auth: Option<ClientAuth>,
+    /// The site's own ACME challenge (`acme = { ... }`), over `[acme]`'s.
+    pub acme: Option<SiteAcme>,
 }
 
 /// A site's `client_auth`: which CA its clients' certificates are verified against, and whether
@@ -297,13 +299,15 @@ pub enum SiteTls {
 }
 
 impl Site {
-    /// The names an ACME certificate for this site covers, in config order.
+    /// The names an ACME certificate for this site covers, in config order (wildcards as
+    /// `*.example.com`: validation allows them only with DNS-01).
     pub fn names(&self) -> Vec<String> {
         self.hosts
             .iter()
             .filter_map(|h| match h {
                 HostPattern::Exact(name) => Some(name.clone()),
-                _ => None,
+                HostPattern::Wildcard(suffix) => Some(format!("*{suffix}")),
+                HostPattern::Any => None,
             })
             .collect()
     }
@@ -1152,6 +1156,8 @@ pub struct Acme {
     /// An extra root trusted for the ACME API (private CAs such as Pebble or step-ca).
     pub ca_root: Option<PathBuf>,
     pub challenge: Challenge,
+    /// Where DNS-01 records go; validation guarantees it is set when `challenge` is `Dns01`.
+    pub dns: Option<Dns>,
     pub eab: Option<Eab>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -1167,9 +1173,24 @@ impl Default for Acme {
             directory: LETS_ENCRYPT.to_string(),
             ca_root: None,
             challenge: Challenge::Http01,
+            dns: None,
             eab: None,
             retry_initial: Duration::from_secs(10),
             retry_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Acme {
+    /// These settings with a site's own challenge (and DNS provider) over them.
+    pub fn for_site(&self, site: &Site) -> Acme {
+        match &site.acme {
+            None => self.clone(),
+            Some(own) => Acme {
+                challenge: own.challenge,
+                dns: own.dns.clone().or_else(|| self.dns.clone()),
+                ..self.clone()
+            },
         }
     }
 }
@@ -1178,6 +1199,114 @@ impl Default for Acme {
 pub enum Challenge {
     Http01,
     TlsAlpn01,
+    /// A TXT record at `_acme-challenge.<name>`, published through `Acme::dns`.
+    Dns01,
+}
+
+/// A site's own `acme = { challenge = ..., dns = ... }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteAcme {
+    pub challenge: Challenge,
+    /// `None`: `[acme]`'s provider.
+    pub dns: Option<Dns>,
+}
+
+/// `dns = { provider = ..., ... }`: how DNS-01 records are published and when they count as
+/// visible.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dns {
+    pub provider: DnsProvider,
+    /// How long to wait for the record to be answered before telling the CA anyway fails.
+    pub propagation_timeout: Duration,
+    /// The DNS server asked whether the record is visible; `None`: rfc2136's `server`, else
+    /// the system's resolvers (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsProvider {
+    /// RFC 2136 dynamic updates, signed with TSIG when a key is set.
+    Rfc2136(Rfc2136),
+    /// lego's `exec` protocol: `command present|cleanup <fqdn.> <value>`.
+    Exec { command: PathBuf },
+    /// lego's `httpreq` protocol: `POST <endpoint>/present|cleanup` with `{"fqdn", "value"}`.
+    HttpReq(HttpReq),
+}
+
+/// An HTTP endpoint taking lego's `httpreq` requests; the password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpReq {
+    /// `http://` or `https://`, without a trailing slash.
+    pub endpoint: String,
+    /// Basic authentication: user name and password.
+    pub auth: Option<(String, String)>,
+}
+
+impl fmt::Debug for HttpReq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpReq")
+            .field("endpoint", &self.endpoint)
+            .field("user", &self.auth.as_ref().map(|(user, _)| user))
+            .finish()
+    }
+}
+
+impl DnsProvider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DnsProvider::Rfc2136(_) => "rfc2136",
+            DnsProvider::Exec { .. } => "exec",
+            DnsProvider::HttpReq(_) => "httpreq",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rfc2136 {
+    pub server: SocketAddr,
+    /// Lower case, no trailing dot.
+    pub zone: String,
+    pub tsig: Option<Tsig>,
+}
+
+/// A TSIG key (RFC 8945); the secret is kept decoded and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tsig {
+    /// The key's name, as the server knows it (lower case, no trailing dot).
+    pub name: String,
+    pub secret: Vec<u8>,
+    pub algorithm: TsigAlgorithm,
+}
+
+impl fmt::Debug for Tsig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tsig")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha1,
+    #[default]
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    /// The algorithm's name as DNS writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha1 => "hmac-sha1",
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha384 => "hmac-sha384",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
 }
 
 /// External account binding; the key is kept decoded and never printed.

@@ -18,6 +18,7 @@ use toml::Spanned;
 mod auth;
 mod client_auth;
 mod cors;
+mod dns;
 mod encode;
 mod error_pages;
 mod files;
@@ -296,6 +297,7 @@ pub fn validate(
             Some((name.clone(), up))
         })
         .collect();
+    let acme = acme(&mut cx, raw.acme.as_ref());
     let mut sites = Vec::with_capacity(raw.sites.len());
     let mut seen_hosts: HashMap<HostPattern, usize> = HashMap::new();
     for (i, raw_site) in raw.sites.iter().enumerate() {
@@ -308,12 +310,12 @@ pub fn validate(
             encode: &server_encode,
             error_pages: &server.error_pages,
             headers: &server_headers,
+            acme: &acme,
         };
         if let Some(site) = site(&mut cx, raw_site, &mut ctx) {
             sites.push(site);
         }
     }
-    let acme = acme(&mut cx, raw.acme.as_ref());
     let log = log::log(&mut cx, raw.log.as_ref());
     https_cross_check(&mut cx, &listen, &sites, &raw);
     default_sni_check(&mut cx, &server, &sites, &raw);
@@ -722,6 +724,8 @@ struct SiteCtx<'a> {
     encode: &'a Encode,
     error_pages: &'a ErrorPages,
     headers: &'a headers::Inherited,
+    /// `[acme]`, which a site's own `acme` overrides.
+    acme: &'a Acme,
 }
 
 fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<Site> {
@@ -785,9 +789,7 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
     );
     let routes = routes(cx, raw, upstreams, inherited);
     let tls = site.tls.as_ref().and_then(|t| tls(cx, t));
-    if tls == Some(SiteTls::Acme) {
-        acme_hosts(cx, raw, &hosts);
-    }
+    let acme = site_acme(cx, raw, tls.as_ref(), &hosts, sc.acme);
     let redirect_https = site
         .redirect_https
         .as_ref()
@@ -818,6 +820,7 @@ fn site(cx: &mut Ctx, raw: &Spanned<FileSite>, sc: &mut SiteCtx<'_>) -> Option<S
         error_pages: pages,
         response_headers: site_headers.rules.response,
         client_auth,
+        acme,
     })
 }
 
@@ -893,19 +896,32 @@ fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<SiteTls> {
     Some(SiteTls::Files(files))
 }
 
-/// An ACME certificate needs names a CA can validate with HTTP-01 or TLS-ALPN-01.
-fn acme_hosts(cx: &mut Ctx, raw: &Spanned<FileSite>, hosts: &[HostPattern]) {
-    let span = raw.get_ref().tls.as_ref().map_or(raw.span(), |t| t.span());
-    for host in hosts {
-        let bad = match host {
-            HostPattern::Any => "`tls = \"acme\"` needs the site's host names; list them in `hosts` (a catch-all `*` site cannot get a certificate)".to_string(),
-            HostPattern::Wildcard(_) => format!("`{host}`: wildcard certificates need the DNS-01 challenge, which Gatehouse does not do; use certificate files (`tls = {{ cert = ..., key = ... }}`) for wildcards"),
-            HostPattern::Exact(h) if h.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() => format!("`{h}`: ACME certificates are for DNS names, not IP addresses; use certificate files"),
-            HostPattern::Exact(h) if !h.contains('.') => format!("`{h}`: a public CA only issues for fully qualified names like \"app.example.com\""),
-            HostPattern::Exact(_) => continue,
-        };
-        cx.error(span.clone(), "site.tls", bad);
+/// A site's own `acme` (only with `tls = "acme"`), and its hosts checked against the challenge
+/// that will prove them.
+fn site_acme(
+    cx: &mut Ctx,
+    raw: &Spanned<FileSite>,
+    tls: Option<&SiteTls>,
+    hosts: &[HostPattern],
+    global: &Acme,
+) -> Option<SiteAcme> {
+    let own = raw.get_ref().acme.as_ref();
+    if tls != Some(&SiteTls::Acme) {
+        if let Some(own) = own {
+            let msg = "`acme` on a site needs `tls = \"acme\"`";
+            cx.error(own.span(), "site.acme", msg);
+        }
+        return None;
     }
+    let own = own.and_then(|a| dns::site_acme(cx, a, global.dns.is_some()));
+    let challenge = own.as_ref().map_or(global.challenge, |a| a.challenge);
+    let provider = own
+        .as_ref()
+        .and_then(|a| a.dns.as_ref())
+        .or(global.dns.as_ref());
+    let span = raw.get_ref().tls.as_ref().map_or(raw.span(), |t| t.span());
+    dns::acme_hosts(cx, span, hosts, challenge, provider);
+    own
 }
 
 fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
@@ -932,18 +948,14 @@ fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
         cx.names(FileKind::Roots(path.clone()), v.span(), "acme.ca_root");
         Some(path)
     });
-    let challenge = match (&a.challenge, text(cx, &a.challenge, "acme.challenge")) {
-        (Some(v), Some(t)) => match t.as_str() {
-            "http-01" => Challenge::Http01,
-            "tls-alpn-01" => Challenge::TlsAlpn01,
-            _ => {
-                let msg = format!("`{t}` is not a challenge type; expected \"http-01\" (answered on the HTTP listener, port 80) or \"tls-alpn-01\" (answered on the HTTPS listener, port 443)");
-                cx.error(v.span(), "acme.challenge", msg);
-                d.challenge
-            }
-        },
-        _ => d.challenge,
-    };
+    let challenge = a
+        .challenge
+        .as_ref()
+        .and_then(|v| dns::challenge(cx, v, "acme.challenge"))
+        .unwrap_or(d.challenge);
+    let dns = a.dns.as_ref().and_then(|v| dns::dns(cx, v, "acme.dns"));
+    let span = a.challenge.as_ref().map_or(raw.span(), |v| v.span());
+    dns::needs_provider(cx, challenge, a.dns.is_some(), span);
     let email = a.email.as_ref().and_then(|v| {
         let t = cx.expand(v, "acme.email")?;
         if t.contains('@') && !t.contains(char::is_whitespace) {
@@ -967,6 +979,7 @@ fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
         directory,
         ca_root,
         challenge,
+        dns,
         eab,
         retry_initial,
         retry_max,
@@ -1002,8 +1015,11 @@ fn eab(cx: &mut Ctx, raw: &Spanned<FileAcme>) -> Option<Eab> {
 /// HTTP-01 is answered on the HTTP listener, TLS-ALPN-01 on the HTTPS one (always present for a
 /// TLS site, see `https_cross_check`).
 fn acme_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], acme: &Acme, raw: &FileConfig) {
-    let any_acme = sites.iter().any(|s| s.tls == Some(SiteTls::Acme));
-    if any_acme && acme.challenge == Challenge::Http01 && listen.http.is_empty() {
+    let http01 = sites
+        .iter()
+        .filter(|s| s.tls == Some(SiteTls::Acme))
+        .any(|s| acme.for_site(s).challenge == Challenge::Http01);
+    if http01 && listen.http.is_empty() {
         let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
         let msg = "`tls = \"acme\"` with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
         cx.error(span, "listen.http", msg);

@@ -59,6 +59,7 @@ fn site(hosts: Vec<HostPattern>, routes: Vec<Route>) -> Site {
         error_pages: Default::default(),
         response_headers: Default::default(),
         client_auth: None,
+        acme: None,
     }
 }
 
