@@ -21,7 +21,7 @@ use super::tls::{Connector, UpstreamStream};
 use super::{Backend, BackendAddr};
 use crate::config::Protocol;
 use crate::http::CountedBody;
-use h2::{H2Conn, Learned, Stream};
+use h2::{H2Body, H2Conn, Learned, Stream};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -261,13 +261,13 @@ impl Dialer {
     ) -> Result<(Response<Incoming>, Sender), SendError> {
         h2_form(&mut req, &self.scheme, &backend.authority);
         if let Some(stream) = backend.h2.take(self.max_streams) {
-            match stream.sender().try_send_request(req).await {
+            match stream.sender().try_send_request(req.map(H2Body)).await {
                 Ok(resp) => return Ok((h1_head(resp), Sender::Http2(stream))),
                 Err(mut err) => match err.take_message() {
                     Some(back) => {
                         tracing::debug!(server = %backend.addr, error = %err.error(), "upstream HTTP/2 connection closed; sending on a new one");
                         backend.h2.remove(stream.conn());
-                        req = back;
+                        req = back.map(|body| body.0);
                     }
                     None => return Err(SendError::Request(err.into_error())),
                 },
@@ -386,7 +386,7 @@ async fn send_on(
     stream: Stream,
     req: Request<CountedBody>,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
-    match stream.sender().send_request(req).await {
+    match stream.sender().send_request(req.map(H2Body)).await {
         Ok(resp) => Ok((h1_head(resp), Sender::Http2(stream))),
         Err(e) => Err(SendError::Request(e)),
     }

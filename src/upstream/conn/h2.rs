@@ -7,19 +7,47 @@
 
 use crate::http::CountedBody;
 use hyper::client::conn::http2;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// A request body as HTTP/2 connections carry it: the same body under a type of its own. hyper's
+/// client plumbing (its request channel) is generic over the body; with one body type for both
+/// protocols it is shared by the HTTP/1.1 and HTTP/2 connections and no longer inlined into the
+/// HTTP/1.1 one (~320 instructions a request on HTTP/1.1 upstreams, by callgrind).
+pub struct H2Body(pub CountedBody);
+
+impl http_body::Body for H2Body {
+    type Data = <CountedBody as http_body::Body>::Data;
+    type Error = <CountedBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
 
 /// One HTTP/2 connection and the requests on it now.
 pub struct H2Conn {
-    sender: http2::SendRequest<CountedBody>,
+    sender: http2::SendRequest<H2Body>,
     streams: AtomicU32,
     /// The sweep count when a stream last went on it (see `H2Conns::sweep`).
     used: AtomicU32,
 }
 
 impl H2Conn {
-    pub fn new(sender: http2::SendRequest<CountedBody>) -> Arc<H2Conn> {
+    pub fn new(sender: http2::SendRequest<H2Body>) -> Arc<H2Conn> {
         Arc::new(H2Conn {
             sender,
             streams: AtomicU32::new(0),
@@ -52,7 +80,7 @@ pub struct Stream {
 
 impl Stream {
     /// A handle to send the request with (a cheap clone of the connection's).
-    pub fn sender(&self) -> http2::SendRequest<CountedBody> {
+    pub fn sender(&self) -> http2::SendRequest<H2Body> {
         self.conn.sender.clone()
     }
 
