@@ -49,6 +49,10 @@ pub enum AcmeError {
     NoChallenge(String),
     #[error("the CA rejected the order: {0}")]
     Rejected(String),
+    #[error(
+        "the CA offers no certificate profile `{asked}` (`acme.profile`); it offers: {offered}"
+    )]
+    Profile { asked: String, offered: String },
     #[error("key or CSR: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{0}")]

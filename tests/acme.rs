@@ -43,6 +43,7 @@ const BASE_RENEWAL: u16 = 24130;
 const BASE_CA_DOWN: u16 = 24140;
 const BASE_ONE_FAILS: u16 = 24150;
 const BASE_EAB: u16 = 24160;
+const BASE_PROFILE: u16 = 24180;
 
 /// Limit for a certificate to be issued once gatehouse listens (pebble issues in ~1 s).
 const ISSUANCE: Duration = Duration::from_secs(30);
@@ -1047,6 +1048,41 @@ async fn external_account_binding_is_sent_when_the_ca_requires_it() {
         let state = tempfile::tempdir().expect("state dir");
         let proxy = TestProxy::start_tls(&with_eab(state.path(), KID, KEY)).await;
         wait_for_cert(&proxy, &pebble, APP, &root, ISSUANCE).await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. `acme.profile`: asked of the CA only when its directory lists it
+// ---------------------------------------------------------------------------------------------
+
+/// Debian's Pebble (2.4) lists no profiles: an order for one fails before it is placed, saying
+/// what the CA offers, and nothing is ordered. (A CA that lists it gets `profile` in the
+/// newOrder; that side is instant-acme's `NewOrder::profile`, not provable with this Pebble.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_the_ca_does_not_list_is_not_ordered_and_says_why() {
+    with_timeout(60, async {
+        let pebble = Pebble::start(BASE_PROFILE, &[]);
+        let state = tempfile::tempdir().expect("state dir");
+        let backend = echo_backend("echo").await;
+        let config = config(&pebble, state.path(), Challenge::Http01, &backend, "").replace(
+            "retry_max = \"4s\"",
+            "retry_max = \"4s\"\nprofile = \"shortlived\"",
+        );
+        let proxy = TestProxy::start_tls(&config).await;
+        let failures = wait_for_log(&proxy, &pebble, "certificate order failed", 1, ISSUANCE).await;
+        let failure = &failures[0];
+        assert!(
+            failure.contains("no certificate profile `shortlived`")
+                && failure.contains("does not offer profiles"),
+            "the failure names the profile and what the CA offers: {failure}"
+        );
+        assert_eq!(
+            pebble.new_orders(),
+            0,
+            "no order may be placed for a profile the CA does not list{}",
+            diagnostics(&proxy, &pebble)
+        );
     })
     .await;
 }

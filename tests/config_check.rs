@@ -503,6 +503,12 @@ fn acme_config_errors_are_reported_with_key_and_hint() {
             &["`acme.retry_max`", "retry_initial"],
         ),
         case(
+            "profile that is no profile name",
+            acme_config(ACME_LISTEN, ACME_HOSTS, "profile = \"short lived!\""),
+            "short lived!",
+            &["`acme.profile`", "profile name", "shortlived"],
+        ),
+        case(
             "unknown key in [acme]",
             acme_config(
                 ACME_LISTEN,

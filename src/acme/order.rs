@@ -104,7 +104,12 @@ impl Issuer {
     ) -> Result<Issued, AcmeError> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+        let mut new_order = NewOrder::new(&ids);
+        if let Some(profile) = &self.settings.profile {
+            offered(&account, profile)?;
+            new_order = new_order.profile(profile);
+        }
+        let mut order = account.new_order(&new_order).await?;
         // held until the order is done: the CA validates from several places, more than once
         let mut answers = Vec::new();
         let kind = match self.settings.challenge {
@@ -276,4 +281,21 @@ fn http_client(settings: &config::Acme) -> Result<Box<dyn HttpClient>, AcmeError
     let client: Client<_, BodyWrapper<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
     Ok(Box::new(client))
+}
+
+/// `profile` is one the CA's directory lists; otherwise the order fails before it is placed,
+/// naming what the CA offers (a CA that lists none does not do profiles at all).
+fn offered(account: &Account, profile: &str) -> Result<(), AcmeError> {
+    let names: Vec<&str> = account.profiles().map(|p| p.name).collect();
+    if names.contains(&profile) {
+        return Ok(());
+    }
+    Err(AcmeError::Profile {
+        asked: profile.to_string(),
+        offered: if names.is_empty() {
+            "none (this CA does not offer profiles; remove `acme.profile`)".to_string()
+        } else {
+            names.join(", ")
+        },
+    })
 }

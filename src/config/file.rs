@@ -546,6 +546,8 @@ pub struct FileAcme {
     pub eab_hmac_key: Option<Str>,
     pub retry_initial: Option<Str>,
     pub retry_max: Option<Str>,
+    /// A certificate profile the CA's directory lists (`shortlived`, `tlsserver`, ...).
+    pub profile: Option<Str>,
 }
 
 /// A site's own `acme = { challenge = "dns-01", dns = { ... } }`, over `[acme]`'s.

@@ -1161,6 +1161,9 @@ pub struct Acme {
     pub eab: Option<Eab>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// The certificate profile asked for in every order (checked against the CA's directory
+    /// when ordering); `None`: the CA's default.
+    pub profile: Option<String>,
 }
 
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -1177,6 +1180,7 @@ impl Default for Acme {
             eab: None,
             retry_initial: Duration::from_secs(10),
             retry_max: Duration::from_secs(3600),
+            profile: None,
         }
     }
 }

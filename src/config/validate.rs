@@ -974,6 +974,16 @@ fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
         let msg = "`retry_max` must be at least `retry_initial`";
         cx.error(span, "acme.retry_max", msg);
     }
+    let profile = a.profile.as_ref().and_then(|v| {
+        let t = cx.expand(v, "acme.profile")?;
+        if is_profile_name(&t) {
+            Some(t)
+        } else {
+            let msg = format!("`{t}` is not a profile name; expected the name of one the CA's directory lists, e.g. \"shortlived\" or \"tlsserver\" (letters, digits, `-`, `_`, `.`)");
+            cx.error(v.span(), "acme.profile", msg);
+            None
+        }
+    });
     Acme {
         email,
         directory,
@@ -983,7 +993,18 @@ fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
         eab,
         retry_initial,
         retry_max,
+        profile,
     }
+}
+
+/// A name as CAs give them (RFC 8555 bis draft `profiles`: short tokens): whether the CA offers
+/// it is known only from its directory, at the first order.
+fn is_profile_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn eab(cx: &mut Ctx, raw: &Spanned<FileAcme>) -> Option<Eab> {
