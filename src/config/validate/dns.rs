@@ -105,10 +105,23 @@ pub(super) fn dns(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<Dns
     })
 }
 
-/// Keys of another provider are an error rather than silently unused.
-fn foreign_keys(cx: &mut Ctx, key: &str, provider: &str, keys: &[(&str, Option<&Str>)]) {
-    for (name, value) in keys {
-        if let Some(v) = value {
+/// Keys of another provider are an error rather than silently unused. Each provider's own keys,
+/// by the provider they belong to (`provider`, `resolver` and `propagation_timeout` are
+/// everyone's).
+fn foreign_keys(cx: &mut Ctx, key: &str, provider: &str, d: &FileDns) {
+    let owned = [
+        ("rfc2136", "server", &d.server),
+        ("rfc2136", "zone", &d.zone),
+        ("rfc2136", "tsig_key", &d.tsig_key),
+        ("rfc2136", "tsig_secret", &d.tsig_secret),
+        ("rfc2136", "tsig_algorithm", &d.tsig_algorithm),
+        ("exec", "command", &d.command),
+        ("httpreq", "endpoint", &d.endpoint),
+        ("httpreq", "username", &d.username),
+        ("httpreq", "password", &d.password),
+    ];
+    for (owner, name, value) in owned {
+        if let (true, Some(v)) = (owner != provider, value) {
             let msg = format!("`{name}` is not a key of the `{provider}` provider");
             cx.error(v.span(), &format!("{key}.{name}"), msg);
         }
@@ -117,13 +130,7 @@ fn foreign_keys(cx: &mut Ctx, key: &str, provider: &str, keys: &[(&str, Option<&
 
 fn rfc2136(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<Rfc2136> {
     let d = raw.get_ref();
-    let foreign = [
-        ("command", d.command.as_ref()),
-        ("endpoint", d.endpoint.as_ref()),
-        ("username", d.username.as_ref()),
-        ("password", d.password.as_ref()),
-    ];
-    foreign_keys(cx, key, "rfc2136", &foreign);
+    foreign_keys(cx, key, "rfc2136", d);
     let span = raw.span();
     let server = required(
         cx,
@@ -229,17 +236,7 @@ fn algorithm(cx: &mut Ctx, value: &Str, key: &str) -> Option<TsigAlgorithm> {
 
 fn exec(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<DnsProvider> {
     let d = raw.get_ref();
-    let foreign = [
-        ("server", d.server.as_ref()),
-        ("zone", d.zone.as_ref()),
-        ("tsig_key", d.tsig_key.as_ref()),
-        ("tsig_secret", d.tsig_secret.as_ref()),
-        ("tsig_algorithm", d.tsig_algorithm.as_ref()),
-        ("endpoint", d.endpoint.as_ref()),
-        ("username", d.username.as_ref()),
-        ("password", d.password.as_ref()),
-    ];
-    foreign_keys(cx, key, "exec", &foreign);
+    foreign_keys(cx, key, "exec", d);
     let Some(value) = &d.command else {
         let msg = "the exec provider needs `command`, e.g. `command = \"/usr/local/bin/dns-hook\"` (run as `command present|cleanup <fqdn> <value>`)";
         cx.error(raw.span(), &format!("{key}.command"), msg);
@@ -261,15 +258,7 @@ fn exec(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<DnsProvider> 
 
 fn httpreq(cx: &mut Ctx, raw: &Spanned<FileDns>, key: &str) -> Option<HttpReq> {
     let d = raw.get_ref();
-    let foreign = [
-        ("server", d.server.as_ref()),
-        ("zone", d.zone.as_ref()),
-        ("tsig_key", d.tsig_key.as_ref()),
-        ("tsig_secret", d.tsig_secret.as_ref()),
-        ("tsig_algorithm", d.tsig_algorithm.as_ref()),
-        ("command", d.command.as_ref()),
-    ];
-    foreign_keys(cx, key, "httpreq", &foreign);
+    foreign_keys(cx, key, "httpreq", d);
     let endpoint_key = format!("{key}.endpoint");
     let Some(value) = &d.endpoint else {
         let msg = "the httpreq provider needs `endpoint`, e.g. `endpoint = \"https://dns-api.internal/acme\"` (it gets POST /present and /cleanup)";
