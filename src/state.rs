@@ -131,6 +131,8 @@ pub struct ProxyRoute {
     pub rewrite: Rewrite,
     /// `X-Accel-Redirect` in the upstream's answer is followed (`crate::files::accel`).
     pub accel_redirect: bool,
+    /// A folder tried before the upstream (`files` and `upstream` on one route).
+    pub files_first: Option<Arc<crate::files::FilesRoute>>,
 }
 
 /// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
@@ -536,6 +538,7 @@ fn compile(
             target,
             rewrite_location,
             accel_redirect,
+            files_first,
         } => {
             let kept = upstreams.get(upstream).ok_or_else(|| {
                 BuildError::NoUpstream(route.matcher.as_str().to_string(), upstream.clone())
@@ -544,6 +547,9 @@ fn compile(
                 pool: kept.pool.clone(),
                 rewrite: Rewrite::new(&route.matcher, target, *rewrite_location),
                 accel_redirect: *accel_redirect,
+                files_first: files_first
+                    .as_deref()
+                    .map(|files| Arc::new(crate::files::FilesRoute::new(files))),
             }))
         }
         Action::Respond(respond) => RouteAction::Respond(respond.clone()),

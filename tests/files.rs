@@ -651,3 +651,108 @@ async fn large_files_stream_in_bounded_memory() {
     })
     .await;
 }
+
+/// `files` and `upstream` on one route (nginx `try_files $uri @app`, Caddy `try_files` before
+/// `reverse_proxy`): a `GET`/`HEAD` for a path naming a file is served from the folder; a
+/// missing file, a hidden one, a folder without an index and any other method go upstream,
+/// with the path (and `strip_prefix`) as a proxy route sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_first_then_the_upstream() {
+    with_timeout(60, async {
+        let tree = Tree::new();
+        let app = support::echo_backend("app").await;
+        let root = tree.root();
+        let config = format!(
+            r#"
+[listen]
+http = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{app}"]
+
+[[site]]
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+  files = {{ root = "{root}", precompressed = ["br"] }}
+
+  [[site.route]]
+  path = "/assets/"
+  strip_prefix = true
+  upstream = "app"
+  files = {{ root = "{root}", index = [] }}
+"#,
+            app = app.addr,
+            root = root.display()
+        );
+        let proxy = TestProxy::start(&config).await;
+        // files there: served by Gatehouse, the upstream never asked
+        assert_eq!(fetch(&proxy, "/app.js", &[]).await, (200, js()));
+        let resp = get(&proxy, "/app.js", &[("accept-encoding", "br")]).await;
+        assert_eq!(header(&resp, "content-encoding").as_deref(), Some("br"));
+        assert_eq!(fetch(&proxy, "/", &[]).await.1, "<h1>home</h1>\n");
+        assert_eq!(fetch(&proxy, "/assets/style.css", &[]).await, (200, css()));
+        let head = client().head(proxy.url("/style.css")).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert!(header(&head, "x-backend").is_none());
+        assert_eq!(app.connections(), 0, "a file was asked of the upstream");
+        // nothing servable: the upstream answers, with the path a proxy route sends
+        for (path, upstream_sees) in [
+            ("/api/users?page=2", "GET /api/users?page=2 "),
+            ("/nope.js", "GET /nope.js "),
+            ("/.env", "GET /.env "),
+            ("/.git/config", "GET /.git/config "),
+            ("/assets/missing.png", "GET /missing.png "),
+            ("/assets/", "GET / "),
+        ] {
+            let resp = get(&proxy, path, &[]).await;
+            assert_eq!(resp.status(), 200, "{path}");
+            assert_eq!(header(&resp, "x-backend").as_deref(), Some("app"), "{path}");
+            let body = resp.text().await.unwrap();
+            assert!(body.starts_with(upstream_sees), "{path}: {body}");
+            assert!(
+                !body.contains("hunter2") && !body.contains("[core]"),
+                "{body}"
+            );
+        }
+        // other methods are the application's, even on a file's path
+        let resp = client()
+            .post(proxy.url("/app.js"))
+            .body("x=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&resp, "x-backend").as_deref(), Some("app"));
+        let body = resp.text().await.unwrap();
+        assert!(
+            body.starts_with("POST /app.js ") && body.ends_with("x=1"),
+            "{body}"
+        );
+    })
+    .await;
+}
+
+/// `gatehouse check` on a route with `files` and `upstream`: `fallback` would leave the
+/// upstream nothing, so it is refused at its key.
+#[test]
+fn files_first_refuses_a_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let config = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n\n[[site]]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"app\"\n  files = {{ root = \"{}\", fallback = \"/index.html\" }}\n",
+        root.display()
+    );
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = run_gatehouse(&["check", "--config", path.to_str().unwrap()], &[], &[]);
+    let text = out.stderr + &out.stdout;
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(text.contains("g.toml:11:"), "{text}");
+    assert!(text.contains("site.route.files.fallback"), "{text}");
+    assert!(text.contains("the upstream answers every path"), "{text}");
+    // without the fallback the same route is valid
+    std::fs::write(&path, config.replace(", fallback = \"/index.html\"", "")).unwrap();
+    let out = run_gatehouse(&["check", "--config", path.to_str().unwrap()], &[], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stderr, out.stdout);
+}

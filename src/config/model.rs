@@ -918,6 +918,9 @@ pub enum Action {
         /// An upstream answer carrying `X-Accel-Redirect` is served from the site's route for
         /// that path (nginx's internal redirect).
         accel_redirect: bool,
+        /// `files` on the same route: a `GET`/`HEAD` whose path names a file is served from
+        /// the folder, anything else goes upstream (nginx `try_files $uri @app`).
+        files_first: Option<Box<StaticFiles>>,
     },
     Respond(Respond),
     Redirect(Redirect),

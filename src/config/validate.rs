@@ -1225,8 +1225,16 @@ fn action(
         (None, Some(resp), None, None) => respond_action(cx, resp),
         (None, None, Some(redir), None) => redirect_action(cx, redir, matcher),
         (None, None, None, Some(files)) => files::files_action(cx, r, files),
+        (Some(up), None, None, Some(files)) => {
+            let first = files::files_first(cx, r, files);
+            let mut proxy = proxy_action(cx, r, up, upstreams, matcher)?;
+            if let Action::Proxy { files_first, .. } = &mut proxy {
+                *files_first = Some(Box::new(first?));
+            }
+            Some(proxy)
+        }
         _ => {
-            let msg = "a route needs exactly one of `upstream`, `respond`, `redirect` or `files`";
+            let msg = "a route needs exactly one of `upstream`, `respond`, `redirect` or `files` (or `files` and `upstream` together: files first, else the upstream)";
             cx.error(raw.span(), "site.route", msg);
             None
         }
@@ -1260,6 +1268,7 @@ fn proxy_action(
         target,
         rewrite_location,
         accel_redirect: r.accel_redirect.as_ref().is_some_and(|a| *a.get_ref()),
+        files_first: None,
     })
 }
 

@@ -397,6 +397,18 @@ impl ProxyService {
                 Answer::File(serve_file(files, file).await?)
             }
             RouteAction::Proxy(route) => {
+                if let Some(files) = &route.files_first {
+                    let file = FileRequest {
+                        method: req.method(),
+                        headers: req.headers(),
+                        path: req.uri().path(),
+                        query: req.uri().query(),
+                        matched_len: matched.matched_len,
+                    };
+                    if let Some(resp) = file_first(files, file).await? {
+                        return Ok((Answer::File(resp), encode));
+                    }
+                }
                 // boxed: it waits across the upstream exchange, in a future every connection
                 // holds room for
                 let kept = route
@@ -944,6 +956,24 @@ async fn serve_file(
             tracing::warn!(error = %e, path = req.path, "cannot serve a file");
             Err(ProxyError::FileFailed)
         }
+    }
+}
+
+/// A `files` folder tried before the route's upstream: the file's answer, or `None` when the
+/// upstream is to answer: a method other than `GET`/`HEAD` (the application's, never a static
+/// folder's), or a path that names nothing servable (a hidden or missing file, a folder
+/// without its index).
+async fn file_first(
+    files: &Arc<FilesRoute>,
+    req: FileRequest<'_>,
+) -> Result<Option<Response<FileBody>>, ProxyError> {
+    if !matches!(*req.method, Method::GET | Method::HEAD) {
+        return Ok(None);
+    }
+    match serve_file(files, req).await {
+        Ok(resp) => Ok(Some(resp)),
+        Err(ProxyError::NoFile) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -43,6 +43,23 @@ pub(super) fn files_action(
     }))
 }
 
+/// `files` on a route that also has an `upstream`: the folder is tried first and the upstream
+/// answers whatever it has no file for, so a `fallback` file would leave the upstream nothing.
+pub(super) fn files_first(
+    cx: &mut Ctx,
+    route: &FileRoute,
+    raw: &Spanned<FileFiles>,
+) -> Option<StaticFiles> {
+    if let Some(fallback) = &raw.get_ref().fallback {
+        let msg = "`fallback` cannot go with an `upstream` on the same route: the upstream answers every path that names no file; remove one of them";
+        cx.error(fallback.span(), "site.route.files.fallback", msg);
+    }
+    match files_action(cx, route, raw)? {
+        Action::Files(files) => Some(files),
+        _ => None,
+    }
+}
+
 /// `accel_redirect` reads the upstream's answer, so it needs an upstream.
 pub(super) fn accel_check(cx: &mut Ctx, route: &FileRoute, action: &Action) {
     let Some(flag) = &route.accel_redirect else {
@@ -212,9 +229,34 @@ mod tests {
 
     #[test]
     fn one_action_and_accel_only_with_an_upstream() {
-        let got = errors("  path = \"/\"\n  upstream = \"app\"\n  files = { root = \"d\" }");
+        let got =
+            errors("  path = \"/\"\n  respond = { status = 204 }\n  files = { root = \"d\" }");
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0].contains("exactly one of `upstream`, `respond`, `redirect` or `files`"));
+        // files and an upstream: files first, without a fallback
+        let files = match &parse(
+            Path::new("g.toml"),
+            &config("  path = \"/\"\n  upstream = \"app\"\n  files = { root = \"d\", index = [] }"),
+        )
+        .unwrap()
+        .sites[0]
+            .routes[0]
+            .action
+        {
+            Action::Proxy {
+                files_first: Some(files),
+                upstream,
+                ..
+            } if upstream == "app" => files.clone(),
+            other => panic!("not files first: {other:?}"),
+        };
+        assert!(files.index.is_empty() && files.fallback.is_none());
+        let got = errors("  path = \"/\"\n  upstream = \"app\"\n  files = { root = \"d\", fallback = \"/i.html\" }");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("11 site.route.files.fallback: "),
+            "{got:?}"
+        );
 
         let got = errors("  path = \"/\"\n  accel_redirect = true\n  files = { root = \"d\" }");
         assert_eq!(got.len(), 1, "{got:?}");
