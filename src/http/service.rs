@@ -387,24 +387,12 @@ impl ProxyService {
             RouteAction::Respond(r) => Answer::Local(respond(r)),
             RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars!(req))),
             RouteAction::Files(files) => {
-                let file = FileRequest {
-                    method: req.method(),
-                    headers: req.headers(),
-                    path: req.uri().path(),
-                    query: req.uri().query(),
-                    matched_len: matched.matched_len,
-                };
+                let file = file_request(&req, matched.matched_len);
                 Answer::File(serve_file(files, file).await?)
             }
             RouteAction::Proxy(route) => {
                 if let Some(files) = &route.files_first {
-                    let file = FileRequest {
-                        method: req.method(),
-                        headers: req.headers(),
-                        path: req.uri().path(),
-                        query: req.uri().query(),
-                        matched_len: matched.matched_len,
-                    };
+                    let file = file_request(&req, matched.matched_len);
                     if let Some(resp) = file_first(files, file).await? {
                         return Ok((Answer::File(resp), encode));
                     }
@@ -956,6 +944,17 @@ async fn serve_file(
             tracing::warn!(error = %e, path = req.path, "cannot serve a file");
             Err(ProxyError::FileFailed)
         }
+    }
+}
+
+/// What a `files` folder reads of the request (its canonical path and query as they are now).
+fn file_request<B>(req: &Request<B>, matched_len: usize) -> FileRequest<'_> {
+    FileRequest {
+        method: req.method(),
+        headers: req.headers(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        matched_len,
     }
 }
 
