@@ -29,6 +29,10 @@ pub enum ProxyError {
     DeadlineExceeded,
     #[error("upstream closed or reset the connection")]
     UpstreamFailed(#[source] BoxError),
+    /// A head that does not parse (a bad or doubled `Content-Length`, obs-fold, a bare CR), or
+    /// a `101` to a request that asked for no upgrade: the connection is dropped with it.
+    #[error("upstream sent a malformed response")]
+    UpstreamMalformed(#[source] BoxError),
     #[error("bad request target")]
     BadTarget,
     #[error("this host is not served over HTTPS")]
@@ -81,6 +85,7 @@ impl ProxyError {
         match err {
             SendError::Connect(e) if timed_out(&*e) => ProxyError::ConnectTimeout,
             SendError::Connect(e) => ProxyError::ConnectFailed(e),
+            SendError::Request(e) if e.is_parse() => ProxyError::UpstreamMalformed(Box::new(e)),
             SendError::Request(e) => ProxyError::UpstreamFailed(Box::new(e)),
         }
     }
@@ -91,7 +96,9 @@ impl ProxyError {
             ProxyError::FileFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::BadAccelRedirect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoHealthy(..) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectFailed(_)
+            | ProxyError::UpstreamFailed(_)
+            | ProxyError::UpstreamMalformed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout
             | ProxyError::ResponseTimeout
             | ProxyError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,

@@ -518,11 +518,26 @@ impl ProxyService {
                 Err(err) => return Err(err),
             }
         };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
+            // nothing asked to switch: what follows on the connection is no HTTP we can frame
+            let err = "101 Switching Protocols to a request that asked for no upgrade";
+            return Err(ProxyError::UpstreamMalformed(err.into()));
+        }
         map_location(&hop, &mut resp, &active);
         let says = forward::strip_hop_by_hop(resp.headers_mut());
+        // both framings (RFC 9112 6.3): the body was read by `Transfer-Encoding`, so the length
+        // goes, and so does the connection: a peer that sends both may mean something else by
+        // them than we did, and the next response on it could start anywhere
+        let both =
+            says.transfer_encoding && resp.headers_mut().remove(header::CONTENT_LENGTH).is_some();
         // an upgraded connection is the tunnel's; one the response closes is no use
-        let reusable =
-            resp.status() != StatusCode::SWITCHING_PROTOCOLS && says.keeps_alive(resp.version());
+        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            && says.keeps_alive(resp.version())
+            && !both;
+        if resp.version() == Version::HTTP_10 {
+            // a proxy speaks its own version (RFC 9110 6.2): HTTP/1.1 framing from here on
+            *resp.version_mut() = Version::HTTP_11;
+        }
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(proto), Some(client_upgrade)) =
             (resp.status(), upgrade, client_upgrade)
         {
@@ -757,7 +772,7 @@ impl Retry {
     fn may_retry(&self, err: &ProxyError) -> bool {
         let safe = match err {
             ProxyError::ConnectFailed(_) | ProxyError::ConnectTimeout => true,
-            ProxyError::UpstreamFailed(_) => self.idempotent,
+            ProxyError::UpstreamFailed(_) | ProxyError::UpstreamMalformed(_) => self.idempotent,
             _ => false,
         };
         safe && self.body_unsent()

@@ -22,6 +22,9 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Where `Transfer-Encoding` is in [`HOP_BY_HOP`].
+const TRANSFER_ENCODING_AT: usize = 5;
+
 /// Headers Gatehouse sets itself towards the upstream: a `Connection` token never removes them
 /// (from a trusted proxy that would drop the chain it vouches for).
 static OWN: [HeaderName; 7] = [
@@ -39,6 +42,9 @@ static OWN: [HeaderName; 7] = [
 pub struct ConnectionSays {
     pub close: bool,
     pub keep_alive: bool,
+    /// The message carried `Transfer-Encoding` (removed with the rest): its body was framed by
+    /// it, so a `Content-Length` beside it says nothing true.
+    pub transfer_encoding: bool,
 }
 
 impl ConnectionSays {
@@ -74,6 +80,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> ConnectionSays {
     if present == 0 {
         return says;
     }
+    says.transfer_encoding = present & (1 << TRANSFER_ENCODING_AT) != 0;
     // HOP_BY_HOP[0] is `Connection`: the names it lists go too
     if present & 1 != 0 {
         if let Some(listed) = connection_tokens(headers, &mut says) {
