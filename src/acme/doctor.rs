@@ -1,39 +1,41 @@
 //! `gatehouse certs doctor`: for each `tls = "acme"` site, what would stop an order before one
 //! is placed. The checks, each a [`Finding`] with what to do about a problem:
-//! - the CA's directory answers, and its CAA identities (`meta.caaIdentities`, else its host);
+//! - the CA's directory answers, and its CAA identities (`meta.caaIdentities`, else its host)
+//!   ([`ca`]);
 //! - each name resolves (through the site's `dns.resolver` when one is set, else the system's),
 //!   and for HTTP-01 a test token served here is fetched back by name ([`http01`]);
 //! - the CAA records of each name let this CA issue ([`caa`]);
 //! - the certificate's folder under `state_dir` takes a file;
 //! - the certificates logged as issued in the CA's window against its limits ([`limits`]);
 //! - for DNS-01, the provider publishes (and removes) a test TXT record
-//!   `_gatehouse-doctor.<name>`, and it is answered.
+//!   `_gatehouse-doctor.<name>`, and it is answered ([`provider`]).
 //!
 //! The same checks run (logged at warn, never fatal) after the first failure of a streak of
 //! failed orders ([`after_failure`]).
 
+mod ca;
 mod caa;
 mod http01;
 mod limits;
+mod provider;
 
 pub use http01::{serve_self_test, SELF_TEST_TTL};
 
-use super::dns::{self, wire, Record};
-use super::order::{self, Issuer};
+use super::dns::{self, wire};
+use super::order::Issuer;
 use super::store::{self, Store};
 use crate::config::{self, Challenge, ConfigError};
+use ca::{directory, Ca};
 use http01::Responder;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// The port the CA's HTTP-01 validation connects to: 80 for every public CA (RFC 8555 8.3).
 pub const HTTP01_PORT: u16 = 80;
-/// The directory request gets this long.
-const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one check found.
 #[derive(Clone, Debug)]
@@ -155,18 +157,18 @@ async fn check_all(config: &config::Config, http_port: u16) -> Report {
         Responder::for_cli(&config.listen).await
     } else {
         Responder::Nobody {
-            what: String::new(),
+            what: "no site answers HTTP-01".into(),
             fix: String::new(),
         }
     };
     let store = Store::new(&config.server.state_dir);
-    let mut identities = HashMap::new();
+    let mut identities: HashMap<String, Ca> = HashMap::new();
     let mut sites = Vec::new();
     for site in acme_sites {
         let settings = config.acme.for_site(site);
         let names = site.names();
         let ca = match identities.get(&settings.directory) {
-            Some(found) => Clone::clone(found),
+            Some(found) => found.clone(),
             None => {
                 let found = directory(&settings).await;
                 identities.insert(settings.directory.clone(), found.clone());
@@ -214,83 +216,6 @@ pub(super) async fn after_failure(issuer: Arc<Issuer>, names: Vec<String>) {
     }
 }
 
-/// The CA as the checks know it: its CAA identities, and the finding about its directory.
-#[derive(Clone)]
-struct Ca {
-    identities: Vec<String>,
-    finding: Finding,
-}
-
-/// Reads the directory's `meta.caaIdentities`; the directory host stands in when it lists
-/// none or cannot be read.
-async fn directory(settings: &config::Acme) -> Ca {
-    let url = &settings.directory;
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .unwrap_or(url)
-        .to_string();
-    let fetched = tokio::time::timeout(DIRECTORY_TIMEOUT, fetch_directory(settings)).await;
-    let fetched =
-        fetched.unwrap_or_else(|_| Err(format!("no answer within {DIRECTORY_TIMEOUT:?}")));
-    let (identities, outcome) = match fetched {
-        Ok(listed) if !listed.is_empty() => {
-            let text = format!("{url} answers; CAA identities: {}", listed.join(", "));
-            (listed, Outcome::Ok(text))
-        }
-        Ok(_) => {
-            let text = format!(
-                "{url} answers; it lists no CAA identities, so its host `{host}` stands for it"
-            );
-            (vec![host], Outcome::Ok(text))
-        }
-        Err(e) => {
-            let what = format!("cannot read the ACME directory {url}: {e}");
-            let fix = "check `[acme] directory` and `ca_root`, DNS and outbound HTTPS (a proxy or firewall in the way?)".to_string();
-            (vec![host], Outcome::problem(what, fix))
-        }
-    };
-    Ca {
-        identities,
-        finding: Finding {
-            check: "ca",
-            outcome,
-        },
-    }
-}
-
-async fn fetch_directory(settings: &config::Acme) -> Result<Vec<String>, String> {
-    use instant_acme::BodyWrapper;
-    let s = settings.clone();
-    let client = tokio::task::spawn_blocking(move || order::http_client(&s))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let request = http::Request::get(&settings.directory)
-        .body(BodyWrapper::default())
-        .map_err(|e| e.to_string())?;
-    let mut response = client.request(request).await.map_err(|e| e.to_string())?;
-    if !response.parts.status.is_success() {
-        return Err(format!("answered {}", response.parts.status));
-    }
-    let body = response
-        .body
-        .into_bytes()
-        .await
-        .map_err(|e| e.to_string())?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("not a directory: {e}"))?;
-    let listed = json["meta"]["caaIdentities"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(listed
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect())
-}
-
 /// The checks of one site, with what they share.
 struct Checks<'a> {
     settings: &'a config::Acme,
@@ -322,7 +247,7 @@ impl Checks<'_> {
         if let Some(dns) = self.dns01() {
             findings.push(Finding {
                 check: "dns provider",
-                outcome: provider(dns, names).await,
+                outcome: provider::provider(dns, names).await,
             });
         }
         findings
@@ -495,6 +420,7 @@ async fn resolve(name: &str, resolver: Option<SocketAddr>) -> Result<Vec<IpAddr>
             .await
             .map_err(|e| e.to_string())?;
         let mut addrs: Vec<IpAddr> = found.map(|a| a.ip()).collect();
+        addrs.sort_unstable();
         addrs.dedup();
         return Ok(addrs);
     };
@@ -541,53 +467,5 @@ async fn writable(dir: PathBuf) -> Outcome {
             format!("make `[server] state_dir` a directory the user Gatehouse runs as may write (e.g. `install -d -o gatehouse {}`), or point it elsewhere", dir.display()),
         ),
         Err(e) => Outcome::problem(format!("the write test stopped: {e}"), String::new()),
-    }
-}
-
-/// Publishes a test TXT record for the site's first name, waits until it is answered, and
-/// removes it (also after a failure).
-async fn provider(dns: &config::Dns, names: &[String]) -> Outcome {
-    let Some(first) = names.first() else {
-        return Outcome::Skipped("no name".into());
-    };
-    let base = first
-        .strip_prefix("*.")
-        .unwrap_or(first)
-        .trim_end_matches('.');
-    let record = Record {
-        fqdn: format!("_gatehouse-doctor.{base}."),
-        value: std::iter::repeat_with(fastrand::alphanumeric)
-            .take(24)
-            .collect(),
-    };
-    let provider_name = dns.provider.name();
-    let fix_credentials = match &dns.provider {
-        config::DnsProvider::Rfc2136(_) => "check `server`, `zone`, `tsig_key`, `tsig_secret` and `tsig_algorithm` against the DNS server's key and update ACL",
-        config::DnsProvider::Exec { .. } => "run the hook by hand with the same arguments and fix what it says",
-        config::DnsProvider::HttpReq(_) => "check `endpoint`, `username` and `password` against the DNS API",
-    };
-    if let Err(e) = dns::present(dns, &record).await {
-        // a failed `present` may have half-published: remove what may be there
-        let _ = dns::cleanup(dns, &record).await;
-        return Outcome::problem(
-            format!(
-                "{provider_name} could not publish the test record {}: {e}",
-                record.fqdn
-            ),
-            fix_credentials.into(),
-        );
-    }
-    let visible = dns::wait_visible(dns, &record).await;
-    let removed = dns::cleanup(dns, &record).await;
-    match (visible, removed) {
-        (Err(e), _) => Outcome::problem(
-            format!("the test record was published but not seen: {e}"),
-            "set `resolver` to a server that answers for the zone, or raise `propagation_timeout`".into(),
-        ),
-        (Ok(()), Err(e)) => Outcome::problem(
-            format!("the test record {} was published but cannot be removed: {e}", record.fqdn),
-            format!("remove the TXT record {} by hand, and give the provider the right to delete records", record.fqdn),
-        ),
-        (Ok(()), Ok(())) => Outcome::Ok(format!("{provider_name} published, served and removed the test record {}", record.fqdn)),
     }
 }
