@@ -81,6 +81,7 @@ enum CertsCommand {
     /// state_dir, rate limits, DNS provider): exit 0 when all is well, 1 if a problem was
     /// found, 64 for a bad config.
     Doctor {
+        /// The config; default: the one `certs` names (config/gatehouse.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The port the CA's HTTP-01 validation connects to: 80 for public CAs; a test CA
