@@ -13,6 +13,7 @@
 //! must not be a thread serving traffic.
 
 mod dns;
+pub mod doctor;
 mod order;
 pub mod store;
 
@@ -319,6 +320,8 @@ async fn maintain(
     let list = names.join(",");
     let dir = issuer.store.cert_dir(&issuer.settings.directory, &names);
     let mut backoff = Backoff::new(issuer.settings.retry_initial, issuer.settings.retry_max);
+    // the doctor's checks run once per streak of failures, not at every retry
+    let mut diagnosed = false;
     // records a crash (or a failed removal) left behind, even when no order is due
     if let Some(dns) = issuer.dns() {
         dns::clean_leftovers(dns, &dir).await;
@@ -354,6 +357,7 @@ async fn maintain(
                 tracing::info!(names = %list, issuer = %info.issuer, not_after = %rfc3339(info.not_after), "certificate issued");
                 current = Some(info);
                 backoff.reset();
+                diagnosed = false;
             }
             Err(e) => {
                 count("failure");
@@ -368,6 +372,9 @@ async fn maintain(
                     "handshakes for these names fail"
                 };
                 tracing::warn!(names = %list, error = %Causes(&e), retry_in = ?delay, meanwhile, "certificate order failed");
+                if !std::mem::replace(&mut diagnosed, true) {
+                    tokio::spawn(doctor::after_failure(issuer.clone(), names.clone()));
+                }
                 tokio::time::sleep(delay).await;
             }
         }
@@ -409,6 +416,10 @@ fn publish(dir: &Path, cert: order::Issued, slot: &CertSlot) -> Result<CertInfo,
         .map_err(AcmeError::Stored)?;
     if let Err(e) = store::save_cert(dir, cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()) {
         tracing::error!(error = %e, "cannot store the new certificate; serving it from memory");
+    }
+    // what `certs doctor` counts against the CA's rate limits
+    if let Err(e) = store::log_issued(dir, &info.names, SystemTime::now()) {
+        tracing::warn!(error = %e, "cannot log the issuance; `certs doctor` will count it from the certificate alone");
     }
     slot.store(Some(key));
     Ok(info)

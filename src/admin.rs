@@ -1,5 +1,6 @@
 //! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus,
-//! `/config` for people, `POST /reload`.
+//! `/config` for people, `POST /reload`, and `POST /acme/self-test/<token>` for
+//! `gatehouse certs doctor` (serve an HTTP-01 test token for a while).
 //!
 //! A closed door: loopback peers only unless `listen.admin_allow` names others; requests
 //! addressed to its own names only, and no cross-origin `POST` (`guard`); `[server] timeouts`
@@ -128,6 +129,11 @@ async fn respond(
     if req.method() == Method::POST && req.uri().path() == "/reload" {
         return post_reload(reload).await;
     }
+    if let Some(token) = req.uri().path().strip_prefix("/acme/self-test/") {
+        if req.method() == Method::POST {
+            return self_test(cx, token);
+        }
+    }
     answer(cx, req)
 }
 
@@ -164,6 +170,24 @@ async fn post_reload(reload: &mpsc::Sender<Trigger>) -> Response<Full<Bytes>> {
             format!("rejected; the running config stays:\n{why}\n"),
         ),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "reload task gone\n".into()),
+    }
+}
+
+/// `POST /acme/self-test/<token>`: answer the token on the HTTP listeners for a while, so that
+/// `gatehouse certs doctor` can fetch it by name while this instance holds `[listen] http`.
+fn self_test(cx: &ConnContext, token: &str) -> Response<Full<Bytes>> {
+    use crate::acme::doctor;
+    if doctor::serve_self_test(&cx.challenges, token) {
+        let ttl = doctor::SELF_TEST_TTL;
+        text(
+            StatusCode::OK,
+            format!("serving the test token for {ttl:?}\n"),
+        )
+    } else {
+        text(
+            StatusCode::BAD_REQUEST,
+            "a token is 16 to 128 letters, digits, `-` or `_`\n".into(),
+        )
     }
 }
 

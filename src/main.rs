@@ -40,6 +40,8 @@ enum Command {
     Certs {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        #[command(subcommand)]
+        action: Option<CertsCommand>,
     },
     /// Validate the config, then ask the running Gatehouse to reload it (POST /reload on its
     /// admin listener).
@@ -71,6 +73,22 @@ enum Command {
     HashPassword,
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Check what would stop each ACME site's order (names, HTTP-01 reachability, CAA,
+    /// state_dir, rate limits, DNS provider): exit 0 when all is well, 1 if a problem was
+    /// found, 64 for a bad config.
+    Doctor {
+        /// The config; default: the one `certs` names (config/gatehouse.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The port the CA's HTTP-01 validation connects to: 80 for public CAs; a test CA
+        /// (Pebble's `-httpPort`) may use another.
+        #[arg(long, default_value_t = gatehouse::acme::doctor::HTTP01_PORT)]
+        http_port: u16,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,7 +128,15 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Certs { config } => match gatehouse::app::certificates(&config) {
+        Command::Certs {
+            config,
+            action:
+                Some(CertsCommand::Doctor {
+                    config: own,
+                    http_port,
+                }),
+        } => doctor(&own.unwrap_or(config), http_port),
+        Command::Certs { config, .. } => match gatehouse::app::certificates(&config) {
             Ok(rows) => {
                 out(&gatehouse::app::certificate_table(&rows));
                 ExitCode::SUCCESS
@@ -168,6 +194,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `gatehouse certs doctor`: the report on stdout; 0 all well, 1 problems, 64 bad config.
+fn doctor(config: &std::path::Path, http_port: u16) -> ExitCode {
+    use gatehouse::acme::doctor::{run, DoctorError};
+    match run(config, http_port) {
+        Ok(report) => {
+            out(&report.to_string());
+            if report.problems() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(DoctorError::Config(e)) => {
+            err(&e);
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        Err(e) => {
+            err(&e);
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! the next start or order ([`clean_leftovers`]).
 
 mod httpreq;
-mod wire;
+pub mod wire;
 
 use super::store;
 use crate::config::{Dns, DnsProvider, Rfc2136};
@@ -147,6 +147,18 @@ pub async fn lookup_txt(
     Ok(exchange(server, &query, id).await?.txt)
 }
 
+/// The whole answer of `server` to a `kind` query (`wire::TYPE_*`) for `name`.
+pub async fn lookup(
+    server: SocketAddr,
+    name: &str,
+    kind: u16,
+    recurse: bool,
+) -> Result<wire::Reply, DnsError> {
+    let id = fastrand::u16(..);
+    let query = wire::query_type(id, name, kind, recurse)?;
+    exchange(server, &query, id).await
+}
+
 async fn update(r: &Rfc2136, record: &Record, add: bool) -> Result<(), DnsError> {
     let id = fastrand::u16(..);
     let mut msg = wire::update(id, &r.zone, &record.fqdn, &record.value, add)?;
@@ -246,7 +258,7 @@ async fn exchange_tcp(server: SocketAddr, msg: &[u8], id: u16) -> Result<wire::R
 }
 
 /// The first `nameserver` of /etc/resolv.conf, port 53.
-async fn system_resolver() -> Result<SocketAddr, DnsError> {
+pub async fn system_resolver() -> Result<SocketAddr, DnsError> {
     let text = tokio::fs::read_to_string("/etc/resolv.conf")
         .await
         .unwrap_or_default();

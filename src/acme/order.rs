@@ -36,7 +36,7 @@ pub struct Issued {
 pub struct Issuer {
     pub settings: config::Acme,
     pub store: Store,
-    challenges: Arc<Challenges>,
+    pub challenges: Arc<Challenges>,
     account: Mutex<Option<Account>>,
 }
 
@@ -254,7 +254,7 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Acme
 }
 
 /// The CA's API over HTTPS, trusting the system roots plus `ca_root`.
-fn http_client(settings: &config::Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
+pub(super) fn http_client(settings: &config::Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);

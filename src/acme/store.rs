@@ -4,7 +4,11 @@
 //! state_dir/acme/<directory>/account.json      account key + URL (0600)
 //! state_dir/certs/<directory>/<first name>/cert.pem   chain, leaf first (0644)
 //! state_dir/certs/<directory>/<first name>/key.pem    private key (0600)
+//! state_dir/certs/<directory>/<first name>/issued.log one line per issuance: `<unix secs> <names,>`
 //! ```
+//!
+//! The issuance log is what `gatehouse certs doctor` counts against the CA's rate limits: the
+//! certificate files only hold the latest one. It keeps [`ISSUED_KEPT`] of history.
 //!
 //! `<directory>` is the CA's directory URL made into a file name, so staging, production and a
 //! private CA never mix. Every write is atomic: a temp file in the same folder, fsync, rename,
@@ -196,6 +200,53 @@ pub fn save_cert(dir: &Path, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), Sto
     write_atomic(&dir.join("cert.pem"), chain_pem, 0o644)
 }
 
+const ISSUED_LOG: &str = "issued.log";
+/// How long issuance log lines are kept: rate limits count over days (Let's Encrypt: 7).
+pub const ISSUED_KEPT: Duration = Duration::from_secs(30 * 86400);
+
+/// One issuance, as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issuance {
+    pub at: SystemTime,
+    pub names: Vec<String>,
+}
+
+/// Adds an issuance of `names` at `at` to the log in `dir`, dropping lines older than
+/// [`ISSUED_KEPT`].
+pub fn log_issued(dir: &Path, names: &[String], at: SystemTime) -> Result<(), StoreError> {
+    let mut kept: Vec<Issuance> = read_issued(dir)
+        .into_iter()
+        .filter(|i| at.duration_since(i.at).unwrap_or_default() < ISSUED_KEPT)
+        .collect();
+    kept.push(Issuance {
+        at,
+        names: names.to_vec(),
+    });
+    let text: String = kept
+        .iter()
+        .map(|i| {
+            let secs = i.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            format!("{secs} {}\n", i.names.join(","))
+        })
+        .collect();
+    write_atomic(&dir.join(ISSUED_LOG), text.as_bytes(), 0o644)
+}
+
+/// The issuances logged in `dir`; none when there is no log (lines that do not parse are
+/// skipped: the log is advisory).
+pub fn read_issued(dir: &Path) -> Vec<Issuance> {
+    let text = fs::read_to_string(dir.join(ISSUED_LOG)).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (secs, names) = line.split_once(' ')?;
+            Some(Issuance {
+                at: UNIX_EPOCH + Duration::from_secs(secs.parse().ok()?),
+                names: names.split(',').map(str::to_string).collect(),
+            })
+        })
+        .collect()
+}
+
 /// Write-temp, fsync, rename, fsync-folder; folders are created 0700.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let err = |source| StoreError::Write {
@@ -272,6 +323,26 @@ mod tests {
         assert_eq!(parent.permissions().mode() & 0o777, 0o700);
         let leftovers: Vec<_> = read_dir(path.parent().unwrap());
         assert_eq!(leftovers.len(), 1, "temp file left behind: {leftovers:?}");
+    }
+
+    #[test]
+    fn the_issuance_log_keeps_thirty_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86400);
+        let start = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let names = vec!["a.test".to_string(), "b.test".to_string()];
+        log_issued(dir.path(), &names, start).unwrap();
+        log_issued(dir.path(), &names, start + 20 * day).unwrap();
+        assert_eq!(read_issued(dir.path()).len(), 2);
+        log_issued(dir.path(), &names[..1], start + 31 * day).unwrap();
+        let kept = read_issued(dir.path());
+        assert_eq!(
+            kept.len(),
+            2,
+            "the first line is over 30 days old: {kept:?}"
+        );
+        assert_eq!(kept[0].names, names);
+        assert_eq!(kept[1].at, start + 31 * day);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! DNS messages on the wire (RFC 1035), as far as DNS-01 needs them: a TXT query, an RFC 2136
-//! update that adds or deletes one TXT record, its TSIG signature (RFC 8945), and reading an
-//! answer. Pure: no IO, unit tested below.
+//! DNS messages on the wire (RFC 1035), as far as DNS-01 and `certs doctor` need them: a query
+//! (TXT, A, AAAA, CAA), an RFC 2136 update that adds or deletes one TXT record, its TSIG
+//! signature (RFC 8945), and reading an answer. Pure: no IO, unit tested below.
 
 use crate::config::{Tsig, TsigAlgorithm};
 
+pub const TYPE_A: u16 = 1;
 pub const TYPE_TXT: u16 = 16;
+pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_CAA: u16 = 257;
 const TYPE_SOA: u16 = 6;
 const TYPE_OPT: u16 = 41;
 const TYPE_TSIG: u16 = 250;
@@ -37,15 +40,34 @@ pub struct Reply {
     pub txt: Vec<String>,
     /// The error field of the answer's TSIG record, if it had one.
     pub tsig_error: Option<u16>,
+    /// The A and AAAA records of the answer section.
+    pub addrs: Vec<std::net::IpAddr>,
+    /// The CAA records of the answer section (RFC 8659 4.1).
+    pub caa: Vec<Caa>,
+}
+
+/// One CAA record: `flags tag "value"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caa {
+    /// The issuer critical flag (bit 0 of the flags, 128).
+    pub critical: bool,
+    /// `issue`, `issuewild`, `iodef`, ... as sent (compared case-insensitively).
+    pub tag: String,
+    pub value: String,
 }
 
 /// A TXT query for `name`; `recurse` asks a resolver to look it up (an authoritative server
 /// answers from its zone either way).
 pub fn query(id: u16, name: &str, recurse: bool) -> Result<Vec<u8>, WireError> {
+    query_type(id, name, TYPE_TXT, recurse)
+}
+
+/// A query for the `kind` records (`TYPE_*`) at `name`.
+pub fn query_type(id: u16, name: &str, kind: u16, recurse: bool) -> Result<Vec<u8>, WireError> {
     let flags = if recurse { 0x0100 } else { 0 };
     let mut out = header(id, flags, [1, 0, 0, 1]);
     put_name(&mut out, name)?;
-    put16(&mut out, TYPE_TXT);
+    put16(&mut out, kind);
     put16(&mut out, CLASS_IN);
     // EDNS0 OPT: root name, our UDP size as the class
     out.push(0);
@@ -162,8 +184,8 @@ pub fn parse(msg: &[u8]) -> Result<Reply, WireError> {
         let (kind, len) = (word(at)?, usize::from(word(at + 8)?));
         let start = at + 10;
         let rdata = msg.get(start..start + len).ok_or(WireError::Malformed)?;
-        if kind == TYPE_TXT && i < usize::from(answers) {
-            reply.txt.push(txt_strings(rdata)?);
+        if i < usize::from(answers) {
+            read_answer(&mut reply, kind, rdata)?;
         }
         if kind == TYPE_TSIG {
             reply.tsig_error = Some(tsig_error(rdata)?);
@@ -193,6 +215,38 @@ pub fn rcode_name(code: u16) -> &'static str {
         22 => "BADTRUNC",
         _ => "an unknown code",
     }
+}
+
+/// Keeps an answer record of a kind `Reply` holds.
+fn read_answer(reply: &mut Reply, kind: u16, rdata: &[u8]) -> Result<(), WireError> {
+    match (kind, rdata.len()) {
+        (TYPE_TXT, _) => reply.txt.push(txt_strings(rdata)?),
+        (TYPE_A, 4) => {
+            let b: [u8; 4] = rdata.try_into().map_err(|_| WireError::Malformed)?;
+            reply.addrs.push(std::net::Ipv4Addr::from(b).into());
+        }
+        (TYPE_AAAA, 16) => {
+            let b: [u8; 16] = rdata.try_into().map_err(|_| WireError::Malformed)?;
+            reply.addrs.push(std::net::Ipv6Addr::from(b).into());
+        }
+        (TYPE_CAA, _) => reply.caa.push(caa(rdata)?),
+        (TYPE_A | TYPE_AAAA, _) => return Err(WireError::Malformed),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// CAA rdata: flags, tag length, tag, and the value to the end.
+fn caa(rdata: &[u8]) -> Result<Caa, WireError> {
+    let (&flags, rest) = rdata.split_first().ok_or(WireError::Malformed)?;
+    let (&len, rest) = rest.split_first().ok_or(WireError::Malformed)?;
+    let tag = rest.get(..usize::from(len)).ok_or(WireError::Malformed)?;
+    let value = &rest[usize::from(len)..];
+    Ok(Caa {
+        critical: flags & 0x80 != 0,
+        tag: String::from_utf8_lossy(tag).into_owned(),
+        value: String::from_utf8_lossy(value).into_owned(),
+    })
 }
 
 fn tsig_error(rdata: &[u8]) -> Result<u16, WireError> {
@@ -351,6 +405,36 @@ mod tests {
         assert_eq!((reply.id, reply.rcode, reply.truncated), (9, 0, false));
         assert_eq!(parse(&msg[..msg.len() - 2]), Err(WireError::Malformed));
         assert_eq!(rcode_name(9), "NOTAUTH");
+    }
+
+    #[test]
+    fn an_answer_yields_its_addresses_and_caa_records() {
+        let mut msg = vec![0, 5, 0x81, 0x80, 0, 1, 0, 3, 0, 0, 0, 0];
+        msg.extend_from_slice(b"\x01a\x04test\x00\x01\x01\x00\x01");
+        msg.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 2]);
+        msg.extend_from_slice(&[0xc0, 12, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+        msg.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        let value = b"letsencrypt.org";
+        msg.extend_from_slice(&[0xc0, 12, 1, 1, 0, 1, 0, 0, 0, 60, 0, 22, 128, 5]);
+        msg.extend_from_slice(b"issue");
+        msg.extend_from_slice(value);
+        let reply = parse(&msg).unwrap();
+        assert_eq!(
+            reply.addrs,
+            vec![
+                std::net::IpAddr::from([127, 0, 0, 2]),
+                std::net::Ipv6Addr::LOCALHOST.into()
+            ]
+        );
+        let want = Caa {
+            critical: true,
+            tag: "issue".into(),
+            value: "letsencrypt.org".into(),
+        };
+        assert_eq!(reply.caa, vec![want]);
+        let q = query_type(5, "a.test", TYPE_CAA, true).unwrap();
+        assert_eq!(&q[2..4], &[1, 0], "recursion desired");
+        assert_eq!(&q[20..22], &[1, 1], "type 257");
     }
 
     #[test]
