@@ -232,3 +232,92 @@ fn the_stored_plan_is_used_only_for_its_certificate() {
         Source::Lifetime
     );
 }
+
+/// A leaf signed by a CA, so it has an AKI and a CertID.
+fn leaf_with_aki() -> CertificateDer<'static> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+    leaf.use_authority_key_identifier_extension = true;
+    let key = rcgen::KeyPair::generate().unwrap();
+    CertificateDer::from(leaf.signed_by(&key, &ca, &ca_key).unwrap().der().to_vec())
+}
+
+/// An issuer whose CA nobody answers at: any request to it fails at once.
+fn unreachable_issuer(state: &Path) -> Issuer {
+    let settings = crate::config::Acme {
+        directory: "https://127.0.0.1:9/directory".into(),
+        ..crate::config::Acme::default()
+    };
+    let challenges = std::sync::Arc::new(super::super::Challenges::default());
+    Issuer::new(settings, store::Store::new(state), challenges)
+}
+
+/// After a restart the stored plan stands until its `next_check`: the CA is not asked (here
+/// it could not answer, which would have noted a failure); once that time has passed, it is.
+#[tokio::test]
+async fn a_restart_resumes_the_stored_plan_until_its_next_check() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("cert");
+    let leaf = leaf_with_aki();
+    let id = cert_id(&leaf).unwrap().to_string();
+    let info = CertInfo {
+        not_after: SystemTime::now() + Duration::from_secs(60 * DAY),
+        ..info()
+    };
+    let now = secs(SystemTime::now());
+    let stored = Plan {
+        cert: id.clone(),
+        source: Source::Ari,
+        renew_at: now + 20 * DAY,
+        window: Some(Window {
+            start: now + 19 * DAY,
+            end: now + 21 * DAY,
+        }),
+        explanation_url: None,
+        next_check: now + HOUR,
+        note: None,
+    };
+    store::write_atomic(
+        &dir.join(FILE),
+        &serde_json::to_vec(&stored).unwrap(),
+        0o644,
+    )
+    .unwrap();
+    let issuer = unreachable_issuer(state.path());
+
+    let mut schedule = Schedule::load(&dir).await;
+    let due = schedule.due(&issuer, Some(&leaf), &info, "a.test").await;
+    assert_eq!(secs(due.renew_at), stored.renew_at);
+    assert_eq!(due.source, Source::Ari);
+    assert_eq!(
+        read(&dir),
+        Some(stored.clone()),
+        "asked the CA before next_check"
+    );
+    assert_eq!(
+        schedule.replaces(Some(&leaf)).map(|r| r.to_string()),
+        Some(id.clone()),
+        "an ARI-covered certificate is replaced by name"
+    );
+
+    // the check fell due while the process was down: asked at once; the CA's window stands
+    let overdue = Plan {
+        next_check: now - HOUR,
+        ..stored.clone()
+    };
+    store::write_atomic(
+        &dir.join(FILE),
+        &serde_json::to_vec(&overdue).unwrap(),
+        0o644,
+    )
+    .unwrap();
+    let mut schedule = Schedule::load(&dir).await;
+    let due = schedule.due(&issuer, Some(&leaf), &info, "a.test").await;
+    assert_eq!(secs(due.renew_at), stored.renew_at);
+    let after = read(&dir).unwrap();
+    assert!(after.note.unwrap().contains("the last ARI request failed"));
+    assert!(after.next_check >= now + HOUR);
+}
