@@ -1,8 +1,9 @@
 //! Automatic certificates: every `tls = "acme"` site's `CertSlot` starts with the stored
 //! certificate (read while the snapshot is built, before it serves), and a background task
 //! orders one if there is none, publishes it in the slot, and renews it inside the window the CA
-//! suggests (ARI, RFC 9773), or when a third of its lifetime is left ([`renewal`]). Failures are retried with capped exponential backoff and jitter; the site
-//! keeps its last good certificate meanwhile, and other sites never wait on it.
+//! suggests (ARI, RFC 9773), or when a third of its lifetime is left ([`renewal`]). Failures
+//! are retried with capped exponential backoff and jitter; the site keeps its last good
+//! certificate meanwhile, and other sites never wait on it.
 //!
 //! The `Manager` outlives config snapshots: building a snapshot asks it for slots, and a name set
 //! it already manages gets the same slot and task back.
@@ -332,9 +333,9 @@ async fn maintain(
             let wait = due.renew_at.duration_since(now).unwrap_or_default();
             if !wait.is_zero() {
                 // awake for the CA's next check too, which may move the window
-                let check = due.next_check.duration_since(now).unwrap_or(MAX_SLEEP);
-                let nap = wait.min(MAX_SLEEP);
-                tokio::time::sleep(if check.is_zero() { nap } else { nap.min(check) }).await;
+                let check = due.next_check.duration_since(now).unwrap_or_default();
+                let check = Some(check).filter(|c| !c.is_zero()).unwrap_or(MAX_SLEEP);
+                tokio::time::sleep(wait.min(check).min(MAX_SLEEP)).await;
                 continue;
             }
             tracing::info!(names = %list, not_after = %rfc3339(info.not_after), by = ?due.source, "renewing certificate");
