@@ -1,8 +1,9 @@
 //! Automatic certificates: every `tls = "acme"` site's `CertSlot` starts with the stored
 //! certificate (read while the snapshot is built, before it serves), and a background task
-//! orders one if there is none, publishes it in the slot, and renews it when a third of its
-//! lifetime is left. Failures are retried with capped exponential backoff and jitter; the site
-//! keeps its last good certificate meanwhile, and other sites never wait on it.
+//! orders one if there is none, publishes it in the slot, and renews it inside the window the CA
+//! suggests (ARI, RFC 9773), or when a third of its lifetime is left ([`renewal`]). Failures
+//! are retried with capped exponential backoff and jitter; the site keeps its last good
+//! certificate meanwhile, and other sites never wait on it.
 //!
 //! The `Manager` outlives config snapshots: building a snapshot asks it for slots, and a name set
 //! it already manages gets the same slot and task back.
@@ -15,6 +16,7 @@
 mod dns;
 pub mod doctor;
 mod order;
+pub mod renewal;
 pub mod store;
 
 use crate::config;
@@ -249,11 +251,10 @@ impl Manager {
             .find(|issuer| issuer.serves(settings, &store))
             .cloned();
         let issuer = shared.unwrap_or_else(|| {
-            Arc::new(Issuer::new(
-                settings.clone(),
-                store,
-                self.challenges.clone(),
-            ))
+            Arc::new(
+                Issuer::new(settings.clone(), store, self.challenges.clone())
+                    .with_metrics(self.metrics.get().cloned()),
+            )
         });
         let metrics = self.metrics.get().cloned();
         let task = tokio::spawn(maintain(
@@ -324,26 +325,32 @@ async fn maintain(
     let mut diagnosed = false;
     // records a crash (or a failed removal) left behind, even when no order is due
     if let Some(dns) = issuer.dns() {
-        dns::clean_leftovers(dns, &dir).await;
+        dns::clean_leftovers(dns, &dir, metrics.as_deref()).await;
     }
+    let mut schedule = renewal::Schedule::load(&dir).await;
     loop {
+        let leaf = slot.load_full().and_then(|key| key.cert.first().cloned());
         if let Some(info) = &current {
-            let wait = info
-                .renew_at()
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
+            let due = schedule.due(&issuer, leaf.as_ref(), info, &list).await;
+            let now = SystemTime::now();
+            let wait = due.renew_at.duration_since(now).unwrap_or_default();
             if !wait.is_zero() {
-                tokio::time::sleep(wait.min(MAX_SLEEP)).await;
+                // awake for the CA's next check too, which may move the window
+                let check = due.next_check.duration_since(now).unwrap_or_default();
+                let check = Some(check).filter(|c| !c.is_zero()).unwrap_or(MAX_SLEEP);
+                tokio::time::sleep(wait.min(check).min(MAX_SLEEP)).await;
                 continue;
             }
-            tracing::info!(names = %list, not_after = %rfc3339(info.not_after), "renewing certificate");
+            tracing::info!(names = %list, not_after = %rfc3339(info.not_after), by = ?due.source, "renewing certificate");
         }
+        let replaces = schedule.replaces(leaf.as_ref());
         // DNS-01 waits for each record to be answered on top of the CA's work
         let deadline = ORDER_DEADLINE
             + issuer
                 .dns()
                 .map_or(Duration::ZERO, |d| d.propagation_timeout);
-        let issued = tokio::time::timeout(deadline, issuer.issue(&names, &dir)).await;
+        let issue = issuer.issue(&names, &dir, replaces.as_ref());
+        let issued = tokio::time::timeout(deadline, issue).await;
         let result = match issued.unwrap_or(Err(AcmeError::Deadline(deadline))) {
             Ok(cert) => {
                 let (dir, slot) = (dir.clone(), slot.clone());

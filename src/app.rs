@@ -2,7 +2,7 @@
 //! signal, then drain.
 
 use crate::acme::{
-    self,
+    self, renewal,
     store::{self, CertInfo, Store},
 };
 use crate::admin::client::{self, ClientError};
@@ -130,6 +130,8 @@ pub struct CertRow {
     pub source: &'static str,
     /// The stored or configured certificate, or why there is none.
     pub status: Result<CertInfo, String>,
+    /// When an ACME certificate is renewed, and who said so (`renewal.json` beside it).
+    pub renewal: Option<renewal::Plan>,
 }
 
 /// The certificate of every TLS site, read from `state_dir` (ACME) or the configured files.
@@ -145,26 +147,39 @@ pub fn certificates(path: &Path) -> Result<Vec<CertRow>, ConfigError> {
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>();
-            let (source, status) = match site.tls.as_ref()? {
+            let (source, status, renewal) = match site.tls.as_ref()? {
                 SiteTls::Acme => {
                     let dir = store.cert_dir(&config.acme.directory, &site.names());
-                    let status = match store::load_cert(&dir) {
-                        Ok(Some(stored)) => Ok(stored.info),
-                        Ok(None) => Err(format!("not issued yet ({})", dir.display())),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    ("acme", status)
+                    let (status, renewal) = stored_acme(&dir);
+                    ("acme", status, renewal)
                 }
-                SiteTls::Files(files) => ("file", file_info(files)),
+                SiteTls::Files(files) => ("file", file_info(files), None),
             };
             Some(CertRow {
                 names: names.join(","),
                 source,
                 status,
+                renewal,
             })
         })
         .collect();
     Ok(rows)
+}
+
+/// An ACME site's stored certificate and its renewal schedule.
+fn stored_acme(dir: &Path) -> (Result<CertInfo, String>, Option<renewal::Plan>) {
+    match store::load_cert(dir) {
+        Ok(Some(stored)) => {
+            let plan = stored
+                .key
+                .cert
+                .first()
+                .map(|leaf| renewal::stored_plan(dir, leaf, &stored.info));
+            (Ok(stored.info), plan)
+        }
+        Ok(None) => (Err(format!("not issued yet ({})", dir.display())), None),
+        Err(e) => (Err(e.to_string()), None),
+    }
 }
 
 fn file_info(files: &crate::config::TlsFiles) -> Result<CertInfo, String> {
@@ -174,13 +189,15 @@ fn file_info(files: &crate::config::TlsFiles) -> Result<CertInfo, String> {
     CertInfo::parse(&leaf)
 }
 
-/// `gatehouse certs` output: one aligned row per site.
+/// `gatehouse certs` output: one aligned row per site; under an ACME certificate's row, an
+/// indented `renewal:` line says who chose its renewal time (the CA's ARI window, or a third
+/// of the lifetime) and why.
 pub fn certificate_table(rows: &[CertRow]) -> String {
     let mut out = String::new();
     let width = rows.iter().map(|r| r.names.len()).max().unwrap_or(0).max(5);
     out.push_str(&format!(
-        "{:width$}  {:6}  {:21}  {:>6}  ISSUER\n",
-        "NAMES", "SOURCE", "EXPIRES", "DAYS"
+        "{:width$}  {:6}  {:21}  {:>6}  {:21}  ISSUER\n",
+        "NAMES", "SOURCE", "EXPIRES", "DAYS", "RENEWS"
     ));
     let now = std::time::SystemTime::now();
     for row in rows {
@@ -190,12 +207,17 @@ pub fn certificate_table(rows: &[CertRow]) -> String {
                     .not_after
                     .duration_since(now)
                     .map_or(0, |d| d.as_secs() / 86400);
+                let renews = row
+                    .renewal
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |p| acme::rfc3339(p.renew_time()));
                 format!(
-                    "{:width$}  {:6}  {:21}  {:>6}  {}",
+                    "{:width$}  {:6}  {:21}  {:>6}  {:21}  {}",
                     row.names,
                     row.source,
                     acme::rfc3339(info.not_after),
                     left,
+                    renews,
                     info.issuer
                 )
             }
@@ -203,6 +225,9 @@ pub fn certificate_table(rows: &[CertRow]) -> String {
         };
         out.push_str(&line);
         out.push('\n');
+        if let (Ok(_), Some(plan)) = (&row.status, &row.renewal) {
+            out.push_str(&format!("  renewal: {}\n", plan.describe()));
+        }
     }
     out
 }

@@ -31,6 +31,11 @@ const METHODS: [Method; 9] = [
 ];
 const CODES: usize = 500; // 100..=599
 
+/// DNS-01 propagation waits: from a second to `propagation_timeout`'s usual range (minutes).
+const PROPAGATION_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
 #[derive(Debug, thiserror::Error)]
 #[error("metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
@@ -50,6 +55,9 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     certificate_expiry: IntGaugeVec,
     pub acme_orders: IntCounterVec,
+    acme_dns_publishes: IntCounterVec,
+    acme_dns_cleanups: IntCounterVec,
+    acme_dns_propagation: HistogramVec,
     rejected: IntCounterVec,
     access_log_dropped: IntCounter,
     encode_skipped: IntCounterVec,
@@ -124,6 +132,19 @@ impl Metrics {
                 opts("gatehouse_acme_orders_total", "ACME certificate orders, by result."),
                 &["result"],
             )?,
+            acme_dns_publishes: IntCounterVec::new(
+                opts("gatehouse_acme_dns_publishes_total", "DNS-01 challenge records published, by provider (rfc2136, exec, httpreq) and result."),
+                &["provider", "result"],
+            )?,
+            acme_dns_cleanups: IntCounterVec::new(
+                opts("gatehouse_acme_dns_cleanups_total", "DNS-01 challenge records removed (after an order, or left from an earlier run), by provider and result."),
+                &["provider", "result"],
+            )?,
+            acme_dns_propagation: HistogramVec::new(
+                HistogramOpts::new("gatehouse_acme_dns_propagation_seconds", "Time from publishing a DNS-01 record until the checking DNS server answered it (success) or `propagation_timeout` ran out (failure).")
+                    .buckets(PROPAGATION_BUCKETS.to_vec()),
+                &["provider", "result"],
+            )?,
             rejected: IntCounterVec::new(
                 opts("gatehouse_rejected_requests_total", "Requests and connections refused at the edge, by reason."),
                 &["reason"],
@@ -192,6 +213,9 @@ impl Metrics {
         r.register(Box::new(self.tls_handshakes.clone()))?;
         r.register(Box::new(self.certificate_expiry.clone()))?;
         r.register(Box::new(self.acme_orders.clone()))?;
+        r.register(Box::new(self.acme_dns_publishes.clone()))?;
+        r.register(Box::new(self.acme_dns_cleanups.clone()))?;
+        r.register(Box::new(self.acme_dns_propagation.clone()))?;
         r.register(Box::new(self.rejected.clone()))?;
         r.register(Box::new(self.reloads.clone()))?;
         r.register(Box::new(self.access_log_dropped.clone()))?;
@@ -248,6 +272,23 @@ impl Metrics {
         self.upstream_duration.with_label_values(&[upstream])
     }
 
+    /// One DNS-01 record published (`cleanup: false`) or removed through `provider`.
+    pub fn acme_dns_change(&self, provider: &str, cleanup: bool, ok: bool) {
+        let counter = if cleanup {
+            &self.acme_dns_cleanups
+        } else {
+            &self.acme_dns_publishes
+        };
+        counter.with_label_values(&[provider, result(ok)]).inc();
+    }
+
+    /// One DNS-01 record's wait until it was answered (or the wait gave up).
+    pub fn acme_dns_propagation(&self, provider: &str, ok: bool, waited: Duration) {
+        self.acme_dns_propagation
+            .with_label_values(&[provider, result(ok)])
+            .observe(waited.as_secs_f64());
+    }
+
     pub fn tls_handshake(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.tls_handshakes.with_label_values(&[result]).inc();
@@ -262,6 +303,14 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+fn result(ok: bool) -> &'static str {
+    if ok {
+        "success"
+    } else {
+        "failure"
     }
 }
 

@@ -459,6 +459,18 @@ async fn assert_proxied(
     assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
 }
 
+/// Whether a file called `name` is anywhere under `dir`.
+fn has_file(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let path = entry.path();
+            path.file_name().is_some_and(|n| n == name) || (path.is_dir() && has_file(&path, name))
+        })
+}
+
 /// Every file in `state_dir` that holds a secret (by name: contains "key", or an account `.json`;
 /// by content: a PEM private key or instant-acme's `key_pkcs8`) must be mode 0600, and there
 /// must be at least a certificate key and account credentials.
@@ -628,6 +640,18 @@ async fn restart_reuses_the_stored_certificate() {
         let issued = wait_for_cert(&first, &pebble, APP, &root, ISSUANCE).await;
         let orders = pebble.new_orders();
         assert!(orders >= 1, "pebble logged no new order");
+        // the renewal schedule is stored right after the certificate
+        let schedule = state.path().join("certs");
+        let stored = support::poll_until(Duration::from_secs(10), || {
+            let found = has_file(&schedule, "renewal.json");
+            async move { found }
+        })
+        .await;
+        assert!(
+            stored.is_some(),
+            "no renewal.json{}",
+            diagnostics(&first, &pebble)
+        );
         first.send_signal("TERM");
         let exit = first
             .wait_exit(Duration::from_secs(10))
@@ -656,6 +680,19 @@ async fn restart_reuses_the_stored_certificate() {
         assert!(
             row.contains(" acme ") && row.contains("Pebble Intermediate CA"),
             "row: {row}"
+        );
+        // pebble 2.4.0's directory has no `renewalInfo` (no ARI): the running proxy stored a
+        // third of the lifetime as the schedule, and `certs` says so under the row
+        let renewal = listed
+            .stdout
+            .lines()
+            .skip_while(|l| *l != row)
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            renewal.starts_with("  renewal: a third of the lifetime (the CA offers no ARI)"),
+            "no renewal line under the row:\n{}",
+            listed.stdout
         );
         drop(first);
 

@@ -3,7 +3,8 @@
 //! updates (or by an `exec` hook calling `knsupdate`), and pebble validating against that server
 //! (`-dnsserver`). A wildcard site and a plain one get pebble-issued certificates; the TXT
 //! records are gone afterwards; a wrong TSIG secret and a failing hook give clear errors and no
-//! certificate; a restart in the middle leaves no record behind.
+//! certificate; a restart in the middle leaves no record behind. `/metrics` counts the publishes,
+//! removals and propagation waits (`gatehouse_acme_dns_*`).
 
 // Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{echo_backend, json_str_field, serve, text_response, Backend, TestProxy};
+use support::{client, echo_backend, json_str_field, serve, text_response, Backend, TestProxy};
 use tokio::net::TcpStream;
 
 const ZONE: &str = "example.test";
@@ -264,6 +265,7 @@ impl Setup {
 [listen]
 http = "127.0.0.1:0"
 https = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 
 [server]
 state_dir = "{state}"
@@ -377,6 +379,41 @@ servers = ["{backend}"]
     }
 }
 
+/// The sample `series` (name with its labels, as exposed) in the admin listener's `/metrics`, 0
+/// when absent.
+async fn metric(proxy: &TestProxy, series: &str) -> f64 {
+    let admin = proxy.admin_addr().await;
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls until the series' value is at least `min`; returns it.
+async fn wait_metric(setup: &Setup, proxy: &TestProxy, series: &str, min: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = metric(proxy, series).await;
+        if value >= min {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{series} is {value}, wanted at least {min}{}",
+                setup.diagnostics(proxy)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A handshake with SNI `sni` that verifies against `root_pem` only.
 async fn handshake(addr: SocketAddr, sni: &str, root_pem: &[u8]) -> Result<(), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -448,6 +485,17 @@ async fn rfc2136_with_tsig_gets_a_wildcard_and_a_plain_certificate_and_cleans_up
         .filter(|p| p.ends_with("dns-01-pending.json"))
         .collect();
     assert!(pending.is_empty(), "records still remembered: {pending:?}");
+    // one record per certificate (the wildcard's at its base name), each published, seen
+    // answered and removed
+    let label = r#"{provider="rfc2136",result="success"}"#;
+    let published = format!("gatehouse_acme_dns_publishes_total{label}");
+    let published = wait_metric(&setup, &proxy, &published, 2.0).await;
+    let removed = format!("gatehouse_acme_dns_cleanups_total{label}");
+    wait_metric(&setup, &proxy, &removed, published).await;
+    let waits = format!("gatehouse_acme_dns_propagation_seconds_count{label}");
+    wait_metric(&setup, &proxy, &waits, published).await;
+    let failed = r#"gatehouse_acme_dns_publishes_total{provider="rfc2136",result="failure"}"#;
+    assert_eq!(metric(&proxy, failed).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -462,6 +510,8 @@ async fn a_wrong_tsig_secret_is_a_clear_error_and_no_certificate() {
         "the error names neither the server {server} nor the TSIG rejection: {error}"
     );
     assert!(error.contains("tsig_secret"), "no hint: {error}");
+    let failed = r#"gatehouse_acme_dns_publishes_total{provider="rfc2136",result="failure"}"#;
+    wait_metric(&setup, &proxy, failed, 1.0).await;
     let root = setup.pebble.root();
     assert!(handshake(proxy.https(), "app.example.test", &root)
         .await

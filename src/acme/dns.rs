@@ -3,15 +3,18 @@
 //! <value>`; `httpreq`: lego's `POST <endpoint>/present|cleanup`), waits until a DNS server answers them, and removes them again. Every record is
 //! written to the certificate's folder (`dns-01-pending.json`) before it is published and
 //! struck from it once removed, so records left by a crash or a failed removal are removed at
-//! the next start or order ([`clean_leftovers`]).
+//! the next start or order ([`clean_leftovers`]). Publishes, removals and propagation waits are
+//! counted (`gatehouse_acme_dns_*`) by provider and result.
 
 mod httpreq;
 pub mod wire;
 
 use super::store;
 use crate::config::{Dns, DnsProvider, Rfc2136};
+use crate::metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -355,14 +358,16 @@ pub struct Published {
     dns: Dns,
     dir: PathBuf,
     records: Vec<Record>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Published {
-    pub fn new(dns: Dns, dir: PathBuf) -> Published {
+    pub fn new(dns: Dns, dir: PathBuf, metrics: Option<Arc<Metrics>>) -> Published {
         Published {
             dns,
             dir,
             records: Vec::new(),
+            metrics,
         }
     }
 
@@ -372,7 +377,12 @@ impl Published {
         let mut all = read_pending_async(&self.dir).await;
         all.push(record.clone());
         save_pending(&self.dir, all).await;
-        if let Err(e) = present(&self.dns, &record).await {
+        let provider = self.dns.provider.name();
+        let presented = present(&self.dns, &record).await;
+        if let Some(m) = &self.metrics {
+            m.acme_dns_change(provider, false, presented.is_ok());
+        }
+        if let Err(e) = presented {
             if matches!(e, DnsError::Refused { .. }) {
                 // the server changed nothing: there is nothing to remove
                 self.records.pop();
@@ -380,14 +390,19 @@ impl Published {
             }
             return Err(e);
         }
-        tracing::info!(record = %record.fqdn, provider = self.dns.provider.name(), "DNS-01 record published; waiting until it is answered");
-        wait_visible(&self.dns, &record).await
+        tracing::info!(record = %record.fqdn, provider, "DNS-01 record published; waiting until it is answered");
+        let started = Instant::now();
+        let visible = wait_visible(&self.dns, &record).await;
+        if let Some(m) = &self.metrics {
+            m.acme_dns_propagation(provider, visible.is_ok(), started.elapsed());
+        }
+        visible
     }
 
     /// Removes every record published; what cannot be removed stays remembered for next time.
     pub async fn cleanup(mut self) {
         let records = std::mem::take(&mut self.records);
-        remove(&self.dns, &self.dir, records).await;
+        remove(&self.dns, &self.dir, records, self.metrics.as_deref()).await;
     }
 }
 
@@ -396,22 +411,27 @@ impl Drop for Published {
         if self.records.is_empty() {
             return;
         }
-        let (dns, dir, records) = (
+        let (dns, dir, records, metrics) = (
             self.dns.clone(),
             self.dir.clone(),
             std::mem::take(&mut self.records),
+            self.metrics.clone(),
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { remove(&dns, &dir, records).await });
+            runtime.spawn(async move { remove(&dns, &dir, records, metrics.as_deref()).await });
         }
     }
 }
 
 /// Removes `records` and strikes the removed ones from the folder's list.
-async fn remove(dns: &Dns, dir: &Path, records: Vec<Record>) {
+async fn remove(dns: &Dns, dir: &Path, records: Vec<Record>, metrics: Option<&Metrics>) {
     let mut removed = Vec::new();
     for record in records {
-        match cleanup(dns, &record).await {
+        let cleaned = cleanup(dns, &record).await;
+        if let Some(m) = metrics {
+            m.acme_dns_change(dns.provider.name(), true, cleaned.is_ok());
+        }
+        match cleaned {
             Ok(()) => removed.push(record),
             Err(e) => {
                 tracing::warn!(record = %record.fqdn, error = %e, "cannot remove the DNS-01 record; trying again at the next order or start");
@@ -428,7 +448,7 @@ async fn remove_from_list(dir: &Path, removed: &[Record]) {
 }
 
 /// Removes the records a crash or a failed removal left behind in `dir`'s list.
-pub async fn clean_leftovers(dns: &Dns, dir: &Path) {
+pub async fn clean_leftovers(dns: &Dns, dir: &Path, metrics: Option<&Metrics>) {
     let leftovers = read_pending_async(dir).await;
     if leftovers.is_empty() {
         return;
@@ -437,7 +457,7 @@ pub async fn clean_leftovers(dns: &Dns, dir: &Path) {
         records = leftovers.len(),
         "removing DNS-01 records left from an earlier run"
     );
-    remove(dns, dir, leftovers).await;
+    remove(dns, dir, leftovers, metrics).await;
 }
 
 async fn read_pending_async(dir: &Path) -> Vec<Record> {

@@ -5,13 +5,15 @@ use super::dns::{self, Published, Record};
 use super::store::{self, Store};
 use super::{off_runtime, AcmeError, Challenges};
 use crate::config::{self, Challenge};
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType,
-    ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, CertificateIdentifier,
+    ChallengeType, ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus,
+    RenewalInfo, RetryPolicy,
 };
 use rustls::crypto::ring;
 use rustls::sign::CertifiedKey;
@@ -38,6 +40,8 @@ pub struct Issuer {
     pub store: Store,
     pub challenges: Arc<Challenges>,
     account: Mutex<Option<Account>>,
+    /// Where DNS-01 record changes are counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Issuer {
@@ -47,7 +51,23 @@ impl Issuer {
             store,
             challenges,
             account: Mutex::new(None),
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Issuer {
+        self.metrics = metrics;
+        self
+    }
+
+    /// RFC 9773: the CA's suggested renewal window for the certificate `id`, and how long until
+    /// it should be asked again. `Error::Unsupported` when the directory has no `renewalInfo`.
+    pub async fn renewal_info(
+        &self,
+        id: &CertificateIdentifier<'_>,
+    ) -> Result<(RenewalInfo, Duration), AcmeError> {
+        let account = self.account().await?;
+        Ok(account.renewal_info(id).await?)
     }
 
     /// Made from these settings and this store (so it can stand for them).
@@ -56,14 +76,20 @@ impl Issuer {
     }
 
     /// A certificate for `names`, whose folder is `dir` (where DNS-01 records in flight are
-    /// remembered).
-    pub async fn issue(&self, names: &[String], dir: &Path) -> Result<Issued, AcmeError> {
+    /// remembered); `replaces` names the certificate it succeeds, when ARI covered that one.
+    pub async fn issue(
+        &self,
+        names: &[String],
+        dir: &Path,
+        replaces: Option<&CertificateIdentifier<'_>>,
+    ) -> Result<Issued, AcmeError> {
         let Some(dns) = self.dns() else {
-            return self.issue_with(names, None).await;
+            return self.issue_with(names, replaces, None).await;
         };
-        dns::clean_leftovers(dns, dir).await;
-        let mut published = Published::new(dns.clone(), dir.to_path_buf());
-        let issued = self.issue_with(names, Some(&mut published)).await;
+        let metrics = self.metrics.as_deref();
+        dns::clean_leftovers(dns, dir, metrics).await;
+        let mut published = Published::new(dns.clone(), dir.to_path_buf(), self.metrics.clone());
+        let issued = self.issue_with(names, replaces, Some(&mut published)).await;
         // after a failure too: a record left in the zone would be answered until removed
         published.cleanup().await;
         issued
@@ -78,9 +104,13 @@ impl Issuer {
     async fn issue_with(
         &self,
         names: &[String],
+        replaces: Option<&CertificateIdentifier<'_>>,
         mut published: Option<&mut Published>,
     ) -> Result<Issued, AcmeError> {
-        match self.try_issue(names, published.as_deref_mut()).await {
+        match self
+            .try_issue(names, replaces, published.as_deref_mut())
+            .await
+        {
             // the CA forgot us (a test CA restarted, an account deactivated): register again
             Err(AcmeError::Acme(instant_acme::Error::Api(p)))
                 if p.r#type
@@ -91,7 +121,7 @@ impl Issuer {
                 *self.account.lock().await = None;
                 let path = self.store.account_path(&self.settings.directory);
                 let _ = off_runtime(move || Ok(std::fs::remove_file(path))).await;
-                self.try_issue(names, published).await
+                self.try_issue(names, replaces, published).await
             }
             other => other,
         }
@@ -100,16 +130,37 @@ impl Issuer {
     async fn try_issue(
         &self,
         names: &[String],
+        replaces: Option<&CertificateIdentifier<'_>>,
         mut published: Option<&mut Published>,
     ) -> Result<Issued, AcmeError> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut new_order = NewOrder::new(&ids);
         if let Some(profile) = &self.settings.profile {
             offered(&account, profile)?;
-            new_order = new_order.profile(profile);
         }
-        let mut order = account.new_order(&new_order).await?;
+        let new_order = |replaces: Option<&CertificateIdentifier<'_>>| {
+            let mut new_order = NewOrder::new(&ids);
+            if let Some(profile) = &self.settings.profile {
+                new_order = new_order.profile(profile);
+            }
+            if let Some(id) = replaces {
+                new_order = new_order.replaces(id.clone().into_owned());
+            }
+            new_order
+        };
+        let mut order = match account.new_order(&new_order(replaces)).await {
+            // RFC 9773 §5: another order replaced it already (a second instance, a retry
+            // whose first answer was lost); this one is simply a new certificate
+            Err(instant_acme::Error::Api(p))
+                if p.r#type
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(":alreadyReplaced")) =>
+            {
+                tracing::info!(names = %names.join(","), "the CA says the certificate was replaced already; ordering without `replaces`");
+                account.new_order(&new_order(None)).await?
+            }
+            other => other?,
+        };
         // held until the order is done: the CA validates from several places, more than once
         let mut answers = Vec::new();
         let kind = match self.settings.challenge {
