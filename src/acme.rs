@@ -13,6 +13,7 @@
 //! must not be a thread serving traffic.
 
 mod dns;
+pub mod on_demand;
 mod order;
 pub mod store;
 
@@ -20,6 +21,7 @@ use crate::config;
 use crate::metrics::Metrics;
 use crate::tls::{self, CertSlot};
 use arc_swap::ArcSwapOption;
+use on_demand::OnDemand;
 use order::Issuer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -195,6 +197,8 @@ pub struct Manager {
     /// one) are found through them, so an issuer lives exactly as long as a name set uses it.
     certs: Mutex<HashMap<(String, Vec<String>), Maintained>>,
     metrics: OnceLock<Arc<Metrics>>,
+    /// The certificates of `tls = "on_demand"` sites, a name at a time.
+    on_demand: Arc<OnDemand>,
 }
 
 /// One name set's slot and the task that fills it; dropping it stops the task.
@@ -217,7 +221,17 @@ impl Manager {
 
     /// Where orders are counted (`gatehouse_acme_orders_total`).
     pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        self.on_demand.set_metrics(metrics.clone());
         let _ = self.metrics.set(metrics);
+    }
+
+    pub fn on_demand(&self) -> &Arc<OnDemand> {
+        &self.on_demand
+    }
+
+    /// Takes a new config's `[acme] on_demand` (see `OnDemand::configure`).
+    pub fn configure_on_demand(&self, config: &config::Config) {
+        self.on_demand.configure(config, &self.challenges);
     }
 
     /// The slot for these names. A name set not managed yet has its stored certificate read
