@@ -366,8 +366,20 @@ async fn a_refused_name_gets_no_certificate_and_is_asked_once_within_the_window(
         }
         assert_eq!(ask.asked("scanner.example.org"), 1, "asked more than once");
         // names that are not host names are refused without asking
-        for bad in ["nodots", "a_b.example.org", "10.0.0.1.example.1"] {
-            assert!(connect(proxy.https(), bad, None).await.is_err(), "{bad}");
+        // (those rustls's client refuses to send are left out)
+        let bad = [
+            "nodots",
+            "a_b.example.org",
+            "-a.example.org",
+            "x.example.123",
+        ];
+        let sendable: Vec<&str> = bad
+            .into_iter()
+            .filter(|n| ServerName::try_from(n.to_string()).is_ok())
+            .collect();
+        assert!(sendable.len() >= 2, "{sendable:?}");
+        for name in &sendable {
+            assert!(connect(proxy.https(), name, None).await.is_err(), "{name}");
         }
         assert_eq!(ask.total(), 1, "asked: {:?}", ask.asked.lock().unwrap());
         // an allowed name still gets its certificate (TLS-ALPN-01) after those refusals
@@ -386,7 +398,11 @@ async fn a_refused_name_gets_no_certificate_and_is_asked_once_within_the_window(
         };
         assert_eq!(refusals("ask_refused"), 1.0);
         assert_eq!(refusals("remembered"), 2.0);
-        assert_eq!(refusals("invalid_name"), 3.0);
+        assert_eq!(
+            refusals("invalid_name"),
+            sendable.len() as f64,
+            "{sendable:?}"
+        );
         assert_eq!(
             metric(
                 &m,

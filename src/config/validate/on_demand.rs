@@ -78,14 +78,12 @@ pub(super) fn sites_check(cx: &mut Ctx, sites: &[Site], acme: &Acme, raw: &FileC
         .tls
         .as_ref()
         .map_or(raw_site.span(), |t| t.span());
-    let raw_on_demand = raw
+    // an `on_demand` table without `ask` has its own error, at the table
+    let has_on_demand = raw
         .acme
         .as_ref()
-        .and_then(|a| a.get_ref().on_demand.as_ref());
-    if raw_on_demand
-        .and_then(|o| o.get_ref().ask.as_ref())
-        .is_none()
-    {
+        .is_some_and(|a| a.get_ref().on_demand.is_some());
+    if !has_on_demand {
         let msg = format!("`tls = \"on_demand\"` needs `[acme] on_demand.ask`: without an endpoint that allows each name, any client could make Gatehouse order certificates; add it under [acme], {EXAMPLE}");
         cx.error(span.clone(), "site.tls", msg);
     }
