@@ -3,7 +3,8 @@
 //! `tests/acme-testbed/` on its own block of ports, 24300..24390): an allowed name gets a
 //! certificate chaining to pebble's root within the handshake, once for concurrent handshakes
 //! and without asking again after a restart; a refused name gets none and is asked once; a burst
-//! of 200 names orders at most `max_per_minute`; `/metrics` counts asks, orders and refusals.
+//! of 200 names orders at most `max_per_minute`; the certificate is renewed without asking again;
+//! `/metrics` counts asks, orders and refusals.
 
 // Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -29,6 +30,7 @@ use tokio_rustls::client::TlsStream;
 const BASE_ALLOWED: u16 = 24300;
 const BASE_REFUSED: u16 = 24310;
 const BASE_BURST: u16 = 24320;
+const BASE_RENEWAL: u16 = 24330;
 
 /// The handshake bound the tests configure (`handshake_wait`); pebble issues in ~1 s.
 const WAIT: Duration = Duration::from_secs(20);
@@ -46,7 +48,8 @@ struct Pebble {
 }
 
 impl Pebble {
-    fn start(base: u16) -> Pebble {
+    /// `extra_env` goes to `start-pebble.sh` (e.g. `ACME_TESTBED_CERT_VALIDITY`).
+    fn start(base: u16, extra_env: &[(&str, &str)]) -> Pebble {
         let dir = tempfile::tempdir().expect("pebble state dir");
         let ports = [
             "ACME_TESTBED_ACME_PORT",
@@ -62,6 +65,7 @@ impl Pebble {
         for (offset, key) in (0u16..).zip(ports) {
             cmd.env(key, (base + offset).to_string());
         }
+        cmd.envs(extra_env.iter().copied());
         let out = cmd.output().expect("run start-pebble.sh");
         assert!(
             out.status.success(),
@@ -234,6 +238,17 @@ async fn get(mut tls: TlsStream<TcpStream>, name: &str) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// DER of the leaf a handshake with SNI `sni` is served, verified against `root` only.
+async fn leaf(addr: SocketAddr, sni: &str, root: &[u8]) -> Result<Vec<u8>, String> {
+    let tls = connect(addr, sni, Some(root)).await?;
+    let certs = tls.get_ref().1.peer_certificates();
+    Ok(certs
+        .and_then(|c| c.first())
+        .expect("leaf")
+        .as_ref()
+        .to_vec())
+}
+
 /// `/metrics` from the admin listener, as `name{labels} -> value`.
 async fn metrics(proxy: &TestProxy) -> HashMap<String, f64> {
     let admin = proxy.admin_addr().await;
@@ -270,7 +285,7 @@ fn diagnostics(proxy: &TestProxy, pebble: &Pebble) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_name_gets_a_certificate_within_the_handshake_once_and_after_a_restart() {
     with_timeout(90, async {
-        let pebble = Pebble::start(BASE_ALLOWED);
+        let pebble = Pebble::start(BASE_ALLOWED, &[]);
         let root = pebble.root();
         let state = tempfile::tempdir().unwrap();
         let ask = Ask::start(|name| name.ends_with(".shop.test")).await;
@@ -349,7 +364,7 @@ async fn an_allowed_name_gets_a_certificate_within_the_handshake_once_and_after_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_name_gets_no_certificate_and_is_asked_once_within_the_window() {
     with_timeout(60, async {
-        let pebble = Pebble::start(BASE_REFUSED);
+        let pebble = Pebble::start(BASE_REFUSED, &[]);
         let state = tempfile::tempdir().unwrap();
         let ask = Ask::start(|name| name.ends_with(".shop.test")).await;
         let upstream = echo_backend("echo").await;
@@ -425,7 +440,7 @@ async fn a_refused_name_gets_no_certificate_and_is_asked_once_within_the_window(
 async fn a_burst_of_200_names_orders_at_most_max_per_minute() {
     const MAX: u32 = 5;
     with_timeout(90, async {
-        let pebble = Pebble::start(BASE_BURST);
+        let pebble = Pebble::start(BASE_BURST, &[]);
         let root = pebble.root();
         let state = tempfile::tempdir().unwrap();
         let ask = Ask::start(|_| true).await;
@@ -488,6 +503,41 @@ async fn a_burst_of_200_names_orders_at_most_max_per_minute() {
         assert_eq!(reason(&after, "rate_capped"), capped + 1.0);
         assert_eq!(reason(&after, "remembered"), 0.0);
         assert!(ask.total() <= MAX as usize);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_certificate_is_renewed_like_any_other_without_asking_again() {
+    with_timeout(90, async {
+        // 15-second certificates: renewal is due 10 s after issuance (a third of the lifetime left)
+        let pebble = Pebble::start(BASE_RENEWAL, &[("ACME_TESTBED_CERT_VALIDITY", "15")]);
+        let root = pebble.root();
+        let state = tempfile::tempdir().unwrap();
+        let ask = Ask::start(|name| name.ends_with(".shop.test")).await;
+        let upstream = echo_backend("echo").await;
+        let config = config(&pebble, state.path(), &ask, &upstream, (10, false));
+        let proxy = TestProxy::start_tls(&config).await;
+        let name = "renewed.shop.test";
+        let first = leaf(proxy.https(), name, &root)
+            .await
+            .unwrap_or_else(|e| panic!("{e}{}", diagnostics(&proxy, &pebble)));
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let now = leaf(proxy.https(), name, &root).await;
+            if now.as_ref().is_ok_and(|leaf| *leaf != first) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not renewed within 40 s (last: {:?}){}",
+                now.map(|_| "the first certificate"),
+                diagnostics(&proxy, &pebble)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(ask.asked(name), 1, "a renewal asked again");
+        assert!(pebble.new_orders() >= 2, "{} orders", pebble.new_orders());
     })
     .await;
 }

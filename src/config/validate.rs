@@ -1050,7 +1050,7 @@ fn acme_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], acme: &Acme, 
         .any(|s| acme.for_site(s).challenge == Challenge::Http01);
     if http01 && listen.http.is_empty() {
         let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
-        let msg = "`tls = \"acme\"` with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
+        let msg = "`tls = \"acme\"` (or \"on_demand\") with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
         cx.error(span, "listen.http", msg);
     }
 }
