@@ -31,6 +31,7 @@ const BASE_ALLOWED: u16 = 24300;
 const BASE_REFUSED: u16 = 24310;
 const BASE_BURST: u16 = 24320;
 const BASE_RENEWAL: u16 = 24330;
+const BASE_SLOW_ASK: u16 = 24340;
 
 /// The handshake bound the tests configure (`handshake_wait`); pebble issues in ~1 s.
 const WAIT: Duration = Duration::from_secs(20);
@@ -122,6 +123,11 @@ struct Ask {
 
 impl Ask {
     async fn start(allow: fn(&str) -> bool) -> Ask {
+        Ask::start_slow(allow, Duration::ZERO).await
+    }
+
+    /// Like `start`, answering each question after `delay`.
+    async fn start_slow(allow: fn(&str) -> bool, delay: Duration) -> Ask {
         let asked: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let counts = asked.clone();
         let backend = serve("ask", move |req: hyper::Request<hyper::body::Incoming>| {
@@ -133,7 +139,10 @@ impl Ask {
                 .to_string();
             *counts.lock().unwrap().entry(domain.clone()).or_default() += 1;
             let status = if allow(&domain) { 200 } else { 403 };
-            async move { text_response(status, "") }
+            async move {
+                tokio::time::sleep(delay).await;
+                text_response(status, "")
+            }
         })
         .await;
         Ask { backend, asked }
@@ -155,7 +164,7 @@ fn config(
     state: &Path,
     ask: &Ask,
     upstream: &Backend,
-    (max_per_minute, tls_alpn): (u32, bool),
+    (max_per_minute, tls_alpn, wait): (u32, bool, Duration),
 ) -> String {
     let (http, https, challenge) = if tls_alpn {
         (0, pebble.base + 3, "tls-alpn-01")
@@ -194,7 +203,7 @@ servers = ["{upstream}"]
         ca_root = pebble.var("ACME_CA_FILE"),
         ask = ask.backend.addr,
         upstream = upstream.addr,
-        wait = WAIT.as_secs(),
+        wait = wait.as_secs(),
     )
 }
 
@@ -290,7 +299,7 @@ async fn an_allowed_name_gets_a_certificate_within_the_handshake_once_and_after_
         let state = tempfile::tempdir().unwrap();
         let ask = Ask::start(|name| name.ends_with(".shop.test")).await;
         let upstream = echo_backend("echo").await;
-        let config = config(&pebble, state.path(), &ask, &upstream, (10, false));
+        let config = config(&pebble, state.path(), &ask, &upstream, (10, false, WAIT));
         let proxy = TestProxy::start_tls(&config).await;
         let name = "customer-1.shop.test";
 
@@ -369,7 +378,7 @@ async fn a_refused_name_gets_no_certificate_and_is_asked_once_within_the_window(
         let ask = Ask::start(|name| name.ends_with(".shop.test")).await;
         let upstream = echo_backend("echo").await;
         // TLS-ALPN-01 here, so both challenges are proven end to end
-        let config = config(&pebble, state.path(), &ask, &upstream, (10, true));
+        let config = config(&pebble, state.path(), &ask, &upstream, (10, true, WAIT));
         let proxy = TestProxy::start_tls(&config).await;
 
         for attempt in 0..3 {
@@ -445,7 +454,7 @@ async fn a_burst_of_200_names_orders_at_most_max_per_minute() {
         let state = tempfile::tempdir().unwrap();
         let ask = Ask::start(|_| true).await;
         let upstream = echo_backend("echo").await;
-        let config = config(&pebble, state.path(), &ask, &upstream, (MAX, false));
+        let config = config(&pebble, state.path(), &ask, &upstream, (MAX, false, WAIT));
         let proxy = TestProxy::start_tls(&config).await;
 
         let started = Instant::now();
@@ -516,7 +525,7 @@ async fn an_on_demand_certificate_is_renewed_like_any_other_without_asking_again
         let state = tempfile::tempdir().unwrap();
         let ask = Ask::start(|name| name.ends_with(".shop.test")).await;
         let upstream = echo_backend("echo").await;
-        let config = config(&pebble, state.path(), &ask, &upstream, (10, false));
+        let config = config(&pebble, state.path(), &ask, &upstream, (10, false, WAIT));
         let proxy = TestProxy::start_tls(&config).await;
         let name = "renewed.shop.test";
         let first = leaf(proxy.https(), name, &root)
@@ -538,6 +547,62 @@ async fn an_on_demand_certificate_is_renewed_like_any_other_without_asking_again
         }
         assert_eq!(ask.asked(name), 1, "a renewal asked again");
         assert!(pebble.new_orders() >= 2, "{} orders", pebble.new_orders());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_waits_at_most_handshake_wait_and_the_order_goes_on() {
+    with_timeout(60, async {
+        let pebble = Pebble::start(BASE_SLOW_ASK, &[]);
+        let root = pebble.root();
+        let state = tempfile::tempdir().unwrap();
+        // the ask endpoint takes 3 s (under the 5 s Gatehouse gives it), the handshake waits 1 s
+        let ask = Ask::start_slow(|_| true, Duration::from_secs(3)).await;
+        let upstream = echo_backend("echo").await;
+        let wait = Duration::from_secs(1);
+        let config = config(&pebble, state.path(), &ask, &upstream, (10, false, wait));
+        let proxy = TestProxy::start_tls(&config).await;
+        let name = "slow.shop.test";
+
+        let https = proxy.https();
+        let waiting_root = root.clone();
+        let started = Instant::now();
+        let first = tokio::spawn(async move {
+            let result = connect(https, name, Some(&waiting_root)).await;
+            (result.is_ok(), started.elapsed())
+        });
+        // meanwhile another handshake is not held up by the waiting one
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let other = Instant::now();
+        assert!(connect(https, "nodots", None).await.is_err());
+        let other = other.elapsed();
+        assert!(
+            other < Duration::from_millis(500),
+            "another handshake took {other:?}"
+        );
+        let (served, took) = first.await.unwrap();
+        assert!(!served, "served before the ask was answered");
+        assert!(
+            took >= wait && took < Duration::from_secs(3),
+            "the handshake gave up after {took:?}, handshake_wait is {wait:?}"
+        );
+        eprintln!("waiting handshake gave up after {took:?}; another took {other:?} meanwhile");
+
+        // the fetch went on: a later handshake gets the certificate, asked once
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = connect(proxy.https(), name, Some(&root)).await {
+            assert!(
+                Instant::now() < deadline,
+                "{e}{}",
+                diagnostics(&proxy, &pebble)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(ask.asked(name), 1);
+        let m = metrics(&proxy).await;
+        let timeouts = "gatehouse_acme_on_demand_refusals_total{reason=\"wait_timeout\"}";
+        assert!(metric(&m, timeouts) >= 1.0, "{m:?}");
     })
     .await;
 }
