@@ -15,6 +15,7 @@
 
 mod dns;
 pub mod doctor;
+pub mod on_demand;
 mod order;
 pub mod renewal;
 pub mod store;
@@ -23,6 +24,7 @@ use crate::config;
 use crate::metrics::Metrics;
 use crate::tls::{self, CertSlot};
 use arc_swap::ArcSwapOption;
+use on_demand::OnDemand;
 use order::Issuer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -198,6 +200,8 @@ pub struct Manager {
     /// one) are found through them, so an issuer lives exactly as long as a name set uses it.
     certs: Mutex<HashMap<(String, Vec<String>), Maintained>>,
     metrics: OnceLock<Arc<Metrics>>,
+    /// The certificates of `tls = "on_demand"` sites, a name at a time.
+    on_demand: Arc<OnDemand>,
 }
 
 /// One name set's slot and the task that fills it; dropping it stops the task.
@@ -220,7 +224,17 @@ impl Manager {
 
     /// Where orders are counted (`gatehouse_acme_orders_total`).
     pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        self.on_demand.set_metrics(metrics.clone());
         let _ = self.metrics.set(metrics);
+    }
+
+    pub fn on_demand(&self) -> &Arc<OnDemand> {
+        &self.on_demand
+    }
+
+    /// Takes a new config's `[acme] on_demand` (see `OnDemand::configure`).
+    pub fn configure_on_demand(&self, config: &config::Config) {
+        self.on_demand.configure(config, &self.challenges);
     }
 
     /// The slot for these names. A name set not managed yet has its stored certificate read

@@ -71,6 +71,7 @@ pub async fn serve(path: &Path, loaded: Loaded) -> Result<(), AppError> {
         tracker: tracker.clone(),
         https_port: AtomicU16::new(0),
         challenges: keep.acme.challenges(),
+        on_demand: keep.acme.on_demand().clone(),
         conns: Arc::default(),
         rejections: Arc::default(),
         listeners: [
@@ -154,6 +155,8 @@ pub fn certificates(path: &Path) -> Result<Vec<CertRow>, ConfigError> {
                     ("acme", status, renewal)
                 }
                 SiteTls::Files(files) => ("file", file_info(files), None),
+                // one certificate per name asked for, each in its own folder of the store
+                SiteTls::OnDemand => ("demand", Err("ordered per name in handshakes".into()), None),
             };
             Some(CertRow {
                 names: names.join(","),

@@ -92,6 +92,8 @@ pub struct ConnContext {
     pub https_port: AtomicU16,
     /// ACME challenge answers (HTTP-01 here, TLS-ALPN-01 in the listener).
     pub challenges: Arc<Challenges>,
+    /// Certificates ordered in the handshake for `tls = "on_demand"` sites.
+    pub on_demand: Arc<crate::acme::on_demand::OnDemand>,
     pub conns: Arc<ConnLimiter>,
     pub rejections: Arc<Rejections>,
     pub metrics: Arc<Metrics>,

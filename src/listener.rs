@@ -25,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 
 pub async fn accept_loop(
@@ -180,22 +181,33 @@ async fn serve_tls(
     let Some(configs) = state.tls.clone() else {
         return;
     };
-    let timeout = state.config.server.timeouts.tls_handshake;
+    let mut deadline = Instant::now() + state.config.server.timeouts.tls_handshake;
     drop(state);
     let handshake = async {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        let accept = LazyConfigAcceptor::new(Acceptor::default(), stream);
+        let start = bounded(deadline, accept).await?;
         let hello = start.client_hello();
         let offers_acme = hello
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if offers_acme {
             let config = cx.challenges.tls_alpn_config().map_err(io::Error::other)?;
-            let mut tls = start.into_stream(config).await?;
+            let mut tls = bounded(deadline, start.into_stream(config)).await?;
             let _ = tls.shutdown().await;
             return Ok(None);
         }
+        if configs.on_demand_miss(hello.server_name()) {
+            // an on-demand site without this name's certificate: wait for it (the wait has a
+            // bound of its own and does not count against `tls_handshake`); without one the
+            // handshake below fails as for an unknown name
+            let sni = hello.server_name().map(str::to_string);
+            let waiting = Instant::now();
+            cx.on_demand.obtain(sni.as_deref()).await;
+            deadline += waiting.elapsed();
+        }
+        let hello = start.client_hello();
         let (config, client_ca) = configs.pick(hello.server_name());
-        let tls = start.into_stream(config.clone()).await?;
+        let tls = bounded(deadline, start.into_stream(config.clone())).await?;
         let client = client_ca.map(|ca| {
             let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
             Arc::new(ClientTls {
@@ -205,20 +217,31 @@ async fn serve_tls(
         });
         Ok::<_, io::Error>(Some((tls, client)))
     };
-    match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(Some((tls, client)))) => {
+    match handshake.await {
+        Ok(Some((tls, client))) => {
             cx.metrics.tls_handshake(true);
             let transport = (Transport::Tls, client);
             serve_connection(tls, peer, transport, cx, shutdown).await
         }
-        Ok(Ok(None)) => tracing::debug!(peer = %peer.addr, "answered a TLS-ALPN-01 challenge"),
-        Ok(Err(e)) => {
-            cx.metrics.tls_handshake(false);
-            tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed")
-        }
-        Err(_) => {
+        Ok(None) => tracing::debug!(peer = %peer.addr, "answered a TLS-ALPN-01 challenge"),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             cx.metrics.tls_handshake(false);
             tracing::debug!(peer = %peer.addr, "TLS handshake timed out")
         }
+        Err(e) => {
+            cx.metrics.tls_handshake(false);
+            tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed")
+        }
+    }
+}
+
+/// `step` of a handshake, failed with `TimedOut` when `deadline` passes first.
+async fn bounded<T>(
+    deadline: Instant,
+    step: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(done) => done,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
 }

@@ -58,6 +58,11 @@ pub struct Metrics {
     acme_dns_publishes: IntCounterVec,
     acme_dns_cleanups: IntCounterVec,
     acme_dns_propagation: HistogramVec,
+    /// `tls = "on_demand"`: asks of the `ask` endpoint by result, orders by result, and
+    /// handshakes left without a certificate by reason.
+    pub on_demand_asks: IntCounterVec,
+    pub on_demand_orders: IntCounterVec,
+    pub on_demand_refusals: IntCounterVec,
     rejected: IntCounterVec,
     access_log_dropped: IntCounter,
     encode_skipped: IntCounterVec,
@@ -145,6 +150,18 @@ impl Metrics {
                     .buckets(PROPAGATION_BUCKETS.to_vec()),
                 &["provider", "result"],
             )?,
+            on_demand_asks: IntCounterVec::new(
+                opts("gatehouse_acme_on_demand_asks_total", "Questions to [acme] on_demand.ask before an on-demand certificate is ordered, by result (allowed: 200; refused: any other status; error: no answer in time)."),
+                &["result"],
+            )?,
+            on_demand_orders: IntCounterVec::new(
+                opts("gatehouse_acme_on_demand_orders_total", "First orders of on-demand certificates, by result (renewals count in gatehouse_acme_orders_total)."),
+                &["result"],
+            )?,
+            on_demand_refusals: IntCounterVec::new(
+                opts("gatehouse_acme_on_demand_refusals_total", "Handshakes on a tls = \"on_demand\" site left without a certificate, by reason."),
+                &["reason"],
+            )?,
             rejected: IntCounterVec::new(
                 opts("gatehouse_rejected_requests_total", "Requests and connections refused at the edge, by reason."),
                 &["reason"],
@@ -192,7 +209,14 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.tls_handshakes.with_label_values(&[result]);
             m.acme_orders.with_label_values(&[result]);
+            m.on_demand_orders.with_label_values(&[result]);
             m.reloads.with_label_values(&[result]);
+        }
+        for result in ["allowed", "refused", "error"] {
+            m.on_demand_asks.with_label_values(&[result]);
+        }
+        for refusal in crate::acme::on_demand::Refusal::ALL {
+            m.on_demand_refusals.with_label_values(&[refusal.label()]);
         }
         m.last_reload_success.set(crate::clock::unix_now());
         Ok(Arc::new(m))
@@ -216,6 +240,9 @@ impl Metrics {
         r.register(Box::new(self.acme_dns_publishes.clone()))?;
         r.register(Box::new(self.acme_dns_cleanups.clone()))?;
         r.register(Box::new(self.acme_dns_propagation.clone()))?;
+        r.register(Box::new(self.on_demand_asks.clone()))?;
+        r.register(Box::new(self.on_demand_orders.clone()))?;
+        r.register(Box::new(self.on_demand_refusals.clone()))?;
         r.register(Box::new(self.rejected.clone()))?;
         r.register(Box::new(self.reloads.clone()))?;
         r.register(Box::new(self.access_log_dropped.clone()))?;

@@ -316,9 +316,11 @@ impl RuntimeState {
                     }
                     None => return Err(TlsError::NotLoaded(tls.cert.display().to_string()).into()),
                 },
+                // a placeholder: the resolver looks the name up in `OnDemandCerts`
+                Some(SiteTls::OnDemand) => Some(Arc::new(arc_swap::ArcSwapOption::empty())),
                 Some(SiteTls::Acme) => Some(
                     acme.slot(
-                        &config.acme.for_site(site),
+                        &config.acme.for_site(site).for_orders(),
                         &config.server.state_dir,
                         site.names(),
                     )
@@ -337,11 +339,13 @@ impl RuntimeState {
             &cas,
             &keep.resumption,
             (min, default_sni),
+            acme.on_demand().certs(),
         )?;
         let certs = config
             .sites
             .iter()
             .zip(&slots)
+            .filter(|(site, _)| site.tls != Some(SiteTls::OnDemand))
             .filter_map(|(site, slot)| Some((site_label(site), slot.clone()?)))
             .collect();
         let kept = keep.upstreams(&config, &files).await?;
@@ -371,6 +375,7 @@ impl RuntimeState {
         keep.keep_access_log(&config.log, &access_log);
         keep.acme
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
+        keep.acme.configure_on_demand(&config);
         Ok(RuntimeState {
             access_log,
             http: Arc::new(crate::http::builder(

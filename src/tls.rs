@@ -22,8 +22,8 @@
 
 pub mod client;
 
-use crate::config::{ClientAuthMode, HostPattern, Site, TlsFiles, TlsVersion};
-use arc_swap::ArcSwapOption;
+use crate::config::{ClientAuthMode, HostPattern, Site, SiteTls, TlsFiles, TlsVersion};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use client::{CaId, ClientCa};
 use rustls::crypto::ring;
 use rustls::server::danger::ClientCertVerifier;
@@ -286,17 +286,7 @@ impl Names {
         let Some(name) = name else {
             return self.default;
         };
-        let name = name.trim_end_matches('.');
-        let mut buf = [0u8; NAME_MAX];
-        let Some(lower) = buf.get_mut(..name.len()) else {
-            return self.site_lower(&name.to_ascii_lowercase());
-        };
-        lower.copy_from_slice(name.as_bytes());
-        lower.make_ascii_lowercase();
-        match std::str::from_utf8(lower) {
-            Ok(lower) => self.site_lower(lower),
-            Err(_) => None,
-        }
+        lowered(name, |lower| self.site_lower(lower)).flatten()
     }
 
     fn site_lower(&self, name: &str) -> Option<usize> {
@@ -311,6 +301,66 @@ impl Names {
     }
 }
 
+/// `f` of `name` in lower case without trailing dots (on the stack for a DNS name); `None` for a
+/// name that is not UTF-8 after all.
+fn lowered<R>(name: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
+    let name = name.trim_end_matches('.');
+    let mut buf = [0u8; NAME_MAX];
+    let Some(lower) = buf.get_mut(..name.len()) else {
+        return Some(f(&name.to_ascii_lowercase()));
+    };
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(lower).ok().map(f)
+}
+
+/// Certificates of `tls = "on_demand"` sites, one per name (lower case, no trailing dot): filled
+/// and renewed by `acme`, read by every snapshot's resolver (it outlives snapshots). A handshake
+/// reads the map without a lock; a new name copies it (names arrive at most
+/// `max_per_minute` a minute, or once each from the disk after a restart).
+#[derive(Default)]
+pub struct OnDemandCerts(ArcSwap<HashMap<String, CertSlot>>);
+
+impl OnDemandCerts {
+    /// The certificate for `name` (already lower case, no trailing dot).
+    pub fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.0.load().get(name)?.load_full()
+    }
+
+    /// Whether `name` has a slot (filled or being renewed).
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.load().contains_key(name)
+    }
+
+    pub fn insert(&self, name: String, slot: CertSlot) {
+        self.0.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(name.clone(), slot.clone());
+            map
+        });
+    }
+
+    /// Forgets every name (their certificates stay on disk and are read again on demand).
+    pub fn clear(&self) {
+        self.0.store(Arc::default());
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which sites are `tls = "on_demand"`, and their certificates.
+struct OnDemandSites {
+    certs: Arc<OnDemandCerts>,
+    /// Per site, in config order.
+    sites: Vec<bool>,
+}
+
 /// The index of the only TLS site, if there is exactly one.
 fn only_one(slots: &[Option<CertSlot>]) -> Option<usize> {
     let mut tls = slots.iter().enumerate().filter(|(_, s)| s.is_some());
@@ -318,11 +368,14 @@ fn only_one(slots: &[Option<CertSlot>]) -> Option<usize> {
     tls.next().is_none().then_some(first)
 }
 
-/// Picks the certificate for an SNI name: the slot of the site `Names` picks.
+/// Picks the certificate for an SNI name: the slot of the site `Names` picks, or for an
+/// on-demand site the name's own certificate.
 pub struct CertResolver {
     names: Arc<Names>,
-    /// Per site, in config order; `None` for plain sites.
+    /// Per site, in config order; `None` for plain sites (an on-demand site has an empty slot).
     slots: Vec<Option<CertSlot>>,
+    /// `None` when no site is `tls = "on_demand"`: every lookup is the slot's, as before.
+    on_demand: Option<OnDemandSites>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -337,11 +390,27 @@ impl CertResolver {
     fn slot(&self, name: Option<&str>) -> Option<&CertSlot> {
         self.slots.get(self.names.site(name)?)?.as_ref()
     }
+
+    /// The certificate for `name`; `Err(())` when it falls to an on-demand site that has none
+    /// for it yet.
+    fn key(&self, name: Option<&str>) -> Result<Option<Arc<CertifiedKey>>, ()> {
+        let (Some(on_demand), Some(name)) = (&self.on_demand, name) else {
+            return Ok(self.slot(name).and_then(|slot| slot.load_full()));
+        };
+        let found = lowered(name, |lower| {
+            let site = self.names.site_lower(lower)?;
+            if on_demand.sites.get(site) != Some(&true) {
+                return Some(Ok(self.slots.get(site)?.as_ref()?.load_full()));
+            }
+            Some(on_demand.certs.get(lower).map(Some).ok_or(()))
+        });
+        found.flatten().unwrap_or(Ok(None))
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.slot(hello.server_name())?.load_full()
+        self.key(hello.server_name()).ok().flatten()
     }
 }
 
@@ -354,6 +423,8 @@ pub struct ServerConfigs {
     base: Arc<ServerConfig>,
     /// `None` when no site has `client_auth`: every handshake takes `base` without a lookup.
     client_auth: Option<Box<ClientAuthConfigs>>,
+    /// Set when a site is `tls = "on_demand"`, to tell a name that needs a certificate ordered.
+    on_demand: Option<Arc<CertResolver>>,
 }
 
 struct ClientAuthConfigs {
@@ -364,6 +435,15 @@ struct ClientAuthConfigs {
 }
 
 impl ServerConfigs {
+    /// Whether `sni` falls to a `tls = "on_demand"` site that has no certificate for it yet
+    /// (the handshake then waits for one). Without such a site, one branch.
+    pub fn on_demand_miss(&self, sni: Option<&str>) -> bool {
+        match &self.on_demand {
+            None => false,
+            Some(resolver) => resolver.key(sni).is_err(),
+        }
+    }
+
     /// The config for a ClientHello naming `sni`, and for a `client_auth` site's config the CA
     /// it verifies client certificates against.
     pub fn pick(&self, sni: Option<&str>) -> (&Arc<ServerConfig>, Option<CaId>) {
@@ -390,14 +470,24 @@ pub fn server_configs(
     cas: &[Option<ClientCa>],
     resumption: &Resumptions,
     (min, default_sni): (TlsVersion, Option<&str>),
+    on_demand: &Arc<OnDemandCerts>,
 ) -> Result<Option<Arc<ServerConfigs>>, TlsError> {
     if slots.iter().all(Option::is_none) {
         return Ok(None);
     }
     let names = Arc::new(Names::new(sites, slots, default_sni));
+    let demand: Vec<bool> = sites
+        .iter()
+        .map(|s| s.tls == Some(SiteTls::OnDemand))
+        .collect();
+    let on_demand = demand.contains(&true).then(|| OnDemandSites {
+        certs: on_demand.clone(),
+        sites: demand,
+    });
     let resolver = Arc::new(CertResolver {
         names: names.clone(),
         slots: slots.to_vec(),
+        on_demand,
     });
     let base = server_config(resolver.clone(), &resumption.base, min, None)?;
     let mut client_auth = None;
@@ -432,7 +522,12 @@ pub fn server_configs(
     } else {
         resumption.retain(&[]);
     }
-    Ok(Some(Arc::new(ServerConfigs { base, client_auth })))
+    let on_demand = resolver.on_demand.is_some().then_some(resolver);
+    Ok(Some(Arc::new(ServerConfigs {
+        base,
+        client_auth,
+        on_demand,
+    })))
 }
 
 /// One config: every site's certificate, ALPN `h2` and `http/1.1`, and client certificates

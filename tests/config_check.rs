@@ -1496,3 +1496,97 @@ fn rate_limit_strings_are_expanded_like_every_other_string() {
         &["GH_TEST_METHOD", "not set"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `tls = "on_demand"` and [acme] on_demand
+// ---------------------------------------------------------------------------------------------
+
+/// A catch-all `tls = "on_demand"` site followed by `acme` (the `[acme]` section's body; "" for
+/// no section).
+fn on_demand_config(acme: &str) -> String {
+    let acme = if acme.is_empty() {
+        String::new()
+    } else {
+        format!("\n[acme]\n{acme}\n")
+    };
+    format!(
+        r#"{ACME_LISTEN}
+[server]
+state_dir = "state"
+
+[[site]]
+hosts = ["*"]
+tls = "on_demand"
+
+  [[site.route]]
+  path = "/"
+  respond = {{ status = 200, body = "ok" }}
+{acme}"#
+    )
+}
+
+#[test]
+fn on_demand_needs_an_ask_endpoint_and_says_what_is_valid() {
+    let ask = "ask = \"http://127.0.0.1:8000/domain-allowed\"";
+    let cases: Vec<(&str, String, &str, &[&str])> = vec![
+        (
+            "on_demand site without [acme]",
+            on_demand_config(""),
+            "tls = \"on_demand\"",
+            &[
+                "`site.tls`",
+                "on_demand.ask",
+                "http://app:8000/domain-allowed",
+            ],
+        ),
+        (
+            "on_demand site with [acme] but no on_demand",
+            on_demand_config("email = \"ops@example.com\""),
+            "tls = \"on_demand\"",
+            &["`site.tls`", "on_demand.ask"],
+        ),
+        (
+            "on_demand table without ask",
+            on_demand_config("on_demand = { max_per_minute = 5 }"),
+            "on_demand = {",
+            &["`acme.on_demand.ask`", "http://app:8000/domain-allowed"],
+        ),
+        (
+            "ask that is not an http:// URL",
+            on_demand_config("on_demand = { ask = \"app:8000/allowed\" }"),
+            "on_demand = {",
+            &[
+                "`acme.on_demand.ask`",
+                "app:8000/allowed",
+                "http://",
+                "?domain=",
+            ],
+        ),
+        (
+            "max_per_minute of 0",
+            on_demand_config(&format!("on_demand = {{ {ask}, max_per_minute = 0 }}")),
+            "on_demand = {",
+            &["`acme.on_demand.max_per_minute`", "from 1 to 10000"],
+        ),
+        (
+            "handshake_wait over 5 minutes",
+            on_demand_config(&format!(
+                "on_demand = {{ {ask}, handshake_wait = \"10m\" }}"
+            )),
+            "on_demand = {",
+            &["`acme.on_demand.handshake_wait`", "1s to 5m"],
+        ),
+        (
+            "an unknown key in on_demand",
+            on_demand_config(&format!("on_demand = {{ {ask}, interval = \"2m\" }}")),
+            "on_demand = {",
+            &["interval", "remember_refusals", "handshake_wait"],
+        ),
+    ];
+    assert_each_is_one_located_error(&cases);
+    let valid = on_demand_config(&format!(
+        "on_demand = {{ {ask}, max_per_minute = 5, remember_refusals = \"1m\", handshake_wait = \"20s\" }}"
+    ));
+    let (_, out) = check(&valid, &[], &[]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+}

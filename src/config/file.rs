@@ -548,6 +548,18 @@ pub struct FileAcme {
     pub retry_max: Option<Str>,
     /// A certificate profile the CA's directory lists (`shortlived`, `tlsserver`, ...).
     pub profile: Option<Str>,
+    /// Certificates ordered during the handshake for `tls = "on_demand"` sites.
+    pub on_demand: Option<Spanned<FileOnDemand>>,
+}
+
+/// `on_demand = { ask = "http://app:8000/domain-allowed", max_per_minute = 10, ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOnDemand {
+    pub ask: Option<Str>,
+    pub max_per_minute: Option<Spanned<i64>>,
+    pub remember_refusals: Option<Str>,
+    pub handshake_wait: Option<Str>,
 }
 
 /// A site's own `acme = { challenge = "dns-01", dns = { ... } }`, over `[acme]`'s.

@@ -296,6 +296,9 @@ pub enum SiteTls {
     Files(TlsFiles),
     /// Obtained and renewed automatically; validation guarantees every host is an exact name.
     Acme,
+    /// One certificate per name a client asks for, ordered in its handshake once `[acme]
+    /// on_demand.ask` allows the name; validation guarantees `Acme::on_demand` is set.
+    OnDemand,
 }
 
 impl Site {
@@ -1167,6 +1170,28 @@ pub struct Acme {
     /// The certificate profile asked for in every order (checked against the CA's directory
     /// when ordering); `None`: the CA's default.
     pub profile: Option<String>,
+    /// `on_demand = { ask = ..., ... }`: what `tls = "on_demand"` sites need.
+    pub on_demand: Option<OnDemand>,
+}
+
+/// Certificates ordered in the handshake for names not known in advance (`tls = "on_demand"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnDemand {
+    /// `http://` URL asked `GET <ask>?domain=<name>` before a name is ordered; 200 allows it.
+    pub ask: http::Uri,
+    /// Asks (and so orders) started per minute, across all names.
+    pub max_per_minute: u32,
+    /// How long a name the `ask` endpoint refused (or whose order failed) is refused without
+    /// asking again.
+    pub remember_refusals: Duration,
+    /// How long a handshake waits for its name's certificate before it fails.
+    pub handshake_wait: Duration,
+}
+
+impl OnDemand {
+    pub const MAX_PER_MINUTE: u32 = 10;
+    pub const REMEMBER_REFUSALS: Duration = Duration::from_secs(600);
+    pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
 }
 
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -1184,6 +1209,7 @@ impl Default for Acme {
             retry_initial: Duration::from_secs(10),
             retry_max: Duration::from_secs(3600),
             profile: None,
+            on_demand: None,
         }
     }
 }

@@ -26,6 +26,7 @@ mod headers;
 mod listen;
 mod log;
 mod matching;
+mod on_demand;
 mod policy;
 mod resolver;
 mod upstream;
@@ -320,6 +321,7 @@ pub fn validate(
     https_cross_check(&mut cx, &listen, &sites, &raw);
     default_sni_check(&mut cx, &server, &sites, &raw);
     acme_cross_check(&mut cx, &listen, &sites, &acme, &raw);
+    on_demand::sites_check(&mut cx, &sites, &acme, &raw);
     cx.errors.sort_by_key(|e| (e.line, e.column));
     if !cx.errors.is_empty() {
         return (Err(cx.errors), cx.files);
@@ -847,7 +849,7 @@ fn routes(
 }
 
 const TLS_HINT: &str =
-    "expected `tls = \"off\"`, `tls = \"acme\"` or `tls = { cert = \"certs/site.pem\", key = \"certs/site.key\" }`";
+    "expected `tls = \"off\"`, `tls = \"acme\"`, `tls = \"on_demand\"` or `tls = { cert = \"certs/site.pem\", key = \"certs/site.key\" }`";
 const DEFAULT_STATE_DIR: &str = "/var/lib/gatehouse";
 
 /// Reads `tls`. Its files are loaded after validation (`crate::load`), still as part of reading
@@ -856,6 +858,7 @@ fn tls(cx: &mut Ctx, value: &Spanned<toml::Value>) -> Option<SiteTls> {
     let table = match value.get_ref() {
         toml::Value::String(mode) if mode == "off" => return None,
         toml::Value::String(mode) if mode == "acme" => return Some(SiteTls::Acme),
+        toml::Value::String(mode) if mode == "on_demand" => return Some(SiteTls::OnDemand),
         toml::Value::Table(table) => table,
         other => {
             cx.error(
@@ -984,6 +987,10 @@ fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
             None
         }
     });
+    let on_demand = a
+        .on_demand
+        .as_ref()
+        .and_then(|o| on_demand::on_demand(cx, o));
     Acme {
         email,
         directory,
@@ -994,6 +1001,7 @@ fn acme(cx: &mut Ctx, raw: Option<&Spanned<FileAcme>>) -> Acme {
         retry_initial,
         retry_max,
         profile,
+        on_demand,
     }
 }
 
@@ -1038,11 +1046,11 @@ fn eab(cx: &mut Ctx, raw: &Spanned<FileAcme>) -> Option<Eab> {
 fn acme_cross_check(cx: &mut Ctx, listen: &Listen, sites: &[Site], acme: &Acme, raw: &FileConfig) {
     let http01 = sites
         .iter()
-        .filter(|s| s.tls == Some(SiteTls::Acme))
+        .filter(|s| matches!(s.tls, Some(SiteTls::Acme | SiteTls::OnDemand)))
         .any(|s| acme.for_site(s).challenge == Challenge::Http01);
     if http01 && listen.http.is_empty() {
         let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
-        let msg = "`tls = \"acme\"` with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
+        let msg = "`tls = \"acme\"` (or \"on_demand\") with the http-01 challenge needs an HTTP listener on port 80; add `http = \"0.0.0.0:80\"`, or set `challenge = \"tls-alpn-01\"` in [acme]";
         cx.error(span, "listen.http", msg);
     }
 }
