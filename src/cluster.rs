@@ -18,6 +18,8 @@ use tokio::sync::Notify;
 
 /// How often a store that is down (or not yet reached) is tried.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Failed probes after which the connection is made anew rather than left to reconnect.
+const RENEW_AFTER: u32 = 10;
 /// How long a connection attempt may take (in the background: no request waits for it).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -198,9 +200,18 @@ fn fallback_word(fallback: Fallback) -> &'static str {
 /// Keeps the connection, and says when the store answers again: every `PROBE_EVERY` while it is
 /// down, else when a call fails (or every few seconds, to notice the store is gone).
 async fn watch(store: Weak<Store>, wake: Arc<Notify>) {
+    let mut failed = 0u32;
     loop {
         let up = match store.upgrade() {
-            Some(store) => probe(&store).await,
+            Some(store) => {
+                let up = probe(&store).await;
+                failed = if up { 0 } else { failed + 1 };
+                if failed % RENEW_AFTER == 0 && failed > 0 {
+                    // the manager reconnects by itself; a fresh one is the belt to its braces
+                    store.conn.store(None);
+                }
+                up
+            }
             None => return,
         };
         if up {
