@@ -6,6 +6,9 @@
 //! Needs `redis-server` (Debian package `redis-server`; `tests/run.sh` installs it). Each test
 //! starts its own on a unix socket in a temporary folder, without persistence.
 
+// Helpers outside #[test] fns (and tests/support) are test code too; clippy.toml only exempts #[test] bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::PathBuf;

@@ -1518,11 +1518,17 @@ fn cluster_errors_are_located_and_say_what_is_valid() {
             "not a redis URL",
             cluster_config(&format!("store = \"http://redis:6379\"\n{CLUSTER_SECRET}")),
             "store =",
-            &["`cluster.store`", "not a store URL", "unix:///run/redis/redis.sock"],
+            &[
+                "`cluster.store`",
+                "not a store URL",
+                "unix:///run/redis/redis.sock",
+            ],
         ),
         (
             "rediss is not built",
-            cluster_config(&format!("store = \"rediss://redis:6380\"\n{CLUSTER_SECRET}")),
+            cluster_config(&format!(
+                "store = \"rediss://redis:6380\"\n{CLUSTER_SECRET}"
+            )),
             "store =",
             &["`cluster.store`", "not built yet", "redis://"],
         ),
@@ -1566,7 +1572,10 @@ fn cluster_errors_are_located_and_say_what_is_valid() {
             "bad fallback",
             with("rate_limit_fallback = \"open\""),
             "rate_limit_fallback =",
-            &["`cluster.rate_limit_fallback`", "\"local\", \"allow\", \"deny\""],
+            &[
+                "`cluster.rate_limit_fallback`",
+                "\"local\", \"allow\", \"deny\"",
+            ],
         ),
         (
             "shared acme is not built",
@@ -1587,12 +1596,29 @@ fn cluster_errors_are_located_and_say_what_is_valid() {
 #[test]
 fn cluster_secret_file_is_read_and_checked() {
     let config = cluster_config(&format!("{STORE}\nsecret_file = \"cluster.secret\""));
-    let (_, out) = check_with_files(&config, &[("cluster.secret", "0123456789abcdef\n")], &[], &[]);
+    let (_, out) = check_with_files(
+        &config,
+        &[("cluster.secret", "0123456789abcdef\n")],
+        &[],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     let (path, out) = check_with_files(&config, &[("cluster.secret", "short\n")], &[], &[]);
-    assert_located_error(&config, &path, &out, "secret_file", &["5 bytes", "openssl rand"]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "secret_file",
+        &["5 bytes", "openssl rand"],
+    );
     let (path, out) = check(&config, &[], &[]);
-    assert_located_error(&config, &path, &out, "secret_file", &["cannot read the secret file"]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "secret_file",
+        &["cannot read the secret file"],
+    );
     let full = cluster_config(&format!(
         "name = \"edge-eu\"\n{STORE}\n{CLUSTER_SECRET}\ninstance = \"a\"\ntimeout = \"20ms\"\nrate_limits = \"local\"\nrate_limit_fallback = \"deny\"\nacme = \"local\""
     ));

@@ -21,34 +21,40 @@ pub(super) fn cluster(
 ) -> Option<Cluster> {
     let raw = raw?;
     let c = raw.get_ref();
+    // every key checked before any is found missing: all problems are reported together
     let store = store(cx, c, raw.span());
     let secret = secret(cx, c, raw.span());
-    let cluster = Cluster {
-        name: name(cx, c.name.as_ref()),
+    let name = name(cx, c.name.as_ref());
+    let instance = instance(cx, c.instance.as_ref(), listen);
+    let timeout = timeout(cx, &c.timeout);
+    let rate_limits = cx.choice(
+        &c.rate_limits,
+        "cluster.rate_limits",
+        &[
+            ("global", GlobalScope::Global),
+            ("local", GlobalScope::Local),
+        ],
+    );
+    let rate_limit_fallback = cx.choice(
+        &c.rate_limit_fallback,
+        "cluster.rate_limit_fallback",
+        &[
+            ("local", Fallback::Local),
+            ("allow", Fallback::Allow),
+            ("deny", Fallback::Deny),
+        ],
+    );
+    let acme = acme(cx, c.acme.as_ref());
+    Some(Cluster {
+        name,
         store: store?,
         secret: secret?,
-        instance: instance(cx, c.instance.as_ref(), listen),
-        timeout: timeout(cx, &c.timeout),
-        rate_limits: cx.choice(
-            &c.rate_limits,
-            "cluster.rate_limits",
-            &[
-                ("global", GlobalScope::Global),
-                ("local", GlobalScope::Local),
-            ],
-        ),
-        rate_limit_fallback: cx.choice(
-            &c.rate_limit_fallback,
-            "cluster.rate_limit_fallback",
-            &[
-                ("local", Fallback::Local),
-                ("allow", Fallback::Allow),
-                ("deny", Fallback::Deny),
-            ],
-        ),
-        acme: acme(cx, c.acme.as_ref()),
-    };
-    Some(cluster)
+        instance,
+        timeout,
+        rate_limits,
+        rate_limit_fallback,
+        acme,
+    })
 }
 
 /// The key namespace: a few plain characters, so keys stay readable in `redis-cli`.
