@@ -467,3 +467,75 @@ async fn latency_against_local_limits() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_keyed_budget_is_one_for_the_whole_cluster() {
+    with_timeout(60, async {
+        let redis = Redis::start();
+        let limit = r#"{ requests = 5, per = "1m", key = "header:X-Tenant" }"#;
+        let c = cluster(&redis.url(), "", limit).await;
+        c.wait_global().await;
+        let client = client();
+        let urls = c.urls();
+        let mut statuses = Vec::new();
+        for i in 0..9 {
+            let resp = client
+                .get(&urls[i % 3])
+                .header("X-Tenant", "acme")
+                .send()
+                .await
+                .expect("request");
+            statuses.push(resp.status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429]);
+        let other = client
+            .get(&urls[0])
+            .header("X-Tenant", "globex")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(other.status(), 200, "another tenant has its own budget");
+        // the value is kept only as a keyed hash
+        let keys = redis.cli(&["KEYS", "*"]);
+        assert!(!keys.contains("acme") && keys.contains(":h:"), "{keys}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_store_an_instance_serves_is_ready_and_falls_back_as_configured() {
+    with_timeout(60, async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nowhere = format!("unix://{}", dir.path().join("none.sock").display());
+        let limit = r#"{ requests = 2, per = "1m" }"#;
+        let backend = serve("backend", |_req| async { text_response(200, "ok") }).await;
+        let client = client();
+        for (fallback, expected) in [
+            ("local", [200, 200, 429, 429]),
+            ("allow", [200, 200, 200, 200]),
+            ("deny", [429, 429, 429, 429]),
+        ] {
+            let cluster = format!("rate_limit_fallback = \"{fallback}\"");
+            let proxy = TestProxy::start(&config(&backend, &nowhere, &cluster, limit)).await;
+            let admin = proxy.admin_addr().await;
+            let ready = client
+                .get(format!("http://{admin}/ready"))
+                .send()
+                .await
+                .expect("ready");
+            assert_eq!(ready.status(), 200, "/ready does not depend on the store");
+            let mut statuses = Vec::new();
+            let mut retry = None;
+            for _ in 0..4 {
+                let resp = client.get(proxy.url("/x")).send().await.expect("request");
+                retry = header(&resp, "retry-after").or(retry);
+                statuses.push(resp.status().as_u16());
+            }
+            assert_eq!(statuses, expected, "rate_limit_fallback = {fallback}");
+            if fallback == "deny" {
+                assert_eq!(retry.as_deref(), Some("1"));
+            }
+        }
+    })
+    .await;
+}
