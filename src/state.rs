@@ -135,7 +135,7 @@ pub struct ProxyRoute {
 }
 
 /// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
-/// the metrics registry.
+/// the cluster store connection, the metrics registry.
 pub struct Keep {
     pub acme: acme::Manager,
     /// TLS session tickets and caches: a client resumes across reloads.

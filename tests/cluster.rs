@@ -431,7 +431,7 @@ async fn a_paused_store_delays_no_request_beyond_the_timeout() {
     .await;
 }
 
-/// Not a bound on a loaded debug build, but the figures of `docs/cluster.md`: the same client
+/// The figures of `docs/cluster.md` (bounds only loose: a loaded debug build): the same client
 /// under its limit, against a global cluster and a local one, alternately.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_against_local_limits() {
@@ -456,13 +456,23 @@ async fn latency_against_local_limits() {
             }
         }
         let show = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
+        let (g50, l50) = (percentile(g.clone(), 0.5), percentile(l.clone(), 0.5));
+        let calls = redis.script_calls();
         eprintln!(
-            "global: p50 {} p99 {}; local: p50 {} p99 {}; store calls {}",
-            show(percentile(g.clone(), 0.5)),
+            "global: p50 {} p99 {}; local: p50 {} p99 {}; store calls {calls}",
+            show(g50),
             show(percentile(g.clone(), 0.99)),
-            show(percentile(l.clone(), 0.5)),
+            show(l50),
             show(percentile(l.clone(), 0.99)),
-            redis.script_calls()
+        );
+        // loose, for a loaded machine: the figures are the point
+        assert!(
+            calls * 10 <= 1500,
+            "{calls} store calls for 1,500 requests: no leases"
+        );
+        assert!(
+            g50 <= l50 + Duration::from_millis(1),
+            "p50 {g50:?} against {l50:?}"
         );
     })
     .await;
