@@ -549,3 +549,94 @@ async fn without_the_store_an_instance_serves_is_ready_and_falls_back_as_configu
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_cluster_keeps_the_budgets_in_the_store() {
+    with_timeout(60, async {
+        let redis = Redis::start();
+        let backend = serve("backend", |_req| async { text_response(200, "ok") }).await;
+        let limit = r#"{ requests = 3, per = "1m" }"#;
+        let proxy = TestProxy::start(&config(&backend, &redis.url(), "", limit)).await;
+        let admin = proxy.admin_addr().await;
+        let client = client();
+        let up = || async {
+            let text = client
+                .get(format!("http://{admin}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            Some(text.lines().any(|l| l == "gatehouse_cluster_store_up 1"))
+        };
+        let wait_up = || async {
+            poll_until(Duration::from_secs(10), || async {
+                up().await == Some(true)
+            })
+            .await
+        };
+        assert!(wait_up().await.is_some(), "never reached the store");
+        for _ in 0..2 {
+            assert_eq!(
+                client
+                    .get(proxy.url("/x"))
+                    .send()
+                    .await
+                    .expect("request")
+                    .status(),
+                200
+            );
+        }
+        // another timeout: a new connection, the same budget
+        std::fs::write(
+            &proxy.config_path,
+            config(&backend, &redis.url(), "timeout = \"80ms\"", limit),
+        )
+        .expect("write");
+        let (path, admin_s) = (
+            proxy.config_path.to_str().expect("utf-8").to_string(),
+            admin.to_string(),
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            run_gatehouse(
+                &["reload", "--config", &path, "--admin", &admin_s],
+                &[],
+                &[],
+            )
+        })
+        .await
+        .expect("reload");
+        assert!(
+            out.stdout.starts_with("reloaded"),
+            "{} {}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            wait_up().await.is_some(),
+            "the new connection never reached the store"
+        );
+        let after: Vec<u16> = {
+            let mut v = Vec::new();
+            for _ in 0..2 {
+                v.push(
+                    client
+                        .get(proxy.url("/x"))
+                        .send()
+                        .await
+                        .expect("request")
+                        .status()
+                        .as_u16(),
+                );
+            }
+            v
+        };
+        assert_eq!(
+            after,
+            [200, 429],
+            "the budget spent before the reload still counts"
+        );
+    })
+    .await;
+}
