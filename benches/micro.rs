@@ -386,8 +386,12 @@ mod rate_limit {
         );
         let limits = &config.server.limits;
         let route = &config.sites[0].routes[0];
-        let policy =
-            RoutePolicy::compile(&route.policy, &Limiters::default(), KeyCaps::from(limits));
+        let policy = RoutePolicy::compile(
+            &route.policy,
+            &Limiters::default(),
+            KeyCaps::from(limits),
+            None,
+        );
         assert_eq!(policy.limiters.len(), 1);
         (policy, limits.ipv6_prefix)
     }

@@ -2,12 +2,14 @@
 //! them with located errors (`validate`), and unit parsing (`units`).
 
 pub mod auth;
+pub mod cluster;
 pub mod file;
 pub mod model;
 pub mod units;
 mod validate;
 
 pub use auth::{BasicAuth, ForwardAuth, PasswordHash, UserSource, Users};
+pub use cluster::{Cluster, ClusterAcme, ClusterSecret, Fallback, GlobalScope, Secret};
 pub use model::*;
 
 use std::fmt;
@@ -178,6 +180,8 @@ pub enum FileKind {
     Folder(PathBuf),
     /// A `basic_auth` `users_file` (`user:hash` lines).
     Users(PathBuf),
+    /// `[cluster] secret_file`: the secret's bytes, trailing white space trimmed.
+    Secret(PathBuf),
 }
 
 /// Reads and validates only the `[listen]` section of a config file: the addresses a client of

@@ -10,6 +10,7 @@ pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error_pages;
 pub mod fds;

@@ -12,9 +12,10 @@
 //! threads serving traffic never wait for it.
 
 use crate::config::auth::{parse_users_file, BadLine};
+use crate::config::cluster::MIN_SECRET_LEN;
 use crate::config::{
-    self, ClientAuth, Config, ConfigError, FileKind, Located, TlsFiles, UpstreamTls, Users,
-    Validated,
+    self, ClientAuth, ClusterSecret, Config, ConfigError, FileKind, Located, Secret, TlsFiles,
+    UpstreamTls, Users, Validated,
 };
 use crate::tls::client::ClientCa;
 use crate::tls::{self, FileStamp, TlsError};
@@ -46,6 +47,8 @@ pub struct Files {
     users: HashMap<PathBuf, Arc<Users>>,
     /// The system's roots, for a `forward_auth` service over `https://`; `None` when none is.
     auth_roots: Option<Arc<RootCertStore>>,
+    /// `[cluster] secret_file` as read; `None` without one.
+    cluster_secret: Option<Secret>,
 }
 
 /// A certificate chain and its key, checked to belong together.
@@ -97,6 +100,14 @@ impl Files {
         self.auth_roots.as_ref()
     }
 
+    /// The `[cluster]` secret: written in the config, or read from its `secret_file`.
+    pub fn cluster_secret(&self, config: &Config) -> Option<Secret> {
+        match &config.cluster.as_ref()?.secret {
+            ClusterSecret::Inline(secret) => Some(secret.clone()),
+            ClusterSecret::File(_) => self.cluster_secret.clone(),
+        }
+    }
+
     /// The stamp of the files upstream `name` was made from (empty for a plain upstream).
     pub fn upstream_stamp(&self, name: &str) -> FileStamp {
         self.upstream(name)
@@ -139,6 +150,7 @@ struct Read {
     roots: HashMap<PathBuf, (FileStamp, Vec<CertificateDer<'static>>)>,
     pages: HashMap<PathBuf, Bytes>,
     users: HashMap<PathBuf, Arc<Users>>,
+    secret: Option<Secret>,
 }
 
 /// The largest error page kept in memory: a page is sent whole, from memory, with every answer
@@ -200,6 +212,9 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
             FileKind::Users(path) => read_users(path).map(|users| {
                 read.users.insert(path.clone(), Arc::new(users));
             }),
+            FileKind::Secret(path) => read_secret(path).map(|secret| {
+                read.secret = Some(secret);
+            }),
             FileKind::Folder(path) => {
                 if let Err(message) = folder(path) {
                     errors.push(validated.locate(named, message));
@@ -212,6 +227,18 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
         }
     }
     (read, errors)
+}
+
+/// `[cluster] secret_file`: its bytes, without the line end an editor leaves.
+fn read_secret(path: &Path) -> Result<Secret, String> {
+    let shown = path.display();
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read the secret file `{shown}`: {e}"))?;
+    let trimmed = bytes.trim_ascii_end();
+    if trimmed.len() < MIN_SECRET_LEN {
+        return Err(format!("the secret in `{shown}` is {} bytes; expected at least {MIN_SECRET_LEN} (e.g. `openssl rand -base64 32 > {shown}`)", trimmed.len()));
+    }
+    Ok(Secret(trimmed.to_vec()))
 }
 
 /// The largest users file read: thousands of users are a job for an auth service.
@@ -294,6 +321,7 @@ fn upstream_files(
         pages: read.pages,
         client_cas: HashMap::new(),
         users: read.users,
+        cluster_secret: read.secret,
         auth_roots,
     }
 }

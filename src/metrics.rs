@@ -17,6 +17,51 @@ const LATENCY_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
 
+/// Buckets from 100 µs to 1 s, for store calls (most answer in well under a millisecond).
+const STORE_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// `[cluster]`: every store call's latency and result, and the limits' falls back to
+/// `rate_limit_fallback` (`crate::cluster`).
+pub struct ClusterMetrics {
+    pub store_seconds: Histogram,
+    /// By result: `granted`, `refused`, `returned` (tokens given back only), `error`, `timeout`.
+    pub store_calls: IntCounterVec,
+    /// Times the global limits fell back because the store did not answer in time.
+    pub fallbacks: IntCounter,
+    /// 1 while global limits are counted in the store, 0 while they fall back.
+    pub store_up: IntGauge,
+}
+
+impl ClusterMetrics {
+    fn new() -> Result<ClusterMetrics, prometheus::Error> {
+        let store_calls = IntCounterVec::new(
+            opts("gatehouse_cluster_store_calls_total", "Rate-limit calls to the cluster store, by result (granted, refused, returned, error, timeout)."),
+            &["result"],
+        )?;
+        for result in ["granted", "refused", "returned", "error", "timeout"] {
+            store_calls.with_label_values(&[result]);
+        }
+        Ok(ClusterMetrics {
+            store_seconds: Histogram::with_opts(
+                HistogramOpts::new("gatehouse_cluster_store_seconds", "Time a rate-limit call to the cluster store took (answered ones; timeouts are counted in gatehouse_cluster_store_calls_total).")
+                    .buckets(STORE_BUCKETS.to_vec()),
+            )?,
+            store_calls,
+            fallbacks: IntCounter::new("gatehouse_cluster_fallbacks_total", "Times global rate limits fell back to rate_limit_fallback because the store failed or was slower than [cluster] timeout.")?,
+            store_up: IntGauge::new("gatehouse_cluster_store_up", "1 while global rate limits are counted in the cluster store, 0 while they fall back.")?,
+        })
+    }
+
+    fn register(&self, r: &Registry) -> Result<(), prometheus::Error> {
+        r.register(Box::new(self.store_seconds.clone()))?;
+        r.register(Box::new(self.store_calls.clone()))?;
+        r.register(Box::new(self.fallbacks.clone()))?;
+        r.register(Box::new(self.store_up.clone()))
+    }
+}
+
 /// Methods with a label of their own; anything else is "other".
 const METHODS: [Method; 9] = [
     Method::GET,
@@ -76,6 +121,8 @@ pub struct Metrics {
     tasks_alive: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
+    /// `[cluster]`: the store's calls and the limits' fallbacks.
+    pub cluster: ClusterMetrics,
     /// Scrapes copy state into gauges; one at a time.
     scrape: Mutex<()>,
 }
@@ -202,6 +249,7 @@ impl Metrics {
                 "gatehouse_config_last_reload_success_timestamp_seconds",
                 "When the running config was loaded (unix time).",
             )?,
+            cluster: ClusterMetrics::new()?,
             registry,
             scrape: Mutex::new(()),
         };
@@ -253,6 +301,7 @@ impl Metrics {
         r.register(Box::new(self.auth_cache_hits.clone()))?;
         r.register(Box::new(self.tasks_alive.clone()))?;
         r.register(Box::new(self.last_reload_success.clone()))?;
+        self.cluster.register(r)?;
         let build = IntGaugeVec::new(
             opts(
                 "gatehouse_build_info",

@@ -22,6 +22,7 @@ pub mod vary;
 
 pub use reject::{Reason, Rejections};
 
+use crate::cluster::Store;
 use crate::config::{MinRate, Policy};
 use body_limit::TooLarge;
 use http::{HeaderMap, HeaderValue, Method};
@@ -34,6 +35,8 @@ use std::time::Duration;
 /// A route's policy compiled for the request path: limiters resolved once per snapshot.
 pub struct RoutePolicy {
     pub limiters: Vec<Arc<Limiter>>,
+    /// Some limit is counted for the whole cluster: the request path takes `check_global`.
+    pub global: bool,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub max_body: Option<u64>,
@@ -62,13 +65,21 @@ pub enum Refusal {
 }
 
 impl RoutePolicy {
-    pub fn compile(policy: &Policy, limiters: &Limiters, key_caps: KeyCaps) -> RoutePolicy {
+    /// `store`: the cluster store global limits count in; `None` counts every limit here.
+    pub fn compile(
+        policy: &Policy,
+        limiters: &Limiters,
+        key_caps: KeyCaps,
+        store: Option<&Arc<Store>>,
+    ) -> RoutePolicy {
+        let limiters: Vec<Arc<Limiter>> = policy
+            .rate_limits
+            .iter()
+            .map(|spec| limiters.get(spec, key_caps, store))
+            .collect();
         RoutePolicy {
-            limiters: policy
-                .rate_limits
-                .iter()
-                .map(|spec| limiters.get(spec, key_caps))
-                .collect(),
+            global: limiters.iter().any(|l| l.is_global()),
+            limiters,
             allow: policy.allow.clone(),
             deny: policy.deny.clone(),
             max_body: policy.max_body,
@@ -101,13 +112,34 @@ impl RoutePolicy {
         body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)
     }
 
+    /// [`RoutePolicy::check`] for a route with a global limit (`global`): the store may be
+    /// asked, for at most `[cluster] timeout`.
+    pub async fn check_global(
+        &self,
+        client: Option<IpAddr>,
+        key: IpAddr,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        if !access::permitted(client, &self.allow, &self.deny) {
+            return Err(Refusal::Denied);
+        }
+        for limiter in &self.limiters {
+            if limiter.applies_to(method) {
+                let counted = limiter.check_global(key, headers).await;
+                counted.map_err(Refusal::RateLimited)?;
+            }
+        }
+        body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)
+    }
+
     /// A failed password costs the client one more request from each of the route's budgets
     /// that counts its method: a brute-forcer meets the route's `429` twice as fast, and a
     /// user who typed the wrong password pays little.
     pub fn charge_failure(&self, key: IpAddr, method: &Method, headers: &HeaderMap) {
         for limiter in &self.limiters {
             if limiter.applies_to(method) {
-                let _ = limiter.check(key, headers);
+                limiter.charge(key, headers);
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
+use crate::cluster::Store;
 use crate::config::{
     Action, ClientAuthMode, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders,
     SiteTls, Timeouts, Upstream,
@@ -136,7 +137,7 @@ pub struct ProxyRoute {
 }
 
 /// What outlives any one snapshot: ACME work per name set, rate-limit budgets per definition,
-/// the metrics registry.
+/// the cluster store connection, the metrics registry.
 pub struct Keep {
     pub acme: acme::Manager,
     /// TLS session tickets and caches: a client resumes across reloads.
@@ -152,6 +153,8 @@ pub struct Keep {
     access_log: std::sync::Mutex<Option<(Log, AccessLog)>>,
     /// Lines lost by every access log the process opened.
     log_dropped: Arc<AtomicU64>,
+    /// The cluster store global limits count in, reused while `[cluster]` stays.
+    cluster: std::sync::Mutex<Option<Arc<Store>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +202,7 @@ impl Keep {
             upstreams: tokio::sync::Mutex::default(),
             access_log: std::sync::Mutex::default(),
             log_dropped: Arc::default(),
+            cluster: std::sync::Mutex::default(),
         })
     }
 
@@ -446,6 +450,23 @@ fn site_label(site: &crate::config::Site) -> String {
         .map_or("*".to_string(), ToString::to_string)
 }
 
+impl Keep {
+    /// The store global limits count in: `None` without `[cluster]` or with `rate_limits =
+    /// "local"`. The last one is kept while its settings (and secret) stay; else a new one
+    /// connects in the background, and the old one goes with the last snapshot that uses it.
+    fn cluster_store(&self, config: &Config, files: &Files) -> Option<Arc<Store>> {
+        let settings = config.cluster.as_ref().filter(|c| c.global_limits())?;
+        let secret = files.cluster_secret(config)?;
+        let mut kept = self.cluster.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = kept.as_ref().filter(|s| s.serves(settings, &secret)) {
+            return Some(store.clone());
+        }
+        let store = Store::start(settings, secret, self.metrics.clone());
+        *kept = Some(store.clone());
+        Some(store)
+    }
+}
+
 /// Every route of every site in config order (the router's `RouteId`s), compiled.
 fn routes(
     config: &Config,
@@ -456,6 +477,7 @@ fn routes(
 ) -> Result<Vec<Route>, BuildError> {
     let mut pages = pages.into_iter();
     let key_caps = KeyCaps::from(&config.server.limits);
+    let store = keep.cluster_store(config, files);
     let mut routes = Vec::new();
     let mut auth_client = None;
     for site in &config.sites {
@@ -468,7 +490,12 @@ fn routes(
             let auth = route_auth(route, routes.len(), (keep, files, &mut auth_client))?;
             routes.push(Route {
                 action: compile(route, upstreams)?,
-                policy: RoutePolicy::compile(&route.policy, &keep.limiters, key_caps),
+                policy: RoutePolicy::compile(
+                    &route.policy,
+                    &keep.limiters,
+                    key_caps,
+                    store.as_ref(),
+                ),
                 cors: route.cors.as_ref().map(CorsPolicy::compile),
                 encode: Some(route.encode.clone()).filter(|e| !e.codings.is_empty()),
                 metrics,

@@ -1590,3 +1590,132 @@ fn on_demand_needs_an_ask_endpoint_and_says_what_is_valid() {
     let (_, out) = check(&valid, &[], &[]);
     assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
 }
+
+fn cluster_config(cluster: &str) -> String {
+    format!("{LISTEN}\n[cluster]\n{cluster}\n")
+}
+
+const STORE: &str = "store = \"redis://127.0.0.1:6379\"";
+const CLUSTER_SECRET: &str = "secret = \"0123456789abcdef0123\"";
+
+#[test]
+fn cluster_errors_are_located_and_say_what_is_valid() {
+    let with = |keys: &str| cluster_config(&format!("{STORE}\n{CLUSTER_SECRET}\n{keys}"));
+    let cases: Vec<(&str, String, &str, &[&str])> = vec![
+        (
+            "no store",
+            cluster_config(CLUSTER_SECRET),
+            "[cluster]",
+            &["`cluster.store`", "redis://10.0.0.5:6379"],
+        ),
+        (
+            "not a redis URL",
+            cluster_config(&format!("store = \"http://redis:6379\"\n{CLUSTER_SECRET}")),
+            "store =",
+            &[
+                "`cluster.store`",
+                "not a store URL",
+                "unix:///run/redis/redis.sock",
+            ],
+        ),
+        (
+            "rediss is not built",
+            cluster_config(&format!(
+                "store = \"rediss://redis:6380\"\n{CLUSTER_SECRET}"
+            )),
+            "store =",
+            &["`cluster.store`", "not built yet", "redis://"],
+        ),
+        (
+            "no secret",
+            cluster_config(STORE),
+            "[cluster]",
+            &["`cluster.secret`", "secret_file", "at least 16 bytes"],
+        ),
+        (
+            "short secret",
+            cluster_config(&format!("{STORE}\nsecret = \"short\"")),
+            "secret =",
+            &["`cluster.secret`", "5 bytes", "at least 16"],
+        ),
+        (
+            "both secrets",
+            with("secret_file = \"cluster.secret\""),
+            "secret_file",
+            &["`cluster.secret_file`", "not both"],
+        ),
+        (
+            "bad name",
+            with("name = \"edge eu\""),
+            "name =",
+            &["`cluster.name`", "letters, digits"],
+        ),
+        (
+            "bad timeout",
+            with("timeout = \"10s\""),
+            "timeout =",
+            &["`cluster.timeout`", "1ms to 5s"],
+        ),
+        (
+            "bad rate_limits",
+            with("rate_limits = \"shared\""),
+            "rate_limits =",
+            &["`cluster.rate_limits`", "\"global\", \"local\""],
+        ),
+        (
+            "bad fallback",
+            with("rate_limit_fallback = \"open\""),
+            "rate_limit_fallback =",
+            &[
+                "`cluster.rate_limit_fallback`",
+                "\"local\", \"allow\", \"deny\"",
+            ],
+        ),
+        (
+            "shared acme is not built",
+            with("acme = \"shared\""),
+            "acme =",
+            &["`cluster.acme`", "not built yet", "\"local\""],
+        ),
+        (
+            "unknown key",
+            with("stroe = \"x\""),
+            "stroe",
+            &["stroe", "store"],
+        ),
+    ];
+    assert_each_is_one_located_error(&cases);
+}
+
+#[test]
+fn cluster_secret_file_is_read_and_checked() {
+    let config = cluster_config(&format!("{STORE}\nsecret_file = \"cluster.secret\""));
+    let (_, out) = check_with_files(
+        &config,
+        &[("cluster.secret", "0123456789abcdef\n")],
+        &[],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let (path, out) = check_with_files(&config, &[("cluster.secret", "short\n")], &[], &[]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "secret_file",
+        &["5 bytes", "openssl rand"],
+    );
+    let (path, out) = check(&config, &[], &[]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "secret_file",
+        &["cannot read the secret file"],
+    );
+    let full = cluster_config(&format!(
+        "name = \"edge-eu\"\n{STORE}\n{CLUSTER_SECRET}\ninstance = \"a\"\ntimeout = \"20ms\"\nrate_limits = \"local\"\nrate_limit_fallback = \"deny\"\nacme = \"local\""
+    ));
+    let (_, out) = check(&full, &[], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+}

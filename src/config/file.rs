@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, Spanned<FileUpstream>>,
     pub acme: Option<Spanned<FileAcme>>,
     pub log: Option<Spanned<FileLog>>,
+    pub cluster: Option<Spanned<FileCluster>>,
 }
 
 /// Only `[listen]`, for clients of a running instance (`gatehouse health`): every other table is
@@ -598,6 +599,21 @@ pub struct FileLog {
     pub format: Option<Str>,
     /// Lines the queue to the access-log writer holds.
     pub buffer: Option<Spanned<i64>>,
+}
+
+/// `[cluster]`: several instances acting as one through a shared store (`docs/cluster.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub name: Option<Str>,
+    pub store: Option<Str>,
+    pub secret: Option<Str>,
+    pub secret_file: Option<Str>,
+    pub instance: Option<Str>,
+    pub timeout: Option<Str>,
+    pub rate_limits: Option<Str>,
+    pub rate_limit_fallback: Option<Str>,
+    pub acme: Option<Str>,
 }
 
 /// The request-policy keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept (serde

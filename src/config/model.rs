@@ -20,6 +20,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     pub acme: Acme,
     pub log: Log,
+    /// `[cluster]`; `None` without one (every instance alone, as before).
+    pub cluster: Option<super::Cluster>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -17,6 +17,7 @@ use toml::Spanned;
 
 mod auth;
 mod client_auth;
+mod cluster;
 mod cors;
 mod dns;
 mod encode;
@@ -318,6 +319,7 @@ pub fn validate(
         }
     }
     let log = log::log(&mut cx, raw.log.as_ref());
+    let cluster = cluster::cluster(&mut cx, raw.cluster.as_ref(), &listen);
     https_cross_check(&mut cx, &listen, &sites, &raw);
     default_sni_check(&mut cx, &server, &sites, &raw);
     acme_cross_check(&mut cx, &listen, &sites, &acme, &raw);
@@ -334,6 +336,7 @@ pub fn validate(
         upstreams,
         acme,
         log,
+        cluster,
     };
     (Ok(config), cx.files)
 }

@@ -352,13 +352,17 @@ impl ProxyService {
             .map(|c| c.judge(req.method(), req.headers()));
         let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
         let client = addrs.known.then_some(addrs.client);
-        policy
-            .check(client, key, req.method(), req.headers())
-            .map_err(|refusal| match refusal {
-                Refusal::Denied => ProxyError::Forbidden,
-                Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
-                Refusal::TooLarge(e) => ProxyError::BodyTooLarge(e.limit),
-            })?;
+        // one branch for routes without a global limit; boxed, as it may wait for the store
+        let checked = if policy.global {
+            Box::pin(policy.check_global(client, key, req.method(), req.headers())).await
+        } else {
+            policy.check(client, key, req.method(), req.headers())
+        };
+        checked.map_err(|refusal| match refusal {
+            Refusal::Denied => ProxyError::Forbidden,
+            Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
+            Refusal::TooLarge(e) => ProxyError::BodyTooLarge(e.limit),
+        })?;
         // a preflight is Gatehouse's to answer, whatever the route's action
         if let Some(preflight) = cors.as_ref().and_then(Verdict::preflight) {
             return preflight

@@ -4,6 +4,7 @@
 
 use crate::config::RateKey;
 use http::{HeaderMap, HeaderName};
+use ring::hmac;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -63,6 +64,29 @@ impl KeyBy {
     }
 }
 
+impl KeyBy {
+    /// The budget's name in the cluster store, the same on every instance: the address, or a
+    /// hash of the header's value keyed with the cluster secret (never the value itself, and
+    /// not one an onlooker of the store could test guesses against).
+    pub fn store_suffix(&self, client: IpAddr, headers: &HeaderMap, secret: &hmac::Key) -> String {
+        let KeyBy::Header(name, _) = self else {
+            return format!("a:{client}");
+        };
+        match headers.get(name).map(|v| v.as_bytes().trim_ascii()) {
+            Some(value) if !value.is_empty() => {
+                let tag = hmac::sign(secret, value);
+                let mut hex = String::with_capacity(34);
+                hex.push_str("h:");
+                for b in &tag.as_ref()[..16] {
+                    hex.push_str(&format!("{b:02x}"));
+                }
+                hex
+            }
+            _ => format!("a:{client}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +140,34 @@ mod tests {
         assert_eq!(
             addr_only.budget_key(client, &with("x-tenant", "acme")),
             addr
+        );
+    }
+
+    #[test]
+    fn store_names_are_the_same_everywhere_and_keyed_by_the_secret() {
+        let by = KeyBy::new(&RateKey::Header(HeaderName::from_static("x-tenant")));
+        let other = KeyBy::new(&RateKey::Header(HeaderName::from_static("x-tenant")));
+        let secret = hmac::Key::new(hmac::HMAC_SHA256, b"0123456789abcdef");
+        let client = ip("192.0.2.1");
+        let acme = by.store_suffix(client, &with("x-tenant", "acme"), &secret);
+        assert!(acme.starts_with("h:") && acme.len() == 34, "{acme}");
+        assert!(!acme.contains("acme"));
+        assert_eq!(
+            acme,
+            other.store_suffix(ip("192.0.2.9"), &with("x-tenant", " acme"), &secret)
+        );
+        let rekeyed = hmac::Key::new(hmac::HMAC_SHA256, b"fedcba9876543210");
+        assert_ne!(
+            acme,
+            by.store_suffix(client, &with("x-tenant", "acme"), &rekeyed)
+        );
+        assert_eq!(
+            by.store_suffix(client, &HeaderMap::new(), &secret),
+            "a:192.0.2.1"
+        );
+        assert_eq!(
+            KeyBy::Addr.store_suffix(client, &with("x-tenant", "acme"), &secret),
+            "a:192.0.2.1"
         );
     }
 

@@ -46,14 +46,14 @@ fn passes(mut take: impl FnMut() -> Result<(), RetryAfter>) -> usize {
 
 #[test]
 fn burst_then_refusal_with_the_wait() {
-    let limiter = Limiter::new(&spec(60, 60, 3), caps(100, 100));
+    let limiter = Limiter::new(&spec(60, 60, 3), caps(100, 100), None);
     assert!(limiter.applies_to(&Method::POST) && !limiter.applies_to(&Method::GET));
     for _ in 0..3 {
         assert!(bare(&limiter, "192.0.2.1").is_ok());
     }
     assert_eq!(bare(&limiter, "192.0.2.1"), Err(RetryAfter(1)));
     assert!(bare(&limiter, "192.0.2.2").is_ok());
-    let slow = Limiter::new(&spec(1, 3600, 1), caps(100, 100));
+    let slow = Limiter::new(&spec(1, 3600, 1), caps(100, 100), None);
     assert!(bare(&slow, "192.0.2.1").is_ok());
     let Err(RetryAfter(secs)) = bare(&slow, "192.0.2.1") else {
         panic!("refused")
@@ -63,7 +63,7 @@ fn burst_then_refusal_with_the_wait() {
 
 #[test]
 fn a_full_table_never_grows_past_its_cap_nor_refuses_a_new_client() {
-    let limiter = Limiter::new(&spec(1, 3600, 1), caps(10, 10));
+    let limiter = Limiter::new(&spec(1, 3600, 1), caps(10, 10), None);
     for i in 0..100u32 {
         let client = IpAddr::from(i.to_be_bytes());
         assert!(limiter.check(client, &HeaderMap::new()).is_ok(), "{client}");
@@ -79,7 +79,7 @@ fn a_full_table_never_grows_past_its_cap_nor_refuses_a_new_client() {
 #[test]
 fn room_is_made_by_evicting_the_fullest_budgets_first() {
     // 5 per hour: nothing refills while the test runs
-    let limiter = Limiter::new(&spec(5, 3600, 5), caps(4, 4));
+    let limiter = Limiter::new(&spec(5, 3600, 5), caps(4, 4), None);
     for (client, spent) in [("192.0.2.1", 1), ("192.0.2.2", 2), ("192.0.2.3", 3)] {
         for _ in 0..spent {
             bare(&limiter, client).unwrap();
@@ -98,7 +98,7 @@ fn room_is_made_by_evicting_the_fullest_budgets_first() {
 
 #[test]
 fn header_keyed_budgets_are_per_value_and_fall_back_to_the_address() {
-    let limiter = Limiter::new(&per_tenant(60, 60, 2), caps(100, 100));
+    let limiter = Limiter::new(&per_tenant(60, 60, 2), caps(100, 100), None);
     let client = ip("192.0.2.1");
     for _ in 0..2 {
         assert!(limiter.check(client, &tenant("acme")).is_ok());
@@ -117,7 +117,7 @@ fn header_keyed_budgets_are_per_value_and_fall_back_to_the_address() {
 
 #[test]
 fn one_address_brings_in_at_most_its_share_of_header_values() {
-    let limiter = Limiter::new(&per_tenant(5, 3600, 5), caps(1000, 3));
+    let limiter = Limiter::new(&per_tenant(5, 3600, 5), caps(1000, 3), None);
     let (flooder, other) = (ip("192.0.2.1"), ip("192.0.2.2"));
     // another address's tenant, spent: it must keep its state through the flood
     assert_eq!(passes(|| limiter.check(other, &tenant("globex"))), 5);
@@ -138,7 +138,7 @@ fn one_address_brings_in_at_most_its_share_of_header_values() {
 
 #[test]
 fn an_address_over_its_share_loses_its_fullest_value() {
-    let limiter = Limiter::new(&per_tenant(5, 3600, 5), caps(1000, 3));
+    let limiter = Limiter::new(&per_tenant(5, 3600, 5), caps(1000, 3), None);
     let client = ip("192.0.2.1");
     for (name, spent) in [("a", 5), ("b", 1), ("c", 3)] {
         for _ in 0..spent {
@@ -160,14 +160,14 @@ fn an_address_over_its_share_loses_its_fullest_value() {
 #[test]
 fn registry_keeps_a_limiter_while_a_snapshot_holds_it() {
     let registry = Limiters::default();
-    let a = registry.get(&spec(5, 60, 5), caps(100, 10));
-    let b = registry.get(&spec(5, 60, 5), caps(100, 10));
+    let a = registry.get(&spec(5, 60, 5), caps(100, 10), None);
+    let b = registry.get(&spec(5, 60, 5), caps(100, 10), None);
     assert!(Arc::ptr_eq(&a, &b));
-    let c = registry.get(&spec(6, 60, 6), caps(100, 10));
+    let c = registry.get(&spec(6, 60, 6), caps(100, 10), None);
     assert!(!Arc::ptr_eq(&a, &c));
-    let d = registry.get(&per_tenant(5, 60, 5), caps(100, 10));
+    let d = registry.get(&per_tenant(5, 60, 5), caps(100, 10), None);
     assert!(!Arc::ptr_eq(&a, &d), "a new key is a new budget");
-    let e = registry.get(&spec(5, 60, 5), caps(100, 20));
+    let e = registry.get(&spec(5, 60, 5), caps(100, 20), None);
     assert!(!Arc::ptr_eq(&a, &e), "new caps are a new table");
     drop((a, b, d, e));
     assert_eq!(registry.alive().len(), 1);

@@ -1,0 +1,280 @@
+//! The cluster store (`[cluster] store`, Redis) as the rate limits use it (`docs/cluster.md`).
+//!
+//! Owns: the one connection a process keeps to the store, made and remade in the background
+//! (the process starts and serves without it, and `/ready` never asks about it); whether global
+//! limits count in the store now ("up") or fall back; and the one call they make, the lease
+//! script, never awaited longer than `timeout`. A call that fails or times out marks the store
+//! down at once: every limit then falls back without calling it, and a watcher pings it every
+//! `PROBE_EVERY` until it answers again, when limits count globally again.
+
+use crate::config::{Cluster, Fallback, Secret};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How often a store that is down (or not yet reached) is tried.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Failed probes after which the connection is made anew rather than left to reconnect.
+const RENEW_AFTER: u32 = 10;
+/// How long a connection attempt may take (in the background: no request waits for it).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// GCRA over leases, evaluated in the store on its own clock (`TIME`), so instances' clocks do
+/// not matter. A budget's state is its theoretical arrival time (TAT, microseconds), kept
+/// under KEYS[1] only while it is ahead of now (`PX`). ARGV: the emission interval (µs, may be
+/// fractional), the burst, the tokens wanted, the tokens given back (an expired lease's
+/// leftovers). Of the `avail` tokens the budget holds now it grants a quarter, at least one
+/// and at most `want`: leases shrink to one token as the client nears its limit. Returns
+/// `{granted, wait}`: with nothing granted, `wait` is the µs until the next token.
+const LEASE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tau = interval * tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[4]) * interval
+if tat < now then tat = now end
+local avail = math.floor((now + tau - tat) / interval)
+local grant = 0
+if avail >= 1 and want >= 1 then
+  grant = math.min(want, math.max(1, math.floor(avail / 4)))
+  tat = tat + grant * interval
+end
+if tat > now then
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+else
+  redis.call('DEL', KEYS[1])
+end
+if grant > 0 then return {grant, 0} end
+return {0, math.ceil(tat + interval - tau - now)}
+";
+
+/// What one lease call got: `tokens` (0: refused), and with none the wait for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub tokens: u32,
+    pub wait: Duration,
+}
+
+/// One budget's rate as the script takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Microseconds between two tokens.
+    pub interval_us: f64,
+    pub burst: u32,
+}
+
+/// The store connection and its health, shared by every global limit of a process.
+pub struct Store {
+    settings: Cluster,
+    secret: Secret,
+    conn: ArcSwapOption<ConnectionManager>,
+    up: AtomicBool,
+    wake: Arc<Notify>,
+    script: redis::Script,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    /// A store for `settings`; connects (and reconnects) in the background, until dropped.
+    pub fn start(settings: &Cluster, secret: Secret, metrics: Arc<Metrics>) -> Arc<Store> {
+        let store = Arc::new(Store {
+            settings: settings.clone(),
+            secret,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
+            script: redis::Script::new(LEASE_SCRIPT),
+            metrics,
+        });
+        store.metrics.cluster.store_up.set(0);
+        tracing::info!(
+            cluster = %settings.name,
+            instance = %settings.instance,
+            "cluster: connecting to the store in the background; rate limits fall back to `{}` until it answers",
+            fallback_word(settings.rate_limit_fallback),
+        );
+        tokio::spawn(watch(Arc::downgrade(&store), store.wake.clone()));
+        store
+    }
+
+    /// Whether this store serves `settings` with `secret` (a reload keeps it, and its budgets).
+    pub fn serves(&self, settings: &Cluster, secret: &Secret) -> bool {
+        self.settings == *settings && self.secret == *secret
+    }
+
+    pub fn settings(&self) -> &Cluster {
+        &self.settings
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    /// Whether global limits count in the store now (else they fall back without calling it).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Asks the budget under `key` for up to `want` tokens, giving `give_back` unspent ones
+    /// back. `None` when the store failed or did not answer within `timeout`: it is then down.
+    pub async fn lease(&self, key: &str, rate: Rate, want: u32, give_back: u32) -> Option<Grant> {
+        let Some(conn) = self.conn.load_full() else {
+            self.fail("error", "no connection yet");
+            return None;
+        };
+        let mut conn = (*conn).clone();
+        let mut call = self.script.key(key);
+        call.arg(rate.interval_us)
+            .arg(rate.burst)
+            .arg(want)
+            .arg(give_back);
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            self.settings.timeout,
+            call.invoke_async::<(u32, u64)>(&mut conn),
+        )
+        .await;
+        match answer {
+            Ok(Ok((tokens, wait_us))) => {
+                let m = &self.metrics.cluster;
+                m.store_seconds.observe(started.elapsed().as_secs_f64());
+                let result = match (tokens, want) {
+                    (0, 0) => "returned",
+                    (0, _) => "refused",
+                    _ => "granted",
+                };
+                m.store_calls.with_label_values(&[result]).inc();
+                let wait = Duration::from_micros(wait_us);
+                Some(Grant { tokens, wait })
+            }
+            Ok(Err(e)) => {
+                self.fail("error", &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.fail("timeout", "no answer within [cluster] timeout");
+                None
+            }
+        }
+    }
+
+    /// A failed call: counted, and the first one since the store was up makes every limit
+    /// fall back until the watcher sees it answer again.
+    fn fail(&self, result: &str, error: &str) {
+        let m = &self.metrics.cluster;
+        m.store_calls.with_label_values(&[result]).inc();
+        if self.up.swap(false, Ordering::Relaxed) {
+            m.fallbacks.inc();
+            m.store_up.set(0);
+            tracing::warn!(
+                cluster = %self.settings.name,
+                error,
+                "cluster store did not answer; rate limits fall back to `{}` until it does",
+                fallback_word(self.settings.rate_limit_fallback),
+            );
+            self.wake.notify_one();
+        }
+    }
+
+    fn set_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            self.metrics.cluster.store_up.set(1);
+            tracing::info!(cluster = %self.settings.name, "cluster store answers; rate limits are counted for the whole cluster");
+        }
+    }
+}
+
+fn fallback_word(fallback: Fallback) -> &'static str {
+    match fallback {
+        Fallback::Local => "local",
+        Fallback::Allow => "allow",
+        Fallback::Deny => "deny",
+    }
+}
+
+/// Keeps the connection, and says when the store answers again: every `PROBE_EVERY` while it is
+/// down, else when a call fails (or every few seconds, to notice the store is gone).
+async fn watch(store: Weak<Store>, wake: Arc<Notify>) {
+    let mut failed = 0u32;
+    loop {
+        let up = match store.upgrade() {
+            Some(store) => {
+                let up = probe(&store).await;
+                failed = if up { 0 } else { failed + 1 };
+                if failed % RENEW_AFTER == 0 && failed > 0 {
+                    // the manager reconnects by itself; a fresh one is the belt to its braces
+                    store.conn.store(None);
+                }
+                up
+            }
+            None => return,
+        };
+        if up {
+            let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
+        } else {
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+}
+
+/// Connects if there is no connection yet; while the store is down, pings it (and loads the
+/// script, so the first lease after it comes back is one round trip). Whether it is up.
+async fn probe(store: &Store) -> bool {
+    if store.is_up() {
+        return true;
+    }
+    let conn = match store.conn.load_full() {
+        Some(conn) => conn,
+        None => match connect(&store.settings).await {
+            Some(conn) => {
+                let conn = Arc::new(conn);
+                store.conn.store(Some(conn.clone()));
+                conn
+            }
+            None => return false,
+        },
+    };
+    let mut conn = (*conn).clone();
+    let wait = store.settings.timeout.max(Duration::from_millis(500));
+    let load = store.script.prepare_invoke();
+    let ping = tokio::time::timeout(wait, load.load_async(&mut conn)).await;
+    if matches!(ping, Ok(Ok(_))) {
+        store.set_up();
+        return true;
+    }
+    false
+}
+
+async fn connect(settings: &Cluster) -> Option<ConnectionManager> {
+    let client = match redis::Client::open(settings.store.as_str()) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster store URL refused by the client");
+            return None;
+        }
+    };
+    // the manager reconnects by itself after this; a command meanwhile fails or waits for the
+    // new connection, which `lease`'s timeout bounds
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_number_of_retries(1)
+        .set_max_delay(200);
+    let made = tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await;
+    match made {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cluster store not reachable yet");
+            None
+        }
+        Err(_) => None,
+    }
+}
