@@ -350,6 +350,32 @@ async fn an_allowed_name_gets_a_certificate_within_the_handshake_once_and_after_
             .count();
         assert_eq!(stored, 1, "one CA folder in the store");
 
+        // a reload that changes the on-demand keys and the site keeps the names served: the
+        // same certificate, nothing asked or ordered
+        let served = leaf(proxy.https(), name, &root).await.unwrap();
+        let changed = crate::config(&pebble, state.path(), &ask, &upstream, (11, false, WAIT))
+            .replace(
+                "  upstream = \"app\"",
+                "  upstream = \"app\"\n  max_body = \"2MB\"",
+            );
+        std::fs::write(&proxy.config_path, changed).unwrap();
+        let admin = proxy.admin_addr().await;
+        let resp = support::client()
+            .post(format!("http://{admin}/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let after = leaf(proxy.https(), name, &root)
+            .await
+            .unwrap_or_else(|e| panic!("after the reload: {e}{}", diagnostics(&proxy, &pebble)));
+        assert!(after == served, "another certificate after the reload");
+        assert_eq!(
+            (ask.asked(name), pebble.new_orders()),
+            (1, 1),
+            "after the reload"
+        );
+
         // a restart serves the stored certificate without asking or ordering again
         drop(proxy);
         let proxy = TestProxy::start_tls(&config).await;
