@@ -139,7 +139,7 @@ pub struct CertRow {
 pub fn certificates(path: &Path) -> Result<Vec<CertRow>, ConfigError> {
     let config = load::load(path)?.config;
     let store = Store::new(&config.server.state_dir);
-    let rows = config
+    let mut rows: Vec<CertRow> = config
         .sites
         .iter()
         .filter_map(|site| {
@@ -156,7 +156,11 @@ pub fn certificates(path: &Path) -> Result<Vec<CertRow>, ConfigError> {
                 }
                 SiteTls::Files(files) => ("file", file_info(files), None),
                 // one certificate per name asked for, each in its own folder of the store
-                SiteTls::OnDemand => ("demand", Err("ordered per name in handshakes".into()), None),
+                SiteTls::OnDemand => (
+                    "demand",
+                    Err("ordered per name in handshakes (stored ones listed below)".into()),
+                    None,
+                ),
             };
             Some(CertRow {
                 names: names.join(","),
@@ -166,7 +170,52 @@ pub fn certificates(path: &Path) -> Result<Vec<CertRow>, ConfigError> {
             })
         })
         .collect();
+    if config
+        .sites
+        .iter()
+        .any(|s| s.tls == Some(SiteTls::OnDemand))
+    {
+        rows.extend(on_demand_rows(&config, &store));
+    }
     Ok(rows)
+}
+
+/// The certificates on-demand sites got, one per name: every folder of this CA's store that is
+/// no `tls = "acme"` site's.
+fn on_demand_rows(config: &crate::config::Config, store: &Store) -> Vec<CertRow> {
+    let directory = &config.acme.directory;
+    let sites: Vec<_> = config
+        .sites
+        .iter()
+        .filter(|s| s.tls == Some(SiteTls::Acme))
+        .map(|s| store.cert_dir(directory, &s.names()))
+        .collect();
+    let Some(ca) = store
+        .cert_dir(directory, &[])
+        .parent()
+        .map(Path::to_path_buf)
+    else {
+        return Vec::new();
+    };
+    store
+        .cert_dirs()
+        .into_iter()
+        .filter(|dir| dir.parent() == Some(ca.as_path()) && !sites.contains(dir))
+        .filter_map(|dir| {
+            let (status, renewal) = stored_acme(&dir);
+            let names = match &status {
+                Ok(info) => info.names.join(","),
+                // a folder with no certificate (yet, or any more) is no name served
+                Err(_) => return None,
+            };
+            Some(CertRow {
+                names,
+                source: "demand",
+                status,
+                renewal,
+            })
+        })
+        .collect()
 }
 
 /// An ACME site's stored certificate and its renewal schedule.

@@ -376,6 +376,17 @@ async fn an_allowed_name_gets_a_certificate_within_the_handshake_once_and_after_
             "after the reload"
         );
 
+        // `gatehouse certs` lists the name's certificate under the on-demand site
+        let path = proxy.config_path.to_str().unwrap();
+        let out = support::run_gatehouse(&["certs", "--config", path], &[], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
+        let row = out.stdout.lines().find(|l| l.starts_with(name));
+        assert!(
+            row.is_some_and(|r| r.contains("demand") && r.contains("Pebble")),
+            "{}",
+            out.stdout
+        );
+
         // a restart serves the stored certificate without asking or ordering again
         drop(proxy);
         let proxy = TestProxy::start_tls(&config).await;
