@@ -306,20 +306,11 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Acme
 
 /// The CA's API over HTTPS, trusting the system roots plus `ca_root`.
 pub(super) fn http_client(settings: &config::Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &settings.ca_root {
-        roots.add_parsable_certificates(super::read_roots(path)?);
-    }
-    if roots.is_empty() {
-        return Err(AcmeError::NoRoots);
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AcmeError::Stored(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let extra = match &settings.ca_root {
+        Some(path) => super::read_roots(path)?,
+        None => Vec::new(),
+    };
+    let tls = client_tls(extra)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -332,6 +323,26 @@ pub(super) fn http_client(settings: &config::Acme) -> Result<Box<dyn HttpClient>
     let client: Client<_, BodyWrapper<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
     Ok(Box::new(client))
+}
+
+/// What Gatehouse's own HTTPS clients (the CA's API, lego's httpreq) verify servers against:
+/// the system's roots and `extra` (a private CA's root, `ca_root`). Blocking: it reads the
+/// system store.
+pub(super) fn client_tls(
+    extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, AcmeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots.add_parsable_certificates(extra);
+    if roots.is_empty() {
+        return Err(AcmeError::NoRoots);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AcmeError::Stored(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 /// `profile` is one the CA's directory lists; otherwise the order fails before it is placed,

@@ -9,7 +9,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// lego's default `HTTPREQ_HTTP_TIMEOUT`.
@@ -60,17 +59,10 @@ pub async fn post(h: &HttpReq, action: &str, record: &Record) -> Result<(), DnsE
 /// An HTTP and HTTPS client trusting the system roots (read on the blocking pool).
 async fn client() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>, String>
 {
-    let native = tokio::task::spawn_blocking(rustls_native_certs::load_native_certs)
+    let tls = tokio::task::spawn_blocking(|| crate::acme::order::client_tls(Vec::new()))
         .await
-        .map_err(|e| e.to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(native.certs);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| e.to_string())?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
