@@ -640,3 +640,73 @@ async fn a_reload_that_changes_the_cluster_keeps_the_budgets_in_the_store() {
     })
     .await;
 }
+
+impl Cluster {
+    /// Every instance's store calls so far, whatever their result.
+    async fn store_calls(&self) -> Vec<f64> {
+        let client = client();
+        let mut calls = Vec::new();
+        for admin in &self.admins {
+            let text = match client.get(format!("http://{admin}/metrics")).send().await {
+                Ok(resp) => resp.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let sum: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("gatehouse_cluster_store_calls_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            calls.push(sum);
+        }
+        calls
+    }
+}
+
+/// A client flooding at 100 times its limit, first one instance, then all three: after the
+/// first second (the flood is recognised there), each instance asks the store at most twice a
+/// second, and the cluster admits no more than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_100_times_the_limit_costs_at_most_2_store_calls_a_second() {
+    with_timeout(60, async {
+        let redis = Redis::start();
+        let limit = r#"{ requests = 3, per = "1s", burst = 3 }"#;
+        let c = cluster(&redis.url(), r#"timeout = "250ms""#, limit).await;
+        c.wait_global().await;
+        let urls = c.urls();
+        for (phase, targets) in [("one instance", &urls[..1]), ("three", &urls[..])] {
+            let targets = targets.to_vec();
+            let flood = tokio::spawn(async move { drive(&targets, 300.0, 3.5).await });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (t1, before) = (Instant::now(), c.store_calls().await);
+            let sent = flood.await.expect("flood");
+            let (after, t2) = (c.store_calls().await, Instant::now());
+            let secs = (t2 - t1).as_secs_f64();
+            let rates: Vec<f64> = before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| (a - b) / secs)
+                .collect();
+            let admitted = count(&sent, 200);
+            let window = sent[sent.len() - 1].at - sent[0].at;
+            let budget = 3.0 + 3.0 * window.as_secs_f64();
+            eprintln!(
+                "{phase}: {} sent, {admitted} admitted (budget {budget:.1}); store calls a second per instance over {secs:.2} s: {rates:?}",
+                sent.len()
+            );
+            assert_eq!(admitted + count(&sent, 429), sent.len(), "{phase}");
+            assert!(
+                rates.iter().all(|r| *r <= 2.0),
+                "{phase}: {rates:?} calls a second"
+            );
+            assert!(
+                admitted as f64 <= budget + 1.0,
+                "{phase}: admitted {admitted}, budget {budget:.1}"
+            );
+            assert!(
+                admitted as f64 >= budget * 0.3,
+                "{phase}: admitted only {admitted} of a budget of {budget:.1}"
+            );
+        }
+    })
+    .await;
+}
