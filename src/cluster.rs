@@ -7,11 +7,14 @@
 //! down at once: every limit then falls back without calling it, and a watcher pings it every
 //! `PROBE_EVERY` until it answers again, when limits count globally again.
 
+pub mod members;
+pub mod status;
+
 use crate::config::{Cluster, Fallback, Secret};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -91,6 +94,8 @@ pub struct Store {
     wake: Arc<Notify>,
     script: redis::Script,
     metrics: Arc<Metrics>,
+    /// Tokens leased by this instance and neither spent nor given back (for `/cluster`).
+    leased: AtomicI64,
 }
 
 impl Store {
@@ -104,6 +109,7 @@ impl Store {
             wake: Arc::new(Notify::new()),
             script: redis::Script::new(LEASE_SCRIPT),
             metrics,
+            leased: AtomicI64::new(0),
         });
         store.metrics.cluster.store_up.set(0);
         tracing::info!(
@@ -127,6 +133,18 @@ impl Store {
 
     pub fn secret(&self) -> &Secret {
         &self.secret
+    }
+
+    /// Counts tokens into (or, negative, out of) the leases this instance holds.
+    pub fn add_leased(&self, tokens: i64) {
+        if tokens != 0 {
+            self.leased.fetch_add(tokens, Ordering::Relaxed);
+        }
+    }
+
+    /// Tokens leased and neither spent nor given back yet (expired ones until their slot goes).
+    pub fn leased(&self) -> i64 {
+        self.leased.load(Ordering::Relaxed).max(0)
     }
 
     /// Whether global limits count in the store now (else they fall back without calling it).

@@ -163,7 +163,7 @@ impl Global {
     /// Takes one token for `key` (`suffix` makes its name in the store, only when first seen).
     pub async fn check(&self, key: BudgetKey, suffix: impl FnOnce() -> String) -> Verdict {
         let (slot, kept) = self.slot(key, suffix);
-        let mut ask = match lock(&slot).take(Instant::now()) {
+        let mut ask = match self.with_lease(&slot, |l| l.take(Instant::now())) {
             Local::Admit => return Verdict::Admit,
             Local::Refuse(wait) => return Verdict::Refuse(wait),
             Local::Ask(ask) => ask,
@@ -176,7 +176,7 @@ impl Global {
             ask.want = 1;
         }
         match self.store.lease(&slot.key, self.rate, ask).await {
-            Some(grant) => lock(&slot).record(grant, Instant::now()),
+            Some(grant) => self.with_lease(&slot, |l| l.record(grant, Instant::now())),
             None => Verdict::Fallback,
         }
     }
@@ -204,20 +204,35 @@ impl Global {
     /// Spends a token already leased, if there is one (a failed password's charge: no call).
     pub fn charge(&self, key: BudgetKey) {
         if let Some(slot) = self.slots.get(&key) {
-            let _ = lock(&slot).take(Instant::now());
+            let _ = self.with_lease(&slot, |l| l.take(Instant::now()));
         }
     }
 
     /// Drops the slots with nothing left to keep (their unspent tokens lapse in the store).
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut dropped = 0;
+        let (mut dropped, mut lapsed) = (0, 0);
         self.slots.retain(|_, slot| {
-            let keep = !lock(slot).idle(now);
-            dropped += usize::from(!keep);
+            let lease = lock(slot);
+            let keep = !lease.idle(now);
+            if !keep {
+                dropped += 1;
+                lapsed += i64::from(lease.tokens);
+            }
             keep
         });
         self.len.fetch_sub(dropped, Ordering::Relaxed);
+        self.store.add_leased(-lapsed);
+    }
+
+    /// `f` on the slot's lease, its change in tokens held counted in the store's total.
+    fn with_lease<R>(&self, slot: &Slot, f: impl FnOnce(&mut Lease) -> R) -> R {
+        let mut lease = lock(slot);
+        let before = lease.tokens;
+        let result = f(&mut lease);
+        self.store
+            .add_leased(i64::from(lease.tokens) - i64::from(before));
+        result
     }
 }
 
