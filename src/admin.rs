@@ -1,5 +1,6 @@
 //! The admin listener: `/live` and `/ready` for orchestrators, `/metrics` for Prometheus,
-//! `/config` for people, `POST /reload`, and `POST /acme/self-test/<token>` for
+//! `/config` for people, `/cluster` (the members `[cluster]`'s heartbeat last read, as JSON),
+//! `POST /reload`, and `POST /acme/self-test/<token>` for
 //! `gatehouse certs doctor` (serve an HTTP-01 test token for a while).
 //!
 //! A closed door: loopback peers only unless `listen.admin_allow` names others; requests
@@ -216,12 +217,35 @@ fn answer(cx: &ConnContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => metrics(cx, &state),
+        "/cluster" => cluster(&state),
         // the validated config as the proxy uses it; `Eab` and other secrets print redacted
         "/config" => text(StatusCode::OK, format!("{:#?}\n", state.config)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready, /metrics or /config\n".into(),
+            "not found; try /live, /ready, /metrics, /config or /cluster\n".into(),
         ),
+    }
+}
+
+/// `/cluster`: the heartbeat's last view, from memory (the store is not asked here).
+fn cluster(state: &RuntimeState) -> Response<Full<Bytes>> {
+    let Some(membership) = &state.cluster else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no [cluster] in the config: this instance runs alone\n".into(),
+        );
+    };
+    match serde_json::to_string_pretty(&*membership.view()) {
+        Ok(mut body) => {
+            body.push('\n');
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }
 

@@ -7,11 +7,14 @@
 //! down at once: every limit then falls back without calling it, and a watcher pings it every
 //! `PROBE_EVERY` until it answers again, when limits count globally again.
 
+pub mod members;
+pub mod status;
+
 use crate::config::{Cluster, Fallback, Secret};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -27,8 +30,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// not matter. A budget's state is its theoretical arrival time (TAT, microseconds), kept
 /// under KEYS[1] only while it is ahead of now (`PX`). ARGV: the emission interval (µs, may be
 /// fractional), the burst, the tokens wanted, the tokens given back (an expired lease's
-/// leftovers). Of the `avail` tokens the budget holds now it grants a quarter, at least one
-/// and at most `want`: leases shrink to one token as the client nears its limit. Returns
+/// leftovers), and 1 for a flooding client (else 0). Of the `avail` tokens the budget holds now
+/// it grants a quarter, at least one and at most `want`: leases shrink to one token as the
+/// client nears its limit. A flooding client is granted all of them (up to `want`): it spends
+/// them at once, and asks again only every `REASK` (`rate_limit::global`). Returns
 /// `{granted, wait}`: with nothing granted, `wait` is the µs until the next token.
 const LEASE_SCRIPT: &str = r"
 local t = redis.call('TIME')
@@ -41,7 +46,11 @@ if tat < now then tat = now end
 local avail = math.floor((now + tau - tat) / interval)
 local grant = 0
 if avail >= 1 and want >= 1 then
-  grant = math.min(want, math.max(1, math.floor(avail / 4)))
+  if ARGV[5] == '1' then
+    grant = math.min(want, avail)
+  else
+    grant = math.min(want, math.max(1, math.floor(avail / 4)))
+  end
   tat = tat + grant * interval
 end
 if tat > now then
@@ -58,6 +67,14 @@ return {0, math.ceil(tat + interval - tau - now)}
 pub struct Grant {
     pub tokens: u32,
     pub wait: Duration,
+}
+
+/// One lease call's request: up to `want` tokens, `give_back` returned, `greedy` for a flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseAsk {
+    pub want: u32,
+    pub give_back: u32,
+    pub greedy: bool,
 }
 
 /// One budget's rate as the script takes it.
@@ -77,6 +94,8 @@ pub struct Store {
     wake: Arc<Notify>,
     script: redis::Script,
     metrics: Arc<Metrics>,
+    /// Tokens leased by this instance and neither spent nor given back (for `/cluster`).
+    leased: AtomicI64,
 }
 
 impl Store {
@@ -90,6 +109,7 @@ impl Store {
             wake: Arc::new(Notify::new()),
             script: redis::Script::new(LEASE_SCRIPT),
             metrics,
+            leased: AtomicI64::new(0),
         });
         store.metrics.cluster.store_up.set(0);
         tracing::info!(
@@ -115,14 +135,32 @@ impl Store {
         &self.secret
     }
 
+    /// Counts tokens into (or, negative, out of) the leases this instance holds.
+    pub fn add_leased(&self, tokens: i64) {
+        if tokens != 0 {
+            self.leased.fetch_add(tokens, Ordering::Relaxed);
+        }
+    }
+
+    /// Tokens leased and neither spent nor given back yet (expired ones until their slot goes).
+    pub fn leased(&self) -> i64 {
+        self.leased.load(Ordering::Relaxed).max(0)
+    }
+
     /// Whether global limits count in the store now (else they fall back without calling it).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Asks the budget under `key` for up to `want` tokens, giving `give_back` unspent ones
-    /// back. `None` when the store failed or did not answer within `timeout`: it is then down.
-    pub async fn lease(&self, key: &str, rate: Rate, want: u32, give_back: u32) -> Option<Grant> {
+    /// Asks the budget under `key` for up to `want` tokens (all it holds if `greedy`, else a
+    /// quarter), giving `give_back` unspent ones back. `None` when the store failed or did not
+    /// answer within `timeout`: it is then down.
+    pub async fn lease(&self, key: &str, rate: Rate, ask: LeaseAsk) -> Option<Grant> {
+        let LeaseAsk {
+            want,
+            give_back,
+            greedy,
+        } = ask;
         let Some(conn) = self.conn.load_full() else {
             self.fail("error", "no connection yet");
             return None;
@@ -132,7 +170,8 @@ impl Store {
         call.arg(rate.interval_us)
             .arg(rate.burst)
             .arg(want)
-            .arg(give_back);
+            .arg(give_back)
+            .arg(u8::from(greedy));
         let started = Instant::now();
         let answer = tokio::time::timeout(
             self.settings.timeout,

@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// `[cluster]`: ask a running instance about the members it shares a store with.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+    },
     /// Read a password from standard input (up to the first newline) and print its argon2id
     /// hash, for `basic_auth` `users` or a `users_file` line (`alice:HASH`).
     HashPassword,
@@ -88,6 +93,21 @@ enum CertsCommand {
         /// (Pebble's `-httpPort`) may use another.
         #[arg(long, default_value_t = gatehouse::acme::doctor::HTTP01_PORT)]
         http_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, store health, config agreement, leases and fallbacks (GET /cluster on the admin
+    /// listener): exit 0 when the store answers and every member agrees, 1 if not, 69 if the
+    /// instance cannot be asked, 64 for a bad config.
+    Status {
+        /// Take `[listen] admin` from this config (only its `[listen]` is checked).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The admin listener to ask; the config is then not read at all.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
 }
 
@@ -160,6 +180,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Cluster {
+            action: ClusterCommand::Status { config, admin },
+        } => cluster_status(&config, admin),
         Command::Health {
             config,
             admin,
@@ -216,6 +239,25 @@ fn doctor(config: &std::path::Path, http_port: u16) -> ExitCode {
         Err(e) => {
             err(&e);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gatehouse cluster status`: the table on stdout; 0 all well, 1 store down or disagreement.
+fn cluster_status(config: &std::path::Path, admin: Option<std::net::SocketAddr>) -> ExitCode {
+    use gatehouse::cluster::status::{fetch, table};
+    match fetch(config, admin) {
+        Ok(view) => {
+            out(&table(&view));
+            if view.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            err(&e);
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct ClusterMetrics {
     pub fallbacks: IntCounter,
     /// 1 while global limits are counted in the store, 0 while they fall back.
     pub store_up: IntGauge,
+    /// Members with a live heartbeat in the store, this one included (`cluster::members`).
+    pub members: IntGauge,
+    /// Members whose rate-limit or ACME config digest differs from this instance's.
+    pub config_disagreements: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -51,6 +55,8 @@ impl ClusterMetrics {
             store_calls,
             fallbacks: IntCounter::new("gatehouse_cluster_fallbacks_total", "Times global rate limits fell back to rate_limit_fallback because the store failed or was slower than [cluster] timeout.")?,
             store_up: IntGauge::new("gatehouse_cluster_store_up", "1 while global rate limits are counted in the cluster store, 0 while they fall back.")?,
+            members: IntGauge::new("gatehouse_cluster_members", "Cluster members with a live heartbeat in the store, as this instance last read them (0: store not read).")?,
+            config_disagreements: IntGauge::new("gatehouse_cluster_config_disagreements", "Cluster members whose rate-limit or ACME config digest differs from this instance's.")?,
         })
     }
 
@@ -58,6 +64,8 @@ impl ClusterMetrics {
         r.register(Box::new(self.store_seconds.clone()))?;
         r.register(Box::new(self.store_calls.clone()))?;
         r.register(Box::new(self.fallbacks.clone()))?;
+        r.register(Box::new(self.members.clone()))?;
+        r.register(Box::new(self.config_disagreements.clone()))?;
         r.register(Box::new(self.store_up.clone()))
     }
 }

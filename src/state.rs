@@ -4,6 +4,7 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
+use crate::cluster::members::{Identity, Membership};
 use crate::cluster::Store;
 use crate::config::{
     Action, ClientAuthMode, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders,
@@ -51,6 +52,9 @@ pub struct RuntimeState {
     pub error_pages: ErrorPages,
     /// `basic_auth` users files as read, by path: a reload of an unchanged config compares them.
     pub users_files: HashMap<std::path::PathBuf, Arc<crate::config::Users>>,
+    /// `[cluster]`'s heartbeat and the members it last read (`/cluster`); it stops with the
+    /// last snapshot that holds it.
+    pub cluster: Option<Arc<Membership>>,
 }
 
 pub struct SiteState {
@@ -155,6 +159,10 @@ pub struct Keep {
     log_dropped: Arc<AtomicU64>,
     /// The cluster store global limits count in, reused while `[cluster]` stays.
     cluster: std::sync::Mutex<Option<Arc<Store>>>,
+    /// The heartbeat, reused while `[cluster]`, the digests and the store stay.
+    membership: std::sync::Mutex<Option<Arc<Membership>>>,
+    /// When the process started (Unix seconds), for its cluster record.
+    started: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +211,8 @@ impl Keep {
             access_log: std::sync::Mutex::default(),
             log_dropped: Arc::default(),
             cluster: std::sync::Mutex::default(),
+            membership: std::sync::Mutex::default(),
+            started: crate::cluster::members::unix_now(),
         })
     }
 
@@ -380,7 +390,9 @@ impl RuntimeState {
         keep.acme
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
         keep.acme.configure_on_demand(&config);
+        let cluster = keep.membership(&config, &files);
         Ok(RuntimeState {
+            cluster,
             access_log,
             http: Arc::new(crate::http::builder(
                 &config.server.limits,
@@ -464,6 +476,29 @@ impl Keep {
         let store = Store::start(settings, secret, self.metrics.clone());
         *kept = Some(store.clone());
         Some(store)
+    }
+}
+
+impl Keep {
+    /// The heartbeat for `[cluster]` (`None` without one: a removed `[cluster]` stops it once
+    /// the last snapshot holding it goes). Kept while what it publishes stays the same.
+    fn membership(&self, config: &Config, files: &Files) -> Option<Arc<Membership>> {
+        let mut kept = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(settings) = &config.cluster else {
+            *kept = None;
+            return None;
+        };
+        let identity = Identity::of(settings, config);
+        let store = self.cluster_store(config, files);
+        if let Some(m) = kept
+            .as_ref()
+            .filter(|m| m.publishes(&identity, store.as_ref()))
+        {
+            return Some(m.clone());
+        }
+        let m = Membership::start(identity, store, self.metrics.clone(), self.started);
+        *kept = Some(m.clone());
+        Some(m)
     }
 }
 

@@ -640,3 +640,247 @@ async fn a_reload_that_changes_the_cluster_keeps_the_budgets_in_the_store() {
     })
     .await;
 }
+
+impl Cluster {
+    /// Every instance's store calls so far, whatever their result.
+    async fn store_calls(&self) -> Vec<f64> {
+        let client = client();
+        let mut calls = Vec::new();
+        for admin in &self.admins {
+            let text = match client.get(format!("http://{admin}/metrics")).send().await {
+                Ok(resp) => resp.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let sum: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("gatehouse_cluster_store_calls_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            calls.push(sum);
+        }
+        calls
+    }
+}
+
+/// A client flooding at 100 times its limit, first one instance, then all three: after the
+/// first second (the flood is recognised there), each instance asks the store at most twice a
+/// second, and the cluster admits no more than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_100_times_the_limit_costs_at_most_2_store_calls_a_second() {
+    with_timeout(60, async {
+        let redis = Redis::start();
+        let limit = r#"{ requests = 3, per = "1s", burst = 3 }"#;
+        let c = cluster(&redis.url(), r#"timeout = "250ms""#, limit).await;
+        c.wait_global().await;
+        let urls = c.urls();
+        for (phase, targets) in [("one instance", &urls[..1]), ("three", &urls[..])] {
+            let targets = targets.to_vec();
+            let flood = tokio::spawn(async move { drive(&targets, 300.0, 3.5).await });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (t1, before) = (Instant::now(), c.store_calls().await);
+            let sent = flood.await.expect("flood");
+            let (after, t2) = (c.store_calls().await, Instant::now());
+            let secs = (t2 - t1).as_secs_f64();
+            let rates: Vec<f64> = before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| (a - b) / secs)
+                .collect();
+            let admitted = count(&sent, 200);
+            let window = sent[sent.len() - 1].at - sent[0].at;
+            let budget = 3.0 + 3.0 * window.as_secs_f64();
+            eprintln!(
+                "{phase}: {} sent, {admitted} admitted (budget {budget:.1}); store calls a second per instance over {secs:.2} s: {rates:?}",
+                sent.len()
+            );
+            assert_eq!(admitted + count(&sent, 429), sent.len(), "{phase}");
+            assert!(
+                rates.iter().all(|r| *r <= 2.0),
+                "{phase}: {rates:?} calls a second"
+            );
+            assert!(
+                admitted as f64 <= budget + 1.0,
+                "{phase}: admitted {admitted}, budget {budget:.1}"
+            );
+            assert!(
+                admitted as f64 >= budget * 0.3,
+                "{phase}: admitted only {admitted} of a budget of {budget:.1}"
+            );
+        }
+    })
+    .await;
+}
+
+/// `/cluster` of the instance at `admin`, parsed (`None` until it answers JSON).
+async fn cluster_view(admin: std::net::SocketAddr) -> Option<serde_json::Value> {
+    let resp = client()
+        .get(format!("http://{admin}/cluster"))
+        .send()
+        .await
+        .ok()?;
+    serde_json::from_str(&resp.text().await.ok()?).ok()
+}
+
+fn member_names(view: &serde_json::Value) -> Vec<String> {
+    view["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m["instance"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `admin`'s `/cluster` until `cond` holds (the heartbeat is every 2 s); the view then.
+async fn view_until(
+    admin: std::net::SocketAddr,
+    max: Duration,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + max;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(view) = cluster_view(admin).await {
+            if cond(&view) {
+                return view;
+            }
+            last = Some(view);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: never; last /cluster: {last:?}")
+}
+
+/// `gatehouse cluster status --admin ADDR`: its exit code and output.
+async fn status_cli(admin: std::net::SocketAddr) -> (Option<i32>, String) {
+    let admin = admin.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run_gatehouse(&["cluster", "status", "--admin", &admin], &[], &[])
+    })
+    .await
+    .expect("cluster status");
+    (out.status.code(), format!("{}{}", out.stdout, out.stderr))
+}
+
+/// Three instances list each other with the same digests; one reloaded with another limit is
+/// reported (warning, non-zero exit, metric); one stopped and one whose `[cluster]` a reload
+/// removed drop out after the heartbeat TTL; a store gone is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_shows_members_disagreement_departures_and_a_store_gone() {
+    with_timeout(60, async {
+        let mut redis = Redis::start();
+        let backend = serve("backend", |_req| async { text_response(200, "ok") }).await;
+        let limit = r#"{ requests = 50, per = "1s" }"#;
+        let text = |i: usize, limit: &str| {
+            config(
+                &backend,
+                &redis.url(),
+                &format!("instance = \"gh-{i}\""),
+                limit,
+            )
+        };
+        let mut proxies = Vec::new();
+        let mut admins = Vec::new();
+        for i in 0..3 {
+            let proxy = TestProxy::start(&text(i, limit)).await;
+            admins.push(proxy.admin_addr().await);
+            proxies.push(proxy);
+        }
+        let all = ["gh-0", "gh-1", "gh-2"];
+        let view = view_until(admins[0], Duration::from_secs(10), "3 members", |v| {
+            let global = (0..3).all(|i| v["members"][i]["rate_limits"] == "global");
+            member_names(v) == all && v["agree"] == true && global
+        })
+        .await;
+        assert_eq!(view["store"]["up"], true, "{view}");
+        let (code, out) = status_cli(admins[1]).await;
+        eprintln!("{out}");
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("ok: 3 members agree"), "{out}");
+        assert!(all.iter().all(|n| out.contains(n)), "{out}");
+
+        // gh-2 with another limit: a disagreement, seen from gh-0
+        let other = r#"{ requests = 60, per = "1s" }"#;
+        std::fs::write(&proxies[2].config_path, text(2, other)).expect("write");
+        reload(&proxies[2], admins[2]).await;
+        view_until(admins[0], Duration::from_secs(10), "disagreement", |v| {
+            v["agree"] == false
+                && v["disagreements"][0]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("gh-2: rate limits differ"))
+        })
+        .await;
+        let (code, out) = status_cli(admins[0]).await;
+        eprintln!("{out}");
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("warning: gh-2: rate limits differ"), "{out}");
+        let metrics = client()
+            .get(format!("http://{}/metrics", admins[0]))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics");
+        assert!(
+            metrics.contains("gatehouse_cluster_config_disagreements 1"),
+            "{metrics}"
+        );
+
+        // gh-2 stopped, gh-1's [cluster] removed by a reload: both drop out within the TTL
+        let left = Instant::now();
+        drop(proxies.pop());
+        let alone = config(&backend, &redis.url(), "", limit).replace(
+            &format!(
+                "[cluster]\nstore = \"{}\"\nsecret = \"{SECRET}\"\n",
+                redis.url()
+            ),
+            "",
+        );
+        assert!(!alone.contains("[cluster]"), "{alone}");
+        std::fs::write(&proxies[1].config_path, alone).expect("write");
+        reload(&proxies[1], admins[1]).await;
+        view_until(admins[0], Duration::from_secs(12), "departures", |v| {
+            member_names(v) == ["gh-0"] && v["agree"] == true
+        })
+        .await;
+        eprintln!(
+            "gh-1 and gh-2 gone from /cluster after {:?}",
+            left.elapsed()
+        );
+
+        // the store gone: said so, and a non-zero exit
+        redis.kill();
+        view_until(admins[0], Duration::from_secs(6), "store down", |v| {
+            v["store"]["up"] == false
+        })
+        .await;
+        let (code, out) = status_cli(admins[0]).await;
+        eprintln!("{out}");
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("store DOWN"), "{out}");
+        assert!(out.contains("not ok: the store does not answer"), "{out}");
+    })
+    .await;
+}
+
+/// `gatehouse reload` of `proxy`'s config file through its admin listener.
+async fn reload(proxy: &TestProxy, admin: std::net::SocketAddr) {
+    let (path, admin) = (
+        proxy.config_path.to_str().expect("utf-8").to_string(),
+        admin.to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        run_gatehouse(&["reload", "--config", &path, "--admin", &admin], &[], &[])
+    })
+    .await
+    .expect("reload");
+    assert!(
+        out.stdout.starts_with("reloaded"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+}

@@ -28,12 +28,13 @@ use support::{
 use tokio::net::{TcpListener, TcpStream};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/examples");
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "tessera-selfhosted",
     "tessera-k8s",
     "dits",
     "deepersensor",
     "oyl",
+    "cluster",
 ];
 
 fn example(name: &str) -> PathBuf {
@@ -415,7 +416,8 @@ fn every_example_passes_gatehouse_check() {
     let env = Env::default()
         .set("TESSERA_TLS_CERT", &cert_file)
         .set("TESSERA_TLS_KEY", &key_file)
-        .set("GATEHOUSE_ACCESS_LOG", log.display());
+        .set("GATEHOUSE_ACCESS_LOG", log.display())
+        .set("GATEHOUSE_CLUSTER_SECRET", CLUSTER_SECRET);
     for name in NAMES {
         let path = example(name);
         let out = run_gatehouse(
@@ -487,7 +489,10 @@ fn compose_files_run_their_example_in_the_gatehouse_image() {
             );
         }
     }
-    assert_eq!(with_compose, ["tessera-selfhosted", "dits", "oyl"]);
+    assert_eq!(
+        with_compose,
+        ["tessera-selfhosted", "dits", "oyl", "cluster"]
+    );
     let readme = std::fs::read_to_string(Path::new(EXAMPLES).join("README.md")).unwrap();
     for name in NAMES {
         assert!(
@@ -1004,6 +1009,76 @@ async fn oyl_scaled_replicas_by_dns_limits_metrics_and_json_logs() {
                 "{line}"
             );
         }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Three instances sharing rate limits through one Redis ([cluster])
+// ---------------------------------------------------------------------------------------------
+
+const CLUSTER_SECRET: &str = "example-cluster-secret-0123456789";
+
+/// The example's three instances on one real `redis-server` (a unix socket in a temp dir) and
+/// one app: `/cluster` lists all three agreeing, and a client spread over them gets the burst of
+/// 20 once, not three times; `/health` is never limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_three_instances_share_one_budget_and_list_each_other() {
+    with_timeout(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("redis.sock");
+        let mut redis = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&sock)
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)");
+        let app = App::start("app", "/health").await;
+        let store = format!("unix://{}", sock.display());
+        let mut proxies = Vec::new();
+        for i in 1..=3 {
+            let env = Env::loopback()
+                .set("GATEHOUSE_CLUSTER_STORE", &store)
+                .set("GATEHOUSE_CLUSTER_SECRET", CLUSTER_SECRET)
+                .set("GATEHOUSE_INSTANCE", format!("gatehouse-{i}"))
+                .set("CLUSTER_APP", app.addr());
+            proxies.push(env.start("cluster", false).await);
+        }
+        let admin = proxies[0].admin_addr().await;
+        eventually_async(
+            Duration::from_secs(15),
+            "the three instances listed each other",
+            || async {
+                let (status, body) = get_text(&format!("http://{admin}/cluster")).await;
+                let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let global = view["members"].as_array().is_some_and(|m| {
+                    m.len() == 3 && m.iter().all(|m| m["rate_limits"] == "global")
+                });
+                status == 200 && view["agree"] == true && global
+            },
+        )
+        .await;
+        let http = reqwest::Client::new();
+        let mut admitted = 0;
+        for i in 0..45 {
+            let url = proxies[i % 3].url("/");
+            let status = http.get(&url).send().await.unwrap().status();
+            admitted += usize::from(status == 200);
+        }
+        // 20 at once, plus what refills (10/s) while the 45 are sent
+        assert!((20..=24).contains(&admitted), "admitted {admitted} of 45");
+        for proxy in &proxies {
+            let status = http
+                .get(proxy.url("/health"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200, "/health is not limited");
+        }
+        let _ = redis.kill();
+        let _ = redis.wait();
     })
     .await;
 }

@@ -6,13 +6,18 @@
 //! spent, until when they may be spent (`LEASE_FOR`; left over, they are given back with the
 //! next call), and, after a refusal, until when the client is refused without asking. So a
 //! client under its limit costs one store call per lease (a quarter of what its budget holds,
-//! at most `MAX_LEASE`), and a refused one one call per token its budget refills.
+//! at most `MAX_LEASE`), and one near its limit one call per token its budget refills.
+//!
+//! A client refused `FLOOD_REFUSALS` times or more between two calls is flooding: this instance
+//! then calls the store for it at most once per `REASK` (0.75 s: at most 2 calls in any second however
+//! hard it floods), and each call takes all the budget holds (up to `MAX_LEASE`), spent at once.
+//! The flood ends at the first call before which fewer were refused.
 //!
 //! The table is bounded like the local one (`[server] rate_limit_keys`): a key that finds it
 //! full is judged by the store alone (one token per call, nothing kept).
 
 use super::key::BudgetKey;
-use crate::cluster::{Grant, Rate, Store};
+use crate::cluster::{Grant, LeaseAsk, Rate, Store};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +27,13 @@ use std::time::{Duration, Instant};
 const MAX_LEASE: u32 = 32;
 /// How long leased tokens may be spent; left over, they go back with the next call.
 const LEASE_FOR: Duration = Duration::from_secs(1);
+/// Requests refused between two calls that make a client a flooding one: one at twice its limit
+/// sees one or two; one at 100 times, about a hundred.
+const FLOOD_REFUSALS: u32 = 16;
+/// The least time between two calls for a flooding client: over 0.5 s, so that no second holds
+/// more than 2 of its calls (the flood bound), with room to spare: n calls span at least
+/// (n - 1) * 0.75 s, so any stretch of 1.5 s or more averages at most 2 a second.
+const REASK: Duration = Duration::from_millis(750);
 
 /// What the store decided, or that it could not (then `rate_limit_fallback` decides).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,21 +67,26 @@ struct Lease {
     spend_by: Option<Instant>,
     /// Until when the client is refused without a call.
     refused_until: Option<Instant>,
+    /// Requests refused since the last call (the flood detector).
+    refused: u32,
+    /// When the last call was made, and whether the client was flooding then.
+    last_call: Option<Instant>,
+    flooding: bool,
 }
 
 /// What a slot can answer alone.
 enum Local {
     Admit,
     Refuse(Duration),
-    /// Ask the store, giving back this many expired tokens.
-    Ask(u32),
+    /// Ask the store, giving back expired tokens, greedily for a flood.
+    Ask(LeaseAsk),
 }
 
 impl Lease {
     fn take(&mut self, now: Instant) -> Local {
         if let Some(until) = self.refused_until {
             if until > now {
-                return Local::Refuse(until - now);
+                return self.refuse(until - now);
             }
             self.refused_until = None;
         }
@@ -77,14 +94,41 @@ impl Lease {
             self.tokens -= 1;
             return Local::Admit;
         }
-        Local::Ask(std::mem::take(&mut self.tokens))
+        // a flood's lease is spent: refused until it may call again
+        if let Some(next) = self.last_call.map(|at| at + REASK) {
+            if self.flooding && next > now {
+                self.refused_until = Some(next);
+                return self.refuse(next - now);
+            }
+        }
+        // set now, so that requests meeting this call in flight see it
+        self.flooding = self.refused >= FLOOD_REFUSALS;
+        self.refused = 0;
+        self.last_call = Some(now);
+        Local::Ask(LeaseAsk {
+            want: MAX_LEASE,
+            give_back: std::mem::take(&mut self.tokens),
+            greedy: self.flooding,
+        })
     }
 
-    /// A grant for one request: its first token is spent now, the rest kept.
+    fn refuse(&mut self, wait: Duration) -> Local {
+        self.refused = self.refused.saturating_add(1);
+        Local::Refuse(wait)
+    }
+
+    /// A grant for one request: its first token is spent now, the rest kept. A flood's refusal
+    /// lasts until it may call again.
     fn record(&mut self, grant: Grant, now: Instant) -> Verdict {
         if grant.tokens == 0 {
-            self.refused_until = Some(now + grant.wait);
-            return Verdict::Refuse(grant.wait);
+            let wait = if self.flooding {
+                grant.wait.max(REASK)
+            } else {
+                grant.wait
+            };
+            self.refused = self.refused.saturating_add(1);
+            self.refused_until = Some(now + wait);
+            return Verdict::Refuse(wait);
         }
         self.tokens += grant.tokens - 1;
         self.spend_by = Some(now + LEASE_FOR);
@@ -119,22 +163,20 @@ impl Global {
     /// Takes one token for `key` (`suffix` makes its name in the store, only when first seen).
     pub async fn check(&self, key: BudgetKey, suffix: impl FnOnce() -> String) -> Verdict {
         let (slot, kept) = self.slot(key, suffix);
-        let give_back = match lock(&slot).take(Instant::now()) {
+        let mut ask = match self.with_lease(&slot, |l| l.take(Instant::now())) {
             Local::Admit => return Verdict::Admit,
             Local::Refuse(wait) => return Verdict::Refuse(wait),
-            Local::Ask(give_back) => give_back,
+            Local::Ask(ask) => ask,
         };
         if !self.store.is_up() {
             return Verdict::Fallback;
         }
-        // a slot not kept could not spend the rest
-        let want = if kept { MAX_LEASE } else { 1 };
-        match self
-            .store
-            .lease(&slot.key, self.rate, want, give_back)
-            .await
-        {
-            Some(grant) => lock(&slot).record(grant, Instant::now()),
+        if !kept {
+            // a slot not kept could not spend the rest
+            ask.want = 1;
+        }
+        match self.store.lease(&slot.key, self.rate, ask).await {
+            Some(grant) => self.with_lease(&slot, |l| l.record(grant, Instant::now())),
             None => Verdict::Fallback,
         }
     }
@@ -162,20 +204,35 @@ impl Global {
     /// Spends a token already leased, if there is one (a failed password's charge: no call).
     pub fn charge(&self, key: BudgetKey) {
         if let Some(slot) = self.slots.get(&key) {
-            let _ = lock(&slot).take(Instant::now());
+            let _ = self.with_lease(&slot, |l| l.take(Instant::now()));
         }
     }
 
     /// Drops the slots with nothing left to keep (their unspent tokens lapse in the store).
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut dropped = 0;
+        let (mut dropped, mut lapsed) = (0, 0);
         self.slots.retain(|_, slot| {
-            let keep = !lock(slot).idle(now);
-            dropped += usize::from(!keep);
+            let lease = lock(slot);
+            let keep = !lease.idle(now);
+            if !keep {
+                dropped += 1;
+                lapsed += i64::from(lease.tokens);
+            }
             keep
         });
         self.len.fetch_sub(dropped, Ordering::Relaxed);
+        self.store.add_leased(-lapsed);
+    }
+
+    /// `f` on the slot's lease, its change in tokens held counted in the store's total.
+    fn with_lease<R>(&self, slot: &Slot, f: impl FnOnce(&mut Lease) -> R) -> R {
+        let mut lease = lock(slot);
+        let before = lease.tokens;
+        let result = f(&mut lease);
+        self.store
+            .add_leased(i64::from(lease.tokens) - i64::from(before));
+        result
     }
 }
 
@@ -198,15 +255,15 @@ mod tests {
     fn a_lease_is_spent_locally_until_it_runs_out_or_expires() {
         let mut lease = Lease::default();
         let t0 = Instant::now();
-        assert!(matches!(lease.take(t0), Local::Ask(0)));
+        assert!(matches!(lease.take(t0), Local::Ask(a) if a.give_back == 0 && !a.greedy));
         assert_eq!(lease.record(grant(3, 0), t0), Verdict::Admit);
         assert!(matches!(lease.take(t0), Local::Admit));
         assert!(matches!(lease.take(t0), Local::Admit));
-        assert!(matches!(lease.take(t0), Local::Ask(0)));
+        assert!(matches!(lease.take(t0), Local::Ask(a) if a.give_back == 0));
         assert_eq!(lease.record(grant(4, 0), t0), Verdict::Admit);
         // three left over when the lease expires: given back with the next call
         let late = t0 + LEASE_FOR + Duration::from_millis(1);
-        assert!(matches!(lease.take(late), Local::Ask(3)));
+        assert!(matches!(lease.take(late), Local::Ask(a) if a.give_back == 3));
         assert!(lease.idle(late));
     }
 
@@ -223,6 +280,55 @@ mod tests {
         assert!(!lease.idle(later));
         let after = t0 + Duration::from_millis(300);
         assert!(lease.idle(after));
-        assert!(matches!(lease.take(after), Local::Ask(0)));
+        assert!(matches!(lease.take(after), Local::Ask(a) if !a.greedy));
+    }
+
+    /// Refused `n` times by the store's last answer (`wait_ms`), then asking again: a flood.
+    fn refused_times(lease: &mut Lease, at: Instant, n: u32) -> Instant {
+        let _ = lease.record(grant(0, 25), at);
+        for _ in 1..n {
+            assert!(matches!(lease.take(at), Local::Refuse(_)));
+        }
+        at + Duration::from_millis(25)
+    }
+
+    #[test]
+    fn a_client_refused_a_little_asks_again_at_the_next_token() {
+        let mut lease = Lease::default();
+        let t0 = Instant::now();
+        let _ = lease.take(t0);
+        let next = refused_times(&mut lease, t0, 2);
+        assert!(matches!(lease.take(next), Local::Ask(a) if !a.greedy));
+        assert_eq!(
+            lease.record(grant(0, 25), next),
+            Verdict::Refuse(Duration::from_millis(25))
+        );
+    }
+
+    #[test]
+    fn a_flooding_client_is_asked_for_at_most_once_per_reask() {
+        let mut lease = Lease::default();
+        let t0 = Instant::now();
+        let _ = lease.take(t0);
+        let next = refused_times(&mut lease, t0, FLOOD_REFUSALS);
+        // a flood: it takes all there is, and its refusal lasts REASK
+        assert!(matches!(lease.take(next), Local::Ask(a) if a.greedy));
+        assert_eq!(lease.record(grant(0, 25), next), Verdict::Refuse(REASK));
+        for _ in 0..FLOOD_REFUSALS {
+            assert!(matches!(lease.take(next), Local::Refuse(_)));
+        }
+        // still flooding: granted 3 at the next call: spent, then refused until REASK after that call
+        let again = next + REASK;
+        assert!(matches!(lease.take(again), Local::Ask(a) if a.greedy));
+        assert_eq!(lease.record(grant(3, 0), again), Verdict::Admit);
+        assert!(matches!(lease.take(again), Local::Admit));
+        assert!(matches!(lease.take(again), Local::Admit));
+        let soon = again + Duration::from_millis(100);
+        assert!(
+            matches!(lease.take(soon), Local::Refuse(d) if d == REASK - Duration::from_millis(100))
+        );
+        // it calmed down: fewer than FLOOD_REFUSALS refused since, so no longer a flood
+        let later = again + REASK;
+        assert!(matches!(lease.take(later), Local::Ask(a) if !a.greedy));
     }
 }
