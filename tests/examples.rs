@@ -1061,13 +1061,20 @@ async fn cluster_three_instances_share_one_budget_and_list_each_other() {
         .await;
         let http = reqwest::Client::new();
         let mut admitted = 0;
+        let started = std::time::Instant::now();
         for i in 0..45 {
             let url = proxies[i % 3].url("/");
             let status = http.get(&url).send().await.unwrap().status();
             admitted += usize::from(status == 200);
         }
-        // 20 at once, plus what refills (10/s) while the 45 are sent
-        assert!((20..=24).contains(&admitted), "admitted {admitted} of 45");
+        // 20 at once (not 60: one burst for the three), plus what refills (10/s) while the 45
+        // are sent, however long a loaded machine takes to send them
+        let refilled = (started.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+        assert!(
+            (20..=21 + refilled).contains(&admitted),
+            "admitted {admitted} of 45 in {:?}",
+            started.elapsed()
+        );
         for proxy in &proxies {
             let status = http
                 .get(proxy.url("/health"))
