@@ -101,14 +101,25 @@ impl RoutePolicy {
         method: &Method,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
-        if !access::permitted(client, &self.allow, &self.deny) {
-            return Err(Refusal::Denied);
-        }
+        self.permits(client)?;
         for limiter in &self.limiters {
             if limiter.applies_to(method) {
                 limiter.check(key, headers).map_err(Refusal::RateLimited)?;
             }
         }
+        self.declared_body_fits(headers)
+    }
+
+    /// The address lists, which come before any budget is charged.
+    fn permits(&self, client: Option<IpAddr>) -> Result<(), Refusal> {
+        match access::permitted(client, &self.allow, &self.deny) {
+            true => Ok(()),
+            false => Err(Refusal::Denied),
+        }
+    }
+
+    /// A declared `Content-Length` over `max_body`; a streamed body is counted as it passes.
+    fn declared_body_fits(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)
     }
 
@@ -121,16 +132,14 @@ impl RoutePolicy {
         method: &Method,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
-        if !access::permitted(client, &self.allow, &self.deny) {
-            return Err(Refusal::Denied);
-        }
+        self.permits(client)?;
         for limiter in &self.limiters {
             if limiter.applies_to(method) {
                 let counted = limiter.check_global(key, headers).await;
                 counted.map_err(Refusal::RateLimited)?;
             }
         }
-        body_limit::check_declared(headers, self.max_body).map_err(Refusal::TooLarge)
+        self.declared_body_fits(headers)
     }
 
     /// A failed password costs the client one more request from each of the route's budgets
