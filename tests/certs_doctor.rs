@@ -10,10 +10,10 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::pebble::Pebble;
 use support::{json_str_field, run_gatehouse, text_response, CmdOutput, TestProxy};
 
 const KEY: &str = "gatehouse";
@@ -28,8 +28,6 @@ const BASE_UNREACHABLE: u16 = 24410;
 const BASE_CAA: u16 = 24420;
 const BASE_STATE_DIR: u16 = 24430;
 const BASE_PROVIDER: u16 = 24440;
-
-const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/acme-testbed");
 
 /// knotd serving `test.` and `example.test.` (with `records` added to the latter) on
 /// 127.0.0.1:`port`, updatable with the TSIG key `KEY`.
@@ -122,60 +120,6 @@ impl Drop for Knot {
     }
 }
 
-/// Pebble on `base..base+6`, resolving names through `dns`.
-struct Pebble {
-    dir: tempfile::TempDir,
-    env: HashMap<String, String>,
-}
-
-impl Pebble {
-    fn start(base: u16, dns: &str) -> Pebble {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = [
-            "ACME_TESTBED_ACME_PORT",
-            "ACME_TESTBED_MGMT_PORT",
-            "ACME_TESTBED_HTTP01_PORT",
-            "ACME_TESTBED_TLSALPN01_PORT",
-            "ACME_TESTBED_DNS_PORT",
-            "ACME_TESTBED_CTS_PORT",
-        ];
-        let mut cmd = Command::new("bash");
-        cmd.arg(format!("{TESTBED}/start-pebble.sh"))
-            .arg(dir.path());
-        for (offset, key) in (0u16..).zip(ports) {
-            cmd.env(key, (base + offset).to_string());
-        }
-        cmd.env("ACME_TESTBED_PEBBLE_DNS", dns);
-        let out = cmd.output().expect("run start-pebble.sh");
-        assert!(
-            out.status.success(),
-            "start-pebble.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
-        let env = env
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Pebble { dir, env }
-    }
-
-    fn var(&self, key: &str) -> &str {
-        &self.env[key]
-    }
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(format!("{TESTBED}/stop-pebble.sh"))
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
 /// Knot, Pebble, a state dir and a config folder for one test.
 struct Setup {
     base: u16,
@@ -188,7 +132,8 @@ struct Setup {
 impl Setup {
     fn start(base: u16, records: &str) -> Setup {
         let knot = Knot::start(base + 6, records);
-        let pebble = Pebble::start(base, &format!("127.0.0.1:{}", base + 6));
+        let dns = format!("127.0.0.1:{}", base + 6);
+        let pebble = Pebble::start(base, &[("ACME_TESTBED_PEBBLE_DNS", &dns)]);
         Setup {
             base,
             knot,

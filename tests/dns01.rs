@@ -14,13 +14,13 @@ mod support;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::pebble::Pebble;
 use support::{client, echo_backend, json_str_field, serve, text_response, Backend, TestProxy};
 use tokio::net::TcpStream;
 
@@ -42,7 +42,6 @@ const BASE_HTTPREQ_REFUSED: u16 = 24260;
 const BASE_PER_SITE: u16 = 24270;
 
 const ISSUANCE: Duration = Duration::from_secs(60);
-const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/acme-testbed");
 
 // ---------------------------------------------------------------------------------------------
 // Knot
@@ -163,71 +162,6 @@ impl Drop for Knot {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pebble, resolving through Knot
-// ---------------------------------------------------------------------------------------------
-
-struct Pebble {
-    dir: tempfile::TempDir,
-    env: HashMap<String, String>,
-}
-
-impl Pebble {
-    fn start(base: u16, dns: &str) -> Pebble {
-        let dir = tempfile::tempdir().expect("pebble dir");
-        let ports = [
-            ("ACME_TESTBED_ACME_PORT", 0),
-            ("ACME_TESTBED_MGMT_PORT", 1),
-            ("ACME_TESTBED_HTTP01_PORT", 2),
-            ("ACME_TESTBED_TLSALPN01_PORT", 3),
-            ("ACME_TESTBED_DNS_PORT", 4),
-            ("ACME_TESTBED_CTS_PORT", 5),
-        ];
-        let mut cmd = Command::new("bash");
-        cmd.arg(format!("{TESTBED}/start-pebble.sh"))
-            .arg(dir.path());
-        for (key, offset) in ports {
-            cmd.env(key, (base + offset).to_string());
-        }
-        cmd.env("ACME_TESTBED_PEBBLE_DNS", dns);
-        let out = cmd.output().expect("run start-pebble.sh");
-        assert!(
-            out.status.success(),
-            "start-pebble.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
-        let env = env
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Pebble { dir, env }
-    }
-
-    fn var(&self, key: &str) -> &str {
-        &self.env[key]
-    }
-
-    fn root(&self) -> Vec<u8> {
-        std::fs::read(self.var("PEBBLE_ROOT_FILE")).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(format!("{TESTBED}/stop-pebble.sh"))
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The setup: Knot, pebble, a backend, Gatehouse
 // ---------------------------------------------------------------------------------------------
 
@@ -241,7 +175,7 @@ struct Setup {
 impl Setup {
     async fn start(base: u16) -> Setup {
         let knot = Knot::start(base + 6);
-        let pebble = Pebble::start(base, &knot.addr());
+        let pebble = Pebble::start(base, &[("ACME_TESTBED_PEBBLE_DNS", &knot.addr())]);
         Setup {
             knot,
             pebble,

@@ -17,9 +17,9 @@ use rustls::RootCertStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::pebble::Pebble;
 use support::{
     echo_backend, serve, text_response, with_timeout, AcceptAnyCert, Backend, TestProxy,
 };
@@ -35,85 +35,6 @@ const BASE_SLOW_ASK: u16 = 24340;
 
 /// The handshake bound the tests configure (`handshake_wait`); pebble issues in ~1 s.
 const WAIT: Duration = Duration::from_secs(20);
-
-const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/acme-testbed");
-/// What pebble 2.4 logs for every request to the ACME newOrder endpoint.
-const NEW_ORDER_LOG: &str = "POST /order-plz -> calling handler()";
-
-/// pebble + pebble-challtestsrv from `start-pebble.sh` on `base..base+6`, stopped on drop
-/// (ACME API `base`, management `base+1`, HTTP-01 `base+2`, TLS-ALPN-01 `base+3`).
-struct Pebble {
-    dir: tempfile::TempDir,
-    base: u16,
-    env: HashMap<String, String>,
-}
-
-impl Pebble {
-    /// `extra_env` goes to `start-pebble.sh` (e.g. `ACME_TESTBED_CERT_VALIDITY`).
-    fn start(base: u16, extra_env: &[(&str, &str)]) -> Pebble {
-        let dir = tempfile::tempdir().expect("pebble state dir");
-        let ports = [
-            "ACME_TESTBED_ACME_PORT",
-            "ACME_TESTBED_MGMT_PORT",
-            "ACME_TESTBED_HTTP01_PORT",
-            "ACME_TESTBED_TLSALPN01_PORT",
-            "ACME_TESTBED_DNS_PORT",
-            "ACME_TESTBED_CTS_PORT",
-        ];
-        let mut cmd = Command::new("bash");
-        cmd.arg(format!("{TESTBED}/start-pebble.sh"))
-            .arg(dir.path());
-        for (offset, key) in (0u16..).zip(ports) {
-            cmd.env(key, (base + offset).to_string());
-        }
-        cmd.envs(extra_env.iter().copied());
-        let out = cmd.output().expect("run start-pebble.sh");
-        assert!(
-            out.status.success(),
-            "start-pebble.sh (ports {base}..) failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = std::fs::read_to_string(dir.path().join("env")).expect("pebble env file");
-        let env = env
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Pebble { dir, base, env }
-    }
-
-    fn var(&self, key: &str) -> &str {
-        self.env
-            .get(key)
-            .map(String::as_str)
-            .expect("pebble env var")
-    }
-
-    fn root(&self) -> Vec<u8> {
-        std::fs::read(self.var("PEBBLE_ROOT_FILE")).expect("pebble-root.pem")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
-    }
-
-    fn new_orders(&self) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| l.contains(NEW_ORDER_LOG))
-            .count()
-    }
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(format!("{TESTBED}/stop-pebble.sh"))
-            .arg(self.dir.path())
-            .output();
-    }
-}
 
 /// The `ask` endpoint: 200 for names `allow` accepts, 403 otherwise; counts every question.
 struct Ask {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod pebble;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
