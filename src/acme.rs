@@ -18,8 +18,10 @@ pub mod doctor;
 pub mod on_demand;
 mod order;
 pub mod renewal;
+mod shared;
 pub mod store;
 
+use crate::cluster::acme::SharedAcme;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::tls::{self, CertSlot};
@@ -241,16 +243,18 @@ impl Manager {
     /// (off the runtime) and put in the slot before this returns, so a start or reload never
     /// serves a moment of failed handshakes for a certificate that is on disk; then its task
     /// starts, to order and renew. Changed `[acme]` settings or `state_dir` start a new task
-    /// in place of the old one.
+    /// in place of the old one. With `shared` (`[cluster] acme = "shared"`) the certificate is
+    /// ordered once for the cluster, through the store ([`shared`]).
     pub async fn slot(
         &self,
         settings: &config::Acme,
         state_dir: &Path,
         names: Vec<String>,
+        shared: Option<&Arc<SharedAcme>>,
     ) -> CertSlot {
         let store = Store::new(state_dir);
         let key = (settings.directory.clone(), names);
-        if let Some(slot) = self.kept_slot(&key, settings, &store) {
+        if let Some(slot) = self.kept_slot(&key, settings, &store, shared) {
             return slot;
         }
         let list = key.1.join(",");
@@ -259,25 +263,31 @@ impl Manager {
         let current = load_stored(&dir, &key.1, &slot, &list).await;
         let mut certs = self.certs.lock().unwrap_or_else(PoisonError::into_inner);
         // the account of another name set with the same settings, else a new one
-        let shared = certs
+        let issuer_of = certs
             .values()
             .map(|kept| &kept.issuer)
-            .find(|issuer| issuer.serves(settings, &store))
+            .find(|issuer| issuer.serves(settings, &store) && issuer.serves_shared(shared))
             .cloned();
-        let issuer = shared.unwrap_or_else(|| {
+        let issuer = issuer_of.unwrap_or_else(|| {
             Arc::new(
                 Issuer::new(settings.clone(), store, self.challenges.clone())
-                    .with_metrics(self.metrics.get().cloned()),
+                    .with_metrics(self.metrics.get().cloned())
+                    .with_shared(shared.cloned()),
             )
         });
         let metrics = self.metrics.get().cloned();
-        let task = tokio::spawn(maintain(
-            issuer.clone(),
-            key.1.clone(),
-            slot.clone(),
-            current,
-            metrics,
-        ));
+        let (names, task_slot) = (key.1.clone(), slot.clone());
+        let task = match shared {
+            Some(shared) => tokio::spawn(shared::maintain(
+                issuer.clone(),
+                shared.clone(),
+                names,
+                task_slot,
+                current,
+                metrics,
+            )),
+            None => tokio::spawn(maintain(issuer.clone(), names, task_slot, current, metrics)),
+        };
         let maintained = Maintained {
             issuer,
             slot: slot.clone(),
@@ -295,11 +305,12 @@ impl Manager {
         key: &(String, Vec<String>),
         settings: &config::Acme,
         store: &Store,
+        shared: Option<&Arc<SharedAcme>>,
     ) -> Option<CertSlot> {
         let certs = self.certs.lock().unwrap_or_else(PoisonError::into_inner);
         certs
             .get(key)
-            .filter(|k| k.issuer.serves(settings, store))
+            .filter(|k| k.issuer.serves(settings, store) && k.issuer.serves_shared(shared))
             .map(|kept| kept.slot.clone())
     }
 
@@ -363,7 +374,7 @@ async fn maintain(
             + issuer
                 .dns()
                 .map_or(Duration::ZERO, |d| d.propagation_timeout);
-        let issue = issuer.issue(&names, &dir, replaces.as_ref());
+        let issue = issuer.issue(&names, &dir, replaces.as_ref(), None);
         let issued = tokio::time::timeout(deadline, issue).await;
         let result = match issued.unwrap_or(Err(AcmeError::Deadline(deadline))) {
             Ok(cert) => {
@@ -543,11 +554,13 @@ mod tests {
         store::save_cert(&dir, chain.as_bytes(), key.as_bytes()).expect("store");
 
         let manager = Manager::default();
-        let slot = manager.slot(&settings, state.path(), names.clone()).await;
+        let slot = manager
+            .slot(&settings, state.path(), names.clone(), None)
+            .await;
         let served = slot.load_full().expect("the stored certificate, at once");
         assert_eq!(served.cert[0].as_ref(), made.cert.der().as_ref());
         // the same name set again: the same slot, not a second read and task
-        let again = manager.slot(&settings, state.path(), names).await;
+        let again = manager.slot(&settings, state.path(), names, None).await;
         assert!(Arc::ptr_eq(&slot, &again));
     }
 

@@ -7,6 +7,8 @@
 //! down at once: every limit then falls back without calling it, and a watcher pings it every
 //! `PROBE_EVERY` until it answers again, when limits count globally again.
 
+pub mod acme;
+pub mod crypt;
 pub mod members;
 pub mod status;
 

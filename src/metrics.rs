@@ -36,6 +36,12 @@ pub struct ClusterMetrics {
     pub members: IntGauge,
     /// Members whose rate-limit or ACME config digest differs from this instance's.
     pub config_disagreements: IntGauge,
+    /// Shared-ACME locks this instance took, released or lost, by event.
+    pub acme_lock_changes: IntCounterVec,
+    /// Certificates this instance took from the store (another instance ordered them).
+    pub acme_certs_received: IntCounter,
+    /// Writes the store refused because this instance no longer held the lock (fencing).
+    pub acme_fenced_refusals: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -47,7 +53,17 @@ impl ClusterMetrics {
         for result in ["granted", "refused", "returned", "error", "timeout"] {
             store_calls.with_label_values(&[result]);
         }
+        let acme_lock_changes = IntCounterVec::new(
+            opts("gatehouse_cluster_acme_lock_changes_total", "Shared-ACME locks (one per certificate, one per account) this instance took, released, or lost (expired or taken over before it was done), by event."),
+            &["event"],
+        )?;
+        for event in ["taken", "released", "lost"] {
+            acme_lock_changes.with_label_values(&[event]);
+        }
         Ok(ClusterMetrics {
+            acme_lock_changes,
+            acme_certs_received: IntCounter::new("gatehouse_cluster_acme_certs_received_total", "Certificates this instance took from the cluster store (ordered by another instance) and now serves.")?,
+            acme_fenced_refusals: IntCounter::new("gatehouse_cluster_acme_fenced_refusals_total", "Writes to the cluster store refused because this instance no longer held the lock they were made under (fencing token).")?,
             store_seconds: Histogram::with_opts(
                 HistogramOpts::new("gatehouse_cluster_store_seconds", "Time a rate-limit call to the cluster store took (answered ones; timeouts are counted in gatehouse_cluster_store_calls_total).")
                     .buckets(STORE_BUCKETS.to_vec()),
@@ -66,6 +82,9 @@ impl ClusterMetrics {
         r.register(Box::new(self.fallbacks.clone()))?;
         r.register(Box::new(self.members.clone()))?;
         r.register(Box::new(self.config_disagreements.clone()))?;
+        r.register(Box::new(self.acme_lock_changes.clone()))?;
+        r.register(Box::new(self.acme_certs_received.clone()))?;
+        r.register(Box::new(self.acme_fenced_refusals.clone()))?;
         r.register(Box::new(self.store_up.clone()))
     }
 }

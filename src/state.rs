@@ -4,6 +4,7 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
+use crate::cluster::acme::SharedAcme;
 use crate::cluster::members::{Identity, Membership};
 use crate::cluster::Store;
 use crate::config::{
@@ -161,6 +162,8 @@ pub struct Keep {
     cluster: std::sync::Mutex<Option<Arc<Store>>>,
     /// The heartbeat, reused while `[cluster]`, the digests and the store stay.
     membership: std::sync::Mutex<Option<Arc<Membership>>>,
+    /// Shared ACME's store (`[cluster] acme = "shared"`), kept while its settings stay.
+    shared_acme: std::sync::Mutex<Option<Arc<SharedAcme>>>,
     /// When the process started (Unix seconds), for its cluster record.
     started: u64,
 }
@@ -212,6 +215,7 @@ impl Keep {
             log_dropped: Arc::default(),
             cluster: std::sync::Mutex::default(),
             membership: std::sync::Mutex::default(),
+            shared_acme: std::sync::Mutex::default(),
             started: crate::cluster::members::unix_now(),
         })
     }
@@ -320,6 +324,7 @@ impl RuntimeState {
         let Loaded { config, files } = loaded;
         let access_log = keep.access_log(&config.log).await?;
         let acme = &keep.acme;
+        let shared = keep.shared_acme(&config, &files);
         let mut slots = Vec::with_capacity(config.sites.len());
         for site in &config.sites {
             slots.push(match &site.tls {
@@ -337,6 +342,7 @@ impl RuntimeState {
                         &config.acme.for_site(site).for_orders(),
                         &config.server.state_dir,
                         site.names(),
+                        shared.as_ref(),
                     )
                     .await,
                 ),
@@ -480,6 +486,30 @@ impl Keep {
 }
 
 impl Keep {
+    /// Shared ACME's store handle: `None` without `[cluster]` or with `acme = "local"`. Kept
+    /// while its settings and secret stay (the certificate tasks keep theirs).
+    fn shared_acme(&self, config: &Config, files: &Files) -> Option<Arc<SharedAcme>> {
+        let mut kept = self.shared_acme.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(settings) = config.cluster.as_ref().filter(|c| c.shared_acme()) else {
+            *kept = None;
+            return None;
+        };
+        let secret = files.cluster_secret(config)?;
+        if let Some(shared) = kept.as_ref().filter(|s| s.serves(settings, &secret)) {
+            return Some(shared.clone());
+        }
+        match SharedAcme::start(settings, secret, self.metrics.clone()) {
+            Ok(shared) => {
+                *kept = Some(shared.clone());
+                Some(shared)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "shared ACME cannot start; certificates are not ordered");
+                None
+            }
+        }
+    }
+
     /// The heartbeat for `[cluster]` (`None` without one: a removed `[cluster]` stops it once
     /// the last snapshot holding it goes). Kept while what it publishes stays the same.
     fn membership(&self, config: &Config, files: &Files) -> Option<Arc<Membership>> {

@@ -1672,10 +1672,16 @@ fn cluster_errors_are_located_and_say_what_is_valid() {
             ],
         ),
         (
-            "shared acme is not built",
-            with("acme = \"shared\""),
+            "bad acme",
+            with("acme = \"global\""),
             "acme =",
-            &["`cluster.acme`", "not built yet", "\"local\""],
+            &["`cluster.acme`", "\"local\", \"shared\""],
+        ),
+        (
+            "bad lock_ttl",
+            with("lock_ttl = \"1s\""),
+            "lock_ttl =",
+            &["`cluster.lock_ttl`", "2s to 10m"],
         ),
         (
             "unknown key",

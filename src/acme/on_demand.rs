@@ -291,7 +291,8 @@ impl OnDemand {
         slot: &CertSlot,
         issuer: &Issuer,
     ) -> Result<CertInfo, Refusal> {
-        let issued = tokio::time::timeout(ORDER_DEADLINE, issuer.issue(names, &dir, None)).await;
+        let issued =
+            tokio::time::timeout(ORDER_DEADLINE, issuer.issue(names, &dir, None, None)).await;
         let result = match issued.unwrap_or(Err(AcmeError::Deadline(ORDER_DEADLINE))) {
             Ok(cert) => {
                 let slot = slot.clone();

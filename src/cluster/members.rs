@@ -6,6 +6,7 @@
 //! every member's record and keeps the result as a `View` that `/cluster` answers from memory.
 //! Nothing on the request path reads or waits for any of it; the task has its own connection.
 
+use super::acme::{parse_holder, Holder};
 use super::Store;
 use crate::config::{Cluster, Config};
 use crate::metrics::Metrics;
@@ -67,6 +68,9 @@ pub struct View {
     pub disagreements: Vec<String>,
     /// By instance name; the last ones read while the store is down.
     pub members: Vec<Member>,
+    /// Shared-ACME locks held now (`acme = "shared"`), by what they lock.
+    #[serde(default)]
+    pub locks: Vec<Holder>,
 }
 
 impl View {
@@ -128,6 +132,7 @@ impl Membership {
             agree: false,
             disagreements: Vec::new(),
             members: Vec::new(),
+            locks: Vec::new(),
         }));
         let beat = Beat {
             identity: identity.clone(),
@@ -187,7 +192,7 @@ impl Beat {
     }
 
     /// Writes this instance's record, reads every member's; the write's latency and the records.
-    async fn beat(&mut self) -> Result<(Duration, Vec<Member>), String> {
+    async fn beat(&mut self) -> Result<(Duration, Vec<Member>, Vec<Holder>), String> {
         let me = serde_json::to_string(&self.me()).map_err(|e| e.to_string())?;
         let settings = &self.identity.settings;
         let conn = match &mut self.conn {
@@ -206,7 +211,8 @@ impl Beat {
             .map_err(|e| e.to_string())?;
         let latency = started.elapsed();
         let members = read_members(conn, &settings.name).await?;
-        Ok((latency, members))
+        let locks = read_locks(conn, &settings.name).await?;
+        Ok((latency, members, locks))
     }
 
     fn me(&self) -> Member {
@@ -227,11 +233,12 @@ impl Beat {
         }
     }
 
-    fn publish(&self, answer: Result<(Duration, Vec<Member>), String>) {
+    fn publish(&self, answer: Result<(Duration, Vec<Member>, Vec<Holder>), String>) {
         let last = self.view.load_full();
         let mut view = (*last).clone();
         match answer {
-            Ok((latency, members)) => {
+            Ok((latency, members, locks)) => {
+                view.locks = locks;
                 view.checked_at = unix_now();
                 view.store = StoreHealth {
                     up: true,
@@ -271,14 +278,43 @@ async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
 
 /// Every record under `NAME:member:` (SCAN, not KEYS: the store serves limits meanwhile).
 async fn read_members(conn: &mut MultiplexedConnection, name: &str) -> Result<Vec<Member>, String> {
-    let pattern = format!("{}:member:*", glob_escape(name));
+    let (keys, records) = read_all(conn, &format!("{}:member:*", glob_escape(name))).await?;
+    drop(keys);
+    // a record that does not parse (another version's, or not ours) is left out
+    let mut members: Vec<Member> = records
+        .iter()
+        .flatten()
+        .filter_map(|r| serde_json::from_str(r).ok())
+        .collect();
+    members.sort_by(|a, b| a.instance.cmp(&b.instance));
+    Ok(members)
+}
+
+/// Every shared-ACME lock under `NAME:acme:lock:` and who holds it.
+async fn read_locks(conn: &mut MultiplexedConnection, name: &str) -> Result<Vec<Holder>, String> {
+    let prefix = format!("{name}:acme:lock:");
+    let (keys, values) = read_all(conn, &format!("{}:acme:lock:*", glob_escape(name))).await?;
+    let mut locks: Vec<Holder> = keys
+        .iter()
+        .zip(values)
+        .filter_map(|(key, value)| parse_holder(key.strip_prefix(&prefix)?, &value?))
+        .collect();
+    locks.sort_by(|a, b| a.lock.cmp(&b.lock));
+    Ok(locks)
+}
+
+/// The keys matching `pattern` (at most `MAX_MEMBERS`) and their values.
+async fn read_all(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+) -> Result<(Vec<String>, Vec<Option<String>>), String> {
     let mut keys: Vec<String> = Vec::new();
     let mut cursor = 0u64;
     loop {
         let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(&pattern)
+            .arg(pattern)
             .arg("COUNT")
             .arg(1000)
             .query_async(conn)
@@ -294,21 +330,14 @@ async fn read_members(conn: &mut MultiplexedConnection, name: &str) -> Result<Ve
     keys.dedup();
     keys.truncate(MAX_MEMBERS);
     if keys.is_empty() {
-        return Ok(Vec::new());
+        return Ok((keys, Vec::new()));
     }
-    let records: Vec<Option<String>> = redis::cmd("MGET")
+    let values: Vec<Option<String>> = redis::cmd("MGET")
         .arg(&keys)
         .query_async(conn)
         .await
         .map_err(|e| e.to_string())?;
-    // a record that does not parse (another version's, or not ours) is left out
-    let mut members: Vec<Member> = records
-        .iter()
-        .flatten()
-        .filter_map(|r| serde_json::from_str(r).ok())
-        .collect();
-    members.sort_by(|a, b| a.instance.cmp(&b.instance));
-    Ok(members)
+    Ok((keys, values))
 }
 
 fn glob_escape(text: &str) -> String {

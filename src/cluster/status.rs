@@ -67,6 +67,22 @@ pub fn fetch(config: &Path, admin: Option<SocketAddr>) -> Result<View, StatusErr
     })
 }
 
+/// The shared-ACME locks held now, one line each (nothing when none is).
+fn locks(out: &mut String, view: &View) {
+    if view.locks.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "ACME LOCKS (held by, fencing token, for)");
+    for l in &view.locks {
+        let held = unix_now().saturating_sub(l.since);
+        let _ = writeln!(
+            out,
+            "{}  {}  token {}  {held} s",
+            l.lock, l.instance, l.token
+        );
+    }
+}
+
 /// The view as people read it: the store, the members, then what is wrong.
 pub fn table(view: &View) -> String {
     let mut out = String::new();
@@ -128,6 +144,7 @@ pub fn table(view: &View) -> String {
     for row in &rows {
         let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
     }
+    locks(&mut out, view);
     for d in &view.disagreements {
         let _ = writeln!(out, "warning: {d}");
     }
@@ -170,6 +187,7 @@ mod tests {
             agree: true,
             disagreements: vec![],
             members: vec![member("a", "x"), member("b", "x")],
+            locks: Vec::new(),
         };
         let ok = table(&view);
         assert!(ok.contains("store up (0.50 ms)"), "{ok}");

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 /// The default `timeout`: a store call on a request path waits this long at most.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+/// The default `lock_ttl`: how long an ACME lock outlives its holder's last renewal.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 /// The default `name` (the store's key namespace).
 pub const DEFAULT_CLUSTER_NAME: &str = "gatehouse";
 
@@ -24,6 +26,8 @@ pub struct Cluster {
     pub rate_limits: GlobalScope,
     pub rate_limit_fallback: Fallback,
     pub acme: ClusterAcme,
+    /// How long a shared-ACME lock lives without its holder renewing it (`acme = "shared"`).
+    pub lock_ttl: Duration,
 }
 
 impl Cluster {
@@ -73,9 +77,20 @@ pub enum Fallback {
     Deny,
 }
 
-/// `acme`: only `local` (each instance orders its own) is built so far.
+/// `acme`: each instance orders its own certificates, or the cluster orders each once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ClusterAcme {
+    /// Each instance orders its own, as without `[cluster]`.
     #[default]
     Local,
+    /// Account, certificates and keys live in the store; one order per certificate for the
+    /// whole cluster, under a lock (`src/cluster/acme.rs`).
+    Shared,
+}
+
+impl Cluster {
+    /// Whether certificates are ordered once for the cluster, through the store.
+    pub fn shared_acme(&self) -> bool {
+        self.acme == ClusterAcme::Shared
+    }
 }

@@ -614,6 +614,7 @@ pub struct FileCluster {
     pub rate_limits: Option<Str>,
     pub rate_limit_fallback: Option<Str>,
     pub acme: Option<Str>,
+    pub lock_ttl: Option<Str>,
 }
 
 /// The request-policy keys, which `[server]`, `[[site]]` and `[[site.route]]` all accept (serde

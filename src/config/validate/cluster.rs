@@ -4,7 +4,7 @@
 use super::Ctx;
 use crate::config::cluster::{
     Cluster, ClusterAcme, ClusterSecret, Fallback, GlobalScope, Secret, DEFAULT_CLUSTER_NAME,
-    DEFAULT_STORE_TIMEOUT, MIN_SECRET_LEN,
+    DEFAULT_LOCK_TTL, DEFAULT_STORE_TIMEOUT, MIN_SECRET_LEN,
 };
 use crate::config::file::{FileCluster, Str};
 use crate::config::model::Listen;
@@ -44,7 +44,15 @@ pub(super) fn cluster(
             ("deny", Fallback::Deny),
         ],
     );
-    let acme = acme(cx, c.acme.as_ref());
+    let acme = cx.choice(
+        &c.acme,
+        "cluster.acme",
+        &[
+            ("local", ClusterAcme::Local),
+            ("shared", ClusterAcme::Shared),
+        ],
+    );
+    let lock_ttl = lock_ttl(cx, &c.lock_ttl);
     Some(Cluster {
         name,
         store: store?,
@@ -54,6 +62,7 @@ pub(super) fn cluster(
         rate_limits,
         rate_limit_fallback,
         acme,
+        lock_ttl,
     })
 }
 
@@ -164,23 +173,15 @@ fn timeout(cx: &mut Ctx, value: &Option<Str>) -> Duration {
     )
 }
 
-fn acme(cx: &mut Ctx, value: Option<&Str>) -> ClusterAcme {
-    const KEY: &str = "cluster.acme";
-    let Some(value) = value else {
-        return ClusterAcme::Local;
-    };
-    match cx.expand(value, KEY).as_deref() {
-        Some("local") | None => {}
-        Some("shared") => {
-            let msg = "`acme = \"shared\"` (certificates ordered once for the cluster, through the store) is not built yet; only \"local\" is (each instance orders its own, as without `[cluster]`): leave `acme` out";
-            cx.error(value.span(), KEY, msg);
-        }
-        Some(other) => {
-            let msg = format!(
-                "`{other}` is not valid here; expected \"local\" (\"shared\" is not built yet)"
-            );
-            cx.error(value.span(), KEY, msg);
-        }
-    }
-    ClusterAcme::Local
+/// Long enough for a renewal every third of it to survive a slow store; short enough that a
+/// dead holder's order is resumed soon.
+fn lock_ttl(cx: &mut Ctx, value: &Option<Str>) -> Duration {
+    let (lo, hi) = (Duration::from_secs(2), Duration::from_secs(600));
+    cx.duration_where(
+        value,
+        "cluster.lock_ttl",
+        DEFAULT_LOCK_TTL,
+        |d| (lo..=hi).contains(&d),
+        format_args!("a lock lifetime; expected a duration from 2s to 10m, like \"30s\" (a dead holder's order is resumed by another instance after this long)"),
+    )
 }
