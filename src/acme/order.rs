@@ -300,7 +300,6 @@ impl Issuer {
                 }
             }
         }
-        drop(authorizations);
         // a resumed order: the other holder may have had it validated meanwhile, and the CA
         // then refuses to ready the challenge again; the order says whether it matters
         match refused {

@@ -138,7 +138,7 @@ impl Task {
     fn is_due(&self) -> bool {
         self.current
             .as_ref()
-            .is_none_or(|c| c.renew_at() <= SystemTime::now())
+            .map_or(true, |c| c.renew_at() <= SystemTime::now())
     }
 
     async fn wait(&self, max: Duration) {
@@ -169,7 +169,7 @@ impl Task {
         let ours = self.current.as_ref().map(|c| c.not_after);
         match (stored, parsed) {
             (Some(blob), Some(Ok((key, info))))
-                if ours.is_none_or(|ours| info.not_after > ours)
+                if ours.map_or(true, |ours| info.not_after > ours)
                     && info.covers(&self.names)
                     && info.not_after > SystemTime::now() =>
             {
