@@ -560,12 +560,14 @@ async fn a_holder_paused_past_its_lock_writes_nothing_when_it_wakes() {
         assert!(stored_token > old_token, "stored under {stored_token}, paused holder had {old_token}");
         // the paused one wakes long past its TTL, finishes its order and tries to store it
         proxies[holder].send_signal("CONT");
-        wait_logged(
-            &[&proxies[holder]],
-            "cluster: fenced write refused; nothing was written",
-            Duration::from_secs(60),
-        )
-        .await;
+        let woken = &proxies[holder];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let refusal = "cluster: fenced write refused; nothing was written";
+        let stored = "certificate issued and stored for the cluster";
+        while find_logged(&[woken], refusal).is_none() && find_logged(&[woken], stored).is_none() {
+            assert!(Instant::now() < deadline, "the woken holder never finished its order{}", s.diagnostics(&all));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let refused = metric(&proxies[holder], "gatehouse_cluster_acme_fenced_refusals_total").await;
         let lost = metric(
             &proxies[holder],
@@ -578,6 +580,7 @@ async fn a_holder_paused_past_its_lock_writes_nothing_when_it_wakes() {
             s.new_orders()
         );
         assert_eq!(after, stored_token, "the woken holder overwrote the store");
+        assert!(find_logged(&[woken], refusal).is_some());
         assert!(refused >= 1.0);
         // and it serves what the store has
         s.same_leaf(&all, &site, Duration::from_secs(20), |d| d == leaf.as_slice()).await;
