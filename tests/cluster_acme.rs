@@ -177,6 +177,19 @@ esac
         std::fs::write(self.dir.path().join("slow"), secs.to_string()).unwrap();
     }
 
+    /// Until the holder's hook is in its slow publish.
+    async fn wait_slow_taken(&self) {
+        let taken = self.dir.path().join("slow.taken");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !taken.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the holder never ran its DNS hook"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn state_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("state-{i}"))
     }
@@ -510,8 +523,40 @@ async fn a_holder_killed_mid_order_has_its_order_resumed_by_another() {
         )
         .await;
         let token = json_num(&line, "token").unwrap();
-        // the holder is now in its (slow) DNS publish
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // the holder is now in its (slow) DNS publish: another instance's /cluster and
+        // `gatehouse cluster status` name it as the lock's holder
+        let other = (holder + 1) % 3;
+        let admin = proxies[other].admin_addr().await;
+        let holder_name = format!("gh-{holder}");
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let locks = loop {
+            let text = client()
+                .get(format!("http://{admin}/cluster"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let locks = view["locks"].as_array().cloned().unwrap_or_default();
+            if locks.iter().any(|l| l["instance"] == holder_name.as_str()) {
+                break locks;
+            }
+            assert!(Instant::now() < deadline, "/cluster shows no lock of {holder_name}: {view}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let lock = locks.iter().find(|l| l["instance"] == holder_name.as_str()).unwrap();
+        assert_eq!(lock["token"].as_u64(), Some(token), "{locks:?}");
+        assert!(lock["lock"].as_str().unwrap().ends_with(":s1.example.test"), "{locks:?}");
+        let status = support::run_gatehouse(
+            &["cluster", "status", "--admin", &admin.to_string()],
+            &[],
+            &[],
+        );
+        s.wait_slow_taken().await;
+        let row = format!("  {holder_name}  token {token}  ");
+        assert!(status.stdout.contains("ACME LOCKS") && status.stdout.contains(&row), "{}", status.stdout);
         proxies[holder].send_signal("KILL");
         let killed_at = Instant::now();
         let mut dead = proxies.remove(holder);
@@ -534,7 +579,8 @@ async fn a_holder_killed_mid_order_has_its_order_resumed_by_another() {
         assert_eq!(json_num(&resumed, "journal_token"), Some(token));
         assert!(
             served_after < LOCK_TTL + Duration::from_secs(12),
-            "served {served_after:?} after the kill"
+            "served {served_after:?} after the kill{}",
+            s.diagnostics(&others)
         );
     })
     .await;
@@ -551,7 +597,7 @@ async fn a_holder_paused_past_its_lock_writes_nothing_when_it_wakes() {
         let (holder, line) =
             wait_logged(&all, "order journaled in the cluster store", ISSUANCE).await;
         let old_token = json_num(&line, "token").unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.wait_slow_taken().await;
         proxies[holder].send_signal("STOP");
         let others: Vec<&TestProxy> = (0..3).filter(|i| *i != holder).map(|i| &proxies[i]).collect();
         let leaf = s.same_leaf(&others, &site, ISSUANCE, |_| true).await;

@@ -410,6 +410,10 @@ fn acme_digest(config: &Config) -> String {
     let mut text = format!("{:?}\n", config.acme);
     if let Some(c) = &config.cluster {
         text.push_str(&format!("{:?}\n", c.acme));
+        // only where it applies: the digest of a config without shared ACME is as before
+        if c.shared_acme() {
+            text.push_str(&format!("lock_ttl {:?}\n", c.lock_ttl));
+        }
     }
     for site in &config.sites {
         text.push_str(&format!(
