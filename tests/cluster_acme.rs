@@ -723,3 +723,102 @@ async fn an_emptied_store_is_filled_again_from_local_copies_without_orders() {
     })
     .await;
 }
+
+/// The store side alone (no CA): one holder per lock; a former holder whose lock expired and was
+/// taken writes nothing; blobs are sealed (no PEM in the store, another secret cannot open them);
+/// a re-seed never replaces a newer certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_fence_their_writes_and_blobs_are_sealed() {
+    use gatehouse::cluster::acme::{CertBlob, Journal, SharedAcme, SharedError};
+    use gatehouse::config::{Cluster, ClusterAcme, ClusterSecret, Secret};
+    support::with_timeout(30, async {
+        let redis = Redis::start();
+        let settings = |instance: &str, secret: &str| {
+            let cluster = Cluster {
+                name: "gatehouse".into(),
+                store: redis.url(),
+                secret: ClusterSecret::Inline(Secret(secret.as_bytes().to_vec())),
+                instance: instance.into(),
+                timeout: Duration::from_millis(200),
+                rate_limits: Default::default(),
+                rate_limit_fallback: Default::default(),
+                acme: ClusterAcme::Shared,
+                lock_ttl: Duration::from_secs(2),
+            };
+            let shared = SharedAcme::start(
+                &cluster,
+                Secret(secret.as_bytes().to_vec()),
+                gatehouse::metrics::Metrics::new().unwrap(),
+            );
+            shared.unwrap()
+        };
+        let (a, b) = (settings("a", SECRET), settings("b", SECRET));
+        let id = SharedAcme::cert_id("https://ca.test/dir", &["x.test".to_string()]);
+        let held_a = a
+            .try_lock(&id)
+            .await
+            .unwrap()
+            .expect("a takes the free lock");
+        assert!(b.try_lock(&id).await.unwrap().is_none(), "a second holder");
+        let journal = Journal {
+            url: "https://ca.test/order/1".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----\nsecret\n".into(),
+            names: vec!["x.test".into()],
+            token: held_a.token(),
+            instance: "a".into(),
+        };
+        held_a.write_journal(&journal).await.unwrap();
+        assert_eq!(b.load_journal(&id).await.unwrap(), Some(journal));
+        let journal_key = redis.keys("gatehouse:acme:order:*").pop().unwrap();
+        assert!(!redis.cli(&["GET", &journal_key]).contains("PRIVATE KEY"));
+        // a stalls: its lock expires (deleted here, as the TTL would) and b takes it
+        let lock_key = redis.keys("gatehouse:acme:lock:*").pop().unwrap();
+        redis.cli(&["DEL", &lock_key]);
+        let held_b = b
+            .try_lock(&id)
+            .await
+            .unwrap()
+            .expect("b takes the expired lock");
+        assert!(held_b.token() > held_a.token());
+        let cert = |who: &str| CertBlob {
+            chain_pem: format!("chain of {who}"),
+            key_pem: format!("key of {who}"),
+        };
+        let refused = held_a.write_cert(&cert("a"), 2_000_000_000).await;
+        assert!(
+            matches!(refused, Err(SharedError::Fenced(..))),
+            "{refused:?}"
+        );
+        assert!(held_a.is_lost());
+        assert!(
+            b.load_cert(&id).await.unwrap().is_none(),
+            "a's write landed"
+        );
+        held_b.write_cert(&cert("b"), 2_000_000_000).await.unwrap();
+        assert_eq!(a.load_cert(&id).await.unwrap().unwrap().key_pem, "key of b");
+        assert!(
+            b.load_journal(&id).await.unwrap().is_none(),
+            "the journal outlived the certificate"
+        );
+        // an older local copy does not replace it; an emptied store takes it
+        assert!(!a
+            .reseed_cert(&id, &cert("old"), 1_900_000_000)
+            .await
+            .unwrap());
+        redis.cli(&["FLUSHALL"]);
+        assert!(a
+            .reseed_cert(&id, &cert("old"), 1_900_000_000)
+            .await
+            .unwrap());
+        assert_eq!(
+            b.load_cert(&id).await.unwrap().unwrap().key_pem,
+            "key of old"
+        );
+        // another secret opens nothing
+        let stranger = settings("c", "another-secret-0123456789abcdef");
+        let opened = stranger.load_cert(&id).await;
+        assert!(matches!(opened, Err(SharedError::Crypt(_))), "{opened:?}");
+        drop((held_a, held_b));
+    })
+    .await;
+}
