@@ -78,35 +78,9 @@ impl Task {
         let mut diagnosed = false;
         let mut said_down = false;
         loop {
-            let up = self.sync().await;
-            let now = SystemTime::now();
-            let due = self.current.as_ref().map_or(now, CertInfo::renew_at);
-            if let Ok(wait) = due.duration_since(now) {
-                if !wait.is_zero() {
-                    self.wait(wait.min(CHECK_EVERY)).await;
-                    continue;
-                }
-            }
-            if !up {
-                if !std::mem::replace(&mut said_down, true) {
-                    tracing::warn!(names = %self.list, "certificate due, but the cluster store does not answer: nothing is ordered until it does (the current certificate, if any, keeps serving)");
-                }
-                self.wait(RETRY).await;
+            let Some(lock) = self.turn(&mut said_down).await else {
                 continue;
-            }
-            said_down = false;
-            let lock = match self.shared.try_lock(&self.id).await {
-                Ok(Some(lock)) => lock,
-                // another instance orders it; its announcement wakes this task
-                Ok(None) | Err(_) => {
-                    self.wait(RETRY).await;
-                    continue;
-                }
             };
-            // another instance may have stored it just before this one took the lock
-            if self.sync().await && !self.is_due() {
-                continue;
-            }
             if let Some(info) = &self.current {
                 tracing::info!(names = %self.list, not_after = %rfc3339(info.not_after), token = lock.token(), "renewing certificate for the cluster");
             }
@@ -120,18 +94,58 @@ impl Task {
                 }
                 Err(e) => {
                     drop(lock);
-                    self.count("failure");
                     let delay = backoff.next();
-                    tracing::warn!(names = %self.list, error = %Causes(&e), retry_in = ?delay, "certificate order failed");
-                    if !std::mem::replace(&mut diagnosed, true) {
-                        tokio::spawn(doctor::after_failure(
-                            self.issuer.clone(),
-                            self.names.clone(),
-                        ));
-                    }
+                    self.failed(&e, delay, &mut diagnosed);
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// One look at the store and the clock: the name set's lock when this instance should
+    /// order now, else `None` after waiting as long as there is nothing to do (until the
+    /// renewal time, an announcement, or the next try).
+    async fn turn(&mut self, said_down: &mut bool) -> Option<Lock> {
+        let up = self.sync().await;
+        let now = SystemTime::now();
+        let due = self.current.as_ref().map_or(now, CertInfo::renew_at);
+        if let Ok(wait) = due.duration_since(now) {
+            if !wait.is_zero() {
+                self.wait(wait.min(CHECK_EVERY)).await;
+                return None;
+            }
+        }
+        if !up {
+            if !std::mem::replace(said_down, true) {
+                tracing::warn!(names = %self.list, "certificate due, but the cluster store does not answer: nothing is ordered until it does (the current certificate, if any, keeps serving)");
+            }
+            self.wait(RETRY).await;
+            return None;
+        }
+        *said_down = false;
+        let Ok(Some(lock)) = self.shared.try_lock(&self.id).await else {
+            // another instance orders it (its announcement wakes this task), or the store
+            // just failed
+            self.wait(RETRY).await;
+            return None;
+        };
+        // another instance may have stored it just before this one took the lock (and a
+        // store gone meanwhile would refuse the journal anyway: try again later)
+        if !self.sync().await || !self.is_due() {
+            return None;
+        }
+        Some(lock)
+    }
+
+    /// A failed order: counted, logged, and the doctor's checks once per streak.
+    fn failed(&self, e: &AcmeError, delay: Duration, diagnosed: &mut bool) {
+        self.count("failure");
+        tracing::warn!(names = %self.list, error = %Causes(e), retry_in = ?delay, "certificate order failed");
+        if !std::mem::replace(diagnosed, true) {
+            tokio::spawn(doctor::after_failure(
+                self.issuer.clone(),
+                self.names.clone(),
+            ));
         }
     }
 
