@@ -36,6 +36,7 @@ const BASE_KILLED: u16 = 24520;
 const BASE_PAUSED: u16 = 24530;
 const BASE_DOWN: u16 = 24540;
 const BASE_EMPTIED: u16 = 24550;
+const BASE_STALE_JOURNAL: u16 = 24560;
 
 const SECRET: &str = "cluster-acme-test-secret-0123456789";
 /// `[cluster] lock_ttl` in these tests (the shortest allowed): a dead holder's lock goes soon.
@@ -819,6 +820,64 @@ async fn locks_fence_their_writes_and_blobs_are_sealed() {
         let opened = stranger.load_cert(&id).await;
         assert!(matches!(opened, Err(SharedError::Crypt(_))), "{opened:?}");
         drop((held_a, held_b));
+    })
+    .await;
+}
+
+/// A journal whose order the CA does not know (expired, another CA's) is dropped and a new order
+/// placed: one order, and the certificate on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_of_an_order_the_ca_does_not_know_is_dropped_for_a_new_order() {
+    use gatehouse::cluster::acme::{Journal, SharedAcme};
+    use gatehouse::config::{Cluster, ClusterAcme, ClusterSecret, Secret};
+    support::with_timeout(120, async {
+        let s = Setup::start(BASE_STALE_JOURNAL, 1, None).await;
+        let directory = s.pebble.var("ACME_DIRECTORY_URL").to_string();
+        let cluster = Cluster {
+            name: "gatehouse".into(),
+            store: s.redis.url(),
+            secret: ClusterSecret::Inline(Secret(SECRET.as_bytes().to_vec())),
+            instance: "test".into(),
+            timeout: Duration::from_millis(200),
+            rate_limits: Default::default(),
+            rate_limit_fallback: Default::default(),
+            acme: ClusterAcme::Shared,
+            lock_ttl: LOCK_TTL,
+        };
+        let secret = Secret(SECRET.as_bytes().to_vec());
+        let metrics = gatehouse::metrics::Metrics::new().unwrap();
+        let shared = SharedAcme::start(&cluster, secret, metrics).unwrap();
+        let id = SharedAcme::cert_id(&directory, &s.sites);
+        let lock = shared.try_lock(&id).await.unwrap().unwrap();
+        let base = directory.trim_end_matches("/dir");
+        let journal = Journal {
+            url: format!("{base}/my-order/no-such-order"),
+            key_pem: rcgen::KeyPair::generate().unwrap().serialize_pem(),
+            names: s.sites.clone(),
+            token: lock.token(),
+            instance: "gone".into(),
+        };
+        lock.write_journal(&journal).await.unwrap();
+        drop(lock);
+        let lock_key = s.redis.keys("gatehouse:acme:lock:*");
+        for key in lock_key {
+            s.redis.cli(&["DEL", &key]);
+        }
+        let proxies = s.instances().await;
+        let all = refs(&proxies);
+        s.same_leaf(&all, &s.sites[0], ISSUANCE, |_| true).await;
+        wait_logged(
+            &all,
+            "the journaled order cannot be resumed; placing a new one",
+            Duration::from_secs(1),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(s.new_orders(), 1, "{}", s.diagnostics(&all));
+        assert!(
+            s.redis.keys("gatehouse:acme:order:*").is_empty(),
+            "the journal stayed"
+        );
     })
     .await;
 }
