@@ -71,13 +71,14 @@ impl Endpoint {
             .set_max_delay(200);
         let made = tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(client.clone(), config),
         )
         .await;
         let mut conn = match made {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(format!("{at}: {e}")),
-            Err(_) => return Err(format!("{at}: no connection within {CONNECT_TIMEOUT:?}")),
+            // the manager retries, and its error (or our timeout) may hide the first cause
+            // (a certificate refused): one plain attempt says it
+            _ => return Err(format!("{at}: {}", why_not(&client).await)),
         };
         if self.sentinel.is_some() {
             is_master(&mut conn, &at).await?;
@@ -130,6 +131,19 @@ impl Endpoint {
         };
         let client = with_tls(info, &self.pem, sentinel.tls).map_err(|e| format!("{at}: {e}"))?;
         Ok((client, at))
+    }
+}
+
+/// Why a connection to `client` cannot be made (one attempt, without retries).
+async fn why_not(client: &Client) -> String {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(CONNECT_TIMEOUT);
+    let attempt = client.get_multiplexed_async_connection_with_config(&config);
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, attempt).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => "the connection was lost while it was being made".to_string(),
+        Err(_) => format!("no connection within {CONNECT_TIMEOUT:?}"),
     }
 }
 
