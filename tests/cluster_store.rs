@@ -350,6 +350,25 @@ async fn a_store_certificate_from_another_ca_keeps_the_store_down_and_the_fallba
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_explicit_insecure_url_skips_the_certificate_check_and_it_is_warned_about() {
+    with_timeout(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = tls_redis(dir.path(), &Pki::new("a CA nobody was told about"));
+        let d = dir.path().display();
+        let cluster = format!(
+            "store = \"rediss://127.0.0.1:{}/#insecure\"\nstore_client_cert = \"{d}/client.pem\"\nstore_client_key = \"{d}/client.key\"",
+            redis.server.port
+        );
+        let c = instances(1, &cluster).await;
+        let took = c.until_global(Duration::from_secs(10)).await;
+        assert!(took.is_some(), "{:#?}", c.logs());
+        let warned = c.logs().iter().any(|l| l.contains("WARN") && l.contains("NOT checked"));
+        assert!(warned, "no warning about #insecure: {:#?}", c.logs());
+    })
+    .await;
+}
+
 /// A master, its replica, and a Sentinel watching them with short timeouts.
 struct Sentineled {
     master: Server,
