@@ -255,11 +255,13 @@ fn fallback_word(fallback: Fallback) -> &'static str {
 
 /// Keeps the connection, and says when the store answers again: every `PROBE_EVERY` while it is
 /// down, else when a call fails (or every few seconds, to notice the store is gone). Why it
-/// cannot connect is logged when it changes (a wrong CA, a sentinel that does not answer), not
-/// every probe.
+/// cannot connect (a wrong CA, a sentinel that does not answer) is logged at the first failed
+/// probe, then when it changes but at most every `SAY_AGAIN`, not every probe.
 async fn watch(store: Weak<Store>, wake: Arc<Notify>) {
+    const SAY_AGAIN: Duration = Duration::from_secs(10);
     let mut failed = 0u32;
     let mut said = String::new();
+    let mut said_at = Instant::now();
     loop {
         let up = match store.upgrade() {
             Some(store) => {
@@ -270,9 +272,10 @@ async fn watch(store: Weak<Store>, wake: Arc<Notify>) {
                     store.conn.store(None);
                 }
                 if let Err(why) = &probed {
-                    if *why != said {
+                    if said.is_empty() || (*why != said && said_at.elapsed() >= SAY_AGAIN) {
                         tracing::warn!(cluster = %store.settings.name, error = %why, "cluster store not reachable; retrying every {PROBE_EVERY:?}");
                         said.clone_from(why);
+                        said_at = Instant::now();
                     }
                 } else {
                     said.clear();

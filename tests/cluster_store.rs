@@ -489,3 +489,55 @@ async fn through_sentinel_instances_reach_the_master_and_follow_a_failover() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_over_tls_instances_reach_the_master() {
+    with_timeout(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new("sentinel test CA");
+        let ca = pki.write_ca(dir.path(), "ca.pem");
+        let (cert, key) = pki.issue(dir.path(), "server");
+        pki.issue(dir.path(), "client");
+        let d = dir.path().display();
+        let tls = |port: u16| -> Vec<String> {
+            let s = |p: &Path| p.display().to_string();
+            [
+                "--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &s(&cert),
+                "--tls-key-file", &s(&key), "--tls-ca-cert-file", &s(&ca), "--tls-replication", "yes",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+        };
+        let cli_tls: Vec<String> = ["--tls", "--cacert", &format!("{d}/ca.pem"), "--cert", &format!("{d}/client.pem"), "--key", &format!("{d}/client.key")]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let master = Server::spawn(&tls(free_port()));
+        master.wait_ping(&cli_tls);
+        let mut args = tls(free_port());
+        args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), master.port.to_string()]);
+        let replica = Server::spawn(&args);
+        replica.wait_ping(&cli_tls);
+        let conf = dir.path().join("sentinel.conf");
+        let port = free_port();
+        std::fs::write(&conf, format!("dir {d}\nsentinel monitor mymaster 127.0.0.1 {} 1\n", master.port)).unwrap();
+        let mut args = vec![conf.display().to_string(), "--sentinel".to_string()];
+        args.extend(tls(port));
+        let sentinel = Server::spawn(&args);
+        sentinel.wait_ping(&cli_tls);
+        let cluster = format!(
+            "store = \"rediss+sentinel://127.0.0.1:{port}/mymaster\"\nstore_ca = \"{d}/ca.pem\"\nstore_client_cert = \"{d}/client.pem\"\nstore_client_key = \"{d}/client.key\""
+        );
+        let c = instances(2, &cluster).await;
+        let took = c.until_global(Duration::from_secs(10)).await;
+        assert!(took.is_some(), "never reached the master: {:#?}", c.logs());
+        let statuses = c.send("erin", 12).await;
+        eprintln!("through a TLS sentinel: global after {took:?}; statuses {statuses:?}");
+        assert!((5..=6).contains(&admitted(&statuses)), "{statuses:?}");
+        let on_master = master.cli(&cli_tls, &["--scan", "--pattern", "gatehouse:rl:*"]);
+        assert!(!on_master.trim().is_empty(), "the budget is not on the master");
+        drop(replica);
+    })
+    .await;
+}

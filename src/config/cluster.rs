@@ -36,11 +36,6 @@ impl Cluster {
     pub fn global_limits(&self) -> bool {
         self.rate_limits == GlobalScope::Global
     }
-
-    /// Whether the store is reached over TLS (`rediss://`, `rediss+sentinel://`).
-    pub fn store_over_tls(&self) -> bool {
-        self.store.starts_with("rediss")
-    }
 }
 
 /// The files a TLS store connection is made with; both `None` for the system roots and no
