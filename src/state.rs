@@ -4,6 +4,7 @@
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
+use crate::cluster::connect::Endpoint;
 use crate::cluster::members::{Identity, Membership};
 use crate::cluster::Store;
 use crate::config::{
@@ -470,10 +471,14 @@ impl Keep {
         let settings = config.cluster.as_ref().filter(|c| c.global_limits())?;
         let secret = files.cluster_secret(config)?;
         let mut kept = self.cluster.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(store) = kept.as_ref().filter(|s| s.serves(settings, &secret)) {
+        let endpoint = Endpoint::new(settings, files.store_tls());
+        if let Some(store) = kept
+            .as_ref()
+            .filter(|s| s.serves(settings, &endpoint, &secret))
+        {
             return Some(store.clone());
         }
-        let store = Store::start(settings, secret, self.metrics.clone());
+        let store = Store::start(settings, endpoint, secret, self.metrics.clone());
         *kept = Some(store.clone());
         Some(store)
     }
@@ -489,14 +494,21 @@ impl Keep {
             return None;
         };
         let identity = Identity::of(settings, config);
+        let endpoint = Endpoint::new(settings, files.store_tls());
         let store = self.cluster_store(config, files);
         if let Some(m) = kept
             .as_ref()
-            .filter(|m| m.publishes(&identity, store.as_ref()))
+            .filter(|m| m.publishes(&identity, &endpoint, store.as_ref()))
         {
             return Some(m.clone());
         }
-        let m = Membership::start(identity, store, self.metrics.clone(), self.started);
+        let m = Membership::start(
+            identity,
+            endpoint,
+            store,
+            self.metrics.clone(),
+            self.started,
+        );
         *kept = Some(m.clone());
         Some(m)
     }
