@@ -7,6 +7,7 @@
 //! down at once: every limit then falls back without calling it, and a watcher pings it every
 //! `PROBE_EVERY` until it answers again, when limits count globally again.
 
+pub mod challenges;
 pub mod members;
 pub mod status;
 

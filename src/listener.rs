@@ -178,9 +178,11 @@ async fn serve_tls(
     shutdown: watch::Receiver<bool>,
 ) {
     let state = cx.shared.load();
-    let Some(configs) = state.tls.clone() else {
+    let configs = state.tls.clone();
+    // with `[cluster]` an instance without TLS sites still answers other instances' TLS-ALPN-01
+    if configs.is_none() && !cx.challenges.is_shared() {
         return;
-    };
+    }
     let mut deadline = Instant::now() + state.config.server.timeouts.tls_handshake;
     drop(state);
     let handshake = async {
@@ -191,11 +193,18 @@ async fn serve_tls(
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if offers_acme {
+            // another instance's answer, from the store (`[cluster]`), if none is set here
+            let sni = hello.server_name().map(str::to_string);
+            let fetch = cx.challenges.fetch_tls_alpn(sni.as_deref());
+            let _ = tokio::time::timeout_at(deadline, fetch).await;
             let config = cx.challenges.tls_alpn_config().map_err(io::Error::other)?;
             let mut tls = bounded(deadline, start.into_stream(config)).await?;
             let _ = tls.shutdown().await;
             return Ok(None);
         }
+        let Some(configs) = configs else {
+            return Err(io::Error::other("no site has TLS"));
+        };
         if configs.on_demand_miss(hello.server_name()) {
             // an on-demand site without this name's certificate: wait for it (the wait has a
             // bound of its own and does not count against `tls_handshake`); without one the
