@@ -158,12 +158,6 @@ impl Challenges {
         self.shared.store(Some(Arc::new(SharedAnswers::new(store))));
     }
 
-    /// Whether answers go through the cluster store (an instance without TLS sites then still
-    /// answers TLS-ALPN-01).
-    pub fn is_shared(&self) -> bool {
-        self.shared.load().is_some()
-    }
-
     /// Before a TLS-ALPN-01 handshake for `name`: with `[cluster]` and no local answer, the
     /// digest another instance wrote to the store (within `[cluster] timeout`) becomes an
     /// acme-tls/1 certificate made here, which the handshake's resolver then finds.

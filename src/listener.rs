@@ -178,11 +178,9 @@ async fn serve_tls(
     shutdown: watch::Receiver<bool>,
 ) {
     let state = cx.shared.load();
-    let configs = state.tls.clone();
-    // with `[cluster]` an instance without TLS sites still answers other instances' TLS-ALPN-01
-    if configs.is_none() && !cx.challenges.is_shared() {
+    let Some(configs) = state.tls.clone() else {
         return;
-    }
+    };
     let mut deadline = Instant::now() + state.config.server.timeouts.tls_handshake;
     drop(state);
     let handshake = async {
@@ -202,9 +200,6 @@ async fn serve_tls(
             let _ = tls.shutdown().await;
             return Ok(None);
         }
-        let Some(configs) = configs else {
-            return Err(io::Error::other("no site has TLS"));
-        };
         if configs.on_demand_miss(hello.server_name()) {
             // an on-demand site without this name's certificate: wait for it (the wait has a
             // bound of its own and does not count against `tls_handshake`); without one the
