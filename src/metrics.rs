@@ -38,7 +38,8 @@ pub struct ClusterMetrics {
     pub config_disagreements: IntGauge,
     /// Challenge answers looked up in the store, by `type` and `result` (`cluster::challenges`).
     pub challenges_from_store: IntCounterVec,
-    /// Challenge answers written to the store, by `type` and `result` (`written`, `error`).
+    /// Challenge answers written to the store, by `type` and `result` (`written`, `down`,
+    /// `error`, `timeout`).
     pub challenges_to_store: IntCounterVec,
 }
 
@@ -66,7 +67,7 @@ impl ClusterMetrics {
                 &["type", "result"],
             )?,
             challenges_to_store: IntCounterVec::new(
-                opts("gatehouse_acme_challenges_to_store_total", "ACME challenge answers written to the cluster store for the other instances, by type and result (written, error)."),
+                opts("gatehouse_acme_challenges_to_store_total", "ACME challenge answers written to the cluster store for the other instances, by type and result (written, down, error, timeout)."),
                 &["type", "result"],
             )?,
         })

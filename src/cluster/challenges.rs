@@ -191,10 +191,13 @@ impl SharedAnswers {
     /// Writes this instance's answer, to expire after `ttl` (the order's deadline). Awaited
     /// (up to `WRITE_TIMEOUT`) before the CA is told to validate, so the answer is there when it
     /// comes; a failure is logged, and only the instance itself can then answer.
+    /// While the store is down nothing is written (an order with many names would otherwise
+    /// wait `WRITE_TIMEOUT` for each).
     pub async fn put(&self, challenge: Challenge<'_>, value: &str, ttl: Duration) -> bool {
-        let Some(conn) = self.store.conn.load_full() else {
-            self.count(challenge, Way::To, "error");
-            tracing::warn!(challenge = challenge.label(), "cluster store not reached yet: this challenge answer is not shared; only this instance can answer it");
+        let conn = self.store.conn.load_full();
+        let Some(conn) = conn.filter(|_| self.store.is_up()) else {
+            self.count(challenge, Way::To, "down");
+            tracing::warn!(challenge = challenge.label(), "cluster store down: this challenge answer is not shared; only this instance can answer it");
             return false;
         };
         let mut conn = (*conn).clone();
@@ -205,17 +208,17 @@ impl SharedAnswers {
             .arg("PX")
             .arg(ttl_ms);
         let done = tokio::time::timeout(WRITE_TIMEOUT, cmd.query_async::<()>(&mut conn)).await;
-        let written = matches!(done, Ok(Ok(())));
-        if written {
-            self.count(challenge, Way::To, "written");
-        } else {
-            self.count(challenge, Way::To, "error");
-            tracing::warn!(
-                challenge = challenge.label(),
-                "cluster store did not take the challenge answer: only this instance can answer it"
-            );
+        let (result, error) = match done {
+            Ok(Ok(())) => ("written", None),
+            Ok(Err(e)) => ("error", Some(e.to_string())),
+            Err(_) => ("timeout", Some("no answer within 2 s".to_string())),
+        };
+        self.count(challenge, Way::To, result);
+        if let Some(error) = &error {
+            tracing::warn!(challenge = challenge.label(), %error, "cluster store did not take the challenge answer: only this instance can answer it");
+            self.store.fail(result, error);
         }
-        written
+        error.is_none()
     }
 
     /// Withdraws an answer written by `put` (in the background: called on drop), unless another
