@@ -162,10 +162,10 @@ impl Challenges {
     /// digest another instance wrote to the store (within `[cluster] timeout`) becomes an
     /// acme-tls/1 certificate made here, which the handshake's resolver then finds.
     pub async fn fetch_tls_alpn(&self, name: Option<&str>) {
-        let Some(name) = name.map(str::to_ascii_lowercase) else {
+        let Some(shared) = self.shared.load_full() else {
             return;
         };
-        let Some(shared) = self.shared.load_full() else {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
             return;
         };
         if self.local_tls_alpn(&name).is_some() {
@@ -674,6 +674,27 @@ mod tests {
         // the same name set again: the same slot, not a second read and task
         let again = manager.slot(&settings, state.path(), names).await;
         assert!(Arc::ptr_eq(&slot, &again));
+    }
+
+    /// A certificate made from the store's digest serves only while the store gives that digest
+    /// (a new order's answer for the same name gets a new one), and only for a while.
+    #[test]
+    fn a_fetched_certificate_is_reused_only_for_the_same_digest() {
+        let challenges = Challenges::default();
+        let cert = order::alpn_certificate("app.test", &[1; 32]).expect("certificate");
+        challenges.keep_fetched("app.test".into(), [1; 32], cert.clone());
+        let same = challenges.fetched_cert("app.test", Some(&[1; 32]));
+        assert!(same.is_some_and(|c| Arc::ptr_eq(&c, &cert)));
+        assert!(challenges
+            .fetched_cert("app.test", Some(&[2; 32]))
+            .is_none());
+        assert!(challenges.fetched_cert("www.app.test", None).is_none());
+        let mut map = challenges.fetched.write().expect("lock");
+        if let Some(f) = map.get_mut("app.test") {
+            f.made -= FETCHED_FOR;
+        }
+        drop(map);
+        assert!(challenges.fetched_cert("app.test", None).is_none(), "stale");
     }
 
     #[test]
