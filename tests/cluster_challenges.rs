@@ -6,7 +6,7 @@
 //! CA can only be answered by B, from the store. Then the guards of B's lookups: a store that
 //! does not answer costs a request no more than `[cluster] timeout`, a flood of made-up tokens
 //! no more than `MAX_PER_SECOND` store calls a second, and an answer is served only under the
-//! cluster name and token it was written for.
+//! cluster name and token it was written for, and a reload that removes `[cluster]` stops them.
 //!
 //! Needs `redis-server` and `pebble` (Debian packages; `tests/run.sh` installs them).
 
@@ -477,6 +477,37 @@ async fn a_flood_of_made_up_tokens_costs_a_bounded_number_of_store_calls() {
             "{calls} store calls in {elapsed:?}, bound {bound}"
         );
         assert!(busy > 0.0, "no lookup was refused at once");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_the_cluster_stops_the_lookups() {
+    with_timeout(30, async {
+        let redis = Redis::start();
+        let (b, _) = lone_b(&redis, "one", "250ms").await;
+        let answer = format!("{TOKEN}.thumbprint");
+        redis.cli(&["SET", &format!("one:challenge:http-01:{TOKEN}"), &answer]);
+        assert_eq!(get_challenge(&b, TOKEN).await.0, 200);
+        // the same instance without `[cluster]`: its certificate files stay beside the config
+        // (the listeners as written before: the same sockets are kept)
+        let alone = instance_b(0, 0, "");
+        std::fs::write(&b.config_path, alone).expect("rewrite config");
+        b.send_signal("HUP");
+        let gone = poll_until(Duration::from_secs(10), || async {
+            get_challenge(&b, TOKEN).await.0 == 404
+        })
+        .await;
+        assert!(
+            gone.is_some(),
+            "still answered from the store:\n{}",
+            b.logs().join("\n")
+        );
+        let before = redis.gets();
+        for _ in 0..5 {
+            assert_eq!(get_challenge(&b, TOKEN).await.0, 404);
+        }
+        assert_eq!(redis.gets(), before, "looked up without [cluster]");
     })
     .await;
 }
