@@ -8,6 +8,7 @@
 //! `PROBE_EVERY` until it answers again, when limits count globally again. How the store is
 //! reached (TLS, Sentinel) is [`connect`]'s.
 
+pub mod challenges;
 pub mod connect;
 pub mod members;
 pub mod status;

@@ -36,6 +36,11 @@ pub struct ClusterMetrics {
     pub members: IntGauge,
     /// Members whose rate-limit or ACME config digest differs from this instance's.
     pub config_disagreements: IntGauge,
+    /// Challenge answers looked up in the store, by `type` and `result` (`cluster::challenges`).
+    pub challenges_from_store: IntCounterVec,
+    /// Challenge answers written to the store, by `type` and `result` (`written`, `down`,
+    /// `error`, `timeout`).
+    pub challenges_to_store: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -57,6 +62,14 @@ impl ClusterMetrics {
             store_up: IntGauge::new("gatehouse_cluster_store_up", "1 while global rate limits are counted in the cluster store, 0 while they fall back.")?,
             members: IntGauge::new("gatehouse_cluster_members", "Cluster members with a live heartbeat in the store, as this instance last read them (0: store not read).")?,
             config_disagreements: IntGauge::new("gatehouse_cluster_config_disagreements", "Cluster members whose rate-limit or ACME config digest differs from this instance's.")?,
+            challenges_from_store: IntCounterVec::new(
+                opts("gatehouse_acme_challenges_from_store_total", "ACME challenge answers this instance did not have, looked up in the cluster store, by type and result (hit, miss, invalid, busy, down, error, timeout)."),
+                &["type", "result"],
+            )?,
+            challenges_to_store: IntCounterVec::new(
+                opts("gatehouse_acme_challenges_to_store_total", "ACME challenge answers written to the cluster store for the other instances, by type and result (written, down, error, timeout)."),
+                &["type", "result"],
+            )?,
         })
     }
 
@@ -66,6 +79,8 @@ impl ClusterMetrics {
         r.register(Box::new(self.fallbacks.clone()))?;
         r.register(Box::new(self.members.clone()))?;
         r.register(Box::new(self.config_disagreements.clone()))?;
+        r.register(Box::new(self.challenges_from_store.clone()))?;
+        r.register(Box::new(self.challenges_to_store.clone()))?;
         r.register(Box::new(self.store_up.clone()))
     }
 }

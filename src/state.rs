@@ -160,6 +160,8 @@ pub struct Keep {
     log_dropped: Arc<AtomicU64>,
     /// The cluster store global limits count in, reused while `[cluster]` stays.
     cluster: std::sync::Mutex<Option<Arc<Store>>>,
+    /// With `rate_limits = "local"`, the store only challenge answers go through.
+    answers: std::sync::Mutex<Option<Arc<Store>>>,
     /// The heartbeat, reused while `[cluster]`, the digests and the store stay.
     membership: std::sync::Mutex<Option<Arc<Membership>>>,
     /// When the process started (Unix seconds), for its cluster record.
@@ -212,6 +214,7 @@ impl Keep {
             access_log: std::sync::Mutex::default(),
             log_dropped: Arc::default(),
             cluster: std::sync::Mutex::default(),
+            answers: std::sync::Mutex::default(),
             membership: std::sync::Mutex::default(),
             started: crate::cluster::members::unix_now(),
         })
@@ -391,6 +394,8 @@ impl RuntimeState {
         keep.acme
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
         keep.acme.configure_on_demand(&config);
+        let answers = keep.answers_store(&config, &files);
+        keep.acme.challenges().share_through(answers);
         let cluster = keep.membership(&config, &files);
         Ok(RuntimeState {
             cluster,
@@ -485,6 +490,32 @@ impl Keep {
 }
 
 impl Keep {
+    /// The store ACME challenge answers are shared through: whenever `[cluster]` is configured
+    /// (`None` without). With global limits, theirs; else one of its own, kept the same way.
+    fn answers_store(&self, config: &Config, files: &Files) -> Option<Arc<Store>> {
+        let mut kept = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(settings) = config.cluster.as_ref() else {
+            *kept = None;
+            return None;
+        };
+        if settings.global_limits() {
+            *kept = None;
+            drop(kept);
+            return self.cluster_store(config, files);
+        }
+        let secret = files.cluster_secret(config)?;
+        let endpoint = Endpoint::new(settings, files.store_tls());
+        if let Some(store) = kept
+            .as_ref()
+            .filter(|s| s.serves(settings, &endpoint, &secret))
+        {
+            return Some(store.clone());
+        }
+        let store = Store::start(settings, endpoint, secret, self.metrics.clone());
+        *kept = Some(store.clone());
+        Some(store)
+    }
+
     /// The heartbeat for `[cluster]` (`None` without one: a removed `[cluster]` stops it once
     /// the last snapshot holding it goes). Kept while what it publishes stays the same.
     fn membership(&self, config: &Config, files: &Files) -> Option<Arc<Membership>> {
