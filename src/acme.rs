@@ -22,6 +22,8 @@ mod shared;
 pub mod store;
 
 use crate::cluster::acme::SharedAcme;
+use crate::cluster::challenges::{self, Challenge, SharedAnswers};
+use crate::cluster::Store as ClusterStore;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::tls::{self, CertSlot};
@@ -36,7 +38,7 @@ use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use store::{CertInfo, Store};
 
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -101,17 +103,114 @@ pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, AcmeError
 }
 
 /// Challenge answers in flight, shared by the order tasks (writers) and the listeners (readers).
+/// With `[cluster]` each answer is also written to the cluster store, and a challenge this
+/// instance has no answer for is looked up there (`cluster::challenges`).
 #[derive(Default)]
 pub struct Challenges {
     http01: RwLock<HashMap<String, String>>,
     tls_alpn: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Where answers are shared with the other instances (`[cluster]`); empty without.
+    shared: ArcSwapOption<SharedAnswers>,
+    /// acme-tls/1 certificates made here from digests the store gave, by name.
+    fetched: RwLock<HashMap<String, Fetched>>,
 }
 
+/// A certificate made for another instance's TLS-ALPN-01 answer, reused while the store gives
+/// the same digest (the CA validates from several places within seconds).
+struct Fetched {
+    digest: [u8; 32],
+    cert: Arc<CertifiedKey>,
+    made: Instant,
+}
+
+/// How long a certificate made from the store's digest is reused.
+const FETCHED_FOR: Duration = Duration::from_secs(60);
+/// At most this many of them are kept (a full table is emptied of stale ones, then cleared).
+const FETCHED_MAX: usize = 256;
+
 impl Challenges {
-    /// The key authorization for an HTTP-01 token.
+    /// The key authorization for an HTTP-01 token this instance set.
     pub fn http01(&self, token: &str) -> Option<String> {
         let map = self.http01.read().unwrap_or_else(PoisonError::into_inner);
         map.get(token).cloned()
+    }
+
+    /// The key authorization for an HTTP-01 token: this instance's, else (with `[cluster]`)
+    /// the one another instance wrote to the store, within `[cluster] timeout`.
+    pub async fn find_http01(&self, token: &str) -> Option<String> {
+        if let Some(local) = self.http01(token) {
+            return Some(local);
+        }
+        let shared = self.shared.load_full()?;
+        // boxed: the lookup's future would otherwise size every request's
+        Box::pin(shared.get(Challenge::Http01(token))).await
+    }
+
+    /// Shares answers through `store` from now on (`None`: not at all). The same store keeps
+    /// its guard (lookups in flight) across reloads.
+    pub fn share_through(&self, store: Option<Arc<ClusterStore>>) {
+        let Some(store) = store else {
+            self.shared.store(None);
+            return;
+        };
+        let current = self.shared.load();
+        if current.as_ref().is_some_and(|s| s.uses(&store)) {
+            return;
+        }
+        self.shared.store(Some(Arc::new(SharedAnswers::new(store))));
+    }
+
+    /// Before a TLS-ALPN-01 handshake for `name`: with `[cluster]` and no local answer, the
+    /// digest another instance wrote to the store (within `[cluster] timeout`) becomes an
+    /// acme-tls/1 certificate made here, which the handshake's resolver then finds.
+    pub async fn fetch_tls_alpn(&self, name: Option<&str>) {
+        let Some(shared) = self.shared.load_full() else {
+            return;
+        };
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return;
+        };
+        if self.local_tls_alpn(&name).is_some() {
+            return;
+        }
+        let Some(value) = shared.get(Challenge::TlsAlpn01(&name)).await else {
+            return;
+        };
+        let Some(digest) = challenges::tls_alpn_digest(&value) else {
+            return;
+        };
+        if self.fetched_cert(&name, Some(&digest)).is_some() {
+            return;
+        }
+        match order::alpn_certificate(&name, &digest) {
+            Ok(cert) => self.keep_fetched(name, digest, cert),
+            Err(e) => tracing::warn!(%name, error = %e, "cannot make the acme-tls/1 certificate"),
+        }
+    }
+
+    fn local_tls_alpn(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let map = self.tls_alpn.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(name).cloned()
+    }
+
+    /// A fresh certificate made from the store's digest for `name` (that digest, if given).
+    fn fetched_cert(&self, name: &str, digest: Option<&[u8; 32]>) -> Option<Arc<CertifiedKey>> {
+        let map = self.fetched.read().unwrap_or_else(PoisonError::into_inner);
+        let fetched = map.get(name)?;
+        let same = digest.map_or(true, |d| *d == fetched.digest);
+        (same && fetched.made.elapsed() < FETCHED_FOR).then(|| fetched.cert.clone())
+    }
+
+    fn keep_fetched(&self, name: String, digest: [u8; 32], cert: Arc<CertifiedKey>) {
+        let mut map = self.fetched.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= FETCHED_MAX {
+            map.retain(|_, f| f.made.elapsed() < FETCHED_FOR);
+            if map.len() >= FETCHED_MAX {
+                map.clear();
+            }
+        }
+        let made = Instant::now();
+        map.insert(name, Fetched { digest, cert, made });
     }
 
     /// The config for a handshake that offered `acme-tls/1`: only challenge certificates, only
@@ -129,10 +228,13 @@ impl Challenges {
         Answer {
             challenges: self.clone(),
             key: AnswerKey::Http01(token),
+            shared: None,
         }
     }
 
     fn answer_tls_alpn(self: &Arc<Self>, name: String, cert: Arc<CertifiedKey>) -> Answer {
+        // as the resolver looks it up, and as the store keeps it
+        let name = name.to_ascii_lowercase();
         let mut map = self
             .tls_alpn
             .write()
@@ -141,14 +243,17 @@ impl Challenges {
         Answer {
             challenges: self.clone(),
             key: AnswerKey::TlsAlpn(name),
+            shared: None,
         }
     }
 }
 
-/// Withdraws its challenge answer when dropped.
+/// Withdraws its challenge answer when dropped (from the store too, if it was shared).
 struct Answer {
     challenges: Arc<Challenges>,
     key: AnswerKey,
+    /// Where it was written, and as what.
+    shared: Option<(Arc<SharedAnswers>, String)>,
 }
 
 enum AnswerKey {
@@ -156,8 +261,32 @@ enum AnswerKey {
     TlsAlpn(String),
 }
 
+impl Answer {
+    fn challenge(&self) -> Challenge<'_> {
+        match &self.key {
+            AnswerKey::Http01(token) => Challenge::Http01(token),
+            AnswerKey::TlsAlpn(name) => Challenge::TlsAlpn01(name),
+        }
+    }
+
+    /// With `[cluster]`, writes the answer (`value`, as `cluster::challenges` keeps it) to the
+    /// store for the other instances, until the order's deadline at the latest. Awaited before
+    /// the CA is told to validate.
+    async fn share(&mut self, value: String) {
+        let Some(shared) = self.challenges.shared.load_full() else {
+            return;
+        };
+        if shared.put(self.challenge(), &value, ORDER_DEADLINE).await {
+            self.shared = Some((shared, value));
+        }
+    }
+}
+
 impl Drop for Answer {
     fn drop(&mut self) {
+        if let Some((shared, value)) = self.shared.take() {
+            shared.remove(self.challenge(), value);
+        }
         let c = &self.challenges;
         match &self.key {
             AnswerKey::Http01(token) => {
@@ -178,12 +307,8 @@ struct AlpnResolver(Arc<Challenges>);
 impl ResolvesServerCert for AlpnResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?.to_ascii_lowercase();
-        let map = self
-            .0
-            .tls_alpn
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.get(&name).cloned()
+        let local = self.0.local_tls_alpn(&name);
+        local.or_else(|| self.0.fetched_cert(&name, None))
     }
 }
 
@@ -562,6 +687,27 @@ mod tests {
         // the same name set again: the same slot, not a second read and task
         let again = manager.slot(&settings, state.path(), names, None).await;
         assert!(Arc::ptr_eq(&slot, &again));
+    }
+
+    /// A certificate made from the store's digest serves only while the store gives that digest
+    /// (a new order's answer for the same name gets a new one), and only for a while.
+    #[test]
+    fn a_fetched_certificate_is_reused_only_for_the_same_digest() {
+        let challenges = Challenges::default();
+        let cert = order::alpn_certificate("app.test", &[1; 32]).expect("certificate");
+        challenges.keep_fetched("app.test".into(), [1; 32], cert.clone());
+        let same = challenges.fetched_cert("app.test", Some(&[1; 32]));
+        assert!(same.is_some_and(|c| Arc::ptr_eq(&c, &cert)));
+        assert!(challenges
+            .fetched_cert("app.test", Some(&[2; 32]))
+            .is_none());
+        assert!(challenges.fetched_cert("www.app.test", None).is_none());
+        let mut map = challenges.fetched.write().expect("lock");
+        if let Some(f) = map.get_mut("app.test") {
+            f.made -= FETCHED_FOR;
+        }
+        drop(map);
+        assert!(challenges.fetched_cert("app.test", None).is_none(), "stale");
     }
 
     #[test]

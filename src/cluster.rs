@@ -5,9 +5,12 @@
 //! limits count in the store now ("up") or fall back; and the one call they make, the lease
 //! script, never awaited longer than `timeout`. A call that fails or times out marks the store
 //! down at once: every limit then falls back without calling it, and a watcher pings it every
-//! `PROBE_EVERY` until it answers again, when limits count globally again.
+//! `PROBE_EVERY` until it answers again, when limits count globally again. How the store is
+//! reached (TLS, Sentinel) is [`connect`]'s.
 
 pub mod acme;
+pub mod challenges;
+pub mod connect;
 pub mod crypt;
 pub mod members;
 pub mod status;
@@ -15,9 +18,10 @@ pub mod status;
 use crate::config::{Cluster, Fallback, Secret};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use connect::Endpoint;
+use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -25,8 +29,6 @@ use tokio::sync::Notify;
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// Failed probes after which the connection is made anew rather than left to reconnect.
 const RENEW_AFTER: u32 = 10;
-/// How long a connection attempt may take (in the background: no request waits for it).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// GCRA over leases, evaluated in the store on its own clock (`TIME`), so instances' clocks do
 /// not matter. A budget's state is its theoretical arrival time (TAT, microseconds), kept
@@ -90,8 +92,11 @@ pub struct Rate {
 /// The store connection and its health, shared by every global limit of a process.
 pub struct Store {
     settings: Cluster,
+    endpoint: Endpoint,
     secret: Secret,
     conn: ArcSwapOption<ConnectionManager>,
+    /// Where `conn` goes (for Sentinel: the master when it was made; compared on each probe).
+    at: Mutex<String>,
     up: AtomicBool,
     wake: Arc<Notify>,
     script: redis::Script,
@@ -102,11 +107,19 @@ pub struct Store {
 
 impl Store {
     /// A store for `settings`; connects (and reconnects) in the background, until dropped.
-    pub fn start(settings: &Cluster, secret: Secret, metrics: Arc<Metrics>) -> Arc<Store> {
+    pub fn start(
+        settings: &Cluster,
+        endpoint: Endpoint,
+        secret: Secret,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Store> {
+        endpoint.announce();
         let store = Arc::new(Store {
             settings: settings.clone(),
+            endpoint,
             secret,
             conn: ArcSwapOption::empty(),
+            at: Mutex::new(String::new()),
             up: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             script: redis::Script::new(LEASE_SCRIPT),
@@ -124,9 +137,14 @@ impl Store {
         store
     }
 
-    /// Whether this store serves `settings` with `secret` (a reload keeps it, and its budgets).
-    pub fn serves(&self, settings: &Cluster, secret: &Secret) -> bool {
-        self.settings == *settings && self.secret == *secret
+    /// Whether this store serves `settings` with `secret`, reached at `endpoint` (a reload
+    /// keeps it, and its budgets).
+    pub fn serves(&self, settings: &Cluster, endpoint: &Endpoint, secret: &Secret) -> bool {
+        self.settings == *settings && self.endpoint == *endpoint && self.secret == *secret
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     pub fn settings(&self) -> &Cluster {
@@ -239,19 +257,33 @@ fn fallback_word(fallback: Fallback) -> &'static str {
 }
 
 /// Keeps the connection, and says when the store answers again: every `PROBE_EVERY` while it is
-/// down, else when a call fails (or every few seconds, to notice the store is gone).
+/// down, else when a call fails (or every few seconds, to notice the store is gone). Why it
+/// cannot connect (a wrong CA, a sentinel that does not answer) is logged at the first failed
+/// probe, then when it changes but at most every `SAY_AGAIN`, not every probe.
 async fn watch(store: Weak<Store>, wake: Arc<Notify>) {
+    const SAY_AGAIN: Duration = Duration::from_secs(10);
     let mut failed = 0u32;
+    let mut said = String::new();
+    let mut said_at = Instant::now();
     loop {
         let up = match store.upgrade() {
             Some(store) => {
-                let up = probe(&store).await;
-                failed = if up { 0 } else { failed + 1 };
+                let probed = probe(&store).await;
+                failed = if probed.is_ok() { 0 } else { failed + 1 };
                 if failed % RENEW_AFTER == 0 && failed > 0 {
                     // the manager reconnects by itself; a fresh one is the belt to its braces
                     store.conn.store(None);
                 }
-                up
+                if let Err(why) = &probed {
+                    if said.is_empty() || (*why != said && said_at.elapsed() >= SAY_AGAIN) {
+                        tracing::warn!(cluster = %store.settings.name, error = %why, "cluster store not reachable; retrying every {PROBE_EVERY:?}");
+                        said.clone_from(why);
+                        said_at = Instant::now();
+                    }
+                } else {
+                    said.clear();
+                }
+                probed.is_ok()
             }
             None => return,
         };
@@ -263,59 +295,42 @@ async fn watch(store: Weak<Store>, wake: Arc<Notify>) {
     }
 }
 
-/// Connects if there is no connection yet; while the store is down, pings it (and loads the
-/// script, so the first lease after it comes back is one round trip). Whether it is up.
-async fn probe(store: &Store) -> bool {
+/// Connects if there is no connection yet (or, for Sentinel, the sentinels name another
+/// master now); while the store is down, pings it (and loads the script, so the first lease
+/// after it comes back is one round trip). `Ok` when it is up.
+async fn probe(store: &Store) -> Result<(), String> {
     if store.is_up() {
-        return true;
+        return Ok(());
+    }
+    if store.endpoint.is_sentinel() && store.conn.load().is_some() {
+        let moved = match store.endpoint.master_now().await {
+            Some(now) => *store.at.lock().unwrap_or_else(|e| e.into_inner()) != now,
+            None => false,
+        };
+        if moved {
+            store.conn.store(None);
+        }
     }
     let conn = match store.conn.load_full() {
         Some(conn) => conn,
-        None => match connect(&store.settings).await {
-            Some(conn) => {
-                let conn = Arc::new(conn);
-                store.conn.store(Some(conn.clone()));
-                conn
-            }
-            None => return false,
-        },
+        None => {
+            let made = store.endpoint.manager().await?;
+            tracing::info!(cluster = %store.settings.name, at = %made.at, "cluster store connected");
+            *store.at.lock().unwrap_or_else(|e| e.into_inner()) = made.at;
+            let conn = Arc::new(made.conn);
+            store.conn.store(Some(conn.clone()));
+            conn
+        }
     };
     let mut conn = (*conn).clone();
     let wait = store.settings.timeout.max(Duration::from_millis(500));
     let load = store.script.prepare_invoke();
-    let ping = tokio::time::timeout(wait, load.load_async(&mut conn)).await;
-    if matches!(ping, Ok(Ok(_))) {
-        store.set_up();
-        return true;
-    }
-    false
-}
-
-async fn connect(settings: &Cluster) -> Option<ConnectionManager> {
-    let client = match redis::Client::open(settings.store.as_str()) {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::warn!(error = %e, "cluster store URL refused by the client");
-            return None;
+    match tokio::time::timeout(wait, load.load_async(&mut conn)).await {
+        Ok(Ok(_)) => {
+            store.set_up();
+            Ok(())
         }
-    };
-    // the manager reconnects by itself after this; a command meanwhile fails or waits for the
-    // new connection, which `lease`'s timeout bounds
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(CONNECT_TIMEOUT)
-        .set_number_of_retries(1)
-        .set_max_delay(200);
-    let made = tokio::time::timeout(
-        CONNECT_TIMEOUT * 2,
-        ConnectionManager::new_with_config(client, config),
-    )
-    .await;
-    match made {
-        Ok(Ok(conn)) => Some(conn),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "cluster store not reachable yet");
-            None
-        }
-        Err(_) => None,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {wait:?}")),
     }
 }

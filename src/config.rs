@@ -9,7 +9,10 @@ pub mod units;
 mod validate;
 
 pub use auth::{BasicAuth, ForwardAuth, PasswordHash, UserSource, Users};
-pub use cluster::{Cluster, ClusterAcme, ClusterSecret, Fallback, GlobalScope, Secret};
+pub use cluster::{
+    Cluster, ClusterAcme, ClusterSecret, Fallback, GlobalScope, Secret, SentinelStore,
+    StoreTlsFiles,
+};
 pub use model::*;
 
 use std::fmt;
@@ -182,6 +185,10 @@ pub enum FileKind {
     Users(PathBuf),
     /// `[cluster] secret_file`: the secret's bytes, trailing white space trimmed.
     Secret(PathBuf),
+    /// `[cluster] store_ca`: roots in PEM, kept as PEM (the Redis client takes PEM).
+    StoreCa(PathBuf),
+    /// `[cluster] store_client_cert` and `store_client_key`, checked to belong together.
+    StoreClient(TlsFiles),
 }
 
 /// Reads and validates only the `[listen]` section of a config file: the addresses a client of

@@ -197,7 +197,6 @@ pub async fn serve_connection<S>(
         transport,
         client,
     };
-    let svc = hyper::service::service_fn(move |req| svc.clone().call(req));
     let mut guard = Guard {
         watchdog: Watchdog::new(state.clone()),
         shutdown: &mut shutdown,
@@ -216,13 +215,24 @@ pub async fn serve_connection<S>(
     };
     if is_h2 {
         let io = TokioIo::new(Rewind::new(pre, io));
+        // Each stream's future is boxed at once: hyper and tokio move a stream task several
+        // times (into its `H2Stream`, `StreamExec`'s `Deadline`, the task cell, and the cell's
+        // stage on completion), and each move of the whole proxy future is a memcpy of its
+        // size; a box makes them pointer moves for one allocation. (An HTTP/1.1 request's
+        // future is moved once, into the dispatcher's slot, so it stays unboxed.)
+        let svc = hyper::service::service_fn(move |req| Box::pin(svc.clone().call(req)));
         let mut conn = Box::pin(http.h2.serve_connection(io, svc));
         guard.drive(&mut conn).await;
         return;
     }
+    let h1_svc = hyper::service::service_fn(move |req| svc.clone().call(req));
     loop {
         let io_in = TokioIo::new(Rewind::new(pre, io));
-        let mut conn = Box::new(http.h1.serve_connection(io_in, svc.clone()).with_upgrades());
+        let mut conn = Box::new(
+            http.h1
+                .serve_connection(io_in, h1_svc.clone())
+                .with_upgrades(),
+        );
         let end = guard.drive(&mut *conn).await;
         if let Some(pending) = state.take_tunnel() {
             // hyper has handed the socket over (or failed to): what is left of it is the tunnel's

@@ -191,6 +191,10 @@ async fn serve_tls(
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if offers_acme {
+            // another instance's answer, from the store (`[cluster]`), if none is set here
+            let sni = hello.server_name().map(str::to_string);
+            let fetch = cx.challenges.fetch_tls_alpn(sni.as_deref());
+            let _ = tokio::time::timeout_at(deadline, fetch).await;
             let config = cx.challenges.tls_alpn_config().map_err(io::Error::other)?;
             let mut tls = bounded(deadline, start.into_stream(config)).await?;
             let _ = tls.shutdown().await;

@@ -49,6 +49,17 @@ pub struct Files {
     auth_roots: Option<Arc<RootCertStore>>,
     /// `[cluster] secret_file` as read; `None` without one.
     cluster_secret: Option<Secret>,
+    /// `[cluster] store_ca` and client certificate as read (empty without them).
+    store_tls: StorePem,
+}
+
+/// A TLS store connection's files as read and checked, in PEM (`crate::cluster::connect`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StorePem {
+    /// `store_ca`; `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// `store_client_cert` and `store_client_key`.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A certificate chain and its key, checked to belong together.
@@ -108,6 +119,11 @@ impl Files {
         }
     }
 
+    /// The `[cluster]` store's TLS files as read (empty without `store_ca` and a client pair).
+    pub fn store_tls(&self) -> &StorePem {
+        &self.store_tls
+    }
+
     /// The stamp of the files upstream `name` was made from (empty for a plain upstream).
     pub fn upstream_stamp(&self, name: &str) -> FileStamp {
         self.upstream(name)
@@ -151,6 +167,7 @@ struct Read {
     pages: HashMap<PathBuf, Bytes>,
     users: HashMap<PathBuf, Arc<Users>>,
     secret: Option<Secret>,
+    store_tls: StorePem,
 }
 
 /// The largest error page kept in memory: a page is sent whole, from memory, with every answer
@@ -215,6 +232,12 @@ fn read_named(validated: &Validated) -> (Read, Vec<Located>) {
             FileKind::Secret(path) => read_secret(path).map(|secret| {
                 read.secret = Some(secret);
             }),
+            FileKind::StoreCa(path) => read_store_ca(path).map(|pem| {
+                read.store_tls.ca = Some(pem);
+            }),
+            FileKind::StoreClient(files) => read_store_client(files).map(|pair| {
+                read.store_tls.client = Some(pair);
+            }),
             FileKind::Folder(path) => {
                 if let Err(message) = folder(path) {
                     errors.push(validated.locate(named, message));
@@ -239,6 +262,22 @@ fn read_secret(path: &Path) -> Result<Secret, String> {
         return Err(format!("the secret in `{shown}` is {} bytes; expected at least {MIN_SECRET_LEN} (e.g. `openssl rand -base64 32 > {shown}`)", trimmed.len()));
     }
     Ok(Secret(trimmed.to_vec()))
+}
+
+/// `[cluster] store_ca`: checked to hold certificates rustls reads, kept as the PEM it is (the
+/// Redis client takes PEM).
+fn read_store_ca(path: &Path) -> Result<Vec<u8>, String> {
+    tls::read_roots(path).map_err(|e| format!("{e}; `store_ca` names a PEM file of the CA certificates the store's certificate is checked against"))?;
+    std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+}
+
+/// `[cluster] store_client_cert` and `store_client_key`: checked as a site's pair is (they
+/// parse, and the key is the certificate's), kept as PEM.
+fn read_store_client(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
+    tls::load_certified_key(files).map_err(|e| e.to_string())?;
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()));
+    Ok((read(&files.cert)?, read(&files.key)?))
 }
 
 /// The largest users file read: thousands of users are a job for an auth service.
@@ -322,6 +361,7 @@ fn upstream_files(
         client_cas: HashMap::new(),
         users: read.users,
         cluster_secret: read.secret,
+        store_tls: read.store_tls,
         auth_roots,
     }
 }

@@ -42,6 +42,11 @@ pub struct ClusterMetrics {
     pub acme_certs_received: IntCounter,
     /// Writes the store refused because this instance no longer held the lock (fencing).
     pub acme_fenced_refusals: IntCounter,
+    /// Challenge answers looked up in the store, by `type` and `result` (`cluster::challenges`).
+    pub challenges_from_store: IntCounterVec,
+    /// Challenge answers written to the store, by `type` and `result` (`written`, `down`,
+    /// `error`, `timeout`).
+    pub challenges_to_store: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -73,6 +78,14 @@ impl ClusterMetrics {
             store_up: IntGauge::new("gatehouse_cluster_store_up", "1 while global rate limits are counted in the cluster store, 0 while they fall back.")?,
             members: IntGauge::new("gatehouse_cluster_members", "Cluster members with a live heartbeat in the store, as this instance last read them (0: store not read).")?,
             config_disagreements: IntGauge::new("gatehouse_cluster_config_disagreements", "Cluster members whose rate-limit or ACME config digest differs from this instance's.")?,
+            challenges_from_store: IntCounterVec::new(
+                opts("gatehouse_acme_challenges_from_store_total", "ACME challenge answers this instance did not have, looked up in the cluster store, by type and result (hit, miss, invalid, busy, down, error, timeout)."),
+                &["type", "result"],
+            )?,
+            challenges_to_store: IntCounterVec::new(
+                opts("gatehouse_acme_challenges_to_store_total", "ACME challenge answers written to the cluster store for the other instances, by type and result (written, down, error, timeout)."),
+                &["type", "result"],
+            )?,
         })
     }
 
@@ -85,6 +98,8 @@ impl ClusterMetrics {
         r.register(Box::new(self.acme_lock_changes.clone()))?;
         r.register(Box::new(self.acme_certs_received.clone()))?;
         r.register(Box::new(self.acme_fenced_refusals.clone()))?;
+        r.register(Box::new(self.challenges_from_store.clone()))?;
+        r.register(Box::new(self.challenges_to_store.clone()))?;
         r.register(Box::new(self.store_up.clone()))
     }
 }

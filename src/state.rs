@@ -5,6 +5,7 @@
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::acme;
 use crate::cluster::acme::SharedAcme;
+use crate::cluster::connect::Endpoint;
 use crate::cluster::members::{Identity, Membership};
 use crate::cluster::Store;
 use crate::config::{
@@ -160,6 +161,8 @@ pub struct Keep {
     log_dropped: Arc<AtomicU64>,
     /// The cluster store global limits count in, reused while `[cluster]` stays.
     cluster: std::sync::Mutex<Option<Arc<Store>>>,
+    /// With `rate_limits = "local"`, the store only challenge answers go through.
+    answers: std::sync::Mutex<Option<Arc<Store>>>,
     /// The heartbeat, reused while `[cluster]`, the digests and the store stay.
     membership: std::sync::Mutex<Option<Arc<Membership>>>,
     /// Shared ACME's store (`[cluster] acme = "shared"`), kept while its settings stay.
@@ -214,6 +217,7 @@ impl Keep {
             access_log: std::sync::Mutex::default(),
             log_dropped: Arc::default(),
             cluster: std::sync::Mutex::default(),
+            answers: std::sync::Mutex::default(),
             membership: std::sync::Mutex::default(),
             shared_acme: std::sync::Mutex::default(),
             started: crate::cluster::members::unix_now(),
@@ -396,6 +400,8 @@ impl RuntimeState {
         keep.acme
             .retain(&slots.iter().flatten().collect::<Vec<_>>());
         keep.acme.configure_on_demand(&config);
+        let answers = keep.answers_store(&config, &files);
+        keep.acme.challenges().share_through(answers);
         let cluster = keep.membership(&config, &files);
         Ok(RuntimeState {
             cluster,
@@ -476,10 +482,14 @@ impl Keep {
         let settings = config.cluster.as_ref().filter(|c| c.global_limits())?;
         let secret = files.cluster_secret(config)?;
         let mut kept = self.cluster.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(store) = kept.as_ref().filter(|s| s.serves(settings, &secret)) {
+        let endpoint = Endpoint::new(settings, files.store_tls());
+        if let Some(store) = kept
+            .as_ref()
+            .filter(|s| s.serves(settings, &endpoint, &secret))
+        {
             return Some(store.clone());
         }
-        let store = Store::start(settings, secret, self.metrics.clone());
+        let store = Store::start(settings, endpoint, secret, self.metrics.clone());
         *kept = Some(store.clone());
         Some(store)
     }
@@ -495,10 +505,14 @@ impl Keep {
             return None;
         };
         let secret = files.cluster_secret(config)?;
-        if let Some(shared) = kept.as_ref().filter(|s| s.serves(settings, &secret)) {
+        let endpoint = Endpoint::new(settings, files.store_tls());
+        if let Some(shared) = kept
+            .as_ref()
+            .filter(|s| s.serves(settings, &endpoint, &secret))
+        {
             return Some(shared.clone());
         }
-        match SharedAcme::start(settings, secret, self.metrics.clone()) {
+        match SharedAcme::start(settings, endpoint, secret, self.metrics.clone()) {
             Ok(shared) => {
                 *kept = Some(shared.clone());
                 Some(shared)
@@ -510,6 +524,32 @@ impl Keep {
         }
     }
 
+    /// The store ACME challenge answers are shared through: whenever `[cluster]` is configured
+    /// (`None` without). With global limits, theirs; else one of its own, kept the same way.
+    fn answers_store(&self, config: &Config, files: &Files) -> Option<Arc<Store>> {
+        let mut kept = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(settings) = config.cluster.as_ref() else {
+            *kept = None;
+            return None;
+        };
+        if settings.global_limits() {
+            *kept = None;
+            drop(kept);
+            return self.cluster_store(config, files);
+        }
+        let secret = files.cluster_secret(config)?;
+        let endpoint = Endpoint::new(settings, files.store_tls());
+        if let Some(store) = kept
+            .as_ref()
+            .filter(|s| s.serves(settings, &endpoint, &secret))
+        {
+            return Some(store.clone());
+        }
+        let store = Store::start(settings, endpoint, secret, self.metrics.clone());
+        *kept = Some(store.clone());
+        Some(store)
+    }
+
     /// The heartbeat for `[cluster]` (`None` without one: a removed `[cluster]` stops it once
     /// the last snapshot holding it goes). Kept while what it publishes stays the same.
     fn membership(&self, config: &Config, files: &Files) -> Option<Arc<Membership>> {
@@ -519,14 +559,21 @@ impl Keep {
             return None;
         };
         let identity = Identity::of(settings, config);
+        let endpoint = Endpoint::new(settings, files.store_tls());
         let store = self.cluster_store(config, files);
         if let Some(m) = kept
             .as_ref()
-            .filter(|m| m.publishes(&identity, store.as_ref()))
+            .filter(|m| m.publishes(&identity, &endpoint, store.as_ref()))
         {
             return Some(m.clone());
         }
-        let m = Membership::start(identity, store, self.metrics.clone(), self.started);
+        let m = Membership::start(
+            identity,
+            endpoint,
+            store,
+            self.metrics.clone(),
+            self.started,
+        );
         *kept = Some(m.clone());
         Some(m)
     }

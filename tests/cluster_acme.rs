@@ -731,7 +731,9 @@ async fn an_emptied_store_is_filled_again_from_local_copies_without_orders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_fence_their_writes_and_blobs_are_sealed() {
     use gatehouse::cluster::acme::{CertBlob, Journal, SharedAcme, SharedError};
+    use gatehouse::cluster::connect::Endpoint;
     use gatehouse::config::{Cluster, ClusterAcme, ClusterSecret, Secret};
+    use gatehouse::load::StorePem;
     support::with_timeout(30, async {
         let redis = Redis::start();
         let settings = |instance: &str, secret: &str| {
@@ -745,9 +747,13 @@ async fn locks_fence_their_writes_and_blobs_are_sealed() {
                 rate_limit_fallback: Default::default(),
                 acme: ClusterAcme::Shared,
                 lock_ttl: Duration::from_secs(2),
+                sentinel: None,
+                store_tls: Default::default(),
             };
+            let endpoint = Endpoint::new(&cluster, &StorePem::default());
             let shared = SharedAcme::start(
                 &cluster,
+                endpoint,
                 Secret(secret.as_bytes().to_vec()),
                 gatehouse::metrics::Metrics::new().unwrap(),
             );
@@ -829,7 +835,9 @@ async fn locks_fence_their_writes_and_blobs_are_sealed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_of_an_order_the_ca_does_not_know_is_dropped_for_a_new_order() {
     use gatehouse::cluster::acme::{Journal, SharedAcme};
+    use gatehouse::cluster::connect::Endpoint;
     use gatehouse::config::{Cluster, ClusterAcme, ClusterSecret, Secret};
+    use gatehouse::load::StorePem;
     support::with_timeout(120, async {
         let s = Setup::start(BASE_STALE_JOURNAL, 1, None).await;
         let directory = s.pebble.var("ACME_DIRECTORY_URL").to_string();
@@ -843,10 +851,13 @@ async fn a_journal_of_an_order_the_ca_does_not_know_is_dropped_for_a_new_order()
             rate_limit_fallback: Default::default(),
             acme: ClusterAcme::Shared,
             lock_ttl: LOCK_TTL,
+            sentinel: None,
+            store_tls: Default::default(),
         };
+        let endpoint = Endpoint::new(&cluster, &StorePem::default());
         let secret = Secret(SECRET.as_bytes().to_vec());
         let metrics = gatehouse::metrics::Metrics::new().unwrap();
-        let shared = SharedAcme::start(&cluster, secret, metrics).unwrap();
+        let shared = SharedAcme::start(&cluster, endpoint, secret, metrics).unwrap();
         let id = SharedAcme::cert_id(&directory, &s.sites);
         let lock = shared.try_lock(&id).await.unwrap().unwrap();
         let base = directory.trim_end_matches("/dir");

@@ -1619,12 +1619,34 @@ fn cluster_errors_are_located_and_say_what_is_valid() {
             ],
         ),
         (
-            "rediss is not built",
+            "store_ca without TLS",
+            with("store_ca = \"ca.pem\""),
+            "store_ca =",
+            &["`cluster.store_ca`", "rediss://", "`store` is not"],
+        ),
+        (
+            "a client certificate without its key",
             cluster_config(&format!(
-                "store = \"rediss://redis:6380\"\n{CLUSTER_SECRET}"
+                "store = \"rediss://redis:6380\"\n{CLUSTER_SECRET}\nstore_client_cert = \"client.pem\""
+            )),
+            "store_client_cert =",
+            &["`cluster.store_client_cert`", "store_client_key", "tls-auth-clients"],
+        ),
+        (
+            "a Sentinel URL without the master's name",
+            cluster_config(&format!(
+                "store = \"redis+sentinel://10.0.0.5:26379,10.0.0.6\"\n{CLUSTER_SECRET}"
             )),
             "store =",
-            &["`cluster.store`", "not built yet", "redis://"],
+            &["`cluster.store`", "master's name is missing", "redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/mymaster"],
+        ),
+        (
+            "a fragment redis-rs does not know",
+            cluster_config(&format!(
+                "store = \"rediss://redis:6380/#skip\"\n{CLUSTER_SECRET}"
+            )),
+            "store =",
+            &["`cluster.store`", "#insecure", "rediss://"],
         ),
         (
             "no secret",
@@ -1691,6 +1713,67 @@ fn cluster_errors_are_located_and_say_what_is_valid() {
         ),
     ];
     assert_each_is_one_located_error(&cases);
+}
+
+#[test]
+fn cluster_store_tls_files_are_read_and_checked() {
+    let ca = rcgen::generate_simple_self_signed(vec!["redis.test".to_string()]).expect("ca");
+    let other = rcgen::generate_simple_self_signed(vec!["other.test".to_string()]).expect("cert");
+    let (ca_pem, other_pem) = (ca.cert.pem(), other.cert.pem());
+    let key_pem = ca.key_pair.serialize_pem();
+    let config = cluster_config(&format!(
+        "store = \"rediss://redis.test:6380\"\n{CLUSTER_SECRET}\nstore_ca = \"ca.pem\"\nstore_client_cert = \"client.pem\"\nstore_client_key = \"client.key\""
+    ));
+    let good = [
+        ("ca.pem", ca_pem.as_str()),
+        ("client.pem", ca_pem.as_str()),
+        ("client.key", key_pem.as_str()),
+    ];
+    let (_, out) = check_with_files(&config, &good, &[], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let missing_ca = [
+        ("client.pem", ca_pem.as_str()),
+        ("client.key", key_pem.as_str()),
+    ];
+    let (path, out) = check_with_files(&config, &missing_ca, &[], &[]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "store_ca =",
+        &["cannot read CA roots", "ca.pem"],
+    );
+    let not_pem = [
+        ("ca.pem", "hello"),
+        ("client.pem", ca_pem.as_str()),
+        ("client.key", key_pem.as_str()),
+    ];
+    let (path, out) = check_with_files(&config, &not_pem, &[], &[]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "store_ca =",
+        &["ca.pem", "`store_ca` names a PEM file"],
+    );
+    let mismatched = [
+        ("ca.pem", ca_pem.as_str()),
+        ("client.pem", other_pem.as_str()),
+        ("client.key", key_pem.as_str()),
+    ];
+    let (path, out) = check_with_files(&config, &mismatched, &[], &[]);
+    assert_located_error(
+        &config,
+        &path,
+        &out,
+        "store_client_cert =",
+        &["client.key", "client.pem"],
+    );
+    let sentinel = cluster_config(&format!(
+        "store = \"rediss+sentinel://:pw@10.0.0.5,10.0.0.6:26380/mymaster/1\"\n{CLUSTER_SECRET}\nstore_ca = \"ca.pem\""
+    ));
+    let (_, out) = check_with_files(&sentinel, &good, &[], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
 }
 
 #[test]

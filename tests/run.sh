@@ -15,7 +15,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${need[@]}"; }
 fi
 # redis-server (its service is not started) and redis-cli (package redis-tools, pulled in by it):
-# the shared store tests/cluster.rs starts per test on a unix socket, without persistence.
+# the shared store tests/cluster.rs and tests/cluster_challenges.rs start per test on a unix
+# socket, without persistence; tests/cluster_store.rs starts it with TLS (Debian builds it with
+# TLS) and in Sentinel mode (`redis-server --sentinel`: the same binary, no redis-sentinel
+# package needed).
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   echo "installing: redis-server (its service is not started)"
   export DEBIAN_FRONTEND=noninteractive

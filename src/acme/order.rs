@@ -5,6 +5,7 @@ use super::dns::{self, Published, Record};
 use super::store::{self, Store};
 use super::{off_runtime, AcmeError, Challenges};
 use crate::cluster::acme::{Journal, Lock, SharedAcme};
+use crate::cluster::challenges::tls_alpn_value;
 use crate::config::{self, Challenge};
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -286,13 +287,20 @@ impl Issuer {
                     published.add(record).await?;
                 }
                 (ChallengeType::TlsAlpn01, _) => {
-                    let cert = alpn_certificate(&name, key_auth.digest().as_ref())?;
-                    answers.push(self.challenges.answer_tls_alpn(name, cert));
+                    let digest = key_auth.digest();
+                    let cert = alpn_certificate(&name, digest.as_ref())?;
+                    let shared = tls_alpn_value(&name.to_ascii_lowercase(), digest.as_ref());
+                    let mut answer = self.challenges.answer_tls_alpn(name, cert);
+                    answer.share(shared).await;
+                    answers.push(answer);
                 }
-                _ => answers.push(
-                    self.challenges
-                        .answer_http01(challenge.token.clone(), key_auth.as_str().to_string()),
-                ),
+                _ => {
+                    let key_auth = key_auth.as_str().to_string();
+                    let token = challenge.token.clone();
+                    let mut answer = self.challenges.answer_http01(token, key_auth.clone());
+                    answer.share(key_auth).await;
+                    answers.push(answer);
+                }
             }
             if challenge.status == ChallengeStatus::Pending {
                 if let Err(e) = challenge.set_ready().await {
@@ -571,7 +579,7 @@ async fn rejection(order: &mut instant_acme::Order) -> String {
 }
 
 /// RFC 8737: self-signed, the name as its only SAN, the digest in the critical acmeIdentifier.
-fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, AcmeError> {
+pub(super) fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, AcmeError> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];

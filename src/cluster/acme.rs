@@ -16,6 +16,7 @@
 //!
 //! Everything here runs in background tasks; no request reads or waits for it.
 
+use super::connect::Endpoint;
 use super::crypt::{CryptError, Sealer};
 use crate::config::{Cluster, Secret};
 use crate::metrics::Metrics;
@@ -150,6 +151,8 @@ pub fn parse_holder(lock: &str, value: &str) -> Option<Holder> {
 /// The shared-ACME connection to the store of one `[cluster]`, its key and its subscription.
 pub struct SharedAcme {
     settings: Cluster,
+    /// How the store is reached (TLS, Sentinel): the same way as the rate limits reach it.
+    endpoint: Endpoint,
     secret: Secret,
     sealer: Sealer,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
@@ -187,12 +190,14 @@ impl SharedAcme {
     /// Shared ACME for `settings`; subscribes to new certificates in the background.
     pub fn start(
         settings: &Cluster,
+        endpoint: Endpoint,
         secret: Secret,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<SharedAcme>, SharedError> {
         let fenced = |body: &str| redis::Script::new(&format!("{HELD}{body}"));
         let shared = Arc::new(SharedAcme {
             settings: settings.clone(),
+            endpoint,
             sealer: Sealer::new(&secret.0)?,
             secret,
             conn: tokio::sync::Mutex::new(None),
@@ -213,8 +218,8 @@ impl SharedAcme {
     }
 
     /// Whether this serves `settings` with `secret` (a reload keeps it).
-    pub fn serves(&self, settings: &Cluster, secret: &Secret) -> bool {
-        self.settings == *settings && self.secret == *secret
+    pub fn serves(&self, settings: &Cluster, endpoint: &Endpoint, secret: &Secret) -> bool {
+        self.settings == *settings && self.endpoint == *endpoint && self.secret == *secret
     }
 
     pub fn instance(&self) -> &str {
@@ -253,11 +258,9 @@ impl SharedAcme {
         if let Some(conn) = conn.as_ref() {
             return Ok(conn.clone());
         }
-        let made = super::connect(&self.settings)
-            .await
-            .ok_or_else(|| SharedError::Down("not reachable".into()))?;
-        *conn = Some(made.clone());
-        Ok(made)
+        let made = self.endpoint.manager().await.map_err(SharedError::Down)?;
+        *conn = Some(made.conn.clone());
+        Ok(made.conn)
     }
 
     /// Runs one call with the deadline; a failure forgets the connection (a fresh one next).
@@ -541,11 +544,11 @@ async fn renew(shared: std::sync::Weak<SharedAcme>, id: String, token: u64, lost
 /// Listens for announced certificates and wakes the name set's task; made again on failure.
 async fn subscribe(shared: std::sync::Weak<SharedAcme>) {
     loop {
-        let (url, channel) = match shared.upgrade() {
-            Some(s) => (s.settings.store.clone(), s.channel()),
+        let (endpoint, channel) = match shared.upgrade() {
+            Some(s) => (s.endpoint.clone(), s.channel()),
             None => return,
         };
-        if let Err(e) = listen(&shared, &url, &channel).await {
+        if let Err(e) = listen(&shared, &endpoint, &channel).await {
             tracing::debug!(error = %e, "cluster: certificate announcements not received; subscribing again");
         }
         tokio::time::sleep(RESUBSCRIBE).await;
@@ -554,13 +557,14 @@ async fn subscribe(shared: std::sync::Weak<SharedAcme>) {
 
 async fn listen(
     shared: &std::sync::Weak<SharedAcme>,
-    url: &str,
+    endpoint: &Endpoint,
     channel: &str,
 ) -> Result<(), redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let mut pubsub = tokio::time::timeout(CALL_TIMEOUT, client.get_async_pubsub())
+    let io = |e: String| redis::RedisError::from((redis::ErrorKind::IoError, "pubsub", e));
+    let pubsub = tokio::time::timeout(CALL_TIMEOUT, endpoint.pubsub())
         .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timeout")))??;
+        .map_err(|_| io("no connection within 2s".into()))?;
+    let mut pubsub = pubsub.map_err(io)?;
     pubsub.subscribe(channel).await?;
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {

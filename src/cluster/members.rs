@@ -7,6 +7,7 @@
 //! Nothing on the request path reads or waits for any of it; the task has its own connection.
 
 use super::acme::{parse_holder, Holder};
+use super::connect::Endpoint;
 use super::Store;
 use crate::config::{Cluster, Config};
 use crate::metrics::Metrics;
@@ -101,6 +102,7 @@ impl Identity {
 /// The heartbeat task and its latest view; the task stops when this is dropped.
 pub struct Membership {
     identity: Identity,
+    endpoint: Endpoint,
     store: Option<Arc<Store>>,
     view: Arc<ArcSwap<View>>,
     task: JoinHandle<()>,
@@ -116,6 +118,7 @@ impl Membership {
     /// Starts beating for `identity`; `store` (global limits) tells its state and leases.
     pub fn start(
         identity: Identity,
+        endpoint: Endpoint,
         store: Option<Arc<Store>>,
         metrics: Arc<Metrics>,
         started: u64,
@@ -134,8 +137,12 @@ impl Membership {
             members: Vec::new(),
             locks: Vec::new(),
         }));
+        if store.is_none() {
+            endpoint.announce();
+        }
         let beat = Beat {
             identity: identity.clone(),
+            endpoint: endpoint.clone(),
             store: store.clone(),
             metrics,
             started,
@@ -144,20 +151,27 @@ impl Membership {
         };
         Arc::new(Membership {
             identity,
+            endpoint,
             store,
             view,
             task: tokio::spawn(beat.run()),
         })
     }
 
-    /// Whether this heartbeat already publishes `identity` with `store` (a reload keeps it).
-    pub fn publishes(&self, identity: &Identity, store: Option<&Arc<Store>>) -> bool {
+    /// Whether this heartbeat already publishes `identity` at `endpoint` with `store` (a
+    /// reload keeps it).
+    pub fn publishes(
+        &self,
+        identity: &Identity,
+        endpoint: &Endpoint,
+        store: Option<&Arc<Store>>,
+    ) -> bool {
         let same_store = match (&self.store, store) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
         };
-        self.identity == *identity && same_store
+        self.identity == *identity && self.endpoint == *endpoint && same_store
     }
 
     pub fn view(&self) -> Arc<View> {
@@ -167,6 +181,7 @@ impl Membership {
 
 struct Beat {
     identity: Identity,
+    endpoint: Endpoint,
     store: Option<Arc<Store>>,
     metrics: Arc<Metrics>,
     started: u64,
@@ -197,7 +212,7 @@ impl Beat {
         let settings = &self.identity.settings;
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(connect(&settings.store).await?),
+            None => self.conn.insert(self.endpoint.multiplexed().await?.conn),
         };
         let key = format!("{}:member:{}", settings.name, settings.instance);
         let started = Instant::now();
@@ -266,14 +281,6 @@ impl Beat {
         }
         self.view.store(Arc::new(view));
     }
-}
-
-async fn connect(url: &str) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// Every record under `NAME:member:` (SCAN, not KEYS: the store serves limits meanwhile).

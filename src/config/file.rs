@@ -607,6 +607,9 @@ pub struct FileLog {
 pub struct FileCluster {
     pub name: Option<Str>,
     pub store: Option<Str>,
+    pub store_ca: Option<Str>,
+    pub store_client_cert: Option<Str>,
+    pub store_client_key: Option<Str>,
     pub secret: Option<Str>,
     pub secret_file: Option<Str>,
     pub instance: Option<Str>,

@@ -197,6 +197,14 @@ impl ProxyService {
                 )
                 .await
             }
+            // a challenge for a name no site here serves: another instance of the cluster
+            // may have placed the order (`[cluster]`), and the CA reached this one
+            (_, None) if self.transport == Transport::Plain => {
+                match self.challenge_answer(req.uri().path()).await {
+                    Some(answer) => Ok((Answer::Local(answer), None)),
+                    None => Err(ProxyError::NoRoute),
+                }
+            }
             (_, None) => Err(ProxyError::NoRoute),
         };
         let (answer, encode) = match answer {
@@ -262,6 +270,14 @@ impl ProxyService {
         Ok(response)
     }
 
+    /// The answer to an HTTP-01 challenge at `path`: this instance's, else (with `[cluster]`)
+    /// another instance's from the store. Other paths cost a prefix test.
+    async fn challenge_answer(&self, path: &str) -> Option<Response<Bytes>> {
+        let token = path.strip_prefix(acme::HTTP01_PREFIX)?;
+        let key_auth = self.cx.challenges.find_http01(token).await?;
+        Some(acme_answer(key_auth))
+    }
+
     /// The connection's formatted peer address when `client` is the peer (not a client a
     /// trusted proxy spoke for), for `{client_ip}` without formatting it again.
     fn client_value(&self, client: IpAddr) -> Option<&HeaderValue> {
@@ -298,9 +314,8 @@ impl ProxyService {
         let path = req.uri().path();
         if self.transport == Transport::Plain {
             // only a token being answered now is served over plain HTTP on an HTTPS-only site
-            let challenge = path.strip_prefix(acme::HTTP01_PREFIX);
-            if let Some(key_auth) = challenge.and_then(|token| self.cx.challenges.http01(token)) {
-                return Ok((Answer::Local(acme_answer(key_auth)), None));
+            if let Some(answer) = self.challenge_answer(path).await {
+                return Ok((Answer::Local(answer), None));
             }
             if state.sites[site].redirect_https {
                 let redirect = https_redirect(req.uri(), host, self.cx.https_port());

@@ -3,16 +3,16 @@
 
 use super::Ctx;
 use crate::config::cluster::{
-    Cluster, ClusterAcme, ClusterSecret, Fallback, GlobalScope, Secret, DEFAULT_CLUSTER_NAME,
-    DEFAULT_LOCK_TTL, DEFAULT_STORE_TIMEOUT, MIN_SECRET_LEN,
+    Cluster, ClusterAcme, ClusterSecret, Fallback, GlobalScope, Secret, SentinelStore,
+    StoreTlsFiles, DEFAULT_CLUSTER_NAME, DEFAULT_LOCK_TTL, DEFAULT_STORE_TIMEOUT, MIN_SECRET_LEN,
 };
 use crate::config::file::{FileCluster, Str};
 use crate::config::model::Listen;
-use crate::config::FileKind;
+use crate::config::{FileKind, TlsFiles};
 use std::time::Duration;
 use toml::Spanned;
 
-const STORE_HINT: &str = "expected a Redis URL like \"redis://10.0.0.5:6379\", \"redis://:PASSWORD@redis.internal:6379/2\" or \"unix:///run/redis/redis.sock\"";
+const STORE_HINT: &str = "expected a Redis URL like \"redis://10.0.0.5:6379\", \"rediss://:PASSWORD@redis.internal:6380/2\" (TLS), \"unix:///run/redis/redis.sock\" or \"redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/mymaster\" (Sentinel)";
 
 pub(super) fn cluster(
     cx: &mut Ctx,
@@ -23,6 +23,10 @@ pub(super) fn cluster(
     let c = raw.get_ref();
     // every key checked before any is found missing: all problems are reported together
     let store = store(cx, c, raw.span());
+    let store_tls = store_tls(cx, c, store.as_deref());
+    let sentinel = store
+        .as_deref()
+        .and_then(|url| SentinelStore::parse(url).ok());
     let secret = secret(cx, c, raw.span());
     let name = name(cx, c.name.as_ref());
     let instance = instance(cx, c.instance.as_ref(), listen);
@@ -56,6 +60,8 @@ pub(super) fn cluster(
     Some(Cluster {
         name,
         store: store?,
+        sentinel,
+        store_tls,
         secret: secret?,
         instance,
         timeout,
@@ -92,9 +98,16 @@ fn store(cx: &mut Ctx, c: &FileCluster, table: std::ops::Range<usize>) -> Option
         return None;
     };
     let text = cx.expand(value, KEY)?;
-    let problem = if text.starts_with("rediss://") {
-        "`rediss://` (TLS to the store) is not built yet; use \"redis://\" on a private network or \"unix://\" to a local socket (a TLS tunnel such as stunnel can carry it meanwhile)".to_string()
-    } else if !(text.starts_with("redis://") || text.starts_with("unix://")) {
+    let problem = if text.starts_with("redis+sentinel://") || text.starts_with("rediss+sentinel://")
+    {
+        match SentinelStore::parse(&text) {
+            Ok(_) => return Some(text),
+            Err(e) => format!("`{text}` is not a valid Sentinel URL: {e}; expected \"redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]\" like \"redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/mymaster\""),
+        }
+    } else if !["redis://", "rediss://", "unix://"]
+        .iter()
+        .any(|scheme| text.starts_with(scheme))
+    {
         format!("`{text}` is not a store URL; {STORE_HINT}")
     } else {
         match redis::IntoConnectionInfo::into_connection_info(text.as_str()) {
@@ -104,6 +117,68 @@ fn store(cx: &mut Ctx, c: &FileCluster, table: std::ops::Range<usize>) -> Option
     };
     cx.error(value.span(), KEY, problem);
     None
+}
+
+/// `store_ca` and the client certificate pair: only with a TLS store; read by `load`.
+fn store_tls(cx: &mut Ctx, c: &FileCluster, store: Option<&str>) -> StoreTlsFiles {
+    let tls = store.map(|s| s.starts_with("rediss"));
+    let mut files = StoreTlsFiles::default();
+    let keys = [
+        ("cluster.store_ca", &c.store_ca),
+        ("cluster.store_client_cert", &c.store_client_cert),
+        ("cluster.store_client_key", &c.store_client_key),
+    ];
+    if tls == Some(false) {
+        for (key, value) in keys {
+            if let Some(value) = value {
+                let msg = format!("`{}` is for a store reached over TLS (`rediss://` or `rediss+sentinel://`); `store` is not", &key[8..]);
+                cx.error(value.span(), key, msg);
+            }
+        }
+        return files;
+    }
+    if let Some(value) = &c.store_ca {
+        if let Some(text) = cx.expand(value, "cluster.store_ca") {
+            let path = cx.relative(&text);
+            cx.names(
+                FileKind::StoreCa(path.clone()),
+                value.span(),
+                "cluster.store_ca",
+            );
+            files.ca = Some(path);
+        }
+    }
+    files.client = client_pair(cx, c);
+    files
+}
+
+/// `store_client_cert` with `store_client_key`: both or neither.
+fn client_pair(cx: &mut Ctx, c: &FileCluster) -> Option<TlsFiles> {
+    const CERT: &str = "cluster.store_client_cert";
+    const KEY: &str = "cluster.store_client_key";
+    match (&c.store_client_cert, &c.store_client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let cert_path = cx.expand(cert, CERT).map(|t| cx.relative(&t));
+            let key_path = cx.expand(key, KEY).map(|t| cx.relative(&t));
+            let files = TlsFiles {
+                cert: cert_path?,
+                key: key_path?,
+            };
+            cx.names(FileKind::StoreClient(files.clone()), cert.span(), CERT);
+            Some(files)
+        }
+        (Some(cert), None) => {
+            let msg = "`store_client_cert` needs `store_client_key` (the certificate's private key, PEM), for a store with `tls-auth-clients`";
+            cx.error(cert.span(), CERT, msg);
+            None
+        }
+        (None, Some(key)) => {
+            let msg = "`store_client_key` needs `store_client_cert` (the client certificate chain, PEM), for a store with `tls-auth-clients`";
+            cx.error(key.span(), KEY, msg);
+            None
+        }
+    }
 }
 
 /// `secret` or `secret_file`, exactly one.

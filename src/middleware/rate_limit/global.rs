@@ -29,7 +29,7 @@ const MAX_LEASE: u32 = 32;
 const LEASE_FOR: Duration = Duration::from_secs(1);
 /// Requests refused between two calls that make a client a flooding one: one at twice its limit
 /// sees one or two; one at 100 times, about a hundred.
-const FLOOD_REFUSALS: u32 = 16;
+const FLOOD_REFUSALS: u32 = 8;
 /// The least time between two calls for a flooding client: over 0.5 s, so that no second holds
 /// more than 2 of its calls (the flood bound), with room to spare: n calls span at least
 /// (n - 1) * 0.75 s, so any stretch of 1.5 s or more averages at most 2 a second.
