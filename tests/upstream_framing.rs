@@ -460,23 +460,39 @@ async fn chunk_extensions_and_trailers_pass_and_a_bad_chunk_cuts_the_answer() {
     .await;
 }
 
-/// The upstream answers before it has read the upload (a `413` of its own, or a `200`): the
-/// client gets that answer, whole, while it is still sending; its connection is then either
-/// closed or, once the upload is done, serves the next request (the rest of the upload is never
-/// read as a request).
+/// The upstream answers before it has read the upload (a `413` of its own, or a `200`; the upload
+/// with a length or chunked): the client gets that answer, whole, while it is still sending; its
+/// connection is then either closed or, once the upload is done, serves the next request (the
+/// rest of the upload is never read as a request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_upload_is_read_reaches_the_client() {
     with_timeout(60, async {
         let (_backend, proxy) = start().await;
         const LEN: usize = 4 << 20;
-        for (path, status) in [("/early-413", 413), ("/early-200", 200)] {
+        let cases = [
+            ("/early-413", 413, false),
+            ("/early-200", 200, false),
+            ("/early-413", 413, true),
+            ("/early-200", 200, true),
+        ];
+        for (path, status, chunked) in cases {
             let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-            let head =
-                format!("POST {path} HTTP/1.1\r\nHost: f.test\r\nContent-Length: {LEN}\r\n\r\n");
+            let framing = if chunked {
+                "Transfer-Encoding: chunked".to_string()
+            } else {
+                format!("Content-Length: {LEN}")
+            };
+            let head = format!("POST {path} HTTP/1.1\r\nHost: f.test\r\n{framing}\r\n\r\n");
             stream.write_all(head.as_bytes()).await.unwrap();
             // the upload's rest spells requests: none of them may ever be answered
             let filler = get("/from-the-body").repeat(LEN / 16);
             let (first, rest) = filler[..LEN].split_at(65536);
+            let (first, rest) = if chunked {
+                (as_chunk(first, false), as_chunk(rest, true))
+            } else {
+                (first.to_vec(), rest.to_vec())
+            };
+            let (first, rest) = (first.as_slice(), rest.as_slice());
             stream.write_all(first).await.unwrap();
             let mut pending = Vec::new();
             let resp = read_one(&mut stream, &mut pending).await;
@@ -502,14 +518,22 @@ async fn an_answer_before_the_upload_is_read_reaches_the_client() {
             // closed mid-upload (nothing more), or the next request answered, once
             assert!(
                 after.is_empty() || (sent && after == vec![200]),
-                "{path}: after the early answer: {after:?} {}",
+                "{path} (chunked: {chunked}): after the early answer: {after:?} {}",
                 got.text()
             );
-            assert!(!got.text().contains("from-the-body"), "{path}");
+            assert!(!got.text().contains("from-the-body"), "{path} {chunked}");
         }
         later_requests_are_clean(&proxy).await;
     })
     .await;
+}
+
+/// `bytes` as one chunk, and the last chunk after it when `last`.
+fn as_chunk(bytes: &[u8], last: bool) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", bytes.len()).into_bytes();
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(if last { b"\r\n0\r\n\r\n" } else { b"\r\n" });
+    out
 }
 
 /// Gatehouse's own refusals of a request whose body it never read: the body is never taken for
