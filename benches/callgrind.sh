@@ -3,6 +3,7 @@
 # machine's load, for comparing two builds of Gatehouse (or two commits) on the request path.
 #
 #   bash benches/callgrind.sh                      # target/release/gatehouse, HTTP/1.1 keep-alive
+#   MODE=h1tls bash benches/callgrind.sh           # HTTP/1.1 over TLS, one keep-alive connection
 #   MODE=h2 bash benches/callgrind.sh              # HTTP/2 over TLS, 4 connections x 16 streams
 #   bash benches/callgrind.sh /tmp/old-gatehouse   # another binary, same config and load
 #   ROUTES=routes.toml bash benches/callgrind.sh   # the site's routes from a file (see below)
@@ -12,7 +13,7 @@
 # What it does: starts a one-worker nginx backend (`return 200 "ok\n"`) and Gatehouse under
 # `valgrind --tool=callgrind` (one worker, one route, keep-alive upstream, no limits), warms up
 # with WARMUP requests, zeroes the counters, sends REQUESTS requests with h2load (one connection
-# for h1; for h2: -c4 -m16), dumps the counters and prints total instructions / REQUESTS. User
+# for h1 and h1tls; for h2: -c4 -m16), dumps the counters and prints total instructions / REQUESTS. User
 # space only (callgrind does not see the kernel, ~half of a request's CPU on loopback). Keeps the
 # callgrind file and prints its path, for `callgrind_annotate --inclusive=yes FILE`.
 # ROUTES is a number or a file. A number N: N - 1 routes `path = "/api/v1/resource{k}/"` go
@@ -32,7 +33,7 @@ ROUTES=${ROUTES:-1}
 TARGET=${TARGET:-/}
 
 die() { echo "callgrind.sh: $*" >&2; exit 1; }
-case $MODE in h1 | h2) ;; *) die "MODE must be h1 or h2, not '$MODE'" ;; esac
+case $MODE in h1 | h1tls | h2) ;; *) die "MODE must be h1, h1tls or h2, not '$MODE'" ;; esac
 [[ -x $BIN ]] || die "no gatehouse binary at $BIN (cargo build --release)"
 need=()
 for tool in valgrind:valgrind nginx:nginx h2load:nghttp2-client openssl:openssl curl:curl; do
@@ -121,6 +122,11 @@ VG=$!
 PIDS+=("$VG")
 if [[ $MODE == h1 ]]; then
     URL=http://127.0.0.1:$HTTP$TARGET
+    LOAD=(--h1 -c 1)
+elif [[ $MODE == h1tls ]]; then
+    # ALPN http/1.1, one keep-alive connection: its one handshake is counted, spread over
+    # REQUESTS requests (as h2's four are), a few hundred instructions each at 5,000
+    URL=https://127.0.0.1:$HTTPS$TARGET
     LOAD=(--h1 -c 1)
 else
     URL=https://127.0.0.1:$HTTPS$TARGET

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Gatehouse vs nginx (and haproxy) as a reverse proxy in front of the same backend. Scenarios:
+# Gatehouse vs nginx (and haproxy, h2o) as a reverse proxy in front of the same backend. Scenarios:
 #   http           HTTP/1.1 keep-alive, small response                       (wrk)
 #   http-paced     the same at a fixed offered load (PACED_RATE req/s from random think
 #                  times, benches/paced.lua): p50/p99 latency of every target at the same load
@@ -25,7 +25,7 @@
 # Env knobs (defaults in brackets):
 #   DURATION [5s]   duration of each measured wrk / h2load run
 #   REPEATS  [3]    rounds per request/response scenario; targets are interleaved:
-#                   direct nginx gatehouse haproxy, direct nginx gatehouse haproxy, ...
+#                   direct nginx gatehouse haproxy h2o, direct nginx gatehouse haproxy h2o, ...
 #   WARMUP   [1s]   warm-up run before every measured run (0 disables)
 #   CONNS    [64]   wrk connections (-c)
 #   H2_CONNS [16] H2_STREAMS [32]   h2load -c and -m (connections, concurrent streams each)
@@ -36,8 +36,11 @@
 #   NOFILE   [65536]    open-file limit (ulimit -n) raised for this script and what it starts
 #   PROXY_CPU [0]   CPU the proxy under test is pinned to
 #   LOAD_CPU  [1]   CPU the load generators and the backends are pinned to
-#   TARGETS  ["direct nginx gatehouse haproxy"]  subset/order of targets; also accepted:
-#            gatehouse-limits, gatehouse-nometrics (see above)
+#   TARGETS  ["direct nginx gatehouse haproxy h2o"]  subset/order of targets; also accepted:
+#            gatehouse-limits, gatehouse-nometrics (see above). h2o (Debian's 2.2.5, the
+#            HTTP/2 reference) is installed like the others; where it cannot be, it is skipped
+#            with a message. It takes no part in `upload` (2.2 buffers a whole request body
+#            before forwarding it, so there is no streaming to compare).
 #   PACED_RATE [20000]  offered load of `http-paced`, req/s over all CONNS connections
 #   SCENARIOS ["http http-paced https https-newconn 1mib h2 idle upload"]  subset/order of scenarios
 #   SKIP_BUILD [0]  1 = don't run `cargo build --release` (binary must exist)
@@ -62,7 +65,7 @@ UPLOAD_REPEATS=${UPLOAD_REPEATS:-1}
 NOFILE=${NOFILE:-65536}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-TARGETS=${TARGETS:-direct nginx gatehouse haproxy}
+TARGETS=${TARGETS:-direct nginx gatehouse haproxy h2o}
 PACED_RATE=${PACED_RATE:-20000}
 SCENARIOS=${SCENARIOS:-http http-paced https https-newconn 1mib h2 idle upload}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -102,8 +105,8 @@ done
 read -ra TARGET_LIST <<<"$TARGETS"
 ((${#TARGET_LIST[@]} > 0)) || die "TARGETS is empty"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct | nginx | gatehouse | gatehouse-limits | gatehouse-nometrics | haproxy) ;;
-    *) die "unknown target '$t' (expected direct, nginx, gatehouse, haproxy, gatehouse-limits, gatehouse-nometrics)" ;;
+    case $t in direct | nginx | gatehouse | gatehouse-limits | gatehouse-nometrics | haproxy | h2o) ;;
+    *) die "unknown target '$t' (expected direct, nginx, gatehouse, haproxy, h2o, gatehouse-limits, gatehouse-nometrics)" ;;
     esac
 done
 want() { [[ " ${TARGET_LIST[*]} " == *" $1 "* ]]; }
@@ -130,6 +133,7 @@ applies() {
     case $2 in
     direct) [[ $1 == http || $1 == http-paced || $1 == 1mib || $1 == upload ]] ;;
     gatehouse-limits | gatehouse-nometrics) [[ $1 != idle && $1 != upload ]] ;;
+    h2o) [[ $1 != upload ]] ;;
     *) return 0 ;;
     esac
 }
@@ -154,7 +158,7 @@ fi
 # ---------------------------------------------------------------- tools
 # command -> Debian package
 declare -A PKG=([nginx]=nginx [wrk]=wrk [curl]=curl [openssl]=openssl [python3]=python3
-    [h2load]=nghttp2-client [haproxy]=haproxy)
+    [h2load]=nghttp2-client [haproxy]=haproxy [h2o]=h2o)
 need_cmds=(nginx curl python3)
 if ((WRK)); then need_cmds+=(wrk); fi
 if ((TLS)); then need_cmds+=(openssl); fi
@@ -178,6 +182,22 @@ fi
 for c in "${need_cmds[@]}" taskset getconf awk sort head; do
     command -v "$c" >/dev/null 2>&1 || die "required command '$c' not found"
 done
+# h2o is a peer to compare with, not a tool the run needs: without it the run goes on
+if want h2o && ! command -v h2o >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && ((EUID == 0)); then
+        log "installing h2o with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y h2o >&2 || log "apt-get install -y h2o failed"
+    fi
+    if ! command -v h2o >/dev/null 2>&1; then
+        log "WARNING: h2o is not installed (Debian package h2o; as root this script installs it): skipping target h2o"
+        keep=()
+        for t in "${TARGET_LIST[@]}"; do
+            if [[ $t != h2o ]]; then keep+=("$t"); fi
+        done
+        TARGET_LIST=("${keep[@]}")
+        ((${#TARGET_LIST[@]} > 0)) || die "no target left without h2o"
+    fi
+fi
 CLK_TCK=$(getconf CLK_TCK)
 GATEHOUSE_RUST_LOG=warn
 if ((TLS)); then GATEHOUSE_RUST_LOG=warn,rustls::msgs::handshake=error; fi
@@ -744,11 +764,64 @@ EOF
     fi
 }
 
+# ---------------------------------------------------------------- h2o
+# start_h2o: one process, one thread (num-threads 1), no access log, keep-alive to the backend
+# (idle upstream connections kept as long as the clients' are), h2 + http/1.1 by ALPN on the TLS
+# listener; session cache and tickets at h2o's defaults, OCSP stapling off (a self-signed
+# certificate has no responder). Run as root, h2o drops to `nobody` once its files are read
+# (so no pid file: it would be written after). Sets PORT, TLS_PORT, PROXY_PID.
+start_h2o() {
+    local odir=$TMP/h2o pid tls_listen=''
+    PORT[h2o]=$(free_port)
+    mkdir -p "$odir"
+    if ((TLS)); then
+        TLS_PORT[h2o]=$(free_port)
+        tls_listen="listen:
+  host: 127.0.0.1
+  port: ${TLS_PORT[h2o]}
+  ssl:
+    certificate-file: $CERT
+    key-file: $KEY
+    minimum-version: TLSv1.2
+    ocsp-update-interval: 0"
+    fi
+    cat >"$odir/h2o.conf" <<EOF
+num-threads: 1
+max-connections: $CONN_LIMIT
+error-log: $odir/h2o.log
+# the keep-alive idle timeouts (HTTP/1.1 and HTTP/2) of the other proxies
+http1-request-timeout: $IDLE_TIMEOUT_S
+http2-idle-timeout: $IDLE_TIMEOUT_S
+proxy.timeout.keepalive: $((IDLE_TIMEOUT_S * 1000))
+listen:
+  host: 127.0.0.1
+  port: ${PORT[h2o]}
+$tls_listen
+hosts:
+  default:
+    paths:
+      /:
+        proxy.reverse.url: http://127.0.0.1:$BACKEND_PORT/
+        proxy.preserve-host: ON
+EOF
+    h2o -t -c "$odir/h2o.conf" >"$odir/check.log" 2>&1 ||
+        { cat "$odir/check.log" >&2; die "h2o config is invalid"; }
+    taskset -c "$PROXY_CPU" h2o -c "$odir/h2o.conf" >"$odir/stdout.log" 2>>"$odir/stderr.log" &
+    pid=$!
+    PROXY_PID[h2o]=$pid
+    STARTED_PIDS+=("$pid")
+    wait_ready h2o "$pid" "http://127.0.0.1:${PORT[h2o]}/" "$odir"
+    if ((TLS)); then
+        wait_ready "h2o (TLS)" "$pid" "https://127.0.0.1:${TLS_PORT[h2o]}/" "$odir"
+    fi
+}
+
 # start_proxy TARGET / restart_proxy TARGET (a fresh process, for the memory measurements)
 start_proxy() {
     case $1 in
     nginx) start_nginx_proxy ;;
     haproxy) start_haproxy ;;
+    h2o) start_h2o ;;
     gatehouse*) start_gatehouse "$1" ;;
     direct) ;;
     esac
@@ -805,6 +878,7 @@ for t in "${GATEHOUSE_TARGETS[@]}"; do
     start_gatehouse "$t"
 done
 if want haproxy; then start_haproxy; fi
+if want h2o; then start_h2o; fi
 if want gatehouse; then check_body_limit gatehouse 200; fi
 if want gatehouse-limits; then check_body_limit gatehouse-limits 413; fi
 for t in "${TARGET_LIST[@]}"; do
@@ -1181,7 +1255,7 @@ tls_params() {
 }
 tls_line=
 if ((TLS)); then
-    for t in nginx gatehouse gatehouse-limits gatehouse-nometrics haproxy; do
+    for t in nginx gatehouse gatehouse-limits gatehouse-nometrics haproxy h2o; do
         if want "$t"; then tls_line+="${tls_line:+; }$t: $(tls_params "${TLS_PORT[$t]}")"; fi
     done
 fi
@@ -1197,6 +1271,7 @@ versions="nginx ${nginx_ver}"
 if ((WRK)); then versions+=", wrk $(wrk --version 2>&1 | awk 'NR==1{print $2; exit}' || true)"; fi
 if want_scenario h2; then versions+=", h2load $(h2load --version 2>&1 | awk 'NR==1{print $2; exit}' || true)"; fi
 if want haproxy; then versions+=", haproxy $(haproxy -v 2>&1 | awk 'NR==1{print $3; exit}' || true)"; fi
+if want h2o; then versions+=", h2o $(h2o --version 2>&1 | awk 'NR==1{print $3; exit}' || true)"; fi
 versions+=", $(python3 --version 2>&1), $(curl --version 2>/dev/null | awk 'NR==1{print $1 " " $2; exit}')"
 cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
 loadavg=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
@@ -1236,11 +1311,19 @@ report_rr() {
         ratio_row "gatehouse/haproxy req/s" "$sc" gatehouse haproxy 3 "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/haproxy]}" "higher is better"
         ratio_row "gatehouse/haproxy $l2" "$sc" gatehouse haproxy 6 "${MED_L2[$sc/gatehouse]}" "${MED_L2[$sc/haproxy]}" "lower is better"
     fi
+    if want gatehouse && want h2o; then
+        ratio_row "gatehouse/h2o CPU µs/req" "$sc" gatehouse h2o 8 "${MED_CPU[$sc/gatehouse]}" "${MED_CPU[$sc/h2o]}" "lower is better for Gatehouse"
+        ratio_row "gatehouse/h2o req/s" "$sc" gatehouse h2o 3 "${MED_RPS[$sc/gatehouse]}" "${MED_RPS[$sc/h2o]}" "higher is better"
+        ratio_row "gatehouse/h2o $l2" "$sc" gatehouse h2o 6 "${MED_L2[$sc/gatehouse]}" "${MED_L2[$sc/h2o]}" "lower is better"
+    fi
     if want haproxy && want nginx; then
         ratio_row "haproxy/nginx CPU µs/req" "$sc" haproxy nginx 8 "${MED_CPU[$sc/haproxy]}" "${MED_CPU[$sc/nginx]}" ""
     fi
+    if want h2o && want nginx; then
+        ratio_row "h2o/nginx CPU µs/req" "$sc" h2o nginx 8 "${MED_CPU[$sc/h2o]}" "${MED_CPU[$sc/nginx]}" ""
+    fi
     if applies "$sc" direct && want direct; then
-        for t in gatehouse nginx haproxy; do
+        for t in gatehouse nginx haproxy h2o; do
             if want "$t"; then
                 ratio_row "$t/direct req/s" "$sc" "$t" direct 3 "${MED_RPS[$sc/$t]}" "${MED_RPS[$sc/direct]}" "share of the load generator + backend's ceiling"
             fi
@@ -1276,7 +1359,7 @@ report_idle() {
     echo
     local a b other
     for tr in plain tls; do
-        for other in nginx haproxy; do
+        for other in nginx haproxy h2o; do
             if ! want gatehouse || ! want "$other"; then continue; fi
             a=$(idle_field gatehouse "$tr" 7)
             b=$(idle_field "$other" "$tr" 7)
@@ -1331,7 +1414,7 @@ mkdir -p "$(dirname -- "$OUT")"
     echo "# Gatehouse vs nginx reverse proxy"
     echo
     echo "- date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), host: $(uname -srm), ${NCPU} CPUs (${cpu_model:-unknown CPU}); load average at the end: $loadavg; benchmark time (without the build): $((bench_s / 60)) min $((bench_s % 60)) s"
-    echo "- gatehouse: ${gh_rev} (release build, \`workers = 1\`, \`RUST_LOG=${GATEHOUSE_RUST_LOG}\`); nginx \`worker_processes 1\`; haproxy \`nbthread 1\`; all with keep-alive to the backend"
+    echo "- gatehouse: ${gh_rev} (release build, \`workers = 1\`, \`RUST_LOG=${GATEHOUSE_RUST_LOG}\`); nginx \`worker_processes 1\`; haproxy \`nbthread 1\`; h2o \`num-threads: 1\`; all with keep-alive to the backend"
     echo "- tools: $versions"
     echo "- request/response scenarios: \`wrk -t1 -c${CONNS} -d${DURATION} --latency\` (h2: \`h2load -t1 -c${H2_CONNS} -m${H2_STREAMS} -D ${DURATION}\`); ${WARMUP} warm-up before each run; ${REPEATS} interleaved rounds; medians"
     echo "- pinning: proxy on CPU ${PROXY_CPU}; load generators, backend nginx and upload sink on CPU ${LOAD_CPU}"

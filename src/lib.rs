@@ -15,6 +15,7 @@ pub mod config;
 pub mod error_pages;
 pub mod fds;
 pub mod files;
+pub mod h1;
 pub mod http;
 pub mod listener;
 pub mod load;

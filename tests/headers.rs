@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+mod wire;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -283,4 +284,145 @@ async fn request_id_is_propagated_or_generated() {
         assert_ne!(seen[0], seen[1], "generated request ids must differ");
     })
     .await;
+}
+
+/// The response's id is marked sensitive: HTTP/2 sends it as an HPACK literal never indexed (a
+/// value unique to each response would only churn the dynamic table), still the same value;
+/// HTTP/1.1 writes exactly the line it always did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_request_id_is_never_indexed_over_h2_and_unchanged_over_h1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    with_timeout(30, async {
+        let backend = echo_backend("echo").await;
+        let proxy = TestProxy::start(&config(&backend, "[]")).await;
+
+        let got = wire::exchange(
+            proxy.addr,
+            b"GET /rid HTTP/1.1\r\nHost: h.test\r\nX-Request-Id: abc-123\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.text().starts_with("HTTP/1.1 200 "), "{}", got.text());
+        assert!(got.text().contains("\r\nx-request-id: abc-123\r\n"), "{}", got.text());
+
+        // the h2 crate decodes the value as sent
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = hyper::Request::get("http://h.test/rid")
+            .header("x-request-id", "abc-123")
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-request-id"], "abc-123");
+        drop(client);
+        conn.abort();
+
+        // and its HPACK block, two responses on one connection: one never-indexed field each
+        let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut out = wire::h2_start();
+        for stream in [1, 3] {
+            out.extend(wire::h2_headers(
+                stream,
+                &[
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/rid"),
+                    (":authority", "h.test"),
+                ],
+                true,
+            ));
+        }
+        tcp.write_all(&out).await.unwrap();
+        let mut blocks = Vec::new();
+        while blocks.len() < 2 {
+            let mut head = [0u8; 9];
+            tcp.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            tcp.read_exact(&mut payload).await.unwrap();
+            match head[3] {
+                // SETTINGS (not an ACK): acknowledged
+                0x4 if head[4] & 0x1 == 0 => tcp
+                    .write_all(&wire::frame(0x4, 0x1, 0, &[]))
+                    .await
+                    .unwrap(),
+                0x1 => {
+                    assert_eq!(head[4] & 0x28, 0, "padded or prioritised HEADERS");
+                    assert_ne!(head[4] & 0x4, 0, "a CONTINUATION follows");
+                    blocks.push(payload);
+                }
+                _ => {}
+            }
+        }
+        for block in &blocks {
+            let kinds = hpack_kinds(block);
+            assert_eq!(
+                kinds.iter().filter(|k| **k == Hpack::NeverIndexed).count(),
+                1,
+                "{kinds:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// How an HPACK field representation asks the decoder to treat its table (RFC 7541 section 6).
+#[derive(Debug, PartialEq)]
+enum Hpack {
+    Indexed,
+    Added,
+    NeverIndexed,
+    NotIndexed,
+    SizeUpdate,
+}
+
+/// The representations of a header block, in order (names and values skipped, not decoded).
+fn hpack_kinds(block: &[u8]) -> Vec<Hpack> {
+    let mut at = 0;
+    let mut kinds = Vec::new();
+    while at < block.len() {
+        let b = block[at];
+        let (kind, prefix) = match b {
+            _ if b & 0x80 != 0 => (Hpack::Indexed, 7),
+            _ if b & 0x40 != 0 => (Hpack::Added, 6),
+            _ if b & 0x20 != 0 => (Hpack::SizeUpdate, 5),
+            _ if b & 0x10 != 0 => (Hpack::NeverIndexed, 4),
+            _ => (Hpack::NotIndexed, 4),
+        };
+        let (index, next) = hpack_int(block, at, prefix);
+        at = next;
+        if matches!(kind, Hpack::Added | Hpack::NeverIndexed | Hpack::NotIndexed) {
+            if index == 0 {
+                let (len, next) = hpack_int(block, at, 7);
+                at = next + len;
+            }
+            let (len, next) = hpack_int(block, at, 7);
+            at = next + len;
+        }
+        kinds.push(kind);
+    }
+    kinds
+}
+
+/// An HPACK integer with an N-bit prefix starting at `at`: its value and the index after it.
+fn hpack_int(block: &[u8], at: usize, prefix: u32) -> (usize, usize) {
+    let max = (1usize << prefix) - 1;
+    let mut value = block[at] as usize & max;
+    let mut at = at + 1;
+    if value == max {
+        let mut shift = 0;
+        loop {
+            let b = block[at];
+            at += 1;
+            value += ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    (value, at)
 }

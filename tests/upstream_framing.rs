@@ -3,7 +3,8 @@
 //! `Content-Length`, a close-delimited body, bytes after a complete response, a body on `HEAD`,
 //! `204` and `304`, `1xx` before the answer, a `101` nobody asked for, chunk extensions and
 //! trailers, a bad chunk size, obs-fold and bare CR in the head, an answer before the upload is
-//! read), and raw clients read what Gatehouse makes of it. The rules: a response whose framing
+//! read, a coding other than `chunked`, a body cut short), and raw clients read what Gatehouse
+//! makes of it. The rules: a response whose framing
 //! cannot be trusted is a `502` (or, once its head has gone, a cut connection, never a clean
 //! end); a connection that could hold bytes of an earlier response is never used again, so no
 //! later request ever reads them; the client's connection stays usable after a `502`.
@@ -48,6 +49,25 @@ fn script(method: &str, path: &str) -> (&'static [u8], bool) {
         "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nxyz\r\n0\r\n\r\n",
         "/obs-fold" => b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
         "/bare-cr" => b"HTTP/1.1 200 OK\r\nX-Cr: a\rb\r\nContent-Length: 2\r\n\r\nok",
+        "/chunk-overflow" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n10000000000000003\r\nxyz\r\n0\r\n\r\n",
+        "/chunk-no-crlf" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndefXY0\r\n\r\n",
+        "/chunk-signed" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n+3\r\nxyz\r\n0\r\n\r\n",
+        "/chunk-0x" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0x3\r\nxyz\r\n0\r\n\r\n",
+        "/cl-short" => return (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true),
+        "/chunked-short" => return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", true),
+        "/te-gzip" => return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot really gzip", true),
+        "/te-chunked-gzip" => return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n", true),
+        "/te-twice" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "/cl-same-twice" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+        "/cl-plus" => b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+        "/nul" => b"HTTP/1.1 200 OK\r\nX-Nul: a\0b\r\nContent-Length: 2\r\n\r\nok",
+        "/space-colon" => b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+        "/bare-lf" => b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        "/status-2digits" => b"HTTP/1.1 20 Odd\r\nContent-Length: 2\r\n\r\nok",
+        "/http2-line" => b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/100-with-length" => b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/trailer-bad" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Bad trailer\r\n\r\n",
+        "/head-chunked" if method == "HEAD" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nevil!\r\n0\r\n\r\n",
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine",
     };
     (bytes, false)
@@ -289,6 +309,11 @@ async fn a_bad_length_or_head_is_502_and_the_client_connection_goes_on() {
             "/huge-cl",
             "/obs-fold",
             "/bare-cr",
+            "/cl-plus",
+            "/nul",
+            "/space-colon",
+            "/status-2digits",
+            "/http2-line",
         ] {
             let resp = then_ok(&proxy, &get(path)).await;
             assert_eq!(resp.status, 502, "{path}");
@@ -336,6 +361,7 @@ async fn bytes_beyond_a_response_never_reach_anyone() {
             ("HEAD", "/head-body", 200),
             ("GET", "/204-body", 204),
             ("GET", "/304-body", 304),
+            ("HEAD", "/head-chunked", 200),
         ] {
             let request = format!("{method} {path} HTTP/1.1\r\nHost: f.test\r\n\r\n");
             let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
@@ -388,7 +414,8 @@ async fn bytes_beyond_a_response_never_reach_anyone() {
 async fn interim_responses_are_passed_over_and_an_unasked_101_is_502() {
     with_timeout(60, async {
         let (backend, proxy) = start().await;
-        for path in ["/100", "/103", "/1xx-many"] {
+        // a length on an interim answer describes nothing: the final answer follows at once
+        for path in ["/100", "/103", "/1xx-many", "/100-with-length"] {
             let (responses, text) = once(&proxy, "GET", path).await;
             // nginx's behaviour too: interim answers are not forwarded, the final one is
             assert_eq!(responses.len(), 1, "{path}: {text}");
@@ -433,23 +460,39 @@ async fn chunk_extensions_and_trailers_pass_and_a_bad_chunk_cuts_the_answer() {
     .await;
 }
 
-/// The upstream answers before it has read the upload (a `413` of its own, or a `200`): the
-/// client gets that answer, whole, while it is still sending; its connection is then either
-/// closed or, once the upload is done, serves the next request (the rest of the upload is never
-/// read as a request).
+/// The upstream answers before it has read the upload (a `413` of its own, or a `200`; the upload
+/// with a length or chunked): the client gets that answer, whole, while it is still sending; its
+/// connection is then either closed or, once the upload is done, serves the next request (the
+/// rest of the upload is never read as a request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_upload_is_read_reaches_the_client() {
     with_timeout(60, async {
         let (_backend, proxy) = start().await;
         const LEN: usize = 4 << 20;
-        for (path, status) in [("/early-413", 413), ("/early-200", 200)] {
+        let cases = [
+            ("/early-413", 413, false),
+            ("/early-200", 200, false),
+            ("/early-413", 413, true),
+            ("/early-200", 200, true),
+        ];
+        for (path, status, chunked) in cases {
             let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-            let head =
-                format!("POST {path} HTTP/1.1\r\nHost: f.test\r\nContent-Length: {LEN}\r\n\r\n");
+            let framing = if chunked {
+                "Transfer-Encoding: chunked".to_string()
+            } else {
+                format!("Content-Length: {LEN}")
+            };
+            let head = format!("POST {path} HTTP/1.1\r\nHost: f.test\r\n{framing}\r\n\r\n");
             stream.write_all(head.as_bytes()).await.unwrap();
             // the upload's rest spells requests: none of them may ever be answered
             let filler = get("/from-the-body").repeat(LEN / 16);
             let (first, rest) = filler[..LEN].split_at(65536);
+            let (first, rest) = if chunked {
+                (as_chunk(first, false), as_chunk(rest, true))
+            } else {
+                (first.to_vec(), rest.to_vec())
+            };
+            let (first, rest) = (first.as_slice(), rest.as_slice());
             stream.write_all(first).await.unwrap();
             let mut pending = Vec::new();
             let resp = read_one(&mut stream, &mut pending).await;
@@ -475,14 +518,22 @@ async fn an_answer_before_the_upload_is_read_reaches_the_client() {
             // closed mid-upload (nothing more), or the next request answered, once
             assert!(
                 after.is_empty() || (sent && after == vec![200]),
-                "{path}: after the early answer: {after:?} {}",
+                "{path} (chunked: {chunked}): after the early answer: {after:?} {}",
                 got.text()
             );
-            assert!(!got.text().contains("from-the-body"), "{path}");
+            assert!(!got.text().contains("from-the-body"), "{path} {chunked}");
         }
         later_requests_are_clean(&proxy).await;
     })
     .await;
+}
+
+/// `bytes` as one chunk, and the last chunk after it when `last`.
+fn as_chunk(bytes: &[u8], last: bool) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", bytes.len()).into_bytes();
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(if last { b"\r\n0\r\n\r\n" } else { b"\r\n" });
+    out
 }
 
 /// Gatehouse's own refusals of a request whose body it never read: the body is never taken for
@@ -568,6 +619,63 @@ async fn http10_clients_keep_alive_only_when_they_ask() {
         let got = exchange(proxy.addr, b"GET /ok HTTP/1.0\r\nHost: f.test\r\n\r\n").await;
         assert!(got.closed);
         assert_eq!(got.responses().len(), 1, "{}", got.text());
+    })
+    .await;
+}
+
+/// Only a lone `chunked` frames a body. Any other coding (`gzip`, `chunked, gzip`, or `chunked`
+/// applied twice) would reach the client still applied and no longer announced, since
+/// `Transfer-Encoding` is hop-by-hop: `502`, like nginx, and the connection is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_is_502() {
+    with_timeout(60, async {
+        let (backend, proxy) = start().await;
+        for path in ["/te-gzip", "/te-chunked-gzip", "/te-twice"] {
+            let resp = then_ok(&proxy, &get(path)).await;
+            assert_eq!(
+                resp.status,
+                502,
+                "{path}: {:?}",
+                String::from_utf8_lossy(&resp.body)
+            );
+            let body = String::from_utf8_lossy(&resp.body).into_owned();
+            assert!(body.contains("malformed response"), "{path}: {body}");
+            let line = format!("GET {path} HTTP/1.1");
+            assert_eq!(backend.used_after(&line), Vec::<String>::new(), "{path}");
+        }
+        later_requests_are_clean(&proxy).await;
+    })
+    .await;
+}
+
+/// A body whose framing breaks once its head has gone (a chunk size that overflows, has a sign
+/// or a `0x`, data not followed by CRLF, a malformed trailer, a length or chunk cut short by the
+/// close): the client sees the answer cut, never a clean end, and nothing past the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_broken_midway_cuts_the_answer() {
+    with_timeout(60, async {
+        let (backend, proxy) = start().await;
+        for path in [
+            "/chunk-overflow",
+            "/chunk-signed",
+            "/chunk-0x",
+            "/chunk-no-crlf",
+            "/trailer-bad",
+            "/cl-short",
+            "/chunked-short",
+        ] {
+            let (responses, text) = once(&proxy, "GET", path).await;
+            assert!(responses.is_empty(), "{path}: a complete response: {text}");
+            assert!(text.starts_with("HTTP/1.1 200 "), "{path}: {text}");
+            assert!(text.contains("abc"), "{path}: {text}");
+            assert!(
+                !text.contains("xyz") && !text.ends_with("0\r\n\r\n"),
+                "{path}: {text}"
+            );
+            let line = format!("GET {path} HTTP/1.1");
+            assert_eq!(backend.used_after(&line), Vec::<String>::new(), "{path}");
+        }
+        later_requests_are_clean(&proxy).await;
     })
     .await;
 }

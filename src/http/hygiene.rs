@@ -95,17 +95,21 @@ pub fn close_after(response: &mut HeaderMap, request_version: Version) {
     }
 }
 
-/// Exactly one coding, `chunked`, over all lines; like nginx, stricter than the list syntax
-/// (which would also allow empty elements such as `, chunked`).
 fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), Malformed> {
-    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let only = values.next().filter(|_| values.next().is_none());
-    let chunked = only.is_some_and(|v| trim_ows(v.as_bytes()).eq_ignore_ascii_case(b"chunked"));
-    if chunked {
+    if is_only_chunked(headers) {
         Ok(())
     } else {
         Err(Malformed::TransferEncoding)
     }
+}
+
+/// Exactly one coding, `chunked`, over all `Transfer-Encoding` lines; like nginx, stricter than
+/// the list syntax (which would also allow empty elements such as `, chunked`). The rule for
+/// both directions: a request is refused otherwise, an upstream response is a 502.
+pub fn is_only_chunked(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let only = values.next().filter(|_| values.next().is_none());
+    only.is_some_and(|v| trim_ows(v.as_bytes()).eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Every value (and list element) is a decimal number, all the same one.

@@ -45,6 +45,9 @@ pub struct ConnectionSays {
     /// The message carried `Transfer-Encoding` (removed with the rest): its body was framed by
     /// it, so a `Content-Length` beside it says nothing true.
     pub transfer_encoding: bool,
+    /// ... and that was exactly `chunked` (`hygiene::is_only_chunked`): anything else (`gzip`,
+    /// `chunked, gzip`, `chunked` twice) left a coding on the body that nobody would undo.
+    pub only_chunked: bool,
 }
 
 impl ConnectionSays {
@@ -81,6 +84,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> ConnectionSays {
         return says;
     }
     says.transfer_encoding = present & (1 << TRANSFER_ENCODING_AT) != 0;
+    says.only_chunked = says.transfer_encoding && crate::http::hygiene::is_only_chunked(headers);
     // HOP_BY_HOP[0] is `Connection`: the names it lists go too
     if present & 1 != 0 {
         if let Some(listed) = connection_tokens(headers, &mut says) {
@@ -271,6 +275,27 @@ mod tests {
         assert!(!keeps(v10, &[]));
         assert!(keeps(v10, &[("connection", "Keep-Alive")]));
         assert!(!keeps(Version::HTTP_2, &[]));
+    }
+
+    #[test]
+    fn a_coding_beside_or_instead_of_chunked_is_noted() {
+        for (te, only) in [
+            ("chunked", true),
+            (" Chunked ", true),
+            ("gzip", false),
+            ("chunked, gzip", false),
+            ("gzip, chunked", false),
+        ] {
+            let says = strip_hop_by_hop(&mut map(&[("transfer-encoding", te)]));
+            assert!(says.transfer_encoding);
+            assert_eq!(says.only_chunked, only, "{te:?}");
+        }
+        let twice = [
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ];
+        assert!(!strip_hop_by_hop(&mut map(&twice)).only_chunked);
+        assert!(!strip_hop_by_hop(&mut map(&[])).only_chunked);
     }
 
     #[test]

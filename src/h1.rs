@@ -1,0 +1,304 @@
+//! The native HTTP/1.1 codec of issue 23, **not wired yet**: nothing on the request path uses it
+//! (every HTTP/1.1 connection is still hyper's, `http::serve_connection`); it is built and
+//! tested (unit tests, a proptest, `fuzz/`) ahead of the engine that will drive it.
+//!
+//! It owns the parsing and the framing decisions, pure code with no IO:
+//! - [`request::RequestHead`]: a client's head, parsed by `httparse` into a small index of field
+//!   ranges over the read buffer (no `HeaderMap`), with RFC 9112's framing rules applied the way
+//!   the hyper path applies them (`http::hygiene`): one valid `Content-Length` (equal duplicates
+//!   allowed), `Transfer-Encoding` exactly `chunked`, never both, never in HTTP/1.0; one `Host`;
+//!   the request-target form its method allows; no obs-fold, bare CR, bare LF or NUL;
+//! - [`response::ResponseHead`]: an upstream's head with the framing `tests/upstream_framing.rs`
+//!   pins (interim `1xx` passed over, no body after `HEAD`, `204` or `304`, both framings: the
+//!   chunked one and no reuse, a bad or differing length refused, close-delimited bodies);
+//! - [`chunked::Decoder`]: an incremental chunked-body decoder over any split of its input.
+//!
+//! The index ([`Field`]: two [`Span`]s and a [`Kind`]) lives in a `Vec` its owner reuses, so a
+//! warm connection parses a head without allocating.
+
+pub mod chunked;
+pub mod request;
+pub mod response;
+
+/// The most fields a head may have, whatever the limits say: the parser's slots are an array on
+/// the stack.
+pub const MAX_FIELDS: usize = 128;
+
+/// A byte range of the buffer a head was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// Where `inner`, a subslice of `outer` (as `httparse` hands them out), lies in it; an empty
+    /// span if it is not in it (`httparse` gives a static `""` for a reason phrase it skipped).
+    fn within(outer: &[u8], inner: &[u8]) -> Span {
+        let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+        if start > outer.len() || inner.len() > outer.len() - start {
+            return Span::default();
+        }
+        Span {
+            start: start as u32,
+            end: (start + inner.len()) as u32,
+        }
+    }
+
+    pub fn of(self, buf: &[u8]) -> &[u8] {
+        buf.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.start >= self.end
+    }
+}
+
+/// The fields the codec acts on, recognised once while indexing (case-insensitively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Host,
+    Connection,
+    Upgrade,
+    Expect,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        const KNOWN: [(&[u8], Kind); 6] = [
+            (b"content-length", Kind::ContentLength),
+            (b"transfer-encoding", Kind::TransferEncoding),
+            (b"host", Kind::Host),
+            (b"connection", Kind::Connection),
+            (b"upgrade", Kind::Upgrade),
+            (b"expect", Kind::Expect),
+        ];
+        KNOWN
+            .iter()
+            .find(|(known, _)| known.len() == name.len() && known.eq_ignore_ascii_case(name))
+            .map_or(Kind::Other, |(_, kind)| *kind)
+    }
+}
+
+/// One field line of a head: where its name and value are, and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub name: Span,
+    pub value: Span,
+    pub kind: Kind,
+}
+
+/// How a message's body is delimited (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body at all (not even an empty one to read).
+    None,
+    Length(u64),
+    Chunked,
+    /// Read to the close of the connection (responses only).
+    UntilClose,
+}
+
+/// Bounds on a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the head, request or status line to the blank line included.
+    pub max_head: usize,
+    /// Field lines (at most [`MAX_FIELDS`]).
+    pub max_fields: usize,
+    /// Bytes of the request-target.
+    pub max_target: usize,
+}
+
+impl Default for Limits {
+    /// hyper's defaults, which the proxy runs with today: 100 fields; a 64 KiB head.
+    fn default() -> Limits {
+        Limits {
+            max_head: 64 * 1024,
+            max_fields: 100,
+            max_target: 8 * 1024,
+        }
+    }
+}
+
+/// What a `Connection` header said (its tokens, over every line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionSays {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+}
+
+impl ConnectionSays {
+    fn read(&mut self, value: &[u8]) {
+        for token in value.split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+        }
+    }
+
+    /// Whether the connection stays open after the message (RFC 9112 9.3): HTTP/1.1 unless
+    /// `close`, HTTP/1.0 only with `keep-alive`.
+    pub fn keeps_alive(self, minor_version: u8) -> bool {
+        !self.close && (minor_version == 1 || self.keep_alive)
+    }
+}
+
+/// The framing headers of a head, read together: `Content-Length` (every line and list element
+/// a decimal number, all the same one), whether there was one, and the `Transfer-Encoding` lines.
+#[derive(Debug, Default)]
+struct Framing {
+    length: Option<u64>,
+    length_bad: bool,
+    encodings: u32,
+    only_chunked: bool,
+}
+
+impl Framing {
+    fn read(fields: &[Field], buf: &[u8]) -> Framing {
+        let mut framing = Framing::default();
+        for field in fields {
+            match field.kind {
+                Kind::ContentLength => framing.length_line(field.value.of(buf)),
+                Kind::TransferEncoding => {
+                    framing.encodings += 1;
+                    framing.only_chunked = framing.encodings == 1
+                        && field
+                            .value
+                            .of(buf)
+                            .trim_ascii()
+                            .eq_ignore_ascii_case(b"chunked");
+                }
+                _ => {}
+            }
+        }
+        framing
+    }
+
+    fn length_line(&mut self, value: &[u8]) {
+        for element in value.split(|b| *b == b',') {
+            match decimal(element.trim_ascii()) {
+                Some(n) if self.length.map_or(true, |seen| seen == n) => self.length = Some(n),
+                _ => self.length_bad = true,
+            }
+        }
+    }
+
+    fn has_length(&self) -> bool {
+        self.length.is_some() || self.length_bad
+    }
+}
+
+/// Digits only: no sign, no space, no hex, no overflow.
+fn decimal(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, b| {
+        let digit = u64::from(b.checked_sub(b'0').filter(|d| *d < 10)?);
+        n.checked_mul(10)?.checked_add(digit)
+    })
+}
+
+/// A line feed not preceded by a carriage return. `httparse` takes a bare LF as a line end
+/// (RFC 9112 2.2 lets a recipient); a request with one is refused, as a peer that splits lines
+/// differently could see another message in it.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// Copies `httparse`'s fields into the index.
+fn index(buf: &[u8], parsed: &[httparse::Header<'_>], into: &mut Vec<Field>) {
+    into.clear();
+    into.extend(parsed.iter().map(|h| Field {
+        name: Span::within(buf, h.name.as_bytes()),
+        value: Span::within(buf, h.value),
+        kind: Kind::of(h.name.as_bytes()),
+    }));
+}
+
+/// Writes the field lines of an index as `name: value\r\n` (what a parse of the output indexes
+/// the same again).
+fn write_fields(fields: &[Field], buf: &[u8], out: &mut Vec<u8>) {
+    for field in fields {
+        out.extend_from_slice(field.name.of(buf));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(field.value.of(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_recognised_in_any_case() {
+        assert_eq!(Kind::of(b"Content-Length"), Kind::ContentLength);
+        assert_eq!(Kind::of(b"TRANSFER-ENCODING"), Kind::TransferEncoding);
+        assert_eq!(Kind::of(b"host"), Kind::Host);
+        assert_eq!(Kind::of(b"hosts"), Kind::Other);
+        assert_eq!(Kind::of(b""), Kind::Other);
+    }
+
+    #[test]
+    fn lengths_are_plain_decimals_all_equal() {
+        let length = |lines: &[&str]| {
+            let mut f = Framing::default();
+            for line in lines {
+                f.length_line(line.as_bytes());
+            }
+            (!f.length_bad).then_some(f.length).flatten()
+        };
+        assert_eq!(length(&["0"]), Some(0));
+        assert_eq!(length(&["42"]), Some(42));
+        assert_eq!(length(&["2", "2"]), Some(2));
+        assert_eq!(length(&["2, 2"]), Some(2));
+        assert_eq!(length(&[" 7 "]), Some(7));
+        assert_eq!(length(&["18446744073709551615"]), Some(u64::MAX));
+        for bad in [
+            &["2", "3"][..],
+            &["2, 3"],
+            &["+2"],
+            &["-2"],
+            &["0x2"],
+            &[""],
+            &["2,"],
+            &["1 2"],
+            &["18446744073709551616"],
+        ] {
+            assert_eq!(length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bare_line_feeds_are_found() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"\nGET"));
+        assert!(has_bare_lf(b"a\r\n\n"));
+    }
+
+    #[test]
+    fn connection_tokens_decide_keep_alive() {
+        let says = |v: &str| {
+            let mut s = ConnectionSays::default();
+            s.read(v.as_bytes());
+            s
+        };
+        assert!(says("").keeps_alive(1));
+        assert!(!says("Close").keeps_alive(1));
+        assert!(!says("").keeps_alive(0));
+        assert!(says("keep-alive").keeps_alive(0));
+        assert!(!says("keep-alive, close").keeps_alive(0));
+        assert!(says("x, Upgrade").upgrade);
+    }
+}
