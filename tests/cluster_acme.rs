@@ -874,14 +874,16 @@ async fn a_challenge_validated_through_an_instance_that_did_not_order_passes() {
         // the answering instance joins with the sites: it takes the certificates from the store
         let path = s.dir.path().join("gh-2.toml");
         std::fs::write(&path, answers_config(&s, 2, "127.0.0.3", pebble_ports, true)).unwrap();
+        let reloaded = Instant::now();
         all[2].send_signal("HUP");
         for site in &s.sites {
             s.same_leaf(&all, site, Duration::from_secs(15), |_| true)
                 .await;
         }
+        let joined = reloaded.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
         eprintln!(
-            "3 certificates issued {issued:?} after start, stored by instances {holders:?}; instance 2 answered {http01} HTTP-01 and {alpn} TLS-ALPN-01 validations from the store; {} orders, {} accounts",
+            "3 certificates issued {issued:?} after start, stored by instances {holders:?}; instance 2 answered {http01} HTTP-01 and {alpn} TLS-ALPN-01 validations from the store; reloaded with the sites, it served them {joined:?} later; {} orders, {} accounts",
             s.new_orders(),
             s.new_accounts()
         );
