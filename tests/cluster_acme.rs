@@ -7,7 +7,9 @@
 //! registers one account, and all three serve the same certificates; a renewal is one order; a
 //! lock holder killed mid-order has its order resumed (no second order); a holder paused past its
 //! lock's TTL writes nothing when it wakes; a store down across the renewal time means no order
-//! until it returns, then one; an emptied store is re-seeded from the local copies, no order.
+//! until it returns, then one; an emptied store is re-seeded from the local copies, no order;
+//! HTTP-01 and TLS-ALPN-01 validated through an instance that cannot hold the lock pass, that
+//! instance answering from the store.
 //!
 //! Needs `redis-server` and pebble (Debian packages; `tests/run.sh` installs them).
 
@@ -37,6 +39,7 @@ const BASE_PAUSED: u16 = 24530;
 const BASE_DOWN: u16 = 24540;
 const BASE_EMPTIED: u16 = 24550;
 const BASE_STALE_JOURNAL: u16 = 24560;
+const BASE_ANSWERS: u16 = 24570;
 
 const SECRET: &str = "cluster-acme-test-secret-0123456789";
 /// `[cluster] lock_ttl` in these tests (the shortest allowed): a dead holder's lock goes soon.
@@ -718,6 +721,179 @@ async fn an_emptied_store_is_filled_again_from_local_copies_without_orders() {
         assert_eq!(
             (s.new_orders(), s.new_accounts()),
             (orders, accounts),
+            "{}",
+            s.diagnostics(&all)
+        );
+    })
+    .await;
+}
+
+/// The answers test's instance `i`: `[acme]` with HTTP-01 (the last site TLS-ALPN-01), its
+/// listeners on `ip` at `ports` (HTTP, HTTPS; 0: any). Without `acme_sites` it has no
+/// `tls = "acme"` site, so it never takes a lock; a site with a certificate file of its own
+/// keeps its HTTPS listener up either way.
+fn answers_config(s: &Setup, i: usize, ip: &str, ports: (u16, u16), acme_sites: bool) -> String {
+    let mut sites = String::new();
+    let count = if acme_sites { s.sites.len() } else { 0 };
+    for (n, name) in s.sites.iter().take(count).enumerate() {
+        let own = if n + 1 == s.sites.len() {
+            "acme = { challenge = \"tls-alpn-01\" }\n"
+        } else {
+            ""
+        };
+        sites.push_str(&format!(
+            "\n[[site]]\nhosts = [\"{name}\"]\ntls = \"acme\"\n{own}  [[site.route]]\n  path = \"/\"\n  upstream = \"app\"\n"
+        ));
+    }
+    let d = s.dir.path().display();
+    format!(
+        r#"
+[listen]
+http = "{ip}:{http}"
+https = "{ip}:{https}"
+admin = "127.0.0.1:0"
+
+[server]
+workers = 1
+state_dir = "{state}"
+
+[acme]
+directory = "{directory}"
+ca_root = "{ca_root}"
+challenge = "http-01"
+retry_initial = "1s"
+retry_max = "2s"
+
+[cluster]
+store = "{store}"
+secret = "{SECRET}"
+instance = "gh-{i}"
+acme = "shared"
+lock_ttl = "{ttl}s"
+{sites}
+[[site]]
+hosts = ["other.test"]
+tls = {{ cert = "{d}/other.crt", key = "{d}/other.key" }}
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+
+[upstream.app]
+servers = ["{backend}"]
+"#,
+        http = ports.0,
+        https = ports.1,
+        state = s.state_dir(i).display(),
+        directory = s.pebble.var("ACME_DIRECTORY_URL"),
+        ca_root = s.pebble.var("ACME_CA_FILE"),
+        store = s.redis.url(),
+        ttl = LOCK_TTL.as_secs(),
+        backend = s.backend.addr,
+    )
+}
+
+/// Starts instance `i` of the answers test (`config` from `answers_config`).
+async fn start_answers_instance(s: &Setup, i: usize, config: &str) -> TestProxy {
+    let path = s.dir.path().join(format!("gh-{i}.toml"));
+    std::fs::create_dir_all(s.state_dir(i)).unwrap();
+    std::fs::write(&path, config).unwrap();
+    TestProxy::start_at_with_env(&path, &[], true).await
+}
+
+/// Tells Pebble's DNS (challtestsrv) that `name` is at `ip`: the CA validates there.
+async fn resolve_to(s: &Setup, name: &str, ip: &str) {
+    let url = format!("{}/add-a", s.pebble.var("CHALLTESTSRV_URL"));
+    let body = format!(r#"{{"host":"{name}","addresses":["{ip}"]}}"#);
+    let resp = client().post(url).body(body).send().await.expect("add-a");
+    assert!(resp.status().is_success(), "challtestsrv add-a: {resp:?}");
+}
+
+/// The sum of a metric's lines carrying every one of `labels` (0 when absent).
+async fn metric_labelled(proxy: &TestProxy, name: &str, labels: &[&str]) -> f64 {
+    let admin = proxy.admin_addr().await;
+    let text = match client().get(format!("http://{admin}/metrics")).send().await {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_validated_through_an_instance_that_did_not_order_passes() {
+    support::with_timeout(90, async {
+        // s1, s2 over HTTP-01, s3 over TLS-ALPN-01; Pebble validates all three at 127.0.0.3
+        let s = Setup::start(BASE_ANSWERS, 3, None).await;
+        let made = rcgen::generate_simple_self_signed(vec!["other.test".to_string()]).unwrap();
+        std::fs::write(s.dir.path().join("other.crt"), made.cert.pem()).unwrap();
+        std::fs::write(s.dir.path().join("other.key"), made.key_pair.serialize_pem()).unwrap();
+        for name in &s.sites {
+            resolve_to(&s, name, "127.0.0.3").await;
+        }
+        // instance 2 on Pebble's validation ports, without the ACME sites: it cannot take a lock
+        let pebble_ports = (s.pebble.base + 2, s.pebble.base + 3);
+        let answering = answers_config(&s, 2, "127.0.0.3", pebble_ports, false);
+        let third = start_answers_instance(&s, 2, &answering).await;
+        let up = support::poll_until(Duration::from_secs(10), || async {
+            metric(&third, "gatehouse_cluster_store_up").await == 1.0
+        })
+        .await;
+        assert!(up.is_some(), "instance 2 never reached the store");
+        let started = Instant::now();
+        let mut proxies = Vec::new();
+        for (i, ip) in [(0, "127.0.0.1"), (1, "127.0.0.2")] {
+            let config = answers_config(&s, i, ip, (0, 0), true);
+            proxies.push(start_answers_instance(&s, i, &config).await);
+        }
+        let ordering = refs(&proxies);
+        for site in &s.sites {
+            s.same_leaf(&ordering, site, Duration::from_secs(30), |_| true)
+                .await;
+        }
+        let issued = started.elapsed();
+        proxies.push(third);
+        let all = refs(&proxies);
+        let stored = "certificate issued and stored for the cluster";
+        let holders: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                let logs = p.logs();
+                let n = logs
+                    .iter()
+                    .filter(|l| json_str_field(l, "message").as_deref() == Some(stored))
+                    .count();
+                std::iter::repeat(i).take(n)
+            })
+            .collect();
+        let from_store = "gatehouse_acme_challenges_from_store_total";
+        let http01 = metric_labelled(all[2], from_store, &["http-01", "result=\"hit\""]).await;
+        let alpn = metric_labelled(all[2], from_store, &["tls-alpn-01", "result=\"hit\""]).await;
+        // the answering instance joins with the sites: it takes the certificates from the store
+        let path = s.dir.path().join("gh-2.toml");
+        std::fs::write(&path, answers_config(&s, 2, "127.0.0.3", pebble_ports, true)).unwrap();
+        let reloaded = Instant::now();
+        all[2].send_signal("HUP");
+        for site in &s.sites {
+            s.same_leaf(&all, site, Duration::from_secs(15), |_| true)
+                .await;
+        }
+        let joined = reloaded.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!(
+            "3 certificates issued {issued:?} after start, stored by instances {holders:?}; instance 2 answered {http01} HTTP-01 and {alpn} TLS-ALPN-01 validations from the store; reloaded with the sites, it served them {joined:?} later; {} orders, {} accounts",
+            s.new_orders(),
+            s.new_accounts()
+        );
+        assert_eq!(holders.len(), 3, "{}", s.diagnostics(&all));
+        assert!(!holders.contains(&2), "{}", s.diagnostics(&all));
+        assert!(http01 >= 2.0, "{http01} HTTP-01 hits{}", s.diagnostics(&all));
+        assert!(alpn >= 1.0, "{alpn} TLS-ALPN-01 hits{}", s.diagnostics(&all));
+        assert_eq!(
+            (s.new_orders(), s.new_accounts()),
+            (3, 1),
             "{}",
             s.diagnostics(&all)
         );
