@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::redis::Redis;
 use support::*;
 
 /// The tests whose figures are rates and latencies take turns (the harness runs two at once):
@@ -23,104 +24,6 @@ use support::*;
 static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const SECRET: &str = "cluster-test-secret-0123456789";
-
-/// A `redis-server` on a unix socket; killed on drop.
-struct Redis {
-    child: Option<Child>,
-    sock: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("redis.sock");
-        let mut redis = Redis {
-            child: None,
-            sock,
-            _dir: dir,
-        };
-        redis.restart();
-        redis
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&self.sock)
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server; tests/run.sh installs it)");
-        self.child = Some(child);
-        let start = Instant::now();
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("unix://{}", self.sock.display())
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Script calls the store has answered (or refused) so far.
-    fn script_calls(&self) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]);
-        ["cmdstat_evalsha:", "cmdstat_eval:"]
-            .iter()
-            .filter_map(|name| {
-                let line = stats.lines().find(|l| l.starts_with(name))?;
-                let calls = line.split("calls=").nth(1)?.split(',').next()?;
-                calls.parse::<u64>().ok()
-            })
-            .sum()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{signal}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.signal("CONT");
-        }
-        self.kill();
-    }
-}
 
 struct Cluster {
     proxies: Vec<TestProxy>,

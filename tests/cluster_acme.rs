@@ -28,6 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::pebble::Pebble;
+use support::redis::Redis;
 use support::{client, echo_backend, json_str_field, Backend, TestProxy};
 use tokio::net::TcpStream;
 
@@ -47,83 +48,6 @@ const LOCK_TTL: Duration = Duration::from_secs(2);
 const ISSUANCE: Duration = Duration::from_secs(60);
 /// What pebble logs for every newAccount request.
 const NEW_ACCOUNT_LOG: &str = "POST /sign-me-up -> calling handler()";
-
-/// A `redis-server` on a unix socket, without persistence; killed on drop.
-struct Redis {
-    child: Option<Child>,
-    sock: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("redis.sock");
-        let mut redis = Redis {
-            child: None,
-            sock,
-            _dir: dir,
-        };
-        redis.restart();
-        redis
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&self.sock)
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server)");
-        self.child = Some(child);
-        let start = Instant::now();
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("unix://{}", self.sock.display())
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// The keys matching `pattern`.
-    fn keys(&self, pattern: &str) -> Vec<String> {
-        let out = self.cli(&["--scan", "--pattern", pattern]);
-        let mut keys: Vec<String> = out.lines().map(str::to_string).collect();
-        keys.sort();
-        keys
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Pebble, the store, three instances' state dirs and configs, and the DNS hook.
 struct Setup {

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::pebble::Pebble;
+use support::redis::Redis;
 use support::*;
 
 const SECRET: &str = "cluster-test-secret-0123456789";
@@ -34,85 +35,6 @@ const BASE_TLS_ALPN01: u16 = 24610;
 const MAX_PER_SECOND: u64 = 100;
 /// A token as Pebble makes them (43 base64url characters).
 const TOKEN: &str = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
-
-/// A `redis-server` on a unix socket; killed on drop.
-struct Redis {
-    child: Child,
-    sock: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("redis.sock");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&sock)
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server)");
-        let redis = Redis {
-            child,
-            sock,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while redis.cli(&["PING"]).trim() != "PONG" {
-            assert!(start.elapsed() < Duration::from_secs(10), "no redis-server");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("unix://{}", self.sock.display())
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `GET`s the store has answered so far (challenge lookups; nothing else here uses `GET`).
-    fn gets(&self) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]);
-        stats
-            .lines()
-            .find(|l| l.starts_with("cmdstat_get:"))
-            .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// The challenge answers of cluster `cluster` in the store.
-    fn answers(&self, cluster: &str) -> Vec<String> {
-        let pattern = format!("{cluster}:challenge:*");
-        let keys = self.cli(&["--scan", "--pattern", &pattern]);
-        keys.lines().map(str::to_string).collect()
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args([signal, &pid]).status();
-        assert!(ok.expect("kill").success(), "kill {signal}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `[cluster]` for both instances.
 fn cluster(redis: &Redis, name: &str, instance: &str, extra: &str) -> String {
@@ -304,13 +226,13 @@ async fn validated_through_the_other_instance(base: u16, challenge: &str, kind: 
         diagnostics()
     );
     let withdrawn = poll_until(Duration::from_secs(5), || async {
-        redis.answers("one").is_empty()
+        redis.keys("one:challenge:*").is_empty()
     })
     .await;
     assert!(
         withdrawn.is_some(),
         "answers left in the store after the order: {:?}",
-        redis.answers("one")
+        redis.keys("one:challenge:*")
     );
 }
 
@@ -381,10 +303,10 @@ async fn an_answer_is_served_only_under_the_cluster_name_and_token_it_was_writte
         let (status, _, _) = get_challenge(&one, other).await;
         assert_eq!(status, 404, "served an answer written for another token");
         // nor is anything under a key that is no valid token (never looked up)
-        let before = redis.gets();
+        let before = redis.calls("get");
         let (status, _, _) = get_challenge(&one, "one:rl:x").await;
         assert_eq!(status, 404);
-        assert_eq!(redis.gets(), before, "an invalid token was looked up");
+        assert_eq!(redis.calls("get"), before, "an invalid token was looked up");
     })
     .await;
 }
@@ -398,7 +320,7 @@ async fn a_store_that_does_not_answer_costs_a_challenge_at_most_the_timeout() {
         redis.cli(&["SET", &format!("one:challenge:http-01:{TOKEN}"), &answer]);
         let (status, _, _) = get_challenge(&b, TOKEN).await;
         assert_eq!(status, 200, "B does not answer from the store");
-        redis.signal("-STOP");
+        redis.signal("STOP");
         let mut took = Vec::new();
         for i in 0..20 {
             let token = format!("{TOKEN}{i:02}");
@@ -406,7 +328,7 @@ async fn a_store_that_does_not_answer_costs_a_challenge_at_most_the_timeout() {
             assert_eq!(status, 404);
             took.push(elapsed);
         }
-        redis.signal("-CONT");
+        redis.signal("CONT");
         let max = took.iter().max().copied().unwrap_or_default();
         let waited = metric(
             admin,
@@ -430,7 +352,7 @@ async fn a_flood_of_made_up_tokens_costs_a_bounded_number_of_store_calls() {
     with_timeout(45, async {
         let redis = Redis::start();
         let (b, admin) = lone_b(&redis, "one", "250ms").await;
-        let before = redis.gets();
+        let before = redis.calls("get");
         let started = Instant::now();
         let url = b.url("/.well-known/acme-challenge/");
         let client = client();
@@ -453,7 +375,7 @@ async fn a_flood_of_made_up_tokens_costs_a_bounded_number_of_store_calls() {
             statuses.extend(done.expect("client"));
         }
         let elapsed = started.elapsed();
-        let calls = redis.gets() - before;
+        let calls = redis.calls("get") - before;
         let busy = metric(
             admin,
             "gatehouse_acme_challenges_from_store_total",
@@ -503,11 +425,11 @@ async fn a_reload_that_removes_the_cluster_stops_the_lookups() {
             "still answered from the store:\n{}",
             b.logs().join("\n")
         );
-        let before = redis.gets();
+        let before = redis.calls("get");
         for _ in 0..5 {
             assert_eq!(get_challenge(&b, TOKEN).await.0, 404);
         }
-        assert_eq!(redis.gets(), before, "looked up without [cluster]");
+        assert_eq!(redis.calls("get"), before, "looked up without [cluster]");
     })
     .await;
 }

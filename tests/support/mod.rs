@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod pebble;
+pub mod redis;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
