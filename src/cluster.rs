@@ -127,12 +127,21 @@ impl Store {
             leased: AtomicI64::new(0),
         });
         store.metrics.cluster.store_up.set(0);
-        tracing::info!(
-            cluster = %settings.name,
-            instance = %settings.instance,
-            "cluster: connecting to the store in the background; rate limits fall back to `{}` until it answers",
-            fallback_word(settings.rate_limit_fallback),
-        );
+        if settings.global_limits() {
+            tracing::info!(
+                cluster = %settings.name,
+                instance = %settings.instance,
+                "cluster: connecting to the store in the background; rate limits fall back to `{}` until it answers",
+                fallback_word(settings.rate_limit_fallback),
+            );
+        } else {
+            // `rate_limits = "local"`: this connection carries only the ACME challenge answers
+            tracing::info!(
+                cluster = %settings.name,
+                instance = %settings.instance,
+                "cluster: connecting to the store in the background (for ACME challenge answers; rate limits count locally)",
+            );
+        }
         tokio::spawn(watch(Arc::downgrade(&store), store.wake.clone()));
         store
     }
