@@ -186,20 +186,33 @@ pub async fn run(
         let mut reply = None;
         match trigger {
             Trigger::Admin(tx) => reply = Some(tx),
-            Trigger::File => {
-                // let the burst settle, and fold every trigger that came meanwhile into one
-                tokio::time::sleep(DEBOUNCE).await;
-                while let Ok(more) = rx.try_recv() {
-                    if let Trigger::Admin(tx) = more {
-                        reply = Some(tx);
-                    }
-                }
-            }
+            Trigger::File => reply = settle(&mut rx).await,
             Trigger::Signal => {}
         }
         let outcome = reload(&path, &shared, &keep, &listeners).await;
         if let Some(tx) = reply {
             let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// After a file event: lets the burst of events an editor's save makes settle (`DEBOUNCE`),
+/// folding every file or signal trigger that comes meanwhile into one reload. An admin request
+/// (`POST /reload`, `gatehouse reload`) ends the wait at once, since whoever sends it says the
+/// file is ready, and it gets the outcome of that reload; so a save followed by `gatehouse
+/// reload` answers in the time of one reload, not the debounce's.
+async fn settle(rx: &mut mpsc::Receiver<Trigger>) -> Option<oneshot::Sender<Outcome>> {
+    let quiet = tokio::time::sleep(DEBOUNCE);
+    tokio::pin!(quiet);
+    loop {
+        tokio::select! {
+            () = &mut quiet => return None,
+            more = rx.recv() => match more {
+                Some(Trigger::Admin(tx)) => return Some(tx),
+                Some(Trigger::File | Trigger::Signal) => {}
+                // shutting down: this reload still runs, the next `recv` ends the task
+                None => return None,
+            },
         }
     }
 }

@@ -417,10 +417,18 @@ health = {{ path = "/", interval = "{interval}" }}
         // the warm-up's dropped pools end their tasks within one health interval (2 s)
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let (tasks_before, rss_before) = sample().await;
+        let started = std::time::Instant::now();
         for n in 51..=1050 {
             let resp = reload_to(n).await.unwrap();
             assert_eq!(resp.status(), 200, "reload {n}: {}", resp.text().await.unwrap());
         }
+        // each save is followed by `POST /reload`, which ends the file watcher's 150 ms
+        // debounce at once: waiting it out would take 150 s by itself
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(100),
+            "1000 saves, each with POST /reload, took {took:?}: the reload waited for the debounce"
+        );
         assert_eq!(body(&proxy, "/").await, "r1050");
         // dropped snapshots' tasks notice within one interval (they sleep, then find their pool gone)
         tokio::time::sleep(Duration::from_millis(2500)).await;
