@@ -341,23 +341,7 @@ impl Issuer {
                 builder.from_credentials(creds).await?
             }
             Err(_) => {
-                let contact: Vec<String> = s.email.iter().map(|e| format!("mailto:{e}")).collect();
-                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
-                let new = NewAccount {
-                    contact: &contact,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                };
-                let eab = s
-                    .eab
-                    .as_ref()
-                    .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
-                let builder = Account::builder_with_http(http);
-                let (account, creds) = builder
-                    .create(&new, s.directory.clone(), eab.as_ref())
-                    .await?;
-                let json =
-                    serde_json::to_vec(&creds).map_err(|e| AcmeError::Stored(e.to_string()))?;
+                let (account, json) = self.register(http).await?;
                 off_runtime(move || Ok(store::write_atomic(&path, &json, 0o600)?)).await?;
                 tracing::info!(directory = %s.directory, account = %account.id(), "ACME account registered");
                 account
@@ -438,7 +422,9 @@ impl Issuer {
                 json
             }
             None => {
-                let (account, json) = self.register().await?;
+                let settings = s.clone();
+                let http = off_runtime(move || http_client(&settings)).await?;
+                let (account, json) = self.register(http).await?;
                 tracing::info!(directory = %s.directory, account = %account.id(), "ACME account registered for the cluster");
                 self.keep_account_copy(json.clone()).await;
                 json
@@ -451,10 +437,8 @@ impl Issuer {
     }
 
     /// A new account with the CA; its credentials' JSON.
-    async fn register(&self) -> Result<(Account, Vec<u8>), AcmeError> {
+    async fn register(&self, http: Box<dyn HttpClient>) -> Result<(Account, Vec<u8>), AcmeError> {
         let s = &self.settings;
-        let settings = s.clone();
-        let http = off_runtime(move || http_client(&settings)).await?;
         let contact: Vec<String> = s.email.iter().map(|e| format!("mailto:{e}")).collect();
         let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
         let new = NewAccount {

@@ -6,6 +6,7 @@ use super::{
     has_bare_lf, index, write_fields, Body, ConnectionSays, Field, Framing, Kind, Limits, Span,
     MAX_FIELDS,
 };
+use crate::http::hygiene::Malformed;
 use std::mem::MaybeUninit;
 
 /// Why a head is refused; the connection closes after the answer, as its framing cannot be
@@ -26,18 +27,11 @@ pub enum RequestError {
     TargetTooLong,
     #[error("request target not in a form its method allows")]
     TargetForm,
-    #[error("Transfer-Encoding is not exactly `chunked`")]
-    TransferEncoding,
-    #[error("Transfer-Encoding in an HTTP/1.0 request")]
-    TransferEncodingHttp10,
-    #[error("both Content-Length and Transfer-Encoding")]
-    LengthAndEncoding,
-    #[error("invalid or conflicting Content-Length")]
-    ContentLength,
+    /// A framing or `Host` refusal the hyper path makes too, named by the same type.
+    #[error(transparent)]
+    Malformed(Malformed),
     #[error("no Host header in an HTTP/1.1 request")]
     MissingHost,
-    #[error("more than one Host header")]
-    DuplicateHost,
     #[error("invalid Host header")]
     InvalidHost,
 }
@@ -174,7 +168,7 @@ impl RequestHead {
         let mut hosts = self.fields.iter().filter(|f| f.kind == Kind::Host);
         let host = hosts.next();
         if hosts.next().is_some() {
-            return Err(RequestError::DuplicateHost);
+            return Err(RequestError::Malformed(Malformed::DuplicateHost));
         }
         if host.is_none() && self.minor_version == 1 {
             return Err(RequestError::MissingHost);
@@ -202,19 +196,19 @@ impl RequestHead {
         let framing = Framing::read(&self.fields, buf);
         if framing.encodings > 0 {
             return if self.minor_version == 0 {
-                Err(RequestError::TransferEncodingHttp10)
+                Err(RequestError::Malformed(Malformed::TransferEncodingHttp10))
             } else if framing.has_length() {
                 // the smuggling guard: two framings, two readings (hyper frames by the chunked
                 // one and closes after; refusing is the other choice RFC 9112 6.3 allows)
-                Err(RequestError::LengthAndEncoding)
+                Err(RequestError::Malformed(Malformed::LengthAndEncoding))
             } else if !framing.only_chunked {
-                Err(RequestError::TransferEncoding)
+                Err(RequestError::Malformed(Malformed::TransferEncoding))
             } else {
                 Ok(Body::Chunked)
             };
         }
         match (framing.length, framing.length_bad) {
-            (_, true) => Err(RequestError::ContentLength),
+            (_, true) => Err(RequestError::Malformed(Malformed::ContentLength)),
             (Some(n), false) => Ok(Body::Length(n)),
             (None, false) => Ok(Body::None),
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::http::hygiene::Malformed;
 
 fn parse(text: &str) -> Result<RequestHead, RequestError> {
     let mut head = RequestHead::default();
@@ -96,49 +97,64 @@ fn bodies_are_framed_by_one_rule() {
     for (fields, err) in [
         (
             "Content-Length: 5\r\nContent-Length: 6\r\n",
-            RequestError::ContentLength,
+            RequestError::Malformed(Malformed::ContentLength),
         ),
-        ("Content-Length: 5, 6\r\n", RequestError::ContentLength),
-        ("Content-Length: +5\r\n", RequestError::ContentLength),
-        ("Content-Length: 5 5\r\n", RequestError::ContentLength),
-        ("Content-Length: \r\n", RequestError::ContentLength),
+        (
+            "Content-Length: 5, 6\r\n",
+            RequestError::Malformed(Malformed::ContentLength),
+        ),
+        (
+            "Content-Length: +5\r\n",
+            RequestError::Malformed(Malformed::ContentLength),
+        ),
+        (
+            "Content-Length: 5 5\r\n",
+            RequestError::Malformed(Malformed::ContentLength),
+        ),
+        (
+            "Content-Length: \r\n",
+            RequestError::Malformed(Malformed::ContentLength),
+        ),
         (
             "Content-Length: 99999999999999999999\r\n",
-            RequestError::ContentLength,
+            RequestError::Malformed(Malformed::ContentLength),
         ),
         (
             "Transfer-Encoding: gzip, chunked\r\n",
-            RequestError::TransferEncoding,
+            RequestError::Malformed(Malformed::TransferEncoding),
         ),
         (
             "Transfer-Encoding: chunked, gzip\r\n",
-            RequestError::TransferEncoding,
+            RequestError::Malformed(Malformed::TransferEncoding),
         ),
         (
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
-            RequestError::TransferEncoding,
+            RequestError::Malformed(Malformed::TransferEncoding),
         ),
         (
             "Transfer-Encoding: identity\r\n",
-            RequestError::TransferEncoding,
+            RequestError::Malformed(Malformed::TransferEncoding),
         ),
         (
             "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-            RequestError::LengthAndEncoding,
+            RequestError::Malformed(Malformed::LengthAndEncoding),
         ),
         (
             "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-            RequestError::LengthAndEncoding,
+            RequestError::Malformed(Malformed::LengthAndEncoding),
         ),
         (
             "Content-Length: x\r\nTransfer-Encoding: chunked\r\n",
-            RequestError::LengthAndEncoding,
+            RequestError::Malformed(Malformed::LengthAndEncoding),
         ),
     ] {
         assert_eq!(with(fields).unwrap_err(), err, "{fields:?}");
     }
     let old = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
-    assert_eq!(refused(old), RequestError::TransferEncodingHttp10);
+    assert_eq!(
+        refused(old),
+        RequestError::Malformed(Malformed::TransferEncodingHttp10)
+    );
 }
 
 #[test]
@@ -180,7 +196,7 @@ fn host_rules() {
     assert_eq!(refused("GET / HTTP/1.1\r\n\r\n"), RequestError::MissingHost);
     assert_eq!(
         refused("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
-        RequestError::DuplicateHost
+        RequestError::Malformed(Malformed::DuplicateHost)
     );
     assert_eq!(
         refused("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
