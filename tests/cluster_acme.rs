@@ -18,18 +18,12 @@
 
 mod support;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::RootCertStore;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::pebble::Pebble;
+use support::pebble::{served_leaf, Pebble};
 use support::redis::Redis;
 use support::{client, echo_backend, json_str_field, Backend, TestProxy};
-use tokio::net::TcpStream;
 
 /// Pebble blocks of 6 ports each (after certs_doctor's 24400-24450).
 const BASE_COLD: u16 = 24500;
@@ -203,7 +197,7 @@ servers = ["{backend}"]
         let root = self.pebble.root();
         let mut leaves = Vec::new();
         for p in proxies {
-            leaves.push(leaf(p.https(), sni, &root).await.ok());
+            leaves.push(served_leaf(p.https(), sni, &root).await.ok());
         }
         leaves
     }
@@ -295,32 +289,6 @@ fn short(der: &[u8]) -> String {
         .iter()
         .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)));
     format!("{sum:016x}")
-}
-
-/// The leaf certificate a handshake with `sni` presents, verified against pebble's root.
-async fn leaf(addr: SocketAddr, sni: &str, root_pem: &[u8]) -> Result<Vec<u8>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(root_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake with SNI {sni}: {e}"))?;
-    let certs = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .ok_or("no certificate")?;
-    Ok(certs[0].as_ref().to_vec())
 }
 
 /// A metric of the instance (0 when absent).

@@ -15,11 +15,8 @@
 
 mod support;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::pebble::Pebble;
+use support::pebble::{served_leaf, Pebble};
 use support::redis::Redis;
 use support::*;
 
@@ -134,30 +131,6 @@ async fn wait_store_up(admin: std::net::SocketAddr) {
     assert!(up.is_some(), "the instance never reached the store");
 }
 
-/// A handshake with A for `NAME` that verifies against Pebble's issuing root.
-async fn issued_cert_served(addr: std::net::SocketAddr, root: &[u8]) -> Result<(), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(root) {
-        roots.add(cert.expect("root PEM")).expect("add root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(NAME.to_string()).expect("name");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    connector
-        .connect(name, tcp)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
 /// A orders `NAME` with `challenge`; the CA validates through B only. The certificate must be
 /// issued (A serves it) and B must have answered from the store; then the answer is withdrawn.
 async fn validated_through_the_other_instance(base: u16, challenge: &str, kind: &str, extra: &str) {
@@ -184,8 +157,8 @@ async fn validated_through_the_other_instance(base: u16, challenge: &str, kind: 
     let root = pebble.root();
     let started = Instant::now();
     let (issued, last) = loop {
-        match issued_cert_served(a.https(), &root).await {
-            Ok(()) => break (Some(started.elapsed()), String::new()),
+        match served_leaf(a.https(), NAME, &root).await {
+            Ok(_) => break (Some(started.elapsed()), String::new()),
             Err(e) if started.elapsed() > Duration::from_secs(30) => break (None, e),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }

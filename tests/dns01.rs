@@ -11,18 +11,13 @@
 
 mod support;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::RootCertStore;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::pebble::Pebble;
+use support::pebble::{served_leaf, Pebble};
 use support::{client, echo_backend, json_str_field, serve, text_response, Backend, TestProxy};
-use tokio::net::TcpStream;
 
 const ZONE: &str = "example.test";
 const KEY: &str = "gatehouse";
@@ -262,8 +257,8 @@ servers = ["{backend}"]
         let root = self.pebble.root();
         let deadline = Instant::now() + ISSUANCE;
         loop {
-            let last = match handshake(proxy.https(), sni, &root).await {
-                Ok(()) => return,
+            let last = match served_leaf(proxy.https(), sni, &root).await {
+                Ok(_) => return,
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
@@ -348,27 +343,6 @@ async fn wait_metric(setup: &Setup, proxy: &TestProxy, series: &str, min: f64) -
     }
 }
 
-/// A handshake with SNI `sni` that verifies against `root_pem` only.
-async fn handshake(addr: SocketAddr, sni: &str, root_pem: &[u8]) -> Result<(), String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(root_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map(drop)
-        .map_err(|e| format!("handshake with SNI {sni}: {e}"))
-}
-
 /// An exec hook (lego's protocol) that updates Knot with `knsupdate`.
 fn knsupdate_hook(dir: &Path, knot: &Knot) -> PathBuf {
     let script = format!(
@@ -447,7 +421,7 @@ async fn a_wrong_tsig_secret_is_a_clear_error_and_no_certificate() {
     let failed = r#"gatehouse_acme_dns_publishes_total{provider="rfc2136",result="failure"}"#;
     wait_metric(&setup, &proxy, failed, 1.0).await;
     let root = setup.pebble.root();
-    assert!(handshake(proxy.https(), "app.example.test", &root)
+    assert!(served_leaf(proxy.https(), "app.example.test", &root)
         .await
         .is_err());
     assert!(setup.knot.challenge_records().is_empty());
@@ -521,7 +495,7 @@ async fn a_failing_hook_is_a_clear_error_and_no_certificate() {
         "unclear error: {error}"
     );
     let root = setup.pebble.root();
-    assert!(handshake(proxy.https(), "app.example.test", &root)
+    assert!(served_leaf(proxy.https(), "app.example.test", &root)
         .await
         .is_err());
     // a failed `present` is cleaned up too: it may have half-published
@@ -684,7 +658,7 @@ async fn an_httpreq_api_that_refuses_is_a_clear_error() {
         "unclear error: {error}"
     );
     let root = setup.pebble.root();
-    assert!(handshake(proxy.https(), "app.example.test", &root)
+    assert!(served_leaf(proxy.https(), "app.example.test", &root)
         .await
         .is_err());
 }

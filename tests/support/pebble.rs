@@ -87,3 +87,39 @@ impl Drop for Pebble {
             .output();
     }
 }
+
+/// The leaf certificate a TLS handshake to `addr` with SNI `sni` is served, verified against
+/// `root_pem` only (Pebble's issuing root): an error says why the handshake failed.
+pub async fn served_leaf(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    root_pem: &[u8],
+) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem) {
+        roots.add(cert.expect("root PEM")).expect("add root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_string()).expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake with SNI {sni}: {e}"))?;
+    let certs = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or("no certificate")?;
+    Ok(certs[0].as_ref().to_vec())
+}
