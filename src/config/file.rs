@@ -137,6 +137,8 @@ pub struct FileServer {
     pub path_parameters: Option<Str>,
     /// `"drop"` (default), `"reject"` or `"keep"`: request header names with `_`.
     pub underscore_headers: Option<Str>,
+    /// `"hyper"` or `"native"`: which HTTP/1.1 engine serves client connections.
+    pub http1_engine: Option<Str>,
     /// The name whose certificate answers a TLS client that sends no SNI.
     pub default_sni: Option<Str>,
     /// Pages for Gatehouse's own error answers, inherited by sites and routes (see

@@ -86,6 +86,8 @@ pub struct Server {
     pub paths: PathRules,
     /// What happens to request header names with `_` (`underscore_headers`).
     pub underscore_headers: UnderscoreHeaders,
+    /// Which HTTP/1.1 engine serves client connections (`http1_engine`).
+    pub http1_engine: Http1Engine,
     /// The name (lower case) whose certificate a TLS client without SNI is served; it names a
     /// TLS site's host. `None`: the only TLS site's, or a catch-all TLS site's, else none.
     pub default_sni: Option<String>,
@@ -152,6 +154,27 @@ pub enum UnderscoreHeaders {
     Reject,
     /// Passed on.
     Keep,
+}
+
+/// The HTTP/1.1 engine client connections are served with (`[server] http1_engine`, issue 23).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Http1Engine {
+    /// hyper's server connection.
+    #[default]
+    Hyper,
+    /// Gatehouse's own (`h1`): its codec and connection driver.
+    Native,
+}
+
+impl Http1Engine {
+    /// The engine when the config names none: `GATEHOUSE_HTTP1_ENGINE` if it names one (so the
+    /// test suite runs on either engine without editing its configs), else hyper.
+    pub fn unset() -> Http1Engine {
+        match std::env::var("GATEHOUSE_HTTP1_ENGINE").as_deref() {
+            Ok("native") => Http1Engine::Native,
+            _ => Http1Engine::Hyper,
+        }
+    }
 }
 
 /// The oldest TLS version the HTTPS listener accepts (`[server] tls_min_version`). Older than 1.2

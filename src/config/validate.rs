@@ -559,6 +559,17 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             ],
         ),
         default_sni: raw.default_sni.as_ref().and_then(|v| default_sni(cx, v)),
+        http1_engine: match raw.http1_engine {
+            None => Http1Engine::unset(),
+            Some(_) => cx.choice(
+                &raw.http1_engine,
+                "server.http1_engine",
+                &[
+                    ("hyper", Http1Engine::Hyper),
+                    ("native", Http1Engine::Native),
+                ],
+            ),
+        },
         // `validate` sets these from the server's policy, header rules and pages once they are read
         send_min_rate: None,
         response_headers: HeaderRules::default(),
