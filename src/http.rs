@@ -5,9 +5,11 @@
 
 mod body;
 pub mod canonical;
+mod client_body;
 mod conn;
 pub mod grpc;
 pub mod hygiene;
+mod native;
 mod pace;
 mod response;
 mod rewind;
@@ -28,6 +30,7 @@ use crate::middleware::{Reason, Rejections};
 use crate::state::Shared;
 use crate::tls::client::ClientTls;
 use bytes::Bytes;
+use client_body::ClientBody;
 use conn::{ConnState, Expiry, Watchdog, WatchedIo};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -173,14 +176,16 @@ pub async fn serve_connection<S>(
         addr: peer,
         vouches,
     } = peer;
-    let (http, grace, tunnel_idle, state) = {
+    let (http, grace, tunnel_idle, state, native) = {
         let snapshot = cx.shared.load();
         let server = &snapshot.config.server;
+        let native = (server.http1_engine == crate::config::Http1Engine::Native)
+            .then(|| native::limits(&server.limits));
         let t = &server.timeouts;
         let state = ConnState::new(t.header_read, t.idle, t.send);
         state.set_default_send_rate(server.send_min_rate);
         let http = snapshot.http.clone();
-        (http, server.shutdown_grace, t.tunnel_idle, state)
+        (http, server.shutdown_grace, t.tunnel_idle, state, native)
     };
     let _counted = SlowSendCount {
         state: &state,
@@ -220,12 +225,28 @@ pub async fn serve_connection<S>(
         // stage on completion), and each move of the whole proxy future is a memcpy of its
         // size; a box makes them pointer moves for one allocation. (An HTTP/1.1 request's
         // future is moved once, into the dispatcher's slot, so it stays unboxed.)
-        let svc = hyper::service::service_fn(move |req| Box::pin(svc.clone().call(req)));
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            Box::pin(svc.clone().call(req.map(ClientBody::Hyper)))
+        });
         let mut conn = Box::pin(http.h2.serve_connection(io, svc));
         guard.drive(&mut conn).await;
         return;
     }
-    let h1_svc = hyper::service::service_fn(move |req| svc.clone().call(req));
+    if let Some(limits) = native {
+        let setup = native::Setup {
+            guard: &mut guard,
+            state: &state,
+            svc,
+            limits,
+            tunnel_idle,
+            tunnels: &cx.listener_metrics(transport).tunnels,
+        };
+        native::serve(io, pre, setup).await;
+        return;
+    }
+    let h1_svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        svc.clone().call(req.map(ClientBody::Hyper))
+    });
     loop {
         let io_in = TokioIo::new(Rewind::new(pre, io));
         let mut conn = Box::new(
@@ -408,9 +429,37 @@ impl Guard<'_> {
     /// The tunnel an upgrade turned this connection into, counted in `tunnels` while it runs;
     /// at shutdown it gets the grace period, as a request in flight would.
     async fn tunnel(&mut self, pending: tunnel::Pending, idle: Duration, tunnels: &IntGauge) {
-        let (grace, drain, peer) = (self.grace, self.drain, self.peer);
+        let peer = self.peer;
+        let stop = self.tunnel_stop();
+        tunnels.inc();
+        let _open = Decrements(tunnels);
+        let end = tunnel::run(pending, idle, stop).await;
+        tracing::debug!(%peer, ?end, "tunnel ended");
+    }
+
+    /// `tunnel` for the native engine, whose client side is the connection itself.
+    async fn tunnel_native<C>(
+        &mut self,
+        client: C,
+        pending: tunnel::Pending,
+        idle: Duration,
+        tunnels: &IntGauge,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let peer = self.peer;
+        let stop = self.tunnel_stop();
+        tunnels.inc();
+        let _open = Decrements(tunnels);
+        let end = tunnel::run_native(client, pending.upstream, idle, stop).await;
+        tracing::debug!(%peer, ?end, "tunnel ended");
+    }
+
+    /// Resolves when a tunnel must end for shutdown: the grace period after it began.
+    fn tunnel_stop(&mut self) -> impl Future<Output = ()> + '_ {
+        let (grace, drain) = (self.grace, self.drain);
         let shutdown = &mut *self.shutdown;
-        let stop = async move {
+        async move {
             let at = match drain {
                 Some(at) => at,
                 None => {
@@ -420,11 +469,7 @@ impl Guard<'_> {
                 }
             };
             tokio::time::sleep_until(at).await
-        };
-        tunnels.inc();
-        let _open = Decrements(tunnels);
-        let end = tunnel::run(pending, idle, stop).await;
-        tracing::debug!(%peer, ?end, "tunnel ended");
+        }
     }
 
     /// A parked connection's wait for its next request, holding no buffer: the bytes that came,

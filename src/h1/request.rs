@@ -3,8 +3,7 @@
 //! path's, `http::hygiene`), so what the engine forwards is framed one way only.
 
 use super::{
-    has_bare_lf, index, write_fields, Body, ConnectionSays, Field, Framing, Kind, Limits, Span,
-    MAX_FIELDS,
+    index, write_fields, Body, ConnectionSays, Field, Framing, Kind, Limits, Span, MAX_FIELDS,
 };
 use crate::http::hygiene::Malformed;
 use std::mem::MaybeUninit;
@@ -15,8 +14,6 @@ use std::mem::MaybeUninit;
 pub enum RequestError {
     #[error("malformed request head: {0}")]
     Parse(httparse::Error),
-    #[error("a line ends in a bare LF")]
-    BareLf,
     #[error("HTTP version not supported")]
     Version,
     #[error("request head larger than the limit")]
@@ -40,7 +37,6 @@ impl RequestError {
     /// The status the refusal is answered with.
     pub fn status(self) -> u16 {
         match self {
-            RequestError::Version => 505,
             RequestError::HeadTooLarge | RequestError::TooManyFields => 431,
             RequestError::TargetTooLong => 414,
             _ => 400,
@@ -124,9 +120,6 @@ impl RequestHead {
         if len > limits.max_head {
             return Err(RequestError::HeadTooLarge);
         }
-        if has_bare_lf(&buf[..len]) {
-            return Err(RequestError::BareLf);
-        }
         let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
             return Err(RequestError::Parse(httparse::Error::Token));
         };
@@ -150,6 +143,9 @@ impl RequestHead {
         self.authority = self.authority_of(buf)?;
         self.body = self.framing(buf)?;
         self.connection = ConnectionSays::default();
+        // both framings: the next request on the connection could start anywhere
+        self.connection.close =
+            self.body == Body::Chunked && self.fields.iter().any(|f| f.kind == Kind::ContentLength);
         self.expects_continue = false;
         for field in &self.fields {
             let value = field.value.of(buf);
@@ -197,15 +193,22 @@ impl RequestHead {
         if framing.encodings > 0 {
             return if self.minor_version == 0 {
                 Err(RequestError::Malformed(Malformed::TransferEncodingHttp10))
-            } else if framing.has_length() {
-                // the smuggling guard: two framings, two readings (hyper frames by the chunked
-                // one and closes after; refusing is the other choice RFC 9112 6.3 allows)
-                Err(RequestError::Malformed(Malformed::LengthAndEncoding))
             } else if !framing.only_chunked {
                 Err(RequestError::Malformed(Malformed::TransferEncoding))
             } else {
+                // with a `Content-Length` too, the chunked coding frames the body and the
+                // connection closes after it (RFC 9112 6.3; what the hyper path does, pinned by
+                // `tests/hygiene.rs`): `judge` sees `both_framings`
                 Ok(Body::Chunked)
             };
+        }
+        let listed = self
+            .fields
+            .iter()
+            .any(|f| f.kind == Kind::ContentLength && f.value.of(buf).contains(&b','));
+        if listed {
+            // `5, 5` is one length to RFC 9110, but hyper refuses a list, and so do we
+            return Err(RequestError::Malformed(Malformed::ContentLength));
         }
         match (framing.length, framing.length_bad) {
             (_, true) => Err(RequestError::Malformed(Malformed::ContentLength)),

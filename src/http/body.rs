@@ -1,6 +1,7 @@
 //! Bodies on the proxy path: the request body counted on its way upstream, and the response body
 //! that, when it ends or is dropped, releases its slots and writes the access-log event.
 
+use super::client_body::{ClientBody, ClientBodyError};
 use crate::access_log::{AccessLog, Entry};
 use crate::upstream::conn::Sender;
 use crate::upstream::BackendAddr;
@@ -137,7 +138,7 @@ impl RequestLog {
 /// answer to the client.
 #[derive(Debug)]
 pub struct CountedBody {
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     /// Where `inner` is taken from at the first poll, when a retry may need the body back.
     shared: Option<BodySlot>,
     hint: SizeHint,
@@ -152,7 +153,7 @@ pub struct CountedBody {
 #[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
     #[error("client body: {0}")]
-    Client(hyper::Error),
+    Client(ClientBodyError),
     #[error(transparent)]
     TooLarge(TooLarge),
     #[error("client sent no body bytes for {0:?}")]
@@ -163,7 +164,7 @@ pub enum RequestBodyError {
 
 /// A request body kept aside until an attempt first reads it: while it is still here, the
 /// request can go to another server (no byte of it was sent).
-pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
+pub type BodySlot = Arc<Mutex<Option<ClientBody>>>;
 
 /// The route's limits for a request body.
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +175,7 @@ pub struct BodyRules {
 }
 
 impl CountedBody {
-    pub fn new(inner: Incoming, log: Arc<RequestLog>, rules: BodyRules) -> Self {
+    pub fn new(inner: ClientBody, log: Arc<RequestLog>, rules: BodyRules) -> Self {
         let hint = inner.size_hint();
         Self::build(Some(inner), None, hint, log, rules)
     }
@@ -190,7 +191,7 @@ impl CountedBody {
     }
 
     fn build(
-        inner: Option<Incoming>,
+        inner: Option<ClientBody>,
         shared: Option<BodySlot>,
         hint: SizeHint,
         log: Arc<RequestLog>,
@@ -212,7 +213,7 @@ impl CountedBody {
     }
 
     /// The body to read, taking it from the slot on first use.
-    fn source(&mut self) -> Option<&mut Incoming> {
+    fn source(&mut self) -> Option<&mut ClientBody> {
         if self.inner.is_none() {
             if let Some(slot) = self.shared.take() {
                 self.inner = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -289,7 +290,7 @@ impl Body for CountedBody {
                         return this.fail(BodyFault::TooLarge, RequestBodyError::TooLarge(e));
                     }
                 }
-                if this.inner.as_ref().is_some_and(Incoming::is_end_stream) {
+                if this.inner.as_ref().is_some_and(ClientBody::is_end_stream) {
                     this.log.body_sent.notify_one();
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -9,6 +9,7 @@ use super::body::{
     discard, BodyFault, BodyRules, BodySlot, Completion, CountedBody, ProxyBody, Reads, RequestLog,
 };
 use super::canonical::{self, Addrs};
+use super::client_body::ClientBody;
 use super::conn::{ConnState, InFlight};
 use super::grpc;
 use super::hygiene;
@@ -103,7 +104,10 @@ impl Answer {
 }
 
 impl ProxyService {
-    pub async fn call(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn call(
+        self,
+        mut req: Request<ClientBody>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = self.conn.begin();
         let version = req.version();
         // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look at its content type
@@ -293,7 +297,7 @@ impl ProxyService {
     async fn dispatch<'s>(
         &self,
         to: Dispatch<'s, '_>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         addrs: Addrs,
         (cors, response_rules, routed, auth_cookies): (
             &mut Option<Verdict<'s>>,
@@ -476,7 +480,7 @@ impl ProxyService {
     async fn proxy(
         &self,
         mut hop: Hop<'_>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
     ) -> Result<Answer, ProxyError> {
         let upgrade =
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
@@ -671,7 +675,7 @@ impl ProxyService {
     async fn authenticate(
         &self,
         auth: &RouteAuth,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ClientBody>,
         at: AuthAt<'_>,
     ) -> Result<Passed, ProxyError> {
         if let Some(basic) = &auth.basic {
@@ -715,7 +719,7 @@ impl ProxyService {
         &self,
         basic: &BasicGuard,
         denied: Denied,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         at: &AuthAt<'_>,
     ) -> ProxyError {
         let challenge = basic.challenge().clone();
@@ -743,12 +747,12 @@ struct Retry {
     slot: Option<BodySlot>,
     hint: SizeHint,
     /// The body, when no retry can need it back.
-    direct: Option<Incoming>,
+    direct: Option<ClientBody>,
     idempotent: bool,
 }
 
 impl Retry {
-    fn new(method: &http::Method, body: Incoming, retries: u32) -> Retry {
+    fn new(method: &http::Method, body: ClientBody, retries: u32) -> Retry {
         let hint = http_body::Body::size_hint(&body);
         let empty = http_body::Body::is_end_stream(&body);
         let (slot, direct) = match (retries, empty) {
@@ -926,7 +930,7 @@ fn placeholders<'v>(
 /// `rewrite::Rewrite::target`); the placeholders are made only for a template.
 fn upstream_target(
     rewrite: &Rewrite,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     matched: routing::RouteMatch,
     (addrs, on, log): (Addrs, On<'_>, &RequestLog),
     rules: canonical::PathRules,

@@ -11,9 +11,10 @@ use crate::read_notice::{Noticed, OnRead};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// How long closing both sides may take (a TLS `close_notify`, a FIN on a full socket).
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
@@ -40,7 +41,6 @@ pub enum End {
 
 /// Runs the tunnel until it ends; `stop` resolves when it must end for shutdown.
 pub async fn run(pending: Pending, idle: Duration, stop: impl Future<Output = ()>) -> End {
-    let last = AtomicU64::new(now_ms());
     let upgraded = async { tokio::try_join!(pending.client, pending.upstream) };
     tokio::pin!(stop);
     let (client, upstream) = tokio::select! {
@@ -53,8 +53,49 @@ pub async fn run(pending: Pending, idle: Duration, stop: impl Future<Output = ()
         },
         () = &mut stop => return End::Shutdown,
     };
-    let mut client = Noticed::new(TokioIo::new(client), LastRead(&last));
-    let mut upstream = Noticed::new(TokioIo::new(upstream), LastRead(&last));
+    copy(TokioIo::new(client), TokioIo::new(upstream), idle, stop).await
+}
+
+/// The tunnel of a native-engine connection (`http::native`), whose client side is the
+/// connection itself (the bytes it read past the `101` head first): only the upstream's side
+/// comes from hyper.
+pub async fn run_native<C>(
+    client: C,
+    upstream: OnUpgrade,
+    idle: Duration,
+    stop: impl Future<Output = ()>,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::pin!(stop);
+    let upstream = tokio::select! {
+        upgraded = upstream => match upgraded {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return End::NotUpgraded;
+            }
+        },
+        () = &mut stop => return End::Shutdown,
+    };
+    copy(client, TokioIo::new(upstream), idle, stop).await
+}
+
+/// Copies both ways until one side closes, both are quiet for `idle`, or `stop`; then closes both.
+async fn copy<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = AtomicU64::new(now_ms());
+    let mut client = Noticed::new(client, LastRead(&last));
+    let mut upstream = Noticed::new(upstream, LastRead(&last));
     let end = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = copied {

@@ -82,9 +82,10 @@ fn bodies_are_framed_by_one_rule() {
             .body,
         Body::Length(5)
     );
+    // a list is refused even when its lengths agree (as hyper does, pinned by tests/hygiene.rs)
     assert_eq!(
-        with("Content-Length: 5, 5\r\n").unwrap().body,
-        Body::Length(5)
+        with("Content-Length: 5, 5\r\n").unwrap_err(),
+        RequestError::Malformed(Malformed::ContentLength)
     );
     assert_eq!(
         with("Transfer-Encoding: chunked\r\n").unwrap().body,
@@ -135,20 +136,18 @@ fn bodies_are_framed_by_one_rule() {
             "Transfer-Encoding: identity\r\n",
             RequestError::Malformed(Malformed::TransferEncoding),
         ),
-        (
-            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-            RequestError::Malformed(Malformed::LengthAndEncoding),
-        ),
-        (
-            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-            RequestError::Malformed(Malformed::LengthAndEncoding),
-        ),
-        (
-            "Content-Length: x\r\nTransfer-Encoding: chunked\r\n",
-            RequestError::Malformed(Malformed::LengthAndEncoding),
-        ),
     ] {
         assert_eq!(with(fields).unwrap_err(), err, "{fields:?}");
+    }
+    // both framings: chunked frames the body, and the connection closes after it
+    for fields in [
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Content-Length: x\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let head = with(fields).unwrap();
+        assert_eq!(head.body, Body::Chunked, "{fields:?}");
+        assert!(!head.keeps_alive(), "{fields:?}");
     }
     let old = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert_eq!(
@@ -176,19 +175,15 @@ fn malformed_lines_are_refused() {
         refused("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
         RequestError::Version
     );
-    assert_eq!(
-        refused("GET / HTTP/1.1\nHost: a\r\n\r\n"),
-        RequestError::BareLf
-    );
-    assert_eq!(
-        refused("GET / HTTP/1.1\r\nHost: a\n\r\n"),
-        RequestError::BareLf
-    );
+    // a bare LF ends a line (RFC 9112 2.2), as hyper takes it
+    assert!(parse("GET / HTTP/1.1\nHost: a\r\n\r\n").is_ok());
+    assert!(parse("GET / HTTP/1.1\r\nHost: a\n\n").is_ok());
     assert_eq!(
         refused("GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
         RequestError::Version
     );
-    assert_eq!(RequestError::Version.status(), 505);
+    // 400, as hyper answers it (pinned by tests/hygiene.rs)
+    assert_eq!(RequestError::Version.status(), 400);
 }
 
 #[test]

@@ -1,0 +1,812 @@
+//! The native HTTP/1.1 engine (`[server] http1_engine = "native"`, issue 23): one task per client
+//! connection reads each request head with the codec (`crate::h1`), hands the request to the same
+//! proxy core hyper's connections use (`ProxyService`), and writes the answer with framing of its
+//! own making. Nothing of the connection lives in another task: the request body is read straight
+//! off the connection's buffer by whoever polls it (`RequestBody`), the answer is written by this
+//! task, and an upgrade becomes a tunnel on the same socket.
+//!
+//! The connection's socket and read buffer sit in one `Wire` behind a mutex, because two parties
+//! take turns on them: this task (heads, answers) and the request body's reader (which may be the
+//! upstream connection's task). Each holds the lock only inside one poll, never across an await.
+//! A body belongs to one request: once the connection has moved on (`Wire::request`), a body
+//! left behind reads nothing more, so it can never read the next request's bytes as its own.
+//!
+//! Deadlines, parking and shutdown are the hyper path's (`conn::Watchdog`, `Guard`): an idle
+//! connection gives its buffers back after `PARK_AFTER_MS` and waits for its next request with
+//! none.
+
+use super::conn::{ConnState, Expiry, WatchedIo};
+use super::service::ProxyService;
+use super::{ClientBody, Guard};
+use crate::h1::chunked::{self, Decoder};
+use crate::h1::request::{RequestError, RequestHead, Target};
+use crate::h1::{Body as Framing, Kind, Limits};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use prometheus::IntGauge;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// What a connection's socket must be, boxed once per connection so the body type is not
+/// generic over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// The read buffer's first size, and how much it grows by.
+const READ_CHUNK: usize = 8 * 1024;
+/// Pipelined bytes read ahead while a request is served, at most.
+const INTERIM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The connection's socket, the bytes read from it and not yet used, and the state of the body
+/// of the request being served.
+struct Wire {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+    /// Counts requests: a body reads only while this is still its request's number.
+    request: u64,
+    body: BodyState,
+    /// Bytes of `100 Continue` still to write before the body is read (0: none due).
+    interim_left: usize,
+    eof: bool,
+}
+
+#[derive(Debug)]
+enum BodyState {
+    /// Read to its end (or there was none).
+    Done,
+    Length(u64),
+    Chunked(Box<Decoder>),
+    /// Broken: the connection cannot be read as HTTP after it.
+    Failed,
+}
+
+type Shared = Arc<Mutex<Wire>>;
+
+fn lock(wire: &Shared) -> MutexGuard<'_, Wire> {
+    wire.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Wire {
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let n = std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.interim_left > 0 {
+            let from = INTERIM.len() - self.interim_left;
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &INTERIM[from..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.interim_left -= n;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// The next piece of the current request's body out of the buffer, reading when it is empty.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, NativeBodyError>>> {
+        if self.interim_left > 0 {
+            if let Err(e) = std::task::ready!(self.poll_interim(cx)) {
+                self.body = BodyState::Failed;
+                return Poll::Ready(Some(Err(NativeBodyError::Io(e))));
+            }
+        }
+        loop {
+            match &mut self.body {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Failed => return Poll::Ready(Some(Err(NativeBodyError::Broken))),
+                BodyState::Length(left) if !self.buf.is_empty() => {
+                    let n = (*left).min(self.buf.len() as u64) as usize;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.body = BodyState::Done;
+                    }
+                    return Poll::Ready(Some(Ok(self.buf.split_to(n).freeze())));
+                }
+                BodyState::Chunked(decoder) if !self.buf.is_empty() => {
+                    let decoded = match decoder.decode(&self.buf) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.body = BodyState::Failed;
+                            return Poll::Ready(Some(Err(NativeBodyError::Chunked(e))));
+                        }
+                    };
+                    let done = decoder.is_done();
+                    let used = self.buf.split_to(decoded.consumed).freeze();
+                    if done {
+                        self.body = BodyState::Done;
+                    }
+                    if !decoded.data.is_empty() {
+                        return Poll::Ready(Some(Ok(used.slice(decoded.data))));
+                    }
+                    if done {
+                        return Poll::Ready(None);
+                    }
+                    if decoded.consumed > 0 {
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if self.eof {
+                self.body = BodyState::Failed;
+                return Poll::Ready(Some(Err(NativeBodyError::Incomplete)));
+            }
+            match std::task::ready!(self.poll_fill(cx)) {
+                Ok(0) => {
+                    self.body = BodyState::Failed;
+                    return Poll::Ready(Some(Err(NativeBodyError::Incomplete)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.body = BodyState::Failed;
+                    return Poll::Ready(Some(Err(NativeBodyError::Io(e))));
+                }
+            }
+        }
+    }
+}
+
+/// Why a request body read on the native engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeBodyError {
+    #[error("client closed the connection before the end of its body")]
+    Incomplete,
+    #[error("malformed chunked body: {0}")]
+    Chunked(chunked::ChunkError),
+    #[error("client connection: {0}")]
+    Io(io::Error),
+    #[error("the request body could not be read")]
+    Broken,
+}
+
+/// A request's body on the native engine, read off the connection's buffer.
+#[derive(Debug)]
+pub struct RequestBody {
+    wire: Option<Shared>,
+    request: u64,
+    hint: SizeHint,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("request", &self.request)
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = NativeBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, NativeBodyError>>> {
+        let Some(wire) = &self.wire else {
+            return Poll::Ready(None);
+        };
+        let polled = {
+            let mut w = lock(wire);
+            if w.request != self.request {
+                // the connection moved on without this body: nothing of it is left to read
+                return Poll::Ready(Some(Err(NativeBodyError::Broken)));
+            }
+            std::task::ready!(w.poll_body(cx))
+        };
+        match polled {
+            Some(Ok(data)) => {
+                if let Some(left) = self.hint.exact() {
+                    self.hint.set_exact(left.saturating_sub(data.len() as u64));
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => {
+                self.wire = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.wire = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.wire.is_none() || self.hint.exact() == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// The connection as this task reads and writes it: the buffered bytes first, then the socket.
+struct Handle(Shared);
+
+impl AsyncRead for Handle {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut w = lock(&self.0);
+        if !w.buf.is_empty() {
+            let n = w.buf.len().min(out.remaining());
+            out.put_slice(&w.buf[..n]);
+            w.buf.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut w.io).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Handle {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut lock(&self.0).io).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut lock(&self.0).io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        lock(&self.0).io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.0).io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.0).io).poll_shutdown(cx)
+    }
+}
+
+/// What the connection needs besides its socket.
+pub(super) struct Setup<'g, 'a> {
+    pub guard: &'g mut Guard<'a>,
+    pub state: &'g Arc<ConnState>,
+    pub svc: ProxyService,
+    pub limits: Limits,
+    pub tunnel_idle: Duration,
+    pub tunnels: &'g IntGauge,
+}
+
+/// How reading the next head ended.
+enum HeadRead {
+    Complete,
+    /// The client closed, a deadline passed, or the server shuts down: close quietly.
+    Closed,
+    Refused(RequestError),
+}
+
+/// Serves an HTTP/1.1 connection until it closes. `pre` are bytes already read from it.
+pub(super) async fn serve<S>(io: WatchedIo<S>, pre: Bytes, setup: Setup<'_, '_>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Setup {
+        guard,
+        state,
+        svc,
+        limits,
+        tunnel_idle,
+        tunnels,
+    } = setup;
+    let wire: Shared = Arc::new(Mutex::new(Wire {
+        io: Box::new(io),
+        buf: BytesMut::from(&pre[..]),
+        request: 0,
+        body: BodyState::Done,
+        interim_left: 0,
+        eof: false,
+    }));
+    let mut head = RequestHead::default();
+    let mut out = Vec::new();
+    loop {
+        match read_head(&wire, &mut head, &limits, guard, state).await {
+            HeadRead::Complete => {}
+            HeadRead::Closed => return close(&wire, guard).await,
+            HeadRead::Refused(err) => {
+                tracing::debug!(peer = %guard.peer, error = %err, "request head refused");
+                let _ = refuse(&wire, err, &mut out).await;
+                state.linger_on_close();
+                return close(&wire, guard).await;
+            }
+        }
+        let (req, asked) = match request(&wire, &head) {
+            Ok(req) => req,
+            Err(()) => {
+                let _ = refuse(&wire, RequestError::Parse(httparse::Error::Token), &mut out).await;
+                state.linger_on_close();
+                return close(&wire, guard).await;
+            }
+        };
+        let Some((resp, closing)) = answer(svc.clone(), req, guard).await else {
+            return close(&wire, guard).await;
+        };
+        let body_done = matches!(lock(&wire).body, BodyState::Done);
+        let keep = asked.keep_alive && !closing && body_done;
+        let written = write_response(&wire, resp, &asked, keep, &mut out).await;
+        lock(&wire).request += 1;
+        match written {
+            Ok(Written::Upgraded) => {
+                if let Some(pending) = state.take_tunnel() {
+                    guard
+                        .tunnel_native(Handle(wire.clone()), pending, tunnel_idle, tunnels)
+                        .await;
+                }
+                return;
+            }
+            Ok(Written::KeepAlive) => {}
+            Ok(Written::Close) => {
+                if !matches!(lock(&wire).body, BodyState::Done) {
+                    state.linger_on_close();
+                }
+                return close(&wire, guard).await;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %guard.peer, error = %e, "connection ended with error");
+                return;
+            }
+        }
+        if out.capacity() > 64 * 1024 {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Closes the connection: its write side shut down (lingering if the connection says so),
+/// within the grace period.
+async fn close(wire: &Shared, guard: &Guard<'_>) {
+    let mut handle = Handle(wire.clone());
+    let _ = tokio::time::timeout(guard.grace, handle.shutdown()).await;
+}
+
+/// Reads until `head` holds a complete request head, under the connection's deadlines; an idle
+/// connection is parked on the way (its buffers given back).
+async fn read_head(
+    wire: &Shared,
+    head: &mut RequestHead,
+    limits: &Limits,
+    guard: &mut Guard<'_>,
+    state: &ConnState,
+) -> HeadRead {
+    loop {
+        {
+            let w = lock(wire);
+            if !w.buf.is_empty() {
+                match head.parse(&w.buf, limits) {
+                    Ok(true) => return HeadRead::Complete,
+                    Ok(false) => {}
+                    Err(e) => return HeadRead::Refused(e),
+                }
+            }
+            if w.eof {
+                return HeadRead::Closed;
+            }
+        }
+        let fill = poll_fn(|cx| lock(wire).poll_fill(cx));
+        tokio::select! {
+            biased;
+            filled = fill => match filled {
+                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(_) => {}
+            },
+            expiry = &mut guard.watchdog => match expiry {
+                Expiry::HeaderRead => {
+                    tracing::debug!(peer = %guard.peer, "closing connection: request head not received in time");
+                    return HeadRead::Closed;
+                }
+                Expiry::Idle => return HeadRead::Closed,
+                Expiry::Park => {
+                    // nothing buffered while idle: wait for the next request with no buffer
+                    let mut handle = Handle(wire.clone());
+                    {
+                        let mut w = lock(wire);
+                        if w.buf.is_empty() {
+                            w.buf = BytesMut::new();
+                        }
+                    }
+                    state.set_parking(false);
+                    match guard.wait_for_bytes(&mut handle).await {
+                        Some(bytes) => lock(wire).buf.extend_from_slice(&bytes),
+                        None => return HeadRead::Closed,
+                    }
+                }
+            },
+            _ = guard.shutdown.changed() => return HeadRead::Closed,
+        }
+    }
+}
+
+/// What the request asked of its answer's framing.
+struct Asked {
+    head: bool,
+    minor_version: u8,
+    keep_alive: bool,
+    /// The request asked to switch protocols (`Connection: upgrade` with `Upgrade`), or is a
+    /// `CONNECT`: a `101` (or a `2xx` to `CONNECT`) ends HTTP on the connection.
+    upgrade: bool,
+}
+
+/// The codec's bounds on a head, from the server's: as with hyper, the outer fence only (a head
+/// that cannot fit is `431`); the exact `max_header_size` and `max_uri` checks are the service's.
+pub(super) fn limits(limits: &crate::config::ServerLimits) -> Limits {
+    let max_head = (limits.max_header_size + limits.max_uri + 4096).max(8192);
+    Limits {
+        max_head,
+        max_fields: limits.max_headers,
+        max_target: max_head,
+    }
+}
+
+/// The parsed head as an `http::Request` whose body reads the rest of the request off the wire;
+/// the head's bytes leave the buffer (its field values share them).
+fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, Asked), ()> {
+    let mut w = lock(wire);
+    let bytes = w.buf.split_to(head.len).freeze();
+    let method = Method::from_bytes(head.method.of(&bytes)).map_err(|_| ())?;
+    let asked = Asked {
+        head: method == Method::HEAD,
+        minor_version: head.minor_version,
+        keep_alive: head.keeps_alive(),
+        upgrade: head.connection.upgrade,
+    };
+    let target = bytes.slice(head.target.start as usize..head.target.end as usize);
+    let uri = match head.form {
+        Target::Asterisk => Uri::from_static("*"),
+        _ => Uri::from_maybe_shared(target).map_err(|_| ())?,
+    };
+    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    let chunked = head.body == Framing::Chunked;
+    for field in &head.fields {
+        if chunked && field.kind == Kind::ContentLength {
+            // framed by the chunked coding: a length beside it means nothing (and is not
+            // forwarded; hyper drops it too)
+            continue;
+        }
+        let name = HeaderName::from_bytes(field.name.of(&bytes)).map_err(|_| ())?;
+        let value = bytes.slice(field.value.start as usize..field.value.end as usize);
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| ())?;
+        headers.append(name, value);
+    }
+    let (state, hint) = match head.body {
+        Framing::Length(n) if n > 0 => (BodyState::Length(n), SizeHint::with_exact(n)),
+        Framing::Chunked => (
+            BodyState::Chunked(Box::new(Decoder::new(chunked::Limits::default()))),
+            SizeHint::default(),
+        ),
+        _ => (BodyState::Done, SizeHint::with_exact(0)),
+    };
+    let has_body = !matches!(state, BodyState::Done);
+    w.interim_left = if has_body && head.expects_continue && head.minor_version == 1 {
+        INTERIM.len()
+    } else {
+        0
+    };
+    w.body = state;
+    let body = RequestBody {
+        wire: has_body.then(|| wire.clone()),
+        request: w.request,
+        hint,
+    };
+    drop(w);
+    let mut req = Request::new(ClientBody::Native(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = match head.minor_version {
+        0 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    *req.headers_mut() = headers;
+    Ok((req, asked))
+}
+
+/// Runs the request through the proxy core. The answer comes with whether the connection must
+/// close after it (the server began shutting down meanwhile); `None` if the grace period ran out
+/// first.
+async fn answer(
+    svc: ProxyService,
+    req: Request<ClientBody>,
+    guard: &mut Guard<'_>,
+) -> Option<(Response<super::body::ProxyBody>, bool)> {
+    let call = svc.call(req);
+    tokio::pin!(call);
+    let mut closing = guard.drain.is_some();
+    loop {
+        let drain = guard.drain;
+        tokio::select! {
+            biased;
+            Ok(resp) = &mut call => return Some((resp, closing)),
+            _ = guard.shutdown.changed(), if drain.is_none() => {
+                closing = true;
+                guard.drain = Some(tokio::time::Instant::now() + guard.grace);
+            }
+            _ = super::sleep_until(drain), if drain.is_some() => return None,
+        }
+    }
+}
+
+/// How a response left the connection.
+enum Written {
+    KeepAlive,
+    Close,
+    /// A `101`: the connection is a tunnel from here.
+    Upgraded,
+}
+
+/// The framing the engine gives an answer's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Writes the answer: its head with framing of the engine's own making, then its body.
+async fn write_response(
+    wire: &Shared,
+    resp: Response<super::body::ProxyBody>,
+    asked: &Asked,
+    keep: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<Written> {
+    let (mut parts, body) = resp.into_parts();
+    let status = parts.status;
+    let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade;
+    let framing = framing(&mut parts.headers, status, asked, &body);
+    let says_close = parts
+        .headers
+        .get(header::CONNECTION)
+        .is_some_and(|v| has_token(v.as_bytes(), b"close"));
+    let keep = keep && !says_close && framing != Out::UntilClose && !upgraded;
+    if !upgraded {
+        parts.headers.remove(header::CONNECTION);
+        if !keep && asked.minor_version == 1 {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        } else if keep && asked.minor_version == 0 {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        parts.headers.insert(header::DATE, date());
+    }
+    out.clear();
+    write_head(asked.minor_version, status, &parts.headers, out);
+    let mut handle = Handle(wire.clone());
+    let sent = write_body(&mut handle, body, framing, out).await?;
+    if let Out::Length(n) = framing {
+        if sent != n {
+            // the body ended short (or long) of its length: the client must not wait for more
+            return Err(io::Error::other("response body length mismatch"));
+        }
+    }
+    handle.flush().await?;
+    Ok(if upgraded {
+        Written::Upgraded
+    } else if keep {
+        Written::KeepAlive
+    } else {
+        Written::Close
+    })
+}
+
+/// Decides the answer's framing and sets its headers to say so.
+fn framing(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    asked: &Asked,
+    body: &super::body::ProxyBody,
+) -> Out {
+    headers.remove(header::TRANSFER_ENCODING);
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        headers.remove(header::CONTENT_LENGTH);
+        return Out::None;
+    }
+    if asked.head || status == StatusCode::NOT_MODIFIED {
+        // the length of what a GET would have had, as the upstream said it
+        return Out::None;
+    }
+    match body.size_hint().exact() {
+        Some(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Out::Length(n)
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+            if asked.minor_version == 0 {
+                Out::UntilClose
+            } else {
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+                Out::Chunked
+            }
+        }
+    }
+}
+
+/// The status line and fields. An HTTP/1.0 client is answered in HTTP/1.0 (as hyper does):
+/// it may not know what an HTTP/1.1 answer allows.
+fn write_head(minor_version: u8, status: StatusCode, headers: &HeaderMap, out: &mut Vec<u8>) {
+    out.extend_from_slice(match minor_version {
+        0 => b"HTTP/1.0 ",
+        _ => b"HTTP/1.1 ",
+    });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Bytes of body copied into the head's write, so a small answer goes in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// What the body had when asked.
+enum Next<T> {
+    /// Nothing yet: write what is gathered while waiting.
+    Flush,
+    Frame(T),
+}
+
+/// Writes `out` (the head) and the body; the bytes of body sent.
+async fn write_body(
+    handle: &mut Handle,
+    body: super::body::ProxyBody,
+    framing: Out,
+    out: &mut Vec<u8>,
+) -> io::Result<u64> {
+    let mut body = std::pin::pin!(body);
+    let mut sent = 0u64;
+    if framing == Out::None {
+        handle.write_all(out).await?;
+        return Ok(0);
+    }
+    loop {
+        let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            // nothing in hand yet: what is gathered goes out first
+            Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(f) => Poll::Ready(Next::Frame(f)),
+        })
+        .await;
+        let frame = match next {
+            Next::Flush => {
+                handle.write_all(out).await?;
+                out.clear();
+                continue;
+            }
+            Next::Frame(f) => f,
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // trailers: not sent over HTTP/1.1 (as hyper's server, without `TE: trailers`)
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if framing == Out::Chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COALESCE {
+            out.extend_from_slice(&data);
+            if framing == Out::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        } else {
+            handle.write_all(out).await?;
+            out.clear();
+            handle.write_all(&data).await?;
+            if framing == Out::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if out.len() >= COALESCE {
+            handle.write_all(out).await?;
+            out.clear();
+        }
+    }
+    if framing == Out::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        handle.write_all(out).await?;
+        out.clear();
+    }
+    Ok(sent)
+}
+
+/// The answer to a head the codec refused; the connection closes after it.
+async fn refuse(wire: &Shared, err: RequestError, out: &mut Vec<u8>) -> io::Result<()> {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let text = format!("{}\n", status.canonical_reason().unwrap_or("Bad Request"));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(header::DATE, date());
+    out.clear();
+    write_head(1, status, &headers, out);
+    out.extend_from_slice(text.as_bytes());
+    let mut handle = Handle(wire.clone());
+    handle.write_all(out).await?;
+    handle.flush().await
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The `Date` header, made at most once a second per thread.
+fn date() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        match &c.1 {
+            Some(v) if c.0 == secs => v.clone(),
+            _ => {
+                let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                *c = (secs, Some(v.clone()));
+                v
+            }
+        }
+    })
+}
