@@ -62,6 +62,9 @@ pub fn run(path: &Path) -> Result<(), AppError> {
 pub async fn serve(path: &Path, loaded: Loaded) -> Result<(), AppError> {
     let signals = Signals::install();
     let listen = loaded.config.listen.clone();
+    if loaded.config.server.http1_engine == crate::config::Http1Engine::Native {
+        tracing::info!("HTTP/1.1 connections are served by the native engine (http1_engine)");
+    }
     let keep = Arc::new(Keep::new()?);
     keep.limiters.spawn_sweeper();
     let shared = Shared::new(RuntimeState::build(loaded, &keep).await?);

@@ -8,8 +8,9 @@
 //!   the hyper path applies them (`http::hygiene`, pinned by `tests/hygiene.rs`): one valid
 //!   `Content-Length` (equal duplicate lines allowed, lists not), `Transfer-Encoding` exactly
 //!   `chunked`, never in HTTP/1.0, and with a `Content-Length` too the chunked coding frames the
-//!   body and the connection closes after it; one `Host`; the request-target form its method
-//!   allows; no obs-fold, bare CR or NUL (a bare LF ends a line, as RFC 9112 2.2 lets a
+//!   body and the connection closes after it; a request-target in one of RFC 9112's four
+//!   forms (which form a method takes, and `Host`, are the service's to judge, as on the hyper
+//!   path); no obs-fold, bare CR or NUL (a bare LF ends a line, as RFC 9112 2.2 lets a
 //!   recipient: nothing upstream sees the client's line ends);
 //! - [`response::ResponseHead`]: an upstream's head with the framing `tests/upstream_framing.rs`
 //!   pins (interim `1xx` passed over, no body after `HEAD`, `204` or `304`, both framings: the

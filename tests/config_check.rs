@@ -1088,6 +1088,16 @@ fn canonical_request_keys_name_their_valid_values() {
             ],
         ),
         (
+            "http1_engine",
+            limits_config(r#"http1_engine = "nginx""#, "", ""),
+            "http1_engine",
+            &[
+                "`server.http1_engine`",
+                "`nginx` is not valid here",
+                r#""hyper", "native""#,
+            ],
+        ),
+        (
             "an IPv6 site with a port",
             limits_config("", r#"hosts = ["[::1]:8080"]"#, ""),
             "hosts",
@@ -1098,7 +1108,8 @@ fn canonical_request_keys_name_their_valid_values() {
     let ok = limits_config(
         r#"merge_slashes = false
 encoded_slashes = "keep"
-underscore_headers = "reject""#,
+underscore_headers = "reject"
+http1_engine = "native""#,
         r#"hosts = ["[::1]", "2001:DB8::1", "192.0.2.1"]"#,
         "",
     );

@@ -330,7 +330,7 @@ where
     let mut head = RequestHead::default();
     let mut out = Vec::new();
     loop {
-        match read_head(&wire, &mut head, &limits, guard, state).await {
+        match read_head(&wire, (&mut head, &mut out), &limits, guard).await {
             HeadRead::Complete => {}
             HeadRead::Closed => return close(&wire, guard).await,
             HeadRead::Refused(err) => {
@@ -393,10 +393,9 @@ async fn close(wire: &Shared, guard: &Guard<'_>) {
 /// connection is parked on the way (its buffers given back).
 async fn read_head(
     wire: &Shared,
-    head: &mut RequestHead,
+    (head, out): (&mut RequestHead, &mut Vec<u8>),
     limits: &Limits,
     guard: &mut Guard<'_>,
-    state: &ConnState,
 ) -> HeadRead {
     loop {
         {
@@ -434,7 +433,7 @@ async fn read_head(
                             w.buf = BytesMut::new();
                         }
                     }
-                    state.set_parking(false);
+                    *out = Vec::new();
                     match guard.wait_for_bytes(&mut handle).await {
                         Some(bytes) => lock(wire).buf.extend_from_slice(&bytes),
                         None => return HeadRead::Closed,
@@ -537,8 +536,10 @@ async fn answer(
     req: Request<ClientBody>,
     guard: &mut Guard<'_>,
 ) -> Option<(Response<super::body::ProxyBody>, bool)> {
-    let call = svc.call(req);
-    tokio::pin!(call);
+    // boxed: the proxy future is several KiB, and inline it would sit in the connection's task
+    // for as long as the connection lives, idle or not; boxed it exists only while a request
+    // is in flight
+    let mut call = Box::pin(svc.call(req));
     let mut closing = guard.drain.is_some();
     loop {
         let drain = guard.drain;
