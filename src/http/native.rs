@@ -584,28 +584,40 @@ async fn write_response(
     let status = parts.status;
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade;
     let framing = framing(&mut parts.headers, status, asked, &body);
-    let says_close = parts
-        .headers
-        .get(header::CONNECTION)
-        .is_some_and(|v| has_token(v.as_bytes(), b"close"));
+    let says_close = match upgraded {
+        // a 101's `Connection: upgrade` is the upstream's, restored by the service
+        true => false,
+        false => parts
+            .headers
+            .remove(header::CONNECTION)
+            .is_some_and(|v| has_token(v.as_bytes(), b"close")),
+    };
     let keep = keep && !says_close && framing != Out::UntilClose && !upgraded;
+    out.clear();
+    write_head(asked.minor_version, status, &parts.headers, out);
+    // the framing and connection fields are the engine's own, written straight to the head
+    match framing {
+        Out::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_number(out, n, 10);
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::None | Out::UntilClose => {}
+    }
     if !upgraded {
-        parts.headers.remove(header::CONNECTION);
         if !keep && asked.minor_version == 1 {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            out.extend_from_slice(b"connection: close\r\n");
         } else if keep && asked.minor_version == 0 {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            out.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
     if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, date());
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date().as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    out.clear();
-    write_head(asked.minor_version, status, &parts.headers, out);
+    out.extend_from_slice(b"\r\n");
     let mut handle = Handle(wire.clone());
     let sent = write_body(&mut handle, body, framing, out).await?;
     if let Out::Length(n) = framing {
@@ -624,7 +636,8 @@ async fn write_response(
     })
 }
 
-/// Decides the answer's framing and sets its headers to say so.
+/// Decides the answer's framing; the framing fields it had are removed (the engine writes its
+/// own), except after `HEAD` and in a `304`, where they tell what a `GET` would have had.
 fn framing(
     headers: &mut HeaderMap,
     status: StatusCode,
@@ -640,27 +653,15 @@ fn framing(
         // the length of what a GET would have had, as the upstream said it
         return Out::None;
     }
+    headers.remove(header::CONTENT_LENGTH);
     match body.size_hint().exact() {
-        Some(n) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            Out::Length(n)
-        }
-        None => {
-            headers.remove(header::CONTENT_LENGTH);
-            if asked.minor_version == 0 {
-                Out::UntilClose
-            } else {
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-                Out::Chunked
-            }
-        }
+        Some(n) => Out::Length(n),
+        None if asked.minor_version == 0 => Out::UntilClose,
+        None => Out::Chunked,
     }
 }
 
-/// The status line and fields. An HTTP/1.0 client is answered in HTTP/1.0 (as hyper does):
+/// The status line and fields, not the blank line. An HTTP/1.0 client is answered in HTTP/1.0 (as hyper does):
 /// it may not know what an HTTP/1.1 answer allows.
 fn write_head(minor_version: u8, status: StatusCode, headers: &HeaderMap, out: &mut Vec<u8>) {
     out.extend_from_slice(match minor_version {
@@ -677,7 +678,6 @@ fn write_head(minor_version: u8, status: StatusCode, headers: &HeaderMap, out: &
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Bytes of body copied into the head's write, so a small answer goes in one write.
@@ -733,7 +733,8 @@ async fn write_body(
         }
         sent += data.len() as u64;
         if framing == Out::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            push_number(out, data.len() as u64, 16);
+            out.extend_from_slice(b"\r\n");
         }
         if data.len() <= COALESCE {
             out.extend_from_slice(&data);
@@ -777,10 +778,26 @@ async fn refuse(wire: &Shared, err: RequestError, out: &mut Vec<u8>) -> io::Resu
     headers.insert(header::DATE, date());
     out.clear();
     write_head(1, status, &headers, out);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(text.as_bytes());
     let mut handle = Handle(wire.clone());
     handle.write_all(out).await?;
     handle.flush().await
+}
+
+/// `n` in base 10 or 16 (lower-case), without a formatter's allocation.
+fn push_number(out: &mut Vec<u8>, mut n: u64, base: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[(n % base) as usize];
+        n /= base;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn has_token(value: &[u8], token: &[u8]) -> bool {
@@ -810,4 +827,24 @@ fn date() -> HeaderValue {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_in_either_base() {
+        let written = |n: u64, base: u64| {
+            let mut out = Vec::new();
+            push_number(&mut out, n, base);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(written(0, 10), "0");
+        assert_eq!(written(1234567890, 10), "1234567890");
+        assert_eq!(written(u64::MAX, 10), u64::MAX.to_string());
+        assert_eq!(written(0, 16), "0");
+        assert_eq!(written(0x1f40, 16), "1f40");
+        assert_eq!(written(u64::MAX, 16), "ffffffffffffffff");
+    }
 }
