@@ -11,6 +11,9 @@ mod wire;
 use support::{one_upstream_config, with_timeout, TestProxy};
 use wire::{exchange, RawBackend, OK_RESPONSE};
 
+/// A `[server]` line, the environment, and whether the native engine serves.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+
 const NATIVE_LINE: &str = "served by the native engine";
 
 async fn start(server: &str, env: &[(&str, &str)]) -> (RawBackend, TestProxy) {
@@ -28,7 +31,7 @@ fn says_native(proxy: &TestProxy) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_is_the_configs_then_the_environments() {
     with_timeout(60, async {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        let cases: &[Case] = &[
             (r#"http1_engine = "native""#, &[], true),
             ("", &[("GATEHOUSE_HTTP1_ENGINE", "native")], true),
             (
