@@ -328,3 +328,49 @@ async fn shutdown_grace_bounds_the_wait_for_stuck_requests() {
     })
     .await;
 }
+
+/// An HTTP/1.1 client that hangs up while its request waits on the upstream: the request is
+/// dropped, and so is the upstream connection carrying it (the upstream sees it close), as nginx
+/// does (`proxy_ignore_client_abort off`). Holding it would let clients that hang up pile up
+/// work on the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_cancels_its_upstream_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    with_timeout(60, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<&'static str>();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "proxy closed before the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            seen_tx.send("request").unwrap();
+            // never answers: waits for the proxy to give up on the request
+            let closed = matches!(conn.read(&mut buf).await, Ok(0) | Err(_));
+            seen_tx
+                .send(if closed { "closed" } else { "bytes" })
+                .unwrap();
+        });
+        let proxy = TestProxy::start(&upstream_config(upstream, "")).await;
+        let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        client
+            .write_all(b"GET /api/slow HTTP/1.1\r\nHost: h.test\r\n\r\n")
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv()).await;
+        assert_eq!(first.unwrap(), Some("request"));
+        drop(client);
+        let then = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv()).await;
+        assert_eq!(
+            then.ok().flatten(),
+            Some("closed"),
+            "the upstream connection outlived the client that hung up"
+        );
+    })
+    .await;
+}

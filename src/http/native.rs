@@ -348,7 +348,7 @@ where
                 return close(&wire, guard).await;
             }
         };
-        let Some((resp, closing)) = answer(svc.clone(), req, guard).await else {
+        let Some((resp, closing)) = answer(svc.clone(), req, (guard, &wire, &limits)).await else {
             return close(&wire, guard).await;
         };
         let body_done = matches!(lock(&wire).body, BodyState::Done);
@@ -531,10 +531,13 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
 /// Runs the request through the proxy core. The answer comes with whether the connection must
 /// close after it (the server began shutting down meanwhile); `None` if the grace period ran out
 /// first.
+/// A client that hangs up meanwhile (seen once its body has been read) cancels the request:
+/// the proxy future is dropped, and with it the upstream request (nginx's
+/// `proxy_ignore_client_abort off`).
 async fn answer(
     svc: ProxyService,
     req: Request<ClientBody>,
-    guard: &mut Guard<'_>,
+    (guard, wire, limits): (&mut Guard<'_>, &Shared, &Limits),
 ) -> Option<(Response<super::body::ProxyBody>, bool)> {
     // boxed: the proxy future is several KiB, and inline it would sit in the connection's task
     // for as long as the connection lives, idle or not; boxed it exists only while a request
@@ -546,6 +549,10 @@ async fn answer(
         tokio::select! {
             biased;
             Ok(resp) = &mut call => return Some((resp, closing)),
+            () = hang_up(wire, limits.max_head) => {
+                tracing::debug!(peer = %guard.peer, "client closed the connection; request dropped");
+                return None;
+            }
             _ = guard.shutdown.changed(), if drain.is_none() => {
                 closing = true;
                 guard.drain = Some(tokio::time::Instant::now() + guard.grace);
@@ -553,6 +560,28 @@ async fn answer(
             _ = super::sleep_until(drain), if drain.is_some() => return None,
         }
     }
+}
+
+/// Resolves when the client closes its side while its request is served. Reads only once the
+/// request's body is all read (what comes then is the next request, pipelined: kept, up to a
+/// head's worth); until then the body's reader owns the socket's reads. Not woken while it does
+/// not read: the task is polled again by whatever the request's future waits on.
+async fn hang_up(wire: &Shared, max: usize) {
+    poll_fn(|cx| {
+        let mut w = lock(wire);
+        if !matches!(w.body, BodyState::Done) || w.buf.len() >= max || w.eof {
+            return Poll::Pending;
+        }
+        match w.poll_fill(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// How a response left the connection.
