@@ -353,9 +353,12 @@ where
         };
         let body_done = matches!(lock(&wire).body, BodyState::Done);
         let keep = asked.keep_alive && !closing && body_done;
-        let written = write_response(&wire, resp, &asked, keep, &mut out).await;
+        let written =
+            write_in_grace(write_response(&wire, resp, &asked, keep, &mut out), guard).await;
         lock(&wire).request += 1;
         match written {
+            // the server began shutting down while the answer was written
+            Ok(Written::KeepAlive) if guard.drain.is_some() => return close(&wire, guard).await,
             Ok(Written::Upgraded) => {
                 if let Some(pending) = state.take_tunnel() {
                     guard
@@ -378,6 +381,28 @@ where
         }
         if out.capacity() > 64 * 1024 {
             out = Vec::new();
+        }
+    }
+}
+
+/// Writes an answer, within the grace period once the server is shutting down (a client taking
+/// its answer slowly does not hold shutdown up, as with hyper's connections).
+async fn write_in_grace(
+    write: impl std::future::Future<Output = io::Result<Written>>,
+    guard: &mut Guard<'_>,
+) -> io::Result<Written> {
+    tokio::pin!(write);
+    loop {
+        let drain = guard.drain;
+        tokio::select! {
+            biased;
+            written = &mut write => return written,
+            _ = guard.shutdown.changed(), if drain.is_none() => {
+                guard.drain = Some(tokio::time::Instant::now() + guard.grace);
+            }
+            _ = super::sleep_until(drain), if drain.is_some() => {
+                return Err(io::Error::other("shutdown: the grace period ran out mid-answer"));
+            }
         }
     }
 }
