@@ -7,13 +7,15 @@
 //! Tunnel bytes are not HTTP: `max_body`, `body_timeout` and compression do not apply to them.
 
 use super::conn::now_ms;
+use super::rewind::Rewind;
 use crate::read_notice::{Noticed, OnRead};
+use crate::upstream::conn::Upgrade;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// How long closing both sides may take (a TLS `close_notify`, a FIN on a full socket).
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
@@ -22,7 +24,9 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Pending {
     pub client: OnUpgrade,
-    pub upstream: OnUpgrade,
+    /// hyper's upgrade, or a native connection (ready at once, with what it read past the
+    /// `101` head).
+    pub upstream: Upgrade,
 }
 
 /// Why a tunnel ended.
@@ -40,21 +44,53 @@ pub enum End {
 
 /// Runs the tunnel until it ends; `stop` resolves when it must end for shutdown.
 pub async fn run(pending: Pending, idle: Duration, stop: impl Future<Output = ()>) -> End {
-    let last = AtomicU64::new(now_ms());
-    let upgraded = async { tokio::try_join!(pending.client, pending.upstream) };
     tokio::pin!(stop);
-    let (client, upstream) = tokio::select! {
-        pair = upgraded => match pair {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return End::NotUpgraded;
-            }
-        },
-        () = &mut stop => return End::Shutdown,
-    };
-    let mut client = Noticed::new(TokioIo::new(client), LastRead(&last));
-    let mut upstream = Noticed::new(TokioIo::new(upstream), LastRead(&last));
+    match pending.upstream {
+        Upgrade::Hyper(upstream) => {
+            let upgraded = async { tokio::try_join!(pending.client, upstream) };
+            let (client, upstream) = tokio::select! {
+                pair = upgraded => match pair {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upgrade failed");
+                        return End::NotUpgraded;
+                    }
+                },
+                () = &mut stop => return End::Shutdown,
+            };
+            copy(TokioIo::new(client), TokioIo::new(upstream), idle, stop).await
+        }
+        Upgrade::Native(read, io) => {
+            let client = tokio::select! {
+                client = pending.client => match client {
+                    Ok(client) => client,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upgrade failed");
+                        return End::NotUpgraded;
+                    }
+                },
+                () = &mut stop => return End::Shutdown,
+            };
+            copy(TokioIo::new(client), Rewind::new(read, io), idle, stop).await
+        }
+        Upgrade::None => End::NotUpgraded,
+    }
+}
+
+/// Copies both ways until a side closes, the tunnel is idle for `idle`, or `stop`.
+async fn copy<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = AtomicU64::new(now_ms());
+    let mut client = Noticed::new(client, LastRead(&last));
+    let mut upstream = Noticed::new(upstream, LastRead(&last));
     let end = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = copied {
