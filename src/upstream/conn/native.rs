@@ -341,7 +341,8 @@ where
             Out::Length(n) => n,
             _ => 0,
         },
-        body_done: framing == Out::Nothing,
+        // a body known empty is never polled: a request that failed can go again untouched
+        body_done: empty || matches!(framing, Out::Nothing | Out::Length(0)),
         body,
         sent: false,
         body_polled: false,
@@ -355,6 +356,9 @@ where
         },
     };
     ex.out.set([Bytes::from(head), Bytes::new(), Bytes::new()]);
+    if empty && framing == Out::Chunked {
+        ex.out.parts[3] = Bytes::from_static(b"0\r\n\r\n");
+    }
     if let Err(error) = poll_fn(|cx| ex.poll(cx)).await {
         let unsent =
             !ex.bytes_seen && !ex.body_polled && matches!(error, Failure::Io(_) | Failure::Closed);
