@@ -1,6 +1,7 @@
-//! The native HTTP/1.1 codec of issue 23, **not wired yet**: nothing on the request path uses it
-//! (every HTTP/1.1 connection is still hyper's, `http::serve_connection`); it is built and
-//! tested (unit tests, a proptest, `fuzz/`) ahead of the engine that will drive it.
+//! The native HTTP/1.1 codec of issue 23. Its response side drives the native upstream client
+//! (`upstream::conn::native`, `[server] http1_engine = "native"`); its request side is built and
+//! tested (unit tests, a proptest, `fuzz/`) ahead of the server engine that will drive it (every
+//! client connection is still hyper's, `http::serve_connection`).
 //!
 //! It owns the parsing and the framing decisions, pure code with no IO:
 //! - [`request::RequestHead`]: a client's head, parsed by `httparse` into a small index of field

@@ -10,6 +10,10 @@
 //! dropped early drops the connection instead (hyper then closes it). Nothing is hashed, there
 //! is no lock but the backend's own stack's, and no task per request.
 //!
+//! With `[server] http1_engine = "native"`, HTTP/1.1 connections are Gatehouse's own client
+//! (`native`) instead of hyper's: no task per connection, the request's task drives it, and the
+//! connection travels in the response body (`RespBody::Native`) until it goes back.
+//!
 //! An HTTP/2 upstream (`h2`, `h2c`, or `auto` where ALPN chose `h2`) sends each request as a
 //! stream on a connection the backend's other requests share (`h2`); the request goes in the
 //! form HTTP/2 wants (absolute URI, its `Host` as `:authority`).
