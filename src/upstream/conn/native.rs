@@ -364,12 +364,12 @@ where
             !ex.bytes_seen && !ex.body_polled && matches!(error, Failure::Io(_) | Failure::Closed);
         return Err(Failed { error, unsent });
     }
-    let resp = response(&ex.head, &ex.read).map_err(|error| Failed {
+    let mut read = ex.read;
+    let head = read.split_to(ex.head.len).freeze();
+    let resp = response(&ex.head, &head).map_err(|error| Failed {
         error,
         unsent: false,
     })?;
-    let mut read = ex.read;
-    read.advance(ex.head.len);
     let framing = match ex.head.body {
         Framing::None => Reading::Done,
         Framing::Length(0) => Reading::Done,
@@ -389,14 +389,16 @@ where
     Ok(resp.map(|()| body))
 }
 
-/// The head as the service reads it: a `HeaderMap` (for now), the reason phrase kept when it is
-/// not the status's usual one (hyper's server writes it so).
-fn response(head: &ResponseHead, buf: &[u8]) -> Result<Response<()>, Failure> {
+/// The head as the service reads it: a `HeaderMap` (for now) whose values share the head's
+/// bytes (no copy each), the reason phrase kept when it is not the status's usual one (hyper's
+/// server writes it so).
+fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
     let bad = |e: &dyn std::fmt::Display| Failure::Head(e.to_string().into());
     let mut headers = HeaderMap::with_capacity(head.fields.len());
     for field in &head.fields {
         let name = HeaderName::from_bytes(field.name.of(buf)).map_err(|e| bad(&e))?;
-        let value = HeaderValue::from_bytes(field.value.of(buf)).map_err(|e| bad(&e))?;
+        let value = buf.slice_ref(field.value.of(buf));
+        let value = HeaderValue::from_maybe_shared(value).map_err(|e| bad(&e))?;
         headers.append(name, value);
     }
     let status = StatusCode::from_u16(head.status).map_err(|e| bad(&e))?;
