@@ -374,7 +374,9 @@ where
         Framing::None => Reading::Done,
         Framing::Length(0) => Reading::Done,
         Framing::Length(n) => Reading::Length(n),
-        Framing::Chunked => Reading::Chunked(Decoder::new(chunked::Limits::default())),
+        Framing::Chunked => {
+            Reading::Chunked(Decoder::new(chunked::Limits::default()), BytesMut::new())
+        }
         Framing::UntilClose => Reading::UntilClose,
     };
     let body = Body {
@@ -422,7 +424,9 @@ fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
 #[derive(Debug)]
 enum Reading {
     Length(u64),
-    Chunked(Decoder),
+    /// With the trailer section's bytes so far (forwarded as a trailers frame, as hyper's client
+    /// does).
+    Chunked(Decoder, BytesMut),
     UntilClose,
     Done,
 }
@@ -486,7 +490,7 @@ impl Body {
         Poll::Ready(Ok(n > 0))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, io::Error>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame<Bytes>>, io::Error>> {
         loop {
             match &mut self.framing {
                 Reading::Done => return Poll::Ready(Ok(None)),
@@ -496,20 +500,28 @@ impl Body {
                     if *left == 0 {
                         self.framing = Reading::Done;
                     }
-                    return Poll::Ready(Ok(Some(self.read.split_to(take as usize).freeze())));
+                    let data = self.read.split_to(take as usize).freeze();
+                    return Poll::Ready(Ok(Some(Frame::data(data))));
                 }
                 Reading::UntilClose if !self.read.is_empty() => {
-                    return Poll::Ready(Ok(Some(self.read.split().freeze())));
+                    return Poll::Ready(Ok(Some(Frame::data(self.read.split().freeze()))));
                 }
-                Reading::Chunked(decoder) if !self.read.is_empty() => {
+                Reading::Chunked(decoder, trailers) if !self.read.is_empty() => {
+                    let before = decoder.trailer_len();
                     let step = decoder.decode(&self.read).map_err(invalid)?;
-                    let done = decoder.is_done();
-                    let taken = self.read.split_to(step.consumed).freeze();
-                    if done {
+                    let added = decoder.trailer_len() - before;
+                    let taken = self.read.split_to(step.consumed);
+                    trailers.extend_from_slice(&taken[taken.len().saturating_sub(added)..]);
+                    if decoder.is_done() {
+                        let fields = parse_trailers(trailers);
                         self.framing = Reading::Done;
+                        if let Some(fields) = fields {
+                            return Poll::Ready(Ok(Some(Frame::trailers(fields))));
+                        }
                     }
                     if !step.data.is_empty() {
-                        return Poll::Ready(Ok(Some(taken.slice(step.data))));
+                        let data = taken.freeze().slice(step.data);
+                        return Poll::Ready(Ok(Some(Frame::data(data))));
                     }
                 }
                 _ => {
@@ -525,6 +537,26 @@ impl Body {
             }
         }
     }
+}
+
+/// A trailer section (the chunked decoder has checked its syntax) as fields; `None` when it is
+/// empty or, which the decoder makes impossible, unreadable.
+fn parse_trailers(section: &[u8]) -> Option<HeaderMap> {
+    if section.len() <= 2 {
+        return None;
+    }
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let httparse::Status::Complete((_, parsed)) =
+        httparse::parse_headers(section, &mut slots).ok()?
+    else {
+        return None;
+    };
+    let mut fields = HeaderMap::with_capacity(parsed.len());
+    for field in parsed {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        fields.append(name, HeaderValue::from_bytes(field.value).ok()?);
+    }
+    Some(fields)
 }
 
 fn invalid(e: chunked::ChunkError) -> io::Error {
@@ -544,7 +576,7 @@ impl http_body::Body for Body {
         }
         match self.poll_next(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(data)) => Poll::Ready(data.map(|d| Ok(Frame::data(d)))),
+            Poll::Ready(Ok(frame)) => Poll::Ready(frame.map(Ok)),
             Poll::Ready(Err(e)) => {
                 self.io = None;
                 self.fault = Some(e);

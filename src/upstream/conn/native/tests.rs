@@ -148,10 +148,15 @@ async fn a_chunked_upload_and_a_chunked_answer_leave_the_connection_reusable() {
     assert_eq!(resp.headers()["transfer-encoding"], "chunked");
     let mut body = resp.into_body();
     let mut data = Vec::new();
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        data.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        match frame.unwrap().into_data() {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
     }
     assert_eq!(data, b"hello");
+    assert_eq!(trailers.expect("trailers forwarded")["t"], "v");
     let (got, _upstream) = server.await.unwrap();
     assert_eq!(
         got,
