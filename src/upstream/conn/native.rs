@@ -105,9 +105,9 @@ enum Out {
 
 /// Writes the request head: request line, the headers as the service left them (its framing
 /// header, if it kept one, included), then the framing the body needs if none was given.
-fn write_head(parts: &Parts, empty: bool, hint: &SizeHint, out: &mut Vec<u8>) -> Out {
+fn write_head(parts: &Parts, empty: bool, hint: &SizeHint, out: &mut BytesMut) -> Out {
     out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     match (&parts.method, parts.uri.authority()) {
         (&Method::CONNECT, Some(authority)) => out.extend_from_slice(authority.as_str().as_bytes()),
         _ => out.extend_from_slice(
@@ -167,18 +167,52 @@ fn framing(parts: &Parts, empty: bool, hint: &SizeHint) -> Out {
     }
 }
 
-/// The bytes still to write, in order: a chunk's size line, its data, its CRLF, the last chunk.
+/// The bytes still to write, in order: the request head (at the start of the exchange's read
+/// buffer, which holds nothing else until the head is out: one allocation for both), a chunk's
+/// size line, its data, then the CRLF after it and, once the body has ended, the last chunk.
 #[derive(Default)]
 struct Pending {
-    parts: [Bytes; 4],
-    at: usize,
+    /// The head is `read[head_at..head]`.
+    head: usize,
+    head_at: usize,
+    line: [u8; 18],
+    line_at: u8,
+    line_end: u8,
+    data: Bytes,
+    tail: &'static [u8],
 }
 
+/// A chunk's data is followed by CRLF; the body's end by the last chunk (no trailers).
+const CHUNK_END: &[u8] = b"\r\n0\r\n\r\n";
+
 impl Pending {
-    fn set(&mut self, [a, b, c]: [Bytes; 3]) {
-        self.parts = [a, b, c, Bytes::new()];
-        self.at = 0;
+    /// `len` as a chunk-size line: hex digits, CRLF.
+    fn size_line(&mut self, len: usize) {
+        let mut digits = [0u8; 16];
+        let (mut n, mut i) = (len, digits.len());
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[n & 15];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        let k = digits.len() - i;
+        self.line[..k].copy_from_slice(&digits[i..]);
+        self.line[k..k + 2].copy_from_slice(b"\r\n");
+        self.line_at = 0;
+        self.line_end = (k + 2) as u8;
     }
+}
+
+/// One write of some of `buf`; none at all is an error (the peer takes no more).
+fn write_some(io: &mut Io, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    let n = ready!(Pin::new(io).poll_write(cx, buf))?;
+    if n == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// One exchange in progress: the request going out, the response head coming in.
@@ -208,17 +242,27 @@ where
     /// Writes what is pending, then the body's next frames, until all is sent or it must wait.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
         loop {
-            while self.out.at < self.out.parts.len() {
-                let part = &mut self.out.parts[self.out.at];
-                if part.is_empty() {
-                    self.out.at += 1;
-                    continue;
-                }
-                let n = ready!(Pin::new(&mut *self.io).poll_write(cx, part))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                }
-                part.advance(n);
+            let out = &mut self.out;
+            while out.head_at < out.head {
+                let head = &self.read[out.head_at..out.head];
+                out.head_at += ready!(write_some(&mut self.io, cx, head))?;
+            }
+            if out.head > 0 {
+                // the buffer is the response's from here
+                self.read.clear();
+                out.head = 0;
+            }
+            while out.line_at < out.line_end {
+                let line = &out.line[out.line_at as usize..out.line_end as usize];
+                out.line_at += ready!(write_some(&mut self.io, cx, line))? as u8;
+            }
+            while !out.data.is_empty() {
+                let n = ready!(write_some(&mut self.io, cx, &out.data))?;
+                out.data.advance(n);
+            }
+            while !out.tail.is_empty() {
+                let n = ready!(write_some(&mut self.io, cx, out.tail))?;
+                out.tail = &out.tail[n.min(out.tail.len())..];
             }
             // a no-op on TCP; TLS writes out what its record layer holds before we wait
             ready!(Pin::new(&mut *self.io).poll_flush(cx))?;
@@ -253,11 +297,12 @@ where
                     return Err(Failure::Body("body longer than its Content-Length".into()));
                 }
                 self.left -= len;
-                self.out.set([data, Bytes::new(), Bytes::new()]);
+                self.out.data = data;
             }
             Out::Chunked => {
-                let size = Bytes::from(format!("{:x}\r\n", data.len()));
-                self.out.set([size, data, Bytes::from_static(b"\r\n")]);
+                self.out.size_line(data.len());
+                self.out.data = data;
+                self.out.tail = &CHUNK_END[..2];
             }
             Out::Nothing => {}
         }
@@ -269,10 +314,9 @@ where
     fn finish(&mut self) -> Result<(), Failure> {
         self.body_done = true;
         match self.framing {
-            Out::Chunked => {
-                self.out.parts[3] = Bytes::from_static(b"0\r\n\r\n");
-                self.out.at = self.out.at.min(3);
-            }
+            // after a chunk's CRLF still to write, or alone
+            Out::Chunked if self.out.tail.is_empty() => self.out.tail = &CHUNK_END[2..],
+            Out::Chunked => self.out.tail = CHUNK_END,
             Out::Length(_) if self.left > 0 => {
                 return Err(Failure::Body("body shorter than its Content-Length".into()))
             }
@@ -283,6 +327,10 @@ where
 
     /// Reads until a final (or switching) head is complete; interim ones are passed over.
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        if self.out.head > 0 {
+            // the head is still going out of this buffer (its write will wake us)
+            return Poll::Pending;
+        }
         loop {
             if !self.read.is_empty() && self.head.parse(&self.read, self.asked, &LIMITS)? {
                 if self.head.answer != Answer::Interim {
@@ -313,6 +361,10 @@ where
                 Poll::Ready(Err(Failure::Io(e))) => {
                     // the upstream may have answered and closed: its answer is still read
                     self.write_failed = Some(e);
+                    if self.out.head > 0 {
+                        self.read.clear();
+                        self.out.head = 0;
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
@@ -329,13 +381,16 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let mut head = Vec::with_capacity(512);
+    let mut read = BytesMut::with_capacity(READ_ROOM);
     let empty = body.is_end_stream();
-    let framing = write_head(parts, empty, &body.size_hint(), &mut head);
+    let framing = write_head(parts, empty, &body.size_hint(), &mut read);
     let mut ex = Exchange {
         io: conn.io,
-        read: BytesMut::new(),
-        out: Pending::default(),
+        out: Pending {
+            head: read.len(),
+            ..Pending::default()
+        },
+        read,
         framing,
         left: match framing {
             Out::Length(n) => n,
@@ -355,9 +410,8 @@ where
             upgrade: parts.headers.contains_key(header::UPGRADE),
         },
     };
-    ex.out.set([Bytes::from(head), Bytes::new(), Bytes::new()]);
     if empty && framing == Out::Chunked {
-        ex.out.parts[3] = Bytes::from_static(b"0\r\n\r\n");
+        ex.out.tail = &CHUNK_END[2..];
     }
     if let Err(error) = poll_fn(|cx| ex.poll(cx)).await {
         let unsent =

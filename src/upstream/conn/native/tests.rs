@@ -62,9 +62,9 @@ fn parts(method: &str, uri: &str, headers: &[(&'static str, &'static str)]) -> P
 }
 
 fn head(parts: &Parts, body: &Frames) -> (String, Out) {
-    let mut out = Vec::new();
+    let mut out = BytesMut::new();
     let framing = write_head(parts, body.is_end_stream(), &body.size_hint(), &mut out);
-    (String::from_utf8(out).unwrap(), framing)
+    (String::from_utf8(out.to_vec()).unwrap(), framing)
 }
 
 #[test]
@@ -129,6 +129,17 @@ async fn read_until(upstream: &mut UnixStream, until: &str) -> String {
         got.extend_from_slice(&buf[..n]);
     }
     String::from_utf8(got).unwrap()
+}
+
+#[test]
+fn chunk_size_lines_are_lowercase_hex() {
+    let mut out = Pending::default();
+    for (len, line) in [(0, "0\r\n"), (10, "a\r\n"), (0x1f2e, "1f2e\r\n")] {
+        out.size_line(len);
+        assert_eq!(&out.line[..out.line_end as usize], line.as_bytes());
+    }
+    out.size_line(usize::MAX);
+    assert_eq!(&out.line[..out.line_end as usize], b"ffffffffffffffff\r\n");
 }
 
 #[tokio::test]
