@@ -87,11 +87,8 @@ impl ProxyError {
             SendError::Connect(e) => ProxyError::ConnectFailed(e),
             SendError::Request(e) if e.is_parse() => ProxyError::UpstreamMalformed(Box::new(e)),
             SendError::Request(e) => ProxyError::UpstreamFailed(Box::new(e)),
-            SendError::Native {
-                source,
-                malformed: true,
-            } => ProxyError::UpstreamMalformed(Box::new(source)),
-            SendError::Native { source, .. } => ProxyError::UpstreamFailed(Box::new(source)),
+            SendError::Native(e) if e.is_malformed() => ProxyError::UpstreamMalformed(Box::new(e)),
+            SendError::Native(e) => ProxyError::UpstreamFailed(Box::new(e)),
         }
     }
 

@@ -188,25 +188,15 @@ pub enum SendError {
     /// The connection failed while the request was sent or its response head awaited.
     #[error("the upstream connection failed")]
     Request(#[source] hyper::Error),
-    /// The native client's exchange failed: IO, or a head that cannot be trusted (`malformed`).
+    /// The native client's exchange failed: IO, or a head that cannot be trusted
+    /// (`Failure::is_malformed`).
     #[error("the upstream connection failed")]
-    Native {
-        #[source]
-        source: native::Failure,
-        malformed: bool,
-    },
+    Native(#[source] native::Failure),
 }
 
 impl From<native::Failed> for SendError {
     fn from(failed: native::Failed) -> SendError {
-        let malformed = matches!(
-            failed.error,
-            native::Failure::Malformed(_) | native::Failure::Head(_)
-        );
-        SendError::Native {
-            source: failed.error,
-            malformed,
-        }
+        SendError::Native(failed.error)
     }
 }
 

@@ -89,9 +89,24 @@ pub enum Failure {
     #[error(transparent)]
     Malformed(#[from] ResponseError),
     #[error("upstream response head: {0}")]
-    Head(BoxError),
+    FieldName(#[from] http::header::InvalidHeaderName),
+    #[error("upstream response head: {0}")]
+    FieldValue(#[from] http::header::InvalidHeaderValue),
     #[error("request body: {0}")]
     Body(BoxError),
+    /// The body's frames added up to more (`true`) or less than the `Content-Length` sent.
+    #[error("request body {} than its Content-Length", if *.0 { "longer" } else { "shorter" })]
+    BodyLength(bool),
+}
+
+impl Failure {
+    /// The upstream's answer cannot be trusted (a `502` saying so), rather than missing.
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            Failure::Malformed(_) | Failure::FieldName(_) | Failure::FieldValue(_)
+        )
+    }
 }
 
 /// How the request body goes on the wire.
@@ -294,7 +309,7 @@ where
             Out::Length(_) => {
                 let len = data.len() as u64;
                 if len > self.left {
-                    return Err(Failure::Body("body longer than its Content-Length".into()));
+                    return Err(Failure::BodyLength(true));
                 }
                 self.left -= len;
                 self.out.data = data;
@@ -317,9 +332,7 @@ where
             // after a chunk's CRLF still to write, or alone
             Out::Chunked if self.out.tail.is_empty() => self.out.tail = &CHUNK_END[2..],
             Out::Chunked => self.out.tail = CHUNK_END,
-            Out::Length(_) if self.left > 0 => {
-                return Err(Failure::Body("body shorter than its Content-Length".into()))
-            }
+            Out::Length(_) if self.left > 0 => return Err(Failure::BodyLength(false)),
             _ => {}
         }
         Ok(())
@@ -449,15 +462,15 @@ where
 /// bytes (no copy each), the reason phrase kept when it is not the status's usual one (hyper's
 /// server writes it so).
 fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
-    let bad = |e: &dyn std::fmt::Display| Failure::Head(e.to_string().into());
     let mut headers = HeaderMap::with_capacity(head.fields.len());
     for field in &head.fields {
-        let name = HeaderName::from_bytes(field.name.of(buf)).map_err(|e| bad(&e))?;
+        let name = HeaderName::from_bytes(field.name.of(buf))?;
         let value = buf.slice_ref(field.value.of(buf));
-        let value = HeaderValue::from_maybe_shared(value).map_err(|e| bad(&e))?;
+        let value = HeaderValue::from_maybe_shared(value)?;
         headers.append(name, value);
     }
-    let status = StatusCode::from_u16(head.status).map_err(|e| bad(&e))?;
+    // 100-999, as the codec checked
+    let status = StatusCode::from_u16(head.status).map_err(|_| ResponseError::Status)?;
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = match head.minor_version {
