@@ -1,6 +1,7 @@
-//! The native HTTP/1.1 codec of issue 23: pure code, no IO. The native engine
-//! (`http::native`, `[server] http1_engine = "native"`) drives it; hyper's connections do not
-//! use it. Built and tested on its own too (unit tests, a proptest, `fuzz/`).
+//! The native HTTP/1.1 codec of issue 23: pure code, no IO. Under `[server] http1_engine =
+//! "native"` its request side drives the server engine (`http::native`) and its response side
+//! the upstream client (`upstream::conn::native`); hyper's connections do not use it. Built and
+//! tested on its own too (unit tests, a proptest, `fuzz/`).
 //!
 //! It owns the parsing and the framing decisions, pure code with no IO:
 //! - [`request::RequestHead`]: a client's head, parsed by `httparse` into a small index of field

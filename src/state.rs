@@ -9,8 +9,8 @@ use crate::cluster::connect::Endpoint;
 use crate::cluster::members::{Identity, Membership};
 use crate::cluster::Store;
 use crate::config::{
-    Action, ClientAuthMode, Config, Encode, HeaderRules, Log, Redirect, Respond, RouteHeaders,
-    SiteTls, Timeouts, Upstream,
+    Action, ClientAuthMode, Config, Encode, HeaderRules, Http1Engine, Log, Redirect, Respond,
+    RouteHeaders, SiteTls, Timeouts, Upstream,
 };
 use crate::error_pages::{ErrorPages, Page, Pages};
 use crate::http::rewrite::Rewrite;
@@ -190,9 +190,9 @@ pub enum BuildError {
 }
 
 /// Everything an upstream's pool and its connections are built from: its spec, the server timeouts,
-/// the metrics switch, and the state of its TLS files (a CA or client certificate replaced under
-/// the same name is read again by the next reload).
-type MadeFrom = (Upstream, Timeouts, bool, tls::FileStamp);
+/// the metrics switch, the state of its TLS files (a CA or client certificate replaced under
+/// the same name is read again by the next reload), and the HTTP/1.1 engine its client is.
+type MadeFrom = (Upstream, Timeouts, bool, tls::FileStamp, Http1Engine);
 
 #[derive(Clone)]
 pub struct KeptUpstream {
@@ -271,6 +271,7 @@ impl Keep {
                 config.server.timeouts.clone(),
                 config.server.metrics,
                 files.upstream_stamp(name),
+                config.server.http1_engine,
             );
             match kept.get(name).filter(|k| k.made_from == made_from) {
                 Some(entry) => {
@@ -292,10 +293,10 @@ impl Keep {
         made_from: MadeFrom,
         files: &Files,
     ) -> Result<(String, KeptUpstream), TlsError> {
-        let (spec, timeouts, metrics, _) = &made_from;
+        let (spec, timeouts, metrics, _, engine) = &made_from;
         let tls = files.upstream(name);
         let handshake = upstream::tls::Handshake::new(name, spec, tls)?;
-        let pool = UpstreamPool::new(name, spec, handshake.clone());
+        let pool = UpstreamPool::new(name, spec, handshake.clone(), *engine);
         if *metrics {
             pool.set_metrics(&self.metrics);
         }

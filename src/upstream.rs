@@ -14,16 +14,15 @@ pub use addr::BackendAddr;
 pub use balance::ActiveGuard;
 pub use health::counter::Outcome;
 
-use crate::config::{AllDown, Balance, Endpoint, Timeouts, Upstream, UpstreamServer};
+use crate::config::{AllDown, Balance, Endpoint, Http1Engine, Timeouts, Upstream, UpstreamServer};
 use crate::http::CountedBody;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use balance::{Ask, Members};
-use conn::{Dialer, IdleConns, SendError, Sender};
+use conn::{Dialer, IdleConn, IdleConns, RespBody, SendError, Sender};
 use health::Health;
 use http::uri::Authority;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use prometheus::{Histogram, IntCounter};
@@ -77,10 +76,18 @@ impl Backend {
 
     /// Keeps the connection of a response that ended cleanly for the next request (an
     /// HTTP/2 stream's place is simply freed).
-    pub fn reuse(&self, conn: Sender) {
-        match conn {
-            Sender::Http1(conn) => self.idle.put(conn),
-            Sender::Http2(stream) => drop(stream),
+    /// A native connection is in its response's `body`, which gives it up only if it ended
+    /// cleanly.
+    pub fn reuse(&self, conn: Sender, body: Option<&mut RespBody>) {
+        match (conn, body) {
+            (Sender::Http1(conn), _) => self.idle.put(IdleConn::Hyper(conn)),
+            (Sender::Http2(stream), _) => drop(stream),
+            (Sender::Native, Some(RespBody::Native(body))) => {
+                if let Some(conn) = body.take_reusable() {
+                    self.idle.put(IdleConn::Native(conn));
+                }
+            }
+            (Sender::Native, _) => {}
         }
     }
 
@@ -131,7 +138,12 @@ impl UpstreamPool {
     /// in by `resolve`.
     /// Connections to them are TLS for a TLS upstream (`tls`); how long one may take is the
     /// route's to say (`send`).
-    pub fn new(name: &str, spec: &Upstream, tls: Option<Arc<tls::Handshake>>) -> Arc<UpstreamPool> {
+    pub fn new(
+        name: &str,
+        spec: &Upstream,
+        tls: Option<Arc<tls::Handshake>>,
+        engine: Http1Engine,
+    ) -> Arc<UpstreamPool> {
         let checks = spec.health.is_some();
         let literal: Vec<Arc<Backend>> = spec
             .servers
@@ -152,6 +164,7 @@ impl UpstreamPool {
                 tls.is_some(),
                 spec.protocol,
                 spec.max_streams,
+                engine == Http1Engine::Native,
             ),
             sweeper: OnceLock::new(),
         })
@@ -165,7 +178,7 @@ impl UpstreamPool {
         backend: &Backend,
         req: Request<CountedBody>,
         connect: Duration,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
         self.dialer.send(backend, req, connect).await
     }
 

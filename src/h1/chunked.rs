@@ -112,6 +112,12 @@ impl Decoder {
         self.state == State::Done
     }
 
+    /// Bytes of the trailer section read so far (its final CRLF included): they are always the
+    /// last ones a call consumed, so a caller that forwards trailers can keep them.
+    pub fn trailer_len(&self) -> usize {
+        self.trailers
+    }
+
     /// Reads framing from `input` up to and including at most one run of chunk data, which it
     /// returns as a range of `input`. Call again with the rest (`input[consumed..]`) until that is
     /// empty or the body is done. Always uses at least one byte of a non-empty input unless done.

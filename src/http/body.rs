@@ -3,13 +3,12 @@
 
 use super::client_body::{ClientBody, ClientBodyError};
 use crate::access_log::{AccessLog, Entry};
-use crate::upstream::conn::Sender;
+use crate::upstream::conn::{RespBody, RespError, Sender};
 use crate::upstream::BackendAddr;
 use crate::upstream::{ActiveGuard, Backend};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -347,7 +346,7 @@ enum Inner {
 #[derive(Debug)]
 struct UpstreamBody {
     /// `None` once handed to a drain.
-    body: Option<Incoming>,
+    body: Option<RespBody>,
     read_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
     /// A gRPC call's deadline: when it passes, the upstream stream is reset and the client's
@@ -418,12 +417,12 @@ impl UpstreamBody {
 
     fn give_back(&mut self) {
         if let Some((conn, backend)) = self.conn.take() {
-            backend.reuse(conn);
+            backend.reuse(conn, self.body.as_mut());
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.as_ref().map_or(true, Incoming::is_end_stream)
+        self.body.as_ref().map_or(true, RespBody::is_end_stream)
     }
 }
 
@@ -452,7 +451,7 @@ impl Drop for UpstreamBody {
 /// An upstream answer nobody will read (one that carried `X-Accel-Redirect`): its connection
 /// goes back at once if the body is empty, after reading off a short rest (`DRAIN_MAX`), or is
 /// closed, exactly as for a body the client stopped reading.
-pub fn discard(body: Incoming, conn: Option<Sender>, active: &ActiveGuard) {
+pub fn discard(body: RespBody, conn: Option<Sender>, active: &ActiveGuard) {
     drop(UpstreamBody {
         body: Some(body),
         read_timeout: DRAIN_WITHIN,
@@ -463,16 +462,16 @@ pub fn discard(body: Incoming, conn: Option<Sender>, active: &ActiveGuard) {
 }
 
 /// Reads off the rest of a response nobody wants, then gives its connection back.
-async fn drain(mut body: Incoming, (conn, backend): (Sender, Arc<Backend>)) {
+async fn drain(mut body: RespBody, (conn, backend): (Sender, Arc<Backend>)) {
     use http_body_util::BodyExt;
     let rest = async {
         while let Some(frame) = body.frame().await {
             frame?;
         }
-        Ok::<_, hyper::Error>(())
+        Ok::<_, RespError>(())
     };
     if let Ok(Ok(())) = tokio::time::timeout(DRAIN_WITHIN, rest).await {
-        backend.reuse(conn);
+        backend.reuse(conn, Some(&mut body));
     }
 }
 
@@ -480,7 +479,7 @@ async fn drain(mut body: Incoming, (conn, backend): (Sender, Arc<Backend>)) {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("upstream body: {0}")]
-    Upstream(hyper::Error),
+    Upstream(RespError),
     #[error("upstream sent nothing for {0:?} in the middle of a response body")]
     ReadTimeout(Duration),
     #[error("compressing the response body: {0}")]
@@ -548,7 +547,7 @@ impl Drop for Completion {
 
 impl ProxyBody {
     /// `conn` is the connection `body` comes on, `None` when it must not be reused.
-    pub fn upstream(body: Incoming, conn: Option<Sender>, reads: Reads, done: Completion) -> Self {
+    pub fn upstream(body: RespBody, conn: Option<Sender>, reads: Reads, done: Completion) -> Self {
         let backend = done._active.as_ref().map(|a| a.backend().clone());
         let body = UpstreamBody {
             body: Some(body),
@@ -629,7 +628,7 @@ impl Body for Source {
             Source::Upstream(up) => up
                 .body
                 .as_ref()
-                .map_or_else(SizeHint::default, Incoming::size_hint),
+                .map_or_else(SizeHint::default, RespBody::size_hint),
             Source::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -87,6 +87,8 @@ impl ProxyError {
             SendError::Connect(e) => ProxyError::ConnectFailed(e),
             SendError::Request(e) if e.is_parse() => ProxyError::UpstreamMalformed(Box::new(e)),
             SendError::Request(e) => ProxyError::UpstreamFailed(Box::new(e)),
+            SendError::Native(e) if e.is_malformed() => ProxyError::UpstreamMalformed(Box::new(e)),
+            SendError::Native(e) => ProxyError::UpstreamFailed(Box::new(e)),
         }
     }
 

@@ -32,14 +32,13 @@ use crate::routing;
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
 use crate::tls::client::{ClientCert, ClientTls};
-use crate::upstream::conn::Sender;
+use crate::upstream::conn::{RespBody, Sender};
 use crate::upstream::{forward, ActiveGuard, BackendAddr, Outcome, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -87,7 +86,7 @@ struct Dispatch<'s, 'r> {
 enum Answer {
     /// With the connection it came on, unless that one must not be reused, and the limits on
     /// the reads of its body (the route's `upstream_response`, a gRPC call's deadline).
-    Upstream(Response<Incoming>, ActiveGuard, Option<Sender>, Reads),
+    Upstream(Response<RespBody>, ActiveGuard, Option<Sender>, Reads),
     Local(Response<Bytes>),
     /// From a `files` route.
     File(Response<FileBody>),
@@ -571,7 +570,7 @@ impl ProxyService {
             (resp.status(), upgrade, client_upgrade)
         {
             forward::restore_upgrade(resp.headers_mut(), proto);
-            self.tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
+            self.tunnel(client_upgrade, crate::upstream::conn::upgrade(&mut resp));
         }
         let read_timeout = Reads {
             timeout: hop.policy.upstream_response,
@@ -592,7 +591,7 @@ impl ProxyService {
         mut head: http::request::Parts,
         active: &ActiveGuard,
         retry: &mut Retry,
-    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+    ) -> Result<(Response<RespBody>, Sender), ProxyError> {
         head.uri = upstream_uri(&head.uri, &head.method, active)?;
         let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
         let timeout = hop.policy.upstream_response;
@@ -644,7 +643,7 @@ impl ProxyService {
     /// After a 101: the connection's own task copies bytes both ways between the two upgraded
     /// connections once hyper hands the client's over (see `http::tunnel`), so the tunnel keeps
     /// the connection's slot under the limits.
-    fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: crate::upstream::conn::Upgrade) {
         self.conn
             .start_tunnel(super::tunnel::Pending { client, upstream });
     }
@@ -1245,7 +1244,7 @@ fn intercepts(state: &RuntimeState, routed: Option<usize>, status: StatusCode) -
 /// (`error_pages::intercepted_head`). The upstream body is dropped unread: its connection is kept
 /// only if the rest is short and comes at once (`body::discard`).
 fn intercept(
-    resp: Response<Incoming>,
+    resp: Response<RespBody>,
     page: &Page,
     (active, conn): (ActiveGuard, Option<Sender>),
     log: Arc<RequestLog>,

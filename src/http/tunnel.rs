@@ -7,7 +7,9 @@
 //! Tunnel bytes are not HTTP: `max_body`, `body_timeout` and compression do not apply to them.
 
 use super::conn::now_ms;
+use super::rewind::Rewind;
 use crate::read_notice::{Noticed, OnRead};
+use crate::upstream::conn::Upgrade;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -23,7 +25,9 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Pending {
     pub client: OnUpgrade,
-    pub upstream: OnUpgrade,
+    /// hyper's upgrade, or a native connection (ready at once, with what it read past the
+    /// `101` head).
+    pub upstream: Upgrade,
 }
 
 /// Why a tunnel ended.
@@ -41,11 +45,10 @@ pub enum End {
 
 /// Runs the tunnel until it ends; `stop` resolves when it must end for shutdown.
 pub async fn run(pending: Pending, idle: Duration, stop: impl Future<Output = ()>) -> End {
-    let upgraded = async { tokio::try_join!(pending.client, pending.upstream) };
     tokio::pin!(stop);
-    let (client, upstream) = tokio::select! {
-        pair = upgraded => match pair {
-            Ok(pair) => pair,
+    let client = tokio::select! {
+        client = pending.client => match client {
+            Ok(client) => client,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
                 return End::NotUpgraded;
@@ -53,15 +56,14 @@ pub async fn run(pending: Pending, idle: Duration, stop: impl Future<Output = ()
         },
         () = &mut stop => return End::Shutdown,
     };
-    copy(TokioIo::new(client), TokioIo::new(upstream), idle, stop).await
+    with_upstream(TokioIo::new(client), pending.upstream, idle, stop).await
 }
 
 /// The tunnel of a native-engine connection (`http::native`), whose client side is the
-/// connection itself (the bytes it read past the `101` head first): only the upstream's side
-/// comes from hyper.
+/// connection itself (the bytes it read past the `101` head first).
 pub async fn run_native<C>(
     client: C,
-    upstream: OnUpgrade,
+    upstream: Upgrade,
     idle: Duration,
     stop: impl Future<Output = ()>,
 ) -> End
@@ -69,17 +71,37 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     tokio::pin!(stop);
-    let upstream = tokio::select! {
-        upgraded = upstream => match upgraded {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return End::NotUpgraded;
-            }
-        },
-        () = &mut stop => return End::Shutdown,
-    };
-    copy(client, TokioIo::new(upstream), idle, stop).await
+    with_upstream(client, upstream, idle, stop).await
+}
+
+/// The tunnel once the client's side is in hand: the upstream's is hyper's upgrade (awaited), or
+/// a native connection (ready at once, with what it read past the `101` head).
+async fn with_upstream<C>(
+    client: C,
+    upstream: Upgrade,
+    idle: Duration,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    match upstream {
+        Upgrade::Hyper(upstream) => {
+            let upstream = tokio::select! {
+                upgraded = upstream => match upgraded {
+                    Ok(upgraded) => upgraded,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upgrade failed");
+                        return End::NotUpgraded;
+                    }
+                },
+                () = &mut stop => return End::Shutdown,
+            };
+            copy(client, TokioIo::new(upstream), idle, stop).await
+        }
+        Upgrade::Native(read, io) => copy(client, Rewind::new(read, io), idle, stop).await,
+        Upgrade::None => End::NotUpgraded,
+    }
 }
 
 /// Copies both ways until one side closes, both are quiet for `idle`, or `stop`; then closes both.

@@ -10,11 +10,16 @@
 //! dropped early drops the connection instead (hyper then closes it). Nothing is hashed, there
 //! is no lock but the backend's own stack's, and no task per request.
 //!
+//! With `[server] http1_engine = "native"`, HTTP/1.1 connections are Gatehouse's own client
+//! (`native`) instead of hyper's: no task per connection, the request's task drives it, and the
+//! connection travels in the response body (`RespBody::Native`) until it goes back.
+//!
 //! An HTTP/2 upstream (`h2`, `h2c`, or `auto` where ALPN chose `h2`) sends each request as a
 //! stream on a connection the backend's other requests share (`h2`); the request goes in the
 //! form HTTP/2 wants (absolute URI, its `Host` as `:authority`).
 
 pub mod h2;
+pub mod native;
 
 use super::io::UpstreamIo;
 use super::tls::{Connector, UpstreamStream};
@@ -38,6 +43,9 @@ use tower_service::Service;
 pub enum Sender {
     Http1(http1::SendRequest<CountedBody>),
     Http2(Stream),
+    /// A native HTTP/1.1 connection: it travels inside the response body (`RespBody::Native`),
+    /// which hands it back once the body has ended (`Backend::reuse`).
+    Native,
 }
 
 impl std::fmt::Debug for Sender {
@@ -45,6 +53,7 @@ impl std::fmt::Debug for Sender {
         match self {
             Sender::Http1(_) => f.write_str("Sender(HTTP/1.1)"),
             Sender::Http2(_) => f.write_str("Sender(HTTP/2)"),
+            Sender::Native => f.write_str("Sender(native HTTP/1.1)"),
         }
     }
 }
@@ -78,8 +87,37 @@ pub struct IdleConns {
 }
 
 struct Idle {
-    sender: H1,
+    conn: IdleConn,
     sweeps: u32,
+}
+
+/// An idle HTTP/1.1 connection of either engine (`server.http1_engine`).
+pub enum IdleConn {
+    Hyper(H1),
+    Native(native::Conn),
+}
+
+/// Whether an idle connection can take a request.
+#[derive(PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    /// Still finishing its last exchange (hyper's task not back to idle yet).
+    NotYet,
+    Closed,
+}
+
+impl IdleConn {
+    fn readiness(&mut self) -> Readiness {
+        match self {
+            IdleConn::Hyper(sender) if sender.is_ready() => Readiness::Ready,
+            IdleConn::Hyper(sender) if sender.is_closed() => Readiness::Closed,
+            IdleConn::Hyper(_) => Readiness::NotYet,
+            IdleConn::Native(conn) => match conn.is_usable() {
+                true => Readiness::Ready,
+                false => Readiness::Closed,
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for IdleConns {
@@ -96,28 +134,26 @@ impl IdleConns {
     /// The most recently used connection that can take a request now. Closed ones met on the way
     /// (the upstream closed them, their task ended) are dropped; one still finishing its last
     /// exchange (hyper not yet back to idle) stays for a later request.
-    pub fn take(&self) -> Option<H1> {
+    pub fn take(&self) -> Option<IdleConn> {
         let mut stack = self.stack();
         let mut i = stack.len();
         while i > 0 {
             i -= 1;
-            let sender = &stack[i].sender;
-            if sender.is_ready() {
-                return Some(stack.remove(i).sender);
-            }
-            if sender.is_closed() {
-                stack.remove(i);
+            match stack[i].conn.readiness() {
+                Readiness::Ready => return Some(stack.remove(i).conn),
+                Readiness::Closed => drop(stack.remove(i)),
+                Readiness::NotYet => {}
             }
         }
         None
     }
 
     /// Keeps a connection whose last exchange ended cleanly; over the cap it is dropped (closed).
-    pub fn put(&self, sender: H1) {
+    pub fn put(&self, conn: IdleConn) {
         let sweeps = self.sweeps.load(Ordering::Relaxed);
         let mut stack = self.stack();
         if stack.len() < MAX_IDLE {
-            stack.push(Idle { sender, sweeps });
+            stack.push(Idle { conn, sweeps });
         }
     }
 
@@ -126,11 +162,12 @@ impl IdleConns {
         let now = self.sweeps.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let stale: Vec<Idle> = {
             let mut stack = self.stack();
-            let (keep, stale) = std::mem::take(&mut *stack).into_iter().partition(|idle| {
-                !idle.sender.is_closed() && now.wrapping_sub(idle.sweeps) <= IDLE_SWEEPS
-            });
-            *stack = keep;
-            stale
+            let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut *stack)
+                .into_iter()
+                .map(|mut idle| (idle.conn.readiness() != Readiness::Closed, idle))
+                .partition(|(open, idle)| *open && now.wrapping_sub(idle.sweeps) <= IDLE_SWEEPS);
+            *stack = keep.into_iter().map(|(_, idle)| idle).collect();
+            stale.into_iter().map(|(_, idle)| idle).collect()
         };
         // closed outside the lock
         drop(stale);
@@ -151,6 +188,95 @@ pub enum SendError {
     /// The connection failed while the request was sent or its response head awaited.
     #[error("the upstream connection failed")]
     Request(#[source] hyper::Error),
+    /// The native client's exchange failed: IO, or a head that cannot be trusted
+    /// (`Failure::is_malformed`).
+    #[error("the upstream connection failed")]
+    Native(#[source] native::Failure),
+}
+
+impl From<native::Failed> for SendError {
+    fn from(failed: native::Failed) -> SendError {
+        SendError::Native(failed.error)
+    }
+}
+
+/// An upstream response body from either HTTP/1.1 engine (or an HTTP/2 stream, hyper's).
+#[derive(Debug)]
+pub enum RespBody {
+    Hyper(Incoming),
+    Native(native::Body),
+}
+
+/// Why an upstream response body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RespError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Native(#[from] std::io::Error),
+}
+
+impl http_body::Body for RespBody {
+    type Data = bytes::Bytes;
+    type Error = RespError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, RespError>>> {
+        match self.get_mut() {
+            RespBody::Hyper(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(RespError::from))),
+            RespBody::Native(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(RespError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Hyper(b) => b.is_end_stream(),
+            RespBody::Native(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RespBody::Hyper(b) => b.size_hint(),
+            RespBody::Native(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The upstream side of a `101`: hyper's pending upgrade, or a native connection with what was
+/// read past the head.
+pub enum Upgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Native(bytes::Bytes, Box<native::Io>),
+    /// The body had no connection to give (cannot happen for a `101` the codec let through).
+    None,
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upgrade::Hyper(_) => f.write_str("Upgrade(hyper)"),
+            Upgrade::Native(..) => f.write_str("Upgrade(native)"),
+            Upgrade::None => f.write_str("Upgrade(none)"),
+        }
+    }
+}
+
+/// The upstream connection of a `101` response, for the tunnel.
+pub fn upgrade(resp: &mut Response<RespBody>) -> Upgrade {
+    match resp.body_mut() {
+        RespBody::Hyper(_) => Upgrade::Hyper(hyper::upgrade::on(resp)),
+        RespBody::Native(body) => match body.take_upgraded() {
+            Some((read, io)) => Upgrade::Native(read, io),
+            None => Upgrade::None,
+        },
+    }
 }
 
 /// Opens connections to one upstream's backends and sends requests over them.
@@ -161,6 +287,8 @@ pub struct Dialer {
     /// HTTP/2 streams per connection (`max_streams`).
     max_streams: u32,
     h2: http2::Builder<TokioExecutor>,
+    /// HTTP/1.1 on the native client (`server.http1_engine = "native"`), else hyper's.
+    native: bool,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -173,10 +301,17 @@ impl std::fmt::Debug for Dialer {
 enum Opened {
     Http1(H1),
     Http2(Arc<H2Conn>),
+    Native(native::Conn),
 }
 
 impl Dialer {
-    pub fn new(connector: Connector, tls: bool, protocol: Protocol, max_streams: u32) -> Dialer {
+    pub fn new(
+        connector: Connector,
+        tls: bool,
+        protocol: Protocol,
+        max_streams: u32,
+        native: bool,
+    ) -> Dialer {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             // a dead connection is noticed even while no request is on it
@@ -190,6 +325,7 @@ impl Dialer {
             protocol,
             max_streams,
             h2,
+            native,
         }
     }
 
@@ -202,7 +338,7 @@ impl Dialer {
         backend: &Backend,
         req: Request<CountedBody>,
         connect: Duration,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
         let http1 = match self.protocol {
             Protocol::Http1 => true,
             Protocol::Auto => backend.h2.learned() == Learned::Http1,
@@ -221,18 +357,25 @@ impl Dialer {
         backend: &Backend,
         req: Request<CountedBody>,
         connect: Duration,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
-        let (mut sender, reused) = match backend.idle.take() {
-            Some(sender) => (sender, true),
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
+        let (conn, reused) = match backend.idle.take() {
+            Some(conn) => (conn, true),
             // boxed: connecting is rare, the common path's future stays small
             None => match Box::pin(self.open(backend, connect)).await? {
-                Opened::Http1(sender) => (sender, false),
+                Opened::Http1(sender) => (IdleConn::Hyper(sender), false),
+                Opened::Native(conn) => (IdleConn::Native(conn), false),
                 // boxed, like the dial: HTTP/2 found by ALPN is the rare way here
                 Opened::Http2(conn) => return Box::pin(self.first_h2(backend, conn, req)).await,
             },
         };
+        let mut sender = match conn {
+            IdleConn::Hyper(sender) => sender,
+            IdleConn::Native(conn) => {
+                return self.send_native(backend, conn, reused, req, connect).await
+            }
+        };
         let req = match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Sender::Http1(sender))),
+            Ok(resp) => return Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
             Err(mut err) => match err.take_message() {
                 Some(req) if reused => {
                     tracing::debug!(server = %backend.addr, error = %err.error(), "idle upstream connection closed; sending on a new one");
@@ -241,12 +384,51 @@ impl Dialer {
                 _ => return Err(SendError::Request(err.into_error())),
             },
         };
+        self.send_fresh(backend, req, connect).await
+    }
+
+    /// On a new connection, whatever it turns out to be.
+    async fn send_fresh(
+        &self,
+        backend: &Backend,
+        req: Request<CountedBody>,
+        connect: Duration,
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
         match Box::pin(self.open(backend, connect)).await? {
             Opened::Http1(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp, Sender::Http1(sender))),
+                Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
                 Err(err) => Err(SendError::Request(err.into_error())),
             },
+            Opened::Native(conn) => {
+                let (parts, mut body) = req.into_parts();
+                let resp = native::send(conn, &parts, &mut body).await?;
+                Ok((resp.map(RespBody::Native), Sender::Native))
+            }
             Opened::Http2(conn) => Box::pin(self.first_h2(backend, conn, req)).await,
+        }
+    }
+
+    /// The native client on `conn`; a connection taken from the idle ones that the upstream
+    /// closed before anything of the request was read (nothing came back, the body untouched)
+    /// costs the request nothing: it goes once more, on a new connection (nginx does the same,
+    /// for any method).
+    async fn send_native(
+        &self,
+        backend: &Backend,
+        conn: native::Conn,
+        reused: bool,
+        req: Request<CountedBody>,
+        connect: Duration,
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
+        let (parts, mut body) = req.into_parts();
+        match native::send(conn, &parts, &mut body).await {
+            Ok(resp) => Ok((resp.map(RespBody::Native), Sender::Native)),
+            Err(failed) if reused && failed.unsent => {
+                tracing::debug!(server = %backend.addr, error = %failed.error, "idle upstream connection closed; sending on a new one");
+                let req = Request::from_parts(parts, body);
+                Box::pin(self.send_fresh(backend, req, connect)).await
+            }
+            Err(failed) => Err(failed.into()),
         }
     }
 
@@ -258,11 +440,11 @@ impl Dialer {
         backend: &Backend,
         mut req: Request<CountedBody>,
         connect: Duration,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
         h2_form(&mut req, &self.scheme, &backend.authority);
         if let Some(stream) = backend.h2.take(self.max_streams) {
             match stream.sender().try_send_request(req.map(H2Body)).await {
-                Ok(resp) => return Ok((h1_head(resp), Sender::Http2(stream))),
+                Ok(resp) => return Ok((h1_head(resp).map(RespBody::Hyper), Sender::Http2(stream))),
                 Err(mut err) => match err.take_message() {
                     Some(back) => {
                         tracing::debug!(server = %backend.addr, error = %err.error(), "upstream HTTP/2 connection closed; sending on a new one");
@@ -290,9 +472,15 @@ impl Dialer {
             Opened::Http1(mut sender) => {
                 h1_form(&mut req);
                 match sender.try_send_request(req).await {
-                    Ok(resp) => Ok((resp, Sender::Http1(sender))),
+                    Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
                     Err(err) => Err(SendError::Request(err.into_error())),
                 }
+            }
+            Opened::Native(conn) => {
+                h1_form(&mut req);
+                let (parts, mut body) = req.into_parts();
+                let resp = native::send(conn, &parts, &mut body).await?;
+                Ok((resp.map(RespBody::Native), Sender::Native))
             }
         }
     }
@@ -303,7 +491,7 @@ impl Dialer {
         backend: &Backend,
         conn: Arc<H2Conn>,
         mut req: Request<CountedBody>,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
         if req.uri().scheme().is_none() {
             h2_form(&mut req, &self.scheme, &backend.authority);
         }
@@ -371,6 +559,10 @@ impl Dialer {
             });
             return Ok(Opened::Http2(H2Conn::new(sender)));
         }
+        if self.native {
+            // no task: each request drives the connection it holds
+            return Ok(Opened::Native(native::Conn::new(io)));
+        }
         let (sender, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -385,9 +577,9 @@ impl Dialer {
 async fn send_on(
     stream: Stream,
     req: Request<CountedBody>,
-) -> Result<(Response<Incoming>, Sender), SendError> {
+) -> Result<(Response<RespBody>, Sender), SendError> {
     match stream.sender().send_request(req.map(H2Body)).await {
-        Ok(resp) => Ok((h1_head(resp), Sender::Http2(stream))),
+        Ok(resp) => Ok((h1_head(resp).map(RespBody::Hyper), Sender::Http2(stream))),
         Err(e) => Err(SendError::Request(e)),
     }
 }
@@ -477,6 +669,20 @@ mod tests {
         (sender, server)
     }
 
+    fn hyper(conn: IdleConn) -> H1 {
+        match conn {
+            IdleConn::Hyper(sender) => sender,
+            IdleConn::Native(_) => panic!("a native connection"),
+        }
+    }
+
+    fn hyper_ref(conn: &IdleConn) -> &H1 {
+        match conn {
+            IdleConn::Hyper(sender) => sender,
+            IdleConn::Native(_) => panic!("a native connection"),
+        }
+    }
+
     async fn until(what: impl Fn() -> bool) {
         for _ in 0..1000 {
             if what() {
@@ -492,18 +698,18 @@ mod tests {
         let idle = IdleConns::default();
         let (a, a_end) = idle_conn().await;
         let (b, b_end) = idle_conn().await;
-        idle.put(a);
-        idle.put(b);
-        let taken = idle.take().unwrap();
+        idle.put(IdleConn::Hyper(a));
+        idle.put(IdleConn::Hyper(b));
+        let taken = hyper(idle.take().unwrap());
         drop(b_end);
         until(|| taken.is_closed()).await;
         assert_eq!(idle.count(), 1);
 
         let (c, c_end) = idle_conn().await;
-        idle.put(c);
+        idle.put(IdleConn::Hyper(c));
         drop(c_end);
-        until(|| idle.stack()[1].sender.is_closed()).await;
-        let taken = idle.take().unwrap();
+        until(|| hyper_ref(&idle.stack()[1].conn).is_closed()).await;
+        let taken = hyper(idle.take().unwrap());
         assert_eq!(idle.count(), 0, "the closed one on top was dropped");
         drop(a_end);
         until(|| taken.is_closed()).await;
@@ -517,11 +723,11 @@ mod tests {
             .await
             .unwrap();
         // its task has not run yet: neither ready nor closed
-        idle.put(sender);
+        idle.put(IdleConn::Hyper(sender));
         assert!(idle.take().is_none());
         assert_eq!(idle.count(), 1);
         tokio::spawn(conn);
-        until(|| idle.stack()[0].sender.is_ready()).await;
+        until(|| hyper_ref(&idle.stack()[0].conn).is_ready()).await;
         assert!(idle.take().is_some());
     }
 
@@ -529,7 +735,7 @@ mod tests {
     async fn idle_connections_go_after_ten_sweeps_and_over_the_cap() {
         let idle = IdleConns::default();
         let (a, _a_end) = idle_conn().await;
-        idle.put(a);
+        idle.put(IdleConn::Hyper(a));
         for _ in 0..IDLE_SWEEPS {
             idle.sweep();
         }
@@ -540,7 +746,7 @@ mod tests {
         let mut ends = Vec::new();
         for _ in 0..=MAX_IDLE {
             let (conn, end) = idle_conn().await;
-            idle.put(conn);
+            idle.put(IdleConn::Hyper(conn));
             ends.push(end);
         }
         assert_eq!(idle.count(), MAX_IDLE);

@@ -1,0 +1,274 @@
+use super::*;
+use http::Request;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// A request body of the given frames, with or without its exact size; `then_wait` leaves it
+/// pending after them (a client still uploading).
+struct Frames {
+    frames: VecDeque<Bytes>,
+    sized: bool,
+    then_wait: bool,
+}
+
+impl Frames {
+    fn new(frames: &[&'static [u8]], sized: bool) -> Frames {
+        Frames {
+            frames: frames.iter().map(|f| Bytes::from_static(f)).collect(),
+            sized,
+            then_wait: false,
+        }
+    }
+}
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.frames.pop_front() {
+            Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            None if self.then_wait => Poll::Pending,
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && !self.then_wait
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.sized {
+            true => SizeHint::with_exact(self.frames.iter().map(|f| f.len() as u64).sum()),
+            false => SizeHint::default(),
+        }
+    }
+}
+
+fn parts(method: &str, uri: &str, headers: &[(&'static str, &'static str)]) -> Parts {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(()).unwrap().into_parts().0
+}
+
+fn head(parts: &Parts, body: &Frames) -> (String, Out) {
+    let mut out = BytesMut::new();
+    let framing = write_head(parts, body.is_end_stream(), &body.size_hint(), &mut out);
+    (String::from_utf8(out.to_vec()).unwrap(), framing)
+}
+
+#[test]
+fn the_head_carries_the_framing_hyper_would_send() {
+    let get = parts("GET", "/a?b=c", &[("host", "x.test"), ("x-two", "1")]);
+    assert_eq!(
+        head(&get, &Frames::new(&[], true)),
+        (
+            "GET /a?b=c HTTP/1.1\r\nhost: x.test\r\nx-two: 1\r\n\r\n".into(),
+            Out::Nothing
+        )
+    );
+    let post = parts("POST", "/up", &[("host", "x.test")]);
+    assert_eq!(
+        head(&post, &Frames::new(&[b"abc"], true)),
+        (
+            "POST /up HTTP/1.1\r\nhost: x.test\r\ncontent-length: 3\r\n\r\n".into(),
+            Out::Length(3)
+        )
+    );
+    assert_eq!(
+        head(&post, &Frames::new(&[b"abc"], false)),
+        (
+            "POST /up HTTP/1.1\r\nhost: x.test\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+            Out::Chunked
+        )
+    );
+    // the service's own framing header is kept, not doubled
+    let zero = parts("POST", "/", &[("content-length", "0")]);
+    assert_eq!(
+        head(&zero, &Frames::new(&[], true)),
+        (
+            "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n".into(),
+            Out::Length(0)
+        )
+    );
+    // an unsized GET body is not sent, as hyper's client does
+    assert_eq!(head(&get, &Frames::new(&[b"x"], false)).1, Out::Nothing);
+    let connect = parts("CONNECT", "x.test:443", &[]);
+    assert!(head(&connect, &Frames::new(&[], true))
+        .0
+        .starts_with("CONNECT x.test:443 HTTP/1.1\r\n"));
+}
+
+/// A connection over a socket pair, and the upstream's end.
+fn pair() -> (Conn, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    (Conn::new(UpstreamIo::Unix(TokioIo::new(ours))), theirs)
+}
+
+/// Reads from the upstream's end until `until` has arrived; returns all of it.
+async fn read_until(upstream: &mut UnixStream, until: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        let n = upstream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before {until:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[test]
+fn chunk_size_lines_are_lowercase_hex() {
+    let mut out = Pending::default();
+    for (len, line) in [(0, "0\r\n"), (10, "a\r\n"), (0x1f2e, "1f2e\r\n")] {
+        out.size_line(len);
+        assert_eq!(&out.line[..out.line_end as usize], line.as_bytes());
+    }
+    out.size_line(usize::MAX);
+    assert_eq!(&out.line[..out.line_end as usize], b"ffffffffffffffff\r\n");
+}
+
+#[tokio::test]
+async fn a_chunked_upload_and_a_chunked_answer_leave_the_connection_reusable() {
+    let (conn, mut upstream) = pair();
+    let server = tokio::spawn(async move {
+        let got = read_until(&mut upstream, "0\r\n\r\n").await;
+        let answer = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n2;ext=1\r\nhe\r\n3\r\nllo\r\n0\r\nT: v\r\n\r\n";
+        upstream.write_all(answer.as_bytes()).await.unwrap();
+        (got, upstream)
+    });
+    let parts = parts("PUT", "/x", &[("host", "h")]);
+    let mut body = Frames::new(&[b"ab", b"", b"cde"], false);
+    let resp = send(conn, &parts, &mut body).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-a"], "b");
+    assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame.unwrap().into_data() {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    assert_eq!(data, b"hello");
+    assert_eq!(trailers.expect("trailers forwarded")["t"], "v");
+    let (got, _upstream) = server.await.unwrap();
+    assert_eq!(
+        got,
+        "PUT /x HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+    );
+    let mut conn = body.take_reusable().expect("the connection goes back");
+    assert!(conn.is_usable());
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_stops_it_and_the_connection_goes() {
+    let (conn, mut upstream) = pair();
+    let server = tokio::spawn(async move {
+        read_until(&mut upstream, "abc").await;
+        let answer = b"HTTP/1.1 413 Too Large\r\nContent-Length: 2\r\n\r\nno";
+        upstream.write_all(answer).await.unwrap();
+        upstream
+    });
+    let parts = parts("POST", "/", &[("content-length", "10")]);
+    let mut body = Frames::new(&[b"abc"], false);
+    body.then_wait = true;
+    let resp = send(conn, &parts, &mut body).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let mut body = resp.into_body();
+    let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&data[..], b"no");
+    assert!(body.is_end_stream());
+    assert!(body.take_reusable().is_none(), "mid-upload: not reusable");
+    drop(server.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_closed_connection_hands_the_request_back_untouched() {
+    let (conn, upstream) = pair();
+    drop(upstream);
+    let parts = parts("GET", "/", &[]);
+    let mut body = Frames::new(&[], true);
+    let failed = send(conn, &parts, &mut body).await.unwrap_err();
+    assert!(failed.unsent, "{failed:?}");
+
+    // once a byte of the answer came, it is no stale connection
+    let (conn, mut upstream) = pair();
+    let server = tokio::spawn(async move {
+        read_until(&mut upstream, "\r\n\r\n").await;
+        upstream.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+    });
+    let failed = send(conn, &parts, &mut body).await.unwrap_err();
+    assert!(!failed.unsent, "{failed:?}");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn stray_bytes_or_a_close_make_an_idle_connection_unusable() {
+    let (mut conn, mut upstream) = pair();
+    assert!(conn.is_usable());
+    upstream.write_all(b"x").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!conn.is_usable());
+
+    let (mut conn, upstream) = pair();
+    drop(upstream);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!conn.is_usable());
+}
+
+#[tokio::test]
+async fn a_body_cut_by_the_close_is_an_error_and_bytes_after_it_forbid_reuse() {
+    let (conn, mut upstream) = pair();
+    let parts = parts("GET", "/", &[]);
+    let server = tokio::spawn(async move {
+        read_until(&mut upstream, "\r\n\r\n").await;
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+            .await
+            .unwrap();
+    });
+    let resp = send(conn, &parts, &mut Frames::new(&[], true))
+        .await
+        .unwrap();
+    server.await.unwrap();
+    let mut body = resp.into_body();
+    assert_eq!(
+        &body.frame().await.unwrap().unwrap().into_data().unwrap()[..],
+        b"ab"
+    );
+    assert!(body.frame().await.unwrap().is_err());
+
+    let (conn, mut upstream) = pair();
+    let server = tokio::spawn(async move {
+        read_until(&mut upstream, "\r\n\r\n").await;
+        upstream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .unwrap();
+        upstream
+    });
+    let resp = send(conn, &parts, &mut Frames::new(&[], true))
+        .await
+        .unwrap();
+    let _upstream = server.await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.is_end_stream());
+    assert!(body.take_reusable().is_none());
+}
