@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 const TAG: &str = "x-fuzz-client";
 /// No byte from the proxy for this long, with answers still owed: the iteration ends.
-const QUIET: Duration = Duration::from_millis(300);
+const QUIET: Duration = Duration::from_millis(150);
 /// The longest an iteration waits for the proxy, whatever it does.
 const CAP: Duration = Duration::from_secs(3);
 
@@ -157,19 +157,14 @@ struct Input {
 
 fn split(data: &[u8]) -> Input {
     let mut rest = data;
-    let mut take = |n: usize| {
-        let (a, b) = rest.split_at(n.min(rest.len()));
-        rest = b;
-        a
-    };
-    let flags = take(1).first().copied().unwrap_or(0);
-    let n = le16(take(2));
-    let client = take(n).to_vec();
+    let flags = take(&mut rest, 1).first().copied().unwrap_or(0);
+    let n = le16(take(&mut rest, 2));
+    let client = take(&mut rest, n).to_vec();
     let mut responses = VecDeque::new();
     while !rest.is_empty() {
-        let f = take(1)[0];
-        let n = le16(take(2));
-        responses.push_back((f & 1 == 1, take(n).to_vec()));
+        let f = take(&mut rest, 1)[0];
+        let n = le16(take(&mut rest, 2));
+        responses.push_back((f & 1 == 1, take(&mut rest, n).to_vec()));
     }
     Input {
         writes: usize::from(flags & 3) + 1,
@@ -177,6 +172,13 @@ fn split(data: &[u8]) -> Input {
         client,
         responses,
     }
+}
+
+/// The next `n` bytes of `rest` (fewer at its end).
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let (a, b) = rest.split_at(n.min(rest.len()));
+    *rest = b;
+    a
 }
 
 fn le16(b: &[u8]) -> usize {
@@ -709,6 +711,14 @@ fuzz_target!(|data: &[u8]| {
         all.clear();
         mine
     };
+    if std::env::var_os("WHOLE_CONNECTION_DEBUG").is_some() {
+        eprintln!(
+            "client sent {} request(s) ({owed} complete); backend got {}: {:?}",
+            sent.len(),
+            seen.len(),
+            seen.iter().map(|s| (s.conn, &s.method, &s.target, s.body.len(), s.complete)).collect::<Vec<_>>()
+        );
+    }
     // 2 and 4: what the backend found as it happened
     let faults = std::mem::take(&mut *w.faults.lock().unwrap_or_else(|e| e.into_inner()));
     assert!(faults.is_empty(), "{faults:#?}");
