@@ -300,7 +300,11 @@ fn reference(mut buf: &[u8]) -> Vec<Sent> {
         let target = req.path.unwrap_or("").to_string();
         let rest = &buf[n..];
         let (body, used, complete) = match body(&framing, rest) {
-            Err(()) => return out,
+            // a head whose framing is faulty: refused before anything is forwarded
+            Err(()) if framing == Framing::Bad => return out,
+            // a chunked body that goes wrong part way: the head and the chunks before may
+            // have been streamed upstream already, but never the body's end
+            Err(()) => (Vec::new(), rest.len(), false),
             Ok(Some((b, used))) => (b, used, true),
             Ok(None) => (partial(&framing, rest), rest.len(), false),
         };
