@@ -534,6 +534,9 @@ async fn read_body(
     loop {
         match body(&framing, &buf[head..]) {
             Ok(Some((b, used))) => {
+                if std::env::var_os("WHOLE_CONNECTION_DEBUG").is_some() {
+                    eprintln!("backend read {:?}", String::from_utf8_lossy(&buf[..head + used]));
+                }
                 seen.body = b;
                 seen.complete = true;
                 return Some((seen, head + used));
