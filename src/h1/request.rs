@@ -133,10 +133,8 @@ impl RequestHead {
 
     /// The rules beyond syntax: target form, `Host`, framing, `Connection`, `Expect`.
     fn judge(&mut self, buf: &[u8]) -> Result<(), RequestError> {
-        let method = self.method.of(buf);
-        let target = self.target.of(buf);
-        self.form = target_form(method, target)?;
-        self.authority = self.authority_of(buf)?;
+        self.form = target_form(self.target.of(buf))?;
+        self.authority = self.authority_of(buf);
         self.body = self.framing(buf)?;
         self.connection = ConnectionSays::default();
         // both framings: the next request on the connection could start anywhere
@@ -159,11 +157,10 @@ impl RequestHead {
     /// The authority the request names. `Host` is not judged here: a missing, repeated or
     /// invalid one is the service's to refuse (`http::hygiene`, `http::canonical`), counted
     /// and logged the same way for both engines.
-    fn authority_of(&self, buf: &[u8]) -> Result<Span, RequestError> {
+    fn authority_of(&self, buf: &[u8]) -> Span {
         let host = self.fields.iter().find(|f| f.kind == Kind::Host);
-        let _ = buf;
         let target = self.target;
-        Ok(match self.form {
+        match self.form {
             Target::Absolute => {
                 let (from, to) = absolute_authority(target.of(buf));
                 Span {
@@ -173,7 +170,7 @@ impl RequestHead {
             }
             Target::Authority => target,
             _ => host.map(|h| h.value).unwrap_or_default(),
-        })
+        }
     }
 
     fn framing(&self, buf: &[u8]) -> Result<Body, RequestError> {
@@ -233,7 +230,10 @@ impl RequestHead {
     }
 }
 
-fn target_form(method: &[u8], target: &[u8]) -> Result<Target, RequestError> {
+/// Which of RFC 9112's four forms `target` is in. Whether its method takes that form
+/// (`CONNECT /x`, `GET *`) is the service's to judge (`405`, `400`), counted and logged as on
+/// the hyper path.
+fn target_form(target: &[u8]) -> Result<Target, RequestError> {
     let form = if target.first() == Some(&b'/') {
         Target::Origin
     } else if target == b"*" {
@@ -245,9 +245,6 @@ fn target_form(method: &[u8], target: &[u8]) -> Result<Target, RequestError> {
     } else {
         return Err(RequestError::TargetForm);
     };
-    // a form its method does not take (`CONNECT /x`, `GET *`) is the service's to refuse
-    // (`405`, `400`), counted and logged as on the hyper path
-    let _ = method;
     Ok(form)
 }
 
