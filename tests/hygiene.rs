@@ -547,6 +547,64 @@ async fn pipelined_bytes_follow_the_framing() {
     .await;
 }
 
+/// A body on a method that rarely has one (`GET`, `HEAD`, `DELETE`, ...) is still a body: RFC
+/// 9110 gives it no meaning, but the framing says where the request ends, and the upstream gets
+/// what the client framed, as nginx forwards it. Both HTTP/1.1 clients send an unsized body on
+/// `GET`/`HEAD` as none unless the request says `chunked` (hyper's rule), so Gatehouse writes it:
+/// without that, the body was lost (found by the whole-connection fuzz target). Also from an
+/// HTTP/2 client, whose `GET` has DATA and no `content-length`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_on_get_or_head_is_forwarded_not_lost() {
+    with_timeout(60, async {
+        let (backend, proxy) = start().await;
+        for (i, method) in ["GET", "HEAD", "DELETE", "OPTIONS"].iter().enumerate() {
+            let request = format!(
+                "{method} /with-body HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n"
+            );
+            let got = exchange(proxy.addr, request.as_bytes()).await;
+            assert_eq!(got.responses().len(), 2, "{method}: {}", got.text());
+            let seen = backend.complete();
+            let seen = &seen[2 * i..];
+            let lines: Vec<&str> = seen.iter().map(|s| s.request_line()).collect();
+            let first = format!("{method} /with-body HTTP/1.1");
+            assert_eq!(lines, vec![first.as_str(), "GET /next HTTP/1.1"], "{seen:?}");
+            assert_eq!(seen[0].all("transfer-encoding"), vec!["chunked"], "{}", seen[0].head);
+            assert_eq!(seen[0].body_text(), "hello", "{method}");
+            assert!(seen[1].raw_body.is_empty(), "{method}: {:?}", seen[1]);
+        }
+        // a length on GET is kept as a length
+        let request = "GET /sized HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+        let got = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(got.responses()[0].status, 200, "{}", got.text());
+        let seen = backend.complete();
+        let last = seen.last().unwrap();
+        assert_eq!(last.all("content-length"), vec!["5"], "{}", last.head);
+        assert_eq!(last.body_text(), "hello");
+
+        // HTTP/2: a GET with DATA and no length reaches the upstream chunked
+        let before = backend.complete().len();
+        let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut out = h2_start();
+        let get = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/h2-get"),
+            (":authority", "h.test"),
+        ];
+        out.extend(h2_headers(1, &get, false));
+        out.extend(h2_data(1, b"hello", true));
+        conn.write_all(&out).await.unwrap();
+        assert_eq!(h2_outcome(&mut conn, 1).await, H2Outcome::Response(Some(200)));
+        let seen = backend.complete();
+        assert_eq!(seen.len(), before + 1, "{seen:?}");
+        let last = &seen[before];
+        assert_eq!(last.request_line(), "GET /h2-get HTTP/1.1");
+        assert_eq!(last.all("transfer-encoding"), vec!["chunked"], "{}", last.head);
+        assert_eq!(last.body_text(), "hello");
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Upgrades
 // ---------------------------------------------------------------------------------------------

@@ -113,9 +113,7 @@ echo "== cargo test again, HTTP/1.1 served by the native engine (GATEHOUSE_HTTP1
 # examples, migrations, the Dockerfile, DNS, the health command, the property tests) and, for
 # the 20-minute CI budget, the ACME, cluster and reload files, whose HTTP/1.1 requests are the
 # same few GETs the files below make by the hundred (about 3 of this pass's 5 minutes saved).
-# Not yet: accel (its count of upstream connections is one too many in about 1 run of 8 on the
-# native engine, a connection given back after the next request was sent; issue 23's note).
-native=(access_log admin admin_door auth balance canonical cors encode encode_budget
+native=(accel access_log admin admin_door auth balance canonical cors encode encode_budget
   error_pages failures files grpc h2_send header_rules headers health hygiene idle_memory
   keepalive limits listeners matching metrics mtls open_files proxy_protocol reload_blocking
   routing slow_clients streaming timeouts tls tunnels unix_upstream upstream_framing upstream_tls)

@@ -77,13 +77,25 @@ pub fn check(headers: &HeaderMap, version: Version) -> Result<(), Malformed> {
 
 /// Replaces the client's `Content-Length`/`Transfer-Encoding` with framing derived from the body
 /// Gatehouse forwards: its exact length when the decoder knows it (so an explicit
-/// `Content-Length: 0` stays explicit), else none, and hyper's client sends it chunked. A request
-/// that had no framing headers gets none (hyper's client adds what the body needs).
+/// `Content-Length: 0` stays explicit), else `Transfer-Encoding: chunked`, whatever the method.
+/// Written out because both HTTP/1.1 clients would otherwise send an unsized `GET`, `HEAD` or
+/// `CONNECT` body as no body at all (hyper's client rule), losing what the client sent; nginx
+/// forwards it. A request that had no framing headers and a body known empty gets none. An
+/// HTTP/2 upstream's client drops `Transfer-Encoding` and sends the body as DATA frames.
 pub fn regenerate_framing(headers: &mut HeaderMap, body: &SizeHint) {
     let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
     let had_encoding = headers.remove(header::TRANSFER_ENCODING).is_some();
-    if let Some(len) = body.exact().filter(|_| had_length || had_encoding) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    match body.exact() {
+        Some(len) if had_length || had_encoding || len > 0 => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        Some(_) => {}
+        None => {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
     }
 }
 
@@ -275,9 +287,11 @@ mod tests {
         let mut h = map(&[("content-length", "5"), ("x", "1")]);
         regenerate_framing(&mut h, &SizeHint::with_exact(7));
         assert_eq!(h[header::CONTENT_LENGTH], "7");
+        // an unsized body is sent chunked, on a GET too (nothing else would carry it)
         let mut h = map(&[("transfer-encoding", "chunked"), ("x", "1")]);
         regenerate_framing(&mut h, &SizeHint::new());
-        assert_eq!(h.len(), 1);
+        assert_eq!(h[header::TRANSFER_ENCODING], "chunked");
+        assert_eq!(h.len(), 2);
         let mut h = map(&[("content-length", "0")]);
         regenerate_framing(&mut h, &SizeHint::with_exact(0));
         assert_eq!(h[header::CONTENT_LENGTH], "0");

@@ -485,7 +485,6 @@ impl ProxyService {
             forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        hygiene::regenerate_framing(&mut parts.headers, &http_body::Body::size_hint(&body));
         // a gRPC call's deadline caps the waits for its answer (only HTTP/2 carries one)
         hop.deadline = match parts.version {
             Version::HTTP_2 => {
@@ -503,6 +502,8 @@ impl ProxyService {
             let mut expanded = std::mem::take(&mut hop.expanded);
             let headers = &mut parts.headers;
             prepare_request_headers(headers, &hop, upgrade.clone(), port, &mut expanded);
+            // after the hop-by-hop strip, which would take the `Transfer-Encoding` it may add
+            hygiene::regenerate_framing(headers, &http_body::Body::size_hint(&body));
         }
         parts.version = Version::HTTP_11;
         let retries = if upgrade.is_some() {

@@ -45,6 +45,9 @@ const LIMITS: h1::Limits = h1::Limits {
 /// How much room a read asks for: a typical response head and a good part of its body at once.
 const READ_ROOM: usize = 16 * 1024;
 
+/// The most of a body's first frame copied into the head's write when it is already there.
+const WITH_HEAD: usize = 16 * 1024;
+
 /// An open upstream connection between exchanges: nothing but its stream (no buffer is kept),
 /// boxed: a TLS stream is over a kilobyte, and the connection moves from the idle stack to the
 /// request's future, into its response body and back.
@@ -256,6 +259,9 @@ where
 {
     /// Writes what is pending, then the body's next frames, until all is sent or it must wait.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        if self.out.head_at == 0 && self.out.head > 0 && !self.body_done && !self.body_polled {
+            self.body_with_head(cx)?;
+        }
         loop {
             let out = &mut self.out;
             while out.head_at < out.head {
@@ -299,6 +305,42 @@ where
                 }
             }
         }
+    }
+
+    /// A short first frame already there goes out in the head's write: one system call, and an
+    /// upstream that reads the head finds the body with it (hyper's server, answering before it
+    /// reads a body, keeps the connection only if the body is already in). What is not there
+    /// yet is sent after the head, as it comes.
+    fn body_with_head(&mut self, cx: &mut Context<'_>) -> Result<(), Failure> {
+        let Poll::Ready(frame) = Pin::new(&mut *self.body).poll_frame(cx) else {
+            return Ok(());
+        };
+        self.body_polled = true;
+        match frame {
+            None => self.finish()?,
+            Some(Err(e)) => return Err(Failure::Body(e.into())),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let short = data.len() <= WITH_HEAD;
+                    self.queue(data)?;
+                    if !short {
+                        return Ok(());
+                    }
+                }
+                if self.body.is_end_stream() {
+                    self.finish()?;
+                }
+            }
+        }
+        // what `queue` and `finish` left to write, moved behind the head
+        let out = &mut self.out;
+        let read = &mut self.read;
+        read.extend_from_slice(&out.line[out.line_at as usize..out.line_end as usize]);
+        out.line_at = out.line_end;
+        read.extend_from_slice(&std::mem::take(&mut out.data));
+        read.extend_from_slice(std::mem::take(&mut out.tail));
+        out.head = read.len();
+        Ok(())
     }
 
     fn queue(&mut self, data: Bytes) -> Result<(), Failure> {
