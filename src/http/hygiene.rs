@@ -83,8 +83,19 @@ pub fn check(headers: &HeaderMap, version: Version) -> Result<(), Malformed> {
 /// forwards it. A request that had no framing headers and a body known empty gets none. An
 /// HTTP/2 upstream's client drops `Transfer-Encoding` and sends the body as DATA frames.
 pub fn regenerate_framing(headers: &mut HeaderMap, body: &SizeHint) {
-    let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
-    let had_encoding = headers.remove(header::TRANSFER_ENCODING).is_some();
+    // one pass of cheap name comparisons; the hashed removals only for what is there (most
+    // requests carry neither)
+    let (mut had_length, mut had_encoding) = (false, false);
+    for name in headers.keys() {
+        had_length |= name == header::CONTENT_LENGTH;
+        had_encoding |= name == header::TRANSFER_ENCODING;
+    }
+    if had_length {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if had_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
     match body.exact() {
         Some(len) if had_length || had_encoding || len > 0 => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));

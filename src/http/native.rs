@@ -508,7 +508,9 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
         Target::Asterisk => Uri::from_static("*"),
         _ => Uri::from_maybe_shared(target).map_err(|_| ())?,
     };
-    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    // room for the fields the proxy adds upstream (`X-Forwarded-*`, `X-Real-IP`,
+    // `X-Request-Id`: see `service::prepare_request_headers`), so the map never grows
+    let mut headers = HeaderMap::with_capacity(head.fields.len() + 6);
     let chunked = head.body == Framing::Chunked;
     for field in &head.fields {
         if chunked && field.kind == Kind::ContentLength {
@@ -634,21 +636,22 @@ async fn write_response(
     keep: bool,
     out: &mut Vec<u8>,
 ) -> io::Result<Written> {
-    let (mut parts, body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     let status = parts.status;
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade;
-    let framing = framing(&mut parts.headers, status, asked, &body);
-    let says_close = match upgraded {
-        // a 101's `Connection: upgrade` is the upstream's, restored by the service
-        true => false,
-        false => parts
-            .headers
-            .remove(header::CONNECTION)
-            .is_some_and(|v| has_token(v.as_bytes(), b"close")),
-    };
-    let keep = keep && !says_close && framing != Out::UntilClose && !upgraded;
+    let (framing, length_kept) = framing(status, asked, &body);
     out.clear();
-    write_head(asked.minor_version, status, &parts.headers, out);
+    let fields = write_head(
+        (asked.minor_version, status),
+        &parts.headers,
+        Skip {
+            length: !length_kept,
+            // a 101's `Connection: upgrade` is the upstream's, restored by the service
+            connection: !upgraded,
+        },
+        out,
+    );
+    let keep = keep && !fields.close && framing != Out::UntilClose && !upgraded;
     // the framing and connection fields are the engine's own, written straight to the head
     match framing {
         Out::Length(n) => {
@@ -666,7 +669,7 @@ async fn write_response(
             out.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !fields.date {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(date().as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -690,34 +693,48 @@ async fn write_response(
     })
 }
 
-/// Decides the answer's framing; the framing fields it had are removed (the engine writes its
-/// own), except after `HEAD` and in a `304`, where they tell what a `GET` would have had.
-fn framing(
-    headers: &mut HeaderMap,
-    status: StatusCode,
-    asked: &Asked,
-    body: &super::body::ProxyBody,
-) -> Out {
-    headers.remove(header::TRANSFER_ENCODING);
+/// Decides the answer's framing, and whether the answer's own `Content-Length` stays: only
+/// after `HEAD` and in a `304`, where it tells what a `GET` would have had. The engine writes
+/// every other framing field itself (`write_head` leaves the answer's out).
+fn framing(status: StatusCode, asked: &Asked, body: &super::body::ProxyBody) -> (Out, bool) {
     if status.is_informational() || status == StatusCode::NO_CONTENT {
-        headers.remove(header::CONTENT_LENGTH);
-        return Out::None;
+        return (Out::None, false);
     }
     if asked.head || status == StatusCode::NOT_MODIFIED {
         // the length of what a GET would have had, as the upstream said it
-        return Out::None;
+        return (Out::None, true);
     }
-    headers.remove(header::CONTENT_LENGTH);
-    match body.size_hint().exact() {
+    let out = match body.size_hint().exact() {
         Some(n) => Out::Length(n),
         None if asked.minor_version == 0 => Out::UntilClose,
         None => Out::Chunked,
-    }
+    };
+    (out, false)
 }
 
-/// The status line and fields, not the blank line. An HTTP/1.0 client is answered in HTTP/1.0 (as hyper does):
-/// it may not know what an HTTP/1.1 answer allows.
-fn write_head(minor_version: u8, status: StatusCode, headers: &HeaderMap, out: &mut Vec<u8>) {
+/// Which of the answer's fields the head leaves out (`Transfer-Encoding` always).
+struct Skip {
+    length: bool,
+    connection: bool,
+}
+
+/// What the head's writing saw among the answer's fields.
+#[derive(Default)]
+struct Fields {
+    /// A `Connection` field left out said `close`.
+    close: bool,
+    date: bool,
+}
+
+/// The status line and fields, not the blank line. An HTTP/1.0 client is answered in HTTP/1.0
+/// (as hyper does): it may not know what an HTTP/1.1 answer allows. The fields the engine
+/// writes itself are skipped in the same pass (no hashed removal from the map for each).
+fn write_head(
+    (minor_version, status): (u8, StatusCode),
+    headers: &HeaderMap,
+    skip: Skip,
+    out: &mut Vec<u8>,
+) -> Fields {
     out.extend_from_slice(match minor_version {
         0 => b"HTTP/1.0 ",
         _ => b"HTTP/1.1 ",
@@ -726,12 +743,22 @@ fn write_head(minor_version: u8, status: StatusCode, headers: &HeaderMap, out: &
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut fields = Fields::default();
     for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING || (skip.length && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        if skip.connection && name == header::CONNECTION {
+            fields.close |= has_token(value.as_bytes(), b"close");
+            continue;
+        }
+        fields.date |= name == header::DATE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    fields
 }
 
 /// Bytes of body copied into the head's write, so a small answer goes in one write.
@@ -831,7 +858,11 @@ async fn refuse(wire: &Shared, err: RequestError, out: &mut Vec<u8>) -> io::Resu
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     headers.insert(header::DATE, date());
     out.clear();
-    write_head(1, status, &headers, out);
+    let keep_all = Skip {
+        length: false,
+        connection: false,
+    };
+    write_head((1, status), &headers, keep_all, out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(text.as_bytes());
     let mut handle = Handle(wire.clone());
@@ -886,6 +917,44 @@ fn date() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The framing and connection fields are the engine's: the answer's own are left out in
+    /// the one pass that writes the rest, a `close` in any `Connection` field is seen, and a
+    /// `Date` the answer has is kept (none is added then).
+    #[test]
+    fn the_head_leaves_out_the_fields_the_engine_writes() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("connection", "keep-alive"),
+            ("connection", "x, Close"),
+            ("date", "then"),
+            ("x-app", "1"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let head = |skip: Skip| {
+            let mut out = Vec::new();
+            let fields = write_head((1, StatusCode::OK), &headers, skip, &mut out);
+            (String::from_utf8(out).unwrap(), fields.close, fields.date)
+        };
+        let (text, close, date) = head(Skip {
+            length: true,
+            connection: true,
+        });
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ndate: then\r\nx-app: 1\r\n");
+        assert!(close && date);
+        // after HEAD or in a 304 the length stays; a 101 keeps its `Connection: upgrade`
+        let (text, close, _) = head(Skip {
+            length: false,
+            connection: false,
+        });
+        assert!(
+            text.contains("content-length: 5\r\n") && text.contains("connection: x, Close\r\n")
+        );
+        assert!(!text.contains("transfer-encoding") && !close);
+    }
 
     #[test]
     fn numbers_are_written_in_either_base() {

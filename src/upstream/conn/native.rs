@@ -483,9 +483,10 @@ where
         Framing::None => Reading::Done,
         Framing::Length(0) => Reading::Done,
         Framing::Length(n) => Reading::Length(n),
-        Framing::Chunked => {
-            Reading::Chunked(Decoder::new(chunked::Limits::default()), BytesMut::new())
-        }
+        Framing::Chunked => Reading::Chunked(Box::new((
+            Decoder::new(chunked::Limits::default()),
+            BytesMut::new(),
+        ))),
         Framing::UntilClose => Reading::UntilClose,
     };
     let body = Body {
@@ -534,8 +535,9 @@ fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
 enum Reading {
     Length(u64),
     /// With the trailer section's bytes so far (forwarded as a trailers frame, as hyper's client
-    /// does).
-    Chunked(Decoder, BytesMut),
+    /// does). Boxed: it would make every response body (`conn::RespBody`, either engine's) twice
+    /// the size, and the proxy's futures that carry one with it.
+    Chunked(Box<(Decoder, BytesMut)>),
     UntilClose,
     Done,
 }
@@ -615,7 +617,8 @@ impl Body {
                 Reading::UntilClose if !self.read.is_empty() => {
                     return Poll::Ready(Ok(Some(Frame::data(self.read.split().freeze()))));
                 }
-                Reading::Chunked(decoder, trailers) if !self.read.is_empty() => {
+                Reading::Chunked(state) if !self.read.is_empty() => {
+                    let (decoder, trailers) = &mut **state;
                     let before = decoder.trailer_len();
                     let step = decoder.decode(&self.read).map_err(invalid)?;
                     let added = decoder.trailer_len() - before;
