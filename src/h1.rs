@@ -73,19 +73,36 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The field's name as `http` spells it, for a known kind (no lookup of its bytes).
+    pub fn header_name(self) -> Option<http::HeaderName> {
+        use http::header;
+        Some(match self {
+            Kind::ContentLength => header::CONTENT_LENGTH,
+            Kind::TransferEncoding => header::TRANSFER_ENCODING,
+            Kind::Host => header::HOST,
+            Kind::Connection => header::CONNECTION,
+            Kind::Upgrade => header::UPGRADE,
+            Kind::Expect => header::EXPECT,
+            Kind::Other => return None,
+        })
+    }
+
     fn of(name: &[u8]) -> Kind {
-        const KNOWN: [(&[u8], Kind); 6] = [
-            (b"content-length", Kind::ContentLength),
-            (b"transfer-encoding", Kind::TransferEncoding),
-            (b"host", Kind::Host),
-            (b"connection", Kind::Connection),
-            (b"upgrade", Kind::Upgrade),
-            (b"expect", Kind::Expect),
-        ];
-        KNOWN
-            .iter()
-            .find(|(known, _)| known.len() == name.len() && known.eq_ignore_ascii_case(name))
-            .map_or(Kind::Other, |(_, kind)| *kind)
+        // the length picks the one candidate (the known names' lengths all differ), so most
+        // fields cost one comparison of lengths
+        let (known, kind): (&[u8], Kind) = match name.len() {
+            4 => (b"host", Kind::Host),
+            6 => (b"expect", Kind::Expect),
+            7 => (b"upgrade", Kind::Upgrade),
+            10 => (b"connection", Kind::Connection),
+            14 => (b"content-length", Kind::ContentLength),
+            17 => (b"transfer-encoding", Kind::TransferEncoding),
+            _ => return Kind::Other,
+        };
+        match known.eq_ignore_ascii_case(name) {
+            true => kind,
+            false => Kind::Other,
+        }
     }
 }
 

@@ -518,7 +518,10 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
             // forwarded; hyper drops it too)
             continue;
         }
-        let name = HeaderName::from_bytes(field.name.of(&bytes)).map_err(|_| ())?;
+        let name = match field.kind.header_name() {
+            Some(name) => name,
+            None => HeaderName::from_bytes(field.name.of(&bytes)).map_err(|_| ())?,
+        };
         let value = bytes.slice(field.value.start as usize..field.value.end as usize);
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| ())?;
         headers.append(name, value);

@@ -436,7 +436,7 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let mut read = BytesMut::with_capacity(READ_ROOM);
+    let mut read = spare::take();
     let empty = body.is_end_stream();
     let framing = write_head(parts, empty, &body.size_hint(), &mut read);
     let mut ex = Exchange {
@@ -507,7 +507,10 @@ where
 fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
     let mut headers = HeaderMap::with_capacity(head.fields.len());
     for field in &head.fields {
-        let name = HeaderName::from_bytes(field.name.of(buf))?;
+        let name = match field.kind.header_name() {
+            Some(name) => name,
+            None => HeaderName::from_bytes(field.name.of(buf))?,
+        };
         let value = buf.slice_ref(field.value.of(buf));
         let value = HeaderValue::from_maybe_shared(value)?;
         headers.append(name, value);
@@ -561,6 +564,14 @@ pub struct Body {
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "native::Body({:?})", self.framing)
+    }
+}
+
+/// An exchange's read buffer goes back to the thread's spares with the response body (an
+/// idle connection holds none).
+impl Drop for Body {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.read));
     }
 }
 
@@ -708,6 +719,51 @@ impl http_body::Body for Body {
             Reading::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+/// Read buffers of ended exchanges, a few per thread, for the next exchanges: one is taken
+/// back once nothing shares its bytes any more (the last answer written and dropped), so a
+/// steady stream of requests allocates no read buffer. A buffer still shared is left to its
+/// last user and a new one made.
+mod spare {
+    use super::READ_ROOM;
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    /// At most this many kept per thread (`READ_ROOM` each).
+    const KEEP: usize = 4;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> BytesMut {
+        let reclaimed = SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            while let Some(mut buf) = spare.pop() {
+                if buf.try_reclaim(READ_ROOM) {
+                    return Some(buf);
+                }
+            }
+            None
+        });
+        reclaimed.unwrap_or_else(|| BytesMut::with_capacity(READ_ROOM))
+    }
+
+    pub(super) fn give(mut buf: BytesMut) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        buf.clear();
+        // `try_with`: a body dropped while the thread ends finds no spares
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if spare.len() < KEEP {
+                    spare.push(buf);
+                }
+            }
+        });
     }
 }
 

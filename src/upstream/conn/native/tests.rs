@@ -272,3 +272,27 @@ async fn a_body_cut_by_the_close_is_an_error_and_bytes_after_it_forbid_reuse() {
     assert!(body.is_end_stream());
     assert!(body.take_reusable().is_none());
 }
+
+/// A read buffer comes back for the next exchange once nothing shares its bytes, and a new one
+/// is made while something still does.
+#[test]
+fn read_buffers_are_reused_once_unshared() {
+    // this thread's spares are this test's
+    let mut buf = spare::take();
+    buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+    let head = buf.split_to(buf.len()).freeze();
+    let at = head.as_ptr();
+    spare::give(buf);
+    let fresh = spare::take();
+    assert_ne!(fresh.as_ptr(), at, "the head still shares it");
+    spare::give(fresh);
+    let mut buf = spare::take();
+    buf.extend_from_slice(b"x");
+    let body = buf.split_to(1).freeze();
+    let at = body.as_ptr();
+    spare::give(buf);
+    drop((head, body));
+    let again = spare::take();
+    assert_eq!(again.as_ptr(), at, "taken back, from its start");
+    assert!(again.capacity() >= READ_ROOM);
+}
