@@ -572,7 +572,10 @@ async fn answer(
     // boxed: the proxy future is several KiB, and inline it would sit in the connection's task
     // for as long as the connection lives, idle or not; boxed it exists only while a request
     // is in flight
-    let mut call = Box::pin(svc.call(req));
+    // allocated before the future is made, so it is made in place rather than on the stack
+    // and copied into the box (a copy of several KiB per request, with `Box::pin(call)`)
+    let call = Box::write(Box::new_uninit(), svc.call(req));
+    let mut call = Box::into_pin(call);
     let mut closing = guard.drain.is_some();
     loop {
         let drain = guard.drain;
