@@ -197,7 +197,7 @@ impl Challenges {
     fn fetched_cert(&self, name: &str, digest: Option<&[u8; 32]>) -> Option<Arc<CertifiedKey>> {
         let map = self.fetched.read().unwrap_or_else(PoisonError::into_inner);
         let fetched = map.get(name)?;
-        let same = digest.map_or(true, |d| *d == fetched.digest);
+        let same = digest.is_none_or(|d| *d == fetched.digest);
         (same && fetched.made.elapsed() < FETCHED_FOR).then(|| fetched.cert.clone())
     }
 

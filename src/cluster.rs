@@ -279,7 +279,7 @@ async fn watch(store: Weak<Store>, wake: Arc<Notify>) {
             Some(store) => {
                 let probed = probe(&store).await;
                 failed = if probed.is_ok() { 0 } else { failed + 1 };
-                if failed % RENEW_AFTER == 0 && failed > 0 {
+                if failed.is_multiple_of(RENEW_AFTER) && failed > 0 {
                     // the manager reconnects by itself; a fresh one is the belt to its braces
                     store.conn.store(None);
                 }

@@ -206,7 +206,7 @@ impl Framing {
     fn length_line(&mut self, value: &[u8]) {
         for element in value.split(|b| *b == b',') {
             match decimal(element.trim_ascii()) {
-                Some(n) if self.length.map_or(true, |seen| seen == n) => self.length = Some(n),
+                Some(n) if self.length.is_none_or(|seen| seen == n) => self.length = Some(n),
                 _ => self.length_bad = true,
             }
         }

@@ -756,7 +756,7 @@ async fn a_challenge_validated_through_an_instance_that_did_not_order_passes() {
                     .iter()
                     .filter(|l| json_str_field(l, "message").as_deref() == Some(stored))
                     .count();
-                std::iter::repeat(i).take(n)
+                std::iter::repeat_n(i, n)
             })
             .collect();
         let from_store = "gatehouse_acme_challenges_from_store_total";

@@ -961,7 +961,7 @@ async fn oyl_scaled_replicas_by_dns_limits_metrics_and_json_logs() {
         let (left, right) = (from(10), from(11));
         let turn = AtomicUsize::new(0);
         assert_limit(100, Duration::from_millis(100), || {
-            let client = if turn.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            let client = if turn.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 &left
             } else {
                 &right

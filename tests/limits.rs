@@ -845,7 +845,7 @@ async fn http2_endless_header_block_loses_the_connection() {
         let mut field = vec![0x00, 7];
         field.extend_from_slice(b"x-flood");
         field.push(100);
-        field.extend(std::iter::repeat(b'v').take(100));
+        field.extend(std::iter::repeat_n(b'v', 100));
         let block: Vec<u8> = field
             .iter()
             .copied()

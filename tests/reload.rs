@@ -370,7 +370,7 @@ async fn a_thousand_reloads_leak_neither_memory_nor_tasks() {
         let backend = echo_backend("api").await;
         let make = |n: usize| {
             // odd and even reloads differ in the upstream's health interval: a new pool each time
-            let interval = if n % 2 == 0 { "1s" } else { "2s" };
+            let interval = if n.is_multiple_of(2) { "1s" } else { "2s" };
             format!(
                 r#"
 [listen]

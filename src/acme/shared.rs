@@ -152,7 +152,7 @@ impl Task {
     fn is_due(&self) -> bool {
         self.current
             .as_ref()
-            .map_or(true, |c| c.renew_at() <= SystemTime::now())
+            .is_none_or(|c| c.renew_at() <= SystemTime::now())
     }
 
     async fn wait(&self, max: Duration) {
@@ -183,7 +183,7 @@ impl Task {
         let ours = self.current.as_ref().map(|c| c.not_after);
         match (stored, parsed) {
             (Some(blob), Some(Ok((key, info))))
-                if ours.map_or(true, |ours| info.not_after > ours)
+                if ours.is_none_or(|ours| info.not_after > ours)
                     && info.covers(&self.names)
                     && info.not_after > SystemTime::now() =>
             {

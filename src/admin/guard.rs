@@ -143,7 +143,7 @@ fn same_origin(origin: &HeaderValue, addressed: Option<&Authority>, names: &Name
     let Some(from) = uri.authority().filter(|a| !a.as_str().contains('@')) else {
         return false;
     };
-    let bare = uri.path_and_query().map_or(true, |p| p.as_str() == "/");
+    let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
     let port = from.port_u16().unwrap_or(default_port);
     let addressed_port = addressed
         .and_then(Authority::port_u16)

@@ -522,7 +522,7 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
             tunnel_idle: cx.duration(&t.tunnel_idle, "server.timeouts.tunnel_idle", d.tunnel_idle),
         },
         limits: server_limits(cx, raw),
-        metrics: raw.metrics.as_ref().map_or(true, |m| *m.get_ref()),
+        metrics: raw.metrics.as_ref().is_none_or(|m| *m.get_ref()),
         resolver: resolver::resolver(cx, raw.resolver.as_ref()),
         resolve_timeout: cx.duration(
             &raw.resolve_timeout,
@@ -531,7 +531,7 @@ fn server(cx: &mut Ctx, raw: &FileServer) -> Server {
         ),
         tls_min_version: tls_min_version(cx, raw.tls_min_version.as_ref()),
         paths: PathRules {
-            merge_slashes: raw.merge_slashes.as_ref().map_or(true, |m| *m.get_ref()),
+            merge_slashes: raw.merge_slashes.as_ref().is_none_or(|m| *m.get_ref()),
             encoded_slashes: cx.choice(
                 &raw.encoded_slashes,
                 "server.encoded_slashes",

@@ -140,7 +140,7 @@ impl Body for FileBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.stream.as_ref().map_or(true, |s| s.left == 0)
+        self.stream.as_ref().is_none_or(|s| s.left == 0)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -422,7 +422,7 @@ impl UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.as_ref().map_or(true, RespBody::is_end_stream)
+        self.body.as_ref().is_none_or(RespBody::is_end_stream)
     }
 }
 

@@ -190,7 +190,7 @@ fn parse_url(text: &str) -> Result<Uri, &'static str> {
         Some("http" | "https") => {}
         _ => return Err("is not an http:// or https:// URL"),
     }
-    if uri.host().map_or(true, str::is_empty) {
+    if uri.host().is_none_or(str::is_empty) {
         return Err("names no host");
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {

@@ -375,7 +375,7 @@ pub(super) fn upstream_host(cx: &mut Ctx, value: &Str, key: &str) -> Option<Head
     let host_ok = is_hostname(host)
         || host.parse::<std::net::Ipv4Addr>().is_ok()
         || (host.starts_with('[') && ipv6_host(host).is_some());
-    let port_ok = port.map_or(true, |p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
     match HeaderValue::from_str(&lower) {
         Ok(v) if host_ok && port_ok => Some(v),
         _ => {

@@ -233,7 +233,7 @@ pub(super) fn upstream_target(
         (_, _, Some(rewrite)) => rewrite_target(cx, rewrite, matcher)?,
         _ => UpstreamTarget::AsIs,
     };
-    let rewrite_location = r.rewrite_location.as_ref().map_or(true, |b| *b.get_ref());
+    let rewrite_location = r.rewrite_location.as_ref().is_none_or(|b| *b.get_ref());
     Some((target, rewrite_location))
 }
 

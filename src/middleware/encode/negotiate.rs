@@ -36,7 +36,7 @@ pub fn negotiate<'a>(
     let mut best: Option<(Coding, u16)> = None;
     for &coding in offered {
         let q = named[index(coding)].or(star).unwrap_or(0);
-        if q > 0 && best.map_or(true, |(_, top)| q > top) {
+        if q > 0 && best.is_none_or(|(_, top)| q > top) {
             best = Some((coding, q));
         }
     }

@@ -138,7 +138,7 @@ impl Lease {
     /// Nothing to keep: no tokens that may still be spent, no refusal running.
     fn idle(&self, now: Instant) -> bool {
         let spendable = self.tokens > 0 && self.spend_by.is_some_and(|by| by > now);
-        !spendable && self.refused_until.map_or(true, |until| until <= now)
+        !spendable && self.refused_until.is_none_or(|until| until <= now)
     }
 }
 
