@@ -282,10 +282,19 @@ async fn a_reload_reads_a_changed_page() {
             get(&proxy, "a.test", "/down").await.body_text() == "<h1>Back soon</h1>"
         })
         .await;
-        assert!(proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("error pages read again")));
+        // the new state is served before the reload's summary is logged (and read off stderr
+        // by another thread): waited for, not asserted at once
+        eventually(
+            Duration::from_secs(5),
+            "the reload's summary in the log",
+            || {
+                proxy
+                    .logs()
+                    .iter()
+                    .any(|l| l.contains("error pages read again"))
+            },
+        )
+        .await;
     })
     .await;
 }
