@@ -770,6 +770,10 @@ fn write_head(
 /// Bytes of body copied into the head's write, so a small answer goes in one write.
 const COALESCE: usize = 16 * 1024;
 
+/// Frames up to this size are gathered in `out` (several small ones go in one write); larger
+/// ones after the first are written from their own bytes.
+const SMALL_FRAME: usize = 1024;
+
 /// What the body had when asked.
 enum Next<T> {
     /// Nothing yet: write what is gathered while waiting.
@@ -818,12 +822,15 @@ async fn write_body(
         if data.is_empty() {
             continue;
         }
+        // a small frame, or the first one (it joins the head's write), is copied into `out`;
+        // a larger one is written from where it is (no copy of a large body)
+        let copy = data.len() <= SMALL_FRAME || (sent == 0 && data.len() <= COALESCE);
         sent += data.len() as u64;
         if framing == Out::Chunked {
             push_number(out, data.len() as u64, 16);
             out.extend_from_slice(b"\r\n");
         }
-        if data.len() <= COALESCE {
+        if copy {
             out.extend_from_slice(&data);
             if framing == Out::Chunked {
                 out.extend_from_slice(b"\r\n");

@@ -45,6 +45,9 @@ const LIMITS: h1::Limits = h1::Limits {
 /// How much room a read asks for: a typical response head and a good part of its body at once.
 const READ_ROOM: usize = 16 * 1024;
 
+/// The largest read of a response body (see `Body::room`).
+const BODY_ROOM_MAX: usize = 256 * 1024;
+
 /// The most of a body's first frame copied into the head's write when it is already there.
 const WITH_HEAD: usize = 16 * 1024;
 
@@ -497,6 +500,7 @@ where
         reusable: ex.head.reusable && ex.sent,
         switched: ex.head.answer == Answer::Switch,
         fault: None,
+        room: READ_ROOM,
     };
     Ok(resp.map(|()| body))
 }
@@ -559,6 +563,9 @@ pub struct Body {
     /// A fault found, reported at the next poll: what came before it is handed out and written
     /// first (hyper's server drops what it has buffered when a body fails).
     fault: Option<io::Error>,
+    /// How much the next read makes room for: `READ_ROOM`, doubled up to `BODY_ROOM_MAX` while
+    /// reads fill it.
+    room: usize,
 }
 
 impl std::fmt::Debug for Body {
@@ -605,10 +612,16 @@ impl Body {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(false));
         };
-        if self.read.capacity() - self.read.len() < READ_ROOM / 4 {
-            self.read.reserve(READ_ROOM);
+        if self.read.capacity() - self.read.len() < self.room / 4 {
+            self.read.reserve(self.room);
         }
+        let space = self.read.capacity() - self.read.len();
         let n = ready!(poll_read_buf(Pin::new(&mut **io), cx, &mut self.read))?;
+        // a read that filled the room asks for a bigger one next (a large body then comes in
+        // fewer, larger reads and frames, as with hyper's adaptive reads)
+        if n == space && self.room < BODY_ROOM_MAX {
+            self.room *= 2;
+        }
         Poll::Ready(Ok(n > 0))
     }
 
@@ -752,7 +765,8 @@ mod spare {
     }
 
     pub(super) fn give(mut buf: BytesMut) {
-        if buf.capacity() == 0 {
+        // one grown by a large body's reads is not kept
+        if buf.capacity() == 0 || buf.capacity() > 2 * READ_ROOM {
             return;
         }
         buf.clear();
