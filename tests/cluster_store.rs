@@ -96,11 +96,40 @@ impl Server {
 
     /// A plain one on a TCP port (`extra`: e.g. `--replicaof`).
     fn plain(extra: &[&str]) -> Server {
-        let mut args = vec!["--port".to_string(), free_port().to_string()];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let server = Server::spawn(&args);
-        server.wait_ping(&[]);
-        server
+        let args = |port: u16| {
+            let mut args = vec!["--port".to_string(), port.to_string()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        };
+        Server::start(args, &[])
+    }
+
+    /// Spawned on a port free a moment ago, which another test's process may take first (the
+    /// tests run in parallel): a server that exits, or does not answer within 5 s, is tried
+    /// again on another port, three times in all.
+    fn start(args: impl Fn(u16) -> Vec<String>, tls: &[String]) -> Server {
+        for _ in 0..3 {
+            let mut server = Server::spawn(&args(free_port()));
+            if server.answers(tls, Duration::from_secs(5)) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 3 ports");
+    }
+
+    fn answers(&mut self, tls: &[String], within: Duration) -> bool {
+        let start = Instant::now();
+        while self.cli(tls, &["PING"]).trim() != "PONG" {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || start.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     fn cli(&self, tls: &[String], args: &[&str]) -> String {
@@ -255,24 +284,25 @@ fn tls_redis(dir: &Path, pki: &Pki) -> TlsRedis {
     let (cert, key) = pki.issue(dir, "server");
     let (client_cert, client_key) = pki.issue(dir, "client");
     let s = |p: &Path| p.display().to_string();
-    let args: Vec<String> = [
-        "--port",
-        "0",
-        "--tls-port",
-        &free_port().to_string(),
-        "--tls-cert-file",
-        &s(&cert),
-        "--tls-key-file",
-        &s(&key),
-        "--tls-ca-cert-file",
-        &s(&ca),
-        "--tls-auth-clients",
-        "yes",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let server = Server::spawn(&args);
+    let args = |port: u16| -> Vec<String> {
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &s(&cert),
+            "--tls-key-file",
+            &s(&key),
+            "--tls-ca-cert-file",
+            &s(&ca),
+            "--tls-auth-clients",
+            "yes",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
     let cli_tls: Vec<String> = [
         "--tls",
         "--cacert",
@@ -285,7 +315,7 @@ fn tls_redis(dir: &Path, pki: &Pki) -> TlsRedis {
     .iter()
     .map(|a| a.to_string())
     .collect();
-    server.wait_ping(&cli_tls);
+    let server = Server::start(args, &cli_tls);
     TlsRedis { server, cli_tls }
 }
 
