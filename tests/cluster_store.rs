@@ -142,17 +142,6 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn wait_ping(&self, tls: &[String]) {
-        let start = Instant::now();
-        while self.cli(tls, &["PING"]).trim() != "PONG" {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -412,21 +401,22 @@ fn sentineled() -> Sentineled {
     let replica = Server::plain(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("sentinel.conf");
-    let port = free_port();
-    // down after 500 ms; quorum 1 (one sentinel); a failover retried after 2 s
-    let text = format!(
-        "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 500\nsentinel failover-timeout mymaster 2000\n",
-        dir.path().display(),
-        master.port
-    );
-    std::fs::write(&conf, text).unwrap();
-    let sentinel = Server::spawn(&[
-        conf.display().to_string(),
-        "--sentinel".into(),
-        "--port".into(),
-        port.to_string(),
-    ]);
-    sentinel.wait_ping(&[]);
+    let sentinel_args = |port: u16| {
+        // down after 500 ms; quorum 1 (one sentinel); a failover retried after 2 s
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 500\nsentinel failover-timeout mymaster 2000\n",
+            dir.path().display(),
+            master.port
+        );
+        std::fs::write(&conf, text).unwrap();
+        vec![
+            conf.display().to_string(),
+            "--sentinel".into(),
+            "--port".into(),
+            port.to_string(),
+        ]
+    };
+    let sentinel = Server::start(sentinel_args, &[]);
     // the sentinel must know the replica before the master goes (it learns it from INFO)
     let start = Instant::now();
     while !sentinel
@@ -543,19 +533,22 @@ async fn through_sentinel_over_tls_instances_reach_the_master() {
             .iter()
             .map(|a| a.to_string())
             .collect();
-        let master = Server::spawn(&tls(free_port()));
-        master.wait_ping(&cli_tls);
-        let mut args = tls(free_port());
-        args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), master.port.to_string()]);
-        let replica = Server::spawn(&args);
-        replica.wait_ping(&cli_tls);
+        let master = Server::start(tls, &cli_tls);
+        let replica_args = |port: u16| {
+            let mut args = tls(port);
+            args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), master.port.to_string()]);
+            args
+        };
+        let replica = Server::start(replica_args, &cli_tls);
         let conf = dir.path().join("sentinel.conf");
-        let port = free_port();
         std::fs::write(&conf, format!("dir {d}\nsentinel monitor mymaster 127.0.0.1 {} 1\n", master.port)).unwrap();
-        let mut args = vec![conf.display().to_string(), "--sentinel".to_string()];
-        args.extend(tls(port));
-        let sentinel = Server::spawn(&args);
-        sentinel.wait_ping(&cli_tls);
+        let sentinel_args = |port: u16| {
+            let mut args = vec![conf.display().to_string(), "--sentinel".to_string()];
+            args.extend(tls(port));
+            args
+        };
+        let sentinel = Server::start(sentinel_args, &cli_tls);
+        let port = sentinel.port;
         let cluster = format!(
             "store = \"rediss+sentinel://127.0.0.1:{port}/mymaster\"\nstore_ca = \"{d}/ca.pem\"\nstore_client_cert = \"{d}/client.pem\"\nstore_client_key = \"{d}/client.key\""
         );
