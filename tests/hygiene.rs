@@ -903,7 +903,8 @@ async fn h2_connection_specific_headers_are_refused_before_upstream() {
 ///   still in hyper's write buffer when the body fails);
 /// - when earlier DATA was already forwarded (the last case, made deterministic by waiting for
 ///   the head at the backend), the head and those bytes, then the upstream connection is cut:
-///   5 of 10 bytes, incomplete.
+///   5 of 12 bytes, incomplete. An earlier case can leave the same: its first DATA goes out with
+///   the head (the native client writes a short first piece of body in the head's write).
 ///
 /// Refusing before the upstream request starts would mean buffering whole bodies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -949,39 +950,38 @@ async fn h2_content_length_mismatch_never_completes_upstream() {
             );
         }
 
-        // 5 of 10 bytes forwarded, then END_STREAM: the backend is left with a cut-off request.
+        // 5 of 12 bytes forwarded, then END_STREAM: the backend is left with a cut-off request.
+        // The cases above may have left cut-off requests of their own at the backend (the
+        // native client sends a first piece of body with the head), so this one is told
+        // apart by a length none of them used.
+        let ours = || -> Vec<_> {
+            backend
+                .seen()
+                .into_iter()
+                .filter(|s| s.all("content-length") == ["12"])
+                .collect()
+        };
         let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
         let mut out = h2_start();
         out.extend(h2_headers(
             1,
-            &h2_request(&[("content-length", "10")]),
+            &h2_request(&[("content-length", "12")]),
             false,
         ));
         out.extend(h2_data(1, b"hello", false));
         conn.write_all(&out).await.unwrap();
-        eventually(|| !backend.seen().is_empty()).await;
+        eventually(|| !ours().is_empty()).await;
         conn.write_all(&h2_data(1, b"", true)).await.unwrap();
         assert_eq!(
             h2_outcome(&mut conn, 1).await,
             H2Outcome::Reset(PROTOCOL_ERROR)
         );
-        eventually(|| {
-            backend
-                .seen()
-                .first()
-                .is_some_and(|s| !s.raw_body.is_empty())
-        })
-        .await;
-        let seen = backend.seen();
+        eventually(|| ours().first().is_some_and(|s| !s.raw_body.is_empty())).await;
+        let seen = ours();
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(!seen[0].complete, "{seen:?}");
-        assert_eq!(
-            seen[0].all("content-length"),
-            vec!["10"],
-            "{}",
-            seen[0].head
-        );
         assert_eq!(seen[0].body_text(), "hello");
+        assert!(backend.complete().is_empty(), "{:?}", backend.seen());
     })
     .await;
 }
