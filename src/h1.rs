@@ -89,7 +89,9 @@ impl Kind {
 
     fn of(name: &[u8]) -> Kind {
         // the length picks the one candidate (the known names' lengths all differ), so most
-        // fields cost one comparison of lengths
+        // fields cost one comparison of lengths. The names are spelled here a second time
+        // (beside `header_name`) on purpose: comparing with `HeaderName::as_str()` goes through
+        // its representation's match, measured +174 instructions per h1 request.
         let (known, kind): (&[u8], Kind) = match name.len() {
             4 => (b"host", Kind::Host),
             6 => (b"expect", Kind::Expect),

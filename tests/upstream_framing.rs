@@ -68,6 +68,9 @@ fn script(method: &str, path: &str) -> (&'static [u8], bool) {
         "/100-with-length" => b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         "/trailer-bad" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Bad trailer\r\n\r\n",
         "/head-chunked" if method == "HEAD" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nevil!\r\n0\r\n\r\n",
+        "/reason" => b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok",
+        "/reason-599" => b"HTTP/1.1 599 Network Timeout\r\nContent-Length: 2\r\n\r\nok",
+        "/reason-404" => b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nok",
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine",
     };
     (bytes, false)
@@ -348,6 +351,26 @@ async fn close_delimited_and_http10_bodies_arrive_whole_as_http11() {
             assert_eq!(resp.body, body.as_bytes(), "{path}");
         }
         later_requests_are_clean(&proxy).await;
+    })
+    .await;
+}
+
+/// The upstream's reason phrase reaches the client as it was (hyper's server and nginx pass it
+/// on); the usual one where the upstream used the usual one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_reason_phrase_is_passed_on() {
+    with_timeout(60, async {
+        let (_backend, proxy) = start().await;
+        for (path, line) in [
+            ("/reason", "HTTP/1.1 200 Fine Thanks\r\n"),
+            ("/reason-599", "HTTP/1.1 599 Network Timeout\r\n"),
+            ("/reason-404", "HTTP/1.1 404 Not Found\r\n"),
+            ("/ok", "HTTP/1.1 200 OK\r\n"),
+        ] {
+            let (responses, text) = once(&proxy, "GET", path).await;
+            assert_eq!(responses.len(), 1, "{text}");
+            assert!(text.starts_with(line), "{path}: {text}");
+        }
     })
     .await;
 }

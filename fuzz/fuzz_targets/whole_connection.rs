@@ -23,7 +23,8 @@
 //! Input: `[flags][client length: u16 LE][client bytes]` then upstream responses, each
 //! `[flags][length: u16 LE][bytes]` (lengths cut to what is left). Client flags: bits 0-1 the
 //! number of writes less one, bit 2 half-close after the last write. Response flags: bit 0 close
-//! the connection after this response.
+//! the connection after this response; bit 1 a large body added to the bytes' head (bits 2-4
+//! its size, 1 KiB to 128 KiB; bit 5 chunked: see `large`).
 #![no_main]
 
 use gatehouse::h1::chunked::{decode_all, Limits};
@@ -164,7 +165,13 @@ fn split(data: &[u8]) -> Input {
     while !rest.is_empty() {
         let f = take(&mut rest, 1)[0];
         let n = le16(take(&mut rest, 2));
-        responses.push_back((f & 1 == 1, take(&mut rest, n).to_vec()));
+        let bytes = take(&mut rest, n);
+        let bytes = if f & 2 == 0 {
+            bytes.to_vec()
+        } else {
+            large(f, bytes)
+        };
+        responses.push_back((f & 1 == 1, bytes));
     }
     Input {
         writes: usize::from(flags & 3) + 1,
@@ -172,6 +179,42 @@ fn split(data: &[u8]) -> Input {
         client,
         responses,
     }
+}
+
+/// A response with a large body, for the engine's large-body paths (reads that fill the
+/// client's read room and make it grow, frames written without a copy): `bytes` up to its first
+/// blank line is the head, to which a framing field is added; 1 KiB << (bits 2-4 of `f`) bytes
+/// of body follow, by `Content-Length`, or (bit 5) chunked in chunks whose sizes the bytes after
+/// the head give. A head with framing of its own makes a conflict, which is fine: the engine
+/// must refuse it.
+fn large(f: u8, bytes: &[u8]) -> Vec<u8> {
+    let (head, sizes) = match bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&bytes[..i], &bytes[i + 4..]),
+        None => (bytes, &[][..]),
+    };
+    let size = 1024usize << ((f >> 2) & 7);
+    let filler = |n: usize, from: usize| (from..from + n).map(|i| b'a' + (i % 26) as u8);
+    let mut out = head.to_vec();
+    if f & 32 == 0 {
+        out.extend_from_slice(format!("\r\ncontent-length: {size}\r\n\r\n").as_bytes());
+        out.extend(filler(size, 0));
+        return out;
+    }
+    out.extend_from_slice(b"\r\ntransfer-encoding: chunked\r\n\r\n");
+    let mut sent = 0;
+    let mut sizes = sizes.iter().cycle();
+    while sent < size {
+        let n = sizes
+            .next()
+            .map_or(size, |b| (usize::from(*b) + 1) * 256)
+            .min(size - sent);
+        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        out.extend(filler(n, sent));
+        out.extend_from_slice(b"\r\n");
+        sent += n;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
 }
 
 /// The next `n` bytes of `rest` (fewer at its end).

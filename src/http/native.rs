@@ -647,8 +647,11 @@ async fn write_response(
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade;
     let (framing, length_kept) = framing(status, asked, &body);
     out.clear();
+    // the upstream's own reason phrase, when it was not the usual one, as hyper's server and
+    // nginx pass it on
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
     let fields = write_head(
-        (asked.minor_version, status),
+        (asked.minor_version, status, reason.map(|r| r.as_bytes())),
         &parts.headers,
         Skip {
             length: !length_kept,
@@ -733,10 +736,12 @@ struct Fields {
 }
 
 /// The status line and fields, not the blank line. An HTTP/1.0 client is answered in HTTP/1.0
-/// (as hyper does): it may not know what an HTTP/1.1 answer allows. The fields the engine
-/// writes itself are skipped in the same pass (no hashed removal from the map for each).
+/// (as hyper does): it may not know what an HTTP/1.1 answer allows. The reason phrase is
+/// `reason` when given (the upstream's, checked by the parser that read it), the status's usual
+/// one otherwise. The fields the engine writes itself are skipped in the same pass (no hashed
+/// removal from the map for each).
 fn write_head(
-    (minor_version, status): (u8, StatusCode),
+    (minor_version, status, reason): (u8, StatusCode, Option<&[u8]>),
     headers: &HeaderMap,
     skip: Skip,
     out: &mut Vec<u8>,
@@ -747,7 +752,10 @@ fn write_head(
     });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(match reason {
+        Some(reason) => reason,
+        None => status.canonical_reason().unwrap_or("Unknown").as_bytes(),
+    });
     out.extend_from_slice(b"\r\n");
     let mut fields = Fields::default();
     for (name, value) in headers {
@@ -875,7 +883,7 @@ async fn refuse(wire: &Shared, err: RequestError, out: &mut Vec<u8>) -> io::Resu
         length: false,
         connection: false,
     };
-    write_head((1, status), &headers, keep_all, out);
+    write_head((1, status, None), &headers, keep_all, out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(text.as_bytes());
     let mut handle = Handle(wire.clone());
@@ -949,7 +957,7 @@ mod tests {
         }
         let head = |skip: Skip| {
             let mut out = Vec::new();
-            let fields = write_head((1, StatusCode::OK), &headers, skip, &mut out);
+            let fields = write_head((1, StatusCode::OK, None), &headers, skip, &mut out);
             (String::from_utf8(out).unwrap(), fields.close, fields.date)
         };
         let (text, close, date) = head(Skip {
