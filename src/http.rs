@@ -260,7 +260,9 @@ pub async fn serve_connection<S>(
             drop(conn);
             state.set_parking(false);
             let tunnels = &cx.listener_metrics(transport).tunnels;
-            guard.tunnel(pending, tunnel_idle, tunnels).await;
+            // boxed: the tunnel's state (~1.5 KiB) would otherwise size every connection's
+            // task, parked ones included
+            Box::pin(guard.tunnel(pending, tunnel_idle, tunnels)).await;
             return;
         }
         if end != End::Parked {

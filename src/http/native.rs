@@ -301,24 +301,30 @@ pub(super) struct Setup<'g, 'a> {
 /// How reading the next head ended.
 enum HeadRead {
     Complete,
+    /// Idle for the parking delay with nothing buffered.
+    Parked,
     /// The client closed, a deadline passed, or the server shuts down: close quietly.
     Closed,
     Refused(RequestError),
 }
 
+/// How a run of requests on a connection ended.
+enum Run {
+    /// Idle long enough to park: wait for the next request without the request path's state.
+    Parked,
+    Ended,
+}
+
 /// Serves an HTTP/1.1 connection until it closes. `pre` are bytes already read from it.
-pub(super) async fn serve<S>(io: WatchedIo<S>, pre: Bytes, setup: Setup<'_, '_>)
+///
+/// The request path's state (`serve_requests`: the head's field index, the write buffer, the
+/// answer and body futures, several KiB) is boxed and lives only while the connection is
+/// active; a parked connection holds only this loop, its socket and no buffer. One allocation
+/// per activation, not per request.
+pub(super) async fn serve<S>(io: WatchedIo<S>, pre: Bytes, mut setup: Setup<'_, '_>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let Setup {
-        guard,
-        state,
-        svc,
-        limits,
-        tunnel_idle,
-        tunnels,
-    } = setup;
     let wire: Shared = Arc::new(Mutex::new(Wire {
         io: Box::new(io),
         buf: BytesMut::from(&pre[..]),
@@ -327,56 +333,97 @@ where
         interim_left: 0,
         eof: false,
     }));
+    loop {
+        if let Run::Ended = Box::pin(serve_requests(&wire, &mut setup)).await {
+            return;
+        }
+        // nothing buffered while idle: wait for the next request with no buffer
+        let mut handle = Handle(wire.clone());
+        {
+            let mut w = lock(&wire);
+            if w.buf.is_empty() {
+                w.buf = BytesMut::new();
+            }
+        }
+        match setup.guard.wait_for_bytes(&mut handle).await {
+            Some(bytes) => lock(&wire).buf.extend_from_slice(&bytes),
+            None => return close(&wire, setup.guard).await,
+        }
+    }
+}
+
+/// Serves requests until the connection ends or parks.
+async fn serve_requests(wire: &Shared, setup: &mut Setup<'_, '_>) -> Run {
+    let Setup {
+        guard,
+        state,
+        svc,
+        limits,
+        tunnel_idle,
+        tunnels,
+    } = setup;
+    let (state, limits, tunnel_idle, tunnels) = (*state, &*limits, *tunnel_idle, *tunnels);
     let mut head = RequestHead::default();
     let mut out = Vec::new();
     loop {
-        match read_head(&wire, (&mut head, &mut out), &limits, guard).await {
+        match read_head(wire, &mut head, limits, guard).await {
             HeadRead::Complete => {}
-            HeadRead::Closed => return close(&wire, guard).await,
+            HeadRead::Parked => return Run::Parked,
+            HeadRead::Closed => {
+                close(wire, guard).await;
+                return Run::Ended;
+            }
             HeadRead::Refused(err) => {
                 tracing::debug!(peer = %guard.peer, error = %err, "request head refused");
-                let _ = refuse(&wire, err, &mut out).await;
+                let _ = refuse(wire, err, &mut out).await;
                 state.linger_on_close();
-                return close(&wire, guard).await;
+                close(wire, guard).await;
+                return Run::Ended;
             }
         }
-        let (req, asked) = match request(&wire, &head) {
+        let (req, asked) = match request(wire, &head) {
             Ok(req) => req,
             Err(()) => {
-                let _ = refuse(&wire, RequestError::Parse(httparse::Error::Token), &mut out).await;
+                let _ = refuse(wire, RequestError::Parse(httparse::Error::Token), &mut out).await;
                 state.linger_on_close();
-                return close(&wire, guard).await;
+                close(wire, guard).await;
+                return Run::Ended;
             }
         };
-        let Some((resp, closing)) = answer(svc.clone(), req, (guard, &wire, &limits)).await else {
-            return close(&wire, guard).await;
+        let Some((resp, closing)) = answer(svc.clone(), req, (guard, wire, limits)).await else {
+            close(wire, guard).await;
+            return Run::Ended;
         };
-        let body_done = matches!(lock(&wire).body, BodyState::Done);
+        let body_done = matches!(lock(wire).body, BodyState::Done);
         let keep = asked.keep_alive && !closing && body_done;
         let written =
-            write_in_grace(write_response(&wire, resp, &asked, keep, &mut out), guard).await;
-        lock(&wire).request += 1;
+            write_in_grace(write_response(wire, resp, &asked, keep, &mut out), guard).await;
+        lock(wire).request += 1;
         match written {
             // the server began shutting down while the answer was written
-            Ok(Written::KeepAlive) if guard.drain.is_some() => return close(&wire, guard).await,
+            Ok(Written::KeepAlive) if guard.drain.is_some() => {
+                close(wire, guard).await;
+                return Run::Ended;
+            }
             Ok(Written::Upgraded) => {
                 if let Some(pending) = state.take_tunnel() {
                     guard
                         .tunnel_native(Handle(wire.clone()), pending, tunnel_idle, tunnels)
                         .await;
                 }
-                return;
+                return Run::Ended;
             }
             Ok(Written::KeepAlive) => {}
             Ok(Written::Close) => {
-                if !matches!(lock(&wire).body, BodyState::Done) {
+                if !matches!(lock(wire).body, BodyState::Done) {
                     state.linger_on_close();
                 }
-                return close(&wire, guard).await;
+                close(wire, guard).await;
+                return Run::Ended;
             }
             Err(e) => {
                 tracing::debug!(peer = %guard.peer, error = %e, "connection ended with error");
-                return;
+                return Run::Ended;
             }
         }
         if out.capacity() > 64 * 1024 {
@@ -415,10 +462,10 @@ async fn close(wire: &Shared, guard: &Guard<'_>) {
 }
 
 /// Reads until `head` holds a complete request head, under the connection's deadlines; an idle
-/// connection is parked on the way (its buffers given back).
+/// connection comes back `Parked` for `serve` to wait without the request path's state.
 async fn read_head(
     wire: &Shared,
-    (head, out): (&mut RequestHead, &mut Vec<u8>),
+    head: &mut RequestHead,
     limits: &Limits,
     guard: &mut Guard<'_>,
 ) -> HeadRead {
@@ -449,21 +496,7 @@ async fn read_head(
                     return HeadRead::Closed;
                 }
                 Expiry::Idle => return HeadRead::Closed,
-                Expiry::Park => {
-                    // nothing buffered while idle: wait for the next request with no buffer
-                    let mut handle = Handle(wire.clone());
-                    {
-                        let mut w = lock(wire);
-                        if w.buf.is_empty() {
-                            w.buf = BytesMut::new();
-                        }
-                    }
-                    *out = Vec::new();
-                    match guard.wait_for_bytes(&mut handle).await {
-                        Some(bytes) => lock(wire).buf.extend_from_slice(&bytes),
-                        None => return HeadRead::Closed,
-                    }
-                }
+                Expiry::Park => return HeadRead::Parked,
             },
             _ = guard.shutdown.changed() => return HeadRead::Closed,
         }
