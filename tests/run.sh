@@ -111,12 +111,14 @@ echo "== cargo test again, HTTP/1.1 served by the native engine (GATEHOUSE_HTTP1
 # variable makes `http1_engine` default to "native" in every config they write. Left out (the
 # first pass above ran them on hyper): the files that test no HTTP/1.1 serving (config checks,
 # examples, migrations, the Dockerfile, DNS, the health command, the property tests) and, for
-# the 20-minute CI budget, the ACME, cluster and reload files, whose HTTP/1.1 requests are the
-# same few GETs the files below make by the hundred (about 3 of this pass's 5 minutes saved).
-native=(accel access_log admin admin_door auth balance canonical cors encode encode_budget
-  error_pages failures files grpc h2_send header_rules headers health hygiene idle_memory
-  keepalive limits listeners matching metrics mtls open_files proxy_protocol reload_blocking
-  routing slow_clients streaming timeouts tls tunnels unix_upstream upstream_framing upstream_tls)
+# the 20-minute CI budget, the cluster files (`cluster`, `cluster_acme`, `cluster_store`: 90 s
+# of Redis and Pebble waits whose HTTP/1.1 requests are the same few GETs the files below make
+# by the hundred). The ACME files are in: Pebble's HTTP-01 validations reach the engine.
+native=(accel access_log acme admin admin_door auth balance canonical cluster_challenges cors
+  encode encode_budget error_pages failures files grpc h2_send header_rules headers health
+  hygiene idle_memory keepalive limits listeners matching metrics mtls on_demand open_files
+  proxy_protocol reload reload_blocking routing slow_clients streaming timeouts tls tunnels
+  unix_upstream upstream_framing upstream_tls)
 GATEHOUSE_HTTP1_ENGINE=native cargo test "${native[@]/#/--test=}" -- --test-threads=2
 echo "== micro-benchmarks, each run once as a test (divan takes no --test-threads)"
 cargo test --benches
