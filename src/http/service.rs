@@ -1351,7 +1351,11 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     for (i, out) in buf.iter_mut().enumerate() {
         *out = b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+    // one allocation whose clones (the upstream request's, the response's, the log's) count
+    // references: `from_bytes` copies into a vector-backed `Bytes`, whose first clone allocates
+    // again to become shared
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// The id as the response carries it: marked sensitive, so HTTP/2's HPACK sends it as a literal

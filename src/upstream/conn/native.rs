@@ -461,7 +461,10 @@ where
         body_polled: false,
         bytes_seen: false,
         write_failed: None,
-        head: ResponseHead::default(),
+        head: ResponseHead {
+            fields: spare::fields(),
+            ..ResponseHead::default()
+        },
         asked: Asked {
             head: parts.method == Method::HEAD,
             connect: parts.method == Method::CONNECT,
@@ -502,6 +505,7 @@ where
         fault: None,
         room: READ_ROOM,
     };
+    spare::give_fields(ex.head.fields);
     Ok(resp.map(|()| body))
 }
 
@@ -741,14 +745,41 @@ impl http_body::Body for Body {
 /// last user and a new one made.
 mod spare {
     use super::READ_ROOM;
+    use crate::h1::Field;
     use bytes::BytesMut;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
 
     /// At most this many kept per thread (`READ_ROOM` each).
     const KEEP: usize = 4;
+    /// A field index grown past this many fields is not kept.
+    const FIELDS_KEPT: usize = 128;
 
     thread_local! {
         static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        /// One response head's field index: an exchange takes it and gives it back once the
+        /// head is read into the response, so indexing a head allocates only on a thread's
+        /// first exchange (or while another exchange holds it).
+        static FIELDS: Cell<Vec<Field>> = const { Cell::new(Vec::new()) };
+    }
+
+    pub(super) fn fields() -> Vec<Field> {
+        FIELDS.try_with(Cell::take).unwrap_or_default()
+    }
+
+    pub(super) fn give_fields(mut fields: Vec<Field>) {
+        if fields.capacity() > FIELDS_KEPT {
+            return;
+        }
+        fields.clear();
+        let _ = FIELDS.try_with(|spare| {
+            // keep the larger of the two
+            let other = spare.take();
+            spare.set(if other.capacity() > fields.capacity() {
+                other
+            } else {
+                fields
+            });
+        });
     }
 
     pub(super) fn take() -> BytesMut {

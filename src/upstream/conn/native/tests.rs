@@ -296,3 +296,29 @@ fn read_buffers_are_reused_once_unshared() {
     assert_eq!(again.as_ptr(), at, "taken back, from its start");
     assert!(again.capacity() >= READ_ROOM);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_response_field_index_is_reused() {
+    // this thread's spare index is this test's
+    drop(spare::fields());
+    let (conn, mut upstream) = pair();
+    let server = tokio::spawn(async move {
+        read_until(&mut upstream, "\r\n\r\n").await;
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nX-B: 2\r\n\r\nok";
+        upstream.write_all(answer.as_bytes()).await.unwrap();
+        upstream
+    });
+    let parts = parts("GET", "/", &[("host", "h")]);
+    let resp = send(conn, &parts, &mut Frames::new(&[], true))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-b"], "2");
+    drop(server.await.unwrap());
+    // the head's three fields were indexed in a vector now kept for the next exchange
+    let kept = spare::fields();
+    assert!(
+        kept.capacity() >= 3 && kept.is_empty(),
+        "{}",
+        kept.capacity()
+    );
+}
