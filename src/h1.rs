@@ -22,6 +22,7 @@
 //! warm connection parses a head without allocating.
 
 pub mod chunked;
+pub mod maps;
 pub mod request;
 pub mod response;
 

@@ -543,7 +543,7 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
     };
     // room for the fields the proxy adds upstream (`X-Forwarded-*`, `X-Real-IP`,
     // `X-Request-Id`: see `service::prepare_request_headers`), so the map never grows
-    let mut headers = HeaderMap::with_capacity(head.fields.len() + 6);
+    let mut headers = crate::h1::maps::take(head.fields.len() + 6);
     let chunked = head.body == Framing::Chunked;
     for field in &head.fields {
         if chunked && field.kind == Kind::ContentLength {
@@ -693,6 +693,8 @@ async fn write_response(
         },
         out,
     );
+    // written out: the map is kept for the next head this thread reads
+    crate::h1::maps::give(parts.headers);
     let keep = keep && !fields.close && framing != Out::UntilClose && !upgraded;
     // the framing and connection fields are the engine's own, written straight to the head
     match framing {

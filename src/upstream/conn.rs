@@ -417,6 +417,7 @@ impl Dialer {
             Opened::Native(conn) => {
                 let (parts, mut body) = req.into_parts();
                 let resp = native::send(conn, &parts, &mut body).await?;
+                crate::h1::maps::give(parts.headers);
                 Ok((resp.map(RespBody::Native), Sender::Native))
             }
             Opened::Http2(conn) => Box::pin(self.first_h2(backend, conn, req)).await,
@@ -439,7 +440,11 @@ impl Dialer {
     ) -> Result<(Response<RespBody>, Sender), SendError> {
         let (parts, mut body) = req.into_parts();
         match native::send(conn, &parts, &mut body).await {
-            Ok(resp) => Ok((resp.map(RespBody::Native), Sender::Native)),
+            Ok(resp) => {
+                // the head is written: its map is kept for the next head this thread reads
+                crate::h1::maps::give(parts.headers);
+                Ok((resp.map(RespBody::Native), Sender::Native))
+            }
             Err(failed) if reused && failed.unsent && idempotent(&parts.method) => {
                 tracing::debug!(server = %backend.addr, error = %failed.error, "idle upstream connection closed; sending on a new one");
                 let req = Request::from_parts(parts, body);
@@ -497,6 +502,7 @@ impl Dialer {
                 h1_form(&mut req);
                 let (parts, mut body) = req.into_parts();
                 let resp = native::send(conn, &parts, &mut body).await?;
+                crate::h1::maps::give(parts.headers);
                 Ok((resp.map(RespBody::Native), Sender::Native))
             }
         }

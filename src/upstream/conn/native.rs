@@ -513,7 +513,7 @@ where
 /// bytes (no copy each), the reason phrase kept when it is not the status's usual one (hyper's
 /// server writes it so).
 fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
-    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    let mut headers = crate::h1::maps::take(head.fields.len());
     for field in &head.fields {
         let name = match field.kind.header_name() {
             Some(name) => name,
