@@ -173,13 +173,15 @@ impl UpstreamPool {
     /// Sends `req` to `backend` over one of its keep-alive connections (or a new one, made
     /// within `connect`: the route's `upstream_connect`); the connection comes back with the
     /// response, for `Backend::reuse` once the body has ended.
-    pub async fn send(
-        &self,
-        backend: &Backend,
+    pub fn send<'a>(
+        &'a self,
+        backend: &'a Backend,
         req: Request<CountedBody>,
         connect: Duration,
-    ) -> Result<(Response<RespBody>, Sender), SendError> {
-        self.dialer.send(backend, req, connect).await
+    ) -> impl std::future::Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a
+    {
+        // the dialer's own future, not one wrapping it (see `Dialer::send`)
+        self.dialer.send(backend, req, connect)
     }
 
     fn needs_dns(&self) -> bool {

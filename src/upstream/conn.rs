@@ -26,12 +26,14 @@ use super::tls::{Connector, UpstreamStream};
 use super::{Backend, BackendAddr};
 use crate::config::Protocol;
 use crate::http::CountedBody;
+use futures_util::future::Either;
 use h2::{H2Body, H2Conn, Learned, Stream};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -348,58 +350,86 @@ impl Dialer {
     /// one; returns the response head and the connection, for `IdleConns::put` once the body has
     /// ended. A reused connection that hands the request back unsent (the upstream closed it as we
     /// took it) costs the request nothing: it goes once more, on a new connection.
-    pub async fn send(
-        &self,
-        backend: &Backend,
+    ///
+    /// Not an `async fn` but the path's own future: a wrapper future would hold the request
+    /// once more and move it into the path's future (a copy of ~300 bytes per request), and
+    /// its state would size every future that awaits this one.
+    pub fn send<'a>(
+        &'a self,
+        backend: &'a Backend,
         req: Request<CountedBody>,
         connect: Duration,
-    ) -> Result<(Response<RespBody>, Sender), SendError> {
+    ) -> impl Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a {
         let http1 = match self.protocol {
             Protocol::Http1 => true,
             Protocol::Auto => backend.h2.learned() == Learned::Http1,
             Protocol::H2 | Protocol::H2c => false,
         };
-        // one place awaits the HTTP/1.1 path, so its poll stays inlined here
-        if http1 {
-            self.send_h1(backend, req, connect).await
-        } else {
-            Box::pin(self.send_h2(backend, req, connect)).await
+        // HTTP/2 boxed: the HTTP/1.1 path's future stays small
+        match http1 {
+            true => Either::Left(self.send_h1(backend, req, connect)),
+            false => Either::Right(Box::pin(self.send_h2(backend, req, connect))),
         }
     }
 
-    async fn send_h1(
+    /// On a kept connection, the native or hyper path's own future (the common case: nothing
+    /// boxed, no wrapper holding the request once more); a new connection's path is boxed.
+    fn send_h1<'a>(
+        &'a self,
+        backend: &'a Backend,
+        req: Request<CountedBody>,
+        connect: Duration,
+    ) -> impl Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a {
+        match backend.idle.take() {
+            Some(IdleConn::Native(conn)) => Either::Left(Either::Left(
+                self.send_native(backend, conn, true, req, connect),
+            )),
+            Some(IdleConn::Hyper(sender)) => Either::Left(Either::Right(
+                self.send_hyper(backend, sender, req, connect),
+            )),
+            // boxed: connecting is rare, the common paths' futures stay small
+            None => Either::Right(Box::pin(self.send_new(backend, req, connect))),
+        }
+    }
+
+    /// hyper's client on a kept connection; one the upstream closed as we took it hands the
+    /// request back unsent, and it goes once more on a new connection.
+    async fn send_hyper(
+        &self,
+        backend: &Backend,
+        mut sender: http1::SendRequest<CountedBody>,
+        req: Request<CountedBody>,
+        connect: Duration,
+    ) -> Result<(Response<RespBody>, Sender), SendError> {
+        let req = match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
+            Err(mut err) => match err.take_message() {
+                Some(req) => {
+                    tracing::debug!(server = %backend.addr, error = %err.error(), "idle upstream connection closed; sending on a new one");
+                    req
+                }
+                None => return Err(SendError::Request(err.into_error())),
+            },
+        };
+        Box::pin(self.send_fresh(backend, req, connect)).await
+    }
+
+    /// On a connection opened for this request (none was kept): nothing to send again.
+    async fn send_new(
         &self,
         backend: &Backend,
         req: Request<CountedBody>,
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
-        let (conn, reused) = match backend.idle.take() {
-            Some(conn) => (conn, true),
-            // boxed: connecting is rare, the common path's future stays small
-            None => match Box::pin(self.open(backend, connect)).await? {
-                Opened::Http1(sender) => (IdleConn::Hyper(sender), false),
-                Opened::Native(conn) => (IdleConn::Native(conn), false),
-                // boxed, like the dial: HTTP/2 found by ALPN is the rare way here
-                Opened::Http2(conn) => return Box::pin(self.first_h2(backend, conn, req)).await,
+        match self.open(backend, connect).await? {
+            Opened::Http1(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
+                Err(err) => Err(SendError::Request(err.into_error())),
             },
-        };
-        let mut sender = match conn {
-            IdleConn::Hyper(sender) => sender,
-            IdleConn::Native(conn) => {
-                return self.send_native(backend, conn, reused, req, connect).await
-            }
-        };
-        let req = match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
-            Err(mut err) => match err.take_message() {
-                Some(req) if reused => {
-                    tracing::debug!(server = %backend.addr, error = %err.error(), "idle upstream connection closed; sending on a new one");
-                    req
-                }
-                _ => return Err(SendError::Request(err.into_error())),
-            },
-        };
-        self.send_fresh(backend, req, connect).await
+            Opened::Native(conn) => self.send_native(backend, conn, false, req, connect).await,
+            // boxed, like the dial: HTTP/2 found by ALPN is the rare way here
+            Opened::Http2(conn) => Box::pin(self.first_h2(backend, conn, req)).await,
+        }
     }
 
     /// On a new connection, whatever it turns out to be.
