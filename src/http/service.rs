@@ -103,174 +103,183 @@ impl Answer {
 }
 
 impl ProxyService {
-    pub async fn call(
+    // not `async fn`: see the comment on the block
+    #[allow(clippy::manual_async_fn)]
+    pub fn call(
         self,
         mut req: Request<ClientBody>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        let in_flight = self.conn.begin();
-        let version = req.version();
-        // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look at its content type
-        let grpc = version == Version::HTTP_2 && grpc::is_call(req.headers());
-        let state = self.cx.shared.load();
-        let server = &state.config.server;
-        let peer = self.peer.ip().to_canonical();
-        let addrs = Addrs::new(req.headers(), peer, &server.trusted_proxies, self.vouches);
-        let request_id = request_id(req.headers());
-        // the one place the request is made canonical (once its head passed the framing and
-        // size checks): everything below reads only that
-        let canonical = screen(&req, &server.limits).and_then(|()| {
-            canonical::request(&mut req, server, addrs.peer_trusted).map_err(ProxyError::from)
-        });
-        let (canonical, screened) = match canonical {
-            Ok(c) => (Some(c), Ok(())),
-            Err(e) => (None, Err(e)),
-        };
-        // the authority moves into the log; the host is read back from there
-        let (authority, host_len, port, hop_by_hop) = match canonical {
-            Some(c) => (c.authority, c.host_len, c.port, c.hop_by_hop),
-            None => (None, 0, None, false),
-        };
-        let routable = screened.is_ok();
-        let log = Arc::new(RequestLog::new(
-            addrs.client,
-            &req,
-            authority,
-            request_id.clone(),
-            state.access_log.clone(),
-        ));
-        let host = canonical::host_of(log.host.as_ref(), host_len);
-        let site = routable.then(|| state.router.site_for(host)).flatten();
-        // only a `client_auth` site's requests see the certificate, and only one verified for it
-        let client_cert = site.and_then(|s| state.sites[s].client_cert(self.client.as_deref()));
-        let hsts = match (self.transport, site) {
-            (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
-            _ => None,
-        };
-        // set once a route with `cors` is found; it then decorates whatever answer follows
-        let mut cors = None;
-        // the route matched, whose error pages an error answer gets
-        let mut routed = None;
-        // `Set-Cookie`s of a `forward_auth` service that let the request through
-        let mut auth_cookies = Vec::new();
-        // the site's (or the server's) response rules, until `dispatch` finds the route
-        let mut response_rules = ResponseRules::new(match site {
-            Some(site) => &state.sites[site].response_headers,
-            None => &server.response_headers,
-        });
-        if response_rules.needs_vars() {
-            let on = (host, port, self.transport, client_cert);
-            let client = (addrs.client, self.client_value(addrs.client));
-            let vars = placeholders((req.uri(), req.headers()), client, on, &request_id, None);
-            response_rules.expand(&vars, &state.metrics.header_values_dropped);
-        }
-        let answer = match (screened, site) {
-            (Err(refused), _) => Err(refused),
-            // a plain site asked for through another site's TLS connection (SNI != Host), or a
-            // `client_auth` site on a connection whose handshake did not verify a certificate
-            // against its CA (another site's, coalesced by HTTP/2)
-            (_, Some(site))
-                if self.transport == Transport::Tls
-                    && !state.sites[site].served_over(self.client.as_deref()) =>
-            {
-                Err(match state.sites[site].tls {
-                    true => ProxyError::MisdirectedCert,
-                    false => ProxyError::Misdirected,
-                })
+    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static
+    {
+        // an `async` block, not an `async fn`: the block holds `self` and `req` where they were
+        // moved to, where an `async fn` keeps its arguments twice (as given, and moved into
+        // its body's locals), a copy of ~400 bytes per request and as much on every future
+        // that holds this one
+        async move {
+            let in_flight = self.conn.begin();
+            let version = req.version();
+            // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look at its content type
+            let grpc = version == Version::HTTP_2 && grpc::is_call(req.headers());
+            let state = self.cx.shared.load();
+            let server = &state.config.server;
+            let peer = self.peer.ip().to_canonical();
+            let addrs = Addrs::new(req.headers(), peer, &server.trusted_proxies, self.vouches);
+            let request_id = request_id(req.headers());
+            // the one place the request is made canonical (once its head passed the framing and
+            // size checks): everything below reads only that
+            let canonical = screen(&req, &server.limits).and_then(|()| {
+                canonical::request(&mut req, server, addrs.peer_trusted).map_err(ProxyError::from)
+            });
+            let (canonical, screened) = match canonical {
+                Ok(c) => (Some(c), Ok(())),
+                Err(e) => (None, Err(e)),
+            };
+            // the authority moves into the log; the host is read back from there
+            let (authority, host_len, port, hop_by_hop) = match canonical {
+                Some(c) => (c.authority, c.host_len, c.port, c.hop_by_hop),
+                None => (None, 0, None, false),
+            };
+            let routable = screened.is_ok();
+            let log = Arc::new(RequestLog::new(
+                addrs.client,
+                &req,
+                authority,
+                request_id.clone(),
+                state.access_log.clone(),
+            ));
+            let host = canonical::host_of(log.host.as_ref(), host_len);
+            let site = routable.then(|| state.router.site_for(host)).flatten();
+            // only a `client_auth` site's requests see the certificate, and only one verified for it
+            let client_cert = site.and_then(|s| state.sites[s].client_cert(self.client.as_deref()));
+            let hsts = match (self.transport, site) {
+                (Transport::Tls, Some(site)) => state.sites[site].hsts.clone(),
+                _ => None,
+            };
+            // set once a route with `cors` is found; it then decorates whatever answer follows
+            let mut cors = None;
+            // the route matched, whose error pages an error answer gets
+            let mut routed = None;
+            // `Set-Cookie`s of a `forward_auth` service that let the request through
+            let mut auth_cookies = Vec::new();
+            // the site's (or the server's) response rules, until `dispatch` finds the route
+            let mut response_rules = ResponseRules::new(match site {
+                Some(site) => &state.sites[site].response_headers,
+                None => &server.response_headers,
+            });
+            if response_rules.needs_vars() {
+                let on = (host, port, self.transport, client_cert);
+                let client = (addrs.client, self.client_value(addrs.client));
+                let vars = placeholders((req.uri(), req.headers()), client, on, &request_id, None);
+                response_rules.expand(&vars, &state.metrics.header_values_dropped);
             }
-            (_, Some(site)) => {
-                let to = Dispatch {
-                    state: &state,
-                    site,
-                    host,
-                    port,
-                    hop_by_hop,
-                    log: &log,
-                    client_cert,
-                };
-                self.dispatch(
-                    to,
-                    req,
-                    addrs,
-                    (
-                        &mut cors,
-                        &mut response_rules,
-                        &mut routed,
-                        &mut auth_cookies,
-                    ),
-                )
-                .await
-            }
-            // a challenge for a name no site here serves: another instance of the cluster
-            // may have placed the order (`[cluster]`), and the CA reached this one
-            (_, None) if self.transport == Transport::Plain => {
-                match self.challenge_answer(req.uri().path()).await {
-                    Some(answer) => Ok((Answer::Local(answer), None)),
-                    None => Err(ProxyError::NoRoute),
+            let answer = match (screened, site) {
+                (Err(refused), _) => Err(refused),
+                // a plain site asked for through another site's TLS connection (SNI != Host), or a
+                // `client_auth` site on a connection whose handshake did not verify a certificate
+                // against its CA (another site's, coalesced by HTTP/2)
+                (_, Some(site))
+                    if self.transport == Transport::Tls
+                        && !state.sites[site].served_over(self.client.as_deref()) =>
+                {
+                    Err(match state.sites[site].tls {
+                        true => ProxyError::MisdirectedCert,
+                        false => ProxyError::Misdirected,
+                    })
                 }
-            }
-            (_, None) => Err(ProxyError::NoRoute),
-        };
-        let (answer, encode) = match answer {
-            Ok((answer, encode)) => (Ok(answer), encode),
-            Err(err) => (Err(err), None),
-        };
-        if !state.unrouted_metrics.is_empty() && log.metrics.get().is_none() {
-            let index = site.unwrap_or(state.unrouted_metrics.len() - 1);
-            if let Some(metrics) = state.unrouted_metrics.get(index) {
-                let _ = log.metrics.set(metrics.clone());
-            }
-        }
-        let mut response = match answer {
-            Ok(Answer::Upstream(resp, active, conn, read_timeout)) => {
-                match intercepts(&state, routed, resp.status()) {
-                    Some(page) => intercept(resp, page, (active, conn), log, in_flight),
-                    None => {
-                        let (parts, body) = resp.into_parts();
-                        let status = parts.status.as_u16();
-                        let done = Completion::new(log, status, Some(active), in_flight);
-                        let body = ProxyBody::upstream(body, conn, read_timeout, done);
-                        Response::from_parts(parts, body)
+                (_, Some(site)) => {
+                    let to = Dispatch {
+                        state: &state,
+                        site,
+                        host,
+                        port,
+                        hop_by_hop,
+                        log: &log,
+                        client_cert,
+                    };
+                    self.dispatch(
+                        to,
+                        req,
+                        addrs,
+                        (
+                            &mut cors,
+                            &mut response_rules,
+                            &mut routed,
+                            &mut auth_cookies,
+                        ),
+                    )
+                    .await
+                }
+                // a challenge for a name no site here serves: another instance of the cluster
+                // may have placed the order (`[cluster]`), and the CA reached this one
+                (_, None) if self.transport == Transport::Plain => {
+                    match self.challenge_answer(req.uri().path()).await {
+                        Some(answer) => Ok((Answer::Local(answer), None)),
+                        None => Err(ProxyError::NoRoute),
                     }
                 }
+                (_, None) => Err(ProxyError::NoRoute),
+            };
+            let (answer, encode) = match answer {
+                Ok((answer, encode)) => (Ok(answer), encode),
+                Err(err) => (Err(err), None),
+            };
+            if !state.unrouted_metrics.is_empty() && log.metrics.get().is_none() {
+                let index = site.unwrap_or(state.unrouted_metrics.len() - 1);
+                if let Some(metrics) = state.unrouted_metrics.get(index) {
+                    let _ = log.metrics.set(metrics.clone());
+                }
             }
-            Ok(Answer::Local(resp)) => {
-                let (parts, body) = resp.into_parts();
-                let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
-                Response::from_parts(parts, ProxyBody::full(body, done))
+            let mut response = match answer {
+                Ok(Answer::Upstream(resp, active, conn, read_timeout)) => {
+                    match intercepts(&state, routed, resp.status()) {
+                        Some(page) => intercept(resp, page, (active, conn), log, in_flight),
+                        None => {
+                            let (parts, body) = resp.into_parts();
+                            let status = parts.status.as_u16();
+                            let done = Completion::new(log, status, Some(active), in_flight);
+                            let body = ProxyBody::upstream(body, conn, read_timeout, done);
+                            Response::from_parts(parts, body)
+                        }
+                    }
+                }
+                Ok(Answer::Local(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
+                    Response::from_parts(parts, ProxyBody::full(body, done))
+                }
+                Ok(Answer::File(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
+                    Response::from_parts(parts, ProxyBody::file(body, done))
+                }
+                Err(err) => {
+                    let pages = match routed.and_then(|id| state.routes.get(id)) {
+                        Some(route) => route.error_pages.as_deref(),
+                        None => state.error_pages.unrouted(site),
+                    };
+                    self.refuse(&err, (log, in_flight), (version, grpc), pages)
+                }
+            };
+            if let Some(negotiated) = encode {
+                let max = state.config.server.limits.max_encoders;
+                response = compress(response, &negotiated, (&self.cx.encoders, max));
             }
-            Ok(Answer::File(resp)) => {
-                let (parts, body) = resp.into_parts();
-                let done = Completion::new(log, parts.status.as_u16(), None, in_flight);
-                Response::from_parts(parts, ProxyBody::file(body, done))
-            }
-            Err(err) => {
-                let pages = match routed.and_then(|id| state.routes.get(id)) {
-                    Some(route) => route.error_pages.as_deref(),
-                    None => state.error_pages.unrouted(site),
-                };
-                self.refuse(&err, (log, in_flight), (version, grpc), pages)
-            }
-        };
-        if let Some(negotiated) = encode {
-            let max = state.config.server.limits.max_encoders;
-            response = compress(response, &negotiated, (&self.cx.encoders, max));
-        }
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), never_indexed(request_id));
-        if let Some(hsts) = hsts {
             response
                 .headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+                .insert(X_REQUEST_ID.clone(), never_indexed(request_id));
+            if let Some(hsts) = hsts {
+                response
+                    .headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+            }
+            if let Some(cors) = &cors {
+                cors.apply(&mut response);
+            }
+            for cookie in auth_cookies {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            response_rules.apply(response.headers_mut());
+            Ok(response)
         }
-        if let Some(cors) = &cors {
-            cors.apply(&mut response);
-        }
-        for cookie in auth_cookies {
-            response.headers_mut().append(header::SET_COOKIE, cookie);
-        }
-        response_rules.apply(response.headers_mut());
-        Ok(response)
     }
 
     /// The answer to an HTTP-01 challenge at `path`: this instance's, else (with `[cluster]`)
@@ -586,59 +595,65 @@ impl ProxyService {
     }
 
     /// One attempt on `active`, its outcome reported to passive health.
-    async fn attempt(
-        &self,
-        hop: &Hop<'_>,
+    ///
+    /// An `async` block rather than an `async fn`, so the head is held once (see `call`).
+    #[allow(clippy::manual_async_fn)]
+    fn attempt<'a, 'h>(
+        &'a self,
+        hop: &'a Hop<'h>,
         mut head: http::request::Parts,
-        active: &ActiveGuard,
-        retry: &mut Retry,
-    ) -> Result<(Response<RespBody>, Sender), ProxyError> {
-        head.uri = upstream_uri(&head.uri, &head.method, active)?;
-        let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
-        let timeout = hop.policy.upstream_response;
-        let log = hop.log.clone();
-        // the clock starts once the whole body is sent: a slow upload is not a slow upstream;
-        // a gRPC call's deadline runs from the start (boxed: only such calls pay for its timer)
-        let deadline = hop
-            .deadline
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
-        let too_late = async move {
-            let answer_time = async {
-                log.body_sent().await;
-                tokio::time::sleep(timeout).await;
-            };
-            match deadline {
-                None => {
-                    answer_time.await;
-                    ProxyError::ResponseTimeout
+        active: &'a ActiveGuard,
+        retry: &'a mut Retry,
+    ) -> impl std::future::Future<Output = Result<(Response<RespBody>, Sender), ProxyError>> + use<'a, 'h>
+    {
+        async move {
+            head.uri = upstream_uri(&head.uri, &head.method, active)?;
+            let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
+            let timeout = hop.policy.upstream_response;
+            let log = hop.log.clone();
+            // the clock starts once the whole body is sent: a slow upload is not a slow upstream;
+            // a gRPC call's deadline runs from the start (boxed: only such calls pay for its timer)
+            let deadline = hop
+                .deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at)));
+            let too_late = async move {
+                let answer_time = async {
+                    log.body_sent().await;
+                    tokio::time::sleep(timeout).await;
+                };
+                match deadline {
+                    None => {
+                        answer_time.await;
+                        ProxyError::ResponseTimeout
+                    }
+                    Some(deadline) => tokio::select! {
+                        () = answer_time => ProxyError::ResponseTimeout,
+                        () = deadline => ProxyError::DeadlineExceeded,
+                    },
                 }
-                Some(deadline) => tokio::select! {
-                    () = answer_time => ProxyError::ResponseTimeout,
-                    () = deadline => ProxyError::DeadlineExceeded,
-                },
-            }
-        };
-        // timed only for the upstream's latency histogram
-        let started = hop.pool.timed().then(std::time::Instant::now);
-        let sent = tokio::select! {
-            sent = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect) => sent.map_err(|e| match hop.log.body_fault() {
-                Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
-                Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
-                Some(BodyFault::TooSlow) => ProxyError::BodyTooSlow(hop.policy.body_min_rate.map_or(0, |r| r.bytes_per_sec)),
-                Some(BodyFault::Malformed) => ProxyError::BadBody,
-                None => ProxyError::from_send(e),
-            }),
-            late = too_late => Err(late),
-        };
-        let outcome = match &sent {
-            Ok((resp, _)) if resp.status().is_server_error() => Outcome::ServerError,
-            Ok(_) => Outcome::Success,
-            Err(e) if e.is_upstream() => Outcome::Failure,
-            Err(_) => Outcome::Success,
-        };
-        let took = started.filter(|_| sent.is_ok()).map(|at| at.elapsed());
-        hop.pool.report(active.backend(), outcome, took);
-        sent
+            };
+            // timed only for the upstream's latency histogram
+            let started = hop.pool.timed().then(std::time::Instant::now);
+            let sent = tokio::select! {
+                sent = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect) => sent.map_err(|e| match hop.log.body_fault() {
+                    Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
+                    Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
+                    Some(BodyFault::TooSlow) => ProxyError::BodyTooSlow(hop.policy.body_min_rate.map_or(0, |r| r.bytes_per_sec)),
+                    Some(BodyFault::Malformed) => ProxyError::BadBody,
+                    None => ProxyError::from_send(e),
+                }),
+                late = too_late => Err(late),
+            };
+            let outcome = match &sent {
+                Ok((resp, _)) if resp.status().is_server_error() => Outcome::ServerError,
+                Ok(_) => Outcome::Success,
+                Err(e) if e.is_upstream() => Outcome::Failure,
+                Err(_) => Outcome::Success,
+            };
+            let took = started.filter(|_| sent.is_ok()).map(|at| at.elapsed());
+            hop.pool.report(active.backend(), outcome, took);
+            sent
+        }
     }
 
     /// After a 101: the connection's own task copies bytes both ways between the two upgraded
