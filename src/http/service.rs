@@ -302,296 +302,303 @@ impl ProxyService {
     /// refusals carry the route's CORS headers and header rules too.
     /// `routed` is set to the route matched, whose error pages refusals get; `auth_cookies` to
     /// the cookies a `forward_auth` service set when it let the request through.
-    async fn dispatch<'s>(
-        &self,
-        to: Dispatch<'s, '_>,
+    #[allow(clippy::manual_async_fn)] // an async block holds the arguments once (see `call`)
+    fn dispatch<'a, 's, 'd, 'r>(
+        &'a self,
+        to: Dispatch<'s, 'd>,
         mut req: Request<ClientBody>,
         addrs: Addrs,
         (cors, response_rules, routed, auth_cookies): (
-            &mut Option<Verdict<'s>>,
-            &mut ResponseRules<'s>,
-            &mut Option<usize>,
-            &mut Vec<HeaderValue>,
+            &'r mut Option<Verdict<'s>>,
+            &'r mut ResponseRules<'s>,
+            &'r mut Option<usize>,
+            &'r mut Vec<HeaderValue>,
         ),
-    ) -> Result<(Answer, Option<Negotiated<'s>>), ProxyError> {
-        let Dispatch {
-            state,
-            site,
-            host,
-            port,
-            hop_by_hop,
-            log,
-            client_cert,
-        } = to;
-        let path = req.uri().path();
-        if self.transport == Transport::Plain {
-            // only a token being answered now is served over plain HTTP on an HTTPS-only site
-            if let Some(answer) = self.challenge_answer(path).await {
-                return Ok((Answer::Local(answer), None));
-            }
-            if state.sites[site].redirect_https {
-                let redirect = https_redirect(req.uri(), host, self.cx.https_port());
-                return Ok((Answer::Local(redirect), None));
-            }
-        }
-        let matched = {
-            let by = routing::Request::new(req.method(), req.uri(), req.headers());
-            state
-                .router
-                .route_in(site, &by)
-                .ok_or(ProxyError::NoRoute)?
-        };
-        let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
-        // reachable only through `X-Accel-Redirect` (nginx `internal`): to a client, no route
-        if route.internal {
-            return Err(ProxyError::NoRoute);
-        }
-        *routed = Some(matched.route);
-        if let Some(metrics) = &route.metrics {
-            let _ = log.metrics.set(metrics.clone());
-        }
-        // made only for rules with placeholders
-        // a macro, not a closure: the placeholders borrow from the request as it is when they
-        // are made, and `authenticate` may change its headers in between
-        macro_rules! vars {
-            ($req:expr) => {
-                placeholders(
-                    ($req.uri(), $req.headers()),
-                    (addrs.client, self.client_value(addrs.client)),
-                    (host, port, self.transport, client_cert),
-                    &log.request_id,
-                    matched.captures.as_ref(),
-                )
-            };
-        }
-        let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
-        if !headers.response_as_site {
-            *response_rules = ResponseRules::new(&headers.response);
-            if response_rules.needs_vars() {
-                response_rules.expand(&vars!(req), dropped);
-            }
-        }
-        let policy = &route.policy;
-        self.conn.hold_to_send_rate(policy.send_min_rate);
-        *cors = route
-            .cors
-            .as_ref()
-            .map(|c| c.judge(req.method(), req.headers()));
-        let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
-        let client = addrs.known.then_some(addrs.client);
-        // one branch for routes without a global limit; boxed, as it may wait for the store
-        let checked = if policy.global {
-            Box::pin(policy.check_global(client, key, req.method(), req.headers())).await
-        } else {
-            policy.check(client, key, req.method(), req.headers())
-        };
-        checked.map_err(|refusal| match refusal {
-            Refusal::Denied => ProxyError::Forbidden,
-            Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
-            Refusal::TooLarge(e) => ProxyError::BodyTooLarge(e.limit),
-        })?;
-        // a preflight is Gatehouse's to answer, whatever the route's action
-        if let Some(preflight) = cors.as_ref().and_then(Verdict::preflight) {
-            return preflight
-                .map(|()| (Answer::Local(no_content()), None))
-                .map_err(ProxyError::CorsRefused);
-        }
-        // after the preflight, which carries no credentials; boxed, as the proxying part below
-        if let Some(auth) = &route.auth {
-            let at = AuthAt {
-                policy,
-                key,
-                host: log.host.as_ref(),
-                client: addrs.client,
-                request_id: &log.request_id,
-            };
-            match Box::pin(self.authenticate(auth, &mut req, at)).await? {
-                Passed::Through(cookies) => *auth_cookies = cookies,
-                Passed::Answered(resp) => return Ok((Answer::Local(resp), None)),
-            }
-        }
-        let encode = route
-            .encode
-            .as_ref()
-            .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
-        let answer = match &route.action {
-            RouteAction::Respond(r) => Answer::Local(respond(r)),
-            RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars!(req))),
-            RouteAction::Files(files) => {
-                let file = file_request(&req, matched.matched_len);
-                Answer::File(serve_file(files, file).await?)
-            }
-            RouteAction::Proxy(route) => {
-                if let Some(files) = &route.files_first {
-                    let file = file_request(&req, matched.matched_len);
-                    if let Some(resp) = file_first(files, file).await? {
-                        return Ok((Answer::File(resp), encode));
-                    }
+    ) -> impl std::future::Future<Output = Result<(Answer, Option<Negotiated<'s>>), ProxyError>>
+           + use<'a, 's, 'd, 'r> {
+        async move {
+            let Dispatch {
+                state,
+                site,
+                host,
+                port,
+                hop_by_hop,
+                log,
+                client_cert,
+            } = to;
+            let path = req.uri().path();
+            if self.transport == Transport::Plain {
+                // only a token being answered now is served over plain HTTP on an HTTPS-only site
+                if let Some(answer) = self.challenge_answer(path).await {
+                    return Ok((Answer::Local(answer), None));
                 }
-                // boxed: it waits across the upstream exchange, in a future every connection
-                // holds room for
-                let kept = route
-                    .accel_redirect
-                    .then(|| Box::new(accel::Kept::of(&req)));
-                let addrs_client = addrs.client;
-                // placeholders take the request as the client sent it (nginx `$http_*`), before
-                // Gatehouse's own headers are set and before its target is rewritten
-                let expanded = match headers.request.templates {
-                    0 => Expanded::new(),
-                    _ => header_rules::expand(&headers.request, &vars!(req), dropped),
-                };
-                let rewrite = &route.rewrite;
-                // `matched` moves in: nothing of the routing is kept across the await below
-                let target = {
-                    let place = (host, port, self.transport, client_cert);
-                    let rules = state.config.server.paths;
-                    upstream_target(rewrite, &req, matched, (addrs, place, log), rules)
-                };
-                if let Some(target) = target? {
-                    *req.uri_mut() = Uri::from(target);
+                if state.sites[site].redirect_https {
+                    let redirect = https_redirect(req.uri(), host, self.cx.https_port());
+                    return Ok((Answer::Local(redirect), None));
                 }
-                let hop = Hop {
-                    proto: self.transport.scheme(),
-                    port,
-                    hop_by_hop,
+            }
+            let matched = {
+                let by = routing::Request::new(req.method(), req.uri(), req.headers());
+                state
+                    .router
+                    .route_in(site, &by)
+                    .ok_or(ProxyError::NoRoute)?
+            };
+            let route = state.routes.get(matched.route).ok_or(ProxyError::NoRoute)?;
+            // reachable only through `X-Accel-Redirect` (nginx `internal`): to a client, no route
+            if route.internal {
+                return Err(ProxyError::NoRoute);
+            }
+            *routed = Some(matched.route);
+            if let Some(metrics) = &route.metrics {
+                let _ = log.metrics.set(metrics.clone());
+            }
+            // made only for rules with placeholders
+            // a macro, not a closure: the placeholders borrow from the request as it is when they
+            // are made, and `authenticate` may change its headers in between
+            macro_rules! vars {
+                ($req:expr) => {
+                    placeholders(
+                        ($req.uri(), $req.headers()),
+                        (addrs.client, self.client_value(addrs.client)),
+                        (host, port, self.transport, client_cert),
+                        &log.request_id,
+                        matched.captures.as_ref(),
+                    )
+                };
+            }
+            let (headers, dropped) = (&route.headers, &state.metrics.header_values_dropped);
+            if !headers.response_as_site {
+                *response_rules = ResponseRules::new(&headers.response);
+                if response_rules.needs_vars() {
+                    response_rules.expand(&vars!(req), dropped);
+                }
+            }
+            let policy = &route.policy;
+            self.conn.hold_to_send_rate(policy.send_min_rate);
+            *cors = route
+                .cors
+                .as_ref()
+                .map(|c| c.judge(req.method(), req.headers()));
+            let key = rate_limit::client_key(addrs.client, state.config.server.limits.ipv6_prefix);
+            let client = addrs.known.then_some(addrs.client);
+            // one branch for routes without a global limit; boxed, as it may wait for the store
+            let checked = if policy.global {
+                Box::pin(policy.check_global(client, key, req.method(), req.headers())).await
+            } else {
+                policy.check(client, key, req.method(), req.headers())
+            };
+            checked.map_err(|refusal| match refusal {
+                Refusal::Denied => ProxyError::Forbidden,
+                Refusal::RateLimited(after) => ProxyError::TooManyRequests(after.0),
+                Refusal::TooLarge(e) => ProxyError::BodyTooLarge(e.limit),
+            })?;
+            // a preflight is Gatehouse's to answer, whatever the route's action
+            if let Some(preflight) = cors.as_ref().and_then(Verdict::preflight) {
+                return preflight
+                    .map(|()| (Answer::Local(no_content()), None))
+                    .map_err(ProxyError::CorsRefused);
+            }
+            // after the preflight, which carries no credentials; boxed, as the proxying part below
+            if let Some(auth) = &route.auth {
+                let at = AuthAt {
                     policy,
-                    pool: &route.pool,
-                    rewrite,
-                    addrs,
-                    peer_ip: &self.peer_ip,
-                    log,
-                    headers,
-                    expanded,
-                    deadline: None,
+                    key,
+                    host: log.host.as_ref(),
+                    client: addrs.client,
+                    request_id: &log.request_id,
                 };
-                // not boxed: hyper's slot for this service's future is held only while a
-                // request is in flight (an idle HTTP/1.1 connection is parked out of hyper
-                // after `PARK_AFTER_MS`, an HTTP/2 stream's task ends with it), and a box per
-                // request cost an allocation, a free and a copy of the future
-                let answer = self.proxy(hop, req).await?;
-                match kept {
-                    Some(kept) => {
-                        let at = (state, site);
-                        let on = (host, port, self.transport, client_cert);
-                        let client = (addrs_client, on, &log.request_id);
-                        return Box::pin(follow_accel(at, client, kept, answer, encode)).await;
-                    }
-                    None => answer,
+                match Box::pin(self.authenticate(auth, &mut req, at)).await? {
+                    Passed::Through(cookies) => *auth_cookies = cookies,
+                    Passed::Answered(resp) => return Ok((Answer::Local(resp), None)),
                 }
             }
-        };
-        Ok((answer, encode))
+            let encode = route
+                .encode
+                .as_ref()
+                .and_then(|rule| Negotiated::new(rule, req.method(), req.headers()));
+            let answer = match &route.action {
+                RouteAction::Respond(r) => Answer::Local(respond(r)),
+                RouteAction::Redirect(r) => Answer::Local(redirect(r, &vars!(req))),
+                RouteAction::Files(files) => {
+                    let file = file_request(&req, matched.matched_len);
+                    Answer::File(serve_file(files, file).await?)
+                }
+                RouteAction::Proxy(route) => {
+                    if let Some(files) = &route.files_first {
+                        let file = file_request(&req, matched.matched_len);
+                        if let Some(resp) = file_first(files, file).await? {
+                            return Ok((Answer::File(resp), encode));
+                        }
+                    }
+                    // boxed: it waits across the upstream exchange, in a future every connection
+                    // holds room for
+                    let kept = route
+                        .accel_redirect
+                        .then(|| Box::new(accel::Kept::of(&req)));
+                    let addrs_client = addrs.client;
+                    // placeholders take the request as the client sent it (nginx `$http_*`), before
+                    // Gatehouse's own headers are set and before its target is rewritten
+                    let expanded = match headers.request.templates {
+                        0 => Expanded::new(),
+                        _ => header_rules::expand(&headers.request, &vars!(req), dropped),
+                    };
+                    let rewrite = &route.rewrite;
+                    // `matched` moves in: nothing of the routing is kept across the await below
+                    let target = {
+                        let place = (host, port, self.transport, client_cert);
+                        let rules = state.config.server.paths;
+                        upstream_target(rewrite, &req, matched, (addrs, place, log), rules)
+                    };
+                    if let Some(target) = target? {
+                        *req.uri_mut() = Uri::from(target);
+                    }
+                    let hop = Hop {
+                        proto: self.transport.scheme(),
+                        port,
+                        hop_by_hop,
+                        policy,
+                        pool: &route.pool,
+                        rewrite,
+                        addrs,
+                        peer_ip: &self.peer_ip,
+                        log,
+                        headers,
+                        expanded,
+                        deadline: None,
+                    };
+                    // not boxed: hyper's slot for this service's future is held only while a
+                    // request is in flight (an idle HTTP/1.1 connection is parked out of hyper
+                    // after `PARK_AFTER_MS`, an HTTP/2 stream's task ends with it), and a box per
+                    // request cost an allocation, a free and a copy of the future
+                    let answer = self.proxy(hop, req).await?;
+                    match kept {
+                        Some(kept) => {
+                            let at = (state, site);
+                            let on = (host, port, self.transport, client_cert);
+                            let client = (addrs_client, on, &log.request_id);
+                            return Box::pin(follow_accel(at, client, kept, answer, encode)).await;
+                        }
+                        None => answer,
+                    }
+                }
+            };
+            Ok((answer, encode))
+        }
     }
 
     /// Sends the request upstream, on another server when an attempt failed safely (see
     /// `Retry`), and reports each attempt's outcome to the pool's passive health.
-    async fn proxy(
-        &self,
-        mut hop: Hop<'_>,
+    #[allow(clippy::manual_async_fn)] // an async block holds the arguments once (see `call`)
+    fn proxy<'a, 'h>(
+        &'a self,
+        mut hop: Hop<'h>,
         mut req: Request<ClientBody>,
-    ) -> Result<Answer, ProxyError> {
-        let upgrade =
-            forward::requested_upgrade(req.headers()).filter(|_| req.version() == Version::HTTP_11);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        // a gRPC call's deadline caps the waits for its answer (only HTTP/2 carries one)
-        hop.deadline = match parts.version {
-            Version::HTTP_2 => {
-                grpc::timeout(&parts.headers).map(|t| tokio::time::Instant::now() + t)
-            }
-            _ => None,
-        };
-        let port = match (hop.port, self.transport) {
-            (Some(port), _) => self.conn.port_header(port),
-            (None, Transport::Tls) => HeaderValue::from_static("443"),
-            (None, Transport::Plain) => HeaderValue::from_static("80"),
-        };
-        {
-            // dropped here, not kept in this future across its awaits
-            let mut expanded = std::mem::take(&mut hop.expanded);
-            let headers = &mut parts.headers;
-            prepare_request_headers(headers, &hop, upgrade.clone(), port, &mut expanded);
-            // after the hop-by-hop strip, which would take the `Transfer-Encoding` it may add
-            hygiene::regenerate_framing(headers, &http_body::Body::size_hint(&body));
-        }
-        parts.version = Version::HTTP_11;
-        let retries = if upgrade.is_some() {
-            0
-        } else {
-            hop.pool.spec().retries
-        };
-        let mut retry = Retry::new(&parts.method, body, retries);
-        hop.pool.deposit_retry_share();
-        let mut tried: Vec<BackendAddr> = Vec::new();
-        let mut failed = None;
-        let (mut resp, conn, active) = loop {
-            let active = match hop.pool.pick(hop.addrs.client, &tried) {
-                Ok(active) => active,
-                // no server left: the last attempt's error, or none was healthy at all
-                Err(none) => {
-                    let name = hop.pool.name.clone();
-                    return Err(failed.unwrap_or(ProxyError::NoHealthy(name, none.retry_after)));
+    ) -> impl std::future::Future<Output = Result<Answer, ProxyError>> + use<'a, 'h> {
+        async move {
+            let upgrade = forward::requested_upgrade(req.headers())
+                .filter(|_| req.version() == Version::HTTP_11);
+            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let (mut parts, body) = req.into_parts();
+            // a gRPC call's deadline caps the waits for its answer (only HTTP/2 carries one)
+            hop.deadline = match parts.version {
+                Version::HTTP_2 => {
+                    grpc::timeout(&parts.headers).map(|t| tokio::time::Instant::now() + t)
                 }
+                _ => None,
             };
-            // no copy of the head when no other attempt can follow (a single server included)
-            let last = tried.len() >= retries as usize || tried.len() + 1 >= hop.pool.size();
-            let head = if last {
-                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            let port = match (hop.port, self.transport) {
+                (Some(port), _) => self.conn.port_header(port),
+                (None, Transport::Tls) => HeaderValue::from_static("443"),
+                (None, Transport::Plain) => HeaderValue::from_static("80"),
+            };
+            {
+                // dropped here, not kept in this future across its awaits
+                let mut expanded = std::mem::take(&mut hop.expanded);
+                let headers = &mut parts.headers;
+                prepare_request_headers(headers, &hop, upgrade.clone(), port, &mut expanded);
+                // after the hop-by-hop strip, which would take the `Transfer-Encoding` it may add
+                hygiene::regenerate_framing(headers, &http_body::Body::size_hint(&body));
+            }
+            parts.version = Version::HTTP_11;
+            let retries = if upgrade.is_some() {
+                0
             } else {
-                copy_head(&parts)
+                hop.pool.spec().retries
             };
-            match self.attempt(&hop, head, &active, &mut retry).await {
-                Ok((resp, conn)) => break (resp, conn, active),
-                Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
-                    tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
-                    tried.push(active.backend().addr.clone());
-                    failed = Some(err);
+            let mut retry = Retry::new(&parts.method, body, retries);
+            hop.pool.deposit_retry_share();
+            let mut tried: Vec<BackendAddr> = Vec::new();
+            let mut failed = None;
+            let (mut resp, conn, active) = loop {
+                let active = match hop.pool.pick(hop.addrs.client, &tried) {
+                    Ok(active) => active,
+                    // no server left: the last attempt's error, or none was healthy at all
+                    Err(none) => {
+                        let name = hop.pool.name.clone();
+                        return Err(failed.unwrap_or(ProxyError::NoHealthy(name, none.retry_after)));
+                    }
+                };
+                // no copy of the head when no other attempt can follow (a single server included)
+                let last = tried.len() >= retries as usize || tried.len() + 1 >= hop.pool.size();
+                let head = if last {
+                    std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+                } else {
+                    copy_head(&parts)
+                };
+                match self.attempt(&hop, head, &active, &mut retry).await {
+                    Ok((resp, conn)) => break (resp, conn, active),
+                    Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
+                        tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
+                        tried.push(active.backend().addr.clone());
+                        failed = Some(err);
+                    }
+                    Err(err) => return Err(err),
                 }
-                Err(err) => return Err(err),
+            };
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
+                // nothing asked to switch: what follows on the connection is no HTTP we can frame
+                let err = "101 Switching Protocols to a request that asked for no upgrade";
+                return Err(ProxyError::UpstreamMalformed(err.into()));
             }
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
-            // nothing asked to switch: what follows on the connection is no HTTP we can frame
-            let err = "101 Switching Protocols to a request that asked for no upgrade";
-            return Err(ProxyError::UpstreamMalformed(err.into()));
+            map_location(&hop, &mut resp, &active);
+            let says = forward::strip_hop_by_hop(resp.headers_mut());
+            if says.transfer_encoding && !says.only_chunked {
+                // hyper read the body by its last coding (`chunked`) or to the close, and another
+                // coding would reach the client undone and unannounced (nginx: 502 as well)
+                let err = "Transfer-Encoding other than a lone `chunked`";
+                return Err(ProxyError::UpstreamMalformed(err.into()));
+            }
+            // both framings (RFC 9112 6.3): the body was read by `Transfer-Encoding`, so the length
+            // goes, and so does the connection: a peer that sends both may mean something else by
+            // them than we did, and the next response on it could start anywhere
+            let both = says.transfer_encoding
+                && resp.headers_mut().remove(header::CONTENT_LENGTH).is_some();
+            // an upgraded connection is the tunnel's; one the response closes is no use
+            let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                && says.keeps_alive(resp.version())
+                && !both;
+            if resp.version() == Version::HTTP_10 {
+                // a proxy speaks its own version (RFC 9110 6.2): HTTP/1.1 framing from here on
+                *resp.version_mut() = Version::HTTP_11;
+            }
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(proto), Some(client_upgrade)) =
+                (resp.status(), upgrade, client_upgrade)
+            {
+                forward::restore_upgrade(resp.headers_mut(), proto);
+                self.tunnel(client_upgrade, crate::upstream::conn::upgrade(&mut resp));
+            }
+            let read_timeout = Reads {
+                timeout: hop.policy.upstream_response,
+                deadline: hop.deadline,
+            };
+            Ok(Answer::Upstream(
+                resp,
+                active,
+                reusable.then_some(conn),
+                read_timeout,
+            ))
         }
-        map_location(&hop, &mut resp, &active);
-        let says = forward::strip_hop_by_hop(resp.headers_mut());
-        if says.transfer_encoding && !says.only_chunked {
-            // hyper read the body by its last coding (`chunked`) or to the close, and another
-            // coding would reach the client undone and unannounced (nginx: 502 as well)
-            let err = "Transfer-Encoding other than a lone `chunked`";
-            return Err(ProxyError::UpstreamMalformed(err.into()));
-        }
-        // both framings (RFC 9112 6.3): the body was read by `Transfer-Encoding`, so the length
-        // goes, and so does the connection: a peer that sends both may mean something else by
-        // them than we did, and the next response on it could start anywhere
-        let both =
-            says.transfer_encoding && resp.headers_mut().remove(header::CONTENT_LENGTH).is_some();
-        // an upgraded connection is the tunnel's; one the response closes is no use
-        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS
-            && says.keeps_alive(resp.version())
-            && !both;
-        if resp.version() == Version::HTTP_10 {
-            // a proxy speaks its own version (RFC 9110 6.2): HTTP/1.1 framing from here on
-            *resp.version_mut() = Version::HTTP_11;
-        }
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(proto), Some(client_upgrade)) =
-            (resp.status(), upgrade, client_upgrade)
-        {
-            forward::restore_upgrade(resp.headers_mut(), proto);
-            self.tunnel(client_upgrade, crate::upstream::conn::upgrade(&mut resp));
-        }
-        let read_timeout = Reads {
-            timeout: hop.policy.upstream_response,
-            deadline: hop.deadline,
-        };
-        Ok(Answer::Upstream(
-            resp,
-            active,
-            reusable.then_some(conn),
-            read_timeout,
-        ))
     }
 
     /// One attempt on `active`, its outcome reported to passive health.
