@@ -396,8 +396,13 @@ async fn serve_requests(wire: &Shared, setup: &mut Setup<'_, '_>) -> Run {
         };
         let body_done = matches!(lock(wire).body, BodyState::Done);
         let keep = asked.keep_alive && !closing && body_done;
-        let written =
-            write_in_grace(write_response(wire, resp, &asked, keep, &mut out), guard).await;
+        // pinned here and lent to `write_in_grace`, not moved into it: the answer's future is
+        // several KiB, and each move of it is a copy
+        let written = {
+            let write = write_response(wire, resp, &asked, keep, &mut out);
+            tokio::pin!(write);
+            write_in_grace(write, guard).await
+        };
         lock(wire).request += 1;
         match written {
             // the server began shutting down while the answer was written
@@ -435,10 +440,9 @@ async fn serve_requests(wire: &Shared, setup: &mut Setup<'_, '_>) -> Run {
 /// Writes an answer, within the grace period once the server is shutting down (a client taking
 /// its answer slowly does not hold shutdown up, as with hyper's connections).
 async fn write_in_grace(
-    write: impl std::future::Future<Output = io::Result<Written>>,
+    mut write: Pin<&mut impl std::future::Future<Output = io::Result<Written>>>,
     guard: &mut Guard<'_>,
 ) -> io::Result<Written> {
-    tokio::pin!(write);
     loop {
         let drain = guard.drain;
         tokio::select! {
@@ -597,33 +601,39 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
 /// A client that hangs up meanwhile (seen once its body has been read) cancels the request:
 /// the proxy future is dropped, and with it the upstream request (nginx's
 /// `proxy_ignore_client_abort off`).
-async fn answer(
+// an `async` block, not an `async fn`: `svc` and `req` are held once, where an `async fn`
+// keeps its arguments twice (as given, and moved into its locals)
+#[allow(clippy::manual_async_fn)]
+fn answer<'a, 'g>(
     svc: ProxyService,
     req: Request<ClientBody>,
-    (guard, wire, limits): (&mut Guard<'_>, &Shared, &Limits),
-) -> Option<(Response<super::body::ProxyBody>, bool)> {
-    // boxed: the proxy future is several KiB, and inline it would sit in the connection's task
-    // for as long as the connection lives, idle or not; boxed it exists only while a request
-    // is in flight
-    // allocated before the future is made, so it is made in place rather than on the stack
-    // and copied into the box (a copy of several KiB per request, with `Box::pin(call)`)
-    let call = Box::write(Box::new_uninit(), svc.call(req));
-    let mut call = Box::into_pin(call);
-    let mut closing = guard.drain.is_some();
-    loop {
-        let drain = guard.drain;
-        tokio::select! {
-            biased;
-            Ok(resp) = &mut call => return Some((resp, closing)),
-            () = hang_up(wire, limits.max_head) => {
-                tracing::debug!(peer = %guard.peer, "client closed the connection; request dropped");
-                return None;
+    (guard, wire, limits): (&'a mut Guard<'g>, &'a Shared, &'a Limits),
+) -> impl std::future::Future<Output = Option<(Response<super::body::ProxyBody>, bool)>> + use<'a, 'g>
+{
+    async move {
+        // boxed: the proxy future is several KiB, and inline it would make `serve_requests`' own
+        // box (held while the connection is active, idle or not) that much larger; boxed it exists
+        // only while a request is in flight
+        // allocated before the future is made, so it is made in place rather than on the stack
+        // and copied into the box (a copy of several KiB per request, with `Box::pin(call)`)
+        let call = Box::write(Box::new_uninit(), svc.call(req));
+        let mut call = Box::into_pin(call);
+        let mut closing = guard.drain.is_some();
+        loop {
+            let drain = guard.drain;
+            tokio::select! {
+                biased;
+                Ok(resp) = &mut call => return Some((resp, closing)),
+                () = hang_up(wire, limits.max_head) => {
+                    tracing::debug!(peer = %guard.peer, "client closed the connection; request dropped");
+                    return None;
+                }
+                _ = guard.shutdown.changed(), if drain.is_none() => {
+                    closing = true;
+                    guard.drain = Some(tokio::time::Instant::now() + guard.grace);
+                }
+                _ = super::sleep_until(drain), if drain.is_some() => return None,
             }
-            _ = guard.shutdown.changed(), if drain.is_none() => {
-                closing = true;
-                guard.drain = Some(tokio::time::Instant::now() + guard.grace);
-            }
-            _ = super::sleep_until(drain), if drain.is_some() => return None,
         }
     }
 }
