@@ -44,8 +44,6 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let task = serve(stream, peer, transport, cx.clone(), shutdown.clone());
-                let _ =
-                    std::fs::write("/tmp/tasksize", format!("{}", std::mem::size_of_val(&task)));
                 cx.tracker.spawn(task);
             }
             Err(e) if is_resource_exhaustion(&e) => {
