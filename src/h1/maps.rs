@@ -37,11 +37,21 @@ pub fn give(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    // `try_with`: a map dropped while the thread ends finds no spares
-    let _ = SPARE.try_with(|spare| {
+    keep(&SPARE, map, KEEP);
+}
+
+/// Puts `item` on this thread's spare list `list` if it holds fewer than `max` (the read
+/// buffers of `upstream::conn::native` use it too). `try_with`: an item dropped while the
+/// thread ends finds no list.
+pub fn keep<T: 'static>(
+    list: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    item: T,
+    max: usize,
+) {
+    let _ = list.try_with(|spare| {
         if let Ok(mut spare) = spare.try_borrow_mut() {
-            if spare.len() < KEEP {
-                spare.push(map);
+            if spare.len() < max {
+                spare.push(item);
             }
         }
     });

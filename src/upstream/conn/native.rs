@@ -801,14 +801,7 @@ mod spare {
             return;
         }
         buf.clear();
-        // `try_with`: a body dropped while the thread ends finds no spares
-        let _ = SPARE.try_with(|spare| {
-            if let Ok(mut spare) = spare.try_borrow_mut() {
-                if spare.len() < KEEP {
-                    spare.push(buf);
-                }
-            }
-        });
+        crate::h1::maps::keep(&SPARE, buf, KEEP);
     }
 }
 
