@@ -163,20 +163,94 @@ impl Transport {
 /// parked between requests once idle (see `Expiry::Park`) and served again when bytes arrive.
 /// A TLS connection made with a `client_auth` site's config comes with what its handshake
 /// verified (`client`).
-pub async fn serve_connection<S>(
+///
+/// The connection's task holds this future for the connection's whole life, and a task is as
+/// large as its future's largest state. So the future holds only what lasts (`Conn`), the
+/// socket and the parked wait; each activation (telling HTTP/2 from HTTP/1.1, a hyper
+/// connection, the native engine's request path, an HTTP/2 session, a tunnel) is boxed and
+/// freed when the connection parks or ends: one allocation per activation, none per request.
+pub fn serve_connection<S>(
     stream: S,
     peer: Peer,
     (transport, client): (Transport, Option<Arc<ClientTls>>),
     cx: Arc<ConnContext>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Peer {
-        addr: peer,
-        vouches,
-    } = peer;
-    let (http, grace, tunnel_idle, state, native) = {
+    let conn = Conn::new(peer, (transport, client), cx, shutdown);
+    let socket = Socket::Fresh(WatchedIo::new(stream, conn.svc.conn.clone()));
+    serve_parked_between(conn, socket)
+}
+
+// an `async` block, not an `async fn`: `conn` and `socket` are held once, where an `async fn`
+// keeps its arguments twice (as given, and moved into its locals)
+#[allow(clippy::manual_async_fn)]
+fn serve_parked_between<S>(mut conn: Conn, mut socket: Socket<S>) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        let mut pre = Bytes::new();
+        loop {
+            if !Box::pin(conn.activate(&mut socket, pre)).await {
+                return;
+            }
+            tracing::trace!(peer = %conn.guard.peer, "idle connection parked");
+            let Some(io) = socket.io() else {
+                return;
+            };
+            pre = match conn.guard.wait_for_bytes(io).await {
+                Some(bytes) => bytes,
+                None => {
+                    let _ = tokio::time::timeout(conn.guard.grace, io.shutdown()).await;
+                    return;
+                }
+            };
+        }
+    }
+}
+
+/// What a client connection keeps for its whole life.
+struct Conn {
+    guard: Guard,
+    svc: ProxyService,
+    http: Arc<Protocols>,
+    /// The native engine's bounds on a head; `None`: HTTP/1.1 is served by hyper.
+    native: Option<crate::h1::Limits>,
+    tunnel_idle: Duration,
+}
+
+/// A connection's socket between activations.
+enum Socket<S> {
+    /// Not served yet: HTTP/2 or HTTP/1.1 is still to be told.
+    Fresh(WatchedIo<S>),
+    /// HTTP/1.1 parked out of hyper.
+    Hyper(WatchedIo<S>),
+    /// HTTP/1.1 served by the native engine, its read buffer with it.
+    Native(native::Handle),
+    /// With an activation that has not given it back (it ended the connection).
+    Lent,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket<S> {
+    fn io(&mut self) -> Option<&mut dyn native::Io> {
+        match self {
+            Socket::Fresh(io) | Socket::Hyper(io) => Some(io),
+            Socket::Native(handle) => Some(handle),
+            Socket::Lent => None,
+        }
+    }
+}
+
+impl Conn {
+    fn new(
+        peer: Peer,
+        (transport, client): (Transport, Option<Arc<ClientTls>>),
+        cx: Arc<ConnContext>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Conn {
         let snapshot = cx.shared.load();
         let server = &snapshot.config.server;
         let native = (server.http1_engine == crate::config::Http1Engine::Native)
@@ -184,42 +258,76 @@ pub async fn serve_connection<S>(
         let t = &server.timeouts;
         let state = ConnState::new(t.header_read, t.idle, t.send);
         state.set_default_send_rate(server.send_min_rate);
-        let http = snapshot.http.clone();
-        (http, server.shutdown_grace, t.tunnel_idle, state, native)
-    };
-    let _counted = SlowSendCount {
-        state: &state,
-        rejections: &cx.rejections,
-        peer,
-    };
-    let mut io = WatchedIo::new(stream, state.clone());
-    let svc = ProxyService {
-        cx: cx.clone(),
-        peer,
-        peer_ip: crate::upstream::forward::ip_header(peer.ip().to_canonical()),
-        vouches,
-        conn: state.clone(),
-        transport,
-        client,
-    };
-    let mut guard = Guard {
-        watchdog: Watchdog::new(state.clone()),
-        shutdown: &mut shutdown,
-        grace,
-        drain: None,
-        peer,
-        state: &state,
-    };
-    let sniffed = tokio::select! {
-        sniffed = read_preface(&mut io) => sniffed,
-        _ = &mut guard.watchdog => return,
-        _ = guard.shutdown.changed() => return,
-    };
-    let Ok((is_h2, mut pre)) = sniffed else {
-        return;
-    };
-    if is_h2 {
+        let addr = peer.addr;
+        Conn {
+            guard: Guard {
+                watchdog: Watchdog::new(state.clone()),
+                shutdown,
+                grace: server.shutdown_grace,
+                drain: None,
+                peer: addr,
+                state: state.clone(),
+            },
+            http: snapshot.http.clone(),
+            native,
+            tunnel_idle: t.tunnel_idle,
+            svc: ProxyService {
+                cx: cx.clone(),
+                peer: addr,
+                peer_ip: crate::upstream::forward::ip_header(addr.ip().to_canonical()),
+                vouches: peer.vouches,
+                conn: state,
+                transport,
+                client,
+            },
+        }
+    }
+
+    /// Serves the connection from `pre` (bytes it sent while parked) until it parks (`true`:
+    /// `socket` is given back) or ends. The first activation tells HTTP/2 from HTTP/1.1.
+    async fn activate<S>(&mut self, socket: &mut Socket<S>, pre: Bytes) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match std::mem::replace(socket, Socket::Lent) {
+            Socket::Fresh(mut io) => {
+                let sniffed = tokio::select! {
+                    sniffed = read_preface(&mut io) => sniffed,
+                    _ = &mut self.guard.watchdog => return false,
+                    _ = self.guard.shutdown.changed() => return false,
+                };
+                let Ok((is_h2, pre)) = sniffed else {
+                    return false;
+                };
+                if is_h2 {
+                    self.serve_h2(io, pre).await;
+                    return false;
+                }
+                if self.native.is_some() {
+                    *socket = Socket::Native(native::wire(io, &pre));
+                    return self.serve_native(socket).await;
+                }
+                self.serve_hyper(socket, io, pre).await
+            }
+            Socket::Hyper(io) => self.serve_hyper(socket, io, pre).await,
+            Socket::Native(handle) => {
+                handle.refill(&pre);
+                *socket = Socket::Native(handle);
+                self.serve_native(socket).await
+            }
+            Socket::Lent => false,
+        }
+    }
+
+    async fn serve_h2<S>(&mut self, io: WatchedIo<S>, pre: Bytes)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            guard, svc, http, ..
+        } = self;
         let io = TokioIo::new(Rewind::new(pre, io));
+        let svc = &*svc;
         // Each stream's future is boxed at once: hyper and tokio move a stream task several
         // times (into its `H2Stream`, `StreamExec`'s `Deadline`, the task cell, and the cell's
         // stage on completion), and each move of the whole proxy future is a memcpy of its
@@ -230,59 +338,71 @@ pub async fn serve_connection<S>(
         });
         let mut conn = Box::pin(http.h2.serve_connection(io, svc));
         guard.drive(&mut conn).await;
-        return;
     }
-    if let Some(limits) = native {
+
+    async fn serve_native<S>(&mut self, socket: &mut Socket<S>) -> bool {
+        let (Socket::Native(handle), Some(limits)) = (&*socket, self.native) else {
+            return false;
+        };
         let setup = native::Setup {
-            guard: &mut guard,
-            state: &state,
-            svc,
+            guard: &mut self.guard,
+            svc: &self.svc,
             limits,
-            tunnel_idle,
-            tunnels: &cx.listener_metrics(transport).tunnels,
+            tunnel_idle: self.tunnel_idle,
+            tunnels: &self.svc.cx.listener_metrics(self.svc.transport).tunnels,
         };
-        native::serve(io, pre, setup).await;
-        return;
+        native::serve_requests(handle, setup).await == native::Run::Parked
     }
-    let h1_svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        svc.clone().call(req.map(ClientBody::Hyper))
-    });
-    loop {
-        let io_in = TokioIo::new(Rewind::new(pre, io));
-        let mut conn = Box::new(
-            http.h1
-                .serve_connection(io_in, h1_svc.clone())
-                .with_upgrades(),
-        );
-        let end = guard.drive(&mut *conn).await;
-        if let Some(pending) = state.take_tunnel() {
-            // hyper has handed the socket over (or failed to): what is left of it is the tunnel's
-            drop(conn);
-            state.set_parking(false);
-            let tunnels = &cx.listener_metrics(transport).tunnels;
-            // boxed: the tunnel's state (~1.5 KiB) would otherwise size every connection's
-            // task, parked ones included
-            Box::pin(guard.tunnel(pending, tunnel_idle, tunnels)).await;
-            return;
-        }
-        if end != End::Parked {
-            return;
-        }
-        let Some(parts) = conn.into_parts() else {
-            return;
-        };
-        state.set_parking(false);
-        tracing::trace!(%peer, "idle connection parked");
-        let (unread, watched) = parts.io.into_inner().into_parts();
-        io = watched;
-        pre = join(unread, parts.read_buf);
-        if pre.is_empty() {
-            match guard.wait_for_bytes(&mut io).await {
-                Some(bytes) => pre = bytes,
-                None => {
-                    let _ = tokio::time::timeout(grace, io.shutdown()).await;
-                    return;
-                }
+
+    /// HTTP/1.1 with hyper, until the connection parks with nothing sent since (`true`, the
+    /// socket given back) or ends.
+    async fn serve_hyper<S>(
+        &mut self,
+        socket: &mut Socket<S>,
+        mut io: WatchedIo<S>,
+        mut pre: Bytes,
+    ) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            guard,
+            svc,
+            http,
+            tunnel_idle,
+            ..
+        } = self;
+        let svc = &*svc;
+        let h1_svc =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                svc.clone().call(req.map(ClientBody::Hyper))
+            });
+        loop {
+            let io_in = TokioIo::new(Rewind::new(pre, io));
+            let mut conn = http.h1.serve_connection(io_in, h1_svc).with_upgrades();
+            let end = guard.drive(&mut conn).await;
+            if let Some(pending) = guard.state.take_tunnel() {
+                // hyper has handed the socket over (or failed to): what is left of it is the tunnel's
+                drop(conn);
+                guard.state.set_parking(false);
+                let tunnels = &svc.cx.listener_metrics(svc.transport).tunnels;
+                // boxed: the tunnel's state (~1.5 KiB) is not kept beside hyper's connection
+                Box::pin(guard.tunnel(pending, *tunnel_idle, tunnels)).await;
+                return false;
+            }
+            if end != End::Parked {
+                return false;
+            }
+            let Some(parts) = conn.into_parts() else {
+                return false;
+            };
+            guard.state.set_parking(false);
+            let (unread, watched) = parts.io.into_inner().into_parts();
+            io = watched;
+            pre = join(unread, parts.read_buf);
+            if pre.is_empty() {
+                *socket = Socket::Hyper(io);
+                return true;
             }
         }
     }
@@ -290,19 +410,16 @@ pub async fn serve_connection<S>(
 
 /// Counts (and logs) a connection cut for taking a response slower than `send_min_rate` when
 /// its task ends, whichever way it ends.
-struct SlowSendCount<'a> {
-    state: &'a ConnState,
-    rejections: &'a Rejections,
-    peer: SocketAddr,
-}
-
-impl Drop for SlowSendCount<'_> {
+impl Drop for Conn {
     fn drop(&mut self) {
-        if self.state.cut_too_slow() {
-            let ip = self.peer.ip().to_canonical();
+        if self.guard.state.cut_too_slow() {
+            let ip = self.guard.peer.ip().to_canonical();
             let detail =
                 "connection closed: the client took the response slower than send_min_rate";
-            self.rejections.record(Reason::SendTooSlow, ip, detail);
+            self.svc
+                .cx
+                .rejections
+                .record(Reason::SendTooSlow, ip, detail);
         }
     }
 }
@@ -377,17 +494,17 @@ where
 }
 
 /// A connection's deadlines and its part in graceful shutdown.
-struct Guard<'a> {
+struct Guard {
     watchdog: Watchdog,
-    shutdown: &'a mut watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
     /// When a connection that was asked to wind down is closed regardless.
     drain: Option<tokio::time::Instant>,
     peer: SocketAddr,
-    state: &'a ConnState,
+    state: Arc<ConnState>,
 }
 
-impl Guard<'_> {
+impl Guard {
     /// Serves `conn` until it ends: closed (by either side, a deadline or shutdown), or parked.
     async fn drive<C: Graceful>(&mut self, conn: &mut C) -> End {
         let peer = self.peer;
@@ -460,7 +577,7 @@ impl Guard<'_> {
     /// Resolves when a tunnel must end for shutdown: the grace period after it began.
     fn tunnel_stop(&mut self) -> impl Future<Output = ()> + '_ {
         let (grace, drain) = (self.grace, self.drain);
-        let shutdown = &mut *self.shutdown;
+        let shutdown = &mut self.shutdown;
         async move {
             let at = match drain {
                 Some(at) => at,
@@ -476,7 +593,7 @@ impl Guard<'_> {
 
     /// A parked connection's wait for its next request, holding no buffer: the bytes that came,
     /// or `None` when the client closed, the idle period ran out or the server shuts down.
-    async fn wait_for_bytes<S: AsyncRead + Unpin>(&mut self, io: &mut S) -> Option<Bytes> {
+    async fn wait_for_bytes<S: AsyncRead + Unpin + ?Sized>(&mut self, io: &mut S) -> Option<Bytes> {
         let read = std::future::poll_fn(|cx| {
             // on the stack while polled, not kept in the connection's task while it waits
             let mut buf = [0u8; 4096];

@@ -15,7 +15,7 @@
 //! connection gives its buffers back after `PARK_AFTER_MS` and waits for its next request with
 //! none.
 
-use super::conn::{ConnState, Expiry, WatchedIo};
+use super::conn::{Expiry, WatchedIo};
 use super::service::ProxyService;
 use super::{ClientBody, Guard};
 use crate::h1::chunked::{self, Decoder};
@@ -243,7 +243,7 @@ impl Body for RequestBody {
 }
 
 /// The connection as this task reads and writes it: the buffered bytes first, then the socket.
-struct Handle(Shared);
+pub(super) struct Handle(Shared);
 
 impl AsyncRead for Handle {
     fn poll_read(
@@ -288,11 +288,10 @@ impl AsyncWrite for Handle {
     }
 }
 
-/// What the connection needs besides its socket.
-pub(super) struct Setup<'g, 'a> {
-    pub guard: &'g mut Guard<'a>,
-    pub state: &'g Arc<ConnState>,
-    pub svc: ProxyService,
+/// What the connection lends its request path for one activation, besides its socket.
+pub(super) struct Setup<'g> {
+    pub guard: &'g mut Guard,
+    pub svc: &'g ProxyService,
     pub limits: Limits,
     pub tunnel_idle: Duration,
     pub tunnels: &'g IntGauge,
@@ -309,66 +308,62 @@ enum HeadRead {
 }
 
 /// How a run of requests on a connection ended.
-enum Run {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Run {
     /// Idle long enough to park: wait for the next request without the request path's state.
     Parked,
     Ended,
 }
 
-/// Serves an HTTP/1.1 connection until it closes. `pre` are bytes already read from it.
-///
-/// The request path's state (`serve_requests`: the head's field index, the write buffer, the
-/// answer and body futures, several KiB) is boxed and lives only while the connection is
-/// active; a parked connection holds only this loop, its socket and no buffer. One allocation
-/// per activation, not per request.
-pub(super) async fn serve<S>(io: WatchedIo<S>, pre: Bytes, mut setup: Setup<'_, '_>)
+/// The connection as the native engine serves it: its socket and `pre`, bytes already read
+/// from it.
+pub(super) fn wire<S>(io: WatchedIo<S>, pre: &[u8]) -> Handle
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let wire: Shared = Arc::new(Mutex::new(Wire {
+    Handle(Arc::new(Mutex::new(Wire {
         io: Box::new(io),
-        buf: BytesMut::from(&pre[..]),
+        buf: BytesMut::from(pre),
         request: 0,
         body: BodyState::Done,
         interim_left: 0,
         eof: false,
-    }));
-    loop {
-        if let Run::Ended = Box::pin(serve_requests(&wire, &mut setup)).await {
-            return;
-        }
-        // nothing buffered while idle: wait for the next request with no buffer
-        let mut handle = Handle(wire.clone());
-        {
-            let mut w = lock(&wire);
-            if w.buf.is_empty() {
-                w.buf = BytesMut::new();
-            }
-        }
-        match setup.guard.wait_for_bytes(&mut handle).await {
-            Some(bytes) => lock(&wire).buf.extend_from_slice(&bytes),
-            None => return close(&wire, setup.guard).await,
-        }
+    })))
+}
+
+impl Handle {
+    /// Bytes a parked connection received, to be read before the socket.
+    pub(super) fn refill(&self, bytes: &[u8]) {
+        lock(&self.0).buf.extend_from_slice(bytes);
     }
 }
 
-/// Serves requests until the connection ends or parks.
-async fn serve_requests(wire: &Shared, setup: &mut Setup<'_, '_>) -> Run {
+/// Serves requests until the connection ends (closed here) or parks (its read buffer given
+/// back when empty: a parked connection waits for its next request with no buffer).
+///
+/// The caller boxes this with the rest of an activation (the head's field index, the write
+/// buffer, the answer and body futures, several KiB): a parked connection holds none of it.
+pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
     let Setup {
         guard,
-        state,
         svc,
         limits,
         tunnel_idle,
         tunnels,
     } = setup;
-    let (state, limits, tunnel_idle, tunnels) = (*state, &*limits, *tunnel_idle, *tunnels);
+    let (wire, state, limits) = (&handle.0, &svc.conn, &limits);
     let mut head = RequestHead::default();
     let mut out = Vec::new();
     loop {
         match read_head(wire, &mut head, limits, guard).await {
             HeadRead::Complete => {}
-            HeadRead::Parked => return Run::Parked,
+            HeadRead::Parked => {
+                let mut w = lock(wire);
+                if w.buf.is_empty() {
+                    w.buf = BytesMut::new();
+                }
+                return Run::Parked;
+            }
             HeadRead::Closed => {
                 close(wire, guard).await;
                 return Run::Ended;
@@ -390,7 +385,8 @@ async fn serve_requests(wire: &Shared, setup: &mut Setup<'_, '_>) -> Run {
                 return Run::Ended;
             }
         };
-        let Some((resp, closing)) = answer(svc.clone(), req, (guard, wire, limits)).await else {
+        let Some((resp, closing)) = answer(svc.clone(), req, (&mut *guard, wire, limits)).await
+        else {
             close(wire, guard).await;
             return Run::Ended;
         };
@@ -441,7 +437,7 @@ async fn serve_requests(wire: &Shared, setup: &mut Setup<'_, '_>) -> Run {
 /// its answer slowly does not hold shutdown up, as with hyper's connections).
 async fn write_in_grace(
     mut write: Pin<&mut impl std::future::Future<Output = io::Result<Written>>>,
-    guard: &mut Guard<'_>,
+    guard: &mut Guard,
 ) -> io::Result<Written> {
     loop {
         let drain = guard.drain;
@@ -460,7 +456,7 @@ async fn write_in_grace(
 
 /// Closes the connection: its write side shut down (lingering if the connection says so),
 /// within the grace period.
-async fn close(wire: &Shared, guard: &Guard<'_>) {
+async fn close(wire: &Shared, guard: &Guard) {
     let mut handle = Handle(wire.clone());
     let _ = tokio::time::timeout(guard.grace, handle.shutdown()).await;
 }
@@ -471,7 +467,7 @@ async fn read_head(
     wire: &Shared,
     head: &mut RequestHead,
     limits: &Limits,
-    guard: &mut Guard<'_>,
+    guard: &mut Guard,
 ) -> HeadRead {
     loop {
         {
@@ -604,12 +600,11 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
 // an `async` block, not an `async fn`: `svc` and `req` are held once, where an `async fn`
 // keeps its arguments twice (as given, and moved into its locals)
 #[allow(clippy::manual_async_fn)]
-fn answer<'a, 'g>(
+fn answer<'a>(
     svc: ProxyService,
     req: Request<ClientBody>,
-    (guard, wire, limits): (&'a mut Guard<'g>, &'a Shared, &'a Limits),
-) -> impl std::future::Future<Output = Option<(Response<super::body::ProxyBody>, bool)>> + use<'a, 'g>
-{
+    (guard, wire, limits): (&'a mut Guard, &'a Shared, &'a Limits),
+) -> impl std::future::Future<Output = Option<(Response<super::body::ProxyBody>, bool)>> + use<'a> {
     async move {
         // boxed: the proxy future is several KiB, and inline it would make `serve_requests`' own
         // box (held while the connection is active, idle or not) that much larger; boxed it exists
