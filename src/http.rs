@@ -169,29 +169,39 @@ impl Transport {
 /// socket and the parked wait; each activation (telling HTTP/2 from HTTP/1.1, a hyper
 /// connection, the native engine's request path, an HTTP/2 session, a tunnel) is boxed and
 /// freed when the connection parks or ends: one allocation per activation, none per request.
-pub fn serve_connection<S>(
+/// `held` (the connection's slot under the limits) is dropped when the connection ends.
+pub fn serve_connection<S, H>(
     stream: S,
     peer: Peer,
     (transport, client): (Transport, Option<Arc<ClientTls>>),
     cx: Arc<ConnContext>,
     shutdown: watch::Receiver<bool>,
+    held: H,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Send + 'static,
 {
     let conn = Conn::new(peer, (transport, client), cx, shutdown);
     let socket = Socket::Fresh(WatchedIo::new(stream, conn.svc.conn.clone()));
-    serve_parked_between(conn, socket)
+    serve_parked_between(conn, socket, held)
 }
 
 // an `async` block, not an `async fn`: `conn` and `socket` are held once, where an `async fn`
 // keeps its arguments twice (as given, and moved into its locals)
 #[allow(clippy::manual_async_fn)]
-fn serve_parked_between<S>(mut conn: Conn, mut socket: Socket<S>) -> impl Future<Output = ()> + Send
+fn serve_parked_between<S, H>(
+    mut conn: Conn,
+    mut socket: Socket<S>,
+    held: H,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Send + 'static,
 {
     async move {
+        // kept (in place) until the connection ends
+        let _held = &held;
         let mut pre = Bytes::new();
         loop {
             if !Box::pin(conn.activate(&mut socket, pre)).await {
@@ -230,6 +240,8 @@ enum Socket<S> {
     Hyper(WatchedIo<S>),
     /// HTTP/1.1 served by the native engine, its read buffer with it.
     Native(native::Handle),
+    /// HTTP/1.1 parked by the native engine, without its read buffer (see `Handle::into_io`).
+    NativeIdle(Box<dyn native::Io>),
     /// With an activation that has not given it back (it ended the connection).
     Lent,
 }
@@ -239,6 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket<S> {
         match self {
             Socket::Fresh(io) | Socket::Hyper(io) => Some(io),
             Socket::Native(handle) => Some(handle),
+            Socket::NativeIdle(io) => Some(&mut **io),
             Socket::Lent => None,
         }
     }
@@ -304,7 +317,7 @@ impl Conn {
                     return false;
                 }
                 if self.native.is_some() {
-                    *socket = Socket::Native(native::wire(io, &pre));
+                    *socket = Socket::Native(native::wire(Box::new(io), &pre));
                     return self.serve_native(socket).await;
                 }
                 self.serve_hyper(socket, io, pre).await
@@ -313,6 +326,10 @@ impl Conn {
             Socket::Native(handle) => {
                 handle.refill(&pre);
                 *socket = Socket::Native(handle);
+                self.serve_native(socket).await
+            }
+            Socket::NativeIdle(io) => {
+                *socket = Socket::Native(native::wire(io, &pre));
                 self.serve_native(socket).await
             }
             Socket::Lent => false,
@@ -351,7 +368,16 @@ impl Conn {
             tunnel_idle: self.tunnel_idle,
             tunnels: &self.svc.cx.listener_metrics(self.svc.transport).tunnels,
         };
-        native::serve_requests(handle, setup).await == native::Run::Parked
+        if native::serve_requests(handle, setup).await == native::Run::Ended {
+            return false;
+        }
+        if let Socket::Native(handle) = std::mem::replace(socket, Socket::Lent) {
+            *socket = match handle.into_io() {
+                Ok(io) => Socket::NativeIdle(io),
+                Err(handle) => Socket::Native(handle),
+            };
+        }
+        true
     }
 
     /// HTTP/1.1 with hyper, until the connection parks with nothing sent since (`true`, the
@@ -606,9 +632,10 @@ impl Guard {
                 Poll::Pending => Poll::Pending,
             }
         });
+        let idle = self.watchdog.lend_timer(self.state.idle_left());
         tokio::select! {
             bytes = read => bytes,
-            _ = tokio::time::sleep(self.state.idle_left()) => None,
+            _ = idle => None,
             _ = self.shutdown.changed() => None,
         }
     }

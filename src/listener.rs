@@ -43,8 +43,7 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let task = serve(stream, peer, transport, cx.clone(), shutdown.clone());
-                cx.tracker.spawn(task);
+                spawn_connection(stream, peer, transport, &cx, &shutdown);
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 // out of file descriptors or memory: back off instead of spinning on accept
@@ -57,9 +56,52 @@ pub async fn accept_loop(
     tracing::info!(listener = name, "listener closed");
 }
 
-/// One accepted connection: the PROXY header if the listener expects one, a slot under the
-/// connection limits (for the client the header names), then TLS on the HTTPS listener, then HTTP.
-async fn serve(
+/// Serves an accepted connection as a tracked task. Without a PROXY header to wait for, it
+/// is admitted here and its task is its plain HTTP or TLS future itself: a task is as large as
+/// its future's largest state, held for the connection's life, so nothing else is awaited in
+/// it (`serve_connection` holds only what lasts, between activations).
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    cx: &Arc<ConnContext>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    if cx.shared.load().config.listen.proxy_protocol {
+        cx.tracker.spawn(serve_proxied(
+            stream,
+            peer,
+            transport,
+            cx.clone(),
+            shutdown.clone(),
+        ));
+        return;
+    }
+    let peer = Peer {
+        addr: peer,
+        vouches: true,
+    };
+    let Some(held) = admit(cx, peer.addr, transport) else {
+        return;
+    };
+    let (cx, shutdown) = (cx.clone(), shutdown.clone());
+    match transport {
+        Transport::Plain => {
+            let serving =
+                serve_connection(stream, peer, (transport, None), cx.clone(), shutdown, held);
+            cx.tracker.spawn(serving);
+        }
+        Transport::Tls => {
+            cx.tracker
+                .clone()
+                .spawn(serve_tls(stream, peer, cx, shutdown, held));
+        }
+    }
+}
+
+/// A connection behind a load balancer speaking the PROXY protocol: its header first, then a
+/// slot under the connection limits for the client it names, then TLS or HTTP.
+async fn serve_proxied(
     mut stream: TcpStream,
     peer: SocketAddr,
     transport: Transport,
@@ -69,18 +111,15 @@ async fn serve(
     let Some(peer) = client_addr(&mut stream, peer, &cx).await else {
         return;
     };
-    let Some(_slot) = admit(&cx, peer.addr) else {
+    let Some(held) = admit(&cx, peer.addr, transport) else {
         return;
     };
-    let counted = cx.listener_metrics(transport);
-    counted.total.inc();
-    counted.open.inc();
-    let _open = OpenGuard(counted.open.clone());
     match transport {
-        Transport::Plain => serve_connection(stream, peer, (transport, None), cx, shutdown).await,
-        // boxed: the handshake and TLS stream would otherwise size every connection's task,
-        // plain ones included (6.3 KiB instead of ~2.4 KiB each)
-        Transport::Tls => Box::pin(serve_tls(stream, peer, cx, shutdown)).await,
+        Transport::Plain => {
+            serve_connection(stream, peer, (transport, None), cx, shutdown, held).await
+        }
+        // boxed: the handshake and TLS stream would otherwise size every connection's task
+        Transport::Tls => Box::pin(serve_tls(stream, peer, cx, shutdown, held)).await,
     }
 }
 
@@ -130,9 +169,16 @@ async fn client_addr(stream: &mut TcpStream, peer: SocketAddr, cx: &ConnContext)
     }
 }
 
-/// A slot under the connection limits, or `None` and the connection is dropped at once (a
-/// trusted proxy carries many clients, so it is only held to the total).
-fn admit(cx: &ConnContext, peer: SocketAddr) -> Option<ConnSlot> {
+/// What an admitted connection holds until its task ends: its slot under the connection limits
+/// and its place on the open gauge.
+pub struct Admitted {
+    _slot: ConnSlot,
+    _open: OpenGuard,
+}
+
+/// A slot under the connection limits (counted as open), or `None` and the connection is
+/// dropped at once (a trusted proxy carries many clients, so it is only held to the total).
+fn admit(cx: &ConnContext, peer: SocketAddr, transport: Transport) -> Option<Admitted> {
     let state = cx.shared.load();
     let server = &state.config.server;
     let limits = &server.limits;
@@ -143,7 +189,15 @@ fn admit(cx: &ConnContext, peer: SocketAddr) -> Option<ConnSlot> {
         .conns
         .acquire(key, limits.max_connections, limits.max_connections_per_ip)
     {
-        Ok(slot) => Some(slot),
+        Ok(slot) => {
+            let counted = cx.listener_metrics(transport);
+            counted.total.inc();
+            counted.open.inc();
+            Some(Admitted {
+                _slot: slot,
+                _open: OpenGuard(counted.open.clone()),
+            })
+        }
         Err(refused) => {
             let detail = refused.to_string();
             cx.rejections.record(Reason::ConnLimit, ip, &detail);
@@ -176,6 +230,7 @@ async fn serve_tls(
     peer: Peer,
     cx: Arc<ConnContext>,
     shutdown: watch::Receiver<bool>,
+    held: Admitted,
 ) {
     let state = cx.shared.load();
     let Some(configs) = state.tls.clone() else {
@@ -228,7 +283,7 @@ async fn serve_tls(
         Ok(Some((tls, client))) => {
             cx.metrics.tls_handshake(true);
             let transport = (Transport::Tls, client);
-            serve_connection(tls, peer, transport, cx, shutdown).await
+            serve_connection(tls, peer, transport, cx, shutdown, held).await
         }
         Ok(None) => tracing::debug!(peer = %peer.addr, "answered a TLS-ALPN-01 challenge"),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {

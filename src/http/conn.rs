@@ -277,6 +277,15 @@ impl Watchdog {
         }
     }
 
+    /// The timer, lent to a parked connection's wait for its next request and set `left` from
+    /// now (a second timer would be kept in every parked connection's task); the watchdog
+    /// re-arms it when it is next polled.
+    pub fn lend_timer(&mut self, left: Duration) -> Pin<&mut Sleep> {
+        self.timer.as_mut().reset(Instant::now() + left);
+        self.armed_ms = 0;
+        self.timer.as_mut()
+    }
+
     fn arm(&mut self, at_ms: u64, now: u64) {
         let wait = Duration::from_millis(at_ms.saturating_sub(now));
         self.timer.as_mut().reset(Instant::now() + wait);
@@ -339,8 +348,9 @@ pub struct WatchedIo<T> {
     state: Arc<ConnState>,
     /// Running while a write is pending.
     send_stalled: Option<Stall>,
-    /// Made at the first pending write with a send rate on.
-    send_pace: Option<Pace>,
+    /// Made at the first pending write with a send rate on; boxed, as most connections never
+    /// make one and every parked connection would carry its room.
+    send_pace: Option<Box<Pace>>,
     linger: Option<Pin<Box<Sleep>>>,
 }
 
@@ -401,11 +411,11 @@ impl<T> WatchedIo<T> {
         let pace = self.state.send_min_rate().map(|rate| {
             let pace = self
                 .send_pace
-                .get_or_insert_with(|| Pace::new(rate, timeout));
+                .get_or_insert_with(|| Box::new(Pace::new(rate, timeout)));
             if pace.rate() != rate {
                 pace.set_rate(rate, timeout);
             }
-            pace
+            &mut **pace
         });
         Stall::arm(timeout, pace)
     }

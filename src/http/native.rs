@@ -15,7 +15,7 @@
 //! connection gives its buffers back after `PARK_AFTER_MS` and waits for its next request with
 //! none.
 
-use super::conn::{Expiry, WatchedIo};
+use super::conn::Expiry;
 use super::service::ProxyService;
 use super::{ClientBody, Guard};
 use crate::h1::chunked::{self, Decoder};
@@ -317,12 +317,9 @@ pub(super) enum Run {
 
 /// The connection as the native engine serves it: its socket and `pre`, bytes already read
 /// from it.
-pub(super) fn wire<S>(io: WatchedIo<S>, pre: &[u8]) -> Handle
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+pub(super) fn wire(io: Box<dyn Io>, pre: &[u8]) -> Handle {
     Handle(Arc::new(Mutex::new(Wire {
-        io: Box::new(io),
+        io,
         buf: BytesMut::from(pre),
         request: 0,
         body: BodyState::Done,
@@ -332,6 +329,18 @@ where
 }
 
 impl Handle {
+    /// The socket alone, for a parked connection to wait on, when nothing else holds the wire
+    /// (no body of an earlier request is left anywhere) and nothing is buffered; else the
+    /// handle back. A parked connection then keeps no wire: `wire` makes one when it wakes.
+    pub(super) fn into_io(self) -> Result<Box<dyn Io>, Handle> {
+        let wire = Arc::try_unwrap(self.0).map_err(Handle)?;
+        let wire = wire.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !wire.buf.is_empty() || wire.eof || !matches!(wire.body, BodyState::Done) {
+            return Err(Handle(Arc::new(Mutex::new(wire))));
+        }
+        Ok(wire.io)
+    }
+
     /// Bytes a parked connection received, to be read before the socket.
     pub(super) fn refill(&self, bytes: &[u8]) {
         lock(&self.0).buf.extend_from_slice(bytes);
@@ -836,12 +845,16 @@ async fn write_body(
     framing: Out,
     out: &mut Vec<u8>,
 ) -> io::Result<u64> {
-    let mut body = std::pin::pin!(body);
-    let mut sent = 0u64;
     if framing == Out::None {
+        // dropped before the head goes out: an upstream connection whose answer had no body
+        // is back among the idle ones before the client can send its next request (on this
+        // connection or another), as with hyper's server
+        drop(body);
         handle.write_all(out).await?;
         return Ok(0);
     }
+    let mut body = std::pin::pin!(body);
+    let mut sent = 0u64;
     loop {
         let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
             // nothing in hand yet: what is gathered goes out first
