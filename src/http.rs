@@ -22,7 +22,6 @@ pub use body::CountedBody;
 pub use response::ProxyError;
 
 use crate::acme::Challenges;
-use crate::config::ServerLimits;
 use crate::listener::conn_limit::ConnLimiter;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::middleware::encode::budget::EncoderBudget;
@@ -49,11 +48,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-/// The HTTP/1.1 and HTTP/2 servers a connection is served with, as the config sets them.
+/// The HTTP/1.1 and HTTP/2 servers a connection is served with, and the rest of how it is
+/// served, as the config sets them: kept once per snapshot, not in every connection's task.
 #[derive(Clone)]
 pub struct Protocols {
     h1: http1::Builder,
     h2: http2::Builder<StreamExec>,
+    /// The native engine's bounds on a head; `None`: HTTP/1.1 is served by hyper.
+    native: Option<crate::h1::Limits>,
+    tunnel_idle: Duration,
+    /// `shutdown_grace`.
+    grace: Duration,
 }
 
 /// Response bytes h2 queues per stream for the client, beyond the piece of body in hand (hyper's
@@ -62,9 +67,10 @@ pub struct Protocols {
 pub const H2_SEND_BUF: usize = 64 << 10;
 
 /// hyper's own limits are the outer fence (a head that cannot fit its buffer gets 431 from
-/// hyper); the exact `max_header_size` and `max_uri` checks are the service's. `send` is the
-/// HTTP/2 streams' send deadline (see `stream`).
-pub fn builder(limits: &ServerLimits, send: Duration) -> Protocols {
+/// hyper); the exact `max_header_size` and `max_uri` checks are the service's. `timeouts.send`
+/// is the HTTP/2 streams' send deadline (see `stream`).
+pub fn builder(server: &crate::config::Server) -> Protocols {
+    let (limits, send) = (&server.limits, server.timeouts.send);
     let mut h1 = http1::Builder::new();
     // hyper refuses a read buffer under 8 KiB
     let head_buf = (limits.max_header_size + limits.max_uri + 4096).max(8192);
@@ -84,7 +90,15 @@ pub fn builder(limits: &ServerLimits, send: Duration) -> Protocols {
         .max_pending_accept_reset_streams(Some(limits.http2_max_streams.div_ceil(4) as usize))
         .max_local_error_reset_streams(Some(1024))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    Protocols { h1, h2 }
+    let native =
+        (server.http1_engine == crate::config::Http1Engine::Native).then(|| native::limits(limits));
+    Protocols {
+        h1,
+        h2,
+        native,
+        tunnel_idle: server.timeouts.tunnel_idle,
+        grace: server.shutdown_grace,
+    }
 }
 
 /// Everything a connection needs from its listener.
@@ -207,14 +221,13 @@ where
             if !Box::pin(conn.activate(&mut socket, pre)).await {
                 return;
             }
-            tracing::trace!(peer = %conn.guard.peer, "idle connection parked");
-            let Some(io) = socket.io() else {
-                return;
-            };
-            pre = match conn.guard.wait_for_bytes(io).await {
+            tracing::trace!(peer = %conn.guard.peer(), "idle connection parked");
+            pre = match conn.guard.wait_for_bytes(&mut socket).await {
                 Some(bytes) => bytes,
                 None => {
-                    let _ = tokio::time::timeout(conn.guard.grace, io.shutdown()).await;
+                    if let Some(io) = socket.io() {
+                        let _ = tokio::time::timeout(conn.guard.grace(), io.shutdown()).await;
+                    }
                     return;
                 }
             };
@@ -222,14 +235,11 @@ where
     }
 }
 
-/// What a client connection keeps for its whole life.
+/// What a client connection keeps for its whole life. Kept small: a parked connection's task
+/// is mostly this (what is the same for every connection is in `Protocols`, once).
 struct Conn {
     guard: Guard,
     svc: ProxyService,
-    http: Arc<Protocols>,
-    /// The native engine's bounds on a head; `None`: HTTP/1.1 is served by hyper.
-    native: Option<crate::h1::Limits>,
-    tunnel_idle: Duration,
 }
 
 /// A connection's socket between activations.
@@ -266,27 +276,19 @@ impl Conn {
     ) -> Conn {
         let snapshot = cx.shared.load();
         let server = &snapshot.config.server;
-        let native = (server.http1_engine == crate::config::Http1Engine::Native)
-            .then(|| native::limits(&server.limits));
         let t = &server.timeouts;
-        let state = ConnState::new(t.header_read, t.idle, t.send);
-        state.set_default_send_rate(server.send_min_rate);
         let addr = peer.addr;
+        let state = ConnState::of(addr, t.header_read, t.idle, t.send);
+        state.set_default_send_rate(server.send_min_rate);
         Conn {
             guard: Guard {
                 watchdog: Watchdog::new(state.clone()),
                 shutdown,
-                grace: server.shutdown_grace,
                 drain: None,
-                peer: addr,
-                state: state.clone(),
+                http: snapshot.http.clone(),
             },
-            http: snapshot.http.clone(),
-            native,
-            tunnel_idle: t.tunnel_idle,
             svc: ProxyService {
                 cx: cx.clone(),
-                peer: addr,
                 peer_ip: crate::upstream::forward::ip_header(addr.ip().to_canonical()),
                 vouches: peer.vouches,
                 conn: state,
@@ -316,7 +318,7 @@ impl Conn {
                     self.serve_h2(io, pre).await;
                     return false;
                 }
-                if self.native.is_some() {
+                if self.guard.http.native.is_some() {
                     *socket = Socket::Native(native::wire(Box::new(io), &pre));
                     return self.serve_native(socket).await;
                 }
@@ -340,9 +342,8 @@ impl Conn {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn {
-            guard, svc, http, ..
-        } = self;
+        let Conn { guard, svc } = self;
+        let http = guard.http.clone();
         let io = TokioIo::new(Rewind::new(pre, io));
         let svc = &*svc;
         // Each stream's future is boxed at once: hyper and tokio move a stream task several
@@ -358,14 +359,15 @@ impl Conn {
     }
 
     async fn serve_native<S>(&mut self, socket: &mut Socket<S>) -> bool {
-        let (Socket::Native(handle), Some(limits)) = (&*socket, self.native) else {
+        let (Socket::Native(handle), Some(limits)) = (&*socket, self.guard.http.native) else {
             return false;
         };
+        let tunnel_idle = self.guard.http.tunnel_idle;
         let setup = native::Setup {
             guard: &mut self.guard,
             svc: &self.svc,
             limits,
-            tunnel_idle: self.tunnel_idle,
+            tunnel_idle,
             tunnels: &self.svc.cx.listener_metrics(self.svc.transport).tunnels,
         };
         if native::serve_requests(handle, setup).await == native::Run::Ended {
@@ -391,13 +393,8 @@ impl Conn {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn {
-            guard,
-            svc,
-            http,
-            tunnel_idle,
-            ..
-        } = self;
+        let Conn { guard, svc } = self;
+        let (http, tunnel_idle) = (guard.http.clone(), guard.http.tunnel_idle);
         let svc = &*svc;
         let h1_svc =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -407,13 +404,13 @@ impl Conn {
             let io_in = TokioIo::new(Rewind::new(pre, io));
             let mut conn = http.h1.serve_connection(io_in, h1_svc).with_upgrades();
             let end = guard.drive(&mut conn).await;
-            if let Some(pending) = guard.state.take_tunnel() {
+            if let Some(pending) = guard.state().take_tunnel() {
                 // hyper has handed the socket over (or failed to): what is left of it is the tunnel's
                 drop(conn);
-                guard.state.set_parking(false);
+                guard.state().set_parking(false);
                 let tunnels = &svc.cx.listener_metrics(svc.transport).tunnels;
                 // boxed: the tunnel's state (~1.5 KiB) is not kept beside hyper's connection
-                Box::pin(guard.tunnel(pending, *tunnel_idle, tunnels)).await;
+                Box::pin(guard.tunnel(pending, tunnel_idle, tunnels)).await;
                 return false;
             }
             if end != End::Parked {
@@ -422,7 +419,7 @@ impl Conn {
             let Some(parts) = conn.into_parts() else {
                 return false;
             };
-            guard.state.set_parking(false);
+            guard.state().set_parking(false);
             let (unread, watched) = parts.io.into_inner().into_parts();
             io = watched;
             pre = join(unread, parts.read_buf);
@@ -438,8 +435,8 @@ impl Conn {
 /// its task ends, whichever way it ends.
 impl Drop for Conn {
     fn drop(&mut self) {
-        if self.guard.state.cut_too_slow() {
-            let ip = self.guard.peer.ip().to_canonical();
+        if self.guard.state().cut_too_slow() {
+            let ip = self.guard.peer().ip().to_canonical();
             let detail =
                 "connection closed: the client took the response slower than send_min_rate";
             self.svc
@@ -523,17 +520,28 @@ where
 struct Guard {
     watchdog: Watchdog,
     shutdown: watch::Receiver<bool>,
-    grace: Duration,
     /// When a connection that was asked to wind down is closed regardless.
     drain: Option<tokio::time::Instant>,
-    peer: SocketAddr,
-    state: Arc<ConnState>,
+    /// How the connection is served (`shutdown_grace` here).
+    http: Arc<Protocols>,
 }
 
 impl Guard {
+    fn state(&self) -> &Arc<ConnState> {
+        self.watchdog.state()
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.state().peer
+    }
+
+    fn grace(&self) -> Duration {
+        self.http.grace
+    }
+
     /// Serves `conn` until it ends: closed (by either side, a deadline or shutdown), or parked.
     async fn drive<C: Graceful>(&mut self, conn: &mut C) -> End {
-        let peer = self.peer;
+        let (peer, state, grace) = (self.peer(), self.state().clone(), self.grace());
         loop {
             let drain_deadline = self.drain;
             tokio::select! {
@@ -543,28 +551,28 @@ impl Guard {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
                     }
-                    return if self.state.is_parking() { End::Parked } else { End::Closed };
+                    return if state.is_parking() { End::Parked } else { End::Closed };
                 }
-                expiry = &mut self.watchdog, if drain_deadline.is_none() && !self.state.is_parking() => {
+                expiry = &mut self.watchdog, if drain_deadline.is_none() && !state.is_parking() => {
                     match expiry {
                         Expiry::HeaderRead => {
                             tracing::debug!(%peer, "closing connection: request head not received in time");
                             return End::Closed;
                         }
                         Expiry::Park => {
-                            self.state.set_parking(true);
+                            state.set_parking(true);
                             conn.graceful();
                         }
                         Expiry::Idle => {
                             conn.graceful();
-                            self.drain = Some(tokio::time::Instant::now() + self.grace);
+                            self.drain = Some(tokio::time::Instant::now() + grace);
                         }
                     }
                 }
                 _ = self.shutdown.changed(), if drain_deadline.is_none() => {
-                    self.state.set_parking(false);
+                    state.set_parking(false);
                     conn.graceful();
-                    self.drain = Some(tokio::time::Instant::now() + self.grace);
+                    self.drain = Some(tokio::time::Instant::now() + grace);
                 }
                 _ = sleep_until(drain_deadline) => return End::Closed,
             }
@@ -574,7 +582,7 @@ impl Guard {
     /// The tunnel an upgrade turned this connection into, counted in `tunnels` while it runs;
     /// at shutdown it gets the grace period, as a request in flight would.
     async fn tunnel(&mut self, pending: tunnel::Pending, idle: Duration, tunnels: &IntGauge) {
-        let peer = self.peer;
+        let peer = self.peer();
         let stop = self.tunnel_stop();
         tunnels.inc();
         let _open = Decrements(tunnels);
@@ -592,7 +600,7 @@ impl Guard {
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let peer = self.peer;
+        let peer = self.peer();
         let stop = self.tunnel_stop();
         tunnels.inc();
         let _open = Decrements(tunnels);
@@ -602,7 +610,7 @@ impl Guard {
 
     /// Resolves when a tunnel must end for shutdown: the grace period after it began.
     fn tunnel_stop(&mut self) -> impl Future<Output = ()> + '_ {
-        let (grace, drain) = (self.grace, self.drain);
+        let (grace, drain) = (self.grace(), self.drain);
         let shutdown = &mut self.shutdown;
         async move {
             let at = match drain {
@@ -619,12 +627,18 @@ impl Guard {
 
     /// A parked connection's wait for its next request, holding no buffer: the bytes that came,
     /// or `None` when the client closed, the idle period ran out or the server shuts down.
-    async fn wait_for_bytes<S: AsyncRead + Unpin + ?Sized>(&mut self, io: &mut S) -> Option<Bytes> {
+    async fn wait_for_bytes<S>(&mut self, socket: &mut Socket<S>) -> Option<Bytes>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let read = std::future::poll_fn(|cx| {
+            let Some(io) = socket.io() else {
+                return Poll::Ready(None);
+            };
             // on the stack while polled, not kept in the connection's task while it waits
             let mut buf = [0u8; 4096];
             let mut filled = ReadBuf::new(&mut buf);
-            match Pin::new(&mut *io).poll_read(cx, &mut filled) {
+            match Pin::new(io).poll_read(cx, &mut filled) {
                 Poll::Ready(Ok(())) if !filled.filled().is_empty() => {
                     Poll::Ready(Some(Bytes::copy_from_slice(filled.filled())))
                 }
@@ -632,7 +646,8 @@ impl Guard {
                 Poll::Pending => Poll::Pending,
             }
         });
-        let idle = self.watchdog.lend_timer(self.state.idle_left());
+        let left = self.state().idle_left();
+        let idle = self.watchdog.lend_timer(left);
         tokio::select! {
             bytes = read => bytes,
             _ = idle => None,

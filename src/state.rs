@@ -407,10 +407,7 @@ impl RuntimeState {
         Ok(RuntimeState {
             cluster,
             access_log,
-            http: Arc::new(crate::http::builder(
-                &config.server.limits,
-                config.server.timeouts.send,
-            )),
+            http: Arc::new(crate::http::builder(&config.server)),
             unrouted_metrics,
             metrics: keep.metrics.clone(),
             certs,

@@ -17,6 +17,7 @@ use crate::config::MinRate;
 use atomic_waker::AtomicWaker;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -83,6 +84,9 @@ pub const PARK_AFTER_FIRST_MS: u64 = 5;
 
 #[derive(Debug)]
 pub struct ConnState {
+    /// The socket peer (or with the PROXY protocol, the client its header names). Here rather
+    /// than in the connection's task, which a parked connection keeps as small as it can.
+    pub peer: SocketAddr,
     in_flight: AtomicUsize,
     phase: AtomicU8,
     deadline_ms: AtomicU64,
@@ -118,9 +122,23 @@ pub struct ConnState {
 }
 
 impl ConnState {
+    /// A connection's state without its peer (for tests).
+    #[cfg(test)]
     pub fn new(header_read: Duration, idle: Duration, send: Duration) -> Arc<ConnState> {
+        let nobody = SocketAddr::from(([0, 0, 0, 0], 0));
+        ConnState::of(nobody, header_read, idle, send)
+    }
+
+    /// The state of a connection from `peer`, under these timeouts.
+    pub fn of(
+        peer: SocketAddr,
+        header_read: Duration,
+        idle: Duration,
+        send: Duration,
+    ) -> Arc<ConnState> {
         let header_read_ms = header_read.as_millis() as u64;
         Arc::new(ConnState {
+            peer,
             in_flight: AtomicUsize::new(0),
             phase: AtomicU8::new(READING_HEAD),
             deadline_ms: AtomicU64::new(now_ms() + header_read_ms),
@@ -282,6 +300,10 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
+    pub fn state(&self) -> &Arc<ConnState> {
+        &self.state
+    }
+
     pub fn new(state: Arc<ConnState>) -> Watchdog {
         let armed_ms = now_ms() + state.header_read_ms;
         let timer = Box::pin(tokio::time::sleep(Duration::from_millis(

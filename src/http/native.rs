@@ -378,7 +378,7 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
                 return Run::Ended;
             }
             HeadRead::Refused(err) => {
-                tracing::debug!(peer = %guard.peer, error = %err, "request head refused");
+                tracing::debug!(peer = %guard.peer(), error = %err, "request head refused");
                 let _ = refuse(wire, err, &mut out).await;
                 state.linger_on_close();
                 close(wire, guard).await;
@@ -432,7 +432,7 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
                 return Run::Ended;
             }
             Err(e) => {
-                tracing::debug!(peer = %guard.peer, error = %e, "connection ended with error");
+                tracing::debug!(peer = %guard.peer(), error = %e, "connection ended with error");
                 return Run::Ended;
             }
         }
@@ -454,7 +454,7 @@ async fn write_in_grace(
             biased;
             written = &mut write => return written,
             _ = guard.shutdown.changed(), if drain.is_none() => {
-                guard.drain = Some(tokio::time::Instant::now() + guard.grace);
+                guard.drain = Some(tokio::time::Instant::now() + guard.grace());
             }
             _ = super::sleep_until(drain), if drain.is_some() => {
                 return Err(io::Error::other("shutdown: the grace period ran out mid-answer"));
@@ -467,7 +467,7 @@ async fn write_in_grace(
 /// within the grace period.
 async fn close(wire: &Shared, guard: &Guard) {
     let mut handle = Handle(wire.clone());
-    let _ = tokio::time::timeout(guard.grace, handle.shutdown()).await;
+    let _ = tokio::time::timeout(guard.grace(), handle.shutdown()).await;
 }
 
 /// Reads until `head` holds a complete request head, under the connection's deadlines; an idle
@@ -501,7 +501,7 @@ async fn read_head(
             },
             expiry = &mut guard.watchdog => match expiry {
                 Expiry::HeaderRead => {
-                    tracing::debug!(peer = %guard.peer, "closing connection: request head not received in time");
+                    tracing::debug!(peer = %guard.peer(), "closing connection: request head not received in time");
                     return HeadRead::Closed;
                 }
                 Expiry::Idle => return HeadRead::Closed,
@@ -629,12 +629,12 @@ fn answer<'a>(
                 biased;
                 Ok(resp) = &mut call => return Some((resp, closing)),
                 () = hang_up(wire, limits.max_head) => {
-                    tracing::debug!(peer = %guard.peer, "client closed the connection; request dropped");
+                    tracing::debug!(peer = %guard.peer(), "client closed the connection; request dropped");
                     return None;
                 }
                 _ = guard.shutdown.changed(), if drain.is_none() => {
                     closing = true;
-                    guard.drain = Some(tokio::time::Instant::now() + guard.grace);
+                    guard.drain = Some(tokio::time::Instant::now() + guard.grace());
                 }
                 _ = super::sleep_until(drain), if drain.is_some() => return None,
             }

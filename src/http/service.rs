@@ -40,7 +40,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The standard methods Gatehouse forwards (any upper-case extension method passes too).
@@ -51,8 +51,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone)]
 pub struct ProxyService {
     pub cx: Arc<ConnContext>,
-    pub peer: SocketAddr,
-    /// `peer`'s address as `X-Forwarded-For` carries it, formatted once per connection.
+    /// The peer's address (`conn.peer`) as `X-Forwarded-For` carries it, formatted once per
+    /// connection.
     pub peer_ip: HeaderValue,
     /// Whether the peer may speak for others through `X-Forwarded-For` if trusted: not on a
     /// PROXY protocol `LOCAL`/`UNKNOWN` connection.
@@ -121,7 +121,7 @@ impl ProxyService {
             let grpc = version == Version::HTTP_2 && grpc::is_call(req.headers());
             let state = self.cx.shared.load();
             let server = &state.config.server;
-            let peer = self.peer.ip().to_canonical();
+            let peer = self.conn.peer.ip().to_canonical();
             let addrs = Addrs::new(req.headers(), peer, &server.trusted_proxies, self.vouches);
             let request_id = request_id(req.headers());
             // the one place the request is made canonical (once its head passed the framing and
@@ -293,7 +293,7 @@ impl ProxyService {
     /// The connection's formatted peer address when `client` is the peer (not a client a
     /// trusted proxy spoke for), for `{client_ip}` without formatting it again.
     fn client_value(&self, client: IpAddr) -> Option<&HeaderValue> {
-        (client == self.peer.ip().to_canonical()).then_some(&self.peer_ip)
+        (client == self.conn.peer.ip().to_canonical()).then_some(&self.peer_ip)
     }
 
     /// Routes the request and runs its route's checks and action; the answer comes with what the
