@@ -12,8 +12,8 @@
 //! left behind reads nothing more, so it can never read the next request's bytes as its own.
 //!
 //! Deadlines, parking and shutdown are the hyper path's (`conn::Watchdog`, `Guard`): an idle
-//! connection gives its buffers back after `PARK_AFTER_MS` and waits for its next request with
-//! none.
+//! connection gives its buffers back after `PARK_AFTER_MS` (`PARK_AFTER_FIRST_MS` after its first
+//! request) and waits for its next request with none.
 
 use super::conn::Expiry;
 use super::service::ProxyService;
