@@ -362,13 +362,10 @@ impl Conn {
         let (Socket::Native(handle), Some(limits)) = (&*socket, self.guard.http.native) else {
             return false;
         };
-        let tunnel_idle = self.guard.http.tunnel_idle;
         let setup = native::Setup {
             guard: &mut self.guard,
             svc: &self.svc,
             limits,
-            tunnel_idle,
-            tunnels: &self.svc.cx.listener_metrics(self.svc.transport).tunnels,
         };
         if native::serve_requests(handle, setup).await == native::Run::Ended {
             return false;

@@ -25,13 +25,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use prometheus::IntGauge;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// What a connection's socket must be, boxed once per connection so the body type is not
@@ -293,8 +291,6 @@ pub(super) struct Setup<'g> {
     pub guard: &'g mut Guard,
     pub svc: &'g ProxyService,
     pub limits: Limits,
-    pub tunnel_idle: Duration,
-    pub tunnels: &'g IntGauge,
 }
 
 /// How reading the next head ended.
@@ -353,13 +349,7 @@ impl Handle {
 /// The caller boxes this with the rest of an activation (the head's field index, the write
 /// buffer, the answer and body futures, several KiB): a parked connection holds none of it.
 pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
-    let Setup {
-        guard,
-        svc,
-        limits,
-        tunnel_idle,
-        tunnels,
-    } = setup;
+    let Setup { guard, svc, limits } = setup;
     let (wire, state, limits) = (&handle.0, &svc.conn, &limits);
     let mut head = RequestHead::default();
     let mut out = Vec::new();
@@ -417,8 +407,11 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
             }
             Ok(Written::Upgraded) => {
                 if let Some(pending) = state.take_tunnel() {
+                    // both from what the connection already holds
+                    let idle = guard.http.tunnel_idle;
+                    let tunnels = &svc.cx.listener_metrics(svc.transport).tunnels;
                     guard
-                        .tunnel_native(Handle(wire.clone()), pending, tunnel_idle, tunnels)
+                        .tunnel_native(Handle(wire.clone()), pending, idle, tunnels)
                         .await;
                 }
                 return Run::Ended;
