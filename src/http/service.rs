@@ -562,7 +562,10 @@ impl ProxyService {
                 return Err(ProxyError::UpstreamMalformed(err.into()));
             }
             map_location(&hop, &mut resp, &active);
-            let says = forward::strip_hop_by_hop(resp.headers_mut());
+            let says = match resp.body().stripped() {
+                Some(says) => says,
+                None => forward::strip_hop_by_hop(resp.headers_mut()),
+            };
             if says.transfer_encoding && !says.only_chunked {
                 // hyper read the body by its last coding (`chunked`) or to the close, and another
                 // coding would reach the client undone and unannounced (nginx: 502 as well)

@@ -224,6 +224,17 @@ pub enum RespBody {
     Native(native::Body),
 }
 
+impl RespBody {
+    /// What the response's hop-by-hop fields said, when the native client left them out of the
+    /// head's map already (`None`: they are in it, for `forward::strip_hop_by_hop`).
+    pub fn stripped(&self) -> Option<super::forward::ConnectionSays> {
+        match self {
+            RespBody::Native(b) => b.stripped(),
+            RespBody::Hyper(_) => None,
+        }
+    }
+}
+
 /// Why an upstream response body stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RespError {

@@ -12,6 +12,7 @@
 //! lets live hands the connection back (`Body::take_reusable`) for the backend's idle stack; a
 //! `101` hands it over to the tunnel with the bytes already read past the head.
 
+use super::super::forward::ConnectionSays;
 use super::super::io::UpstreamIo;
 use crate::h1::chunked::{self, Decoder};
 use crate::h1::response::{Answer, Asked, ResponseError, ResponseHead};
@@ -481,7 +482,7 @@ where
     }
     let mut read = ex.read;
     let head = read.split_to(ex.head.len).freeze();
-    let resp = response(&ex.head, &head).map_err(|error| Failed {
+    let (resp, stripped) = response(&ex.head, &head).map_err(|error| Failed {
         error,
         unsent: false,
     })?;
@@ -504,6 +505,7 @@ where
         switched: ex.head.answer == Answer::Switch,
         fault: None,
         room: READ_ROOM,
+        stripped,
     };
     spare::give_fields(ex.head.fields);
     Ok(resp.map(|()| body))
@@ -511,10 +513,19 @@ where
 
 /// The head as the service reads it: a `HeaderMap` (for now) whose values share the head's
 /// bytes (no copy each), the reason phrase kept when it is not the status's usual one (hyper's
-/// server writes it so).
-fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
+/// server writes it so). The hop-by-hop fields are left out when all they say is in the
+/// returned `ConnectionSays` (see `connection_says`), so the service need not look for them in
+/// the map again; with `None` they are all there, for `forward::strip_hop_by_hop`.
+fn response(
+    head: &ResponseHead,
+    buf: &Bytes,
+) -> Result<(Response<()>, Option<ConnectionSays>), Failure> {
+    let says = connection_says(head, buf);
     let mut headers = crate::h1::maps::take(head.fields.len());
     for field in &head.fields {
+        if says.is_some() && is_hop_by_hop(field, buf) {
+            continue;
+        }
         let name = match field.kind.header_name() {
             Some(name) => name,
             None => HeaderName::from_bytes(field.name.of(buf))?,
@@ -538,7 +549,70 @@ fn response(head: &ResponseHead, buf: &Bytes) -> Result<Response<()>, Failure> {
             resp.extensions_mut().insert(reason);
         }
     }
-    Ok(resp)
+    Ok((resp, says))
+}
+
+/// What `forward::strip_hop_by_hop` would find in the head's hop-by-hop fields, read off the
+/// field index; `None` when `Connection` names a field to remove besides the fixed set (or
+/// holds bytes `strip_hop_by_hop` would not read as text), which only the map's own pass
+/// handles. The two are compared head by head in the tests.
+fn connection_says(head: &ResponseHead, buf: &[u8]) -> Option<ConnectionSays> {
+    let mut says = ConnectionSays::default();
+    let mut codings = 0;
+    for field in &head.fields {
+        let value = field.value.of(buf);
+        match field.kind {
+            h1::Kind::Connection => {
+                if !value
+                    .iter()
+                    .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+                {
+                    return None;
+                }
+                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        says.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        says.keep_alive = true;
+                    } else if !token.is_empty() {
+                        return None;
+                    }
+                }
+            }
+            h1::Kind::TransferEncoding => {
+                codings += 1;
+                // as `hygiene::is_only_chunked` reads them (a value holds no control byte but
+                // tab, so `trim_ascii` trims what its `trim_ows` does)
+                says.only_chunked =
+                    codings == 1 && value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            _ => {}
+        }
+    }
+    says.transfer_encoding = codings > 0;
+    Some(says)
+}
+
+/// One of `forward`'s fixed hop-by-hop fields; the codec has named three of them already.
+fn is_hop_by_hop(field: &h1::Field, buf: &[u8]) -> bool {
+    use h1::Kind;
+    match field.kind {
+        Kind::Connection | Kind::TransferEncoding | Kind::Upgrade => true,
+        Kind::Other => {
+            let name = field.name.of(buf);
+            // by length first, as `h1::Kind` does: most names are compared with nothing
+            let hop: &[u8] = match name.len() {
+                2 => b"te",
+                7 => b"trailer",
+                10 => b"keep-alive",
+                16 => b"proxy-connection",
+                18 => b"proxy-authenticate",
+                _ => return false,
+            };
+            hop.eq_ignore_ascii_case(name)
+        }
+        _ => false,
+    }
 }
 
 /// Where a response body is in its framing.
@@ -570,6 +644,8 @@ pub struct Body {
     /// How much the next read makes room for: `READ_ROOM`, doubled up to `BODY_ROOM_MAX` while
     /// reads fill it.
     room: usize,
+    /// What the head's hop-by-hop fields said, when they were left out of its map (`response`).
+    stripped: Option<ConnectionSays>,
 }
 
 impl std::fmt::Debug for Body {
@@ -587,6 +663,11 @@ impl Drop for Body {
 }
 
 impl Body {
+    /// What the head's hop-by-hop fields said, if they were left out of its map.
+    pub fn stripped(&self) -> Option<ConnectionSays> {
+        self.stripped
+    }
+
     /// The connection, if the body has ended cleanly, its head let it live and nothing came
     /// after it.
     pub fn take_reusable(&mut self) -> Option<Conn> {

@@ -322,3 +322,76 @@ async fn the_response_field_index_is_reused() {
         kept.capacity()
     );
 }
+
+/// The head's map as `forward::strip_hop_by_hop` leaves it, from all of the head's fields.
+fn stripped_by_the_map(head: &ResponseHead, buf: &[u8]) -> (HeaderMap, ConnectionSays) {
+    let mut map = HeaderMap::new();
+    for field in &head.fields {
+        let name = HeaderName::from_bytes(field.name.of(buf)).unwrap();
+        map.append(name, HeaderValue::from_bytes(field.value.of(buf)).unwrap());
+    }
+    let says = super::super::super::forward::strip_hop_by_hop(&mut map);
+    (map, says)
+}
+
+#[test]
+fn hop_by_hop_fields_left_out_of_the_map_say_what_the_map_strip_would() {
+    let asked = Asked {
+        head: false,
+        connect: false,
+        upgrade: false,
+    };
+    // (head fields, whether the index alone can tell)
+    let cases: &[(&str, bool)] = &[
+        ("Content-Length: 2\r\nConnection: keep-alive\r\n", true),
+        (
+            "Content-Length: 2\r\nConnection: close\r\nServer: x\r\n",
+            true,
+        ),
+        (
+            "Content-Length: 2\r\nconnection: Keep-Alive , CLOSE,\r\n",
+            true,
+        ),
+        ("Content-Length: 2\r\nConnection:\r\n", true),
+        ("Content-Length: 2\r\n", true),
+        ("Transfer-Encoding: chunked\r\n", true),
+        (
+            "Transfer-Encoding:  Chunked \r\nContent-Length: 5\r\n",
+            true,
+        ),
+        // (other codings are the codec's to refuse: `h1::response`'s tests)
+        (
+            "Content-Length: 2\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x\r\n\
+             Proxy-Connection: close\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\n\
+             Connection: keep-alive\r\nX-Keep: 1\r\n",
+            true,
+        ),
+        (
+            "Content-Length: 2\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n",
+            false,
+        ),
+        ("Content-Length: 2\r\nConnection: upgrade\r\n", false),
+        (
+            "Content-Length: 2\r\nConnection: close\r\nConnection: x-a\r\nX-A: 1\r\n",
+            false,
+        ),
+        ("Content-Length: 2\r\nConnection: close\u{e9}\r\n", false),
+    ];
+    for (fields, simple) in cases {
+        let text = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        let buf = Bytes::from(text.clone().into_bytes());
+        let mut head = ResponseHead::default();
+        assert!(head.parse(&buf, asked, &LIMITS).expect(&text), "{text:?}");
+        let (resp, says) = response(&head, &buf).expect(&text);
+        assert_eq!(says.is_some(), *simple, "{text:?}");
+        let (map, map_says) = stripped_by_the_map(&head, &buf);
+        match says {
+            Some(says) => {
+                assert_eq!(says, map_says, "{text:?}");
+                assert_eq!(resp.headers(), &map, "{text:?}");
+            }
+            // all fields kept for the map's own pass
+            None => assert_eq!(resp.headers().len(), head.fields.len(), "{text:?}"),
+        }
+    }
+}
