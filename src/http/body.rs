@@ -42,6 +42,9 @@ pub struct RequestLog {
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
     access_log: AccessLog,
+    /// Whether the request gets a log line (`AccessLog::is_on`, asked once): without one, the
+    /// fields only a line shows are not looked up.
+    logged: bool,
     bytes_in: AtomicU64,
     /// Signalled once the request body has been sent upstream completely.
     body_sent: Notify,
@@ -69,7 +72,11 @@ impl RequestLog {
         request_id: HeaderValue,
         access_log: AccessLog,
     ) -> Self {
-        let field = |name| req.headers().get(name).cloned();
+        let logged = access_log.is_on();
+        let field = |name| match logged {
+            true => req.headers().get(name).cloned(),
+            false => None,
+        };
         RequestLog {
             start: Instant::now(),
             client,
@@ -81,6 +88,7 @@ impl RequestLog {
             user_agent: field(header::USER_AGENT),
             referer: field(header::REFERER),
             access_log,
+            logged,
             bytes_in: AtomicU64::new(0),
             body_sent: Notify::new(),
             body_fault: AtomicU8::new(0),
@@ -528,7 +536,7 @@ impl Drop for Completion {
     /// The clock is read once, and the wall clock only for a log line.
     fn drop(&mut self) {
         let log = &self.log;
-        let (metrics, logged) = (log.metrics.get(), log.access_log.is_on());
+        let (metrics, logged) = (log.metrics.get(), log.logged);
         if metrics.is_none() && !logged {
             return;
         }

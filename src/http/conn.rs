@@ -20,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -54,8 +54,20 @@ fn unpack_rate(packed: u64) -> Option<MinRate> {
     })
 }
 
+/// The monotonic clock (`Instant`'s and tokio's timers') in milliseconds, read straight off
+/// the system: several times per request, and an `Instant`'s `elapsed().as_millis()` costs
+/// about twice the read itself (a `Timespec` subtraction, `u128` arithmetic).
+#[cfg(not(test))]
 pub(super) fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let (secs, nanos) = (now.tv_sec as u64, now.tv_nsec as u64);
+    secs * 1000 + nanos / 1_000_000
+}
+
+/// The same on tokio's clock, which the unit tests pause and advance.
+#[cfg(test)]
+pub(super) fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
