@@ -142,6 +142,48 @@ async fn slow_upstream_is_504_after_upstream_response_timeout() {
     .await;
 }
 
+/// The answer time is timed per request on a keep-alive connection too, whatever its requests
+/// before left its watchdog armed for: right after a fast answer (before the connection parks),
+/// after a pause (parked and woken), after a timed-out one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_response_timeout_holds_for_every_request_of_a_connection() {
+    with_timeout(60, async {
+        let backend = support::serve("slow-or-fast", |req| async move {
+            if req.uri().path() == "/api/slow" {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            support::text_response(200, "ok")
+        })
+        .await;
+        let proxy = TestProxy::start(&upstream_config(
+            backend.addr,
+            r#"timeouts = { upstream_response = "300ms", idle = "300s" }"#,
+        ))
+        .await;
+        let client = client();
+        let get = |path: &'static str| {
+            let client = client.clone();
+            let url = proxy.url(path);
+            async move {
+                let started = Instant::now();
+                let resp = client.get(url).send().await.expect("request");
+                (resp.status().as_u16(), started.elapsed())
+            }
+        };
+        for pause in [0, 0, 200, 0] {
+            assert_eq!(get("/api/fast").await.0, 200);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let (status, took) = get("/api/slow").await;
+            assert_eq!(status, 504, "after a pause of {pause} ms");
+            assert!(
+                took >= Duration::from_millis(250) && took < Duration::from_millis(2000),
+                "504 after ~300 ms, came after {took:?} (pause {pause} ms)"
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_path_is_404_with_request_id() {
     with_timeout(30, async {

@@ -54,18 +54,6 @@ fn unpack_rate(packed: u64) -> Option<MinRate> {
     })
 }
 
-/// The monotonic clock (`Instant`'s and tokio's timers') in milliseconds, read straight off
-/// the system: several times per request, and an `Instant`'s `elapsed().as_millis()` costs
-/// about twice the read itself (a `Timespec` subtraction, `u128` arithmetic).
-#[cfg(not(test))]
-pub(super) fn now_ms() -> u64 {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    let (secs, nanos) = (now.tv_sec as u64, now.tv_nsec as u64);
-    secs * 1000 + nanos / 1_000_000
-}
-
-/// The same on tokio's clock, which the unit tests pause and advance.
-#[cfg(test)]
 pub(super) fn now_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
@@ -131,6 +119,9 @@ pub struct ConnState {
     default_send_rate: AtomicU64,
     /// The connection was cut for taking a response slower than its `send_min_rate`.
     too_slow: AtomicBool,
+    /// When the upstream's answer to the HTTP/1.1 request in flight is due (`ResponseDue`), ms on
+    /// `now_ms`'s clock; `NO_DEADLINE` when nothing waits for one.
+    response_due_ms: AtomicU64,
 }
 
 impl ConnState {
@@ -156,6 +147,7 @@ impl ConnState {
             deadline_ms: AtomicU64::new(now_ms() + header_read_ms),
             seen_first_read: AtomicBool::new(false),
             is_h2: AtomicBool::new(false),
+            response_due_ms: AtomicU64::new(NO_DEADLINE),
             header_read_ms,
             idle_ms: idle.as_millis() as u64,
             watchdog: AtomicWaker::new(),
@@ -277,6 +269,19 @@ impl ConnState {
         }
     }
 
+    /// Resolves `timeout` from now unless dropped first: how long an upstream may take to
+    /// answer an HTTP/1.1 request, timed by the connection's watchdog rather than a timer of
+    /// its own (a `Sleep` per request, put into tokio's timer wheel and taken out again, cost
+    /// ~750 instructions). Only for a future polled in the connection's own task, as an
+    /// HTTP/1.1 request's are on either engine: the watchdog is polled there too, arms its timer
+    /// for the due time and wakes the task when it has passed.
+    pub fn response_due(&self, timeout: Duration) -> ResponseDue<'_> {
+        let at_ms = now_ms().saturating_add(timeout.as_millis() as u64);
+        // one request is in flight at a time on HTTP/1.1: a later one's (a retry's) replaces it
+        self.response_due_ms.store(at_ms, Ordering::Relaxed);
+        ResponseDue { state: self, at_ms }
+    }
+
     /// How long a parked connection may still wait for its next request.
     pub fn idle_left(&self) -> Duration {
         let until = self.idle_since_ms.load(Ordering::Relaxed) + self.idle_ms;
@@ -356,7 +361,14 @@ impl Future for Watchdog {
             if let Some(expiry) = self.state.expiry(now) {
                 return Poll::Ready(expiry);
             }
-            let deadline = self.state.deadline_ms.load(Ordering::Relaxed);
+            let mut deadline = self.state.deadline_ms.load(Ordering::Relaxed);
+            match self.state.response_due_ms.load(Ordering::Relaxed) {
+                NO_DEADLINE => {}
+                // an upstream's answer is late: the request's `ResponseDue`, polled in this task
+                // (perhaps before this poll, in the same one), says so when polled again
+                due if due <= now => cx.waker().wake_by_ref(),
+                due => deadline = deadline.min(due),
+            }
             if deadline < self.armed_ms || self.armed_ms <= now {
                 // nothing pending (a request in flight): look again after a full idle period
                 let at = if deadline == NO_DEADLINE || deadline <= now {
@@ -372,6 +384,37 @@ impl Future for Watchdog {
             // fired: a spent timer must be re-armed before it is polled again
             self.armed_ms = 0;
         }
+    }
+}
+
+/// See `ConnState::response_due`.
+#[derive(Debug)]
+pub struct ResponseDue<'a> {
+    state: &'a ConnState,
+    at_ms: u64,
+}
+
+impl Future for ResponseDue<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        // no waker kept: the watchdog, polled in this task, wakes it once the time has come
+        match now_ms() >= self.at_ms {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ResponseDue<'_> {
+    fn drop(&mut self) {
+        let due = &self.state.response_due_ms;
+        let _ = due.compare_exchange(
+            self.at_ms,
+            NO_DEADLINE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -581,6 +624,29 @@ mod tests {
         );
         tokio::time::sleep(state.idle_left()).await;
         assert_eq!(Watchdog::new(state).await, Expiry::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_due_is_timed_by_the_watchdog_polled_beside_it() {
+        let (header_read, idle) = (Duration::from_secs(10), Duration::from_secs(300));
+        let state = ConnState::new(header_read, idle, Duration::from_secs(60));
+        let in_flight = state.begin();
+        let mut watchdog = Watchdog::new(state.clone());
+        for wait in [1_500, 20, 7_000] {
+            let start = Instant::now();
+            let due = state.response_due(Duration::from_millis(wait));
+            tokio::select! {
+                biased;
+                () = due => {}
+                _ = &mut watchdog => panic!("nothing expires while a request is in flight"),
+            }
+            assert_eq!(start.elapsed().as_millis(), u128::from(wait));
+            assert_eq!(state.response_due_ms.load(Ordering::Relaxed), NO_DEADLINE);
+        }
+        // a due time dropped before it came leaves the watchdog nothing to arm for
+        drop(state.response_due(Duration::from_millis(5)));
+        assert_eq!(state.response_due_ms.load(Ordering::Relaxed), NO_DEADLINE);
+        drop(in_flight);
     }
 
     #[tokio::test(start_paused = true)]

@@ -630,6 +630,9 @@ fn answer<'a>(
                     guard.drain = Some(tokio::time::Instant::now() + guard.grace());
                 }
                 _ = super::sleep_until(drain), if drain.is_some() => return None,
+                // never ready while a request is in flight: polled for the upstream's answer
+                // time (`ConnState::response_due`), which it arms its timer for
+                _ = &mut guard.watchdog, if drain.is_none() => {}
             }
         }
     }

@@ -466,6 +466,7 @@ impl ProxyService {
                         headers,
                         expanded,
                         deadline: None,
+                        h2_stream: false,
                     };
                     // not boxed: hyper's slot for this service's future is held only while a
                     // request is in flight (an idle HTTP/1.1 connection is parked out of hyper
@@ -500,6 +501,7 @@ impl ProxyService {
                 .filter(|_| req.version() == Version::HTTP_11);
             let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
             let (mut parts, body) = req.into_parts();
+            hop.h2_stream = parts.version == Version::HTTP_2;
             // a gRPC call's deadline caps the waits for its answer (only HTTP/2 carries one)
             hop.deadline = match parts.version {
                 Version::HTTP_2 => {
@@ -620,7 +622,7 @@ impl ProxyService {
             head.uri = upstream_uri(&head.uri, &head.method, active)?;
             let upstream_req = Request::from_parts(head, retry.body(hop.log, hop.policy));
             let timeout = hop.policy.upstream_response;
-            let log = hop.log.clone();
+            let (log, conn, h2_stream) = (hop.log.clone(), &self.conn, hop.h2_stream);
             // the clock starts once the whole body is sent: a slow upload is not a slow upstream;
             // a gRPC call's deadline runs from the start (boxed: only such calls pay for its timer)
             let deadline = hop
@@ -629,7 +631,10 @@ impl ProxyService {
             let too_late = async move {
                 let answer_time = async {
                     log.body_sent().await;
-                    tokio::time::sleep(timeout).await;
+                    match h2_stream {
+                        true => tokio::time::sleep(timeout).await,
+                        false => conn.response_due(timeout).await,
+                    }
                 };
                 match deadline {
                     None => {
@@ -862,6 +867,9 @@ struct Hop<'a> {
     expanded: Expanded,
     /// When a gRPC call's `grpc-timeout` runs out.
     deadline: Option<tokio::time::Instant>,
+    /// An HTTP/2 stream, whose future runs in a task of its own: its waits need timers of their
+    /// own (an HTTP/1.1 request's future runs in its connection's task, beside the watchdog).
+    h2_stream: bool,
 }
 
 /// `port` is `X-Forwarded-Port`'s value.
