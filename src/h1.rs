@@ -109,24 +109,45 @@ impl Kind {
     }
 }
 
-/// Whether `name` is `known` (lowercase letters and `-`, of the same length) in any case, eight
-/// bytes at a time: a byte with bit 5 set (`| 0x20`) is its lowercase letter for a letter, and
-/// `-` only for `-` itself or CR, which no field name holds (`httparse` hands out tokens).
-/// Measured against `eq_ignore_ascii_case` (one byte at a time): -300 instructions per h1
-/// request, whose heads the codec indexes on both sides.
+/// Whether `name` is `known` (lowercase letters and `-`, of the same length) in any case, a
+/// word at a time (overlapping at the end): a byte with bit 5 set (`| 0x20`) is its lowercase
+/// letter for a letter, and `-` only for `-` itself or CR, which no field name holds
+/// (`httparse` hands out tokens). Measured against `eq_ignore_ascii_case` (a byte at a time):
+/// -136 instructions per h1 request, whose heads the codec indexes on both sides.
 #[inline(always)]
 fn is_named(name: &[u8], known: &[u8]) -> bool {
     const LOWER: u64 = 0x2020_2020_2020_2020;
-    fn word(bytes: &[u8]) -> u64 {
-        let mut word = [0u8; 8];
-        word[..bytes.len()].copy_from_slice(bytes);
-        u64::from_le_bytes(word)
+    let n = known.len();
+    if name.len() != n {
+        return false;
     }
-    name.len() == known.len()
-        && name
-            .chunks(8)
-            .zip(known.chunks(8))
-            .all(|(n, k)| word(n) | LOWER == word(k) | LOWER)
+    // fixed-size reads: a copy of a variable length would be a `memcpy` call each
+    let word = |b: &[u8], at: usize| {
+        u64::from_le_bytes([
+            b[at],
+            b[at + 1],
+            b[at + 2],
+            b[at + 3],
+            b[at + 4],
+            b[at + 5],
+            b[at + 6],
+            b[at + 7],
+        ])
+    };
+    let half = |b: &[u8], at: usize| {
+        u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+    };
+    match n {
+        0..4 => name.eq_ignore_ascii_case(known),
+        4..8 => {
+            let same = |at| half(name, at) | LOWER == half(known, at) | LOWER;
+            same(0) && same(n - 4)
+        }
+        _ => {
+            let same = |at| word(name, at) | LOWER == word(known, at) | LOWER;
+            (0..n - 8).step_by(8).all(same) && same(n - 8)
+        }
+    }
 }
 
 /// One field line of a head: where its name and value are, and what it is.

@@ -269,17 +269,18 @@ impl ConnState {
         }
     }
 
-    /// Resolves `timeout` from now unless dropped first: how long an upstream may take to
-    /// answer an HTTP/1.1 request, timed by the connection's watchdog rather than a timer of
-    /// its own (a `Sleep` per request, put into tokio's timer wheel and taken out again, cost
-    /// ~750 instructions). Only for a future polled in the connection's own task, as an
-    /// HTTP/1.1 request's are on either engine: the watchdog is polled there too, arms its timer
-    /// for the due time and wakes the task when it has passed.
+    /// Resolves `timeout` after its first poll unless dropped first: how long an upstream may
+    /// take to answer an HTTP/1.1 request, timed by the connection's watchdog rather than a
+    /// timer of its own (a `Sleep` per request, put into tokio's timer wheel and taken out
+    /// again, cost ~750 instructions). Only for a future polled in the connection's own task,
+    /// as an HTTP/1.1 request's are on either engine: the watchdog is polled there too, arms its
+    /// timer for the due time and wakes the task when it has passed.
     pub fn response_due(&self, timeout: Duration) -> ResponseDue<'_> {
-        let at_ms = now_ms().saturating_add(timeout.as_millis() as u64);
-        // one request is in flight at a time on HTTP/1.1: a later one's (a retry's) replaces it
-        self.response_due_ms.store(at_ms, Ordering::Relaxed);
-        ResponseDue { state: self, at_ms }
+        ResponseDue {
+            state: self,
+            timeout_ms: timeout.as_millis() as u64,
+            at_ms: None,
+        }
     }
 
     /// How long a parked connection may still wait for its next request.
@@ -322,14 +323,15 @@ impl Watchdog {
     }
 
     pub fn new(state: Arc<ConnState>) -> Watchdog {
-        let armed_ms = now_ms() + state.header_read_ms;
         let timer = Box::pin(tokio::time::sleep(Duration::from_millis(
             state.header_read_ms,
         )));
         Watchdog {
             state,
             timer,
-            armed_ms,
+            // "to be armed": the first poll arms the timer and polls it, which is what makes
+            // it wake this task (`poll_in_flight` counts on that)
+            armed_ms: 0,
         }
     }
 
@@ -340,6 +342,19 @@ impl Watchdog {
         self.timer.as_mut().reset(Instant::now() + left);
         self.armed_ms = 0;
         self.timer.as_mut()
+    }
+
+    /// Polls the watchdog beside a request in flight on HTTP/1.1, which nothing but its answer
+    /// time (`ConnState::response_due`) can expire: only when that is due before the timer
+    /// fires, the timer has fired, or it is still to be armed (`armed_ms` 0). Otherwise the
+    /// timer, armed and polled in this same task before, wakes it when it fires, and nothing
+    /// needs doing before. (A full poll costs ~250 instructions, the timer's poll most of it.)
+    pub fn poll_in_flight(&mut self, cx: &mut Context<'_>) -> Poll<Expiry> {
+        let due = self.state.response_due_ms.load(Ordering::Relaxed);
+        if self.armed_ms != 0 && due >= self.armed_ms && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        Pin::new(self).poll(cx)
     }
 
     fn arm(&mut self, at_ms: u64, now: u64) {
@@ -391,15 +406,28 @@ impl Future for Watchdog {
 #[derive(Debug)]
 pub struct ResponseDue<'a> {
     state: &'a ConnState,
-    at_ms: u64,
+    timeout_ms: u64,
+    /// Set by the first poll (ms on `now_ms`'s clock).
+    at_ms: Option<u64>,
 }
 
 impl Future for ResponseDue<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
         // no waker kept: the watchdog, polled in this task, wakes it once the time has come
-        match now_ms() >= self.at_ms {
+        let now = now_ms();
+        let at = match self.at_ms {
+            Some(at) => at,
+            None => {
+                let at = now.saturating_add(self.timeout_ms);
+                // one request is in flight at a time on HTTP/1.1: a later one's (a retry's)
+                // replaces it
+                self.state.response_due_ms.store(at, Ordering::Relaxed);
+                *self.at_ms.insert(at)
+            }
+        };
+        match now >= at {
             true => Poll::Ready(()),
             false => Poll::Pending,
         }
@@ -408,13 +436,10 @@ impl Future for ResponseDue<'_> {
 
 impl Drop for ResponseDue<'_> {
     fn drop(&mut self) {
-        let due = &self.state.response_due_ms;
-        let _ = due.compare_exchange(
-            self.at_ms,
-            NO_DEADLINE,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        if let Some(at) = self.at_ms {
+            let due = &self.state.response_due_ms;
+            let _ = due.compare_exchange(at, NO_DEADLINE, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 }
 
@@ -600,6 +625,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::poll_fn;
 
     #[tokio::test(start_paused = true)]
     async fn parked_soon_after_last_response_and_idle_after_the_idle_period() {
@@ -632,14 +658,31 @@ mod tests {
         let state = ConnState::new(header_read, idle, Duration::from_secs(60));
         let in_flight = state.begin();
         let mut watchdog = Watchdog::new(state.clone());
-        for wait in [1_500, 20, 7_000] {
+        // as the native engine polls it (from its first poll, `poll_in_flight`), then as
+        // hyper's connections do (a full poll each time)
+        // (the first longer than the header read, the deadline a fresh watchdog starts from)
+        for (wait, full) in [
+            (15_000, false),
+            (1_500, false),
+            (20, false),
+            (7_000, false),
+            (30, true),
+            (9_000, true),
+        ] {
             let start = Instant::now();
             let due = state.response_due(Duration::from_millis(wait));
-            tokio::select! {
-                biased;
-                () = due => {}
-                _ = &mut watchdog => panic!("nothing expires while a request is in flight"),
-            }
+            let watch = poll_fn(|cx| match full {
+                true => Pin::new(&mut watchdog).poll(cx),
+                false => watchdog.poll_in_flight(cx),
+            });
+            let waited = tokio::time::timeout(Duration::from_secs(20), async {
+                tokio::select! {
+                    biased;
+                    () = due => {}
+                    _ = watch => panic!("nothing expires while a request is in flight"),
+                }
+            });
+            assert!(waited.await.is_ok(), "{wait} ms: never woken");
             assert_eq!(start.elapsed().as_millis(), u128::from(wait));
             assert_eq!(state.response_due_ms.load(Ordering::Relaxed), NO_DEADLINE);
         }

@@ -632,7 +632,7 @@ fn answer<'a>(
                 _ = super::sleep_until(drain), if drain.is_some() => return None,
                 // never ready while a request is in flight: polled for the upstream's answer
                 // time (`ConnState::response_due`), which it arms its timer for
-                _ = &mut guard.watchdog, if drain.is_none() => {}
+                _ = poll_fn(|cx| guard.watchdog.poll_in_flight(cx)), if drain.is_none() => {}
             }
         }
     }
