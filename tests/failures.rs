@@ -204,7 +204,8 @@ async fn unmatched_path_is_404_with_request_id() {
 struct HeldRequest {
     proxy: TestProxy,
     gate: Gate,
-    response: tokio::task::JoinHandle<Result<(u16, Bytes), reqwest::Error>>,
+    /// Its status, body, and `Connection` header.
+    response: tokio::task::JoinHandle<Result<(u16, Bytes, Option<String>), reqwest::Error>>,
     _backend: support::Backend,
 }
 
@@ -229,7 +230,8 @@ async fn hold_a_request(shutdown_grace: &str) -> HeldRequest {
     let response = tokio::spawn(async move {
         let resp = client().get(url).send().await?;
         let status = resp.status().as_u16();
-        Ok((status, resp.bytes().await?))
+        let connection = header(&resp, "connection");
+        Ok((status, resp.bytes().await?, connection))
     });
     tokio::time::timeout(Duration::from_secs(10), arrived_rx.recv())
         .await
@@ -259,13 +261,15 @@ async fn sigterm_lets_in_flight_request_finish_then_exits_zero() {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             gate.open();
         });
-        let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
+        let (status, body, connection) = tokio::time::timeout(Duration::from_secs(10), response)
             .await
             .expect("in-flight request did not complete after SIGTERM")
             .expect("request task")
             .expect("in-flight request failed after SIGTERM");
         assert_eq!(status, 200);
         assert_eq!(body, slow_body(), "in-flight response body was cut short");
+        // the connection is not kept for another request once shutdown has begun
+        assert_eq!(connection.as_deref(), Some("close"));
         opener.await.expect("opener");
 
         let exit = proxy
@@ -318,7 +322,7 @@ async fn drains_on(signal: &str) {
     );
 
     gate.open();
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), response)
+    let (status, body, _) = tokio::time::timeout(Duration::from_secs(10), response)
         .await
         .expect("in-flight request did not complete")
         .expect("request task")

@@ -25,6 +25,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use futures_util::FutureExt;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -353,8 +354,14 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
     let (wire, state, limits) = (&handle.0, &svc.conn, &limits);
     let mut head = RequestHead::default();
     let mut out = Vec::new();
+    // one wait for shutdown for the whole activation, polled by each request's waits: a new
+    // `changed()` per wait enters the channel's waiter list and leaves it (a lock each way,
+    // ~700 instructions per request); fused, as it is polled no more once it has fired
+    let mut shutdown = guard.shutdown.clone();
+    let stop = shutdown.changed().fuse();
+    tokio::pin!(stop);
     loop {
-        match read_head(wire, &mut head, limits, guard).await {
+        match read_head(wire, &mut head, limits, (guard, stop.as_mut())).await {
             HeadRead::Complete => {}
             HeadRead::Parked => {
                 let mut w = lock(wire);
@@ -384,7 +391,7 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
                 return Run::Ended;
             }
         };
-        let Some((resp, closing)) = answer(svc.clone(), req, (&mut *guard, wire, limits)).await
+        let Some((resp, closing)) = answer(svc.clone(), req, (&mut *guard, wire, limits), stop.as_mut()).await
         else {
             close(wire, guard).await;
             return Run::Ended;
@@ -396,7 +403,7 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
         let written = {
             let write = write_response(wire, resp, &asked, keep, &mut out);
             tokio::pin!(write);
-            write_in_grace(write, guard).await
+            write_in_grace(write, guard, stop.as_mut()).await
         };
         lock(wire).request += 1;
         match written {
@@ -440,13 +447,14 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
 async fn write_in_grace(
     mut write: Pin<&mut impl std::future::Future<Output = io::Result<Written>>>,
     guard: &mut Guard,
+    mut stop: Pin<&mut impl Stop>,
 ) -> io::Result<Written> {
     loop {
         let drain = guard.drain;
         tokio::select! {
             biased;
             written = &mut write => return written,
-            _ = guard.shutdown.changed(), if drain.is_none() => {
+            _ = stop.as_mut(), if drain.is_none() => {
                 guard.drain = Some(tokio::time::Instant::now() + guard.grace());
             }
             _ = super::sleep_until(drain), if drain.is_some() => {
@@ -455,6 +463,11 @@ async fn write_in_grace(
         }
     }
 }
+
+/// A connection's wait for shutdown, made once per activation (`serve_requests`) and polled by
+/// each of its requests' waits; fused: once fired, it is pending for good.
+trait Stop: std::future::Future + futures_util::future::FusedFuture {}
+impl<T: std::future::Future + futures_util::future::FusedFuture> Stop for T {}
 
 /// Closes the connection: its write side shut down (lingering if the connection says so),
 /// within the grace period.
@@ -469,7 +482,7 @@ async fn read_head(
     wire: &Shared,
     head: &mut RequestHead,
     limits: &Limits,
-    guard: &mut Guard,
+    (guard, mut stop): (&mut Guard, Pin<&mut impl Stop>),
 ) -> HeadRead {
     loop {
         {
@@ -500,7 +513,7 @@ async fn read_head(
                 Expiry::Idle => return HeadRead::Closed,
                 Expiry::Park => return HeadRead::Parked,
             },
-            _ = guard.shutdown.changed() => return HeadRead::Closed,
+            _ = stop.as_mut() => return HeadRead::Closed,
         }
     }
 }
@@ -602,11 +615,13 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
 // an `async` block, not an `async fn`: `svc` and `req` are held once, where an `async fn`
 // keeps its arguments twice (as given, and moved into its locals)
 #[allow(clippy::manual_async_fn)]
-fn answer<'a>(
+fn answer<'a, S: Stop>(
     svc: ProxyService,
     req: Request<ClientBody>,
     (guard, wire, limits): (&'a mut Guard, &'a Shared, &'a Limits),
-) -> impl std::future::Future<Output = Option<(Response<super::body::ProxyBody>, bool)>> + use<'a> {
+    mut stop: Pin<&'a mut S>,
+) -> impl std::future::Future<Output = Option<(Response<super::body::ProxyBody>, bool)>> + use<'a, S>
+{
     async move {
         // boxed: the proxy future is several KiB, and inline it would make `serve_requests`' own
         // box (held while the connection is active, idle or not) that much larger; boxed it exists
@@ -625,7 +640,7 @@ fn answer<'a>(
                     tracing::debug!(peer = %guard.peer(), "client closed the connection; request dropped");
                     return None;
                 }
-                _ = guard.shutdown.changed(), if drain.is_none() => {
+                _ = stop.as_mut(), if drain.is_none() => {
                     closing = true;
                     guard.drain = Some(tokio::time::Instant::now() + guard.grace());
                 }
