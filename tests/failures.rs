@@ -199,13 +199,15 @@ async fn unmatched_path_is_404_with_request_id() {
     .await;
 }
 
+/// A held request's status, body and `Connection` header.
+type Answered = (u16, Bytes, Option<String>);
+
 /// Starts a proxy in front of a gated backend and a held `/api/slow` request; returns once the
 /// request has reached the backend.
 struct HeldRequest {
     proxy: TestProxy,
     gate: Gate,
-    /// Its status, body, and `Connection` header.
-    response: tokio::task::JoinHandle<Result<(u16, Bytes, Option<String>), reqwest::Error>>,
+    response: tokio::task::JoinHandle<Result<Answered, reqwest::Error>>,
     _backend: support::Backend,
 }
 

@@ -344,17 +344,15 @@ impl Watchdog {
         self.timer.as_mut()
     }
 
-    /// Polls the watchdog beside a request in flight on HTTP/1.1, which nothing but its answer
-    /// time (`ConnState::response_due`) can expire: only when that is due before the timer
-    /// fires, the timer has fired, or it is still to be armed (`armed_ms` 0). Otherwise the
-    /// timer, armed and polled in this same task before, wakes it when it fires, and nothing
-    /// needs doing before. (A full poll costs ~250 instructions, the timer's poll most of it.)
-    pub fn poll_in_flight(&mut self, cx: &mut Context<'_>) -> Poll<Expiry> {
-        let due = self.state.response_due_ms.load(Ordering::Relaxed);
-        if self.armed_ms != 0 && due >= self.armed_ms && !self.timer.is_elapsed() {
-            return Poll::Pending;
-        }
-        Pin::new(self).poll(cx)
+    /// Whether nothing can expire before the armed timer fires: every deadline (the answer
+    /// time's too) is at or after it. The timer, armed and polled in this same task before
+    /// (`armed_ms` is 0 until then), then wakes the task when it fires, and a poll has nothing
+    /// to do before (a full one costs ~250 instructions, the timer's poll most of it).
+    fn nothing_before_timer(&self) -> bool {
+        let state = &self.state;
+        let next = state.deadline_ms.load(Ordering::Relaxed);
+        let next = next.min(state.response_due_ms.load(Ordering::Relaxed));
+        self.armed_ms != 0 && next >= self.armed_ms && !self.timer.is_elapsed()
     }
 
     fn arm(&mut self, at_ms: u64, now: u64) {
@@ -370,6 +368,9 @@ impl Future for Watchdog {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expiry> {
         if self.state.is_h2.load(Ordering::Relaxed) {
             self.state.watchdog.register(cx.waker());
+        }
+        if self.nothing_before_timer() {
+            return Poll::Pending;
         }
         loop {
             let now = now_ms();
@@ -625,7 +626,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::poll_fn;
 
     #[tokio::test(start_paused = true)]
     async fn parked_soon_after_last_response_and_idle_after_the_idle_period() {
@@ -658,23 +658,11 @@ mod tests {
         let state = ConnState::new(header_read, idle, Duration::from_secs(60));
         let in_flight = state.begin();
         let mut watchdog = Watchdog::new(state.clone());
-        // as the native engine polls it (from its first poll, `poll_in_flight`), then as
-        // hyper's connections do (a full poll each time)
         // (the first longer than the header read, the deadline a fresh watchdog starts from)
-        for (wait, full) in [
-            (15_000, false),
-            (1_500, false),
-            (20, false),
-            (7_000, false),
-            (30, true),
-            (9_000, true),
-        ] {
+        for wait in [15_000, 1_500, 20, 7_000, 30, 9_000] {
             let start = Instant::now();
             let due = state.response_due(Duration::from_millis(wait));
-            let watch = poll_fn(|cx| match full {
-                true => Pin::new(&mut watchdog).poll(cx),
-                false => watchdog.poll_in_flight(cx),
-            });
+            let watch = &mut watchdog;
             let waited = tokio::time::timeout(Duration::from_secs(20), async {
                 tokio::select! {
                     biased;

@@ -22,10 +22,10 @@ use crate::h1::chunked::{self, Decoder};
 use crate::h1::request::{RequestError, RequestHead, Target};
 use crate::h1::{Body as Framing, Kind, Limits};
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use futures_util::FutureExt;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -391,7 +391,8 @@ pub(super) async fn serve_requests(handle: &Handle, setup: Setup<'_>) -> Run {
                 return Run::Ended;
             }
         };
-        let Some((resp, closing)) = answer(svc.clone(), req, (&mut *guard, wire, limits), stop.as_mut()).await
+        let Some((resp, closing)) =
+            answer(svc.clone(), req, (&mut *guard, wire, limits), stop.as_mut()).await
         else {
             close(wire, guard).await;
             return Run::Ended;
@@ -647,7 +648,7 @@ fn answer<'a, S: Stop>(
                 _ = super::sleep_until(drain), if drain.is_some() => return None,
                 // never ready while a request is in flight: polled for the upstream's answer
                 // time (`ConnState::response_due`), which it arms its timer for
-                _ = poll_fn(|cx| guard.watchdog.poll_in_flight(cx)), if drain.is_none() => {}
+                _ = &mut guard.watchdog, if drain.is_none() => {}
             }
         }
     }
