@@ -192,19 +192,19 @@ impl UpstreamPool {
         self.members.load().backends.clone()
     }
 
-    /// Servers (resolved addresses) in the pool now.
-    pub fn size(&self) -> usize {
-        self.members.load().backends.len()
-    }
-
     pub fn spec(&self) -> &Upstream {
         &self.spec
     }
 
     /// Picks a server that may take the request and was not `tried` for it yet, counting it
-    /// active until the guard drops. With none: all servers anyway under `when_all_down =
-    /// "try_all"` (if any is untried), else `NoServer`.
-    pub fn pick(&self, client: IpAddr, tried: &[BackendAddr]) -> Result<ActiveGuard, NoServer> {
+    /// active until the guard drops; with how many servers the pool has now (read with the
+    /// pick: one load of the members per attempt). With none: all servers anyway under
+    /// `when_all_down = "try_all"` (if any is untried), else `NoServer`.
+    pub fn pick(
+        &self,
+        client: IpAddr,
+        tried: &[BackendAddr],
+    ) -> Result<(ActiveGuard, usize), NoServer> {
         let members = self.members.load();
         let mut ask = Ask {
             client,
@@ -218,7 +218,10 @@ impl UpstreamPool {
             index = balance::choose(self.balance, &members, &self.cursor, &ask);
         }
         match index {
-            Some(i) => Ok(ActiveGuard::new(members.backends[i].clone())),
+            Some(i) => Ok((
+                ActiveGuard::new(members.backends[i].clone()),
+                members.backends.len(),
+            )),
             None => Err(NoServer {
                 retry_after: self.retry_after(&members),
             }),

@@ -533,8 +533,8 @@ impl ProxyService {
             let mut tried: Vec<BackendAddr> = Vec::new();
             let mut failed = None;
             let (mut resp, conn, active) = loop {
-                let active = match hop.pool.pick(hop.addrs.client, &tried) {
-                    Ok(active) => active,
+                let (active, servers) = match hop.pool.pick(hop.addrs.client, &tried) {
+                    Ok(picked) => picked,
                     // no server left: the last attempt's error, or none was healthy at all
                     Err(none) => {
                         let name = hop.pool.name.clone();
@@ -542,7 +542,7 @@ impl ProxyService {
                     }
                 };
                 // no copy of the head when no other attempt can follow (a single server included)
-                let last = tried.len() >= retries as usize || tried.len() + 1 >= hop.pool.size();
+                let last = tried.len() >= retries as usize || tried.len() + 1 >= servers;
                 let head = if last {
                     std::mem::replace(&mut parts, Request::new(()).into_parts().0)
                 } else {
@@ -649,15 +649,18 @@ impl ProxyService {
             };
             // timed only for the upstream's latency histogram
             let started = hop.pool.timed().then(std::time::Instant::now);
+            // pinned where they are made: `select!` would move both futures into its own tuple
+            let send = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect);
+            tokio::pin!(send, too_late);
             let sent = tokio::select! {
-                sent = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect) => sent.map_err(|e| match hop.log.body_fault() {
+                sent = &mut send => sent.map_err(|e| match hop.log.body_fault() {
                     Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge(hop.policy.max_body.unwrap_or(0)),
                     Some(BodyFault::Stalled) => ProxyError::BodyTimeout,
                     Some(BodyFault::TooSlow) => ProxyError::BodyTooSlow(hop.policy.body_min_rate.map_or(0, |r| r.bytes_per_sec)),
                     Some(BodyFault::Malformed) => ProxyError::BadBody,
                     None => ProxyError::from_send(e),
                 }),
-                late = too_late => Err(late),
+                late = &mut too_late => Err(late),
             };
             let outcome = match &sent {
                 Ok((resp, _)) if resp.status().is_server_error() => Outcome::ServerError,
