@@ -198,15 +198,24 @@ pub struct ConnectionSays {
     pub close: bool,
     pub keep_alive: bool,
     pub upgrade: bool,
+    /// A token besides those three: a field the message wants removed with the hop-by-hop ones
+    /// (or bytes that name none).
+    pub other: bool,
 }
 
 impl ConnectionSays {
     fn read(&mut self, value: &[u8]) {
         for token in value.split(|b| *b == b',') {
             let token = token.trim_ascii();
-            self.close |= token.eq_ignore_ascii_case(b"close");
-            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if !token.is_empty() {
+                self.other = true;
+            }
         }
     }
 
@@ -380,5 +389,7 @@ mod tests {
         assert!(says("keep-alive").keeps_alive(0));
         assert!(!says("keep-alive, close").keeps_alive(0));
         assert!(says("x, Upgrade").upgrade);
+        assert!(says("x, Upgrade").other);
+        assert!(!says(" close ,, Keep-Alive, upgrade").other);
     }
 }

@@ -64,6 +64,10 @@ pub struct ResponseHead {
     /// The head had `Content-Length` beside the `Transfer-Encoding` it was framed by: the length
     /// must not be forwarded (it describes nothing that is sent).
     pub drop_length: bool,
+    /// What its `Connection` lines said.
+    pub connection: ConnectionSays,
+    /// It had a `Transfer-Encoding` (a lone `chunked`: the codec refuses any other).
+    pub transfer_encoding: bool,
     /// Bytes of the head, blank line included.
     pub len: usize,
 }
@@ -79,6 +83,8 @@ impl Default for ResponseHead {
             body: Body::None,
             reusable: false,
             drop_length: false,
+            connection: ConnectionSays::default(),
+            transfer_encoding: false,
             len: 0,
         }
     }
@@ -152,6 +158,8 @@ impl ResponseHead {
             && connection.keeps_alive(self.minor_version)
             && self.body != Body::UntilClose
             && !self.drop_length;
+        self.connection = connection;
+        self.transfer_encoding = framing.encodings > 0;
         Ok(())
     }
 

@@ -650,7 +650,9 @@ impl ProxyService {
             // timed only for the upstream's latency histogram
             let started = hop.pool.timed().then(std::time::Instant::now);
             // pinned where they are made: `select!` would move both futures into its own tuple
-            let send = hop.pool.send(active.backend(), upstream_req, hop.policy.upstream_connect);
+            let send = hop
+                .pool
+                .send(active.backend(), upstream_req, hop.policy.upstream_connect);
             tokio::pin!(send, too_late);
             let sent = tokio::select! {
                 sent = &mut send => sent.map_err(|e| match hop.log.body_fault() {

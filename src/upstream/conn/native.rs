@@ -520,7 +520,7 @@ fn response(
     head: &ResponseHead,
     buf: &Bytes,
 ) -> Result<(Response<()>, Option<ConnectionSays>), Failure> {
-    let says = connection_says(head, buf);
+    let says = connection_says(head);
     let mut headers = crate::h1::maps::take(head.fields.len());
     for field in &head.fields {
         if says.is_some() && is_hop_by_hop(field, buf) {
@@ -552,45 +552,23 @@ fn response(
     Ok((resp, says))
 }
 
-/// What `forward::strip_hop_by_hop` would find in the head's hop-by-hop fields, read off the
-/// field index; `None` when `Connection` names a field to remove besides the fixed set (or
-/// holds bytes `strip_hop_by_hop` would not read as text), which only the map's own pass
-/// handles. The two are compared head by head in the tests.
-fn connection_says(head: &ResponseHead, buf: &[u8]) -> Option<ConnectionSays> {
-    let mut says = ConnectionSays::default();
-    let mut codings = 0;
-    for field in &head.fields {
-        let value = field.value.of(buf);
-        match field.kind {
-            h1::Kind::Connection => {
-                if !value
-                    .iter()
-                    .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-                {
-                    return None;
-                }
-                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        says.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        says.keep_alive = true;
-                    } else if !token.is_empty() {
-                        return None;
-                    }
-                }
-            }
-            h1::Kind::TransferEncoding => {
-                codings += 1;
-                // as `hygiene::is_only_chunked` reads them (a value holds no control byte but
-                // tab, so `trim_ascii` trims what its `trim_ows` does)
-                says.only_chunked =
-                    codings == 1 && value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            }
-            _ => {}
-        }
+/// What `forward::strip_hop_by_hop` would find in the head's hop-by-hop fields, as the codec
+/// read them; `None` when `Connection` names a field to remove besides the fixed set (or holds
+/// bytes that name none), which only the map's own pass handles. The two are compared head by
+/// head in the tests.
+fn connection_says(head: &ResponseHead) -> Option<ConnectionSays> {
+    let said = head.connection;
+    // (`upgrade` names one of the fixed set)
+    if said.other {
+        return None;
     }
-    says.transfer_encoding = codings > 0;
-    Some(says)
+    Some(ConnectionSays {
+        close: said.close,
+        keep_alive: said.keep_alive,
+        transfer_encoding: head.transfer_encoding,
+        // the codec refuses any coding but a lone `chunked`
+        only_chunked: head.transfer_encoding,
+    })
 }
 
 /// One of `forward`'s fixed hop-by-hop fields; the codec has named three of them already.

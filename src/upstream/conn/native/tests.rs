@@ -376,7 +376,10 @@ fn hop_by_hop_fields_left_out_of_the_map_say_what_the_map_strip_would() {
             "Content-Length: 2\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n",
             false,
         ),
-        ("Content-Length: 2\r\nConnection: upgrade\r\n", false),
+        (
+            "Content-Length: 2\r\nConnection: upgrade\r\nUpgrade: h2c\r\n",
+            true,
+        ),
         (
             "Content-Length: 2\r\nConnection: close\r\nConnection: x-a\r\nX-A: 1\r\n",
             false,
