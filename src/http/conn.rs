@@ -330,7 +330,7 @@ impl Watchdog {
             state,
             timer,
             // "to be armed": the first poll arms the timer and polls it, which is what makes
-            // it wake this task (`poll_in_flight` counts on that)
+            // it wake this task (`nothing_before_timer` counts on that)
             armed_ms: 0,
         }
     }
