@@ -550,7 +550,13 @@ impl Guard {
                     }
                     return if state.is_parking() { End::Parked } else { End::Closed };
                 }
-                expiry = &mut self.watchdog, if drain_deadline.is_none() && !state.is_parking() => {
+                // while draining, polled only for a request in flight: its answer time
+                // (`ConnState::response_due`) still holds
+                expiry = &mut self.watchdog, if (drain_deadline.is_none() || state.is_busy()) && !state.is_parking() => {
+                    if drain_deadline.is_some() {
+                        // (the request ended meanwhile: the connection closes as it drains)
+                        continue;
+                    }
                     match expiry {
                         Expiry::HeaderRead => {
                             tracing::debug!(%peer, "closing connection: request head not received in time");

@@ -184,6 +184,48 @@ async fn upstream_response_timeout_holds_for_every_request_of_a_connection() {
     .await;
 }
 
+/// A request in flight when shutdown begins keeps its answer time: a slow upstream is a 504
+/// after `upstream_response`, not a wait for the upstream within the (longer) grace period.
+/// The clock starts once the upload has gone up, here after shutdown began: the connection's
+/// watchdog, which times it, must be polled while the connection drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_at_shutdown_keeps_its_upstream_response_timeout() {
+    with_timeout(60, async {
+        let backend = sleepy_backend(Duration::from_secs(8)).await;
+        let proxy = TestProxy::start(&upstream_config(
+            backend.addr,
+            "shutdown_grace = \"20s\"\ntimeouts = { upstream_response = \"1500ms\" }",
+        ))
+        .await;
+        // the upload's last part 800 ms in, shutdown at 400 ms
+        let body = futures_util::stream::unfold(0u8, |i| async move {
+            match i {
+                0 => Some((Ok::<Bytes, std::io::Error>(Bytes::from_static(b"first")), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    Some((Ok(Bytes::from_static(b"last")), 2))
+                }
+                _ => None,
+            }
+        });
+        let request = client()
+            .post(proxy.url("/api/slow"))
+            .body(reqwest::Body::wrap_stream(body));
+        let started = Instant::now();
+        let response = tokio::spawn(request.send());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.send_signal("TERM");
+        let resp = response.await.expect("task").expect("request");
+        let took = started.elapsed();
+        assert_eq!(resp.status().as_u16(), 504, "after {took:?}");
+        assert!(
+            took >= Duration::from_millis(2100) && took < Duration::from_secs(6),
+            "504 about 1.5 s after the upload, came after {took:?}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_path_is_404_with_request_id() {
     with_timeout(30, async {

@@ -297,6 +297,11 @@ impl ConnState {
         self.parking.load(Ordering::Relaxed)
     }
 
+    /// A request is in flight (its response body not yet ended).
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
     /// Hands an upgrade to the connection's task, which runs it once hyper lets go of the socket.
     pub fn start_tunnel(&self, pending: tunnel::Pending) {
         *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending);

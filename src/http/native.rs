@@ -647,8 +647,8 @@ fn answer<'a, S: Stop>(
                 }
                 _ = super::sleep_until(drain), if drain.is_some() => return None,
                 // never ready while a request is in flight: polled for the upstream's answer
-                // time (`ConnState::response_due`), which it arms its timer for
-                _ = &mut guard.watchdog, if drain.is_none() => {}
+                // time (`ConnState::response_due`), which it arms its timer for, draining or not
+                _ = &mut guard.watchdog => {}
             }
         }
     }
