@@ -142,6 +142,17 @@ async fn slow_upstream_is_504_after_upstream_response_timeout() {
     .await;
 }
 
+/// A `504` for an upstream too slow to answer, `took` within `ms` (what `upstream_response`
+/// allows, with room for a loaded machine).
+fn assert_timed_out(status: u16, took: Duration, ms: std::ops::Range<u64>, case: &str) {
+    assert_eq!(status, 504, "{case}: after {took:?}");
+    let ms = Duration::from_millis(ms.start)..Duration::from_millis(ms.end);
+    assert!(
+        ms.contains(&took),
+        "{case}: 504 after {took:?}, not within {ms:?}"
+    );
+}
+
 /// The answer time is timed per request on a keep-alive connection too, whatever its requests
 /// before left its watchdog armed for: right after a fast answer (before the connection parks),
 /// after a pause (parked and woken), after a timed-out one.
@@ -174,10 +185,11 @@ async fn upstream_response_timeout_holds_for_every_request_of_a_connection() {
             assert_eq!(get("/api/fast").await.0, 200);
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let (status, took) = get("/api/slow").await;
-            assert_eq!(status, 504, "after a pause of {pause} ms");
-            assert!(
-                took >= Duration::from_millis(250) && took < Duration::from_millis(2000),
-                "504 after ~300 ms, came after {took:?} (pause {pause} ms)"
+            assert_timed_out(
+                status,
+                took,
+                250..2000,
+                &format!("after a pause of {pause} ms"),
             );
         }
     })
@@ -217,10 +229,11 @@ async fn a_request_in_flight_at_shutdown_keeps_its_upstream_response_timeout() {
         proxy.send_signal("TERM");
         let resp = response.await.expect("task").expect("request");
         let took = started.elapsed();
-        assert_eq!(resp.status().as_u16(), 504, "after {took:?}");
-        assert!(
-            took >= Duration::from_millis(2100) && took < Duration::from_secs(6),
-            "504 about 1.5 s after the upload, came after {took:?}"
+        assert_timed_out(
+            resp.status().as_u16(),
+            took,
+            2100..6000,
+            "1.5 s after the upload",
         );
     })
     .await;

@@ -62,6 +62,13 @@ impl ConnectionSays {
     }
 }
 
+/// The fixed hop-by-hop fields, for the native client's test that its own spelling of them
+/// (`upstream::conn::native`, compared as bytes) is this list.
+#[cfg(test)]
+pub fn hop_by_hop_names() -> &'static [HeaderName] {
+    &HOP_BY_HOP
+}
+
 /// Whether `name` is one of the fixed hop-by-hop fields (a `Connection` header is one, so the
 /// names it lists are found through it).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {

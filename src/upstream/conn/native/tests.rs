@@ -404,3 +404,27 @@ fn hop_by_hop_fields_left_out_of_the_map_say_what_the_map_strip_would() {
         }
     }
 }
+
+#[test]
+fn the_hop_by_hop_names_read_as_bytes_are_forwards_list() {
+    // every name of `forward`'s list, in any case, and none of a few that are not in it
+    let mut names: Vec<String> = super::super::super::forward::hop_by_hop_names()
+        .iter()
+        .map(|n| n.as_str().to_ascii_uppercase())
+        .collect();
+    let listed = names.len();
+    names.extend(["Content-Type", "Server", "Trailers", "TE2", "Keep-Alive2"].map(String::from));
+    for (i, name) in names.iter().enumerate() {
+        let buf = format!("HTTP/1.1 200 OK\r\n{name}: chunked\r\n\r\n");
+        let mut head = ResponseHead::default();
+        let asked = Asked {
+            head: true,
+            connect: false,
+            upgrade: false,
+        };
+        // (`chunked`: the one value every one of them may carry)
+        assert!(head.parse(buf.as_bytes(), asked, &LIMITS).expect(&buf));
+        let field = head.fields.first().expect("one field");
+        assert_eq!(is_hop_by_hop(field, buf.as_bytes()), i < listed, "{name}");
+    }
+}
