@@ -322,11 +322,10 @@ mod headers {
             .bench_local_refs(forward::strip_hop_by_hop);
     }
 
-    /// `set_forwarded`: `X-Forwarded-For` set to the peer (appended to for a trusted peer; the
-    /// peer's header value is made once per connection, outside the timing), `-Proto` and
-    /// `-Host` set unless a trusted peer sent them. In `direct` the copy is full (12 fields,
-    /// capacity 12), so the first of the three new fields grows the map: hyper's HTTP/1 parser
-    /// reserves the parsed field count, in a new map for a connection's first request.
+    /// Gatehouse's own headers (`forward::Added`) put into the map, as when a route has
+    /// `request_headers` rules: `X-Forwarded-For` set to the peer (appended to for a trusted
+    /// peer; the peer's header value is made once per connection, outside the timing), `-Proto`,
+    /// `-Host` and `-Port` set unless a trusted peer sent them, `X-Real-IP`, `X-Request-Id`.
     #[divan::bench(args = CASES)]
     fn set_forwarded(bencher: Bencher, case: &str) {
         let (headers, peer) = request(case);
@@ -334,7 +333,7 @@ mod headers {
         let peer_ip = forward::ip_header(peer);
         let host = headers.get(HOST).cloned();
         let set = |h: &mut HeaderMap| {
-            forward::set_forwarded(h, &peer_ip, addrs.peer_trusted, host.as_ref(), "https")
+            put_added(h, &peer_ip, addrs.peer_trusted, host.as_ref());
         };
         warm(|| set(&mut headers.clone()));
         bencher
@@ -342,11 +341,24 @@ mod headers {
             .bench_local_refs(set);
     }
 
+    fn put_added(h: &mut HeaderMap, peer: &HeaderValue, trusted: bool, host: Option<&HeaderValue>) {
+        let client = forward::Client {
+            peer,
+            peer_trusted: trusted,
+            host,
+            proto: "https",
+            real_ip: Some(peer.clone()),
+            port: HeaderValue::from_static("443"),
+            request_id: HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
+        };
+        forward::Added::new(h, client).put_into(h);
+    }
+
     /// Every header step of a proxied request, in the order the service takes them:
     /// `Addrs::new` and `hygiene::check` (in `call`, before routing), `requested_upgrade` and
-    /// `regenerate_framing` (in `proxy`), `strip_hop_by_hop` and `set_forwarded` (in
-    /// `prepare_request_headers`). Not included: the `Host` insert (an HTTP/1.1 request has one)
-    /// and the `X-Request-Id` insert.
+    /// `regenerate_framing` (in `proxy`), `strip_hop_by_hop` and Gatehouse's own headers put
+    /// into the map (in `prepare_request_headers`). Not included: the `Host` insert (an
+    /// HTTP/1.1 request has one).
     #[divan::bench(args = CASES)]
     fn request_path(bencher: Bencher, case: &str) {
         let (headers, peer) = request(case);
@@ -359,7 +371,7 @@ mod headers {
             let upgrade = forward::requested_upgrade(h);
             hygiene::regenerate_framing(h, &SizeHint::with_exact(0));
             forward::strip_hop_by_hop(h);
-            forward::set_forwarded(h, &peer_ip, addrs.peer_trusted, host.as_ref(), "https");
+            put_added(h, &peer_ip, addrs.peer_trusted, host.as_ref());
             (screened, upgrade)
         };
         warm(|| all(&mut headers.clone()));

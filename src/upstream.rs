@@ -170,13 +170,14 @@ impl UpstreamPool {
         })
     }
 
-    /// Sends `req` to `backend` over one of its keep-alive connections (or a new one, made
-    /// within `connect`: the route's `upstream_connect`); the connection comes back with the
-    /// response, for `Backend::reuse` once the body has ended.
+    /// Sends `req` with Gatehouse's own headers not in its map (`added`) to `backend` over one
+    /// of its keep-alive connections (or a new one, made within `connect`: the route's
+    /// `upstream_connect`); the connection comes back with the response, for `Backend::reuse`
+    /// once the body has ended.
     pub fn send<'a>(
         &'a self,
         backend: &'a Backend,
-        req: Request<CountedBody>,
+        req: (Request<CountedBody>, &'a forward::Added),
         connect: Duration,
     ) -> impl std::future::Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a
     {

@@ -557,8 +557,8 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
         Target::Asterisk => Uri::from_static("*"),
         _ => Uri::from_maybe_shared(target).map_err(|_| ())?,
     };
-    // room for the fields the proxy adds upstream (`X-Forwarded-*`, `X-Real-IP`,
-    // `X-Request-Id`: see `service::prepare_request_headers`), so the map never grows
+    // room for the fields the proxy may add upstream (`X-Forwarded-*`, `X-Real-IP`,
+    // `X-Request-Id` when they go into the map: see `forward::Added`), so it never grows
     let mut headers = crate::h1::maps::take(head.fields.len() + 6);
     let chunked = head.body == Framing::Chunked;
     for field in &head.fields {

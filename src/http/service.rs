@@ -514,14 +514,16 @@ impl ProxyService {
                 (None, Transport::Tls) => HeaderValue::from_static("443"),
                 (None, Transport::Plain) => HeaderValue::from_static("80"),
             };
-            {
+            let added = {
                 // dropped here, not kept in this future across its awaits
                 let mut expanded = std::mem::take(&mut hop.expanded);
                 let headers = &mut parts.headers;
-                prepare_request_headers(headers, &hop, upgrade.clone(), port, &mut expanded);
+                let added =
+                    prepare_request_headers(headers, &hop, upgrade.clone(), port, &mut expanded);
                 // after the hop-by-hop strip, which would take the `Transfer-Encoding` it may add
                 hygiene::regenerate_framing(headers, &http_body::Body::size_hint(&body));
-            }
+                added
+            };
             parts.version = Version::HTTP_11;
             let retries = if upgrade.is_some() {
                 0
@@ -548,7 +550,10 @@ impl ProxyService {
                 } else {
                     copy_head(&parts)
                 };
-                match self.attempt(&hop, head, &active, &mut retry).await {
+                match self
+                    .attempt(&hop, (head, &added), &active, &mut retry)
+                    .await
+                {
                     Ok((resp, conn)) => break (resp, conn, active),
                     Err(err) if !last && retry.may_retry(&err) && hop.pool.withdraw_retry() => {
                         tracing::debug!(upstream = %hop.pool.name, server = %active.backend().addr, error = %err, "retrying on another server");
@@ -613,7 +618,7 @@ impl ProxyService {
     fn attempt<'a, 'h>(
         &'a self,
         hop: &'a Hop<'h>,
-        mut head: http::request::Parts,
+        (mut head, added): (http::request::Parts, &'a forward::Added),
         active: &'a ActiveGuard,
         retry: &'a mut Retry,
     ) -> impl std::future::Future<Output = Result<(Response<RespBody>, Sender), ProxyError>> + use<'a, 'h>
@@ -650,9 +655,11 @@ impl ProxyService {
             // timed only for the upstream's latency histogram
             let started = hop.pool.timed().then(std::time::Instant::now);
             // pinned where they are made: `select!` would move both futures into its own tuple
-            let send = hop
-                .pool
-                .send(active.backend(), upstream_req, hop.policy.upstream_connect);
+            let send = hop.pool.send(
+                active.backend(),
+                (upstream_req, added),
+                hop.policy.upstream_connect,
+            );
             tokio::pin!(send, too_late);
             let sent = tokio::select! {
                 sent = &mut send => sent.map_err(|e| match hop.log.body_fault() {
@@ -877,14 +884,16 @@ struct Hop<'a> {
     h2_stream: bool,
 }
 
-/// `port` is `X-Forwarded-Port`'s value.
+/// `port` is `X-Forwarded-Port`'s value. Gatehouse's own headers (`X-Forwarded-*`,
+/// `X-Real-IP`, `X-Request-Id`) come back beside the map when nothing reads them there (see
+/// `forward::Added`), else go into it (and an empty set comes back).
 fn prepare_request_headers(
     headers: &mut http::HeaderMap,
     hop: &Hop<'_>,
     upgrade: Option<HeaderValue>,
     port: HeaderValue,
     expanded: &mut Expanded,
-) {
+) -> forward::Added {
     if hop.hop_by_hop {
         // `te: trailers` says the client takes trailers (gRPC needs them): it goes on to an
         // HTTP/2 upstream, the one `te` value HTTP/2 carries (RFC 9113 8.2.2); an HTTP/1.1
@@ -896,21 +905,11 @@ fn prepare_request_headers(
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-    // the six headers set below, room made at once: a map grown one insert at a time may
-    // rehash twice
-    headers.reserve(6);
     if let Some(proto) = upgrade {
         forward::restore_upgrade(headers, proto);
     }
     // `Host` is the canonical authority already (`canonical::request`)
     let Hop { addrs, log, .. } = hop;
-    forward::set_forwarded(
-        headers,
-        hop.peer_ip,
-        addrs.peer_trusted,
-        log.host.as_ref(),
-        hop.proto,
-    );
     // from an untrusted peer the client is the peer, whose address is formatted once per
     // connection
     let real_ip = match (addrs.known, addrs.peer_trusted) {
@@ -918,10 +917,25 @@ fn prepare_request_headers(
         (true, false) => Some(hop.peer_ip.clone()),
         (true, true) => Some(forward::ip_header(addrs.client)),
     };
-    forward::set_client(headers, real_ip, port, addrs.peer_trusted);
-    headers.insert(X_REQUEST_ID.clone(), hop.log.request_id.clone());
+    let client = forward::Client {
+        peer: hop.peer_ip,
+        peer_trusted: addrs.peer_trusted,
+        host: log.host.as_ref(),
+        proto: hop.proto,
+        real_ip,
+        port,
+        request_id: log.request_id.clone(),
+    };
+    let mut added = forward::Added::new(headers, client);
+    // a rule reads and may override any of them (it runs on the map), and a client's own
+    // are replaced where they stand
+    if added.in_map() || !hop.headers.request.is_empty() {
+        added.put_into(headers);
+        added = forward::Added::default();
+    }
     // last: a rule may override any of the above but `Host` (`upstream_host`)
     header_rules::upstream_request(headers, hop.headers, expanded, addrs.peer_trusted);
+    added
 }
 
 /// The request target as the backend gets it: origin-form (`/path?query`, as the route's

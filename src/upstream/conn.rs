@@ -21,6 +21,7 @@
 pub mod h2;
 pub mod native;
 
+use super::forward::Added;
 use super::io::UpstreamIo;
 use super::tls::{Connector, UpstreamStream};
 use super::{Backend, BackendAddr};
@@ -357,8 +358,9 @@ impl Dialer {
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `backend` on an idle connection, else a new
-    /// one; returns the response head and the connection, for `IdleConns::put` once the body has
+    /// Sends `req` (origin-form URI, `Host` set) with Gatehouse's own headers `added` (those not
+    /// in its map already: the native client writes them after the map's fields, the others put
+    /// them into the map) to `backend` on an idle connection, else a new one; returns the response head and the connection, for `IdleConns::put` once the body has
     /// ended. A reused connection that hands the request back unsent (the upstream closed it as we
     /// took it) costs the request nothing: it goes once more, on a new connection.
     ///
@@ -368,7 +370,7 @@ impl Dialer {
     pub fn send<'a>(
         &'a self,
         backend: &'a Backend,
-        req: Request<CountedBody>,
+        (req, added): (Request<CountedBody>, &'a Added),
         connect: Duration,
     ) -> impl Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a {
         let http1 = match self.protocol {
@@ -378,8 +380,8 @@ impl Dialer {
         };
         // HTTP/2 boxed: the HTTP/1.1 path's future stays small
         match http1 {
-            true => Either::Left(self.send_h1(backend, req, connect)),
-            false => Either::Right(Box::pin(self.send_h2(backend, req, connect))),
+            true => Either::Left(self.send_h1(backend, req, added, connect)),
+            false => Either::Right(Box::pin(self.send_h2(backend, req, added, connect))),
         }
     }
 
@@ -388,18 +390,24 @@ impl Dialer {
     fn send_h1<'a>(
         &'a self,
         backend: &'a Backend,
-        req: Request<CountedBody>,
+        mut req: Request<CountedBody>,
+        added: &'a Added,
         connect: Duration,
     ) -> impl Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a {
         match backend.idle.take() {
-            Some(IdleConn::Native(conn)) => Either::Left(Either::Left(
-                self.send_native(backend, conn, true, req, connect),
-            )),
-            Some(IdleConn::Hyper(sender)) => Either::Left(Either::Right(
-                self.send_hyper(backend, sender, req, connect),
-            )),
+            Some(IdleConn::Native(conn)) => Either::Left(Either::Left(self.send_native(
+                backend,
+                conn,
+                true,
+                (req, added),
+                connect,
+            ))),
+            Some(IdleConn::Hyper(sender)) => Either::Left(Either::Right({
+                added.put_into(req.headers_mut());
+                self.send_hyper(backend, sender, req, connect)
+            })),
             // boxed: connecting is rare, the common paths' futures stay small
-            None => Either::Right(Box::pin(self.send_new(backend, req, connect))),
+            None => Either::Right(Box::pin(self.send_new(backend, req, added, connect))),
         }
     }
 
@@ -422,24 +430,35 @@ impl Dialer {
                 None => return Err(SendError::Request(err.into_error())),
             },
         };
-        Box::pin(self.send_fresh(backend, req, connect)).await
+        // the request's headers are all in its map already
+        Box::pin(self.send_fresh(backend, req, Added::none(), connect)).await
     }
 
     /// On a connection opened for this request (none was kept): nothing to send again.
     async fn send_new(
         &self,
         backend: &Backend,
-        req: Request<CountedBody>,
+        mut req: Request<CountedBody>,
+        added: &Added,
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
         match self.open(backend, connect).await? {
-            Opened::Http1(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
-                Err(err) => Err(SendError::Request(err.into_error())),
-            },
-            Opened::Native(conn) => self.send_native(backend, conn, false, req, connect).await,
+            Opened::Http1(mut sender) => {
+                added.put_into(req.headers_mut());
+                match sender.try_send_request(req).await {
+                    Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
+                    Err(err) => Err(SendError::Request(err.into_error())),
+                }
+            }
+            Opened::Native(conn) => {
+                let req = (req, added);
+                self.send_native(backend, conn, false, req, connect).await
+            }
             // boxed, like the dial: HTTP/2 found by ALPN is the rare way here
-            Opened::Http2(conn) => Box::pin(self.first_h2(backend, conn, req)).await,
+            Opened::Http2(conn) => {
+                added.put_into(req.headers_mut());
+                Box::pin(self.first_h2(backend, conn, req)).await
+            }
         }
     }
 
@@ -447,21 +466,28 @@ impl Dialer {
     async fn send_fresh(
         &self,
         backend: &Backend,
-        req: Request<CountedBody>,
+        mut req: Request<CountedBody>,
+        added: &Added,
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
         match Box::pin(self.open(backend, connect)).await? {
-            Opened::Http1(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
-                Err(err) => Err(SendError::Request(err.into_error())),
-            },
+            Opened::Http1(mut sender) => {
+                added.put_into(req.headers_mut());
+                match sender.try_send_request(req).await {
+                    Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
+                    Err(err) => Err(SendError::Request(err.into_error())),
+                }
+            }
             Opened::Native(conn) => {
                 let (parts, mut body) = req.into_parts();
-                let resp = native::send(conn, &parts, &mut body).await?;
+                let resp = native::send(conn, (&parts, added), &mut body).await?;
                 crate::h1::maps::give(parts.headers);
                 Ok((resp.map(RespBody::Native), Sender::Native))
             }
-            Opened::Http2(conn) => Box::pin(self.first_h2(backend, conn, req)).await,
+            Opened::Http2(conn) => {
+                added.put_into(req.headers_mut());
+                Box::pin(self.first_h2(backend, conn, req)).await
+            }
         }
     }
 
@@ -476,11 +502,11 @@ impl Dialer {
         backend: &Backend,
         conn: native::Conn,
         reused: bool,
-        req: Request<CountedBody>,
+        (req, added): (Request<CountedBody>, &Added),
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
         let (parts, mut body) = req.into_parts();
-        match native::send(conn, &parts, &mut body).await {
+        match native::send(conn, (&parts, added), &mut body).await {
             Ok(resp) => {
                 // the head is written: its map is kept for the next head this thread reads
                 crate::h1::maps::give(parts.headers);
@@ -489,7 +515,7 @@ impl Dialer {
             Err(failed) if reused && failed.unsent && idempotent(&parts.method) => {
                 tracing::debug!(server = %backend.addr, error = %failed.error, "idle upstream connection closed; sending on a new one");
                 let req = Request::from_parts(parts, body);
-                Box::pin(self.send_fresh(backend, req, connect)).await
+                Box::pin(self.send_fresh(backend, req, added, connect)).await
             }
             Err(failed) => Err(failed.into()),
         }
@@ -502,8 +528,10 @@ impl Dialer {
         &self,
         backend: &Backend,
         mut req: Request<CountedBody>,
+        added: &Added,
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
+        added.put_into(req.headers_mut());
         h2_form(&mut req, &self.scheme, &backend.authority);
         if let Some(stream) = backend.h2.take(self.max_streams) {
             match stream.sender().try_send_request(req.map(H2Body)).await {
@@ -542,7 +570,8 @@ impl Dialer {
             Opened::Native(conn) => {
                 h1_form(&mut req);
                 let (parts, mut body) = req.into_parts();
-                let resp = native::send(conn, &parts, &mut body).await?;
+                // its headers all in its map (above)
+                let resp = native::send(conn, (&parts, Added::none()), &mut body).await?;
                 crate::h1::maps::give(parts.headers);
                 Ok((resp.map(RespBody::Native), Sender::Native))
             }

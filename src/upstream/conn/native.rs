@@ -12,7 +12,7 @@
 //! lets live hands the connection back (`Body::take_reusable`) for the backend's idle stack; a
 //! `101` hands it over to the tunnel with the bytes already read past the head.
 
-use super::super::forward::ConnectionSays;
+use super::super::forward::{Added, ConnectionSays};
 use super::super::io::UpstreamIo;
 use crate::h1::chunked::{self, Decoder};
 use crate::h1::response::{Answer, Asked, ResponseError, ResponseHead};
@@ -126,8 +126,11 @@ enum Out {
 }
 
 /// Writes the request head: request line, the headers as the service left them (its framing
-/// header, if it kept one, included), then the framing the body needs if none was given.
-fn write_head(parts: &Parts, empty: bool, hint: &SizeHint, out: &mut BytesMut) -> Out {
+/// header, if it kept one, included), Gatehouse's own not in the map (`added`), then the
+/// framing the body needs if none was given. Returns that framing, and whether the request
+/// carries `Upgrade`.
+fn write_head(head: Head<'_>, empty: bool, hint: &SizeHint, out: &mut BytesMut) -> (Out, bool) {
+    let (parts, added) = head;
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     match (&parts.method, parts.uri.authority()) {
@@ -141,38 +144,72 @@ fn write_head(parts: &Parts, empty: bool, hint: &SizeHint, out: &mut BytesMut) -
         ),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // the framing fields noted as they go by: no hashed lookups in the map afterwards
+    let mut seen = Seen::default();
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        seen.note(name, value);
+        field(out, name, value);
     }
-    let framing = framing(parts, empty, hint);
+    for (name, value) in added.fields() {
+        field(out, name, value);
+    }
+    let framing = framing(&seen, &parts.method, empty, hint);
     match framing {
-        Out::Length(n) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+        Out::Length(n) if seen.length.is_none() => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(n.to_string().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        Out::Chunked if !parts.headers.contains_key(header::TRANSFER_ENCODING) => {
+        Out::Chunked if !seen.transfer_encoding => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
-    framing
+    (framing, seen.upgrade)
+}
+
+/// The request's head: its parts and Gatehouse's own headers not in their map.
+type Head<'a> = (&'a Parts, &'a Added);
+
+fn field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The fields of a request's map that bear on its framing, as `write_head` passes them.
+#[derive(Default)]
+struct Seen<'a> {
+    /// The first `Content-Length`.
+    length: Option<&'a HeaderValue>,
+    transfer_encoding: bool,
+    upgrade: bool,
+}
+
+impl<'a> Seen<'a> {
+    fn note(&mut self, name: &HeaderName, value: &'a HeaderValue) {
+        // standard names: each comparison is of two small integers
+        if *name == header::CONTENT_LENGTH {
+            self.length.get_or_insert(value);
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == header::UPGRADE {
+            self.upgrade = true;
+        }
+    }
 }
 
 /// hyper's client rules: a framing header already there is respected; a body known empty gets
 /// none; an exact size its length; else chunked, but for `GET`, `HEAD` and `CONNECT`, whose
 /// unsized body is not sent.
-fn framing(parts: &Parts, empty: bool, hint: &SizeHint) -> Out {
-    let headers = &parts.headers;
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+fn framing(seen: &Seen<'_>, method: &Method, empty: bool, hint: &SizeHint) -> Out {
+    if seen.transfer_encoding {
         return Out::Chunked;
     }
-    if let Some(n) = headers
-        .get(header::CONTENT_LENGTH)
+    if let Some(n) = seen
+        .length
         .and_then(|v| v.to_str().ok()?.trim().parse().ok())
     {
         return Out::Length(n);
@@ -182,9 +219,7 @@ fn framing(parts: &Parts, empty: bool, hint: &SizeHint) -> Out {
     }
     match hint.exact() {
         Some(n) => Out::Length(n),
-        None if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
-            Out::Nothing
-        }
+        None if matches!(method, &Method::GET | &Method::HEAD | &Method::CONNECT) => Out::Nothing,
         None => Out::Chunked,
     }
 }
@@ -433,16 +468,18 @@ where
     }
 }
 
-/// Sends the request (`parts`, `body`) on `conn` and reads its response head. On failure
-/// `body` is untouched if `Failed::unsent` says so, and may go on another connection.
-pub async fn send<B>(conn: Conn, parts: &Parts, body: &mut B) -> Result<Response<Body>, Failed>
+/// Sends the request (`parts` with Gatehouse's own headers `added`, `body`) on `conn` and reads
+/// its response head. On failure `body` is untouched if `Failed::unsent` says so, and may go
+/// on another connection.
+pub async fn send<B>(conn: Conn, head: Head<'_>, body: &mut B) -> Result<Response<Body>, Failed>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     let mut read = spare::take();
     let empty = body.is_end_stream();
-    let framing = write_head(parts, empty, &body.size_hint(), &mut read);
+    let (framing, upgrade) = write_head(head, empty, &body.size_hint(), &mut read);
+    let method = &head.0.method;
     let mut ex = Exchange {
         io: conn.io,
         out: Pending {
@@ -467,9 +504,9 @@ where
             ..ResponseHead::default()
         },
         asked: Asked {
-            head: parts.method == Method::HEAD,
-            connect: parts.method == Method::CONNECT,
-            upgrade: parts.headers.contains_key(header::UPGRADE),
+            head: method == Method::HEAD,
+            connect: method == Method::CONNECT,
+            upgrade,
         },
     };
     if empty && framing == Out::Chunked {

@@ -62,9 +62,48 @@ fn parts(method: &str, uri: &str, headers: &[(&'static str, &'static str)]) -> P
 }
 
 fn head(parts: &Parts, body: &Frames) -> (String, Out) {
+    let (written, framing, _) = head_with(parts, Added::none(), body);
+    (written, framing)
+}
+
+fn head_with(parts: &Parts, added: &Added, body: &Frames) -> (String, Out, bool) {
     let mut out = BytesMut::new();
-    let framing = write_head(parts, body.is_end_stream(), &body.size_hint(), &mut out);
-    (String::from_utf8(out.to_vec()).unwrap(), framing)
+    let empty = body.is_end_stream();
+    let (framing, upgrade) = write_head((parts, added), empty, &body.size_hint(), &mut out);
+    (String::from_utf8(out.to_vec()).unwrap(), framing, upgrade)
+}
+
+#[test]
+fn gatehouse_headers_held_beside_the_map_follow_its_fields() {
+    let peer = HeaderValue::from_static("192.0.2.7");
+    let host = HeaderValue::from_static("x.test");
+    let mut post = parts(
+        "POST",
+        "/up",
+        &[("host", "x.test"), ("upgrade", "websocket")],
+    );
+    let client = crate::upstream::forward::Client {
+        peer: &peer,
+        peer_trusted: false,
+        host: Some(&host),
+        proto: "https",
+        real_ip: Some(peer.clone()),
+        port: HeaderValue::from_static("443"),
+        request_id: HeaderValue::from_static("id-1"),
+    };
+    let added = Added::new(&mut post.headers, client);
+    assert!(!added.in_map());
+    let (written, framing, upgrade) = head_with(&post, &added, &Frames::new(&[b"abc"], true));
+    assert_eq!(
+        written,
+        "POST /up HTTP/1.1\r\nhost: x.test\r\nupgrade: websocket\r\n\
+         x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: https\r\nx-forwarded-host: x.test\r\n\
+         x-real-ip: 192.0.2.7\r\nx-forwarded-port: 443\r\nx-request-id: id-1\r\n\
+         content-length: 3\r\n\r\n"
+    );
+    assert_eq!((framing, upgrade), (Out::Length(3), true));
+    let get = parts("GET", "/", &[("host", "x.test")]);
+    assert!(!head_with(&get, Added::none(), &Frames::new(&[], true)).2);
 }
 
 #[test]
@@ -153,7 +192,9 @@ async fn a_chunked_upload_and_a_chunked_answer_leave_the_connection_reusable() {
     });
     let parts = parts("PUT", "/x", &[("host", "h")]);
     let mut body = Frames::new(&[b"ab", b"", b"cde"], false);
-    let resp = send(conn, &parts, &mut body).await.unwrap();
+    let resp = send(conn, (&parts, Added::none()), &mut body)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-a"], "b");
     // the framing is the body's own: its field is left out of the map, what it said kept
@@ -195,7 +236,9 @@ async fn an_answer_before_the_upload_ends_stops_it_and_the_connection_goes() {
     let parts = parts("POST", "/", &[("content-length", "10")]);
     let mut body = Frames::new(&[b"abc"], false);
     body.then_wait = true;
-    let resp = send(conn, &parts, &mut body).await.unwrap();
+    let resp = send(conn, (&parts, Added::none()), &mut body)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 413);
     let mut body = resp.into_body();
     let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -211,7 +254,9 @@ async fn a_closed_connection_hands_the_request_back_untouched() {
     drop(upstream);
     let parts = parts("GET", "/", &[]);
     let mut body = Frames::new(&[], true);
-    let failed = send(conn, &parts, &mut body).await.unwrap_err();
+    let failed = send(conn, (&parts, Added::none()), &mut body)
+        .await
+        .unwrap_err();
     assert!(failed.unsent, "{failed:?}");
 
     // once a byte of the answer came, it is no stale connection
@@ -220,7 +265,9 @@ async fn a_closed_connection_hands_the_request_back_untouched() {
         read_until(&mut upstream, "\r\n\r\n").await;
         upstream.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
     });
-    let failed = send(conn, &parts, &mut body).await.unwrap_err();
+    let failed = send(conn, (&parts, Added::none()), &mut body)
+        .await
+        .unwrap_err();
     assert!(!failed.unsent, "{failed:?}");
     server.await.unwrap();
 }
@@ -250,7 +297,7 @@ async fn a_body_cut_by_the_close_is_an_error_and_bytes_after_it_forbid_reuse() {
             .await
             .unwrap();
     });
-    let resp = send(conn, &parts, &mut Frames::new(&[], true))
+    let resp = send(conn, (&parts, Added::none()), &mut Frames::new(&[], true))
         .await
         .unwrap();
     server.await.unwrap();
@@ -270,7 +317,7 @@ async fn a_body_cut_by_the_close_is_an_error_and_bytes_after_it_forbid_reuse() {
             .unwrap();
         upstream
     });
-    let resp = send(conn, &parts, &mut Frames::new(&[], true))
+    let resp = send(conn, (&parts, Added::none()), &mut Frames::new(&[], true))
         .await
         .unwrap();
     let _upstream = server.await.unwrap();
@@ -315,7 +362,7 @@ async fn the_response_field_index_is_reused() {
         upstream
     });
     let parts = parts("GET", "/", &[("host", "h")]);
-    let resp = send(conn, &parts, &mut Frames::new(&[], true))
+    let resp = send(conn, (&parts, Added::none()), &mut Frames::new(&[], true))
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-b"], "2");
