@@ -177,12 +177,13 @@ impl UpstreamPool {
     pub fn send<'a>(
         &'a self,
         backend: &'a Backend,
-        req: (Request<CountedBody>, &'a forward::Added),
+        req: Request<CountedBody>,
+        added: &'a forward::Added,
         connect: Duration,
     ) -> impl std::future::Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a
     {
         // the dialer's own future, not one wrapping it (see `Dialer::send`)
-        self.dialer.send(backend, req, connect)
+        self.dialer.send(backend, req, added, connect)
     }
 
     fn needs_dns(&self) -> bool {

@@ -655,11 +655,10 @@ impl ProxyService {
             // timed only for the upstream's latency histogram
             let started = hop.pool.timed().then(std::time::Instant::now);
             // pinned where they are made: `select!` would move both futures into its own tuple
-            let send = hop.pool.send(
-                active.backend(),
-                (upstream_req, added),
-                hop.policy.upstream_connect,
-            );
+            let connect = hop.policy.upstream_connect;
+            let send = hop
+                .pool
+                .send(active.backend(), upstream_req, added, connect);
             tokio::pin!(send, too_late);
             let sent = tokio::select! {
                 sent = &mut send => sent.map_err(|e| match hop.log.body_fault() {
@@ -1398,10 +1397,15 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             return id.clone();
         }
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    let n = fastrand::u128(..);
-    for (i, out) in buf.iter_mut().enumerate() {
-        *out = b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize];
+    // a byte at a time, two digits each (a digit at a time shifted the 128-bit number 32 times)
+    for (out, b) in buf
+        .chunks_exact_mut(2)
+        .zip(fastrand::u128(..).to_le_bytes())
+    {
+        out[0] = HEX[usize::from(b >> 4)];
+        out[1] = HEX[usize::from(b & 0xf)];
     }
     // one allocation whose clones (the upstream request's, the response's, the log's) count
     // references: `from_bytes` copies into a vector-backed `Bytes`, whose first clone allocates
@@ -1428,6 +1432,7 @@ mod tests {
         let mut h = http::HeaderMap::new();
         let a = request_id(&h);
         assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(|b| b"0123456789abcdef".contains(b)));
         assert_ne!(a, request_id(&h));
         h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");

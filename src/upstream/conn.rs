@@ -370,7 +370,8 @@ impl Dialer {
     pub fn send<'a>(
         &'a self,
         backend: &'a Backend,
-        (req, added): (Request<CountedBody>, &'a Added),
+        req: Request<CountedBody>,
+        added: &'a Added,
         connect: Duration,
     ) -> impl Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a {
         let http1 = match self.protocol {
@@ -395,13 +396,9 @@ impl Dialer {
         connect: Duration,
     ) -> impl Future<Output = Result<(Response<RespBody>, Sender), SendError>> + Send + 'a {
         match backend.idle.take() {
-            Some(IdleConn::Native(conn)) => Either::Left(Either::Left(self.send_native(
-                backend,
-                conn,
-                true,
-                (req, added),
-                connect,
-            ))),
+            Some(IdleConn::Native(conn)) => Either::Left(Either::Left(
+                self.send_native(backend, conn, true, req, added, connect),
+            )),
             Some(IdleConn::Hyper(sender)) => Either::Left(Either::Right({
                 added.put_into(req.headers_mut());
                 self.send_hyper(backend, sender, req, connect)
@@ -451,8 +448,8 @@ impl Dialer {
                 }
             }
             Opened::Native(conn) => {
-                let req = (req, added);
-                self.send_native(backend, conn, false, req, connect).await
+                self.send_native(backend, conn, false, req, added, connect)
+                    .await
             }
             // boxed, like the dial: HTTP/2 found by ALPN is the rare way here
             Opened::Http2(conn) => {
@@ -502,7 +499,8 @@ impl Dialer {
         backend: &Backend,
         conn: native::Conn,
         reused: bool,
-        (req, added): (Request<CountedBody>, &Added),
+        req: Request<CountedBody>,
+        added: &Added,
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
         let (parts, mut body) = req.into_parts();
