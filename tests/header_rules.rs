@@ -118,6 +118,58 @@ servers = ["{}"]
     .await;
 }
 
+/// Gatehouse's own headers are held beside a request's map when the client sent none of them
+/// (`forward::Added`): a route's rules on them still win (set once, removed for good), and a
+/// route without rules still sends each of them exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_on_gatehouse_headers_hold_when_the_client_sent_none_of_them() {
+    with_timeout(30, async {
+        let backend = echo_backend("echo").await;
+        let text = config(
+            "",
+            &format!(
+                r#"
+[[site]]
+
+  [[site.route]]
+  path = "/rules/"
+  upstream = "backend"
+  request_headers = {{ set = {{ "X-Forwarded-Proto" = "https", "X-Request-Id" = "fixed" }}, remove = ["X-Real-IP", "X-Forwarded-Port"] }}
+
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[upstream.backend]
+servers = ["{}"]
+"#,
+                backend.addr
+            ),
+        );
+        let proxy = TestProxy::start(&text).await;
+        let http = client();
+        let resp = http.get(proxy.url("/rules/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let echo = Echo::parse(&resp.text().await.unwrap());
+        assert_eq!(echo.all("x-forwarded-proto"), ["https"], "{:?}", echo.headers);
+        assert_eq!(echo.all("x-request-id"), ["fixed"]);
+        assert_eq!(echo.header("x-real-ip"), None);
+        assert_eq!(echo.header("x-forwarded-port"), None);
+        assert_eq!(echo.all("x-forwarded-for"), ["127.0.0.1"]);
+
+        let resp = http.get(proxy.url("/plain")).send().await.unwrap();
+        let echo = Echo::parse(&resp.text().await.unwrap());
+        assert_eq!(echo.all("x-forwarded-for"), ["127.0.0.1"], "{:?}", echo.headers);
+        assert_eq!(echo.all("x-forwarded-proto"), ["http"]);
+        assert_eq!(echo.all("x-real-ip"), ["127.0.0.1"]);
+        assert_eq!(echo.all("x-forwarded-port").len(), 1);
+        assert_eq!(echo.all("x-forwarded-host").len(), 1);
+        let id = echo.all("x-request-id");
+        assert!(id.len() == 1 && id[0].len() == 32, "{id:?}");
+    })
+    .await;
+}
+
 /// A backend answering like a typical application server: `Server`, `X-Powered-By`, its own
 /// `X-Frame-Options`, and `Cache-Control` on `/cached`.
 async fn app_backend() -> Backend {
