@@ -351,7 +351,7 @@ mod headers {
             port: HeaderValue::from_static("443"),
             request_id: HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
         };
-        forward::Added::new(h, client).put_into(h);
+        forward::Added::default().set(h, client, false);
     }
 
     /// Every header step of a proxied request, in the order the service takes them:

@@ -23,6 +23,7 @@
 
 pub mod chunked;
 pub mod maps;
+pub mod names;
 pub mod request;
 pub mod response;
 

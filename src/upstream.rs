@@ -266,6 +266,12 @@ impl UpstreamPool {
 
     /// Passive health and metrics: what an attempt said about the server it went to, and how
     /// long the response head took (`None` when there was no response).
+    /// Whether requests to it may keep Gatehouse's own headers beside their map
+    /// (`forward::Added`): its HTTP/1.1 client writes them itself.
+    pub fn writes_added(&self) -> bool {
+        self.dialer.writes_added()
+    }
+
     /// Whether attempts are timed (for the latency histogram, once metrics are on).
     pub fn timed(&self) -> bool {
         self.metrics.get().is_some()

@@ -286,6 +286,40 @@ async fn request_id_is_propagated_or_generated() {
     .await;
 }
 
+/// A backend that answers with an `X-Request-Id` of its own (many echo the request's, some make
+/// their own): the client gets exactly one, Gatehouse's, on either engine (the native one writes
+/// it beside the answer's map and leaves the upstream's out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_request_id_gives_way_to_gatehouses_own() {
+    with_timeout(30, async {
+        let backend = serve("rid", |req| async move {
+            let body = render_echo(req).await;
+            Response::builder()
+                .header("x-request-id", "the-backend-made-this")
+                .header("x-request-id", "and-this")
+                .body(Full::new(Bytes::from(body)))
+                .expect("response")
+        })
+        .await;
+        let proxy = TestProxy::start(&config(&backend, "[]")).await;
+        let resp = raw_request(
+            proxy.addr,
+            "GET /rid HTTP/1.1\r\nHost: rid.example.com\r\nX-Request-Id: client-1\r\n\r\n",
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.all("x-request-id"), ["client-1"], "{:?}", resp.headers);
+        let resp = raw_request(
+            proxy.addr,
+            "GET /rid HTTP/1.1\r\nHost: rid.example.com\r\n\r\n",
+        )
+        .await;
+        let ids = resp.all("x-request-id");
+        assert!(ids.len() == 1 && ids[0].len() == 32, "{:?}", resp.headers);
+    })
+    .await;
+}
+
 /// The response's id is marked sensitive: HTTP/2 sends it as an HPACK literal never indexed (a
 /// value unique to each response would only churn the dynamic table), still the same value;
 /// HTTP/1.1 writes exactly the line it always did.

@@ -510,6 +510,9 @@ pub struct ProxyBody {
 pub struct Completion {
     pub log: Arc<RequestLog>,
     pub status: u16,
+    /// The answer's `X-Request-Id` is left for the native engine to write (`log.request_id`),
+    /// not in its map: see `ProxyBody::leave_request_id`.
+    id_beside: bool,
     bytes_out: u64,
     _active: Option<ActiveGuard>,
     _in_flight: InFlight,
@@ -525,6 +528,7 @@ impl Completion {
         Completion {
             log,
             status,
+            id_beside: false,
             bytes_out: 0,
             _active: active,
             _in_flight: in_flight,
@@ -588,6 +592,18 @@ impl ProxyBody {
             done,
             clock: SendClock::current(),
         }
+    }
+
+    /// Leaves the answer's `X-Request-Id` (its log's id) to the native engine, which writes it
+    /// after the map's fields: one map insert less (~250 instructions) where nothing reads the
+    /// map for it after the service.
+    pub fn leave_request_id(&mut self) {
+        self.done.id_beside = true;
+    }
+
+    /// The `X-Request-Id` to write beside the answer's map (`leave_request_id`).
+    pub fn request_id_beside(&self) -> Option<&HeaderValue> {
+        self.done.id_beside.then_some(&self.done.log.request_id)
     }
 
     /// The same body compressed by `encoder` (the head must say so); the bytes counted for the

@@ -23,7 +23,7 @@ use crate::h1::request::{RequestError, RequestHead, Target};
 use crate::h1::{Body as Framing, Kind, Limits};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::future::poll_fn;
@@ -569,7 +569,7 @@ fn request(wire: &Shared, head: &RequestHead) -> Result<(Request<ClientBody>, As
         }
         let name = match field.kind.header_name() {
             Some(name) => name,
-            None => HeaderName::from_bytes(field.name.of(&bytes)).map_err(|_| ())?,
+            None => crate::h1::names::name(field.name.of(&bytes)).map_err(|_| ())?,
         };
         let value = bytes.slice(field.value.start as usize..field.value.end as usize);
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| ())?;
@@ -711,7 +711,7 @@ async fn write_response(
     let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
     let fields = write_head(
         (asked.minor_version, status, reason.map(|r| r.as_bytes())),
-        &parts.headers,
+        (&parts.headers, body.request_id_beside()),
         Skip {
             length: !length_kept,
             // a 101's `Connection: upgrade` is the upstream's, restored by the service
@@ -803,7 +803,7 @@ struct Fields {
 /// removal from the map for each).
 fn write_head(
     (minor_version, status, reason): (u8, StatusCode, Option<&[u8]>),
-    headers: &HeaderMap,
+    (headers, request_id): (&HeaderMap, Option<&HeaderValue>),
     skip: Skip,
     out: &mut Vec<u8>,
 ) -> Fields {
@@ -827,13 +827,25 @@ fn write_head(
             fields.close |= has_token(value.as_bytes(), b"close");
             continue;
         }
+        // the id beside the map is the answer's: an upstream's own goes, as the insert it
+        // stands for would have replaced it
+        if request_id.is_some() && *name == super::service::X_REQUEST_ID {
+            continue;
+        }
         fields.date |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name.as_str().as_bytes(), value);
+    }
+    if let Some(id) = request_id {
+        field(out, b"x-request-id", id);
     }
     fields
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Bytes of body copied into the head's write, so a small answer goes in one write.
@@ -948,7 +960,7 @@ async fn refuse(wire: &Shared, err: RequestError, out: &mut Vec<u8>) -> io::Resu
         length: false,
         connection: false,
     };
-    write_head((1, status, None), &headers, keep_all, out);
+    write_head((1, status, None), (&headers, None), keep_all, out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(text.as_bytes());
     let mut handle = Handle(wire.clone());
@@ -1017,19 +1029,24 @@ mod tests {
             ("connection", "x, Close"),
             ("date", "then"),
             ("x-app", "1"),
+            ("x-request-id", "the upstream's"),
         ] {
             headers.append(name, HeaderValue::from_static(value));
         }
-        let head = |skip: Skip| {
+        let head_with = |skip: Skip, id: Option<&HeaderValue>| {
             let mut out = Vec::new();
-            let fields = write_head((1, StatusCode::OK, None), &headers, skip, &mut out);
+            let fields = write_head((1, StatusCode::OK, None), (&headers, id), skip, &mut out);
             (String::from_utf8(out).unwrap(), fields.close, fields.date)
         };
+        let head = |skip: Skip| head_with(skip, None);
         let (text, close, date) = head(Skip {
             length: true,
             connection: true,
         });
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ndate: then\r\nx-app: 1\r\n");
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ndate: then\r\nx-app: 1\r\nx-request-id: the upstream's\r\n"
+        );
         assert!(close && date);
         // after HEAD or in a 304 the length stays; a 101 keeps its `Connection: upgrade`
         let (text, close, _) = head(Skip {
@@ -1040,6 +1057,18 @@ mod tests {
             text.contains("content-length: 5\r\n") && text.contains("connection: x, Close\r\n")
         );
         assert!(!text.contains("transfer-encoding") && !close);
+        // an id the service left beside the map follows its fields
+        let id = HeaderValue::from_static("abc");
+        let skip = Skip {
+            length: true,
+            connection: true,
+        };
+        let (text, _, _) = head_with(skip, Some(&id));
+        assert_eq!(text.matches("x-request-id").count(), 1, "{text}");
+        assert!(
+            text.ends_with("x-app: 1\r\nx-request-id: abc\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

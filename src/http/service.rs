@@ -117,6 +117,8 @@ impl ProxyService {
         async move {
             let in_flight = self.conn.begin();
             let version = req.version();
+            // served by the native engine, which can write the answer's `X-Request-Id` itself
+            let native = matches!(req.body(), ClientBody::Native(_));
             // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look at its content type
             let grpc = version == Version::HTTP_2 && grpc::is_call(req.headers());
             let state = self.cx.shared.load();
@@ -263,9 +265,16 @@ impl ProxyService {
                 let max = state.config.server.limits.max_encoders;
                 response = compress(response, &negotiated, (&self.cx.encoders, max));
             }
-            response
-                .headers_mut()
-                .insert(X_REQUEST_ID.clone(), never_indexed(request_id));
+            // the native engine writes it from the log where nothing below reads or replaces it
+            // in the map (response rules may); HTTP/2 marks it never indexed
+            match native && response_rules.is_empty() {
+                true => response.body_mut().leave_request_id(),
+                false => drop(
+                    response
+                        .headers_mut()
+                        .insert(X_REQUEST_ID.clone(), never_indexed(request_id)),
+                ),
+            }
             if let Some(hsts) = hsts {
                 response
                     .headers_mut()
@@ -514,16 +523,17 @@ impl ProxyService {
                 (None, Transport::Tls) => HeaderValue::from_static("443"),
                 (None, Transport::Plain) => HeaderValue::from_static("80"),
             };
-            let added = {
+            // filled in place (a return would copy it, ~250 bytes)
+            let mut added = forward::Added::default();
+            {
                 // dropped here, not kept in this future across its awaits
                 let mut expanded = std::mem::take(&mut hop.expanded);
                 let headers = &mut parts.headers;
-                let added =
-                    prepare_request_headers(headers, &hop, upgrade.clone(), port, &mut expanded);
+                let asked = (upgrade.clone(), port);
+                prepare_request_headers(headers, &hop, asked, &mut expanded, &mut added);
                 // after the hop-by-hop strip, which would take the `Transfer-Encoding` it may add
                 hygiene::regenerate_framing(headers, &http_body::Body::size_hint(&body));
-                added
-            };
+            }
             parts.version = Version::HTTP_11;
             let retries = if upgrade.is_some() {
                 0
@@ -884,15 +894,15 @@ struct Hop<'a> {
 }
 
 /// `port` is `X-Forwarded-Port`'s value. Gatehouse's own headers (`X-Forwarded-*`,
-/// `X-Real-IP`, `X-Request-Id`) come back beside the map when nothing reads them there (see
-/// `forward::Added`), else go into it (and an empty set comes back).
+/// `X-Real-IP`, `X-Request-Id`) are kept in `added`, beside the map, when nothing reads them
+/// there (see `forward::Added`), else go into it.
 fn prepare_request_headers(
     headers: &mut http::HeaderMap,
     hop: &Hop<'_>,
-    upgrade: Option<HeaderValue>,
-    port: HeaderValue,
+    (upgrade, port): (Option<HeaderValue>, HeaderValue),
     expanded: &mut Expanded,
-) -> forward::Added {
+    added: &mut forward::Added,
+) {
     if hop.hop_by_hop {
         // `te: trailers` says the client takes trailers (gRPC needs them): it goes on to an
         // HTTP/2 upstream, the one `te` value HTTP/2 carries (RFC 9113 8.2.2); an HTTP/1.1
@@ -925,16 +935,12 @@ fn prepare_request_headers(
         port,
         request_id: log.request_id.clone(),
     };
-    let mut added = forward::Added::new(headers, client);
-    // a rule reads and may override any of them (it runs on the map), and a client's own
-    // are replaced where they stand
-    if added.in_map() || !hop.headers.request.is_empty() {
-        added.put_into(headers);
-        added = forward::Added::default();
-    }
+    // beside the map only where nothing but the native client reads them: a rule reads and
+    // may override any of them (it runs on the map), and hyper's clients write the map alone
+    let beside = hop.headers.request.is_empty() && hop.pool.writes_added();
+    added.set(headers, client, beside);
     // last: a rule may override any of the above but `Host` (`upstream_host`)
     header_rules::upstream_request(headers, hop.headers, expanded, addrs.peer_trusted);
-    added
 }
 
 /// The request target as the backend gets it: origin-form (`/path?query`, as the route's

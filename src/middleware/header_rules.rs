@@ -178,6 +178,11 @@ impl<'s> ResponseRules<'s> {
 
     /// Last on every answer, after the request id, HSTS and CORS, so a rule has the last word
     /// (the framing headers it cannot name are hyper's to write).
+    /// No rules: `apply` changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     pub fn apply(&mut self, headers: &mut HeaderMap) {
         if !self.rules.is_empty() {
             apply(self.rules, headers, &mut self.expanded);

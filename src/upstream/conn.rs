@@ -334,6 +334,12 @@ enum Opened {
 }
 
 impl Dialer {
+    /// HTTP/1.1 goes on the native client, which writes Gatehouse's own headers held beside a
+    /// request's map (`forward::Added`) itself: for hyper's clients they go into the map.
+    pub fn writes_added(&self) -> bool {
+        self.native
+    }
+
     pub fn new(
         connector: Connector,
         tls: bool,

@@ -225,50 +225,69 @@ pub struct Client<'a> {
 /// `X-Forwarded-For` is extended and its `-Proto`, `-Host` and `-Port` kept.
 ///
 /// Held beside the request's map rather than put into it when the map holds none of these
-/// names and nothing reads them there (no `request_headers` rules): the native client writes
-/// them after the map's fields, and the other clients put them in just before they send
-/// ([`Added::put_into`]). Six map inserts per request cost ~1,500 instructions (callgrind).
+/// names, nothing reads them there (no `request_headers` rules) and the pool's HTTP/1.1 client
+/// is the native one: it writes them after the map's fields (six map inserts per request cost
+/// ~1,500 instructions, callgrind). A request that goes another way after all (an HTTP/2
+/// upstream, a hyper connection) has them put into its map as it is sent ([`Added::put_into`]).
 #[derive(Debug, Default)]
 pub struct Added {
     /// By [`ADDED`]'s order; `None`: nothing to write (the client's kept, or none at all).
     values: [Option<HeaderValue>; 6],
-    /// The request's map held one of the names when these were worked out.
-    in_map: bool,
 }
 
 impl Added {
-    /// The headers for a request whose map is `headers`; a client's own that they replace with
-    /// nothing (`X-Forwarded-Host` without an authority, `X-Real-IP` for a client not known) are
-    /// removed from the map here.
-    pub fn new(headers: &mut HeaderMap, client: Client<'_>) -> Added {
-        let present = present(headers);
-        let has = |i: usize| present & (1 << i) != 0;
-        let mut values: [Option<HeaderValue>; 6] = Default::default();
+    /// Works out the headers for a request whose map is `headers` and puts them beside the map
+    /// (here) when `beside` allows it and the map holds none of their names, else into the map,
+    /// each replacing the client's where it stands. A client's own that they replace with
+    /// nothing (`X-Forwarded-Host` without an authority, `X-Real-IP` for a client not known)
+    /// are removed from the map.
+    // inlined: its one caller builds `client` in place, where a call would copy it
+    #[inline(always)]
+    pub fn set(&mut self, headers: &mut HeaderMap, client: Client<'_>, beside: bool) {
         let trusted = client.peer_trusted;
+        // which of the names the client sent: to keep them beside the map, and to read a trusted
+        // peer's; otherwise all are taken as sent, as an insert replaces whatever is there
+        let present = match beside || trusted {
+            true => present(headers),
+            false => u8::MAX,
+        };
+        let has = |i: usize| present & (1 << i) != 0;
+        let beside = beside && present == 0;
+        if !beside {
+            headers.reserve(ADDED.len());
+        }
         let chain = (trusted && has(FOR))
             .then(|| extend_chain(headers, client.peer))
             .flatten();
-        values[FOR] = Some(chain.unwrap_or_else(|| client.peer.clone()));
+        let peer = chain.unwrap_or_else(|| client.peer.clone());
+        self.put((headers, beside), FOR, peer);
         if !(trusted && has(PROTO)) {
-            values[PROTO] = Some(HeaderValue::from_static(client.proto));
+            let proto = HeaderValue::from_static(client.proto);
+            self.put((headers, beside), PROTO, proto);
         }
         if !(trusted && has(HOST)) {
-            values[HOST] = client.host.cloned();
-            if values[HOST].is_none() && has(HOST) {
-                headers.remove(&ADDED[HOST]);
+            match client.host {
+                Some(host) => self.put((headers, beside), HOST, host.clone()),
+                None if has(HOST) => drop(headers.remove(&ADDED[HOST])),
+                None => {}
             }
         }
-        values[REAL_IP] = client.real_ip;
-        if values[REAL_IP].is_none() && has(REAL_IP) {
-            headers.remove(&ADDED[REAL_IP]);
+        match client.real_ip {
+            Some(ip) => self.put((headers, beside), REAL_IP, ip),
+            None if has(REAL_IP) => drop(headers.remove(&ADDED[REAL_IP])),
+            None => {}
         }
         if !(trusted && has(PORT)) {
-            values[PORT] = Some(client.port);
+            self.put((headers, beside), PORT, client.port);
         }
-        values[ID] = Some(client.request_id);
-        Added {
-            values,
-            in_map: present != 0,
+        self.put((headers, beside), ID, client.request_id);
+    }
+
+    #[inline(always)]
+    fn put(&mut self, (headers, beside): (&mut HeaderMap, bool), at: usize, value: HeaderValue) {
+        match beside {
+            true => self.values[at] = Some(value),
+            false => drop(headers.insert(ADDED[at].clone(), value)),
         }
     }
 
@@ -276,19 +295,18 @@ impl Added {
     pub fn none() -> &'static Added {
         static NONE: Added = Added {
             values: [None, None, None, None, None, None],
-            in_map: false,
         };
         &NONE
-    }
-
-    /// The request's map held one of these names: they must go into it, in its place.
-    pub fn in_map(&self) -> bool {
-        self.in_map
     }
 
     /// Puts the headers into `headers`, each replacing what the map has under its name: for a
     /// client that writes the map alone (the native client, given these, writes both).
     pub fn put_into(&self, headers: &mut HeaderMap) {
+        // `X-Forwarded-For` is always among them: without it there are none (the common case
+        // here: they went into the map in `set`)
+        if self.values[FOR].is_none() {
+            return;
+        }
         headers.reserve(self.fields().count());
         for (name, value) in self.fields() {
             headers.insert(name.clone(), value.clone());
@@ -458,10 +476,17 @@ mod tests {
         assert!(!h.contains_key(header::CONNECTION));
     }
 
-    /// Gatehouse's headers for a map, put into it.
+    /// Gatehouse's headers for a map, put into it; the same whether they went in at once or
+    /// were kept beside it and put in later (as a hyper connection does).
     fn set(h: &mut HeaderMap, peer: &HeaderValue, trusted: bool, host: Option<&HeaderValue>) {
-        let added = Added::new(h, client(peer, trusted, host, None));
-        added.put_into(h);
+        let mut later = h.clone();
+        let mut added = Added::default();
+        added.set(h, client(peer, trusted, host, None), false);
+        assert_eq!(added.fields().count(), 0);
+        let mut beside = Added::default();
+        beside.set(&mut later, client(peer, trusted, host, None), true);
+        beside.put_into(&mut later);
+        assert_eq!(*h, later);
     }
 
     fn client<'a>(
@@ -545,11 +570,9 @@ mod tests {
             ("y-forwarded-for", "d"),
         ]);
         let before = h.clone();
-        let added = Added::new(
-            &mut h,
-            client(&peer, false, Some(&host), Some(peer.clone())),
-        );
-        assert!(!added.in_map());
+        let mut added = Added::default();
+        let from = client(&peer, false, Some(&host), Some(peer.clone()));
+        added.set(&mut h, from, true);
         assert_eq!(h, before);
         let fields: Vec<_> = added
             .fields()
@@ -566,12 +589,20 @@ mod tests {
                 "x-request-id: id-1",
             ]
         );
-        // any one of the names in the map: they go into it
+        // any one of the names in the map: they all go into it, beside it only when asked
         for name in ADDED.iter() {
-            let mut h = map(&[(name.as_str(), "x")]);
-            let added = Added::new(&mut h, client(&peer, false, None, None));
-            assert!(added.in_map(), "{name}");
+            for beside in [true, false] {
+                let mut h = map(&[(name.as_str(), "x")]);
+                let mut added = Added::default();
+                added.set(&mut h, client(&peer, false, None, None), beside);
+                assert_eq!(added.fields().count(), 0, "{name}");
+                assert_eq!(h.len(), 4, "{name}: {h:?}");
+            }
         }
+        let mut h = map(&[("accept", "*/*")]);
+        let mut added = Added::default();
+        added.set(&mut h, client(&peer, false, None, None), false);
+        assert_eq!((added.fields().count(), h.len()), (0, 5));
         assert_eq!(Added::none().fields().count(), 0);
     }
 }

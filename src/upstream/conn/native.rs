@@ -565,7 +565,7 @@ fn response(
         }
         let name = match field.kind.header_name() {
             Some(name) => name,
-            None => HeaderName::from_bytes(field.name.of(buf))?,
+            None => crate::h1::names::name(field.name.of(buf))?,
         };
         let value = buf.slice_ref(field.value.of(buf));
         let value = HeaderValue::from_maybe_shared(value)?;

@@ -91,8 +91,8 @@ fn gatehouse_headers_held_beside_the_map_follow_its_fields() {
         port: HeaderValue::from_static("443"),
         request_id: HeaderValue::from_static("id-1"),
     };
-    let added = Added::new(&mut post.headers, client);
-    assert!(!added.in_map());
+    let mut added = Added::default();
+    added.set(&mut post.headers, client, true);
     let (written, framing, upgrade) = head_with(&post, &added, &Frames::new(&[b"abc"], true));
     assert_eq!(
         written,
