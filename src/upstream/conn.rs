@@ -446,13 +446,7 @@ impl Dialer {
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
         match self.open(backend, connect).await? {
-            Opened::Http1(mut sender) => {
-                added.put_into(req.headers_mut());
-                match sender.try_send_request(req).await {
-                    Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
-                    Err(err) => Err(SendError::Request(err.into_error())),
-                }
-            }
+            Opened::Http1(sender) => send_opened(sender, req, added).await,
             Opened::Native(conn) => {
                 self.send_native(backend, conn, false, req, added, connect)
                     .await
@@ -474,13 +468,7 @@ impl Dialer {
         connect: Duration,
     ) -> Result<(Response<RespBody>, Sender), SendError> {
         match Box::pin(self.open(backend, connect)).await? {
-            Opened::Http1(mut sender) => {
-                added.put_into(req.headers_mut());
-                match sender.try_send_request(req).await {
-                    Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
-                    Err(err) => Err(SendError::Request(err.into_error())),
-                }
-            }
+            Opened::Http1(sender) => send_opened(sender, req, added).await,
             Opened::Native(conn) => {
                 let (parts, mut body) = req.into_parts();
                 let resp = native::send(conn, (&parts, added), &mut body).await?;
@@ -667,6 +655,20 @@ impl Dialer {
             }
         });
         Ok(Opened::Http1(sender))
+    }
+}
+
+/// hyper's HTTP/1.1 client on a connection opened for this request: Gatehouse's own headers
+/// go into the map (hyper writes the map alone), and nothing is sent again.
+async fn send_opened(
+    mut sender: H1,
+    mut req: Request<CountedBody>,
+    added: &Added,
+) -> Result<(Response<RespBody>, Sender), SendError> {
+    added.put_into(req.headers_mut());
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp.map(RespBody::Hyper), Sender::Http1(sender))),
+        Err(err) => Err(SendError::Request(err.into_error())),
     }
 }
 
