@@ -27,6 +27,14 @@ pub mod names;
 pub mod request;
 pub mod response;
 
+/// Writes one field line (`name: value` and CRLF), as both native encoders write every field.
+pub fn put_field(out: &mut impl bytes::BufMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
 /// The most fields a head may have, whatever the limits say: the parser's slots are an array on
 /// the stack.
 pub const MAX_FIELDS: usize = 128;

@@ -833,19 +833,12 @@ fn write_head(
             continue;
         }
         fields.date |= name == header::DATE;
-        field(out, name.as_str().as_bytes(), value);
+        crate::h1::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(id) = request_id {
-        field(out, b"x-request-id", id);
+        crate::h1::put_field(out, b"x-request-id", id.as_bytes());
     }
     fields
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Bytes of body copied into the head's write, so a small answer goes in one write.

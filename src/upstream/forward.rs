@@ -21,18 +21,6 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// Where `Transfer-Encoding` is in [`HOP_BY_HOP`].
 const TRANSFER_ENCODING_AT: usize = 5;
 
-/// Headers Gatehouse sets itself towards the upstream: a `Connection` token never removes them
-/// (from a trusted proxy that would drop the chain it vouches for).
-static OWN: [HeaderName; 7] = [
-    header::HOST,
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-request-id"),
-];
-
 /// What a message's `Connection` header said about the connection itself.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionSays {
@@ -124,9 +112,12 @@ fn connection_tokens(headers: &HeaderMap, says: &mut ConnectionSays) -> Option<V
             says.keep_alive = true;
             continue;
         }
+        // Gatehouse's own (`Host` and `ADDED`): a `Connection` token never removes them (from
+        // a trusted proxy that would drop the chain it vouches for)
         let known = HOP_BY_HOP
             .iter()
-            .chain(&OWN)
+            .chain(&ADDED)
+            .chain([&header::HOST])
             .any(|h| h.as_str().eq_ignore_ascii_case(token));
         if known || token.is_empty() {
             continue;

@@ -148,10 +148,10 @@ fn write_head(head: Head<'_>, empty: bool, hint: &SizeHint, out: &mut BytesMut) 
     let mut seen = Seen::default();
     for (name, value) in &parts.headers {
         seen.note(name, value);
-        field(out, name, value);
+        h1::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in added.fields() {
-        field(out, name, value);
+        h1::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let framing = framing(&seen, &parts.method, empty, hint);
     match framing {
@@ -171,13 +171,6 @@ fn write_head(head: Head<'_>, empty: bool, hint: &SizeHint, out: &mut BytesMut) 
 
 /// The request's head: its parts and Gatehouse's own headers not in their map.
 type Head<'a> = (&'a Parts, &'a Added);
-
-fn field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
 
 /// The fields of a request's map that bear on its framing, as `write_head` passes them.
 #[derive(Default)]
