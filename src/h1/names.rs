@@ -93,9 +93,13 @@ mod tests {
                 );
             }
         }
-        // a kept name is handed out again as it was kept
+        // a kept custom name is handed out again as it was kept: the same bytes, not a copy
         let kept = name(b"X-Powered-By").unwrap();
-        assert_eq!(name(b"X-Powered-By").unwrap(), kept);
+        let again = name(b"X-Powered-By").unwrap();
+        assert_eq!(again, kept);
+        assert_eq!(again.as_str().as_ptr(), kept.as_str().as_ptr());
+        let made = HeaderName::from_bytes(b"X-Powered-By").unwrap();
+        assert_ne!(made.as_str().as_ptr(), kept.as_str().as_ptr());
         // errors are `from_bytes`' own, and nothing is kept for them
         for bad in [&b""[..], b"bad name", b"x\0y", b"x:y"] {
             assert!(name(bad).is_err(), "{bad:?}");
