@@ -341,6 +341,9 @@ mod headers {
             .bench_local_refs(set);
     }
 
+    static ID: gatehouse::request_id::RequestId =
+        gatehouse::request_id::RequestId::from_static("0123456789abcdef0123456789abcdef");
+
     fn put_added(h: &mut HeaderMap, peer: &HeaderValue, trusted: bool, host: Option<&HeaderValue>) {
         let client = forward::Client {
             peer,
@@ -349,7 +352,7 @@ mod headers {
             proto: "https",
             real_ip: Some(peer.clone()),
             port: HeaderValue::from_static("443"),
-            request_id: HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
+            request_id: &ID,
         };
         forward::Added::default().set(h, client, false);
     }

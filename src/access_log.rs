@@ -45,7 +45,7 @@ pub struct Entry<'a> {
     /// The server that answered (its address, or a Unix socket's path); `None` for local
     /// answers and refusals.
     pub upstream: Option<&'a BackendAddr>,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a crate::request_id::RequestId,
     pub user_agent: Option<&'a HeaderValue>,
     pub referer: Option<&'a HeaderValue>,
 }
@@ -231,7 +231,7 @@ fn trace(e: &Entry<'_>) {
         bytes_out = e.bytes_out,
         duration_ms = e.duration.as_secs_f64() * 1000.0,
         upstream = e.upstream.map(tracing::field::display),
-        request_id = e.request_id.to_str().unwrap_or("-"),
+        request_id = e.request_id.as_str(),
         "request"
     );
 }

@@ -222,15 +222,15 @@ where
                 return;
             }
             tracing::trace!(peer = %conn.guard.peer(), "idle connection parked");
-            pre = match conn.guard.wait_for_bytes(&mut socket).await {
-                Some(bytes) => bytes,
-                None => {
-                    if let Some(io) = socket.io() {
-                        let _ = tokio::time::timeout(conn.guard.grace(), io.shutdown()).await;
-                    }
-                    return;
-                }
+            // not a `match` whose arm awaits the shutdown: its scrutinee would be kept in the
+            // task's every state, the parked one's too (+40 bytes, measured)
+            let Some(bytes) = conn.guard.wait_for_bytes(&mut socket).await else {
+                break;
             };
+            pre = bytes;
+        }
+        if let Some(io) = socket.io() {
+            let _ = tokio::time::timeout(conn.guard.grace(), io.shutdown()).await;
         }
     }
 }
@@ -289,7 +289,6 @@ impl Conn {
             },
             svc: ProxyService {
                 cx: cx.clone(),
-                peer_ip: crate::upstream::forward::ip_header(addr.ip().to_canonical()),
                 vouches: peer.vouches,
                 conn: state,
                 transport,

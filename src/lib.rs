@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod read_notice;
 pub mod reload;
+pub mod request_id;
 pub mod routing;
 pub mod state;
 pub mod template;

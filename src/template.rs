@@ -109,7 +109,7 @@ pub struct Vars<'a> {
     pub scheme: &'a str,
     /// The canonical request target (origin-form).
     pub uri: &'a Uri,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a crate::request_id::RequestId,
     pub headers: &'a HeaderMap,
     /// The route's regex captures, as positions in `uri.path()`.
     pub captures: Option<&'a regex::CaptureLocations>,
@@ -409,7 +409,7 @@ mod tests {
     fn vars<'a>(
         uri: &'a Uri,
         headers: &'a HeaderMap,
-        id: &'a HeaderValue,
+        id: &'a crate::request_id::RequestId,
         captures: Option<&'a regex::CaptureLocations>,
     ) -> Vars<'a> {
         Vars {
@@ -438,7 +438,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append("x-tag", HeaderValue::from_static("a"));
         headers.append("x-tag", HeaderValue::from_static("b"));
-        let id = HeaderValue::from_static("req-1");
+        let id = crate::request_id::RequestId::from_static("req-1");
         let v = vars(&uri, &headers, &id, None);
         let t = Template::parse(
             "{scheme}://{host}:{port}{uri} {path}?{query} {client_ip} {request_id} {header.X-Tag} {query.s} {query.x} [{query.none}] [{header.absent}]",
@@ -461,7 +461,10 @@ mod tests {
         let uri: Uri = "/u/42/banner?s=64".parse().unwrap();
         let mut locs = re.capture_locations();
         assert!(re.captures_read(&mut locs, uri.path()).is_some());
-        let (headers, id) = (HeaderMap::new(), HeaderValue::from_static("-"));
+        let (headers, id) = (
+            HeaderMap::new(),
+            crate::request_id::RequestId::from_static("-"),
+        );
         let v = vars(&uri, &headers, &id, Some(&locs));
         assert_eq!(expand(&t, &v), "/avatars/42/banner?size=64");
         let err = Template::parse("{nope}", captures).unwrap_err();
@@ -499,7 +502,7 @@ mod tests {
         // obs-text passes (as it came), a control byte cannot come from a parsed header, but a
         // capture or a literal could hold one: render_header refuses it
         headers.insert("x-a", HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        let id = HeaderValue::from_static("-");
+        let id = crate::request_id::RequestId::from_static("-");
         let v = vars(&uri, &headers, &id, None);
         let t = Template::parse("v={header.x-a}", Captures::default()).unwrap();
         assert_eq!(t.render_header(&v).unwrap().as_bytes(), b"v=caf\xe9");
@@ -512,7 +515,7 @@ mod tests {
         let (uri, headers, id) = (
             Uri::from_static("/"),
             HeaderMap::new(),
-            HeaderValue::from_static("r"),
+            crate::request_id::RequestId::from_static("r"),
         );
         let made = HeaderValue::from_static("198.51.100.1");
         let mut v = vars(&uri, &headers, &id, None);
@@ -559,7 +562,7 @@ mod tests {
         let (uri, headers, id) = (
             Uri::from_static("/"),
             HeaderMap::new(),
-            HeaderValue::from_static("-"),
+            crate::request_id::RequestId::from_static("-"),
         );
         let mut v = vars(&uri, &headers, &id, None);
         assert_eq!(expand(&t, &v), "false||||");

@@ -204,7 +204,7 @@ mod tests {
     fn entry<'a>(
         method: &'a Method,
         uri: &'a Uri,
-        id: &'a HeaderValue,
+        id: &'a crate::request_id::RequestId,
         ua: Option<&'a HeaderValue>,
     ) -> Entry<'a> {
         Entry {
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn combined_is_nginx_combined_with_nginx_escaping() {
         let (m, uri) = (Method::GET, Uri::from_static("/a?b=c"));
-        let id = HeaderValue::from_static("rid");
+        let id = crate::request_id::RequestId::from_static("rid");
         let ua = HeaderValue::from_bytes(b"curl \"x\"\\ \xff").unwrap();
         let line = combined(&entry(&m, &uri, &id, Some(&ua)));
         assert_eq!(
@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn json_has_every_field_and_dashes_for_absent_ones() {
         let (m, uri) = (Method::POST, Uri::from_static("http://h/p?q=1"));
-        let id = HeaderValue::from_static("rid");
+        let id = crate::request_id::RequestId::from_static("rid");
         let line = json(&entry(&m, &uri, &id, None));
         assert_eq!(line.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();

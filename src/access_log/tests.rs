@@ -2,7 +2,10 @@ use super::*;
 use std::io::Read;
 
 fn with_entry<R>(path: &str, f: impl FnOnce(&Entry<'_>) -> R) -> R {
-    let (method, id) = (Method::GET, HeaderValue::from_static("rid"));
+    let (method, id) = (
+        Method::GET,
+        crate::request_id::RequestId::from_static("rid"),
+    );
     let uri: Uri = path.parse().unwrap();
     f(&Entry {
         time: SystemTime::now(),

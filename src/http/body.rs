@@ -3,6 +3,7 @@
 
 use super::client_body::{ClientBody, ClientBodyError};
 use crate::access_log::{AccessLog, Entry};
+use crate::request_id::RequestId;
 use crate::upstream::conn::{RespBody, RespError, Sender};
 use crate::upstream::BackendAddr;
 use crate::upstream::{ActiveGuard, Backend};
@@ -37,7 +38,7 @@ pub struct RequestLog {
     pub method: Method,
     pub uri: Uri,
     pub host: Option<HeaderValue>,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     version: Version,
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
@@ -69,7 +70,7 @@ impl RequestLog {
         client: IpAddr,
         req: &Request<B>,
         host: Option<HeaderValue>,
-        request_id: HeaderValue,
+        request_id: RequestId,
         access_log: AccessLog,
     ) -> Self {
         let logged = access_log.is_on();
@@ -602,8 +603,13 @@ impl ProxyBody {
     }
 
     /// The `X-Request-Id` to write beside the answer's map (`leave_request_id`).
-    pub fn request_id_beside(&self) -> Option<&HeaderValue> {
+    pub fn request_id_beside(&self) -> Option<&RequestId> {
         self.done.id_beside.then_some(&self.done.log.request_id)
+    }
+
+    /// The request's id (its log's).
+    pub fn request_id(&self) -> &RequestId {
+        &self.done.log.request_id
     }
 
     /// The same body compressed by `encoder` (the head must say so); the bytes counted for the

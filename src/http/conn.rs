@@ -87,6 +87,8 @@ pub struct ConnState {
     /// The socket peer (or with the PROXY protocol, the client its header names). Here rather
     /// than in the connection's task, which a parked connection keeps as small as it can.
     pub peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection.
+    pub peer_ip: http::HeaderValue,
     in_flight: AtomicUsize,
     phase: AtomicU8,
     deadline_ms: AtomicU64,
@@ -110,8 +112,9 @@ pub struct ConnState {
     /// value made from a number is an allocation, and a connection's requests name one port.
     forwarded_port: std::sync::OnceLock<(u16, http::HeaderValue)>,
     /// An upgrade the service agreed to (a `101` on its way): the connection's task runs the
-    /// tunnel once hyper hands the socket over (see `tunnel`).
-    tunnel: Mutex<Option<tunnel::Pending>>,
+    /// tunnel once hyper hands the socket over (see `tunnel`). Boxed: few connections ever
+    /// hold one, and every connection holds the room for it (48 bytes).
+    tunnel: Mutex<Option<Box<tunnel::Pending>>>,
     /// The `send_min_rate` writes are held to (`pack_rate`): the lowest that the routes of the
     /// requests in flight set (HTTP/2 may have several), else `UNSET_RATE`.
     send_rate: AtomicU64,
@@ -142,6 +145,7 @@ impl ConnState {
         let header_read_ms = header_read.as_millis() as u64;
         Arc::new(ConnState {
             peer,
+            peer_ip: crate::upstream::forward::ip_header(peer.ip().to_canonical()),
             in_flight: AtomicUsize::new(0),
             phase: AtomicU8::new(READING_HEAD),
             deadline_ms: AtomicU64::new(now_ms() + header_read_ms),
@@ -304,12 +308,13 @@ impl ConnState {
 
     /// Hands an upgrade to the connection's task, which runs it once hyper lets go of the socket.
     pub fn start_tunnel(&self, pending: tunnel::Pending) {
-        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending);
+        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(pending));
     }
 
     /// The upgrade agreed on this connection, if any.
     pub fn take_tunnel(&self) -> Option<tunnel::Pending> {
-        self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let pending = self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take();
+        pending.map(|p| *p)
     }
 }
 

@@ -21,6 +21,7 @@ use super::{ClientBody, Guard};
 use crate::h1::chunked::{self, Decoder};
 use crate::h1::request::{RequestError, RequestHead, Target};
 use crate::h1::{Body as Framing, Kind, Limits};
+use crate::request_id::{RequestId, X_REQUEST_ID};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -803,7 +804,7 @@ struct Fields {
 /// removal from the map for each).
 fn write_head(
     (minor_version, status, reason): (u8, StatusCode, Option<&[u8]>),
-    (headers, request_id): (&HeaderMap, Option<&HeaderValue>),
+    (headers, request_id): (&HeaderMap, Option<&RequestId>),
     skip: Skip,
     out: &mut Vec<u8>,
 ) -> Fields {
@@ -829,7 +830,7 @@ fn write_head(
         }
         // the id beside the map is the answer's: an upstream's own goes, as the insert it
         // stands for would have replaced it
-        if request_id.is_some() && *name == super::service::X_REQUEST_ID {
+        if request_id.is_some() && *name == X_REQUEST_ID {
             continue;
         }
         fields.date |= name == header::DATE;
@@ -1026,7 +1027,7 @@ mod tests {
         ] {
             headers.append(name, HeaderValue::from_static(value));
         }
-        let head_with = |skip: Skip, id: Option<&HeaderValue>| {
+        let head_with = |skip: Skip, id: Option<&RequestId>| {
             let mut out = Vec::new();
             let fields = write_head((1, StatusCode::OK, None), (&headers, id), skip, &mut out);
             (String::from_utf8(out).unwrap(), fields.close, fields.date)
@@ -1051,7 +1052,7 @@ mod tests {
         );
         assert!(!text.contains("transfer-encoding") && !close);
         // an id the service left beside the map follows its fields
-        let id = HeaderValue::from_static("abc");
+        let id = RequestId::from_static("abc");
         let skip = Skip {
             length: true,
             connection: true,

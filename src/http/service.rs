@@ -28,6 +28,7 @@ use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negoti
 use crate::middleware::forward_auth;
 use crate::middleware::header_rules::{self, Expanded, ResponseRules};
 use crate::middleware::{rate_limit, Refusal, RouteAuth, RoutePolicy};
+use crate::request_id::RequestId;
 use crate::routing;
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
@@ -35,7 +36,7 @@ use crate::tls::client::{ClientCert, ClientTls};
 use crate::upstream::conn::{RespBody, Sender};
 use crate::upstream::{forward, ActiveGuard, BackendAddr, Outcome, UpstreamPool};
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
@@ -46,14 +47,11 @@ use std::sync::Arc;
 /// The standard methods Gatehouse forwards (any upper-case extension method passes too).
 const PASSED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::request_id::X_REQUEST_ID;
 
 #[derive(Clone)]
 pub struct ProxyService {
     pub cx: Arc<ConnContext>,
-    /// The peer's address (`conn.peer`) as `X-Forwarded-For` carries it, formatted once per
-    /// connection.
-    pub peer_ip: HeaderValue,
     /// Whether the peer may speak for others through `X-Forwarded-For` if trusted: not on a
     /// PROXY protocol `LOCAL`/`UNKNOWN` connection.
     pub vouches: bool,
@@ -125,7 +123,9 @@ impl ProxyService {
             let server = &state.config.server;
             let peer = self.conn.peer.ip().to_canonical();
             let addrs = Addrs::new(req.headers(), peer, &server.trusted_proxies, self.vouches);
-            let request_id = request_id(req.headers());
+            // inline for the native engine, which writes it beside its maps; one shared value
+            // for the others, whose maps all carry it
+            let request_id = RequestId::of(req.headers(), !native);
             // the one place the request is made canonical (once its head passed the framing and
             // size checks): everything below reads only that
             let canonical = screen(&req, &server.limits).and_then(|()| {
@@ -145,7 +145,7 @@ impl ProxyService {
                 addrs.client,
                 &req,
                 authority,
-                request_id.clone(),
+                request_id,
                 state.access_log.clone(),
             ));
             let host = canonical::host_of(log.host.as_ref(), host_len);
@@ -170,7 +170,13 @@ impl ProxyService {
             if response_rules.needs_vars() {
                 let on = (host, port, self.transport, client_cert);
                 let client = (addrs.client, self.client_value(addrs.client));
-                let vars = placeholders((req.uri(), req.headers()), client, on, &request_id, None);
+                let vars = placeholders(
+                    (req.uri(), req.headers()),
+                    client,
+                    on,
+                    &log.request_id,
+                    None,
+                );
                 response_rules.expand(&vars, &state.metrics.header_values_dropped);
             }
             let answer = match (screened, site) {
@@ -269,11 +275,10 @@ impl ProxyService {
             // in the map (response rules may); HTTP/2 marks it never indexed
             match native && response_rules.is_empty() {
                 true => response.body_mut().leave_request_id(),
-                false => drop(
-                    response
-                        .headers_mut()
-                        .insert(X_REQUEST_ID.clone(), never_indexed(request_id)),
-                ),
+                false => {
+                    let id = never_indexed(response.body().request_id().value());
+                    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+                }
             }
             if let Some(hsts) = hsts {
                 response
@@ -302,7 +307,7 @@ impl ProxyService {
     /// The connection's formatted peer address when `client` is the peer (not a client a
     /// trusted proxy spoke for), for `{client_ip}` without formatting it again.
     fn client_value(&self, client: IpAddr) -> Option<&HeaderValue> {
-        (client == self.conn.peer.ip().to_canonical()).then_some(&self.peer_ip)
+        (client == self.conn.peer.ip().to_canonical()).then_some(&self.conn.peer_ip)
     }
 
     /// Routes the request and runs its route's checks and action; the answer comes with what the
@@ -470,7 +475,7 @@ impl ProxyService {
                         pool: &route.pool,
                         rewrite,
                         addrs,
-                        peer_ip: &self.peer_ip,
+                        peer_ip: &self.conn.peer_ip,
                         log,
                         headers,
                         expanded,
@@ -709,7 +714,7 @@ struct AuthAt<'a> {
     /// The canonical authority.
     host: Option<&'a HeaderValue>,
     client: IpAddr,
-    request_id: &'a HeaderValue,
+    request_id: &'a RequestId,
 }
 
 /// A request `authenticate` let through, with the cookies for its answer; or the auth
@@ -933,7 +938,7 @@ fn prepare_request_headers(
         proto: hop.proto,
         real_ip,
         port,
-        request_id: log.request_id.clone(),
+        request_id: &log.request_id,
     };
     // beside the map only where nothing but the native client reads them: a rule reads and
     // may override any of them (it runs on the map), and hyper's clients write the map alone
@@ -966,7 +971,7 @@ fn placeholders<'v>(
     (uri, headers): (&'v Uri, &'v http::HeaderMap),
     (client, client_value): (IpAddr, Option<&'v HeaderValue>),
     (host, port, transport, client_cert): On<'v>,
-    request_id: &'v HeaderValue,
+    request_id: &'v RequestId,
     captures: Option<&'v regex::CaptureLocations>,
 ) -> Vars<'v> {
     Vars {
@@ -1084,7 +1089,7 @@ async fn file_first(
 /// the request besides its kept headers.
 async fn follow_accel<'s>(
     (state, site): (&'s RuntimeState, usize),
-    client: (IpAddr, On<'_>, &HeaderValue),
+    client: (IpAddr, On<'_>, &RequestId),
     kept: Box<accel::Kept>,
     answer: Answer,
     encode: Option<Negotiated<'s>>,
@@ -1218,7 +1223,7 @@ impl ProxyService {
         (version, grpc): (Version, bool),
         pages: Option<&Pages>,
     ) -> Response<ProxyBody> {
-        let request_id = log.request_id.to_str().unwrap_or("-");
+        let request_id = log.request_id.as_str();
         if err.is_upstream() {
             let cause = super::response::causes(err);
             tracing::warn!(error = %err, cause, request_id, "upstream error");
@@ -1394,32 +1399,6 @@ fn head_too_large<B>(req: &Request<B>, limits: &ServerLimits) -> Option<ProxyErr
     None
 }
 
-/// Keeps a sane client-supplied id (visible ASCII, at most 128 bytes), else makes a 128-bit one.
-fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID) {
-        let ok =
-            !id.is_empty() && id.len() <= 128 && id.as_bytes().iter().all(|b| b.is_ascii_graphic());
-        if ok {
-            return id.clone();
-        }
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    // a byte at a time, two digits each (a digit at a time shifted the 128-bit number 32 times)
-    for (out, b) in buf
-        .chunks_exact_mut(2)
-        .zip(fastrand::u128(..).to_le_bytes())
-    {
-        out[0] = HEX[usize::from(b >> 4)];
-        out[1] = HEX[usize::from(b & 0xf)];
-    }
-    // one allocation whose clones (the upstream request's, the response's, the log's) count
-    // references: `from_bytes` copies into a vector-backed `Bytes`, whose first clone allocates
-    // again to become shared
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .unwrap_or(HeaderValue::from_static("-"))
-}
-
 /// The id as the response carries it: marked sensitive, so HTTP/2's HPACK sends it as a literal
 /// never indexed. A value unique to each response never gains from the dynamic table, and
 /// indexing it evicts entries that would (callgrind: 2,045 instructions per h2 request). HTTP/1.1
@@ -1427,22 +1406,4 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 fn never_indexed(mut id: HeaderValue) -> HeaderValue {
     id.set_sensitive(true);
     id
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_kept_or_generated() {
-        let mut h = http::HeaderMap::new();
-        let a = request_id(&h);
-        assert_eq!(a.len(), 32);
-        assert!(a.as_bytes().iter().all(|b| b"0123456789abcdef".contains(b)));
-        assert_ne!(a, request_id(&h));
-        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("has space"));
-        assert_ne!(request_id(&h), "has space");
-    }
 }

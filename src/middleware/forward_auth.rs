@@ -81,7 +81,7 @@ pub struct Original<'a> {
     pub uri: &'a Uri,
     pub client: IpAddr,
     pub headers: &'a HeaderMap,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a crate::request_id::RequestId,
 }
 
 /// What the auth service said.
@@ -176,7 +176,7 @@ impl ForwardGuard {
                 "x-forwarded-for",
                 HeaderValue::from_str(&o.client.to_string()).ok(),
             ),
-            ("x-request-id", Some(o.request_id.clone())),
+            ("x-request-id", Some(o.request_id.value())),
         ];
         for (name, value) in set {
             if let Some(value) = value {

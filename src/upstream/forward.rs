@@ -6,6 +6,8 @@ use http::Version;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
+use crate::request_id::RequestId;
+
 /// Headers that describe one hop, never forwarded, plus whatever `Connection` names.
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -207,7 +209,7 @@ pub struct Client<'a> {
     pub real_ip: Option<HeaderValue>,
     /// `X-Forwarded-Port`: the port the client asked for in its authority, else the scheme's.
     pub port: HeaderValue,
-    pub request_id: HeaderValue,
+    pub request_id: &'a RequestId,
 }
 
 /// Gatehouse's own headers for one forwarded request: `X-Forwarded-For/-Proto/-Host`,
@@ -222,8 +224,11 @@ pub struct Client<'a> {
 /// upstream, a hyper connection) has them put into its map as it is sent ([`Added::put_into`]).
 #[derive(Debug, Default)]
 pub struct Added {
-    /// By [`ADDED`]'s order; `None`: nothing to write (the client's kept, or none at all).
-    values: [Option<HeaderValue>; 6],
+    /// By [`ADDED`]'s order but the last; `None`: nothing to write (the client's kept, or none
+    /// at all).
+    values: [Option<HeaderValue>; ID],
+    /// The last, `X-Request-Id`: inline bytes on the native engine (see `RequestId`).
+    id: Option<RequestId>,
 }
 
 impl Added {
@@ -271,7 +276,10 @@ impl Added {
         if !(trusted && has(PORT)) {
             self.put((headers, beside), PORT, client.port);
         }
-        self.put((headers, beside), ID, client.request_id);
+        match beside {
+            true => self.id = Some(client.request_id.clone()),
+            false => drop(headers.insert(ADDED[ID].clone(), client.request_id.value())),
+        }
     }
 
     #[inline(always)]
@@ -285,7 +293,8 @@ impl Added {
     /// None at all: for a request whose headers are in its map already.
     pub fn none() -> &'static Added {
         static NONE: Added = Added {
-            values: [None, None, None, None, None, None],
+            values: [None, None, None, None, None],
+            id: None,
         };
         &NONE
     }
@@ -298,18 +307,25 @@ impl Added {
         if self.values[FOR].is_none() {
             return;
         }
-        headers.reserve(self.fields().count());
-        for (name, value) in self.fields() {
-            headers.insert(name.clone(), value.clone());
+        headers.reserve(ADDED.len());
+        for (name, value) in ADDED.iter().zip(&self.values) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        if let Some(id) = &self.id {
+            headers.insert(ADDED[ID].clone(), id.value());
         }
     }
 
     /// The headers to write, in order.
-    pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> + '_ {
+    pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> + '_ {
+        let id = self.id.as_ref().map(|id| (&ADDED[ID], id.as_bytes()));
         ADDED
             .iter()
             .zip(&self.values)
-            .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+            .filter_map(|(name, value)| Some((name, value.as_ref()?.as_bytes())))
+            .chain(id)
     }
 }
 
@@ -480,6 +496,8 @@ mod tests {
         assert_eq!(*h, later);
     }
 
+    static ID_1: RequestId = RequestId::from_static("id-1");
+
     fn client<'a>(
         peer: &'a HeaderValue,
         peer_trusted: bool,
@@ -493,7 +511,7 @@ mod tests {
             proto: "http",
             real_ip,
             port: HeaderValue::from_static("8080"),
-            request_id: HeaderValue::from_static("id-1"),
+            request_id: &ID_1,
         }
     }
 
@@ -567,7 +585,7 @@ mod tests {
         assert_eq!(h, before);
         let fields: Vec<_> = added
             .fields()
-            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .map(|(n, v)| format!("{n}: {}", std::str::from_utf8(v).unwrap()))
             .collect();
         assert_eq!(
             fields,

@@ -104,7 +104,7 @@ fn upstream_path_replaces_the_matched_prefix() {
 fn vars<'a>(
     uri: &'a Uri,
     headers: &'a HeaderMap,
-    id: &'a HeaderValue,
+    id: &'a crate::request_id::RequestId,
     captures: Option<&'a regex::CaptureLocations>,
 ) -> Vars<'a> {
     Vars {
@@ -141,7 +141,7 @@ fn rewritten_with(
     let uri: Uri = uri.parse().unwrap();
     let mut locs = re.regex().capture_locations();
     re.regex().captures_read(&mut locs, uri.path()).unwrap();
-    let id = HeaderValue::from_static("id");
+    let id = crate::request_id::RequestId::from_static("id");
     let v = vars(&uri, &headers, &id, Some(&locs));
     let pq = r.target(&uri, uri.path().len(), Some(&v), strict())?;
     Ok(pq.unwrap().as_str().to_string())

@@ -75,7 +75,7 @@ fn set_add_default_remove() {
 struct Request {
     uri: Uri,
     headers: HeaderMap,
-    id: HeaderValue,
+    id: crate::request_id::RequestId,
 }
 
 impl Request {
@@ -83,7 +83,7 @@ impl Request {
         Request {
             uri: uri.parse().unwrap(),
             headers: map(headers),
-            id: HeaderValue::from_static("req-7"),
+            id: crate::request_id::RequestId::from_static("req-7"),
         }
     }
 

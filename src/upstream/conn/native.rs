@@ -151,7 +151,7 @@ fn write_head(head: Head<'_>, empty: bool, hint: &SizeHint, out: &mut BytesMut) 
         h1::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in added.fields() {
-        h1::put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        h1::put_field(out, name.as_str().as_bytes(), value);
     }
     let framing = framing(&seen, &parts.method, empty, hint);
     match framing {

@@ -89,7 +89,7 @@ fn gatehouse_headers_held_beside_the_map_follow_its_fields() {
         proto: "https",
         real_ip: Some(peer.clone()),
         port: HeaderValue::from_static("443"),
-        request_id: HeaderValue::from_static("id-1"),
+        request_id: &crate::request_id::RequestId::from_static("id-1"),
     };
     let mut added = Added::default();
     added.set(&mut post.headers, client, true);
