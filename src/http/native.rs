@@ -39,8 +39,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// The read buffer's first size, and how much it grows by.
-const READ_CHUNK: usize = 8 * 1024;
+/// How much room a read first makes in the buffer: a request head, most often a few hundred
+/// bytes (nginx's `client_header_buffer_size` is 1 KiB). It doubles while reads fill it (a body
+/// coming fast), up to `READ_MAX`: a large upload comes in large reads, and a connection being
+/// set up holds a small buffer (many set up at once, freed when they park, leave that much free
+/// memory behind in the allocator).
+const READ_CHUNK: usize = 4 * 1024;
+/// The largest read the room grows to.
+const READ_MAX: usize = 64 * 1024;
 /// Pipelined bytes read ahead while a request is served, at most.
 const INTERIM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -55,6 +61,8 @@ struct Wire {
     /// Bytes of `100 Continue` still to write before the body is read (0: none due).
     interim_left: usize,
     eof: bool,
+    /// How much the next read makes room for (`READ_CHUNK` to `READ_MAX`).
+    room: usize,
 }
 
 #[derive(Debug)]
@@ -77,8 +85,9 @@ impl Wire {
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+            self.buf.reserve(self.room);
         }
+        let space = self.buf.capacity() - self.buf.len();
         let n = std::task::ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
             cx,
@@ -86,6 +95,9 @@ impl Wire {
         ))?;
         if n == 0 {
             self.eof = true;
+        }
+        if n == space && self.room < READ_MAX {
+            self.room *= 2;
         }
         Poll::Ready(Ok(n))
     }
@@ -323,6 +335,7 @@ pub(super) fn wire(io: Box<dyn Io>, pre: &[u8]) -> Handle {
         body: BodyState::Done,
         interim_left: 0,
         eof: false,
+        room: READ_CHUNK,
     })))
 }
 
@@ -1008,6 +1021,28 @@ fn date() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head is read into a small buffer; a body coming faster than it is read is read in
+    /// reads that double up to `READ_MAX`.
+    #[tokio::test]
+    async fn reads_start_small_and_grow_while_they_fill_the_room() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client.write_all(&vec![b'x'; 512 * 1024]).await.unwrap();
+        let handle = wire(Box::new(server), b"");
+        let mut rooms = Vec::new();
+        for _ in 0..6 {
+            let read = poll_fn(|cx| lock(&handle.0).poll_fill(cx)).await.unwrap();
+            let mut w = lock(&handle.0);
+            if rooms.is_empty() {
+                assert_eq!(read, READ_CHUNK, "the first read");
+            }
+            rooms.push(w.room);
+            // handed on, as a body's frame is: the buffer has no room left
+            drop(w.buf.split());
+        }
+        assert_eq!(rooms, [8192, 16384, 32768, 65536, 65536, 65536]);
+    }
 
     /// The framing and connection fields are the engine's: the answer's own are left out in
     /// the one pass that writes the rest, a `close` in any `Connection` field is seen, and a
