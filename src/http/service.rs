@@ -28,7 +28,7 @@ use crate::middleware::encode::{self, body::Encoder, BodyShape, Decision, Negoti
 use crate::middleware::forward_auth;
 use crate::middleware::header_rules::{self, Expanded, ResponseRules};
 use crate::middleware::{rate_limit, Refusal, RouteAuth, RoutePolicy};
-use crate::request_id::RequestId;
+use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::routing;
 use crate::state::{RouteAction, RuntimeState};
 use crate::template::Vars;
@@ -46,8 +46,6 @@ use std::sync::Arc;
 
 /// The standard methods Gatehouse forwards (any upper-case extension method passes too).
 const PASSED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
-
-pub use crate::request_id::X_REQUEST_ID;
 
 #[derive(Clone)]
 pub struct ProxyService {
