@@ -849,7 +849,7 @@ fn write_head(
         crate::h1::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(id) = request_id {
-        crate::h1::put_field(out, b"x-request-id", id.as_bytes());
+        crate::h1::put_field(out, X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
     }
     fields
 }
